@@ -1,0 +1,49 @@
+# crm_pipelines: the commands a newcomer needs.
+#   make demo   set up, generate demo data, materialise the whole graph, print a summary
+#   make test   set up, run the whole test suite (PostgreSQL tests included)
+#   make dev    open the Dagster UI at http://127.0.0.1:3000
+#   make bench  run the benchmarks; results go to docs/benchmarks.md
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DAGSTER_YAML ?= dagster.yaml
+
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+export GX_ANALYTICS_ENABLED := false
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install demo dev test bench sql clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || \
+		{ echo "Python 3.11 or newer is needed; run e.g. 'make PYTHON=python3.12 demo'"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+install: $(STAMP)
+
+$(DAGSTER_HOME)/dagster.yaml: $(DAGSTER_YAML)
+	@mkdir -p $(DAGSTER_HOME)
+	cp $(DAGSTER_YAML) $@
+
+demo: install $(DAGSTER_HOME)/dagster.yaml
+	$(PY) -m crm_pipelines.demo run
+
+dev: install $(DAGSTER_HOME)/dagster.yaml
+	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+test: install
+	$(PY) -m pytest
+
+bench: install
+	$(PY) -m benchmarks.run
+
+sql: install
+	$(PY) -m crm_pipelines.core.ddl sql
+
+clean:
+	rm -rf .crm_data .dagster_home data/landing .pytest_cache

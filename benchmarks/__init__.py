@@ -1,0 +1,1 @@
+"""Benchmarks: one script per figure group; `make bench` runs them all (see run.py)."""

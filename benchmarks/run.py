@@ -1,0 +1,74 @@
+"""`make bench`: runs every benchmark, prints its figures, and records them in docs/benchmarks.md.
+
+Each benchmark is a module run in its own process; it prints one line per figure
+(`name value unit`) on stdout and its progress on stderr. The results replace the
+section of that benchmark in docs/benchmarks.md, with the command and the machine.
+
+    python -m benchmarks.run                 # all
+    python -m benchmarks.run bench_ingest    # one
+    BENCH_CONTACTS=100000 make bench         # smaller landing zone
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+
+from benchmarks.common import ROOT, machine
+
+# (module, what it measures, target from the issue)
+BENCHMARKS: list[tuple[str, str, str]] = [
+    ("bench_ingest", "Ingest of a generated landing zone (1,000,000 contacts, all sources) through the `ingest_sources` "
+                     "job, on the embedded default (SQLite) and on PostgreSQL",
+     "1M-contact landing zone in under 5 minutes on 2 cores, peak RSS under 4 GB"),
+]
+
+DOC = ROOT / "docs" / "benchmarks.md"
+
+
+def _section(module: str, description: str, target: str, lines: list[str], seconds: float, ok: bool, args: list[str]) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    body = "\n".join(lines) if lines else "(no figures: the benchmark failed)"
+    cmd = " ".join(["python -m benchmarks." + module, *args])
+    return (f"<!-- bench:{module}:start -->\n### {module}\n\n{description}.\n\nTarget: {target}.\n\n"
+            f"Command: `{cmd}` (via `make bench`), {stamp}, {seconds:.0f} s{'' if ok else ', FAILED'}.  \n"
+            f"Machine: {machine()}.\n\n```\n{body}\n```\n<!-- bench:{module}:end -->")
+
+
+def _update_doc(module: str, section: str) -> None:
+    text = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Benchmarks\n\n"
+    pattern = re.compile(rf"<!-- bench:{module}:start -->.*?<!-- bench:{module}:end -->", re.S)
+    text = pattern.sub(lambda _m: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
+    DOC.write_text(text, encoding="utf-8")
+
+
+def main(argv: list[str]) -> int:
+    wanted = [a for a in argv if not a.startswith("-")] or [m for m, _, _ in BENCHMARKS]
+    failed = []
+    for module, description, target in BENCHMARKS:
+        if module not in wanted:
+            continue
+        print(f"== {module}", flush=True)
+        started = time.monotonic()
+        proc = subprocess.Popen([sys.executable, "-m", f"benchmarks.{module}"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        lines = []
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            if line.strip():
+                lines.append(line.rstrip())
+        ok = proc.wait() == 0
+        _update_doc(module, _section(module, description, target, lines, time.monotonic() - started, ok, []))
+        if not ok:
+            failed.append(module)
+    print(f"results written to {DOC.relative_to(ROOT)}")
+    if failed:
+        print("failed: " + ", ".join(failed), file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,209 @@
+"""The warehouse: one SQLAlchemy engine over SQLite files (default) or PostgreSQL.
+
+Loads go through bulk paths: ``COPY`` on PostgreSQL, ``executemany`` on SQLite.
+A partition is replaced in one transaction (delete, then insert), so re-running
+it never duplicates rows and a failed run leaves the previous load intact.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import threading
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from .schema import LAYERS
+
+DEFAULT_DATA_DIR = Path(".crm_data")
+SQLITE_TS_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+
+
+def default_url(data_dir: str | Path = DEFAULT_DATA_DIR) -> str:
+    return f"sqlite:///{Path(data_dir) / 'warehouse.db'}"
+
+
+def _sqlite_layer_path(main_db: Path, layer: str) -> Path:
+    return main_db.with_name(f"{main_db.stem}.{layer}.db")
+
+
+def describe_url(url: str) -> str:
+    """The URL without its password, for logs and metadata."""
+    return sa.engine.make_url(url).render_as_string(hide_password=True)
+
+
+class Warehouse:
+    _cache: dict[str, "Warehouse"] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = _make_engine(url)
+        self.dialect = self.engine.dialect.name
+        self._ensured: set[str] = set()
+
+    @classmethod
+    def for_url(cls, url: str) -> "Warehouse":
+        with cls._lock:
+            wh = cls._cache.get(url)
+            if wh is None:
+                wh = cls._cache[url] = Warehouse(url)
+            return wh
+
+    @classmethod
+    def dispose_all(cls) -> None:
+        with cls._lock:
+            for wh in cls._cache.values():
+                wh.engine.dispose()
+            cls._cache.clear()
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.dialect == "postgresql"
+
+    # ------------------------------------------------------------------ schema
+
+    def ensure_tables(self, tables: Sequence[sa.Table]) -> None:
+        """Creates layers and tables, and adds columns a newer model introduced (never drops)."""
+        todo = [t for t in tables if t.fullname not in self._ensured]
+        if not todo:
+            return
+        with self.engine.begin() as conn:
+            if self.is_postgres:
+                for layer in LAYERS:
+                    conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{layer}"')
+            for t in todo:
+                t.create(conn, checkfirst=True)
+                existing = {c["name"] for c in sa.inspect(conn).get_columns(t.name, schema=t.schema)}
+                for col in t.columns:
+                    if col.name not in existing:
+                        coltype = col.type.compile(dialect=conn.dialect)
+                        conn.exec_driver_sql(f"ALTER TABLE {self.qualified(t)} ADD COLUMN {self.quote(col.name)} {coltype}")
+        self._ensured.update(t.fullname for t in todo)
+
+    def quote(self, name: str) -> str:
+        return self.engine.dialect.identifier_preparer.quote(name)
+
+    def qualified(self, table: sa.Table) -> str:
+        return f"{self.quote(table.schema)}.{self.quote(table.name)}" if table.schema else self.quote(table.name)
+
+    # ------------------------------------------------------------------ writing
+
+    def bulk_insert(self, conn: Connection, table: sa.Table, frame: pd.DataFrame) -> int:
+        """Inserts a DataFrame whose columns are a subset of the table's, through the bulk path."""
+        if frame.empty:
+            return 0
+        cols = [c for c in table.columns.keys() if c in frame.columns]
+        if self.is_postgres:
+            self._copy(conn, table, frame[cols])
+        else:
+            rows = _rows_for_sqlite(frame[cols], table)
+            placeholders = ", ".join("?" for _ in cols)
+            sql = f"INSERT INTO {self.qualified(table)} ({', '.join(self.quote(c) for c in cols)}) VALUES ({placeholders})"
+            conn.connection.driver_connection.cursor().executemany(sql, rows)
+        return len(frame)
+
+    def _copy(self, conn: Connection, table: sa.Table, frame: pd.DataFrame) -> None:
+        buf = io.StringIO()
+        _frame_for_copy(frame, table).to_csv(buf, index=False, header=False, na_rep="", quoting=csv.QUOTE_MINIMAL,
+                                              lineterminator="\n")
+        buf.seek(0)
+        cols = ", ".join(self.quote(c) for c in frame.columns)
+        cursor = conn.connection.driver_connection.cursor()
+        cursor.copy_expert(f"COPY {self.qualified(table)} ({cols}) FROM STDIN WITH (FORMAT csv)", buf)
+
+    def delete_where(self, conn: Connection, table: sa.Table, **equals) -> int:
+        cond = sa.and_(*(table.c[k] == v for k, v in equals.items()))
+        return conn.execute(sa.delete(table).where(cond)).rowcount
+
+    # ------------------------------------------------------------------ reading
+
+    def read_frame(self, query: sa.Select | str, params: dict | None = None) -> pd.DataFrame:
+        with self.engine.connect() as conn:
+            result = conn.execute(sa.text(query) if isinstance(query, str) else query, params or {})
+            return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+
+    def scalar(self, query: sa.Select | str, params: dict | None = None):
+        with self.engine.connect() as conn:
+            return conn.execute(sa.text(query) if isinstance(query, str) else query, params or {}).scalar()
+
+
+def _make_engine(url: str) -> Engine:
+    u = sa.engine.make_url(url)
+    if u.get_backend_name() == "sqlite":
+        if not u.database or u.database == ":memory:":
+            raise ValueError("the SQLite warehouse needs a file path (sqlite:///path/warehouse.db), not :memory:")
+        main = Path(u.database).resolve()
+        main.parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(u.set(database=str(main)), connect_args={"timeout": 300})
+
+        @sa.event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn, _record):  # noqa: ANN001
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=300000")
+            for layer in LAYERS:
+                cur.execute(f"ATTACH DATABASE ? AS {layer}", (str(_sqlite_layer_path(main, layer)),))
+                # WAL lets readers (the UI, checks) work while a load is writing.
+                cur.execute(f"PRAGMA {layer}.journal_mode=WAL")
+            cur.close()
+
+        return engine
+    if u.get_backend_name() == "postgresql" and u.get_driver_name() in ("", "psycopg2"):
+        u = u.set(drivername="postgresql+psycopg2")
+    return sa.create_engine(u, pool_pre_ping=True)
+
+
+def _rows_for_sqlite(frame: pd.DataFrame, table: sa.Table) -> list[tuple]:
+    columns = []
+    for name in frame.columns:
+        s = frame[name]
+        coltype = table.c[name].type
+        if isinstance(coltype, sa.DateTime) and pd.api.types.is_datetime64_any_dtype(s.dtype):
+            if getattr(s.dt, "tz", None) is not None:
+                s = s.dt.tz_convert("UTC").dt.tz_localize(None)
+            values = _none_where(s.dt.strftime(SQLITE_TS_FORMAT), s.isna())
+        elif isinstance(coltype, sa.Date) and pd.api.types.is_datetime64_any_dtype(s.dtype):
+            values = _none_where(s.dt.strftime("%Y-%m-%d"), s.isna())
+        elif isinstance(coltype, sa.Boolean):
+            values = [None if v is None or v is pd.NA else int(bool(v)) for v in s.astype(object).tolist()]
+        elif pd.api.types.is_float_dtype(s.dtype):
+            arr = s.to_numpy()
+            values = [None if np.isnan(v) else float(v) for v in arr]
+        else:
+            values = _none_where(s, s.isna())
+        columns.append(values)
+    return list(zip(*columns))
+
+
+def _none_where(s: pd.Series, missing: pd.Series) -> list:
+    out = s.astype(object).tolist()
+    if missing.any():
+        for i in np.flatnonzero(missing.to_numpy()):
+            out[i] = None
+    return out
+
+
+def _frame_for_copy(frame: pd.DataFrame, table: sa.Table) -> pd.DataFrame:
+    out = {}
+    for name in frame.columns:
+        s = frame[name]
+        coltype = table.c[name].type
+        if isinstance(coltype, sa.Date) and not isinstance(coltype, sa.DateTime) and pd.api.types.is_datetime64_any_dtype(s.dtype):
+            s = s.dt.strftime("%Y-%m-%d")
+        elif isinstance(coltype, sa.DateTime) and pd.api.types.is_datetime64_any_dtype(s.dtype):
+            if getattr(s.dt, "tz", None) is None:
+                s = s.dt.tz_localize("UTC")
+            s = s.dt.strftime("%Y-%m-%d %H:%M:%S.%f+00:00")
+        out[name] = s
+    return pd.DataFrame(out, index=frame.index)
+
+
+def tables_present(wh: Warehouse, tables: Iterable[sa.Table]) -> bool:
+    insp = sa.inspect(wh.engine)
+    return all(insp.has_table(t.name, schema=t.schema) for t in tables)

@@ -1,0 +1,32 @@
+"""The code location: every asset, check, job, schedule, sensor and resource of crm_pipelines.
+
+Loaded by ``dagster dev`` / ``dagster-webserver`` through ``workspace.yaml``. The
+configuration folder (mappings, layouts, rules) is read and validated here, so an
+invalid mapping stops the code location from loading with an error that names
+the file and key.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from .core.mapping import load_mappings
+from .defs.jobs import build_jobs
+from .defs.partitions import daily_partitions
+from .defs.resources import build_resources
+from .defs.sources import build_source_assets
+from .settings import Settings
+
+
+def build_defs(settings: Settings | None = None) -> dg.Definitions:
+    settings = settings or Settings.from_env()
+    mappings = load_mappings(settings.config_dir)
+    partitions = daily_partitions(settings)
+    return dg.Definitions(
+        assets=[*build_source_assets(mappings, partitions)],
+        jobs=build_jobs(),
+        resources=build_resources(settings),
+    )
+
+
+defs = build_defs()

@@ -1,0 +1,17 @@
+"""Jobs: named selections a data engineer launches, schedules and sensors target."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from .sources import GROUP as SOURCES_GROUP
+
+
+def build_jobs() -> list[dg.UnresolvedAssetJobDefinition]:
+    return [
+        dg.define_asset_job(
+            "ingest_sources",
+            selection=dg.AssetSelection.groups(SOURCES_GROUP),
+            description="Load every raw source for the selected day(s) from the landing zone.",
+        ),
+    ]

@@ -1,0 +1,45 @@
+"""Resources: the warehouse and the landing zone, configured from the environment.
+
+Secrets (a Postgres URL with its password) reach Dagster only through ``EnvVar``,
+so they never show in run configuration or the UI.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+
+from ..core.warehouse import Warehouse, describe_url
+from ..settings import Settings
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """The SQL warehouse: SQLite files under CRM_DATA_DIR by default, PostgreSQL via CRM_WAREHOUSE_URL."""
+
+    url: str
+
+    def get(self) -> Warehouse:
+        return Warehouse.for_url(self.url)
+
+    @property
+    def display_url(self) -> str:
+        return describe_url(self.url)
+
+
+class LandingZoneResource(dg.ConfigurableResource):
+    """Folder where sources drop their files: <root>/<source>/<YYYY-MM-DD>/."""
+
+    root: str
+
+    @property
+    def path(self) -> Path:
+        return Path(self.root)
+
+
+def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
+    url: str | dg.EnvVar = dg.EnvVar("CRM_WAREHOUSE_URL") if settings.warehouse_url else settings.default_warehouse_url
+    return {
+        "warehouse": WarehouseResource(url=url),
+        "landing": LandingZoneResource(root=str(settings.landing_dir.resolve())),
+    }

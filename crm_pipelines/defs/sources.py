@@ -1,0 +1,172 @@
+"""Raw-source assets: one daily-partitioned asset per mapping file, group ``sources``.
+
+Each asset loads its landing-zone partitions through ``core.ingest``; the mapping's
+content hash is the asset's ``code_version``, so editing a mapping marks exactly
+that asset stale. A backfill over many days runs as one run (single-run backfill
+policy) and loads partition after partition, each in its own transaction.
+"""
+
+
+from collections import Counter
+
+import dagster as dg
+
+from ..core.ingest import PartitionReport, ingest_partition, landing_files, partition_balance
+from ..core.mapping import SourceMapping
+from ..core.masking import mask_text
+from ..core.readers import SourceFileError
+from .metadata import frame_markdown, markdown_table
+from .resources import LandingZoneResource, WarehouseResource
+
+GROUP = "sources"
+DEFAULT_OWNER = "team:data-engineering"
+FORMAT_KIND = {"csv": "csv", "jsonl": "json", "json": "json", "fixed_width": "file"}
+
+
+def raw_asset_key(source: str) -> dg.AssetKey:
+    return dg.AssetKey(["raw", source])
+
+
+def build_source_asset(mapping: SourceMapping, partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    key = raw_asset_key(mapping.source)
+    checks = [
+        dg.AssetCheckSpec("rows_balance", asset=key, blocking=True,
+                          description="Every record read is either loaded or quarantined (per partition, counted in the warehouse)."),
+        dg.AssetCheckSpec("quarantine_rate", asset=key,
+                          description=f"At most {mapping.max_quarantine_rate:.1%} of the records read are quarantined."),
+        dg.AssetCheckSpec("landing_files_present", asset=key,
+                          description="Each loaded day had at least one landing file." if mapping.expect_files == "daily"
+                          else "Informational: this source delivers only on some days."),
+    ]
+    owners = sorted({mapping.owner or DEFAULT_OWNER, DEFAULT_OWNER})
+
+    @dg.asset(
+        key=key,
+        group_name=GROUP,
+        description=f"{mapping.description}\n\nMapping: `{mapping.file.name}` -> canonical entity `{mapping.entity.name}`; "
+                    f"rows land in `raw.{mapping.source}`, rejects in `ops.quarantine`.",
+        partitions_def=partitions_def,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        code_version=mapping.code_version,
+        kinds={"pandas", "sql", FORMAT_KIND[mapping.format.type]},
+        owners=owners,
+        tags={"entity": mapping.entity.name, "format": mapping.format.type},
+        metadata={
+            "mapping_file": str(mapping.file),
+            "entity": mapping.entity.name,
+            "landing_pattern": f"{mapping.source}/<YYYY-MM-DD>/{mapping.pattern}",
+            "dagster/table_name": f"raw.{mapping.source}",
+        },
+        check_specs=checks,
+    )
+    def _raw_source(context: dg.AssetExecutionContext, warehouse: WarehouseResource, landing: LandingZoneResource):
+        wh = warehouse.get()
+        partitions = context.partition_keys
+        reports: list[PartitionReport] = []
+        failures: list[tuple[str, SourceFileError]] = []
+        for i, partition in enumerate(partitions, 1):
+            try:
+                rep = ingest_partition(mapping, partition, landing.path, wh, context.run.run_id,
+                                       log=lambda m: context.log.info(mask_text(m)))
+            except SourceFileError as exc:
+                failures.append((partition, exc))
+                context.log.error(f"{mapping.source} {partition}: {mask_text(str(exc))}")
+                continue
+            reports.append(rep)
+            if len(partitions) > 1:
+                context.log.info(f"[{i}/{len(partitions)}] {partition}: {rep.rows_loaded} loaded, "
+                                 f"{rep.rows_quarantined} quarantined in {rep.seconds:.1f}s")
+        if failures:
+            lines = [f"{p}: {exc}" for p, exc in failures]
+            raise dg.Failure(
+                description=f"{len(failures)} of {len(partitions)} partition(s) of {mapping.source} could not be read; "
+                            "fix or remove the file and re-run those partitions:\n" + "\n".join(mask_text(x) for x in lines),
+                metadata={"failed_partitions": [p for p, _ in failures],
+                          "first_error_file": failures[0][1].file,
+                          "first_error_line": failures[0][1].line if failures[0][1].line is not None else -1,
+                          "first_error_column": failures[0][1].column if failures[0][1].column is not None else -1},
+            )
+        for rep in reports:
+            context.add_asset_metadata(_partition_metadata(rep), partition_key=rep.partition)
+        return _result(mapping, wh, reports)
+
+    return _raw_source
+
+
+def _result(mapping: SourceMapping, wh, reports: list[PartitionReport]) -> dg.MaterializeResult:
+    read = sum(r.rows_read for r in reports)
+    loaded = sum(r.rows_loaded for r in reports)
+    quarantined = sum(r.rows_quarantined for r in reports)
+    files = [f for r in reports for f in r.files]
+    duplicates = [f"{r.partition}/{f.file} = {f.duplicate_of}" for r in reports for f in r.duplicate_files]
+    reasons: Counter = Counter()
+    for r in reports:
+        reasons.update(r.reason_counts)
+    rate = quarantined / read if read else 0.0
+    preview = next((r.preview for r in reports if r.preview is not None), None)
+
+    partitions = [r.partition for r in reports]
+    balance = partition_balance(wh, mapping, partitions)
+    unbalanced = {p: b for p, b in balance.items() if b["read"] != b["loaded"] + b["quarantined"]}
+    mismatched = [r.partition for r in reports
+                  if (balance[r.partition]["loaded"], balance[r.partition]["quarantined"]) != (r.rows_loaded, r.rows_quarantined)]
+    empty_days = [r.partition for r in reports if not [f for f in r.files if f.status == "loaded"]]
+
+    # Per-partition figures go onto each partition's materialization (see _partition_metadata);
+    # these describe the whole run, which may span many days in a backfill.
+    metadata = {
+        "partitions_in_run": len(reports),
+        "run_rows_read": read,
+        "run_rows_loaded": loaded,
+        "run_rows_quarantined": quarantined,
+        "run_seconds": round(sum(r.seconds for r in reports), 3),
+        "run_rows_per_second": round(read / max(sum(r.seconds for r in reports), 1e-9), 1),
+    }
+    if duplicates:
+        metadata["duplicate_deliveries"] = dg.MetadataValue.md("\n".join(f"- `{d}`" for d in duplicates[:20]))
+    if reasons:
+        metadata["quarantine_reasons"] = dg.MetadataValue.md(markdown_table(["reason", "records"], reasons.most_common(15)))
+    if preview is not None:
+        metadata["preview_masked"] = dg.MetadataValue.md(frame_markdown(preview))
+
+    checks = [
+        dg.AssetCheckResult(
+            check_name="rows_balance", passed=not unbalanced and not mismatched,
+            metadata={"partitions_checked": len(balance), "unbalanced_partitions": sorted(unbalanced)[:20],
+                      "count_mismatch_partitions": mismatched[:20], "rows_read": read,
+                      "rows_loaded": loaded, "rows_quarantined": quarantined},
+        ),
+        dg.AssetCheckResult(
+            check_name="quarantine_rate", passed=rate <= mapping.max_quarantine_rate,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"quarantine_rate": round(rate, 6), "max_quarantine_rate": mapping.max_quarantine_rate},
+        ),
+        dg.AssetCheckResult(
+            check_name="landing_files_present",
+            passed=not empty_days or mapping.expect_files == "sporadic",
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"days_without_files": empty_days[:31], "expect_files": mapping.expect_files},
+        ),
+    ]
+    return dg.MaterializeResult(metadata=metadata, check_results=checks)
+
+
+def _partition_metadata(rep: PartitionReport) -> dict:
+    read = rep.rows_read
+    return {
+        "dagster/row_count": rep.rows_loaded,
+        "rows_read": read,
+        "rows_loaded": rep.rows_loaded,
+        "rows_quarantined": rep.rows_quarantined,
+        "quarantine_rate": round(rep.rows_quarantined / read, 6) if read else 0.0,
+        "files_read": sum(1 for f in rep.files if f.status == "loaded"),
+        "files_duplicate": len(rep.duplicate_files),
+        "seconds": round(rep.seconds, 3),
+    }
+
+
+def build_source_assets(mappings: dict[str, SourceMapping], partitions_def: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+    return [build_source_asset(m, partitions_def) for m in mappings.values()]
+
+
+__all__ = ["build_source_assets", "raw_asset_key", "landing_files", "GROUP"]

@@ -1,0 +1,1 @@
+"""Demo landing-zone generator and the `make demo` runner."""

@@ -1,0 +1,119 @@
+"""`make demo`: a landing zone, the whole asset graph materialised on the embedded default, a summary.
+
+Runs go into the Dagster instance under ``DAGSTER_HOME`` (the Makefile sets
+``./.dagster_home``), so ``make dev`` afterwards shows them in the UI.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable
+
+import dagster as dg
+
+from ..core.ingest import landed_partitions
+from ..core.warehouse import describe_url
+from ..settings import Settings
+from .generator import GeneratorConfig, generate
+
+# Jobs the demo runs, in order; each later capability adds its job here.
+DEMO_JOBS: tuple[str, ...] = ("ingest_sources",)
+
+
+def _needs_generation(landing: Path, cfg: GeneratorConfig) -> bool:
+    manifest = landing / "_ground_truth" / "manifest.json"
+    if not manifest.is_file():
+        return True
+    m = json.loads(manifest.read_text(encoding="utf-8"))
+    return (m.get("contacts"), m.get("seed"), m.get("start"), m.get("days")) != (
+        cfg.contacts, cfg.seed, cfg.start.isoformat(), cfg.days)
+
+
+def run_demo(cfg: GeneratorConfig, regenerate: bool = False, progress: Callable[[str], None] = print,
+             settings: Settings | None = None, instance: dg.DagsterInstance | None = None) -> int:
+    from ..definitions import build_defs
+
+    settings = settings or Settings.from_env()
+    landing = settings.landing_dir
+    cfg.out = landing
+    if regenerate or _needs_generation(landing, cfg):
+        progress(f"generating a landing zone with {cfg.contacts:,} contacts in {landing}")
+        generate(cfg, progress)
+    else:
+        progress(f"using the existing landing zone in {landing} (--regenerate to rewrite it)")
+
+    defs = build_defs(settings)
+    partitions = sorted({p for m in _sources(defs) for p in landed_partitions(landing, m)})
+    if not partitions:
+        progress("the landing zone has no partitions")
+        return 1
+    if partitions[0] < settings.partition_start:
+        progress(f"landing data starts {partitions[0]}, before CRM_PARTITION_START={settings.partition_start}")
+        return 1
+    tags = {"dagster/asset_partition_range_start": partitions[0], "dagster/asset_partition_range_end": partitions[-1],
+            "crm/launched_by": "make-demo"}
+    instance = instance or dg.DagsterInstance.get()
+    url = settings.warehouse_url or settings.default_warehouse_url
+    progress(f"materialising {len(DEMO_JOBS)} job(s) over {partitions[0]} .. {partitions[-1]} into {describe_url(url)}")
+    results = []
+    for name in DEMO_JOBS:
+        job = defs.resolve_job_def(name)
+        result = job.execute_in_process(instance=instance, tags=tags, raise_on_error=False)
+        results.append(result)
+        if not result.success:
+            break
+    summary, failed_checks = summarise(results)
+    print(summary)
+    ok = all(r.success for r in results) and not failed_checks
+    print("\nAll runs succeeded; open the UI with `make dev` (http://127.0.0.1:3000)." if ok else
+          "\nThe demo did not finish cleanly: see the lines above, or the run in `make dev`.")
+    return 0 if ok else 1
+
+
+def _sources(defs: dg.Definitions) -> list[str]:
+    keys = defs.resolve_asset_graph().get_all_asset_keys()
+    return sorted(k.path[1] for k in keys if len(k.path) == 2 and k.path[0] == "raw")
+
+
+def summarise(results) -> tuple[str, list[str]]:
+    rows: dict[str, dict] = defaultdict(lambda: {"partitions": 0, "rows": 0, "quarantined": 0, "checks_ok": 0,
+                                                 "checks": 0, "warn": []})
+    failed: list[str] = []
+    for result in results:
+        for ev in result.get_asset_materialization_events():
+            mat = ev.materialization
+            key = mat.asset_key.to_user_string()
+            md = {k: v.value for k, v in mat.metadata.items()}
+            r = rows[key]
+            r["partitions"] += 1
+            r["rows"] += int(md.get("dagster/row_count", 0) or 0)
+            r["quarantined"] += int(md.get("rows_quarantined", 0) or 0)
+        for ev in result.get_asset_check_evaluations():
+            r = rows[ev.asset_key.to_user_string()]
+            r["checks"] += 1
+            if ev.passed:
+                r["checks_ok"] += 1
+            elif ev.severity == dg.AssetCheckSeverity.WARN:
+                r["warn"].append(ev.check_name)
+            else:
+                failed.append(f"{ev.asset_key.to_user_string()}:{ev.check_name}")
+        if not result.success:
+            for ev in result.all_events:
+                if ev.event_type_value == "STEP_FAILURE":
+                    failed.append(f"step {ev.step_key} failed")
+    width = max([len(k) for k in rows] + [5])
+    lines = [f"{'asset':<{width}}  {'partitions':>10}  {'rows':>10}  {'quarantined':>11}  checks", "-" * (width + 50)]
+    for key in sorted(rows):
+        r = rows[key]
+        note = f"  (warn: {', '.join(r['warn'])})" if r["warn"] else ""
+        lines.append(f"{key:<{width}}  {r['partitions']:>10}  {r['rows']:>10,}  {r['quarantined']:>11,}  "
+                     f"{r['checks_ok']}/{r['checks']} passed{note}")
+    total_rows = sum(r["rows"] for r in rows.values())
+    total_q = sum(r["quarantined"] for r in rows.values())
+    lines.append("-" * (width + 50))
+    lines.append(f"{'total':<{width}}  {'':>10}  {total_rows:>10,}  {total_q:>11,}")
+    if failed:
+        lines.append("failed: " + "; ".join(failed))
+    return "\n".join(lines), failed

@@ -1,0 +1,41 @@
+"""Environment settings with their defaults: the one place that reads ``os.environ``.
+
+Every variable is listed in the README's configuration table. Paths are relative to
+the working directory the Makefile runs from (the project folder).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_CONFIG_DIR = PACKAGE_DIR / "config"
+
+
+@dataclass(frozen=True)
+class Settings:
+    config_dir: Path
+    landing_dir: Path
+    data_dir: Path
+    warehouse_url: str | None  # None: the SQLite default under data_dir
+    partition_start: str
+    timezone: str = "Europe/Berlin"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        return cls(
+            config_dir=Path(env.get("CRM_CONFIG_DIR") or DEFAULT_CONFIG_DIR),
+            landing_dir=Path(env.get("CRM_LANDING_DIR") or "data/landing"),
+            data_dir=Path(env.get("CRM_DATA_DIR") or ".crm_data"),
+            warehouse_url=env.get("CRM_WAREHOUSE_URL") or None,
+            partition_start=env.get("CRM_PARTITION_START") or "2026-01-01",
+        )
+
+    @property
+    def default_warehouse_url(self) -> str:
+        from .core.warehouse import default_url
+
+        return default_url(self.data_dir.resolve())

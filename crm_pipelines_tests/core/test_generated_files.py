@@ -1,0 +1,34 @@
+"""Files derived from the model must match it: sql/ DDL and docs/data-model.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from crm_pipelines.core.ddl import render
+from crm_pipelines.core.docgen import render as render_docs
+from crm_pipelines.core.model import ENTITIES
+from crm_pipelines.settings import DEFAULT_CONFIG_DIR
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_sql_folder_is_up_to_date():
+    for name, text in render(DEFAULT_CONFIG_DIR).items():
+        assert (ROOT / "sql" / name).read_text(encoding="utf-8") == text, f"sql/{name} is stale: run `make sql`"
+
+
+def test_data_model_doc_is_up_to_date_and_lists_every_field():
+    doc = (ROOT / "docs" / "data-model.md").read_text(encoding="utf-8")
+    assert doc == render_docs(DEFAULT_CONFIG_DIR), "docs/data-model.md is stale: run `make sql`"
+    for entity in ENTITIES.values():
+        assert f"## `{entity.name}`" in doc
+        for field in entity.fields:
+            assert f"| `{field.name}` | {field.type} |" in doc
+
+
+def test_every_transform_is_documented_for_mapping_authors():
+    from crm_pipelines.core.transforms import TRANSFORMS
+
+    doc = (ROOT / "docs" / "mappings.md").read_text(encoding="utf-8")
+    for name in TRANSFORMS:
+        assert f"`{name}`" in doc, name

@@ -1,0 +1,264 @@
+"""Loading partitions into the warehouse, on SQLite files and on PostgreSQL: the quarantine corpus,
+rows in = rows loaded + rows quarantined, idempotent re-runs, duplicate deliveries."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from decimal import Decimal
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from crm_pipelines.core.ingest import ingest_partition, landed_partitions, partition_balance
+from crm_pipelines.core.readers import SourceFileError
+from crm_pipelines.core.schema import LANDING_FILES, QUARANTINE, raw_table
+from crm_pipelines.core.warehouse import Warehouse
+from crm_pipelines_tests.conftest import put
+from crm_pipelines_tests.core.test_readers import TRADE_FAIR_HEADER, TRADE_FAIR_ROW, erp_order
+
+DAY = "2026-11-03"
+
+
+def lead(n: int, **over) -> str:
+    rec = {"lead_id": f"WF-{n}", "submitted_at": "2026-11-03T09:14:00+01:00", "first_name": "Jörg", "last_name": "Müller",
+           "email": f"j{n}@musterfirma.de", "company_name": "Musterfirma GmbH", "zip": "01067", "newsletter_opt_in": False}
+    rec.update(over)
+    return json.dumps(rec, ensure_ascii=False)
+
+
+def values(series: pd.Series) -> list:
+    return [None if pd.isna(v) else v for v in series.tolist()]
+
+
+def quarantine(wh: Warehouse, source: str) -> pd.DataFrame:
+    return wh.read_frame(sa.select(QUARANTINE).where(QUARANTINE.c.source == source).order_by(QUARANTINE.c.file, QUARANTINE.c.record_no))
+
+
+def raw(wh: Warehouse, mapping) -> pd.DataFrame:
+    t = raw_table(mapping.source, mapping.entity)
+    return wh.read_frame(sa.select(t).order_by(t.c._partition, t.c._file, t.c._record_no))
+
+
+def test_demo_landing_zone_loads_with_exactly_the_expected_quarantine(demo_landing, mappings, warehouse_url):
+    root, manifest = demo_landing
+    wh = Warehouse.for_url(warehouse_url)
+    for source, mapping in mappings.items():
+        read = loaded = quarantined = 0
+        partitions = landed_partitions(root, source)
+        for p in partitions:
+            rep = ingest_partition(mapping, p, root, wh, "run-1")
+            read, loaded, quarantined = read + rep.rows_read, loaded + rep.rows_loaded, quarantined + rep.rows_quarantined
+        expected = manifest["sources"][source]
+        assert read == expected["records"], source
+        assert quarantined == expected["expected_quarantined"], source
+        assert read == loaded + quarantined
+        balance = partition_balance(wh, mapping, partitions)
+        assert all(b["read"] == b["loaded"] + b["quarantined"] for b in balance.values())
+        assert sum(b["loaded"] for b in balance.values()) == loaded
+
+
+def test_invalid_rows_are_quarantined_with_file_line_reason_and_raw_payload(landing, mappings, warehouse_url):
+    m = mappings["web_form_leads"]
+    bad_line = lead(2, submitted_at="2026-13-45T25:61:00+01:00", salutation="Herrr")
+    put(landing, m.source, DAY, "leads_0600.jsonl", "\n".join([lead(1), bad_line, '{"lead_id": "WF-3",', lead(4)]) + "\n")
+    wh = Warehouse.for_url(warehouse_url)
+    rep = ingest_partition(m, DAY, landing, wh, "run-1")
+    assert (rep.rows_read, rep.rows_loaded, rep.rows_quarantined) == (4, 2, 2)
+    q = quarantine(wh, m.source)
+    assert q["line_no"].tolist() == [2, 3]
+    assert values(q["source_record_id"]) == ["WF-2", None]
+    assert q.loc[0, "raw_payload"] == bad_line  # exactly as delivered
+    assert "submitted_at -> created_at: '2026-13-45T25:61:00+01:00' is not a valid date/time" in q.loc[0, "reason"]
+    assert "'Herrr' is not one of the mapped values" in q.loc[0, "reason"]
+    assert q.loc[1, "reason"].startswith("line 3: invalid JSON")
+    loaded = raw(wh, m)
+    assert loaded["source_record_id"].tolist() == ["WF-1", "WF-4"]
+    assert loaded["_line"].tolist() == [1, 4] and set(loaded["_file"]) == {"leads_0600.jsonl"}
+    assert rep.reason_counts["submitted_at: parse_datetime"] == 1 and rep.reason_counts["unreadable record"] == 1
+
+
+def test_values_keep_their_types_in_the_warehouse(landing, mappings, warehouse_url):
+    customer = ("0000100000" + "Müller & Söhne GmbH".ljust(40) + "".ljust(40) + "Hauptstraße 1".ljust(35) + "01067".ljust(10)
+                + "Dresden".ljust(35) + "D".ljust(3) + "0351 4711-0".ljust(20) + "INFO@Mueller.de".ljust(50)
+                + "DE123456789".ljust(14) + "Maschinenbau".ljust(20) + "Herr Weiß".ljust(30) + "20040315" + "X"
+                + "250".rjust(7) + "48.000.000,50".rjust(16))
+    put(landing, "erp_customers", DAY, "KUNDEN_1.txt", (customer + "\r\n").encode("cp850"))
+    put(landing, "trade_fair_leads", DAY, "a.csv", "\ufeff" + TRADE_FAIR_HEADER + "\r\n" + TRADE_FAIR_ROW + "\r\n")
+    wh = Warehouse.for_url(warehouse_url)
+    ingest_partition(mappings["erp_customers"], DAY, landing, wh, "run-1")
+    ingest_partition(mappings["trade_fair_leads"], DAY, landing, wh, "run-1")
+    t = raw_table("erp_customers", mappings["erp_customers"].entity)
+    with wh.engine.connect() as conn:
+        row = conn.execute(sa.select(t)).one()._mapping
+    assert row["company_name"] == "Müller & Söhne GmbH" and row["contact_person"] == "Herr Weiß"
+    assert row["postal_code"] == "01067" and row["country"] == "DE" and row["email"] == "info@mueller.de"
+    assert row["customer_since"] == dt.date(2004, 3, 15)
+    assert row["is_blocked"] is True
+    assert row["employee_count"] == 250
+    assert Decimal(str(row["annual_revenue"])) == Decimal("48000000.50")
+    assert row["source_record_id"] == row["erp_customer_number"] == "0000100000"
+    t = raw_table("trade_fair_leads", mappings["trade_fair_leads"].entity)
+    with wh.engine.connect() as conn:
+        lead_row = conn.execute(sa.select(t)).one()._mapping
+    created = lead_row["created_at"]
+    if created.tzinfo is None:  # SQLite stores UTC without the offset
+        created = created.replace(tzinfo=dt.timezone.utc)
+    assert created == dt.datetime(2026, 11, 3, 13, 35, tzinfo=dt.timezone.utc)
+    assert lead_row["marketing_opt_in"] is True and lead_row["country"] == "DE"
+    assert lead_row["street"] == "Hauptstraße 1" and lead_row["first_name"] == "Jörg"
+
+
+def test_rerunning_a_partition_replaces_it(landing, mappings, warehouse_url):
+    m = mappings["web_form_leads"]
+    put(landing, m.source, DAY, "leads_0600.jsonl", "\n".join([lead(1), lead(2), "{broken"]) + "\n")
+    put(landing, m.source, "2026-11-04", "leads_0600.jsonl", lead(9) + "\n")
+    wh = Warehouse.for_url(warehouse_url)
+    for _ in range(3):
+        ingest_partition(m, DAY, landing, wh, "run-x")
+    ingest_partition(m, "2026-11-04", landing, wh, "run-y")
+    assert len(raw(wh, m)) == 3 and len(quarantine(wh, m.source)) == 1
+    # A corrected re-delivery replaces the day's rows, quarantine and ledger, and leaves other days alone.
+    put(landing, m.source, DAY, "leads_0600.jsonl", "\n".join([lead(1), lead(2), lead(3)]) + "\n")
+    rep = ingest_partition(m, DAY, landing, wh, "run-z")
+    assert rep.rows_quarantined == 0
+    rows = raw(wh, m)
+    assert rows["source_record_id"].tolist() == ["WF-1", "WF-2", "WF-3", "WF-9"]
+    assert set(rows.loc[rows._partition == DAY, "_run_id"]) == {"run-z"}
+    assert len(quarantine(wh, m.source)) == 0
+    ledger = wh.read_frame(sa.select(LANDING_FILES))
+    assert sorted(ledger["partition"]) == [DAY, "2026-11-04"]
+
+
+def test_duplicate_delivery_of_the_same_file(landing, mappings, warehouse_url):
+    m = mappings["web_form_leads"]
+    content = "\n".join([lead(1), lead(2)]) + "\n"
+    put(landing, m.source, DAY, "leads_0600.jsonl", content)
+    put(landing, m.source, DAY, "leads_0600 (1).jsonl", content)          # the transfer job ran twice
+    put(landing, m.source, "2026-11-04", "leads_0600.jsonl", content)     # and again the next day
+    wh = Warehouse.for_url(warehouse_url)
+    first = ingest_partition(m, DAY, landing, wh, "run-1")
+    second = ingest_partition(m, "2026-11-04", landing, wh, "run-1")
+    assert (first.rows_read, first.rows_loaded) == (2, 2)
+    assert [(f.file, f.status, f.duplicate_of) for f in first.files] == [
+        ("leads_0600 (1).jsonl", "loaded", None), ("leads_0600.jsonl", "duplicate", "leads_0600 (1).jsonl")]
+    assert [(f.status, f.duplicate_of) for f in second.files] == [("duplicate", f"{DAY}/leads_0600 (1).jsonl")]
+    assert second.rows_read == 0
+    assert len(raw(wh, m)) == 2
+    ledger = wh.read_frame(sa.select(LANDING_FILES).order_by(LANDING_FILES.c.partition, LANDING_FILES.c.file))
+    assert ledger["status"].tolist() == ["loaded", "duplicate", "duplicate"]
+    assert ledger["sha256"].nunique() == 1
+
+
+def test_duplicate_record_id_within_a_day_is_quarantined(landing, mappings, warehouse_url):
+    m = mappings["web_form_leads"]
+    put(landing, m.source, DAY, "leads_0000.jsonl", lead(1) + "\n")
+    put(landing, m.source, DAY, "leads_1200.jsonl", lead(2) + "\n" + lead(1, email="other@x.de") + "\n")
+    wh = Warehouse.for_url(warehouse_url)
+    rep = ingest_partition(m, DAY, landing, wh, "run-1")
+    assert (rep.rows_loaded, rep.rows_quarantined) == (2, 1)
+    q = quarantine(wh, m.source)
+    assert q.loc[0, "reason"] == "duplicate record id 'WF-1' in this delivery day (first at file leads_0000.jsonl, line 1)"
+    assert q.loc[0, "file"] == "leads_1200.jsonl" and q.loc[0, "line_no"] == 2
+
+
+def test_an_unreadable_file_fails_and_keeps_the_previous_load(landing, mappings, warehouse_url):
+    m = mappings["erp_orders"]
+    put(landing, m.source, DAY, "AUFTRAG_1.txt", (erp_order("1") + "\r\n" + erp_order("2") + "\r\n").encode("cp850"))
+    wh = Warehouse.for_url(warehouse_url)
+    ingest_partition(m, DAY, landing, wh, "run-1")
+    put(landing, m.source, DAY, "AUFTRAG_2.txt", (erp_order("3") + "\r\n" + erp_order("4")[:40]).encode("cp850"))
+    with pytest.raises(SourceFileError) as err:
+        ingest_partition(m, DAY, landing, wh, "run-2")
+    assert (err.value.file, err.value.line) == ("AUFTRAG_2.txt", 2)
+    rows = raw(wh, m)
+    assert rows["source_record_id"].tolist() == ["1", "2"] and set(rows["_run_id"]) == {"run-1"}
+
+
+@pytest.mark.parametrize("case", ["empty", "wrong_encoding", "missing_header"])
+def test_file_level_errors_fail_the_partition(landing, mappings, warehouse_url, case):
+    m = mappings["trade_fair_leads"]
+    content = {"empty": b"", "wrong_encoding": (TRADE_FAIR_HEADER + "\n" + TRADE_FAIR_ROW).encode("cp1252"),
+               "missing_header": (TRADE_FAIR_ROW + "\n").encode()}[case]
+    put(landing, m.source, DAY, "messe.csv", content)
+    wh = Warehouse.for_url(warehouse_url)
+    with pytest.raises(SourceFileError) as err:
+        ingest_partition(m, DAY, landing, wh, "run-1")
+    assert err.value.file == "messe.csv" and err.value.line == 1
+
+
+def test_a_day_without_files_loads_nothing_and_says_so(landing, mappings, warehouse_url):
+    rep = ingest_partition(mappings["web_form_leads"], DAY, landing, Warehouse.for_url(warehouse_url), "run-1")
+    assert rep.files == [] and rep.rows_read == 0
+
+
+def test_partitions_ignore_folders_that_are_not_days(landing):
+    for name in ("2026-11-03", "2026-11-04", "tmp", "2026-13-01"):
+        (landing / "web_form_leads" / name).mkdir(parents=True)
+    assert landed_partitions(landing, "web_form_leads") == ["2026-11-03", "2026-11-04"]
+
+
+def test_new_model_columns_are_added_to_existing_tables(tmp_path, mappings):
+    url = f"sqlite:///{tmp_path / 'wh.db'}"
+    wh = Warehouse(url)
+    m = mappings["erasure_requests"]
+    old = sa.MetaData()
+    sa.Table(m.source, old, sa.Column("_partition", sa.Text), sa.Column("source_record_id", sa.Text), schema="raw")
+    old.create_all(wh.engine)
+    wh.ensure_tables([raw_table(m.source, m.entity)])
+    cols = {c["name"] for c in sa.inspect(wh.engine).get_columns(m.source, schema="raw")}
+    assert {"requested_at", "email", "_loaded_at"} <= cols
+    wh.engine.dispose()
+
+
+def test_sqlite_layers_are_separate_files(tmp_path, mappings, landing):
+    url = f"sqlite:///{tmp_path / 'data' / 'warehouse.db'}"
+    put(landing, "web_form_leads", DAY, "a.jsonl", lead(1) + "\n")
+    ingest_partition(mappings["web_form_leads"], DAY, landing, Warehouse.for_url(url), "r")
+    assert {p.name for p in (tmp_path / "data").glob("*.db")} == {
+        "warehouse.db", "warehouse.raw.db", "warehouse.staging.db", "warehouse.golden.db", "warehouse.marts.db", "warehouse.ops.db"}
+    Warehouse.dispose_all()
+
+
+@pytest.mark.postgres
+def test_postgres_load_uses_copy(landing, mappings, postgres_url, monkeypatch):
+    """Bulk path: rows reach PostgreSQL through COPY, not row-by-row INSERTs."""
+    put(landing, "web_form_leads", DAY, "a.jsonl", "\n".join(lead(i) for i in range(500)) + "\n")
+    wh = Warehouse.for_url(postgres_url)
+    statements: list[str] = []
+    sa.event.listen(wh.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    copies: list[str] = []
+    original = Warehouse._copy
+
+    def spy(self, conn, table, frame):
+        copies.append(f"{table.fullname}:{len(frame)}")
+        return original(self, conn, table, frame)
+
+    monkeypatch.setattr(Warehouse, "_copy", spy)
+    ingest_partition(mappings["web_form_leads"], DAY, landing, wh, "r")
+    assert "raw.web_form_leads:500" in copies
+    assert not [s for s in statements if s.lstrip().upper().startswith("INSERT INTO RAW")]
+
+
+def test_same_files_same_result_on_both_backends(demo_landing, mappings, tmp_path, request):
+    """The embedded default and PostgreSQL hold the same rows after the same loads."""
+    postgres_url = request.getfixturevalue("postgres_url")
+    root, _ = demo_landing
+    m = mappings["crm_contacts"]
+    partition = landed_partitions(root, m.source)[0]
+    frames = []
+    for url in (f"sqlite:///{tmp_path / 'wh.db'}", postgres_url):
+        wh = Warehouse.for_url(url)
+        ingest_partition(m, partition, root, wh, "same-run")
+        df = raw(wh, m).drop(columns=["_loaded_at"]).sort_values("source_record_id").reset_index(drop=True)
+        for c in ("created_at", "updated_at"):
+            df[c] = pd.to_datetime(df[c], utc=True)
+        frames.append(df)
+    pd.testing.assert_frame_equal(frames[0], frames[1], check_dtype=False)
+
+
+def test_ground_truth_covers_every_entity_record(demo_landing):
+    root, manifest = demo_landing
+    truth = pd.read_csv(root / "_ground_truth" / "records.csv", dtype=str)
+    assert set(truth["source"]) == set(manifest["sources"]) - {"erp_orders", "behaviour_events"}
