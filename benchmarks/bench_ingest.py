@@ -23,7 +23,6 @@ from benchmarks.common import ROOT, figure, landing_zone, log, run_measured
 
 
 def _count(url: str) -> tuple[int, int, int]:
-    engine = sa.create_engine(url) if not url.startswith("sqlite") else None
     from crm_pipelines.core.warehouse import Warehouse
 
     wh = Warehouse(url)
@@ -34,8 +33,6 @@ def _count(url: str) -> tuple[int, int, int]:
             "SELECT DISTINCT source FROM ops.landing_files"))]
         loaded = sum(conn.execute(sa.text(f'SELECT count(*) FROM raw."{t}"')).scalar() for t in tables)
     wh.engine.dispose()
-    if engine is not None:
-        engine.dispose()
     return int(read), int(loaded), int(quarantined)
 
 

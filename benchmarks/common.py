@@ -37,7 +37,7 @@ def landing_zone(contacts: int, seed: int = 7) -> Path:
         return out
     log(f"generating a landing zone with {contacts:,} contacts in {out}")
     subprocess.run([sys.executable, "-m", "crm_pipelines.demo", "generate", "--contacts", str(contacts),
-                    "--seed", str(seed), "--out", str(out)], check=True, cwd=ROOT)
+                    "--seed", str(seed), "--out", str(out)], check=True, cwd=ROOT, stdout=sys.stderr)
     return out
 
 

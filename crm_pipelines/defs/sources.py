@@ -11,7 +11,7 @@ from collections import Counter
 
 import dagster as dg
 
-from ..core.ingest import PartitionReport, ingest_partition, landing_files, partition_balance
+from ..core.ingest import PartitionReport, ingest_partition, partition_balance
 from ..core.mapping import SourceMapping
 from ..core.masking import mask_text
 from ..core.readers import SourceFileError
@@ -168,5 +168,3 @@ def _partition_metadata(rep: PartitionReport) -> dict:
 def build_source_assets(mappings: dict[str, SourceMapping], partitions_def: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
     return [build_source_asset(m, partitions_def) for m in mappings.values()]
 
-
-__all__ = ["build_source_assets", "raw_asset_key", "landing_files", "GROUP"]

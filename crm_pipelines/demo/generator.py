@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -243,10 +243,6 @@ class World:
 
     def salutation(self, i: int) -> str:
         return ("Frau", "Herr", "divers")[int(self.p_gender[i])]
-
-    def company_name(self, c: int) -> str:
-        form = self.c_form[c]
-        return f"{self.c_base[c]} {form}"
 
     def place(self, c: int, old: bool = False) -> tuple[str, str, str, str]:
         k = self.c_old_place[c] if old and self.c_old_place[c] >= 0 else self.c_place[c]
@@ -501,7 +497,7 @@ class Generator:
         idx = np.flatnonzero(rng.random(n) < p) if pool is None else pool[rng.random(len(pool)) < p]
         return idx
 
-    def _days_for(self, count: int, salt: int, weights_first_day: float = 0.0) -> np.ndarray:
+    def _days_for(self, count: int, salt: int) -> np.ndarray:
         rng = np.random.default_rng(self.cfg.seed * 1000 + salt)
         return rng.integers(len(self.days), size=count)
 
@@ -1065,7 +1061,3 @@ class Generator:
 def generate(cfg: GeneratorConfig, progress: Callable[[str], None] | None = None) -> dict:
     return Generator(cfg, progress).run()
 
-
-def iter_truth(path: Path) -> Iterator[dict]:
-    with open(path, encoding="utf-8", newline="") as fh:
-        yield from csv.DictReader(fh)

@@ -79,9 +79,13 @@ def test_invalid_mapping_stops_the_code_location_with_file_and_key(tmp_path):
     assert "fields.company_name.target: unknown canonical field 'firma'" in proc.stdout + proc.stderr
 
 
-def test_materialising_a_day_range_loads_every_source(tmp_path, demo_landing):
+def test_materialising_a_day_range_loads_every_source(tmp_path, demo_landing, warehouse_url, monkeypatch):
+    """The whole `sources` group over a day range, on the embedded default and on PostgreSQL."""
     root, manifest = demo_landing
-    defs = build_defs(settings_for(tmp_path, root))
+    postgres = warehouse_url.startswith("postgresql")
+    if postgres:
+        monkeypatch.setenv("CRM_WAREHOUSE_URL", warehouse_url)  # the resource reads it through EnvVar
+    defs = build_defs(settings_for(tmp_path, root, url=warehouse_url if postgres else None))
     with dg.instance_for_test() as instance:
         result = run_range(defs, instance, manifest["partitions"][0], manifest["partitions"][-1])
         assert result.success
@@ -99,6 +103,12 @@ def test_materialising_a_day_range_loads_every_source(tmp_path, demo_landing):
         assert len(checks) == 33
         failed = [(c.asset_key.to_user_string(), c.check_name) for c in checks if not c.passed]
         assert failed == []
+    url = warehouse_url if postgres else settings_for(tmp_path, root).default_warehouse_url
+    wh = Warehouse.for_url(url)
+    assert wh.dialect == ("postgresql" if postgres else "sqlite")
+    loaded = wh.scalar("SELECT count(*) FROM raw.web_form_leads")
+    expected = manifest["sources"]["web_form_leads"]
+    assert loaded == expected["records"] - expected["expected_quarantined"]
 
 
 def test_no_unmasked_email_in_metadata_or_logs(tmp_path, demo_landing):
