@@ -11,6 +11,7 @@ from __future__ import annotations
 import dagster as dg
 
 from .core.mapping import load_mappings
+from .defs.golden import build_golden_assets
 from .defs.jobs import build_jobs
 from .defs.partitions import daily_partitions
 from .defs.resources import build_resources
@@ -23,7 +24,7 @@ def build_defs(settings: Settings | None = None) -> dg.Definitions:
     mappings = load_mappings(settings.config_dir)
     partitions = daily_partitions(settings)
     return dg.Definitions(
-        assets=[*build_source_assets(mappings, partitions)],
+        assets=[*build_source_assets(mappings, partitions), *build_golden_assets(settings.config_dir)],
         jobs=build_jobs(),
         resources=build_resources(settings),
     )

@@ -22,6 +22,8 @@ class Settings:
     warehouse_url: str | None  # None: the SQLite default under data_dir
     partition_start: str
     timezone: str = "Europe/Berlin"
+    register_url: str | None = None  # company register REST endpoint; None: no enrichment
+    register_calls_per_hour: int = 60
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -32,6 +34,8 @@ class Settings:
             data_dir=Path(env.get("CRM_DATA_DIR") or ".crm_data"),
             warehouse_url=env.get("CRM_WAREHOUSE_URL") or None,
             partition_start=env.get("CRM_PARTITION_START") or "2026-01-01",
+            register_url=env.get("CRM_REGISTER_URL") or None,
+            register_calls_per_hour=int(env.get("CRM_REGISTER_CALLS_PER_HOUR") or 60),
         )
 
     @property

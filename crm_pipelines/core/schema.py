@@ -98,3 +98,153 @@ def ddl(tables: Iterable[sa.Table], dialect_name: str = "postgresql") -> str:
         for idx in sorted(t.indexes, key=lambda i: i.name):
             out.append(str(CreateIndex(idx, if_not_exists=True).compile(dialect=dialect)).strip() + ";")
     return "\n\n".join(out) + "\n"
+
+
+# ----------------------------------------------------------------------------- golden layer
+
+def _t(name: str, schema: str, comment: str, *cols: sa.Column, indexes: tuple[tuple[str, ...], ...] = ()) -> sa.Table:
+    table = sa.Table(name, metadata, *cols, schema=schema, comment=comment)
+    for idx in indexes:
+        sa.Index(f"ix_{name}_{'_'.join(idx)}", *(table.c[c] for c in idx))
+    return table
+
+
+def _text(*names: str) -> list[sa.Column]:
+    return [sa.Column(n, sa.Text()) for n in names]
+
+
+_TS = sa.DateTime(timezone=True)
+
+PERSON_RECORDS = _t(
+    "person_records", "staging", "Cleaned person records from every person source: the input of contact matching.",
+    sa.Column("record_key", sa.Text(), primary_key=True), sa.Column("source", sa.Text(), nullable=False),
+    sa.Column("source_record_id", sa.Text(), nullable=False), sa.Column("record_ts", _TS),
+    *_text("salutation", "academic_title", "first_name", "last_name", "email", "email_norm", "email_domain"),
+    sa.Column("is_free_mail", sa.Boolean()),
+    *_text("phone", "phone_e164", "mobile", "mobile_e164", "job_title", "company_name", "company_key", "legal_form",
+           "org_key", "street", "house_number", "postal_code", "city", "country", "leitregion", "crm_contact_id",
+           "crm_company_id", "erp_customer_number", "first_key", "last_key", "first_kp", "last_kp"),
+)
+ACCOUNT_RECORDS = _t(
+    "account_records", "staging", "Cleaned account records: ERP customers, CRM companies and company mentions of persons.",
+    sa.Column("record_key", sa.Text(), primary_key=True), sa.Column("source", sa.Text(), nullable=False),
+    sa.Column("source_record_id", sa.Text(), nullable=False), sa.Column("record_ts", _TS),
+    sa.Column("is_mention", sa.Boolean(), nullable=False),
+    *_text("company_name", "company_base", "company_key", "company_first_token", "legal_form", "street", "house_number",
+           "street_full_key", "postal_code", "city", "city_key", "country", "leitregion", "phone", "phone_e164",
+           "email", "domain", "vat_id", "register_court", "register_number", "register_id", "industry"),
+    sa.Column("employee_count", sa.BigInteger()),
+    *_text("erp_customer_number", "crm_company_id"),
+)
+
+GOLDEN_CONTACTS = _t(
+    "contacts", "golden", "Golden contacts: one row per person, fields chosen by survivorship rules.",
+    sa.Column("golden_id", sa.Text(), primary_key=True),
+    *_text("salutation", "academic_title", "first_name", "last_name", "email", "phone", "mobile", "job_title",
+           "company_name", "street", "house_number", "postal_code", "city", "country", "crm_contact_id",
+           "crm_company_id", "erp_customer_number", "account_id"),
+    sa.Column("record_count", sa.BigInteger(), nullable=False), sa.Column("sources", sa.Text(), nullable=False),
+    sa.Column("first_seen_at", _TS), sa.Column("last_seen_at", _TS), sa.Column("run_id", sa.Text(), nullable=False),
+    indexes=(("email",), ("account_id",)),
+)
+GOLDEN_ACCOUNTS = _t(
+    "accounts", "golden", "Golden accounts: one row per company, fields chosen by survivorship rules.",
+    sa.Column("golden_id", sa.Text(), primary_key=True),
+    *_text("company_name", "base_name", "legal_form", "street", "house_number", "postal_code", "city", "country",
+           "phone", "domain", "vat_id", "register_court", "register_number", "industry"),
+    sa.Column("employee_count", sa.BigInteger()),
+    *_text("erp_customer_number", "crm_company_id"),
+    sa.Column("record_count", sa.BigInteger(), nullable=False), sa.Column("sources", sa.Text(), nullable=False),
+    sa.Column("run_id", sa.Text(), nullable=False),
+)
+
+
+def _lineage_table(name: str, what: str) -> sa.Table:
+    # One row per contributing record (not per field): a million golden records times twenty
+    # fields would be the largest table of the warehouse. Golden records made of a single
+    # source record have no rows here: every field came from it (see the crosswalk).
+    return _t(name, "golden", f"Field-level lineage of {what} with several records: which record supplied which fields.",
+              sa.Column("golden_id", sa.Text(), nullable=False), sa.Column("record_key", sa.Text(), nullable=False),
+              sa.Column("fields", sa.Text(), nullable=False, comment="comma-separated golden fields taken from this record"),
+              sa.Column("rules", sa.Text(), nullable=False, comment="the survivorship rule per field, same order"),
+              indexes=(("golden_id",),))
+
+
+def _crosswalk_table(name: str, what: str) -> sa.Table:
+    return _t(name, "golden", f"Every source record -> its {what} golden ID, with history (valid_to null = current).",
+              sa.Column("record_key", sa.Text(), nullable=False), sa.Column("source", sa.Text(), nullable=False),
+              sa.Column("source_record_id", sa.Text(), nullable=False), sa.Column("golden_id", sa.Text(), nullable=False),
+              sa.Column("valid_from", _TS, nullable=False), sa.Column("valid_to", _TS),
+              sa.Column("run_id", sa.Text(), nullable=False),
+              indexes=(("record_key",), ("golden_id",)))
+
+
+CONTACT_LINEAGE = _lineage_table("contact_lineage", "golden contacts")
+ACCOUNT_LINEAGE = _lineage_table("account_lineage", "golden accounts")
+PERSON_CROSSWALK = _crosswalk_table("person_crosswalk", "contact")
+ACCOUNT_CROSSWALK = _crosswalk_table("account_crosswalk", "account")
+
+ID_REGISTRY = _t(
+    "id_registry", "golden", "Every golden ID ever issued: status active or merged (into another ID).",
+    sa.Column("golden_id", sa.Text(), primary_key=True), sa.Column("entity", sa.Text(), nullable=False),
+    sa.Column("status", sa.Text(), nullable=False), sa.Column("merged_into", sa.Text()),
+    sa.Column("created_at", _TS, nullable=False), sa.Column("updated_at", _TS, nullable=False),
+    sa.Column("created_run", sa.Text(), nullable=False),
+)
+ID_EVENTS = _t(
+    "id_events", "golden", "Append-only log of golden-ID events: created, merged, split.",
+    sa.Column("at", _TS, nullable=False), sa.Column("run_id", sa.Text(), nullable=False),
+    sa.Column("entity", sa.Text(), nullable=False), sa.Column("event", sa.Text(), nullable=False),
+    sa.Column("golden_id", sa.Text(), nullable=False), sa.Column("into", sa.Text()),
+)
+MATCH_EDGES = _t(
+    "match_edges", "golden", "The pairs that merged records into each golden ID, with their field-level evidence.",
+    sa.Column("entity", sa.Text(), nullable=False), sa.Column("golden_id", sa.Text(), nullable=False),
+    sa.Column("record_a", sa.Text(), nullable=False), sa.Column("record_b", sa.Text(), nullable=False),
+    sa.Column("probability", sa.Float(), nullable=False), sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("evidence", sa.Text(), nullable=False, comment="JSON: comparison -> [level, weight]"),
+    sa.Column("run_id", sa.Text(), nullable=False),
+    indexes=(("entity", "golden_id"),),
+)
+REVIEW_CANDIDATES = _t(
+    "review_candidates", "staging", "Pairs in the review band (or refused merges) of the last matching run, per entity.",
+    sa.Column("entity", sa.Text(), nullable=False), sa.Column("record_a", sa.Text(), nullable=False),
+    sa.Column("record_b", sa.Text(), nullable=False), sa.Column("probability", sa.Float(), nullable=False),
+    sa.Column("reason", sa.Text(), nullable=False), sa.Column("evidence", sa.Text(), nullable=False),
+    sa.Column("run_id", sa.Text(), nullable=False),
+)
+REVIEW_QUEUE = _t(
+    "review_queue", "golden", "Pairs a data steward should decide (same / different), with per-field scores.",
+    sa.Column("entity", sa.Text(), nullable=False), sa.Column("record_a", sa.Text(), nullable=False),
+    sa.Column("record_b", sa.Text(), nullable=False), sa.Column("golden_a", sa.Text()), sa.Column("golden_b", sa.Text()),
+    sa.Column("probability", sa.Float(), nullable=False), sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("evidence", sa.Text(), nullable=False), sa.Column("run_id", sa.Text(), nullable=False),
+)
+STEWARD_DECISIONS = _t(
+    "steward_decisions", "golden", "Decisions of data stewards, honoured on every run as must-link / cannot-link.",
+    sa.Column("entity", sa.Text(), nullable=False, comment="persons | accounts"),
+    sa.Column("record_a", sa.Text(), nullable=False), sa.Column("record_b", sa.Text(), nullable=False),
+    sa.Column("decision", sa.Text(), nullable=False, comment="same | different"),
+    sa.Column("decided_by", sa.Text(), nullable=False), sa.Column("decided_at", _TS, nullable=False),
+    sa.Column("note", sa.Text()),
+)
+MATCH_RUNS = _t(
+    "match_runs", "ops", "One row per matching run and entity: sizes and rates, for trends and the jump check.",
+    sa.Column("run_id", sa.Text(), nullable=False), sa.Column("entity", sa.Text(), nullable=False),
+    sa.Column("run_at", _TS, nullable=False), sa.Column("records", sa.BigInteger(), nullable=False),
+    sa.Column("clusters", sa.BigInteger(), nullable=False), sa.Column("match_rate", sa.Float(), nullable=False),
+    sa.Column("candidate_pairs", sa.BigInteger(), nullable=False), sa.Column("possible_pairs", sa.BigInteger(), nullable=False),
+    sa.Column("review_pairs", sa.BigInteger(), nullable=False), sa.Column("seconds", sa.Float(), nullable=False),
+)
+REGISTER_CACHE = _t(
+    "register_cache", "ops", "Answers of the company register (Handelsregister data), by name and city searched.",
+    sa.Column("company_key", sa.Text(), nullable=False), sa.Column("city_key", sa.Text(), nullable=False),
+    sa.Column("status", sa.Text(), nullable=False, comment="found | not_found"),
+    *_text("register_court", "register_number", "legal_form", "name", "street", "postal_code", "city"),
+    sa.Column("fetched_at", _TS, nullable=False),
+    indexes=(("company_key", "city_key"),),
+)
+
+GOLDEN_TABLES = (PERSON_RECORDS, ACCOUNT_RECORDS, GOLDEN_CONTACTS, GOLDEN_ACCOUNTS, CONTACT_LINEAGE, ACCOUNT_LINEAGE,
+                 PERSON_CROSSWALK, ACCOUNT_CROSSWALK, ID_REGISTRY, ID_EVENTS, MATCH_EDGES, REVIEW_CANDIDATES,
+                 REVIEW_QUEUE, STEWARD_DECISIONS, MATCH_RUNS, REGISTER_CACHE)

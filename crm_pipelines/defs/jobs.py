@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from .golden import GROUP as GOLDEN_GROUP
 from .sources import GROUP as SOURCES_GROUP
 
 
@@ -13,5 +14,10 @@ def build_jobs() -> list[dg.UnresolvedAssetJobDefinition]:
             "ingest_sources",
             selection=dg.AssetSelection.groups(SOURCES_GROUP),
             description="Load every raw source for the selected day(s) from the landing zone.",
+        ),
+        dg.define_asset_job(
+            "build_golden",
+            selection=dg.AssetSelection.groups(GOLDEN_GROUP),
+            description="Clean, enrich and resolve everything loaded into golden contacts and accounts.",
         ),
     ]

@@ -472,6 +472,7 @@ class Generator:
                          f"{st.expected_quarantined} to be quarantined ({time.monotonic() - t0:.1f}s)")
         finally:
             self.truth_fh.close()
+        self._write_register(out)
         manifest = {
             "seed": cfg.seed, "contacts": cfg.contacts, "companies": w.n_companies,
             "start": cfg.start.isoformat(), "days": cfg.days,
@@ -481,6 +482,30 @@ class Generator:
         (truth_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
         self.log(f"done: {sum(s.records for s in self.stats.values()):,} records, ground truth in {truth_dir}")
         return manifest
+
+    def _write_register(self, out: Path) -> None:
+        """What a company register knows: official name, legal form, court and number, seat.
+
+        Not a landing-zone source: the local register server (devtools) serves it to the
+        enrichment client. GbR have no register entry.
+        """
+        w = self.w
+        sections = {form: section for form, _, section in LEGAL_FORMS}
+        folder = out / "_register"
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        with open(folder / "companies.jsonl", "w", encoding="utf-8") as fh:
+            for c in range(w.n_companies):
+                section = sections.get(w.c_form[c])
+                plz, city, _area, country = w.place(c)
+                if section is None or country != "DE":
+                    continue
+                fh.write(json.dumps({
+                    "name": f"{w.c_base[c]} {w.c_form[c]}", "legal_form": w.c_form[c],
+                    "register_court": w.c_court[c], "register_number": f"{section} {int(w.c_regnum[c])}",
+                    "street": w.street(c), "postal_code": plz, "city": city,
+                }, ensure_ascii=False) + "\n")
 
     def _truth(self, source: str, rid: str, person: int | None, account: int | None, malformed: bool) -> None:
         self.truth.writerow([source, rid, "" if person is None else f"P{person + 1:07d}",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -18,8 +19,9 @@ from ..core.warehouse import describe_url
 from ..settings import Settings
 from .generator import GeneratorConfig, generate
 
-# Jobs the demo runs, in order; each later capability adds its job here.
-DEMO_JOBS: tuple[str, ...] = ("ingest_sources",)
+# Jobs the demo runs, in order, and whether they take the landing zone's day range;
+# each later capability adds its job here.
+DEMO_JOBS: tuple[tuple[str, bool], ...] = (("ingest_sources", True), ("build_golden", False))
 
 
 def _needs_generation(landing: Path, cfg: GeneratorConfig) -> bool:
@@ -44,29 +46,43 @@ def run_demo(cfg: GeneratorConfig, regenerate: bool = False, progress: Callable[
     else:
         progress(f"using the existing landing zone in {landing} (--regenerate to rewrite it)")
 
-    defs = build_defs(settings)
-    partitions = sorted({p for m in _sources(defs) for p in landed_partitions(landing, m)})
-    if not partitions:
-        progress("the landing zone has no partitions")
-        return 1
-    if partitions[0] < settings.partition_start:
-        progress(f"landing data starts {partitions[0]}, before CRM_PARTITION_START={settings.partition_start}")
-        return 1
-    tags = {"dagster/asset_partition_range_start": partitions[0], "dagster/asset_partition_range_end": partitions[-1],
-            "crm/launched_by": "make-demo"}
-    instance = instance or dg.DagsterInstance.get()
-    url = settings.warehouse_url or settings.default_warehouse_url
-    progress(f"materialising {len(DEMO_JOBS)} job(s) over {partitions[0]} .. {partitions[-1]} into {describe_url(url)}")
-    results = []
-    for name in DEMO_JOBS:
-        job = defs.resolve_job_def(name)
-        # Dagster's console logger writes every event at DEBUG; the summary below says what matters,
-        # and the full event log is in the UI.
-        result = job.execute_in_process(instance=instance, tags=tags, raise_on_error=False,
-                                        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
-        results.append(result)
-        if not result.success:
-            break
+    register = None
+    register_file = landing / "_register" / "companies.jsonl"
+    if settings.register_url is None and register_file.is_file():
+        from ..devtools.register_server import RegisterServer
+
+        # The demo's register is local and answers as fast as it can: lift the real 60/hour limit.
+        register = RegisterServer.from_file(register_file).start()
+        settings = replace(settings, register_url=register.url, register_calls_per_hour=100_000)
+        progress(f"local company register on {register.url}")
+    try:
+        defs = build_defs(settings)
+        partitions = sorted({p for m in _sources(defs) for p in landed_partitions(landing, m)})
+        if not partitions:
+            progress("the landing zone has no partitions")
+            return 1
+        if partitions[0] < settings.partition_start:
+            progress(f"landing data starts {partitions[0]}, before CRM_PARTITION_START={settings.partition_start}")
+            return 1
+        tags = {"dagster/asset_partition_range_start": partitions[0], "dagster/asset_partition_range_end": partitions[-1]}
+        instance = instance or dg.DagsterInstance.get()
+        url = settings.warehouse_url or settings.default_warehouse_url
+        progress(f"materialising {len(DEMO_JOBS)} job(s) over {partitions[0]} .. {partitions[-1]} into {describe_url(url)}")
+        results = []
+        for name, partitioned in DEMO_JOBS:
+            job = defs.resolve_job_def(name)
+            progress(f"running {name}")
+            # Dagster's console logger writes every event at DEBUG; the summary below says what matters,
+            # and the full event log is in the UI.
+            result = job.execute_in_process(instance=instance, tags={**(tags if partitioned else {}), "crm/launched_by": "make-demo"},
+                                            raise_on_error=False,
+                                            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
+            results.append(result)
+            if not result.success:
+                break
+    finally:
+        if register is not None:
+            register.stop()
     summary, failed_checks = summarise(results)
     print(summary)
     ok = all(r.success for r in results) and not failed_checks

@@ -1,0 +1,19 @@
+"""Cleaning of the values people type: e-mails, phones, person names, addresses, company names.
+
+Plain functions on single values (tested by table) and vectorised wrappers that work on
+the distinct values of a pandas Series, because real data repeats itself a lot.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pandas as pd
+
+
+def map_unique(series: pd.Series, fn: Callable[[Any], Any]) -> pd.Series:
+    """Applies ``fn`` once per distinct value (missing stays missing)."""
+    values = series.astype(object).where(series.notna(), None)
+    uniques = pd.unique(values.dropna())
+    lookup = {v: fn(v) for v in uniques}
+    return values.map(lookup).astype(object).where(values.notna(), None)

@@ -1,0 +1,469 @@
+"""The golden layer: cleaned records in, golden contacts and accounts out, with IDs that stay put.
+
+Plain Python over the warehouse (no Dagster): the assets in ``defs/golden.py`` call
+these functions, and tests call them directly.
+
+Order of a run: person records, account records (ERP, CRM and the company mentions of
+persons), register enrichment (see ``core/enrichment``), accounts resolved, contacts
+resolved and linked to their account, review queue.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from .masking import mask_value
+from .matching.ids import assign_ids, id_seq
+from .matching.records import (ACCOUNT_SOURCES, PERSON_SOURCES, account_records, account_signatures,
+                               person_records)
+from .matching.resolve import Resolution, resolve
+from .matching.settings import EntityMatchSpec, MatchingConfig
+from .matching.survivorship import survive
+from .model import ENTITIES
+from .schema import (ACCOUNT_CROSSWALK, ACCOUNT_LINEAGE, ACCOUNT_RECORDS, CONTACT_LINEAGE, GOLDEN_ACCOUNTS,
+                     GOLDEN_CONTACTS, GOLDEN_TABLES, ID_EVENTS, ID_REGISTRY, MATCH_EDGES, MATCH_RUNS, PERSON_CROSSWALK,
+                     PERSON_RECORDS, REGISTER_CACHE, REVIEW_CANDIDATES, REVIEW_QUEUE, STEWARD_DECISIONS, raw_table)
+from .warehouse import Warehouse
+
+Log = Callable[[str], None]
+PREFIX = {"persons": "GC", "accounts": "GA"}
+CONTACT_FIELDS = ["salutation", "academic_title", "first_name", "last_name", "email_norm", "phone", "mobile", "job_title",
+                  "company_name", "street", "house_number", "postal_code", "city", "country", "crm_contact_id",
+                  "crm_company_id", "erp_customer_number"]
+ACCOUNT_FIELDS = ["company_name", "company_base", "legal_form", "street", "house_number", "postal_code", "city", "country",
+                  "phone", "domain", "vat_id", "register_court", "register_number", "industry", "employee_count",
+                  "erp_customer_number", "crm_company_id"]
+_RAW_COLUMNS = ("_partition", "_file", "_record_no")
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# ============================================================================ records
+
+def read_raw(wh: Warehouse, sources: tuple[str, ...]) -> dict[str, pd.DataFrame]:
+    from .matching.records import latest
+
+    out = {}
+    insp = sa.inspect(wh.engine)
+    for source in sources:
+        if not insp.has_table(source, schema="raw"):
+            continue
+        cols = [c["name"] for c in insp.get_columns(source, schema="raw")]
+        table = sa.table(source, *(sa.column(c) for c in cols), schema="raw")
+        keep = [c for c in cols if not c.startswith("_") or c in _RAW_COLUMNS]
+        out[source] = latest(wh.read_frame(sa.select(*(table.c[c] for c in keep))))
+    return out
+
+
+def replace_table(wh: Warehouse, table: sa.Table, frame: pd.DataFrame, where: dict | None = None) -> None:
+    wh.ensure_tables([table])
+    cols = [c for c in table.columns.keys() if c in frame.columns]
+    with wh.engine.begin() as conn:
+        if where:
+            wh.delete_where(conn, table, **where)
+        else:
+            conn.execute(sa.delete(table))
+        wh.bulk_insert(conn, table, frame[cols])
+
+
+def build_person_records(wh: Warehouse) -> pd.DataFrame:
+    persons = person_records(read_raw(wh, PERSON_SOURCES))
+    replace_table(wh, PERSON_RECORDS, persons)
+    return persons
+
+
+def build_account_records(wh: Warehouse, persons: pd.DataFrame | None = None) -> pd.DataFrame:
+    if persons is None:
+        persons = load_person_records(wh)
+    accounts = account_records(read_raw(wh, ACCOUNT_SOURCES), persons)
+    replace_table(wh, ACCOUNT_RECORDS, accounts)
+    return accounts
+
+
+def load_person_records(wh: Warehouse) -> pd.DataFrame:
+    from .matching.records import name_mailbox
+
+    wh.ensure_tables([PERSON_RECORDS])
+    df = wh.read_frame(sa.select(PERSON_RECORDS).order_by(PERSON_RECORDS.c.record_key))
+    df = df.astype(object).where(df.notna(), None)
+    # Derived blocking keys are cheap to recompute and not worth their storage.
+    df["email_local"] = df["email_norm"].str.rsplit("@", n=1).str[0]
+    df["is_free_mail"] = df["is_free_mail"].fillna(False).astype(bool)
+    pair = [("-".join(sorted((f, l))) if f and l else None) for f, l in zip(df["first_kp"], df["last_kp"])]
+    df["name_kp_pair"] = pd.Series(pair, index=df.index, dtype=object)
+    df["first_initial"] = df["first_key"].str[:1]
+    df["company_domain"] = df["email_domain"].where(~df["is_free_mail"])
+    df["phone_any"] = df["mobile_e164"].where(df["mobile_e164"].notna(), df["phone_e164"])
+    df["company_first_token"] = df["org_key"].str.split(" ").str[0]
+    df["mailbox_is_name"] = [name_mailbox(m, f, l) for m, f, l in zip(df["email_local"], df["first_key"], df["last_key"])]
+    df["record_ts"] = pd.to_datetime(df["record_ts"], utc=True)
+    return df
+
+
+def load_account_records(wh: Warehouse) -> pd.DataFrame:
+    wh.ensure_tables([ACCOUNT_RECORDS])
+    df = wh.read_frame(sa.select(ACCOUNT_RECORDS).order_by(ACCOUNT_RECORDS.c.record_key))
+    df = df.astype(object).where(df.notna(), None)
+    df["record_ts"] = pd.to_datetime(df["record_ts"], utc=True)
+    df["is_mention"] = df["is_mention"].astype(bool)
+    return df
+
+
+def apply_register(accounts: pd.DataFrame, wh: Warehouse) -> pd.DataFrame:
+    """Register court and number from the enrichment cache, by (name key, city key)."""
+    wh.ensure_tables([REGISTER_CACHE])
+    cache = wh.read_frame(sa.select(REGISTER_CACHE.c.company_key, REGISTER_CACHE.c.city_key, REGISTER_CACHE.c.register_court,
+                                    REGISTER_CACHE.c.register_number).where(REGISTER_CACHE.c.status == "found"))
+    if cache.empty:
+        return accounts
+    cache = cache.drop_duplicates(["company_key", "city_key"])
+    joined = accounts[["company_key", "city_key"]].merge(cache, on=["company_key", "city_key"], how="left")
+    out = accounts.copy()
+    court = out["register_court"].where(out["register_court"].notna(), joined["register_court"].to_numpy())
+    number = out["register_number"].where(out["register_number"].notna(), joined["register_number"].to_numpy())
+    out["register_court"], out["register_number"] = court, number
+    out["register_id"] = [(f"{c}|{n}" if c and n else None) for c, n in zip(court, number)]
+    return out
+
+
+# ============================================================================ steward decisions
+
+def decisions(wh: Warehouse, entity: str) -> pd.DataFrame:
+    wh.ensure_tables([STEWARD_DECISIONS])
+    df = wh.read_frame(sa.select(STEWARD_DECISIONS).where(STEWARD_DECISIONS.c.entity == entity)
+                       .order_by(STEWARD_DECISIONS.c.decided_at))
+    # The latest decision about a pair counts.
+    if df.empty:
+        return df
+    df["pair"] = [tuple(sorted((a, b))) for a, b in zip(df["record_a"], df["record_b"])]
+    return df.drop_duplicates("pair", keep="last")
+
+
+def record_decision(wh: Warehouse, entity: str, record_a: str, record_b: str, decision: str, decided_by: str,
+                    note: str | None = None) -> None:
+    if entity not in PREFIX:
+        raise ValueError(f"entity must be one of {', '.join(PREFIX)}")
+    if decision not in ("same", "different"):
+        raise ValueError("decision must be 'same' or 'different'")
+    wh.ensure_tables([STEWARD_DECISIONS])
+    with wh.engine.begin() as conn:
+        conn.execute(sa.insert(STEWARD_DECISIONS).values(entity=entity, record_a=record_a, record_b=record_b,
+                                                          decision=decision, decided_by=decided_by, decided_at=now(),
+                                                          note=note))
+
+
+def _decision_links(dec: pd.DataFrame, position: dict[str, int]) -> tuple[list, list, int]:
+    must, cannot, unknown = [], [], 0
+    for a, b, d in zip(dec.get("record_a", []), dec.get("record_b", []), dec.get("decision", [])):
+        pa, pb = position.get(a), position.get(b)
+        if pa is None or pb is None:
+            unknown += 1
+            continue
+        if pa == pb:
+            continue
+        (must if d == "same" else cannot).append((pa, pb, "steward: same") if d == "same" else (pa, pb))
+    return must, cannot, unknown
+
+
+# ============================================================================ resolution
+
+@dataclass
+class GoldenResult:
+    entity: str
+    resolution: Resolution
+    golden: pd.DataFrame
+    crosswalk: pd.DataFrame  # current record -> golden ID
+    events: list[dict]
+    stats: dict = field(default_factory=dict)
+
+
+def _evidence(res: Resolution, spec: EntityMatchSpec, idx: np.ndarray) -> list[str]:
+    weights = res.model.weights()
+    names = [c.name for c in spec.comparisons]
+    level_names = [c.level_names() for c in spec.comparisons]
+    out = []
+    for i in idx:
+        ev = {}
+        for c, name in enumerate(names):
+            lv = int(res.levels[name][i])
+            if lv >= 0:
+                ev[name] = [level_names[c][lv], round(float(weights[c][lv]), 2)]
+        out.append(json.dumps(ev, ensure_ascii=False))
+    return out
+
+
+def _pair_index(res: Resolution, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Position of each (a, b) in the candidate pairs, -1 where the pair was not compared."""
+    n = res.n_records
+    codes = res.pairs.left * n + res.pairs.right
+    want = np.minimum(a, b) * n + np.maximum(a, b)
+    pos = np.searchsorted(codes, want)
+    pos = np.clip(pos, 0, max(len(codes) - 1, 0))
+    found = (len(codes) > 0) & (codes[pos] == want) if len(codes) else np.zeros(len(want), bool)
+    return np.where(found, pos, -1)
+
+
+def _update_crosswalk(wh: Warehouse, table: sa.Table, current: pd.DataFrame, run_id: str, at: datetime) -> int:
+    """SCD2: close rows whose golden ID changed or whose record is gone; insert the new rows."""
+    wh.ensure_tables([table])
+    prev = wh.read_frame(sa.select(table.c.record_key, table.c.golden_id).where(table.c.valid_to.is_(None)))
+    merged = current[["record_key", "golden_id"]].merge(prev, on="record_key", how="outer", suffixes=("", "_prev"),
+                                                        indicator=True)
+    changed = merged[(merged["_merge"] == "both") & (merged["golden_id"] != merged["golden_id_prev"])]
+    gone = merged[merged["_merge"] == "right_only"]
+    new = merged[merged["_merge"] == "left_only"]
+    close = pd.concat([changed["record_key"], gone["record_key"]]).tolist()
+    insert_keys = set(pd.concat([changed["record_key"], new["record_key"]]).tolist())
+    rows = current[current["record_key"].isin(insert_keys)].assign(valid_from=pd.Timestamp(at), valid_to=pd.NaT,
+                                                                    run_id=run_id)
+    with wh.engine.begin() as conn:
+        for i in range(0, len(close), 500):
+            conn.execute(sa.update(table).where(table.c.valid_to.is_(None), table.c.record_key.in_(close[i:i + 500]))
+                         .values(valid_to=at))
+        wh.bulk_insert(conn, table, rows[["record_key", "source", "source_record_id", "golden_id", "valid_from", "run_id"]])
+    return len(close) + len(new)
+
+
+def _register_ids(wh: Warehouse, entity: str, events: list[dict], run_id: str, at: datetime) -> None:
+    wh.ensure_tables([ID_REGISTRY, ID_EVENTS])
+    with wh.engine.begin() as conn:
+        created = [e for e in events if e["event"] == "created"]
+        if created:
+            wh.bulk_insert(conn, ID_REGISTRY, pd.DataFrame({
+                "golden_id": [e["golden_id"] for e in created], "entity": entity, "status": "active", "merged_into": None,
+                "created_at": pd.Timestamp(at), "updated_at": pd.Timestamp(at), "created_run": run_id}))
+        for e in events:
+            if e["event"] == "merged":
+                conn.execute(sa.update(ID_REGISTRY).where(ID_REGISTRY.c.golden_id == e["golden_id"])
+                             .values(status="merged", merged_into=e["into"], updated_at=at))
+        if events:
+            wh.bulk_insert(conn, ID_EVENTS, pd.DataFrame({
+                "at": pd.Timestamp(at), "run_id": run_id, "entity": entity, "event": [e["event"] for e in events],
+                "golden_id": [e["golden_id"] for e in events], "into": [e["into"] for e in events]}))
+
+
+def _next_seq(wh: Warehouse, entity: str) -> int:
+    wh.ensure_tables([ID_REGISTRY])
+    ids = wh.read_frame(sa.select(ID_REGISTRY.c.golden_id).where(ID_REGISTRY.c.entity == entity))
+    return max((id_seq(i) for i in ids["golden_id"]), default=0) + 1
+
+
+def _previous_match_rate(wh: Warehouse, entity: str) -> float | None:
+    wh.ensure_tables([MATCH_RUNS])
+    row = wh.read_frame(sa.select(MATCH_RUNS.c.match_rate).where(MATCH_RUNS.c.entity == entity)
+                        .order_by(MATCH_RUNS.c.run_at.desc()).limit(1))
+    return float(row["match_rate"].iloc[0]) if len(row) else None
+
+
+def _lineage_rows(lineage: pd.DataFrame, ids: pd.Series, multi: set) -> pd.DataFrame:
+    lin = lineage.assign(golden_id=ids.reindex(lineage["cluster"]).to_numpy())
+    lin = lin[lin["golden_id"].isin(multi)]
+    if lin.empty:
+        return pd.DataFrame(columns=["golden_id", "record_key", "fields", "rules"])
+    return (lin.groupby(["golden_id", "record_key"], sort=True)
+               .agg(fields=("field", ",".join), rules=("rule", ",".join)).reset_index())
+
+
+def _persist(wh: Warehouse, entity: str, res: Resolution, spec: EntityMatchSpec, keys: np.ndarray, crosswalk: pd.DataFrame,
+             cluster_ids: list[str], run_id: str, at: datetime, xw_table: sa.Table, started: float,
+             match_rate: float) -> dict:
+    rep_key = keys.__getitem__
+    # Match edges: the pairs that joined records, with their evidence, for explanations.
+    merges = res.clusters.merge_edges
+    if merges:
+        a = np.array([m[0] for m in merges])
+        b = np.array([m[1] for m in merges])
+        idx = _pair_index(res, a, b)
+        evidence = _evidence(res, spec, np.where(idx >= 0, idx, 0))
+        edges = pd.DataFrame({
+            "entity": entity, "golden_id": [cluster_ids[res.labels[x]] for x in a],
+            "record_a": [rep_key(x) for x in a], "record_b": [rep_key(x) for x in b],
+            "probability": [m[2] for m in merges], "reason": [m[3] for m in merges],
+            "evidence": [e if i >= 0 else "{}" for e, i in zip(evidence, idx)], "run_id": run_id})
+    else:
+        edges = pd.DataFrame(columns=["entity", "golden_id", "record_a", "record_b", "probability", "reason", "evidence", "run_id"])
+    replace_table(wh, MATCH_EDGES, edges, where={"entity": entity})
+    review = res.review
+    idx = _pair_index(res, review["a"].to_numpy(), review["b"].to_numpy()) if len(review) else np.empty(0, int)
+    cand = pd.DataFrame({
+        "entity": entity, "record_a": [rep_key(x) for x in review["a"]], "record_b": [rep_key(x) for x in review["b"]],
+        "probability": review["probability"].to_numpy(), "reason": review["reason"].to_numpy(),
+        "evidence": _evidence(res, spec, np.where(idx >= 0, idx, 0)) if len(review) else [], "run_id": run_id})
+    replace_table(wh, REVIEW_CANDIDATES, cand, where={"entity": entity})
+    changes = _update_crosswalk(wh, xw_table, crosswalk, run_id, at)
+    previous = _previous_match_rate(wh, entity)
+    seconds = time.monotonic() - started
+    with wh.engine.begin() as conn:
+        wh.bulk_insert(conn, MATCH_RUNS, pd.DataFrame([{
+            "run_id": run_id, "entity": entity, "run_at": pd.Timestamp(at), "records": res.n_records,
+            "clusters": res.n_clusters, "match_rate": match_rate, "candidate_pairs": res.stats["candidate_pairs"],
+            "possible_pairs": res.stats["possible_pairs"], "review_pairs": len(review), "seconds": seconds}]))
+    return {"crosswalk_changes": changes, "previous_match_rate": previous, "seconds": round(seconds, 2)}
+
+
+def resolve_accounts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log | None = None) -> GoldenResult:
+    started = time.monotonic()
+    at = now()
+    spec = cfg.accounts
+    accounts = apply_register(load_account_records(wh), wh)
+    sig, codes = account_signatures(accounts)
+    position = {k: int(c) for k, c in zip(accounts["record_key"], codes)}
+    dec = decisions(wh, "accounts")
+    must, cannot, unknown = _decision_links(dec, position)
+    res = resolve(sig, spec, must_link=must, cannot_link=cannot, log=log)
+    labels = res.labels[codes] if len(codes) else np.empty(0, np.int64)
+    prev = _current_map(wh, ACCOUNT_CROSSWALK)
+    ids = assign_ids(accounts["record_key"].to_numpy(), labels, prev, PREFIX["accounts"], _next_seq(wh, "accounts"))
+    golden, lineage = survive(accounts, labels, ACCOUNT_FIELDS, cfg.survivorship["accounts"])
+    gid = pd.Series(ids.cluster_ids)
+    golden = golden.assign(golden_id=gid.to_numpy())
+    sizes = np.bincount(labels, minlength=len(gid)) if len(labels) else np.zeros(0, int)
+    golden["record_count"] = sizes
+    golden["sources"] = pd.Series(accounts["source"].to_numpy()).groupby(labels).agg(
+        lambda s: ",".join(sorted(set(s)))).reindex(range(len(gid))).to_numpy()
+    golden = golden.rename(columns={"company_base": "base_name"})
+    golden["run_id"] = run_id
+    _register_ids(wh, "accounts", ids.events, run_id, at)
+    replace_table(wh, GOLDEN_ACCOUNTS, golden)
+    multi = set(gid[sizes > 1])
+    replace_table(wh, ACCOUNT_LINEAGE, _lineage_rows(lineage, gid, multi))
+    crosswalk = pd.DataFrame({"record_key": accounts["record_key"], "source": accounts["source"],
+                              "source_record_id": accounts["source_record_id"], "golden_id": gid.to_numpy()[labels]})
+    rep = sig["record_key"].to_numpy()
+    rate = 1 - len(golden) / len(accounts) if len(accounts) else 0.0
+    extra = _persist(wh, "accounts", res, spec, rep, crosswalk, ids.cluster_ids, run_id, at, ACCOUNT_CROSSWALK, started, rate)
+    stats = {**res.stats, **extra, "records": len(accounts), "signatures": len(sig), "golden": len(golden),
+             "decisions_applied": len(must) + len(cannot), "decisions_unknown_records": unknown,
+             "register_ids": int(accounts["register_id"].notna().sum()), "match_rate": rate}
+    return GoldenResult("accounts", res, golden, crosswalk, ids.events, stats)
+
+
+def _current_map(wh: Warehouse, table: sa.Table) -> dict[str, str]:
+    wh.ensure_tables([table])
+    df = wh.read_frame(sa.select(table.c.record_key, table.c.golden_id).where(table.c.valid_to.is_(None)))
+    return dict(zip(df["record_key"], df["golden_id"]))
+
+
+def resolve_contacts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log | None = None) -> GoldenResult:
+    started = time.monotonic()
+    at = now()
+    spec = cfg.persons
+    persons = load_person_records(wh)
+    position = {k: i for i, k in enumerate(persons["record_key"])}
+    dec = decisions(wh, "persons")
+    must, cannot, unknown = _decision_links(dec, position)
+    res = resolve(persons, spec, must_link=must, cannot_link=cannot, log=log)
+    labels = res.labels
+    prev = _current_map(wh, PERSON_CROSSWALK)
+    ids = assign_ids(persons["record_key"].to_numpy(), labels, prev, PREFIX["persons"], _next_seq(wh, "persons"))
+    golden, lineage = survive(persons, labels, CONTACT_FIELDS, cfg.survivorship["persons"])
+    gid = pd.Series(ids.cluster_ids)
+    golden = golden.rename(columns={"email_norm": "email"}).assign(golden_id=gid.to_numpy())
+    lineage["field"] = lineage["field"].replace({"email_norm": "email"})
+    sizes = np.bincount(labels, minlength=len(gid)) if len(labels) else np.zeros(0, int)
+    golden["record_count"] = sizes
+    grouped = pd.DataFrame({"l": labels, "s": persons["source"].to_numpy(), "ts": persons["record_ts"].to_numpy()}).groupby("l")
+    golden["sources"] = grouped["s"].agg(lambda s: ",".join(sorted(set(s)))).reindex(range(len(gid))).to_numpy()
+    golden["first_seen_at"] = grouped["ts"].min().reindex(range(len(gid))).to_numpy()
+    golden["last_seen_at"] = grouped["ts"].max().reindex(range(len(gid))).to_numpy()
+    golden["account_id"] = _account_of_contacts(wh, persons, labels, len(gid))
+    golden["run_id"] = run_id
+    _register_ids(wh, "persons", ids.events, run_id, at)
+    replace_table(wh, GOLDEN_CONTACTS, golden)
+    multi = set(gid[sizes > 1])
+    replace_table(wh, CONTACT_LINEAGE, _lineage_rows(lineage, gid, multi))
+    crosswalk = pd.DataFrame({"record_key": persons["record_key"], "source": persons["source"],
+                              "source_record_id": persons["source_record_id"], "golden_id": gid.to_numpy()[labels]})
+    extra = _persist(wh, "persons", res, spec, persons["record_key"].to_numpy(), crosswalk, ids.cluster_ids, run_id, at,
+                     PERSON_CROSSWALK, started, res.match_rate)
+    stats = {**res.stats, **extra, "golden": len(golden), "match_rate": res.match_rate,
+             "decisions_applied": len(must) + len(cannot),
+             "decisions_unknown_records": unknown, "linked_to_account": int(golden["account_id"].notna().sum())}
+    return GoldenResult("persons", res, golden, crosswalk, ids.events, stats)
+
+
+def _account_of_contacts(wh: Warehouse, persons: pd.DataFrame, labels: np.ndarray, n: int) -> np.ndarray:
+    """A contact belongs to the golden account its records' company mentions were matched to (the most frequent)."""
+    accounts = _current_map(wh, ACCOUNT_CROSSWALK)
+    mention = ("mention:" + persons["record_key"]).map(accounts)
+    frame = pd.DataFrame({"l": labels, "a": mention.to_numpy(), "ts": persons["record_ts"].to_numpy()}).dropna(subset=["a"])
+    if frame.empty:
+        return np.array([None] * n, dtype=object)
+    frame["votes"] = frame.groupby(["l", "a"])["a"].transform("size")
+    best = frame.sort_values(["l", "votes", "ts"], ascending=[True, False, False]).drop_duplicates("l").set_index("l")["a"]
+    return best.reindex(range(n)).astype(object).where(best.reindex(range(n)).notna(), None).to_numpy()
+
+
+# ============================================================================ review queue and explanations
+
+def build_review_queue(wh: Warehouse) -> pd.DataFrame:
+    """Review-band pairs of the last run, minus the pairs a steward has decided, with both golden IDs."""
+    wh.ensure_tables([REVIEW_CANDIDATES, REVIEW_QUEUE, PERSON_CROSSWALK, ACCOUNT_CROSSWALK, STEWARD_DECISIONS])
+    cand = wh.read_frame(sa.select(REVIEW_CANDIDATES))
+    decided = set()
+    for entity in PREFIX:
+        d = decisions(wh, entity)
+        decided |= {(entity, *p) for p in d.get("pair", [])}
+    if len(cand):
+        pair = [tuple(sorted((a, b))) for a, b in zip(cand["record_a"], cand["record_b"])]
+        cand = cand[[(e, *p) not in decided for e, p in zip(cand["entity"], pair)]].copy()
+        persons, accounts = _current_map(wh, PERSON_CROSSWALK), _current_map(wh, ACCOUNT_CROSSWALK)
+        lookup = {"persons": persons, "accounts": accounts}
+        cand["golden_a"] = [lookup[e].get(k) for e, k in zip(cand["entity"], cand["record_a"])]
+        cand["golden_b"] = [lookup[e].get(k) for e, k in zip(cand["entity"], cand["record_b"])]
+        cand = cand.sort_values(["entity", "probability"], ascending=[True, False])
+    replace_table(wh, REVIEW_QUEUE, cand)
+    return cand
+
+
+def explain(wh: Warehouse, entity: str, golden_id: str, masked: bool = True) -> dict:
+    """Which pairs, with which field evidence, merged the records of a golden ID (personal values masked)."""
+    table = {"persons": PERSON_CROSSWALK, "accounts": ACCOUNT_CROSSWALK}[entity]
+    members = wh.read_frame(sa.select(table.c.record_key, table.c.source).where(table.c.golden_id == golden_id,
+                                                                                 table.c.valid_to.is_(None)))
+    edges = wh.read_frame(sa.select(MATCH_EDGES).where(MATCH_EDGES.c.entity == entity, MATCH_EDGES.c.golden_id == golden_id)
+                          .order_by(MATCH_EDGES.c.probability.desc()))
+    records = _records_for(wh, entity, members["record_key"].tolist(), masked)
+    return {
+        "golden_id": golden_id, "entity": entity, "records": records,
+        "merges": [{"record_a": r.record_a, "record_b": r.record_b, "probability": round(float(r.probability), 6),
+                    "reason": r.reason, "evidence": json.loads(r.evidence)} for r in edges.itertuples()],
+    }
+
+
+def _records_for(wh: Warehouse, entity: str, keys: list[str], masked: bool) -> list[dict]:
+    if not keys:
+        return []
+    table = PERSON_RECORDS if entity == "persons" else ACCOUNT_RECORDS
+    cols = (["record_key", "source", "first_name", "last_name", "email_norm", "company_name", "postal_code", "city"]
+            if entity == "persons" else ["record_key", "source", "company_name", "legal_form", "postal_code", "city", "domain"])
+    df = wh.read_frame(sa.select(*(table.c[c] for c in cols)).where(table.c.record_key.in_(keys[:200])))
+    contact = ENTITIES["contact"]
+    out = []
+    for row in df.to_dict("records"):
+        if masked:
+            for c in ("first_name", "last_name"):
+                if c in row:
+                    row[c] = mask_value(row[c], "name")
+            if "email_norm" in row:
+                row["email_norm"] = mask_value(row["email_norm"], contact.field("email").pii)
+        out.append({k: (None if isinstance(v, float) and pd.isna(v) else v) for k, v in row.items()})
+    return out
+
+
+def ensure_golden_tables(wh: Warehouse) -> None:
+    wh.ensure_tables(list(GOLDEN_TABLES))
+
+
+__all__ = ["build_person_records", "build_account_records", "resolve_accounts", "resolve_contacts", "build_review_queue",
+           "explain", "record_decision", "raw_table"]

@@ -1,0 +1,242 @@
+"""Golden-layer assets (group ``golden``): cleaned records, register enrichment, golden accounts and
+contacts with stable IDs, the crosswalk and the steward review queue. Thin: the work is in core.golden."""
+
+import json
+
+import dagster as dg
+import pandas as pd
+import sqlalchemy as sa
+
+from ..core import golden as G
+from ..core.enrichment import RegisterClient, enrich
+from ..core.masking import mask_value, masked_preview
+from ..core.matching.records import ACCOUNT_SOURCES, PERSON_SOURCES
+from ..core.matching.settings import MatchingConfig, load_matching_config
+from ..core.model import ENTITIES
+from ..core.schema import (ACCOUNT_CROSSWALK, ACCOUNT_RECORDS, GOLDEN_CONTACTS, PERSON_CROSSWALK, PERSON_RECORDS,
+                           metadata as sa_metadata)
+from .metadata import frame_markdown, markdown_table
+from .resources import RegisterResource, WarehouseResource
+from .sources import raw_asset_key
+
+GROUP = "golden"
+OWNERS = ["team:data-engineering"]
+# Bumped when the golden code changes what it produces; the matching settings' hash is added.
+CODE_VERSION = "golden-1"
+
+CROSSWALK = sa.Table(
+    "crosswalk", sa_metadata,
+    sa.Column("record_key", sa.Text(), primary_key=True), sa.Column("source", sa.Text(), nullable=False),
+    sa.Column("source_record_id", sa.Text(), nullable=False), sa.Column("contact_id", sa.Text()),
+    sa.Column("account_id", sa.Text()),
+    schema="golden", comment="Current golden IDs of every source record: the contact and the account it belongs to.",
+)
+
+PERSON_KEY = dg.AssetKey(["staging", "person_records"])
+ACCOUNT_KEY = dg.AssetKey(["staging", "account_records"])
+REGISTER_KEY = dg.AssetKey(["staging", "register_enrichment"])
+ACCOUNTS_KEY = dg.AssetKey(["golden", "accounts"])
+CONTACTS_KEY = dg.AssetKey(["golden", "contacts"])
+CROSSWALK_KEY = dg.AssetKey(["golden", "crosswalk"])
+REVIEW_KEY = dg.AssetKey(["golden", "review_queue"])
+
+
+def build_golden_assets(config_dir) -> list[dg.AssetsDefinition]:
+    cfg_path = config_dir / "matching.yaml"
+    cfg: MatchingConfig = load_matching_config(cfg_path)
+    version = f"{CODE_VERSION}-{cfg.sha256[:12]}"
+
+    @dg.asset(key=PERSON_KEY, group_name=GROUP, owners=OWNERS, kinds={"pandas", "sql"}, code_version=CODE_VERSION,
+              deps=[raw_asset_key(s) for s in PERSON_SOURCES],
+              description="Cleaned person records from every person source (latest delivery of each record): e-mail "
+                          "normalised and checked, phones in E.164, names with Anrede and titles apart, Kölner Phonetik "
+                          "keys, addresses split, company legal forms extracted. Table `staging.person_records`.")
+    def person_records(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        wh = warehouse.get()
+        persons = G.build_person_records(wh)
+        invalid_email = int((persons["email"].notna() & persons["email_norm"].isna()).sum())
+        bad_phone = int((persons["phone"].notna() & persons["phone_e164"].isna()).sum())
+        preview = masked_preview(persons, ENTITIES["contact"],
+                                 ["source", "salutation", "first_name", "last_name", "email", "phone", "company_name",
+                                  "postal_code"])
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": len(persons),
+            "records_by_source": dg.MetadataValue.md(markdown_table(["source", "records"],
+                                                                    persons["source"].value_counts().sort_index().items())),
+            "invalid_emails": invalid_email, "unparseable_phones": bad_phone,
+            "with_legal_form": int(persons["legal_form"].notna().sum()),
+            "preview_masked": dg.MetadataValue.md(frame_markdown(preview)),
+        })
+
+    @dg.asset(key=ACCOUNT_KEY, group_name=GROUP, owners=OWNERS, kinds={"pandas", "sql"}, code_version=CODE_VERSION,
+              deps=[PERSON_KEY, *[raw_asset_key(s) for s in ACCOUNT_SOURCES]],
+              description="Cleaned account records: ERP customers, CRM companies and every company mention of a person "
+                          "record (so a lead's company can join an existing account). Legal form apart from the base name. "
+                          "Table `staging.account_records`.")
+    def account_records(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        wh = warehouse.get()
+        accounts = G.build_account_records(wh)
+        forms = accounts["legal_form"].fillna("(none)").value_counts().head(12)
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": len(accounts),
+            "mentions": int(accounts["is_mention"].sum()),
+            "legal_forms": dg.MetadataValue.md(markdown_table(["legal form", "records"], forms.items())),
+            "preview": dg.MetadataValue.md(frame_markdown(accounts[~accounts["is_mention"]][
+                ["source", "company_name", "company_base", "legal_form", "postal_code", "city"]].head(5))),
+        })
+
+    @dg.asset(key=REGISTER_KEY, group_name=GROUP, owners=OWNERS, kinds={"python", "sql"}, code_version=CODE_VERSION,
+              deps=[ACCOUNT_KEY],
+              description="Looks up legal form, register court and number of accounts in the company register "
+                          "(CRM_REGISTER_URL), within the hourly rate limit; answers are cached in `ops.register_cache`. "
+                          "When the register is down the run succeeds and says how many were not enriched.")
+    def register_enrichment(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                            register: RegisterResource) -> dg.MaterializeResult:
+        wh = warehouse.get()
+        accounts = G.load_account_records(wh)
+        client = register.client()
+        if client is None:
+            context.log.info("CRM_REGISTER_URL is not set: no register lookups")
+        report = enrich(wh, accounts, client, register.calls_per_hour, log=context.log.warning)
+        return dg.MaterializeResult(metadata={
+            "configured": client is not None, "candidates": report.candidates, "already_cached": report.cached,
+            "queried": report.queried, "found": report.found, "not_found": report.not_found,
+            "deferred_by_rate_limit": report.deferred, "not_enriched_register_down": report.not_enriched_outage,
+            "outage": report.outage or "",
+        })
+
+    account_checks = [
+        dg.AssetCheckSpec("every_record_one_golden_id", asset=ACCOUNTS_KEY, blocking=True,
+                          description="Every account record has exactly one current golden account ID."),
+        dg.AssetCheckSpec("match_rate_stable", asset=ACCOUNTS_KEY, blocking=True,
+                          description=f"The share of merged records moved by at most {cfg.max_match_rate_change:.0%} "
+                                      "since the last run (a jump is the symptom of a broken mapping)."),
+    ]
+
+    @dg.asset(key=ACCOUNTS_KEY, group_name=GROUP, owners=OWNERS, kinds={"pandas", "sql"}, code_version=version,
+              deps=[ACCOUNT_KEY, REGISTER_KEY], check_specs=account_checks,
+              description="Golden accounts: account records resolved into companies (blocking, Fellegi-Sunter weights "
+                          "estimated from the data, clustering without chaining, steward decisions honoured), one golden "
+                          "record each by survivorship rules, IDs stable across runs. Tables `golden.accounts`, "
+                          "`golden.account_crosswalk` (with history), `golden.account_lineage`, `golden.match_edges`.")
+    def golden_accounts(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+        wh = warehouse.get()
+        result = G.resolve_accounts(wh, cfg, context.run.run_id, log=context.log.info)
+        yield from _golden_outputs(context, wh, result, cfg, ACCOUNTS_KEY, ACCOUNT_RECORDS, ACCOUNT_CROSSWALK)
+
+    contact_checks = [
+        dg.AssetCheckSpec("unique_email", asset=CONTACTS_KEY, blocking=True,
+                          description="No two golden contacts share a normalised e-mail address."),
+        dg.AssetCheckSpec("every_record_one_golden_id", asset=CONTACTS_KEY, blocking=True,
+                          description="Every person record has exactly one current golden contact ID."),
+        dg.AssetCheckSpec("match_rate_stable", asset=CONTACTS_KEY, blocking=True,
+                          description=f"The share of merged records moved by at most {cfg.max_match_rate_change:.0%} "
+                                      "since the last run (a jump is the symptom of a broken mapping)."),
+    ]
+
+    @dg.asset(key=CONTACTS_KEY, group_name=GROUP, owners=OWNERS, kinds={"pandas", "sql"}, code_version=version,
+              deps=[PERSON_KEY, ACCOUNTS_KEY], check_specs=contact_checks,
+              description="Golden contacts: person records resolved into people (same normalised e-mail is always the "
+                          "same person; Müller/Mueller, typos and swapped names tolerated; namesakes kept apart), each "
+                          "linked to its golden account. Tables `golden.contacts`, `golden.person_crosswalk` (with "
+                          "history), `golden.contact_lineage`, `golden.match_edges`.")
+    def golden_contacts(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+        wh = warehouse.get()
+        result = G.resolve_contacts(wh, cfg, context.run.run_id, log=context.log.info)
+        dupes = wh.read_frame(sa.select(GOLDEN_CONTACTS.c.email, sa.func.count().label("n"))
+                              .where(GOLDEN_CONTACTS.c.email.is_not(None)).group_by(GOLDEN_CONTACTS.c.email)
+                              .having(sa.func.count() > 1))
+        yield from _golden_outputs(context, wh, result, cfg, CONTACTS_KEY, PERSON_RECORDS, PERSON_CROSSWALK,
+                                   extra_checks=[dg.AssetCheckResult(
+                                       check_name="unique_email", passed=dupes.empty,
+                                       metadata={"shared_emails": len(dupes),
+                                                 "examples_masked": [mask_value(e, "email") for e in dupes["email"][:5]]})])
+
+    @dg.asset(key=CROSSWALK_KEY, group_name=GROUP, owners=OWNERS, kinds={"sql"}, code_version=CODE_VERSION,
+              deps=[CONTACTS_KEY, ACCOUNTS_KEY],
+              description="Every source record with its current golden contact and golden account: what downstream "
+                          "(privacy, CRM sync, print) joins on. Table `golden.crosswalk`; history in the per-entity "
+                          "crosswalk tables.")
+    def crosswalk(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        wh = warehouse.get()
+        persons = wh.read_frame(sa.select(PERSON_CROSSWALK.c.record_key, PERSON_CROSSWALK.c.source,
+                                          PERSON_CROSSWALK.c.source_record_id, PERSON_CROSSWALK.c.golden_id)
+                                .where(PERSON_CROSSWALK.c.valid_to.is_(None))).rename(columns={"golden_id": "contact_id"})
+        accounts = wh.read_frame(sa.select(ACCOUNT_CROSSWALK.c.record_key, ACCOUNT_CROSSWALK.c.source,
+                                           ACCOUNT_CROSSWALK.c.source_record_id, ACCOUNT_CROSSWALK.c.golden_id)
+                                 .where(ACCOUNT_CROSSWALK.c.valid_to.is_(None))).rename(columns={"golden_id": "account_id"})
+        mention = accounts[accounts["record_key"].str.startswith("mention:")]
+        persons = persons.merge(mention.assign(record_key=mention["record_key"].str[len("mention:"):])[
+            ["record_key", "account_id"]], on="record_key", how="left")
+        table = pd.concat([persons, accounts[~accounts["record_key"].str.startswith("mention:")].assign(contact_id=None)],
+                          ignore_index=True)
+        G.replace_table(wh, CROSSWALK, table)
+        history = {t.name: int(wh.scalar(sa.select(sa.func.count()).select_from(t).where(t.c.valid_to.is_not(None))) or 0)
+                   for t in (PERSON_CROSSWALK, ACCOUNT_CROSSWALK)}
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": len(table), "person_records": len(persons), "account_records": int(len(table) - len(persons)),
+            "person_records_with_account": int(persons["account_id"].notna().sum()),
+            "closed_history_rows": dg.MetadataValue.json(history),
+        })
+
+    @dg.asset(key=REVIEW_KEY, group_name=GROUP, owners=OWNERS, kinds={"sql"}, code_version=CODE_VERSION,
+              deps=[CONTACTS_KEY, ACCOUNTS_KEY],
+              description="Pairs a data steward should decide: review-band matches and merges the engine refused, with "
+                          "per-field evidence. Decisions go to `golden.steward_decisions` (or `python -m "
+                          "crm_pipelines.matching decide ...`) and are honoured on the next run. Table `golden.review_queue`.")
+    def review_queue(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        wh = warehouse.get()
+        queue = G.build_review_queue(wh)
+        sample = queue.head(5)
+        rows = [(r.entity, r.golden_a, r.golden_b, f"{r.probability:.3f}", r.reason,
+                 ", ".join(f"{k}: {v[0]}" for k, v in json.loads(r.evidence).items())) for r in sample.itertuples()]
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": len(queue),
+            "by_entity": dg.MetadataValue.json(queue["entity"].value_counts().to_dict() if len(queue) else {}),
+            "top_pairs": dg.MetadataValue.md(markdown_table(["entity", "golden a", "golden b", "p", "reason", "evidence"], rows)),
+        })
+
+    return [person_records, account_records, register_enrichment, golden_accounts, golden_contacts, crosswalk, review_queue]
+
+
+def _golden_outputs(context, wh, result: G.GoldenResult, cfg: MatchingConfig, key, records_table, xw_table,
+                    extra_checks=()):
+    stats = result.stats
+    n_records = int(wh.scalar(sa.select(sa.func.count()).select_from(records_table)) or 0)
+    missing = int(wh.scalar(sa.select(sa.func.count()).select_from(records_table).where(
+        ~sa.exists().where(xw_table.c.record_key == records_table.c.record_key, xw_table.c.valid_to.is_(None)))) or 0)
+    doubled = wh.read_frame(sa.select(xw_table.c.record_key).where(xw_table.c.valid_to.is_(None))
+                            .group_by(xw_table.c.record_key).having(sa.func.count() > 1))
+    rate = float(stats["match_rate"]) if "match_rate" in stats else result.resolution.match_rate
+    previous = stats.get("previous_match_rate")
+    jump = abs(rate - previous) if previous is not None else 0.0
+    events = pd.Series([e["event"] for e in result.events]).value_counts().to_dict() if result.events else {}
+    golden = result.golden
+    multi = golden[golden["record_count"] > 1]["golden_id"].head(3).tolist()
+    explanations = {}
+    for gid in multi:
+        ex = G.explain(wh, result.entity, gid)
+        explanations[gid] = [{"a": m["record_a"], "b": m["record_b"], "p": m["probability"], "reason": m["reason"],
+                              "evidence": {k: v[0] for k, v in m["evidence"].items()}} for m in ex["merges"][:5]]
+    weights = result.resolution.model.describe(getattr(cfg, result.entity).comparisons)
+    yield dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": len(golden), "source_records": n_records, "match_rate": round(rate, 6),
+            "previous_match_rate": previous if previous is not None else -1.0,
+            "candidate_pairs": stats["candidate_pairs"], "possible_pairs": stats["possible_pairs"],
+            "review_pairs": stats["review_pairs"], "merges_vetoed_by_contradiction": stats.get("vetoed", 0),
+            "steward_decisions_applied": stats.get("decisions_applied", 0),
+            "id_events": dg.MetadataValue.json(events), "crosswalk_changes": stats.get("crosswalk_changes", 0),
+            "seconds": stats.get("seconds", 0.0),
+            "blocking_rules": dg.MetadataValue.md(markdown_table(["rule", "pairs", "skipped blocks"], [
+                (b["rule"], b["pairs"], b["skipped_blocks"]) for b in stats["blocking"]])),
+            "model_weights": dg.MetadataValue.md(markdown_table(["comparison", "level", "m", "u", "weight"], [
+                (w["comparison"], w["level"], w["m"], w["u"], w["weight"]) for w in weights])),
+            "explanations_masked": dg.MetadataValue.json(explanations),
+        })
+    yield dg.AssetCheckResult(check_name="every_record_one_golden_id", passed=missing == 0 and doubled.empty,
+                              metadata={"records": n_records, "without_id": missing, "with_several_ids": len(doubled)})
+    yield dg.AssetCheckResult(check_name="match_rate_stable", passed=jump <= cfg.max_match_rate_change,
+                              metadata={"match_rate": round(rate, 6), "previous": previous if previous is not None else -1.0,
+                                        "change": round(jump, 6), "allowed": cfg.max_match_rate_change})
+    yield from extra_checks
