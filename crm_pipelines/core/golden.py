@@ -59,9 +59,9 @@ def read_raw(wh: Warehouse, sources: tuple[str, ...]) -> dict[str, pd.DataFrame]
         if not insp.has_table(source, schema="raw"):
             continue
         cols = [c["name"] for c in insp.get_columns(source, schema="raw")]
-        table = sa.table(source, *(sa.column(c) for c in cols), schema="raw")
         keep = [c for c in cols if not c.startswith("_") or c in _RAW_COLUMNS]
-        out[source] = latest(wh.read_frame(sa.select(*(table.c[c] for c in keep))))
+        # Plain driver rows: no per-value type processing; the record builders parse the timestamps.
+        out[source] = latest(wh.read_raw_sql(f"SELECT {', '.join(wh.quote(c) for c in keep)} FROM raw.{wh.quote(source)}"))
     return out
 
 
@@ -90,30 +90,34 @@ def build_account_records(wh: Warehouse, persons: pd.DataFrame | None = None) ->
     return accounts
 
 
+def _read_all(wh: Warehouse, table: sa.Table) -> pd.DataFrame:
+    cols = ", ".join(wh.quote(c) for c in table.columns.keys())
+    df = wh.read_raw_sql(f"SELECT {cols} FROM {wh.qualified(table)} ORDER BY record_key")
+    return df.astype(object).where(df.notna(), None)
+
+
 def load_person_records(wh: Warehouse) -> pd.DataFrame:
-    from .matching.records import name_mailbox
+    from .matching.engine import name_mailboxes
 
     wh.ensure_tables([PERSON_RECORDS])
-    df = wh.read_frame(sa.select(PERSON_RECORDS).order_by(PERSON_RECORDS.c.record_key))
-    df = df.astype(object).where(df.notna(), None)
+    df = _read_all(wh, PERSON_RECORDS)
     # Derived blocking keys are cheap to recompute and not worth their storage.
     df["email_local"] = df["email_norm"].str.rsplit("@", n=1).str[0]
-    df["is_free_mail"] = df["is_free_mail"].fillna(False).astype(bool)
+    df["is_free_mail"] = df["is_free_mail"].fillna(False).astype(bool)  # SQLite returns 0/1
     pair = [("-".join(sorted((f, l))) if f and l else None) for f, l in zip(df["first_kp"], df["last_kp"])]
     df["name_kp_pair"] = pd.Series(pair, index=df.index, dtype=object)
     df["first_initial"] = df["first_key"].str[:1]
     df["company_domain"] = df["email_domain"].where(~df["is_free_mail"])
     df["phone_any"] = df["mobile_e164"].where(df["mobile_e164"].notna(), df["phone_e164"])
     df["company_first_token"] = df["org_key"].str.split(" ").str[0]
-    df["mailbox_is_name"] = [name_mailbox(m, f, l) for m, f, l in zip(df["email_local"], df["first_key"], df["last_key"])]
+    df["mailbox_is_name"] = name_mailboxes(df["email_local"], df["first_key"], df["last_key"])
     df["record_ts"] = pd.to_datetime(df["record_ts"], utc=True)
     return df
 
 
 def load_account_records(wh: Warehouse) -> pd.DataFrame:
     wh.ensure_tables([ACCOUNT_RECORDS])
-    df = wh.read_frame(sa.select(ACCOUNT_RECORDS).order_by(ACCOUNT_RECORDS.c.record_key))
-    df = df.astype(object).where(df.notna(), None)
+    df = _read_all(wh, ACCOUNT_RECORDS)
     df["record_ts"] = pd.to_datetime(df["record_ts"], utc=True)
     df["is_mention"] = df["is_mention"].astype(bool)
     return df
@@ -216,7 +220,7 @@ def _pair_index(res: Resolution, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _update_crosswalk(wh: Warehouse, table: sa.Table, current: pd.DataFrame, run_id: str, at: datetime) -> int:
     """SCD2: close rows whose golden ID changed or whose record is gone; insert the new rows."""
     wh.ensure_tables([table])
-    prev = wh.read_frame(sa.select(table.c.record_key, table.c.golden_id).where(table.c.valid_to.is_(None)))
+    prev = wh.read_raw_sql(f"SELECT record_key, golden_id FROM {wh.qualified(table)} WHERE valid_to IS NULL")
     merged = current[["record_key", "golden_id"]].merge(prev, on="record_key", how="outer", suffixes=("", "_prev"),
                                                         indicator=True)
     changed = merged[(merged["_merge"] == "both") & (merged["golden_id"] != merged["golden_id_prev"])]
@@ -259,24 +263,46 @@ def _next_seq(wh: Warehouse, entity: str) -> int:
 
 
 def _previous_match_rate(wh: Warehouse, entity: str) -> float | None:
+    """The match rate of the last accepted run: a jump stays flagged until fixed or accepted."""
     wh.ensure_tables([MATCH_RUNS])
-    row = wh.read_frame(sa.select(MATCH_RUNS.c.match_rate).where(MATCH_RUNS.c.entity == entity)
+    row = wh.read_frame(sa.select(MATCH_RUNS.c.match_rate).where(MATCH_RUNS.c.entity == entity, MATCH_RUNS.c.accepted)
                         .order_by(MATCH_RUNS.c.run_at.desc()).limit(1))
     return float(row["match_rate"].iloc[0]) if len(row) else None
 
 
-def _lineage_rows(lineage: pd.DataFrame, ids: pd.Series, multi: set) -> pd.DataFrame:
+def accept_match_rate(wh: Warehouse, entity: str) -> float | None:
+    """Accepts the latest run's match rate as the new reference (the change was legitimate)."""
+    wh.ensure_tables([MATCH_RUNS])
+    latest = wh.read_frame(sa.select(MATCH_RUNS.c.run_id, MATCH_RUNS.c.match_rate).where(MATCH_RUNS.c.entity == entity)
+                           .order_by(MATCH_RUNS.c.run_at.desc()).limit(1))
+    if latest.empty:
+        return None
+    with wh.engine.begin() as conn:
+        conn.execute(sa.update(MATCH_RUNS).where(MATCH_RUNS.c.entity == entity, MATCH_RUNS.c.run_id == latest["run_id"].iloc[0])
+                     .values(accepted=True))
+    return float(latest["match_rate"].iloc[0])
+
+
+def _lineage_rows(lineage: pd.DataFrame, ids: pd.Series, multi: set, fields: list[str]) -> pd.DataFrame:
     lin = lineage.assign(golden_id=ids.reindex(lineage["cluster"]).to_numpy())
     lin = lin[lin["golden_id"].isin(multi)]
     if lin.empty:
         return pd.DataFrame(columns=["golden_id", "record_key", "fields", "rules"])
-    return (lin.groupby(["golden_id", "record_key"], sort=True)
-               .agg(fields=("field", ",".join), rules=("rule", ",".join)).reset_index())
+    # Fields per (golden ID, record) as a bit mask summed in C; the few distinct masks are then
+    # spelled out once each. A Python join per group takes minutes on a million golden records.
+    bit = {f: 1 << i for i, f in enumerate(fields)}
+    lin = lin.assign(mask=lin["field"].map(bit).astype(np.int64))
+    rule_of = dict(zip(lin["field"], lin["rule"]))
+    grouped = lin.groupby(["golden_id", "record_key"], sort=True)["mask"].sum().reset_index()
+    names = {m: [f for f in fields if m & bit[f]] for m in grouped["mask"].unique()}
+    grouped["fields"] = grouped["mask"].map({m: ",".join(v) for m, v in names.items()})
+    grouped["rules"] = grouped["mask"].map({m: ",".join(rule_of.get(f, "") for f in v) for m, v in names.items()})
+    return grouped.drop(columns="mask")
 
 
 def _persist(wh: Warehouse, entity: str, res: Resolution, spec: EntityMatchSpec, keys: np.ndarray, crosswalk: pd.DataFrame,
              cluster_ids: list[str], run_id: str, at: datetime, xw_table: sa.Table, started: float,
-             match_rate: float) -> dict:
+             match_rate: float, max_change: float) -> dict:
     rep_key = keys.__getitem__
     # Match edges: the pairs that joined records, with their evidence, for explanations.
     merges = res.clusters.merge_edges
@@ -302,12 +328,14 @@ def _persist(wh: Warehouse, entity: str, res: Resolution, spec: EntityMatchSpec,
     replace_table(wh, REVIEW_CANDIDATES, cand, where={"entity": entity})
     changes = _update_crosswalk(wh, xw_table, crosswalk, run_id, at)
     previous = _previous_match_rate(wh, entity)
+    accepted = previous is None or abs(match_rate - previous) <= max_change
     seconds = time.monotonic() - started
     with wh.engine.begin() as conn:
         wh.bulk_insert(conn, MATCH_RUNS, pd.DataFrame([{
             "run_id": run_id, "entity": entity, "run_at": pd.Timestamp(at), "records": res.n_records,
             "clusters": res.n_clusters, "match_rate": match_rate, "candidate_pairs": res.stats["candidate_pairs"],
-            "possible_pairs": res.stats["possible_pairs"], "review_pairs": len(review), "seconds": seconds}]))
+            "possible_pairs": res.stats["possible_pairs"], "review_pairs": len(review), "seconds": seconds,
+            "accepted": accepted}]))
     return {"crosswalk_changes": changes, "previous_match_rate": previous, "seconds": round(seconds, 2)}
 
 
@@ -336,12 +364,13 @@ def resolve_accounts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
     _register_ids(wh, "accounts", ids.events, run_id, at)
     replace_table(wh, GOLDEN_ACCOUNTS, golden)
     multi = set(gid[sizes > 1])
-    replace_table(wh, ACCOUNT_LINEAGE, _lineage_rows(lineage, gid, multi))
+    replace_table(wh, ACCOUNT_LINEAGE, _lineage_rows(lineage, gid, multi, ACCOUNT_FIELDS))
     crosswalk = pd.DataFrame({"record_key": accounts["record_key"], "source": accounts["source"],
                               "source_record_id": accounts["source_record_id"], "golden_id": gid.to_numpy()[labels]})
     rep = sig["record_key"].to_numpy()
     rate = 1 - len(golden) / len(accounts) if len(accounts) else 0.0
-    extra = _persist(wh, "accounts", res, spec, rep, crosswalk, ids.cluster_ids, run_id, at, ACCOUNT_CROSSWALK, started, rate)
+    extra = _persist(wh, "accounts", res, spec, rep, crosswalk, ids.cluster_ids, run_id, at, ACCOUNT_CROSSWALK, started, rate,
+                     cfg.max_match_rate_change)
     stats = {**res.stats, **extra, "records": len(accounts), "signatures": len(sig), "golden": len(golden),
              "decisions_applied": len(must) + len(cannot), "decisions_unknown_records": unknown,
              "register_ids": int(accounts["register_id"].notna().sum()), "match_rate": rate}
@@ -350,7 +379,7 @@ def resolve_accounts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
 
 def _current_map(wh: Warehouse, table: sa.Table) -> dict[str, str]:
     wh.ensure_tables([table])
-    df = wh.read_frame(sa.select(table.c.record_key, table.c.golden_id).where(table.c.valid_to.is_(None)))
+    df = wh.read_raw_sql(f"SELECT record_key, golden_id FROM {wh.qualified(table)} WHERE valid_to IS NULL")
     return dict(zip(df["record_key"], df["golden_id"]))
 
 
@@ -369,6 +398,7 @@ def resolve_contacts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
     golden, lineage = survive(persons, labels, CONTACT_FIELDS, cfg.survivorship["persons"])
     gid = pd.Series(ids.cluster_ids)
     golden = golden.rename(columns={"email_norm": "email"}).assign(golden_id=gid.to_numpy())
+    golden["email"] = _one_contact_per_email(golden["email"], ids.cluster_ids)
     lineage["field"] = lineage["field"].replace({"email_norm": "email"})
     sizes = np.bincount(labels, minlength=len(gid)) if len(labels) else np.zeros(0, int)
     golden["record_count"] = sizes
@@ -381,15 +411,25 @@ def resolve_contacts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
     _register_ids(wh, "persons", ids.events, run_id, at)
     replace_table(wh, GOLDEN_CONTACTS, golden)
     multi = set(gid[sizes > 1])
-    replace_table(wh, CONTACT_LINEAGE, _lineage_rows(lineage, gid, multi))
+    replace_table(wh, CONTACT_LINEAGE, _lineage_rows(lineage, gid, multi, [*CONTACT_FIELDS[:4], "email", *CONTACT_FIELDS[5:]]))
     crosswalk = pd.DataFrame({"record_key": persons["record_key"], "source": persons["source"],
                               "source_record_id": persons["source_record_id"], "golden_id": gid.to_numpy()[labels]})
     extra = _persist(wh, "persons", res, spec, persons["record_key"].to_numpy(), crosswalk, ids.cluster_ids, run_id, at,
-                     PERSON_CROSSWALK, started, res.match_rate)
+                     PERSON_CROSSWALK, started, res.match_rate, cfg.max_match_rate_change)
     stats = {**res.stats, **extra, "golden": len(golden), "match_rate": res.match_rate,
              "decisions_applied": len(must) + len(cannot),
              "decisions_unknown_records": unknown, "linked_to_account": int(golden["account_id"].notna().sum())}
     return GoldenResult("persons", res, golden, crosswalk, ids.events, stats)
+
+
+def _one_contact_per_email(emails: pd.Series, cluster_ids: list[str]) -> pd.Series:
+    """A shared mailbox a steward split between people stays with the oldest golden contact only."""
+    frame = pd.DataFrame({"email": emails.to_numpy(), "seq": [id_seq(i) for i in cluster_ids]}, index=emails.index)
+    dup = frame["email"].notna() & frame.duplicated("email", keep=False)
+    if not dup.any():
+        return emails
+    keeper = frame[dup].sort_values("seq").drop_duplicates("email").index
+    return emails.where(~dup | emails.index.isin(keeper), None)
 
 
 def _account_of_contacts(wh: Warehouse, persons: pd.DataFrame, labels: np.ndarray, n: int) -> np.ndarray:

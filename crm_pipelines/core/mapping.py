@@ -21,7 +21,7 @@ import pandas as pd
 from .configfile import ConfigError, YamlDoc, check_keys, did_you_mean, load_yaml, require_mapping
 from .masking import mask_value
 from .model import ENTITIES, Entity
-from .transforms import TRANSFORMS, TYPED_OUTPUT, Step, apply_steps, parse_step
+from .transforms import TRANSFORMS, TYPED_OUTPUT, Step, apply_steps, in_range, parse_step
 
 FORMAT_TYPES = ("csv", "jsonl", "json", "fixed_width")
 UNKNOWN_FIELD_POLICIES = ("error", "quarantine", "ignore")
@@ -238,7 +238,7 @@ def _check_chain(doc: YamlDoc, key: str, entity: Entity, targets: tuple[str, ...
                 raise doc.error(typed_at.key, f"'{typed_at.name}' yields a {produced}, but '{target}' is a {wanted}")
 
 
-def load_mapping(path: str | Path, layouts_dir: str | Path | None = None) -> SourceMapping:
+def load_mapping(path: str | Path, layouts_dir: str | Path | None = None, name_must_match: bool = True) -> SourceMapping:
     path = Path(path)
     layouts_dir = Path(layouts_dir) if layouts_dir else path.parent.parent / "layouts"
     doc = load_yaml(path)
@@ -247,7 +247,7 @@ def load_mapping(path: str | Path, layouts_dir: str | Path | None = None) -> Sou
                                "ignore", "constants", "on_unknown_field", "checks"),
                ("source", "entity", "format", "fields"))
     source = data["source"]
-    if source != path.stem:
+    if name_must_match and source != path.stem:
         raise doc.error("source", f"source '{source}' must match the file name '{path.stem}'")
     if not isinstance(source, str) or not source.isidentifier() or source != source.lower():
         raise doc.error("source", "must be a lower-case identifier such as 'web_form_leads'")
@@ -490,7 +490,7 @@ def coerce(col: pd.Series, type_: str) -> tuple[pd.Series, np.ndarray]:
             typed = col.dt.tz_localize("UTC")
         else:
             text = col.where(col != "")
-            typed = pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce")
+            typed = in_range(pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce"))
         return typed, present & typed.isna().to_numpy()
     if type_ == "date":
         if pd.api.types.is_datetime64_any_dtype(col.dtype):
@@ -498,7 +498,7 @@ def coerce(col: pd.Series, type_: str) -> tuple[pd.Series, np.ndarray]:
             typed = typed.dt.normalize()
         else:
             text = col.where(col != "")
-            typed = pd.to_datetime(text, format="%Y-%m-%d", errors="coerce")
+            typed = in_range(pd.to_datetime(text, format="%Y-%m-%d", errors="coerce"))
         return typed.astype("datetime64[ns]"), present & typed.isna().to_numpy()
     if type_ in ("integer", "decimal"):
         if col.dtype == object:

@@ -235,9 +235,33 @@ ERASURE_REQUEST = Entity(
     require_any=(("email", "crm_contact_id"),),
 )
 
+PERSON = Entity(
+    name="person",
+    meaning="A person in any data set, for the generic dedupe command (not a landing-zone source).",
+    fields=(
+        _RECORD_ID,
+        _f("salutation", "string", "salutation as written", "Mrs"),
+        _f("first_name", "string", "given name", "Jane", pii="name"),
+        _f("last_name", "string", "family name", "Doe", pii="name"),
+        _f("full_name", "string", "whole name when not split", "Jane Doe", pii="name"),
+        _f("date_of_birth", "date", "date of birth", "1975-04-01", pii="date"),
+        _f("email", "string", "e-mail address", "jane@example.com", pii="email"),
+        _f("phone", "string", "phone number", "+61 2 9876 5432", pii="phone"),
+        _f("house_number", "string", "street number", "12", pii="address"),
+        _f("street", "string", "street (first address line)", "Miller Street", pii="address"),
+        _f("address_line_2", "string", "second address line (unit, building)", "Unit 4", pii="address"),
+        _f("postal_code", "string", "postcode", "2060"),
+        _f("city", "string", "town, suburb or city", "North Sydney"),
+        _f("region", "string", "state, province or region", "NSW"),
+        _f("country", "string", COUNTRY_MEANING, "AU"),
+        _f("national_id", "string", "an identification number (social security, tax, customer)", "1234567", pii="free_text"),
+        _f("company_name", "string", "employer", "Acme Pty Ltd"),
+    ),
+)
+
 ENTITIES: dict[str, Entity] = {
     e.name: e
-    for e in (CONTACT, ACCOUNT, CONSENT_EVENT, BEHAVIOUR_EVENT, ORDER, SERVICE_REQUEST, ERASURE_REQUEST)
+    for e in (CONTACT, ACCOUNT, CONSENT_EVENT, BEHAVIOUR_EVENT, ORDER, SERVICE_REQUEST, ERASURE_REQUEST, PERSON)
 }
 
 # Columns every raw table carries besides its entity's fields: where each row came from.

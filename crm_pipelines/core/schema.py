@@ -130,7 +130,8 @@ ACCOUNT_RECORDS = _t(
     sa.Column("record_key", sa.Text(), primary_key=True), sa.Column("source", sa.Text(), nullable=False),
     sa.Column("source_record_id", sa.Text(), nullable=False), sa.Column("record_ts", _TS),
     sa.Column("is_mention", sa.Boolean(), nullable=False),
-    *_text("company_name", "company_base", "company_key", "company_first_token", "legal_form", "street", "house_number",
+    *_text("company_name", "company_base", "company_key", "company_first_token", "company_kp", "legal_form", "street",
+           "house_number",
            "street_full_key", "postal_code", "city", "city_key", "country", "leitregion", "phone", "phone_e164",
            "email", "domain", "vat_id", "register_court", "register_number", "register_id", "industry"),
     sa.Column("employee_count", sa.BigInteger()),
@@ -235,6 +236,8 @@ MATCH_RUNS = _t(
     sa.Column("clusters", sa.BigInteger(), nullable=False), sa.Column("match_rate", sa.Float(), nullable=False),
     sa.Column("candidate_pairs", sa.BigInteger(), nullable=False), sa.Column("possible_pairs", sa.BigInteger(), nullable=False),
     sa.Column("review_pairs", sa.BigInteger(), nullable=False), sa.Column("seconds", sa.Float(), nullable=False),
+    sa.Column("accepted", sa.Boolean(), nullable=False,
+              comment="within the allowed change of the last accepted run, or accepted by hand"),
 )
 REGISTER_CACHE = _t(
     "register_cache", "ops", "Answers of the company register (Handelsregister data), by name and city searched.",

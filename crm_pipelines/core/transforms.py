@@ -261,13 +261,21 @@ def _validate_parse_date(doc: YamlDoc, key: str, params: Any):
     return p
 
 
+def in_range(parsed: pd.Series) -> pd.Series:
+    """Dates a nanosecond timestamp can hold (1678-2261); beyond that a date is a typo ("14920611")."""
+    if parsed.empty:
+        return parsed
+    years = parsed.dt.year
+    return parsed.where((years >= 1678) & (years <= 2261))
+
+
 def _parse_with_formats(s: pd.Series, formats: list[str]) -> pd.Series:
     result = pd.Series(pd.NaT, index=s.index, dtype="datetime64[ns]")
     todo = s.notna()
     for fmt in formats:
         if not todo.any():
             break
-        parsed = pd.to_datetime(s[todo], format=fmt, errors="coerce")
+        parsed = in_range(pd.to_datetime(s[todo], format=fmt, errors="coerce"))
         ok = parsed.notna()
         result.loc[ok[ok].index] = parsed[ok]
         todo.loc[ok[ok].index] = False
@@ -318,15 +326,15 @@ def _parse_datetime(s: pd.Series, params) -> Result:
             has_offset = sub.str.contains(_OFFSET_RE, regex=True).fillna(False).astype(bool)
             parsed = pd.Series(pd.NaT, index=sub.index, dtype="datetime64[ns, UTC]")
             if has_offset.any():
-                parsed.loc[has_offset] = pd.to_datetime(sub[has_offset], format="ISO8601", utc=True, errors="coerce")
+                parsed.loc[has_offset] = in_range(pd.to_datetime(sub[has_offset], format="ISO8601", utc=True, errors="coerce"))
             naive = ~has_offset
             if naive.any():
                 # Only strings that start like an ISO date; '03.11.2026' must fall through to the next format.
                 iso_like = sub[naive].where(sub[naive].str.match(r"^\d{4}-\d{2}-\d{2}").fillna(False).astype(bool))
-                local = pd.to_datetime(iso_like, format="ISO8601", errors="coerce")
+                local = in_range(pd.to_datetime(iso_like, format="ISO8601", errors="coerce"))
                 parsed.loc[naive] = _localize(local, tz)
         else:
-            local = pd.to_datetime(sub, format=fmt, errors="coerce")
+            local = in_range(pd.to_datetime(sub, format=fmt, errors="coerce"))
             if getattr(local.dt, "tz", None) is not None:
                 parsed = local.dt.tz_convert("UTC")
             else:

@@ -80,7 +80,7 @@ def test_unknown_transform(tmp_path):
 
 
 @pytest.mark.parametrize("change, key, message", [
-    (("entity: erasure_request", "entity: person"), "entity", "unknown entity 'person'"),
+    (("entity: erasure_request", "entity: human"), "entity", "unknown entity 'human'"),
     (("source: test_source", "source: other"), "source", "must match the file name 'test_source'"),
     (("type: jsonl", "type: xml"), "format.type", "unknown format 'xml'"),
     (("type: jsonl", "type: jsonl\n  delimiter: ';'"), "format.delimiter", "unknown key 'delimiter'"),

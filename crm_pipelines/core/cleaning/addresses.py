@@ -10,7 +10,7 @@ import pandas as pd
 
 from . import map_unique
 
-HOUSE_NUMBER = re.compile(r"^(?P<street>.*?)[\s,]+(?P<number>\d+\s?[a-zA-Z]?(?:\s?[-/]\s?\d+\s?[a-zA-Z]?)?)\s*$")
+HOUSE_NUMBER = re.compile(r"^(?P<street>.*?)(?:[\s,]+|(?<=\.))(?P<number>\d+\s?[a-zA-Z]?(?:\s?[-/]\s?\d+\s?[a-zA-Z]?)?)\s*$")
 _STRASSE = re.compile(r"(str\.|strasse|straße|str\b)", re.IGNORECASE)
 _UMLAUTS = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "ß": "ss"})
 
@@ -84,8 +84,11 @@ def clean_addresses(street: pd.Series, house_number: pd.Series | None, postal_co
     pcs = postal_code.astype(object).where(postal_code.notna(), None)
     four = pcs.str.strip().str.fullmatch(r"\d{4}").fillna(False).astype(bool)
     out["country"] = explicit.where(explicit.notna(), pd.Series(np.where(four, None, default_country), index=street.index))
-    pc = [normalize_postcode(p, c) if p is not None else None for p, c in zip(pcs, out["country"])]
-    out["postal_code"] = pd.Series(pc, index=street.index, dtype=object)
+    pairs = pd.MultiIndex.from_arrays([pcs.fillna("\x00"), out["country"].fillna("\x00")])
+    codes, uniques = pairs.factorize()
+    normalised = [normalize_postcode(p, c if c != "\x00" else None) if p != "\x00" else None for p, c in uniques]
+    out["postal_code"] = pd.Series(np.array(normalised, dtype=object)[codes] if len(codes) else [], index=street.index,
+                                   dtype=object)
     out["city"] = city.astype(object).where(city.notna(), None).str.strip()
     out["street_key"] = map_unique(out["street"], street_key)
     out["city_key"] = map_unique(out["city"], lambda c: street_key(re.sub(r"\(.*?\)", "", c)))

@@ -79,10 +79,12 @@ _COMPATIBLE = {
     frozenset({"GmbH", "KG"}), frozenset({"AG", "KG"}), frozenset({"GmbH", "OHG"}), frozenset({"AG", "OHG"}),
     frozenset({"GmbH", "KGaA"}), frozenset({"AG", "KGaA"}),
 }
-_COMPILED = [
-    (form, family, re.compile(r"(?:^|(?<=[\s,;(/-]))(?:" + "|".join(patterns) + r")" + _WORD_END, re.IGNORECASE))
-    for form, family, patterns in LEGAL_FORMS
-]
+# One alternation over every form, in priority order: at a given position the first (longest,
+# combined) alternative wins, so "GmbH & Co. KG" is read before "GmbH". One scan per name.
+_COMBINED = re.compile(
+    r"(?:^|(?<=[\s,;(/-]))(?:" + "|".join(f"(?P<f{i}>{'|'.join(p)})" for i, (_f, _fam, p) in enumerate(LEGAL_FORMS))
+    + r")" + _WORD_END, re.IGNORECASE)
+_FORM_OF_GROUP = {f"f{i}": form for i, (form, _fam, _p) in enumerate(LEGAL_FORMS)}
 _TRAILING_JUNK = re.compile(r"[\s,;&+/\-–.]+$")
 _LEADING_JUNK = re.compile(r"^[\s,;&+/\-–.]+")
 _SPACES = re.compile(r"\s+")
@@ -112,13 +114,11 @@ def parse_company_name(name: str | None) -> CompanyName:
         return CompanyName("", None, "")
     text = _prepare(name)
     found: tuple[int, int, str] | None = None
-    for form, _family, rx in _COMPILED:  # combined and long forms come first
-        # A name that starts with a form word ("AG Musterstadt", "SE Elektro") keeps it as name.
-        matches = [m for m in rx.finditer(text) if m.start() > 0]
-        if matches:
-            last = matches[-1]  # the form is at the end, or followed by an addition ("Werk Süd")
-            found = (last.start(), last.end(), form)
-            break
+    # The form is at the end, or followed only by an addition ("Werk Süd"): take the last one.
+    # A name that starts with a form word ("AG Musterstadt", "SE Elektro") keeps it as name.
+    for m in _COMBINED.finditer(text):
+        if m.start() > 0 and m.end() > m.start():
+            found = (m.start(), m.end(), _FORM_OF_GROUP[m.lastgroup])
     if found is None:
         base, form = text, None
     else:

@@ -54,7 +54,11 @@ class _UnionFind:
 
 def cluster(n: int, left: np.ndarray, right: np.ndarray, prob: np.ndarray, match_threshold: float,
             contradiction: np.ndarray, max_cluster_size: int,
-            must_link: list[tuple[int, int, str]] = (), cannot_link: list[tuple[int, int]] = ()) -> ClusterResult:
+            must_link: list[tuple[int, int, str]] = (), cannot_link: list[tuple[int, int]] = (),
+            auto_link: list[tuple[int, int, str]] = ()) -> ClusterResult:
+    """``must_link``: steward "same", merged first and unconditionally. ``auto_link``: rule-based
+    links (same normalised e-mail), merged next unless a steward said "different". Then the
+    match-band pairs, strongest first, unless contradicted."""
     uf = _UnionFind(n)
     # Vetoes as a compressed adjacency list (indptr/indices), built with numpy: there can be
     # millions of contradicting pairs and only a few merges ever need to look at them.
@@ -68,10 +72,16 @@ def cluster(n: int, left: np.ndarray, right: np.ndarray, prob: np.ndarray, match
     merges: list[tuple[int, int, float, str]] = []
     refused: list[tuple[int, int, float, str]] = []
 
-    def conflicts(ra: int, rb: int) -> bool:
+    hard: dict[int, set[int]] = {}
+    for a, b in cannot_link:
+        hard.setdefault(int(a), set()).add(int(b))
+        hard.setdefault(int(b), set()).add(int(a))
+
+    def conflicts(ra: int, rb: int, steward_only: bool = False) -> bool:
         small, other = (ra, rb) if len(uf.cluster(ra)) <= len(uf.cluster(rb)) else (rb, ra)
         for member in uf.cluster(small):
-            for v in indices[indptr[member]:indptr[member + 1]].tolist():
+            neighbours = hard.get(member, ()) if steward_only else indices[indptr[member]:indptr[member + 1]].tolist()
+            for v in neighbours:
                 if uf.find(v) == other:
                     return True
         return False
@@ -83,6 +93,16 @@ def cluster(n: int, left: np.ndarray, right: np.ndarray, prob: np.ndarray, match
             uf.union(ra, rb)
             merges.append((int(a), int(b), 1.0, why))
             forced += 1
+    for a, b, why in auto_link:
+        ra, rb = uf.find(int(a)), uf.find(int(b))
+        if ra == rb:
+            continue
+        if hard and conflicts(ra, rb, steward_only=True):
+            refused.append((int(a), int(b), 1.0, f"{why}, but a steward said different"))
+            continue
+        uf.union(ra, rb)
+        merges.append((int(a), int(b), 1.0, why))
+        forced += 1
 
     candidates = np.flatnonzero(prob >= match_threshold)
     order = candidates[np.argsort(-prob[candidates], kind="stable")]

@@ -271,6 +271,18 @@ def _levels_for(cols: Columns, left, right, comp: ComparisonSpec, spec: EntityMa
     return levels
 
 
+def name_mailboxes(local: pd.Series, first: pd.Series, last: pd.Series) -> np.ndarray:
+    """Vectorised :func:`name_mailbox` over whole columns."""
+    letters = local.astype(object).where(local.notna(), None).str.replace(r"[^a-z]", "", regex=True)
+    f = first.astype(object).where(first.notna(), "").str.replace(" ", "", regex=False).fillna("")
+    l = last.astype(object).where(last.notna(), None).str.replace(" ", "", regex=False)
+    ok = letters.notna() & l.notna() & (letters != "")
+    hit = pd.Series(False, index=local.index)
+    for candidate in (f + l, l + f, l, f.str[:1] + l, f.where(f != ""), l + f.str[:1]):
+        hit |= ok & (letters == candidate).fillna(False).astype(bool)
+    return hit.to_numpy(dtype=bool)
+
+
 def name_mailbox(local: str | None, first: str | None, last: str | None) -> bool:
     """True when the mailbox is just the person's name ('hans.mueller', 'h.mueller', 'mueller')."""
     if not local or not last:

@@ -47,23 +47,19 @@ def assign_ids(record_keys: np.ndarray, labels: np.ndarray, previous: dict[str, 
     home = counts.drop_duplicates("old", keep="first")
     spread = counts.groupby("old")["label"].nunique()
 
-    ids: list[str | None] = [None] * n_clusters
-    events: list[dict] = []
     # Per cluster, the candidate IDs are the old IDs at home there; the oldest wins.
     home = home.assign(seq=home["old"].map(id_seq)).sort_values(["label", "seq"])
-    for label, group in home.groupby("label", sort=False):
-        winner = group.iloc[0]["old"]
-        ids[int(label)] = winner
-        for loser in group["old"].iloc[1:]:
-            events.append({"event": "merged", "golden_id": loser, "into": winner})
-    for label in range(n_clusters):
-        if ids[label] is None:
-            ids[label] = format_id(prefix, next_seq)
-            events.append({"event": "created", "golden_id": ids[label], "into": None})
-            next_seq += 1
-    for old, parts in spread.items():
-        if parts > 1:
-            kept_by = home.loc[home["old"] == old, "label"]
-            keeper = ids[int(kept_by.iloc[0])] if len(kept_by) else None
-            events.append({"event": "split", "golden_id": old, "into": keeper})
-    return IdAssignment(cluster_ids=[str(i) for i in ids], events=events, next_seq=next_seq)
+    winners = home.drop_duplicates("label", keep="first")
+    losers = home[~home.index.isin(winners.index)].merge(winners[["label", "old"]], on="label", suffixes=("", "_winner"))
+    ids = np.empty(n_clusters, dtype=object)
+    ids[winners["label"].to_numpy(dtype=np.int64)] = winners["old"].to_numpy()
+    events: list[dict] = [{"event": "merged", "golden_id": a, "into": b}
+                          for a, b in zip(losers["old"], losers["old_winner"])]
+    fresh = np.flatnonzero(pd.isna(ids))
+    new_ids = [format_id(prefix, next_seq + i) for i in range(len(fresh))]
+    ids[fresh] = new_ids
+    next_seq += len(fresh)
+    events += [{"event": "created", "golden_id": g, "into": None} for g in new_ids]
+    keeper = dict(zip(home["old"], ids[home["label"].to_numpy(dtype=np.int64)])) if len(home) else {}
+    events += [{"event": "split", "golden_id": old, "into": keeper.get(old)} for old, parts in spread.items() if parts > 1]
+    return IdAssignment(cluster_ids=[str(i) for i in ids.tolist()], events=events, next_seq=next_seq)

@@ -14,11 +14,12 @@ import pandas as pd
 from ..cleaning.addresses import clean_addresses, street_key
 from ..cleaning.companies import parse_company_name
 from ..cleaning.emails import clean_emails, domain_of_website
+from ..cleaning.names import koelner_phonetik
 from ..cleaning.names import clean_person_names
 from ..cleaning.phones import clean_phones
 from ..cleaning import map_unique
 from ..transforms import split_full_name
-from .engine import name_mailbox
+from .engine import name_mailboxes
 
 
 def domain_key(domain: str | None) -> str | None:
@@ -42,7 +43,7 @@ PERSON_COLUMNS = [
 ]
 ACCOUNT_COLUMNS = [
     "record_key", "source", "source_record_id", "record_ts", "is_mention", "company_name", "company_base", "company_key",
-    "company_first_token", "legal_form", "street", "house_number", "street_full_key", "postal_code", "city", "city_key",
+    "company_first_token", "company_kp", "legal_form", "street", "house_number", "street_full_key", "postal_code", "city", "city_key",
     "country", "leitregion", "phone", "phone_e164", "email", "domain", "vat_id", "register_court", "register_number",
     "register_id", "industry", "employee_count", "erp_customer_number", "crm_company_id",
 ]
@@ -122,7 +123,7 @@ def person_records(raw: dict[str, pd.DataFrame]) -> pd.DataFrame:
     # In B2B the mail domain names the employer: "j.mueller@jacob-wiek.de" works at "Jacob Wiek".
     df["org_key"] = df["company_key"].where(df["company_key"].notna(), map_unique(df["company_domain"], domain_key))
     df["company_first_token"] = df["org_key"].str.split(" ").str[0]
-    df["mailbox_is_name"] = [name_mailbox(m, f, l) for m, f, l in zip(df["email_local"], df["first_key"], df["last_key"])]
+    df["mailbox_is_name"] = name_mailboxes(df["email_local"], df["first_key"], df["last_key"])
     return df[PERSON_COLUMNS].reset_index(drop=True)
 
 
@@ -165,6 +166,8 @@ def account_records(raw: dict[str, pd.DataFrame], persons: pd.DataFrame,
     df["company_key"] = parsed.map(lambda c: (c.key or None) if c else None)
     df["legal_form"] = parsed.map(lambda c: c.legal_form if c else None)
     df["company_first_token"] = df["company_key"].str.split(" ").str[0]
+    # Phonetic code of the whole name: "Mueller Antriebstechnik" and "Müller Antriebstechnick" block together.
+    df["company_kp"] = map_unique(df["company_key"], lambda k: koelner_phonetik(k.replace(" ", "")))
     addr = clean_addresses(df["street"], df["house_number"], df["postal_code"], df["city"], df["country"])
     for c in ("street", "house_number", "postal_code", "city", "country", "leitregion", "city_key"):
         df[c] = addr[c]
@@ -187,7 +190,7 @@ def account_records(raw: dict[str, pd.DataFrame], persons: pd.DataFrame,
     return df[ACCOUNT_COLUMNS].reset_index(drop=True)
 
 
-SIGNATURE_COLUMNS = ["company_key", "company_first_token", "legal_form", "postal_code", "leitregion", "city_key",
+SIGNATURE_COLUMNS = ["company_key", "company_first_token", "company_kp", "legal_form", "postal_code", "leitregion", "city_key",
                      "street_full_key", "domain", "phone_e164", "vat_id", "register_id", "erp_customer_number",
                      "crm_company_id"]
 

@@ -81,12 +81,13 @@ def resolve(df: pd.DataFrame, spec: EntityMatchSpec, must_link: list[tuple[int, 
     log(f"{spec.entity}: model fitted in {model.iterations} EM iterations, prior {model.prior:.3f} ({timings['model']:.1f}s)")
 
     t = time.monotonic()
-    forced = must_link_pairs(df, spec.must_link) + list(must_link or [])
+    auto = must_link_pairs(df, spec.must_link)
     # Evidence alone, as if the prior were even: below the contradiction band the records differ.
     evidence = weight - math.log2(model.prior / (1 - model.prior))
     contradiction = evidence < math.log2(spec.contradiction_threshold / (1 - spec.contradiction_threshold))
     result = cluster(n, pairs.left, pairs.right, prob, spec.match_threshold, contradiction,
-                     spec.max_cluster_size, must_link=forced, cannot_link=list(cannot_link or []))
+                     spec.max_cluster_size, must_link=list(must_link or []), cannot_link=list(cannot_link or []),
+                     auto_link=auto)
     timings["clustering"] = time.monotonic() - t
 
     labels = result.labels

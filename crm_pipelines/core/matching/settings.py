@@ -91,6 +91,7 @@ class MatchingConfig:
     survivorship: dict[str, SurvivorshipSpec]
     max_match_rate_change: float
     sha256: str
+    generic_persons: EntityMatchSpec | None = None
 
 
 def _float(doc: YamlDoc, value, key: str, lo: float = 0.0, hi: float = 1.0) -> float:
@@ -182,7 +183,8 @@ def _entity(doc: YamlDoc, name: str) -> EntityMatchSpec:
 def load_matching_config(path: str | Path) -> MatchingConfig:
     doc = load_yaml(path)
     data = require_mapping(doc, doc.data, "")
-    check_keys(doc, data, "", ("persons", "accounts", "survivorship", "checks"), ("persons", "accounts", "survivorship"))
+    check_keys(doc, data, "", ("persons", "accounts", "survivorship", "checks", "generic_persons"),
+               ("persons", "accounts", "survivorship"))
     surv = {}
     raw_surv = require_mapping(doc, data["survivorship"], "survivorship")
     for entity in ("persons", "accounts"):
@@ -203,4 +205,5 @@ def load_matching_config(path: str | Path) -> MatchingConfig:
         persons=_entity(doc, "persons"), accounts=_entity(doc, "accounts"), survivorship=surv,
         max_match_rate_change=_float(doc, checks.get("max_match_rate_change", 0.1), "checks.max_match_rate_change"),
         sha256=doc.sha256,
+        generic_persons=_entity(doc, "generic_persons") if "generic_persons" in data else None,
     )

@@ -1,0 +1,120 @@
+"""Deduplicating any person CSV described by a field mapping: the engine without the warehouse."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from ..core.cleaning import map_unique
+from ..core.cleaning.addresses import normalize_postcode, split_street, street_key
+from ..core.cleaning.emails import clean_emails
+from ..core.cleaning.names import clean_person_names
+from ..core.cleaning.phones import clean_phones
+from ..core.mapping import SourceMapping, apply_mapping, load_mapping
+from ..core.matching.resolve import Resolution, resolve
+from ..core.matching.settings import EntityMatchSpec
+from ..core.readers import RawChunk, read_file
+from ..core.transforms import split_full_name
+
+NEEDED = {"first_key", "last_key", "date_of_birth", "national_id", "email_norm", "phone_e164", "street_key",
+          "house_number", "postal_code", "city_key", "phone_any", "first_initial", "last_kp", "name_kp_pair"}
+
+
+def read_mapped(input_csv: Path, mapping_file: Path) -> tuple[pd.DataFrame, list[tuple[int, str]], SourceMapping]:
+    mapping = load_mapping(mapping_file, name_must_match=False)
+    if mapping.entity.name != "person":
+        raise SystemExit(f"{mapping_file}: entity must be 'person' for the dedupe command (is '{mapping.entity.name}')")
+    frames, rejected = [], []
+    for chunk in read_file(input_csv, mapping, chunk_rows=100_000):
+        frame = chunk.frame
+        mapped = apply_mapping(mapping, frame, chunk.problems)
+        frames.append(mapped.good)
+        if not len(mapped.bad_positions):
+            continue
+        # A typo in a birth date should not drop the person from deduplication: blank the fields
+        # that failed and map again; only records that still fail (no ID, unreadable) are rejected.
+        retry = frame.iloc[mapped.bad_positions].reset_index(drop=True).copy()
+        for i, fields in enumerate(mapped.bad_fields):
+            for f in (fields or "").split(","):
+                if f in retry.columns:
+                    retry.at[i, f] = None
+        problems = [chunk.problems[p] for p in mapped.bad_positions]
+        second = apply_mapping(mapping, retry, problems)
+        frames.append(second.good)
+        for p, r in zip(mapped.bad_positions, mapped.bad_reasons):
+            where = chunk.line_no[p] or chunk.record_no[p]
+            rejected.append((where, r))
+        kept = set(range(len(retry))) - set(second.bad_positions.tolist())
+        rejected = rejected[:len(rejected) - len(mapped.bad_positions)] + [
+            (chunk.line_no[p] or chunk.record_no[p], ("kept with blank field(s): " if i in kept else "") + r)
+            for i, (p, r) in enumerate(zip(mapped.bad_positions, mapped.bad_reasons))]
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return df, rejected, mapping
+
+
+def prepare(df: pd.DataFrame, region: str = "DE") -> pd.DataFrame:
+    """Cleaned columns the generic matching settings compare, from canonical 'person' fields."""
+    out = pd.DataFrame(index=df.index)
+    out["record_key"] = df["source_record_id"].astype(str)
+    first, last = df["first_name"].astype(object), df["last_name"].astype(object)
+    if df["full_name"].notna().any():
+        parts = map_unique(df["full_name"], split_full_name)
+        first = first.where(first.notna(), parts.map(lambda p: p[2] if p else None))
+        last = last.where(last.notna(), parts.map(lambda p: p[3] if p else None))
+    names = clean_person_names(first.where(first.notna(), None), last.where(last.notna(), None))
+    for c in ("first_name", "last_name", "first_key", "last_key", "first_kp", "last_kp"):
+        out[c] = names[c]
+    out["first_initial"] = out["first_key"].str[:1]
+    pair = [("-".join(sorted((f, l))) if f and l else None) for f, l in zip(out["first_kp"], out["last_kp"])]
+    out["name_kp_pair"] = pd.Series(pair, index=df.index, dtype=object)
+    dob = df["date_of_birth"]
+    out["date_of_birth"] = pd.to_datetime(dob, errors="coerce").dt.strftime("%Y-%m-%d").astype(object).where(dob.notna(), None)
+    nid = df["national_id"].astype(object).where(df["national_id"].notna(), None).str.replace(r"\s", "", regex=True)
+    out["national_id"] = nid.where(nid != "", None)
+    emails = clean_emails(df["email"])
+    out["email_norm"] = emails["email_norm"]
+    out["email_local"] = emails["email_local"]
+    out["phone_e164"] = clean_phones(df["phone"], region)
+    out["phone_any"] = out["phone_e164"]
+    street = df["street"].astype(object).where(df["street"].notna(), None)
+    parts = map_unique(street, split_street)
+    number = df["house_number"].astype(object).where(df["house_number"].notna(), parts.map(lambda p: p[1] if p else None))
+    out["house_number"] = number.astype(object).where(number.notna(), None).str.strip().str.lower()
+    out["street_key"] = map_unique(parts.map(lambda p: p[0] if p else None), street_key)
+    country = df["country"].where(df["country"].notna(), region) if "country" in df else region
+    pcs = [normalize_postcode(p, c if isinstance(c, str) else region) if p is not None else None
+           for p, c in zip(df["postal_code"].astype(object).where(df["postal_code"].notna(), None),
+                           country if not isinstance(country, str) else [country] * len(df))]
+    out["postal_code"] = pd.Series(pcs, index=df.index, dtype=object)
+    out["city_key"] = map_unique(df["city"].astype(object).where(df["city"].notna(), None), street_key)
+    return out
+
+
+def dedupe(input_csv: Path, mapping_file: Path, spec: EntityMatchSpec, region: str = "DE",
+           log: Callable[[str], None] | None = None) -> tuple[pd.DataFrame, Resolution, list]:
+    log = log or (lambda m: print(m, file=sys.stderr))
+    started = time.monotonic()
+    raw, rejected, _mapping = read_mapped(input_csv, mapping_file)
+    dropped = sum(1 for _, r in rejected if not r.startswith("kept with blank"))
+    log(f"read {len(raw) + dropped:,} records from {input_csv.name}: {len(raw):,} usable "
+        f"({len(rejected) - dropped:,} with a field blanked), {dropped:,} rejected")
+    records = prepare(raw, region)
+    present = {c for c in NEEDED if c in records.columns and records[c].notna().any()}
+    usable = spec.without_columns(NEEDED - present)
+    if not usable.comparisons:
+        raise SystemExit(f"{mapping_file}: the mapped fields leave nothing to compare (map names, dates, addresses ...)")
+    res = resolve(records, usable, log=log)
+    clusters = pd.DataFrame({"record_id": records["record_key"], "cluster_id": res.labels})
+    # Cluster IDs name their smallest record ID, so they read well and do not depend on row order.
+    clusters["cluster_id"] = clusters.groupby("cluster_id")["record_id"].transform("min")
+    log(f"{res.n_records:,} records in {res.n_clusters:,} clusters; {res.stats['candidate_pairs']:,} comparisons of "
+        f"{res.stats['possible_pairs']:,} possible ({time.monotonic() - started:.1f}s)")
+    return clusters, res, rejected
+
+
+__all__ = ["dedupe", "prepare", "read_mapped", "RawChunk", "np"]
