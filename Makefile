@@ -40,6 +40,7 @@ test: install
 	$(PY) -m pytest
 
 bench: install
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	$(PY) -m benchmarks.run
 
 sql: install

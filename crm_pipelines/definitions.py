@@ -11,9 +11,11 @@ from __future__ import annotations
 import dagster as dg
 
 from .core.mapping import load_mappings
+from .defs.crm import build_crm_assets
 from .defs.golden import build_golden_assets
 from .defs.jobs import build_jobs
 from .defs.partitions import daily_partitions
+from .defs.quality import build_quality_checks
 from .defs.resources import build_resources
 from .defs.sources import build_source_assets
 from .settings import Settings
@@ -24,7 +26,9 @@ def build_defs(settings: Settings | None = None) -> dg.Definitions:
     mappings = load_mappings(settings.config_dir)
     partitions = daily_partitions(settings)
     return dg.Definitions(
-        assets=[*build_source_assets(mappings, partitions), *build_golden_assets(settings.config_dir)],
+        assets=[*build_source_assets(mappings, partitions), *build_golden_assets(settings.config_dir),
+                *build_crm_assets(settings.config_dir)],
+        asset_checks=build_quality_checks(),
         jobs=build_jobs(),
         resources=build_resources(settings),
     )

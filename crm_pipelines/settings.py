@@ -24,6 +24,8 @@ class Settings:
     timezone: str = "Europe/Berlin"
     register_url: str | None = None  # company register REST endpoint; None: no enrichment
     register_calls_per_hour: int = 60
+    crm_url: str | None = None  # the CRM's API; None: the local development CRM on 127.0.0.1:8766
+    alert_webhook_kind: str = "slack"       # slack | teams
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -36,6 +38,8 @@ class Settings:
             partition_start=env.get("CRM_PARTITION_START") or "2026-01-01",
             register_url=env.get("CRM_REGISTER_URL") or None,
             register_calls_per_hour=int(env.get("CRM_REGISTER_CALLS_PER_HOUR") or 60),
+            crm_url=env.get("CRM_API_URL") or None,
+            alert_webhook_kind=env.get("CRM_ALERT_WEBHOOK_KIND") or "slack",
         )
 
     @property

@@ -184,6 +184,12 @@ CONTACT_LINEAGE = _lineage_table("contact_lineage", "golden contacts")
 ACCOUNT_LINEAGE = _lineage_table("account_lineage", "golden accounts")
 PERSON_CROSSWALK = _crosswalk_table("person_crosswalk", "contact")
 ACCOUNT_CROSSWALK = _crosswalk_table("account_crosswalk", "account")
+CROSSWALK = _t(
+    "crosswalk", "golden", "Current golden IDs of every source record: the contact and the account it belongs to.",
+    sa.Column("record_key", sa.Text(), primary_key=True), sa.Column("source", sa.Text(), nullable=False),
+    sa.Column("source_record_id", sa.Text(), nullable=False), sa.Column("contact_id", sa.Text()),
+    sa.Column("account_id", sa.Text()),
+)
 
 ID_REGISTRY = _t(
     "id_registry", "golden", "Every golden ID ever issued: status active or merged (into another ID).",
@@ -251,3 +257,47 @@ REGISTER_CACHE = _t(
 GOLDEN_TABLES = (PERSON_RECORDS, ACCOUNT_RECORDS, GOLDEN_CONTACTS, GOLDEN_ACCOUNTS, CONTACT_LINEAGE, ACCOUNT_LINEAGE,
                  PERSON_CROSSWALK, ACCOUNT_CROSSWALK, ID_REGISTRY, ID_EVENTS, MATCH_EDGES, REVIEW_CANDIDATES,
                  REVIEW_QUEUE, STEWARD_DECISIONS, MATCH_RUNS, REGISTER_CACHE)
+
+
+# ---------------------------------------------------------------------------- CRM sync (ops)
+
+CRM_SYNC_STATE = _t(
+    "crm_sync_state", "ops", "Per golden record and CRM object type: what was last sent, its CRM ID and outcome.",
+    sa.Column("object_type", sa.Text(), primary_key=True), sa.Column("golden_id", sa.Text(), primary_key=True),
+    sa.Column("crm_id", sa.Text()), sa.Column("payload_hash", sa.Text()),
+    sa.Column("last_status", sa.Text(), nullable=False), sa.Column("last_message", sa.Text()),
+    sa.Column("last_synced_at", _TS, nullable=False), sa.Column("last_run_id", sa.Text(), nullable=False),
+    sa.Column("attempts", sa.Integer(), nullable=False), sa.Column("associated_crm_id", sa.Text()),
+)
+CRM_SYNC_LOG = _t(
+    "crm_sync_log", "ops", "Append-only row log of every CRM write: run, record, operation, status, message.",
+    sa.Column("at", _TS, nullable=False), sa.Column("run_id", sa.Text(), nullable=False),
+    sa.Column("object_type", sa.Text(), nullable=False), sa.Column("golden_id", sa.Text(), nullable=False),
+    sa.Column("crm_id", sa.Text()), sa.Column("operation", sa.Text(), nullable=False),
+    sa.Column("status", sa.Text(), nullable=False), sa.Column("message", sa.Text()),
+    indexes=(("run_id",), ("golden_id",)),
+)
+CRM_SYNC_RUNS = _t(
+    "crm_sync_runs", "ops", "One row per push and object type: mode, dry run, counts (JSON), outcome.",
+    sa.Column("run_id", sa.Text(), nullable=False), sa.Column("object_type", sa.Text(), nullable=False),
+    sa.Column("mode", sa.Text(), nullable=False), sa.Column("dry_run", sa.Boolean(), nullable=False),
+    sa.Column("started_at", _TS, nullable=False), sa.Column("finished_at", _TS),
+    sa.Column("status", sa.Text(), nullable=False), sa.Column("counts", sa.Text()),
+)
+SUPPRESSION = _t(
+    "suppression", "ops", "People who must never be contacted or synced again (erasure, objection), by e-mail hash.",
+    sa.Column("email_sha256", sa.Text(), primary_key=True), sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("source", sa.Text(), nullable=False), sa.Column("added_at", _TS, nullable=False),
+)
+CRM_PAYLOADS = {
+    name: _t(f"crm_{name}_payload", "marts", f"The {name} as they would be sent to the CRM: CRM property names, strings.",
+             sa.Column("golden_id", sa.Text(), primary_key=True), sa.Column("crm_id", sa.Text()),
+             *([sa.Column("account_id", sa.Text())] if name == "contacts" else []),
+             *_text(*props))
+    for name, props in (
+        ("companies", ("name", "domain", "phone", "address", "zip", "city", "country", "industry", "numberofemployees",
+                       "legal_form", "register_court", "register_number", "vat_id", "erp_customer_number")),
+        ("contacts", ("email", "salutation", "academic_title", "firstname", "lastname", "phone", "mobilephone", "jobtitle",
+                      "company", "address", "zip", "city", "country", "lifecyclestage", "crm_account_golden_id")),
+    )
+}

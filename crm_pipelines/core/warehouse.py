@@ -7,8 +7,10 @@ it never duplicates rows and a failed run leaves the previous load intact.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import sys
 import threading
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -69,22 +71,63 @@ class Warehouse:
     # ------------------------------------------------------------------ schema
 
     def ensure_tables(self, tables: Sequence[sa.Table]) -> None:
-        """Creates layers and tables, and adds columns a newer model introduced (never drops)."""
+        """Creates layers and tables, and adds columns a newer model introduced (never drops).
+
+        Safe when several step processes do it at once. Neither backend makes check-then-create
+        atomic (Postgres fails with a duplicate key in pg_namespace, SQLite with "already exists"),
+        so the DDL is serialised: by an advisory lock on Postgres, by a lock file beside SQLite's.
+        """
         todo = [t for t in tables if t.fullname not in self._ensured]
         if not todo:
             return
+        if self.is_postgres:
+            self._create(todo)
+        else:
+            with _file_lock(Path(self.engine.url.database).with_suffix(".ddl.lock")):
+                self._create(todo)
+        self._ensured.update(t.fullname for t in todo)
+
+    def _create(self, tables: Sequence[sa.Table]) -> None:
         with self.engine.begin() as conn:
             if self.is_postgres:
+                # Postgres does not make CREATE ... IF NOT EXISTS atomic (duplicate key in
+                # pg_namespace / pg_type when two sessions race); one lock serialises the DDL.
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext('crm_pipelines.ensure_tables'))")
                 for layer in LAYERS:
                     conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{layer}"')
-            for t in todo:
+            for t in tables:
                 t.create(conn, checkfirst=True)
                 existing = {c["name"] for c in sa.inspect(conn).get_columns(t.name, schema=t.schema)}
                 for col in t.columns:
                     if col.name not in existing:
                         coltype = col.type.compile(dialect=conn.dialect)
                         conn.exec_driver_sql(f"ALTER TABLE {self.qualified(t)} ADD COLUMN {self.quote(col.name)} {coltype}")
-        self._ensured.update(t.fullname for t in todo)
+
+    @contextlib.contextmanager
+    def exclusive(self, name: str):
+        """Holds a named lock across processes for the block, or raises :class:`LockBusy` at once.
+
+        Postgres: a session advisory lock on a connection kept open for the block; SQLite: a lock
+        file. Both die with the process that holds them, so a killed run does not block the next.
+        """
+        if self.is_postgres:
+            conn = self.engine.connect()
+            try:
+                got = conn.exec_driver_sql("SELECT pg_try_advisory_lock(hashtext(%(n)s))", {"n": name}).scalar()
+                conn.commit()
+                if not got:
+                    raise LockBusy(name)
+                try:
+                    yield
+                finally:
+                    conn.exec_driver_sql("SELECT pg_advisory_unlock(hashtext(%(n)s))", {"n": name})
+                    conn.commit()
+            finally:
+                conn.close()
+        else:
+            safe = "".join(ch if ch.isalnum() else "_" for ch in name)
+            with _file_lock(Path(self.engine.url.database).with_suffix(f".{safe}.lock"), blocking=False):
+                yield
 
     def quote(self, name: str) -> str:
         return self.engine.dialect.identifier_preparer.quote(name)
@@ -140,6 +183,45 @@ class Warehouse:
     def scalar(self, query: sa.Select | str, params: dict | None = None):
         with self.engine.connect() as conn:
             return conn.execute(sa.text(query) if isinstance(query, str) else query, params or {}).scalar()
+
+
+class LockBusy(Exception):
+    """Another process holds the lock."""
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path, blocking: bool = True):
+    """An exclusive lock between processes on this machine (SQLite files are local by nature).
+    The operating system releases it when the process dies, so a killed run never leaves it behind."""
+    with open(path, "a+b") as handle:
+        if sys.platform == "win32":
+            import msvcrt
+
+            handle.seek(0)
+            while True:
+                try:
+                    msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK if blocking else msvcrt.LK_NBLCK, 1)
+                    break
+                except OSError as exc:  # LK_LOCK gives up after ten seconds; keep waiting
+                    if not blocking:
+                        raise LockBusy(str(path)) from exc
+                    continue
+            try:
+                yield
+            finally:
+                handle.seek(0)
+                msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
+        else:
+            import fcntl
+
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError as exc:
+                raise LockBusy(str(path)) from exc
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _make_engine(url: str) -> Engine:

@@ -8,13 +8,13 @@ import pandas as pd
 import sqlalchemy as sa
 
 from ..core import golden as G
-from ..core.enrichment import RegisterClient, enrich
+from ..core.enrichment import enrich
 from ..core.masking import mask_value, masked_preview
 from ..core.matching.records import ACCOUNT_SOURCES, PERSON_SOURCES
 from ..core.matching.settings import MatchingConfig, load_matching_config
 from ..core.model import ENTITIES
-from ..core.schema import (ACCOUNT_CROSSWALK, ACCOUNT_RECORDS, GOLDEN_CONTACTS, PERSON_CROSSWALK, PERSON_RECORDS,
-                           metadata as sa_metadata)
+from ..core.schema import (ACCOUNT_CROSSWALK, ACCOUNT_RECORDS, CROSSWALK, GOLDEN_CONTACTS, PERSON_CROSSWALK,
+                           PERSON_RECORDS)
 from .metadata import frame_markdown, markdown_table
 from .resources import RegisterResource, WarehouseResource
 from .sources import raw_asset_key
@@ -23,14 +23,6 @@ GROUP = "golden"
 OWNERS = ["team:data-engineering"]
 # Bumped when the golden code changes what it produces; the matching settings' hash is added.
 CODE_VERSION = "golden-1"
-
-CROSSWALK = sa.Table(
-    "crosswalk", sa_metadata,
-    sa.Column("record_key", sa.Text(), primary_key=True), sa.Column("source", sa.Text(), nullable=False),
-    sa.Column("source_record_id", sa.Text(), nullable=False), sa.Column("contact_id", sa.Text()),
-    sa.Column("account_id", sa.Text()),
-    schema="golden", comment="Current golden IDs of every source record: the contact and the account it belongs to.",
-)
 
 PERSON_KEY = dg.AssetKey(["staging", "person_records"])
 ACCOUNT_KEY = dg.AssetKey(["staging", "account_records"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from .crm import GROUP as CRM_GROUP
 from .golden import GROUP as GOLDEN_GROUP
 from .sources import GROUP as SOURCES_GROUP
 
@@ -19,5 +20,10 @@ def build_jobs() -> list[dg.UnresolvedAssetJobDefinition]:
             "build_golden",
             selection=dg.AssetSelection.groups(GOLDEN_GROUP),
             description="Clean, enrich and resolve everything loaded into golden contacts and accounts.",
+        ),
+        dg.define_asset_job(
+            "push_crm",
+            selection=dg.AssetSelection.groups(CRM_GROUP),
+            description="Build the CRM payloads, check them (blocking GX suites), push what changed to the CRM.",
         ),
     ]

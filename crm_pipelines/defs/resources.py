@@ -11,6 +11,9 @@ from pathlib import Path
 
 import dagster as dg
 
+from ..core.alerts import post_alert
+from ..core.crm.hubspot import HubSpotConnector
+from ..core.crm.settings import SyncSettings
 from ..core.enrichment import RegisterClient
 from ..core.warehouse import Warehouse, describe_url
 from ..settings import Settings
@@ -53,6 +56,42 @@ class RegisterResource(dg.ConfigurableResource):
         return RegisterClient(self.base_url, api_key=self.api_key or None, timeout=self.timeout_seconds)
 
 
+LOCAL_CRM_URL = "http://127.0.0.1:8766"
+
+
+class CrmResource(dg.ConfigurableResource):
+    """The CRM's API (CRM_API_URL, token from CRM_API_TOKEN via EnvVar: never in config or logs).
+
+    The default URL is the local development CRM (``python -m crm_pipelines.devtools.crm_server``).
+    The rate limit comes from sync.yaml unless set here.
+    """
+
+    base_url: str = LOCAL_CRM_URL
+    token: str = ""
+    timeout_seconds: float = 30.0
+    max_attempts: int = 6
+    max_requests: int = 0
+    window_seconds: float = 0.0
+
+    def connector(self, sync: SyncSettings) -> HubSpotConnector:
+        return HubSpotConnector.create(self.base_url, self.token or None,
+                                       max_requests=self.max_requests or sync.max_requests,
+                                       window_seconds=self.window_seconds or sync.window_seconds,
+                                       timeout=self.timeout_seconds, max_attempts=self.max_attempts)
+
+
+class AlertResource(dg.ConfigurableResource):
+    """Where operational alerts go (CRM_ALERT_WEBHOOK_URL: a Slack incoming webhook or a Teams workflow)."""
+
+    webhook_url: str = ""
+    kind: str = "slack"
+
+    def send(self, text: str) -> bool:
+        if not self.webhook_url:
+            return False
+        return post_alert(self.webhook_url, text, self.kind)
+
+
 def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     url: str | dg.EnvVar = dg.EnvVar("CRM_WAREHOUSE_URL") if settings.warehouse_url else settings.default_warehouse_url
     register_key: str | dg.EnvVar = dg.EnvVar("CRM_REGISTER_API_KEY") if os.environ.get("CRM_REGISTER_API_KEY") else ""
@@ -61,4 +100,8 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
         "landing": LandingZoneResource(root=str(settings.landing_dir.resolve())),
         "register": RegisterResource(base_url=settings.register_url or "", api_key=register_key,
                                      calls_per_hour=settings.register_calls_per_hour),
+        "crm": CrmResource(base_url=settings.crm_url or LOCAL_CRM_URL,
+                           token=dg.EnvVar("CRM_API_TOKEN") if os.environ.get("CRM_API_TOKEN") else ""),
+        "alerts": AlertResource(webhook_url=dg.EnvVar("CRM_ALERT_WEBHOOK_URL") if os.environ.get("CRM_ALERT_WEBHOOK_URL")
+                                else "", kind=settings.alert_webhook_kind),
     }

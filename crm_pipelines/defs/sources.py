@@ -97,7 +97,6 @@ def _result(mapping: SourceMapping, wh, reports: list[PartitionReport]) -> dg.Ma
     read = sum(r.rows_read for r in reports)
     loaded = sum(r.rows_loaded for r in reports)
     quarantined = sum(r.rows_quarantined for r in reports)
-    files = [f for r in reports for f in r.files]
     duplicates = [f"{r.partition}/{f.file} = {f.duplicate_of}" for r in reports for f in r.duplicate_files]
     reasons: Counter = Counter()
     for r in reports:

@@ -21,7 +21,7 @@ from .generator import GeneratorConfig, generate
 
 # Jobs the demo runs, in order, and whether they take the landing zone's day range;
 # each later capability adds its job here.
-DEMO_JOBS: tuple[tuple[str, bool], ...] = (("ingest_sources", True), ("build_golden", False))
+DEMO_JOBS: tuple[tuple[str, bool], ...] = (("ingest_sources", True), ("build_golden", False), ("push_crm", False))
 
 
 def _needs_generation(landing: Path, cfg: GeneratorConfig) -> bool:
@@ -55,6 +55,17 @@ def run_demo(cfg: GeneratorConfig, regenerate: bool = False, progress: Callable[
         register = RegisterServer.from_file(register_file).start()
         settings = replace(settings, register_url=register.url, register_calls_per_hour=100_000)
         progress(f"local company register on {register.url}")
+    crm = None
+    if settings.crm_url is None:
+        from ..devtools.crm_server import CrmServer
+
+        # The demo's CRM: the local development server, holding the generated CRM snapshot, so that
+        # records that came from the CRM are updated there instead of created a second time.
+        crm = CrmServer(settings.data_dir / "crm_server.db").start()
+        seeded = crm.seed_from_landing(landing)
+        settings = replace(settings, crm_url=crm.url)
+        progress(f"local CRM on {crm.url} with {seeded['companies']:,} companies and {seeded['contacts']:,} contacts "
+                 f"from the CRM snapshot")
     try:
         defs = build_defs(settings)
         partitions = sorted({p for m in _sources(defs) for p in landed_partitions(landing, m)})
@@ -83,6 +94,10 @@ def run_demo(cfg: GeneratorConfig, regenerate: bool = False, progress: Callable[
     finally:
         if register is not None:
             register.stop()
+        if crm is not None:
+            stats = crm.stats()["counts"]
+            progress("local CRM: " + ", ".join(f"{k} {v:,}" for k, v in sorted(stats.items())))
+            crm.stop()
     summary, failed_checks = summarise(results)
     print(summary)
     ok = all(r.success for r in results) and not failed_checks
@@ -97,7 +112,7 @@ def _sources(defs: dg.Definitions) -> list[str]:
 
 
 def summarise(results) -> tuple[str, list[str]]:
-    rows: dict[str, dict] = defaultdict(lambda: {"partitions": 0, "rows": 0, "quarantined": 0, "checks_ok": 0,
+    rows: dict[str, dict] = defaultdict(lambda: {"materialised": 0, "rows": 0, "quarantined": 0, "checks_ok": 0,
                                                  "checks": 0, "warn": []})
     failed: list[str] = []
     for result in results:
@@ -106,7 +121,7 @@ def summarise(results) -> tuple[str, list[str]]:
             key = mat.asset_key.to_user_string()
             md = {k: v.value for k, v in mat.metadata.items()}
             r = rows[key]
-            r["partitions"] += 1
+            r["materialised"] += 1
             r["rows"] += int(md.get("dagster/row_count", 0) or 0)
             r["quarantined"] += int(md.get("rows_quarantined", 0) or 0)
         for ev in result.get_asset_check_evaluations():
@@ -123,16 +138,16 @@ def summarise(results) -> tuple[str, list[str]]:
                 if ev.event_type_value == "STEP_FAILURE":
                     failed.append(f"step {ev.step_key} failed")
     width = max([len(k) for k in rows] + [5])
-    lines = [f"{'asset':<{width}}  {'partitions':>10}  {'rows':>10}  {'quarantined':>11}  checks", "-" * (width + 50)]
+    lines = [f"{'asset':<{width}}  {'materialised':>12}  {'rows':>10}  {'quarantined':>11}  checks", "-" * (width + 52)]
     for key in sorted(rows):
         r = rows[key]
         note = f"  (warn: {', '.join(r['warn'])})" if r["warn"] else ""
-        lines.append(f"{key:<{width}}  {r['partitions']:>10}  {r['rows']:>10,}  {r['quarantined']:>11,}  "
+        lines.append(f"{key:<{width}}  {r['materialised']:>12}  {r['rows']:>10,}  {r['quarantined']:>11,}  "
                      f"{r['checks_ok']}/{r['checks']} passed{note}")
     total_rows = sum(r["rows"] for r in rows.values())
     total_q = sum(r["quarantined"] for r in rows.values())
-    lines.append("-" * (width + 50))
-    lines.append(f"{'total':<{width}}  {'':>10}  {total_rows:>10,}  {total_q:>11,}")
+    lines.append("-" * (width + 52))
+    lines.append(f"{'total':<{width}}  {'':>12}  {total_rows:>10,}  {total_q:>11,}")
     if failed:
         lines.append("failed: " + "; ".join(failed))
     return "\n".join(lines), failed

@@ -32,3 +32,12 @@ def test_every_transform_is_documented_for_mapping_authors():
     doc = (ROOT / "docs" / "mappings.md").read_text(encoding="utf-8")
     for name in TRANSFORMS:
         assert f"`{name}`" in doc, name
+
+
+def test_quality_doc_lists_every_suite_as_generated():
+    from crm_pipelines.core.quality import all_suites, suites_markdown
+
+    doc = (ROOT / "docs" / "quality.md").read_text(encoding="utf-8")
+    assert doc == suites_markdown(), "docs/quality.md is stale: run `make sql`"
+    for suite in all_suites():
+        assert f"## `{suite.name}`" in doc

@@ -262,3 +262,40 @@ def test_ground_truth_covers_every_entity_record(demo_landing):
     root, manifest = demo_landing
     truth = pd.read_csv(root / "_ground_truth" / "records.csv", dtype=str)
     assert set(truth["source"]) == set(manifest["sources"]) - {"erp_orders", "behaviour_events"}
+
+
+def test_parallel_steps_creating_the_same_layers_and_tables_do_not_collide(warehouse_url, mappings):
+    """The multiprocess executor starts several ingest steps at once; each creates the layers and
+    its tables. Neither Postgres (duplicate key in pg_namespace) nor SQLite (check, then create)
+    makes that atomic on its own."""
+    import threading
+
+    tables = [raw_table(m.source, m.entity) for m in mappings.values()] + [QUARANTINE, LANDING_FILES]
+    for attempt in range(4):
+        warehouses = [Warehouse(warehouse_url) for _ in range(6)]
+        barrier = threading.Barrier(len(warehouses))
+        errors: list[BaseException] = []
+
+        def create(wh: Warehouse) -> None:
+            barrier.wait()
+            try:
+                wh.ensure_tables(tables)
+            except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=create, args=(wh,)) for wh in warehouses]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for wh in warehouses:
+            wh.engine.dispose()
+        assert errors == [], f"attempt {attempt}: {errors[0]!r}"
+        wh = Warehouse(warehouse_url)
+        with wh.engine.begin() as conn:
+            for t in tables:
+                assert sa.inspect(conn).has_table(t.name, schema=t.schema), t.fullname
+                conn.exec_driver_sql(f"DROP TABLE {wh.qualified(t)}")
+            if wh.is_postgres:
+                conn.exec_driver_sql("DROP SCHEMA raw, ops CASCADE")
+        wh.engine.dispose()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -190,6 +189,27 @@ def test_survivorship_rules_and_lineage():
     got = {(r.field, r.record_key, r.rule) for r in lineage.itertuples()}
     assert got == {("first_name", "crm:1", "source_priority"), ("phone", "web:1", "most_recent"),
                    ("email_norm", "web:2", "most_frequent")}
+
+
+def test_an_address_group_comes_from_one_record_never_stitched():
+    # The CRM knows a Swiss postcode but no country; a newsletter sign-up says DE and no postcode.
+    # Field by field that would make "9000 St. Gallen, DE", an address that exists nowhere.
+    records = pd.DataFrame({
+        "record_key": ["crm:1", "nl:1"], "source": ["crm_contacts", "newsletter_signups"],
+        "record_ts": pd.to_datetime(["2026-11-02", "2026-11-01"], utc=True),
+        "postal_code": ["9000", None], "city": ["St. Gallen", None], "country": [None, "DE"],
+    })
+    from crm_pipelines.core.matching.settings import SurvivorshipSpec
+
+    fields = ["postal_code", "city", "country"]
+    loose = SurvivorshipSpec(("crm_contacts", "newsletter_signups"), "source_priority", {"postal_code": "most_recent"})
+    assert survive(records, np.array([0, 0]), fields, loose)[0].loc[0].tolist() == ["9000", "St. Gallen", "DE"]
+    grouped = SurvivorshipSpec(("crm_contacts", "newsletter_signups"), "source_priority", {"postal_code": "most_recent"},
+                               {"address": ("postal_code", "city", "country")})
+    golden, lineage = survive(records, np.array([0, 0]), fields, grouped)
+    assert golden.loc[0].tolist() == ["9000", "St. Gallen", None]
+    assert {(r.field, r.record_key, r.rule) for r in lineage.itertuples()} == {
+        ("postal_code", "crm:1", "most_recent"), ("city", "crm:1", "with postal_code")}
 
 
 # ----------------------------------------------------------------------------- the hard cases, end to end

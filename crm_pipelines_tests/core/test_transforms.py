@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from crm_pipelines.core.configfile import ConfigError, load_yaml
-from crm_pipelines.core.transforms import TRANSFORMS, apply_steps, parse_step, split_full_name
+from crm_pipelines.core.transforms import apply_steps, parse_step, split_full_name
 
 
 def steps(tmp_path: Path, *specs):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import uuid
 from pathlib import Path
@@ -71,10 +70,11 @@ def test_demo_runner_generates_materialises_and_summarises(tmp_path, capsys):
         out = capsys.readouterr().out
         for source in ("web_form_leads", "trade_fair_leads", "erp_customers", "crm_contacts", "erasure_requests"):
             assert f"raw/{source}" in out
-        for asset in ("golden/contacts", "golden/accounts", "golden/crosswalk", "golden/review_queue"):
+        for asset in ("golden/contacts", "golden/accounts", "golden/crosswalk", "golden/review_queue",
+                      "crm_push_accounts", "crm_push_contacts"):
             assert asset in out
         assert "All runs succeeded" in out
-        assert sorted(r.dagster_run.job_name for r in instance.get_run_records()) == ["build_golden", "ingest_sources"]
+        assert sorted(r.dagster_run.job_name for r in instance.get_run_records()) == ["build_golden", "ingest_sources", "push_crm"]
         # A second run reuses the landing zone and replaces the partitions: same totals.
         first_total = [line for line in out.splitlines() if line.startswith("total")]
         assert run_demo(cfg, settings=settings, instance=instance, progress=lambda m: None) == 0

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import dagster as dg
-import pytest
 import sqlalchemy as sa
 from dagster._core.definitions.data_version import StaleStatus
 from dagster._utils.test.data_versions import get_stale_status_resolver

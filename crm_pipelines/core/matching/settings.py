@@ -79,6 +79,10 @@ class SurvivorshipSpec:
     source_priority: tuple[str, ...]
     default_rule: str = "source_priority"
     fields: dict[str, str] = field(default_factory=dict)
+    # Fields that must come from one record: the first (the anchor) is chosen by its rule, the others
+    # are taken from the record that supplied it; a postcode from one record and a country from
+    # another would make an address that exists nowhere.
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def rule_for(self, name: str) -> str:
         return self.fields.get(name, self.default_rule)
@@ -190,7 +194,7 @@ def load_matching_config(path: str | Path) -> MatchingConfig:
     for entity in ("persons", "accounts"):
         key = f"survivorship.{entity}"
         s = require_mapping(doc, raw_surv.get(entity), key)
-        check_keys(doc, s, key, ("source_priority", "default_rule", "fields"), ("source_priority",))
+        check_keys(doc, s, key, ("source_priority", "default_rule", "fields", "groups"), ("source_priority",))
         rule = s.get("default_rule", "source_priority")
         if rule not in RULES:
             raise doc.error(f"{key}.default_rule", f"unknown rule '{rule}'; known: {', '.join(RULES)}")
@@ -198,7 +202,19 @@ def load_matching_config(path: str | Path) -> MatchingConfig:
         for f, r in fields.items():
             if r not in RULES:
                 raise doc.error(f"{key}.fields.{f}", f"unknown rule '{r}'; known: {', '.join(RULES)}")
-        surv[entity] = SurvivorshipSpec(tuple(s["source_priority"]), rule, dict(fields))
+        groups = require_mapping(doc, s.get("groups", {}) or {}, f"{key}.groups")
+        seen: set[str] = set()
+        for g, members in groups.items():
+            if not isinstance(members, list) or len(members) < 2 or not all(isinstance(m, str) for m in members):
+                raise doc.error(f"{key}.groups.{g}", "must list at least two fields; the first one is chosen by its rule")
+            if seen & set(members):
+                raise doc.error(f"{key}.groups.{g}", f"field(s) {', '.join(sorted(seen & set(members)))} already in another group")
+            for m in members[1:]:
+                if m in fields:
+                    raise doc.error(f"{key}.fields.{m}", f"'{m}' follows '{members[0]}' in group '{g}'; it has no rule of its own")
+            seen |= set(members)
+        surv[entity] = SurvivorshipSpec(tuple(s["source_priority"]), rule, dict(fields),
+                                        {g: tuple(m) for g, m in groups.items()})
     checks = require_mapping(doc, data.get("checks", {}) or {}, "checks")
     check_keys(doc, checks, "checks", ("max_match_rate_change",))
     return MatchingConfig(

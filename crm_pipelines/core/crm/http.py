@@ -1,0 +1,169 @@
+"""HTTP plumbing shared by CRM connectors: a rate limiter, retries with backoff, Retry-After.
+
+Rules, from the vendors' documentation and reverse-ETL practice:
+- never more than ``max_requests`` in any rolling ``window_seconds`` (HubSpot counts a rolling
+  10-second window; a classic token bucket that starts full could send twice the limit inside
+  one window, so the limiter keeps the send times of the last window instead);
+- 429: wait ``Retry-After`` (or the window the rate-limit headers announce), then try again;
+- 5xx, timeouts and dropped connections: exponential backoff with full jitter, then again;
+- any other 4xx is a validation error of *this* request: never retried, handed back to be recorded;
+- the token goes into the Authorization header and nowhere else (not in errors, not in logs).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import requests
+
+RETRYABLE_STATUS = {500, 502, 503, 504}
+
+
+class CrmUnavailable(Exception):
+    """The CRM did not answer usefully after every retry (outage, timeouts, server errors)."""
+
+
+@dataclass
+class RateLimiter:
+    """At most ``max_requests`` in any rolling window of ``window_seconds`` (thread-safe)."""
+
+    max_requests: int = 190
+    window_seconds: float = 10.0
+    # Server and client clocks see a request at slightly different moments; a small margin keeps
+    # the server's window from ever counting one request more than ours.
+    margin_seconds: float = 0.05
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    _sent: deque = field(default_factory=deque, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    waited_seconds: float = field(default=0.0, init=False)
+
+    def __post_init__(self) -> None:
+        if self.max_requests < 1 or self.window_seconds <= 0:
+            raise ValueError("a rate limit needs max_requests >= 1 and window_seconds > 0")
+
+    def acquire(self) -> None:
+        with self._lock:
+            while True:
+                now = self.clock()
+                horizon = now - self.window_seconds - self.margin_seconds
+                while self._sent and self._sent[0] <= horizon:
+                    self._sent.popleft()
+                if len(self._sent) < self.max_requests:
+                    self._sent.append(now)
+                    return
+                # A hair more than needed: a wake-up exactly at the boundary may not have passed it yet.
+                wait = self._sent[0] - horizon + 1e-4
+                self.waited_seconds += wait
+                self.sleep(wait)
+
+    def pause(self, seconds: float) -> None:
+        """The server asked us to wait (429): nobody sends until then."""
+        with self._lock:
+            self.waited_seconds += seconds
+            self.sleep(seconds)
+
+
+@dataclass
+class CallStats:
+    requests: int = 0
+    retries: int = 0
+    throttled: int = 0          # 429 answers
+    server_errors: int = 0      # 5xx answers
+    connection_errors: int = 0  # timeouts and dropped connections
+    client_errors: int = 0      # 4xx other than 429: recorded, never retried
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Response:
+    status: int
+    body: Any
+    headers: dict[str, str]
+
+
+@dataclass
+class HttpTransport:
+    base_url: str
+    token: str | None = None
+    limiter: RateLimiter = field(default_factory=RateLimiter)
+    timeout: float = 30.0
+    max_attempts: int = 6
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    max_retry_after: float = 120.0
+    session: requests.Session = field(default_factory=requests.Session)
+    sleep: Callable[[float], None] = time.sleep
+    rng: random.Random = field(default_factory=random.Random)
+    stats: CallStats = field(default_factory=CallStats)
+
+    def __repr__(self) -> str:  # never show the token
+        return f"HttpTransport(base_url={self.base_url!r})"
+
+    def request(self, method: str, path: str, *, json: Any = None, params: dict | None = None) -> Response:
+        """Sends with rate limiting and retries; returns the final answer (2xx or a non-retryable 4xx).
+
+        Raises :class:`CrmUnavailable` when every attempt met a 5xx, a timeout or a dropped connection.
+        """
+        url = f"{self.base_url.rstrip('/')}/{path.lstrip('/')}"
+        headers = {"Accept": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        last = "no attempt"
+        for attempt in range(self.max_attempts):
+            if attempt:
+                self.stats.retries += 1
+            self.limiter.acquire()
+            self.stats.requests += 1
+            try:
+                resp = self.session.request(method, url, json=json, params=params, headers=headers, timeout=self.timeout)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                self.stats.connection_errors += 1
+                last = type(exc).__name__
+                self.sleep(self._backoff(attempt))
+                continue
+            if resp.status_code == 429:
+                self.stats.throttled += 1
+                last = "429 Too Many Requests"
+                self.limiter.pause(self._retry_after(resp, attempt))
+                continue
+            if resp.status_code in RETRYABLE_STATUS:
+                self.stats.server_errors += 1
+                last = f"HTTP {resp.status_code}"
+                self.sleep(self._backoff(attempt))
+                continue
+            if 400 <= resp.status_code < 500:
+                self.stats.client_errors += 1
+            return Response(resp.status_code, _json(resp), dict(resp.headers))
+        raise CrmUnavailable(f"{method} {path}: no usable answer after {self.max_attempts} attempts (last: {last})")
+
+    def _backoff(self, attempt: int) -> float:
+        return self.rng.uniform(0, min(self.backoff_cap, self.backoff_base * 2 ** attempt))
+
+    def _retry_after(self, resp: requests.Response, attempt: int) -> float:
+        value = resp.headers.get("Retry-After")
+        if value is not None:
+            try:
+                return min(max(float(value), 0.0), self.max_retry_after)
+            except ValueError:
+                pass
+        interval = resp.headers.get("X-HubSpot-RateLimit-Interval-Milliseconds")
+        if interval and interval.isdigit():
+            return min(int(interval) / 1000.0, self.max_retry_after)
+        return self._backoff(attempt) + 1.0
+
+
+def _json(resp: requests.Response) -> Any:
+    if not resp.content:
+        return None
+    try:
+        return resp.json()
+    except ValueError:
+        return {"message": resp.text[:500]}

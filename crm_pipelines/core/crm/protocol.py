@@ -1,0 +1,75 @@
+"""What the sync engine needs from a CRM, independent of the vendor.
+
+Object types are named the HubSpot way ("companies", "contacts", "tasks"); a connector for
+another CRM translates them (Salesforce: Account, Contact, Task) and its batch size
+(Salesforce sObject Collections: 200 per request, ``allOrNone=false``, results in request
+order). Every write returns one :class:`RowResult` per input, so partial failures are
+per row whatever the vendor's wire format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator, Protocol, Sequence
+
+from .http import CallStats
+
+CREATED, UPDATED, REJECTED, FAILED, ARCHIVED, DELETED, ABSENT = (
+    "created", "updated", "rejected", "failed", "archived", "deleted", "absent")
+
+
+class CrmAuthError(Exception):
+    """The CRM refused the credentials (401/403): nothing else will work, so the sync stops."""
+
+
+@dataclass(frozen=True)
+class UpsertInput:
+    key: str                      # our golden ID, stored in the CRM as the external ID property
+    properties: dict[str, Any]
+
+
+@dataclass
+class RowResult:
+    key: str
+    status: str                   # created / updated / rejected (4xx, never retried) / failed (retry next run)
+    crm_id: str | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class Task:
+    key: str                      # our idempotency key for the task
+    subject: str
+    body: str
+    due_at: str                   # ISO-8601 UTC
+    contact_crm_id: str | None = None
+    owner_id: str | None = None
+    priority: str = "HIGH"
+
+
+class CrmConnector(Protocol):
+    name: str
+    max_batch: int
+    stats: CallStats
+
+    def read_objects(self, object_type: str, properties: Sequence[str]) -> Iterator[dict]:
+        """Every object of a type, page by page: {"id", "properties", "createdAt", "updatedAt", "archived"}."""
+
+    def upsert(self, object_type: str, id_property: str, inputs: Sequence[UpsertInput]) -> list[RowResult]:
+        """Creates or updates by external ID; at most ``max_batch`` inputs."""
+
+    def update(self, object_type: str, inputs: Sequence[UpsertInput], crm_ids: Sequence[str]) -> list[RowResult]:
+        """Updates objects the CRM already has by its own IDs (records that came from the CRM), and
+        stamps our external ID on them, so they are never created a second time."""
+
+    def archive(self, object_type: str, keys_and_ids: Sequence[tuple[str, str]]) -> list[RowResult]:
+        """Archives (soft-deletes) objects by CRM ID; used by mirror mode."""
+
+    def associate(self, from_type: str, to_type: str, pairs: Sequence[tuple[str, str, str]]) -> list[RowResult]:
+        """Links (key, from CRM ID, to CRM ID) with the default association type."""
+
+    def create_tasks(self, tasks: Sequence[Task]) -> list[RowResult]:
+        """Creates follow-up tasks, associated with their contact."""
+
+    def gdpr_delete(self, email: str) -> RowResult:
+        """Deletes a contact permanently and blocks the address from coming back."""

@@ -1,0 +1,182 @@
+"""The CRM outlet in Dagster: payload assets with blocking GX checks, and the two push assets.
+
+    golden/accounts -> crm_account_payload [gx] -> crm_push_accounts
+    golden/contacts -> crm_contact_payload [gx] -> crm_push_contacts (after crm_push_accounts)
+
+A failed blocking check stops the pushes in the same run (Dagster skips downstream steps), and the
+push assets refuse to run in a later run until every gate passed on the current materialisation
+of what they push (:func:`require_passed_checks`). Pushes share the concurrency pool ``crm_push``.
+"""
+
+
+import dagster as dg
+import sqlalchemy as sa
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+
+from ..core import quality as Q
+from ..core.crm.payloads import build_payload, email_hash
+from ..core.crm.settings import load_sync_settings
+from ..core.crm.sync import SyncFailed, push
+from ..core.masking import masked_preview
+from ..core.model import ENTITIES
+from ..core.schema import CRM_PAYLOADS, GOLDEN_ACCOUNTS, GOLDEN_CONTACTS, SUPPRESSION
+from ..core.warehouse import Warehouse, tables_present
+from . import golden as golden_defs
+from .metadata import frame_markdown
+from .quality import check_result
+from .resources import AlertResource, CrmResource, WarehouseResource
+
+GROUP = "crm"
+OWNERS = ["team:data-engineering", "team:sales-ops"]
+POOL = "crm_push"
+PAYLOAD_CHECK = "gx_payload"
+ACCOUNT_PAYLOAD_KEY = dg.AssetKey("crm_account_payload")
+CONTACT_PAYLOAD_KEY = dg.AssetKey("crm_contact_payload")
+PUSH_ACCOUNTS_KEY = dg.AssetKey("crm_push_accounts")
+PUSH_CONTACTS_KEY = dg.AssetKey("crm_push_contacts")
+
+_PREVIEW = {"companies": ["golden_id", "name", "zip", "city", "country"],
+            "contacts": ["golden_id", "firstname", "lastname", "email", "zip", "lifecyclestage"]}
+# Payload columns -> model fields, so the masked preview knows which ones are personal.
+_AS_MODEL = {"firstname": "first_name", "lastname": "last_name", "mobilephone": "mobile"}
+
+
+class PushConfig(dg.Config):
+    dry_run: bool = False
+    """Report would-create / would-update / unchanged / invalid counts; send nothing."""
+
+
+def gate_checks(object_type: str) -> list[dg.AssetCheckKey]:
+    """Every blocking check that must have passed on the current data before ``object_type`` is pushed."""
+    if object_type == "companies":
+        golden_key, names = golden_defs.ACCOUNTS_KEY, ["gx_golden_accounts", "every_record_one_golden_id",
+                                                       "match_rate_stable"]
+        payload_key = ACCOUNT_PAYLOAD_KEY
+    else:
+        golden_key, names = golden_defs.CONTACTS_KEY, ["gx_golden_contacts", "unique_email", "every_record_one_golden_id",
+                                                       "match_rate_stable"]
+        payload_key = CONTACT_PAYLOAD_KEY
+    return [dg.AssetCheckKey(payload_key, PAYLOAD_CHECK), *[dg.AssetCheckKey(golden_key, n) for n in names]]
+
+
+def require_passed_checks(instance: dg.DagsterInstance, checks: list[dg.AssetCheckKey]) -> None:
+    """Raises a Failure unless each check's latest execution passed and is not older than its asset's
+    latest materialisation (a re-materialised asset has to pass its gate again)."""
+    latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(checks)
+    problems = []
+    for key in checks:
+        name = f"{key.asset_key.to_user_string()}:{key.name}"
+        record = latest.get(key)
+        if record is None:
+            problems.append(f"{name} has never run")
+            continue
+        if record.status != AssetCheckExecutionRecordStatus.SUCCEEDED:
+            problems.append(f"{name} is {record.status.value.lower()} (run {record.run_id[:8]})")
+            continue
+        materialization = instance.get_latest_materialization_event(key.asset_key)
+        if materialization and record.event and record.event.timestamp < materialization.timestamp:
+            problems.append(f"{name} has not run since {key.asset_key.to_user_string()} was last materialised")
+    if problems:
+        raise dg.Failure(description="CRM push refused, quality gates not passed: " + "; ".join(problems),
+                         metadata={"gates": dg.MetadataValue.json(problems)})
+
+
+def suppressed_hashes(wh: Warehouse) -> set[str]:
+    if not tables_present(wh, [SUPPRESSION]):
+        return set()
+    return set(wh.read_frame(sa.select(SUPPRESSION.c.email_sha256))["email_sha256"])
+
+
+def build_crm_assets(config_dir) -> list:
+    settings = load_sync_settings(config_dir / "sync.yaml", golden_columns={
+        "companies": set(GOLDEN_ACCOUNTS.columns.keys()), "contacts": set(GOLDEN_CONTACTS.columns.keys())})
+    version = f"crm-1-{settings.sha256[:12]}"
+
+    def payload_asset(object_type: str, key: dg.AssetKey, golden_key: dg.AssetKey, golden_table: sa.Table):
+        spec = settings.objects[object_type]
+
+        @dg.asset(key=key, group_name=GROUP, owners=OWNERS, kinds={"pandas", "sql"}, code_version=version,
+                  deps=[golden_key],
+                  check_specs=[dg.AssetCheckSpec(PAYLOAD_CHECK, asset=key, blocking=True,
+                                                 description=f"GX suite `crm_{object_type}_payload` (docs/quality.md): "
+                                                             "required keys, formats, uniqueness, allowed values, no "
+                                                             "suppressed person. Blocks the push when it fails.")],
+                  description=f"The {object_type} as the CRM would receive them: golden columns mapped to CRM "
+                              f"properties by `config/sync.yaml` (mode {spec.mode}). Table "
+                              f"`marts.crm_{object_type}_payload`.")
+        def _payload(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+            wh = warehouse.get()
+            golden = wh.read_frame(sa.select(golden_table))
+            payload = build_payload(golden, spec)
+            table = CRM_PAYLOADS[object_type]
+            wh.ensure_tables([table])
+            with wh.engine.begin() as conn:
+                conn.execute(sa.delete(table))
+                wh.bulk_insert(conn, table, payload)
+            checked = payload.copy()
+            if object_type == "contacts":
+                checked["_email_sha256"] = [email_hash(e) for e in checked["email"]]
+            result = Q.validate(checked, Q.payload_suite(object_type, spec.required, settings.lifecycle_stages,
+                                                         sorted(suppressed_hashes(wh))))
+            preview = masked_preview(payload.rename(columns=_AS_MODEL), ENTITIES["contact" if object_type == "contacts"
+                                                                                 else "account"],
+                                     [_AS_MODEL.get(c, c) for c in _PREVIEW[object_type]])
+            yield dg.MaterializeResult(metadata={
+                "dagster/row_count": len(payload), "rows_in": len(golden),
+                "with_crm_id": int(payload["crm_id"].notna().sum()),
+                "properties": dg.MetadataValue.json(spec.properties),
+                "preview_masked": dg.MetadataValue.md(frame_markdown(preview)),
+            })
+            yield dg.AssetCheckResult(check_name=PAYLOAD_CHECK, passed=result.success, metadata=check_result(result))
+
+        return _payload
+
+    def push_asset(object_type: str, key: dg.AssetKey, payload_key: dg.AssetKey, extra_deps: list):
+        spec = settings.objects[object_type]
+
+        @dg.asset(key=key, group_name=GROUP, owners=OWNERS, kinds={"hubspot", "python"}, code_version=version,
+                  deps=[payload_key, *extra_deps], pool=POOL,
+                  description=f"Pushes new and changed {object_type} to the CRM (HubSpot CRM v3 batch upsert keyed by "
+                              f"our golden ID, {settings.max_requests} requests / {settings.window_seconds:g} s), in "
+                              f"mode `{spec.mode}`; only when every quality gate passed. State in "
+                              "`ops.crm_sync_state`, row log in `ops.crm_sync_log`. Config `dry_run: true` reports "
+                              "without sending.")
+        def _push(context: dg.AssetExecutionContext, config: PushConfig, warehouse: WarehouseResource, crm: CrmResource,
+                  alerts: AlertResource) -> dg.MaterializeResult:
+            require_passed_checks(context.instance, gate_checks(object_type))
+            wh = warehouse.get()
+            payload = wh.read_frame(sa.select(CRM_PAYLOADS[object_type]))
+            connector = crm.connector(settings)
+
+            def alert(text: str) -> None:
+                context.log.error(text)
+                alerts.send(text)
+
+            try:
+                report = push(wh, connector, payload, spec, settings, context.run.run_id, dry_run=config.dry_run,
+                              log=context.log.info, alert=alert)
+            except SyncFailed as exc:
+                raise dg.Failure(description=str(exc), metadata=_metadata(exc.report)) from exc
+            return dg.MaterializeResult(metadata=_metadata(report))
+
+        return _push
+
+    return [
+        payload_asset("companies", ACCOUNT_PAYLOAD_KEY, golden_defs.ACCOUNTS_KEY, GOLDEN_ACCOUNTS),
+        payload_asset("contacts", CONTACT_PAYLOAD_KEY, golden_defs.CONTACTS_KEY, GOLDEN_CONTACTS),
+        push_asset("companies", PUSH_ACCOUNTS_KEY, ACCOUNT_PAYLOAD_KEY, []),
+        push_asset("contacts", PUSH_CONTACTS_KEY, CONTACT_PAYLOAD_KEY, [PUSH_ACCOUNTS_KEY]),
+    ]
+
+
+def _metadata(report) -> dict:
+    d = report.as_dict()
+    keys = ("rows_in", "unchanged", "to_create", "to_update", "to_archive", "skipped_not_in_crm", "invalid", "sent",
+            "created", "updated", "archived", "rejected", "failed", "retried", "associated", "association_failures",
+            "batches", "requests", "throttled", "retries", "failure_rate")
+    out = {k: d[k] for k in keys}
+    out.update(status=d["status"], dry_run=d["dry_run"], mode=d["mode"])
+    if d["messages"]:
+        out["top_messages_masked"] = dg.MetadataValue.json(d["messages"])
+    return out
+
