@@ -3,6 +3,7 @@
 #   make test   set up, run the whole test suite (PostgreSQL tests included)
 #   make dev    open the Dagster UI at http://127.0.0.1:3000
 #   make bench  run the benchmarks; results go to docs/benchmarks.md
+#   make crm-server  the local development CRM on http://127.0.0.1:8766 (for pushes from the UI)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -14,7 +15,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export GX_ANALYTICS_ENABLED := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo dev test bench sql clean
+.PHONY: install demo dev test bench sql clean crm-server
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || \
@@ -42,6 +43,9 @@ test: install
 bench: install
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	$(PY) -m benchmarks.run
+
+crm-server: install
+	$(PY) -m crm_pipelines.devtools.crm_server --db .crm_data/crm_server.db --port 8766
 
 sql: install
 	$(PY) -m crm_pipelines.core.ddl sql

@@ -27,7 +27,7 @@ def build_defs(settings: Settings | None = None) -> dg.Definitions:
     partitions = daily_partitions(settings)
     return dg.Definitions(
         assets=[*build_source_assets(mappings, partitions), *build_golden_assets(settings.config_dir),
-                *build_crm_assets(settings.config_dir)],
+                *build_crm_assets(settings.config_dir, mappings, settings.timezone)],
         asset_checks=build_quality_checks(),
         jobs=build_jobs(),
         resources=build_resources(settings),

@@ -9,6 +9,9 @@ of what they push (:func:`require_passed_checks`). Pushes share the concurrency 
 """
 
 
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
 import dagster as dg
 import sqlalchemy as sa
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
@@ -16,7 +19,9 @@ from dagster._core.storage.asset_check_execution_record import AssetCheckExecuti
 from ..core import quality as Q
 from ..core.crm.payloads import build_payload, email_hash
 from ..core.crm.settings import load_sync_settings
+from ..core.crm.snapshot import pull_snapshot
 from ..core.crm.sync import SyncFailed, push
+from ..core.mapping import SourceMapping
 from ..core.masking import masked_preview
 from ..core.model import ENTITIES
 from ..core.schema import CRM_PAYLOADS, GOLDEN_ACCOUNTS, GOLDEN_CONTACTS, SUPPRESSION
@@ -24,7 +29,7 @@ from ..core.warehouse import Warehouse, tables_present
 from . import golden as golden_defs
 from .metadata import frame_markdown
 from .quality import check_result
-from .resources import AlertResource, CrmResource, WarehouseResource
+from .resources import AlertResource, CrmResource, LandingZoneResource, WarehouseResource
 
 GROUP = "crm"
 OWNERS = ["team:data-engineering", "team:sales-ops"]
@@ -34,6 +39,7 @@ ACCOUNT_PAYLOAD_KEY = dg.AssetKey("crm_account_payload")
 CONTACT_PAYLOAD_KEY = dg.AssetKey("crm_contact_payload")
 PUSH_ACCOUNTS_KEY = dg.AssetKey("crm_push_accounts")
 PUSH_CONTACTS_KEY = dg.AssetKey("crm_push_contacts")
+SNAPSHOT_KEY = dg.AssetKey("crm_snapshot")
 
 _PREVIEW = {"companies": ["golden_id", "name", "zip", "city", "country"],
             "contacts": ["golden_id", "firstname", "lastname", "email", "zip", "lifecyclestage"]}
@@ -87,7 +93,12 @@ def suppressed_hashes(wh: Warehouse) -> set[str]:
     return set(wh.read_frame(sa.select(SUPPRESSION.c.email_sha256))["email_sha256"])
 
 
-def build_crm_assets(config_dir) -> list:
+class SnapshotConfig(dg.Config):
+    day: str = ""
+    """Landing-zone day folder (YYYY-MM-DD) to write into; empty: today in the project's time zone."""
+
+
+def build_crm_assets(config_dir, mappings: dict[str, SourceMapping], timezone: str = "Europe/Berlin") -> list:
     settings = load_sync_settings(config_dir / "sync.yaml", golden_columns={
         "companies": set(GOLDEN_ACCOUNTS.columns.keys()), "contacts": set(GOLDEN_CONTACTS.columns.keys())})
     version = f"crm-1-{settings.sha256[:12]}"
@@ -161,7 +172,27 @@ def build_crm_assets(config_dir) -> list:
 
         return _push
 
+    @dg.asset(key=SNAPSHOT_KEY, group_name=GROUP, owners=OWNERS, kinds={"hubspot", "json"}, code_version=version,
+              description="Reads every company and contact from the CRM (paged, `after` cursor, only the properties "
+                          "the mappings know) and writes the pages into the landing zone for today (Europe/Berlin), "
+                          "`<landing>/crm_accounts/<day>/pull_*.json` and `crm_contacts/...`, where the sources "
+                          "`raw/crm_accounts` and `raw/crm_contacts` load them. A second pull on the same day replaces "
+                          "the first; a pull that fails halfway leaves nothing behind.")
+    def crm_snapshot(context: dg.AssetExecutionContext, config: SnapshotConfig, crm: CrmResource,
+                     landing: LandingZoneResource) -> dg.MaterializeResult:
+        day = config.day or datetime.now(ZoneInfo(timezone)).date().isoformat()
+        connector = crm.connector(settings)
+        report = pull_snapshot(connector, mappings, landing.path, day, progress=context.log.info)
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": sum(report.objects.values()), "day": day,
+            "companies": report.objects.get("companies", 0), "contacts": report.objects.get("contacts", 0),
+            "pages": dg.MetadataValue.json(report.pages), "replaced_pages": report.replaced_pages,
+            "requests": connector.stats.requests, "throttled": connector.stats.throttled,
+            "folders": dg.MetadataValue.json(report.folders),
+        })
+
     return [
+        crm_snapshot,
         payload_asset("companies", ACCOUNT_PAYLOAD_KEY, golden_defs.ACCOUNTS_KEY, GOLDEN_ACCOUNTS),
         payload_asset("contacts", CONTACT_PAYLOAD_KEY, golden_defs.CONTACTS_KEY, GOLDEN_CONTACTS),
         push_asset("companies", PUSH_ACCOUNTS_KEY, ACCOUNT_PAYLOAD_KEY, []),
@@ -174,7 +205,7 @@ def _metadata(report) -> dict:
     keys = ("rows_in", "unchanged", "to_create", "to_update", "to_archive", "skipped_not_in_crm", "invalid", "sent",
             "created", "updated", "archived", "rejected", "failed", "retried", "associated", "association_failures",
             "batches", "requests", "throttled", "retries", "failure_rate")
-    out = {k: d[k] for k in keys}
+    out = {"dagster/row_count": d["rows_in"], **{k: d[k] for k in keys}}
     out.update(status=d["status"], dry_run=d["dry_run"], mode=d["mode"])
     if d["messages"]:
         out["top_messages_masked"] = dg.MetadataValue.json(d["messages"])

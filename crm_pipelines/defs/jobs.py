@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from .crm import GROUP as CRM_GROUP
+from .crm import GROUP as CRM_GROUP, SNAPSHOT_KEY
 from .golden import GROUP as GOLDEN_GROUP
 from .sources import GROUP as SOURCES_GROUP
 
@@ -23,7 +23,13 @@ def build_jobs() -> list[dg.UnresolvedAssetJobDefinition]:
         ),
         dg.define_asset_job(
             "push_crm",
-            selection=dg.AssetSelection.groups(CRM_GROUP),
+            selection=dg.AssetSelection.groups(CRM_GROUP) - dg.AssetSelection.assets(SNAPSHOT_KEY),
             description="Build the CRM payloads, check them (blocking GX suites), push what changed to the CRM.",
+        ),
+        dg.define_asset_job(
+            "pull_crm_snapshot",
+            selection=dg.AssetSelection.assets(SNAPSHOT_KEY),
+            description="Read the CRM's companies and contacts into today's landing zone for raw/crm_accounts and "
+                        "raw/crm_contacts (then run ingest_sources for that day).",
         ),
     ]

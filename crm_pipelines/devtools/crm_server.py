@@ -167,6 +167,13 @@ class CrmServer:
             rows = self.db.execute("SELECT from_type, from_id, to_type, to_id FROM associations").fetchall()
         return [(a, str(b), c, str(d)) for a, b, c, d in rows]
 
+    def count(self, object_type: str) -> dict:
+        """Live objects of a type and how many distinct golden IDs they carry (duplicates show as a gap)."""
+        with self._lock:
+            n, distinct = self.db.execute("SELECT COUNT(*), COUNT(DISTINCT ext_id) FROM objects WHERE type = ? "
+                                          "AND archived = 0", (object_type,)).fetchone()
+        return {"objects": n, "distinct_ext_ids": distinct}
+
     def stats(self) -> dict:
         with self._lock:
             return {"counts": dict(self.counts), "peak_window": self.peak_window, "max_requests": self.max_requests,
@@ -305,7 +312,9 @@ class CrmServer:
         for oid, props, created, updated in rows[:limit]:
             p = json.loads(props)
             shown = {k: p.get(k) for k in wanted} if wanted else p
-            shown.update(hs_object_id=str(oid), createdate=created, lastmodifieddate=updated)
+            # HubSpot names the modification stamp differently per object type.
+            modified = "lastmodifieddate" if object_type == "contacts" else "hs_lastmodifieddate"
+            shown.update({"hs_object_id": str(oid), "createdate": created, modified: updated})
             results.append({"id": str(oid), "properties": shown, "createdAt": created, "updatedAt": updated,
                             "archived": False})
         body: dict = {"results": results}
@@ -463,6 +472,8 @@ def _handler(server: CrmServer):
                 return self._send(200, asdict(server.faults))
             if path == "/_stats":
                 return self._send(200, server.stats())
+            if path.startswith("/_count"):
+                return self._send(200, server.count(parse_qs(urlparse(self.path).query).get("type", ["contacts"])[0]))
             return self._send(404, {"status": "error", "message": "unknown control path"})
 
         def do_GET(self):  # noqa: N802
@@ -513,7 +524,7 @@ def main() -> None:
     faults = Faults(error_rate=args.error_rate, throttle_rate=args.throttle_rate, drop_rate=args.drop_rate,
                     slow_seconds=args.slow_seconds)
     server = CrmServer(args.db, port=args.port, token=args.token, max_requests=args.max_requests, faults=faults)
-    print(f"local CRM on {server.url} (state in {args.db}); Ctrl-C stops")
+    print(f"local CRM on {server.url} (state in {args.db}); Ctrl-C stops", flush=True)
     try:
         server.httpd.serve_forever()
     except KeyboardInterrupt:

@@ -77,9 +77,16 @@ class CallStats:
     server_errors: int = 0      # 5xx answers
     connection_errors: int = 0  # timeouts and dropped connections
     client_errors: int = 0      # 4xx other than 429: recorded, never retried
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def bump(self, name: str) -> None:
+        """Counts one event; several sender threads share one CallStats."""
+        with self._lock:
+            setattr(self, name, getattr(self, name) + 1)
 
     def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
+        with self._lock:
+            return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
 
 
 @dataclass
@@ -99,7 +106,8 @@ class HttpTransport:
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
     max_retry_after: float = 120.0
-    session: requests.Session = field(default_factory=requests.Session)
+    # requests.Session is not documented as thread-safe: each sender thread gets its own.
+    _sessions: threading.local = field(default_factory=threading.local, init=False, repr=False)
     sleep: Callable[[float], None] = time.sleep
     rng: random.Random = field(default_factory=random.Random)
     stats: CallStats = field(default_factory=CallStats)
@@ -119,30 +127,36 @@ class HttpTransport:
         last = "no attempt"
         for attempt in range(self.max_attempts):
             if attempt:
-                self.stats.retries += 1
+                self.stats.bump("retries")
             self.limiter.acquire()
-            self.stats.requests += 1
+            self.stats.bump("requests")
             try:
-                resp = self.session.request(method, url, json=json, params=params, headers=headers, timeout=self.timeout)
+                resp = self._session().request(method, url, json=json, params=params, headers=headers, timeout=self.timeout)
             except (requests.ConnectionError, requests.Timeout) as exc:
-                self.stats.connection_errors += 1
+                self.stats.bump("connection_errors")
                 last = type(exc).__name__
                 self.sleep(self._backoff(attempt))
                 continue
             if resp.status_code == 429:
-                self.stats.throttled += 1
+                self.stats.bump("throttled")
                 last = "429 Too Many Requests"
                 self.limiter.pause(self._retry_after(resp, attempt))
                 continue
             if resp.status_code in RETRYABLE_STATUS:
-                self.stats.server_errors += 1
+                self.stats.bump("server_errors")
                 last = f"HTTP {resp.status_code}"
                 self.sleep(self._backoff(attempt))
                 continue
             if 400 <= resp.status_code < 500:
-                self.stats.client_errors += 1
+                self.stats.bump("client_errors")
             return Response(resp.status_code, _json(resp), dict(resp.headers))
         raise CrmUnavailable(f"{method} {path}: no usable answer after {self.max_attempts} attempts (last: {last})")
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._sessions, "session", None)
+        if session is None:
+            session = self._sessions.session = requests.Session()
+        return session
 
     def _backoff(self, attempt: int) -> float:
         return self.rng.uniform(0, min(self.backoff_cap, self.backoff_base * 2 ** attempt))

@@ -57,7 +57,7 @@ def payload_hashes(payload: pd.DataFrame) -> np.ndarray:
     records = payload[cols].to_numpy(dtype=object)
     out = np.empty(len(payload), dtype=object)
     for i, row in enumerate(records):
-        text = json.dumps(dict(zip(cols, (None if _missing(v) else v for v in row))), sort_keys=True, ensure_ascii=False)
+        text = json.dumps(dict(zip(cols, (None if is_missing(v) else v for v in row))), sort_keys=True, ensure_ascii=False)
         out[i] = hashlib.sha256(text.encode()).hexdigest()[:32]
     return out
 
@@ -69,7 +69,7 @@ def email_hash(email: str | None) -> str | None:
     return hashlib.sha256(email.strip().lower().encode()).hexdigest()
 
 
-def _missing(v) -> bool:
+def is_missing(v) -> bool:
     return v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA
 
 
@@ -81,7 +81,7 @@ def _column(df: pd.DataFrame, name: str) -> pd.Series:
 
 def _strings(s: pd.Series) -> pd.Series:
     def conv(v):
-        if _missing(v) or (isinstance(v, str) and not v.strip()):
+        if is_missing(v) or (isinstance(v, str) and not v.strip()):
             return None
         if isinstance(v, float) and v.is_integer():
             return str(int(v))

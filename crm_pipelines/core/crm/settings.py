@@ -33,14 +33,15 @@ class SyncSettings:
     failure_rate_threshold: float
     objects: dict[str, ObjectSync]
     lifecycle_stages: tuple[str, ...]
+    max_in_flight: int = 2
 
 
 def load_sync_settings(path: str | Path, golden_columns: dict[str, set[str]] | None = None) -> SyncSettings:
     """Loads and validates; ``golden_columns`` (object type -> available columns) checks the mappings."""
     doc = load_yaml(path)
     data = require_mapping(doc, doc.data, "")
-    check_keys(doc, data, "", ("connector", "id_property", "rate_limit", "failure_rate_threshold", "objects",
-                               "lifecycle_stages"), required=("objects",))
+    check_keys(doc, data, "", ("connector", "id_property", "rate_limit", "max_in_flight", "failure_rate_threshold",
+                               "objects", "lifecycle_stages"), required=("objects",))
     connector = data.get("connector", "hubspot")
     if connector != "hubspot":
         raise doc.error("connector", f"unknown connector '{connector}'; available: hubspot")
@@ -49,6 +50,7 @@ def load_sync_settings(path: str | Path, golden_columns: dict[str, set[str]] | N
     check_keys(doc, rate, "rate_limit", ("max_requests", "window_seconds"))
     max_requests = _number(doc, rate.get("max_requests", 190), "rate_limit.max_requests", 1, 10_000, integer=True)
     window = _number(doc, rate.get("window_seconds", 10), "rate_limit.window_seconds", 0.1, 3600)
+    in_flight = _number(doc, data.get("max_in_flight", 2), "max_in_flight", 1, 16, integer=True)
     threshold = _number(doc, data.get("failure_rate_threshold", 0.05), "failure_rate_threshold", 0.0, 1.0)
     stages = data.get("lifecycle_stages") or ["subscriber", "lead", "marketingqualifiedlead", "salesqualifiedlead",
                                               "opportunity", "customer", "evangelist", "other"]
@@ -82,7 +84,7 @@ def load_sync_settings(path: str | Path, golden_columns: dict[str, set[str]] | N
             raise doc.error(f"{key}.associate_with", f"must be another object type ({', '.join(OBJECT_TYPES)})")
         objects[name] = ObjectSync(name, mode, dict(props), tuple(required), associate)
     return SyncSettings(Path(path), doc.sha256, connector, id_property, int(max_requests), float(window), float(threshold),
-                        objects, tuple(stages))
+                        objects, tuple(stages), int(in_flight))
 
 
 def _text(doc: YamlDoc, value, key: str) -> str:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
@@ -31,7 +33,7 @@ import sqlalchemy as sa
 from ..masking import mask_text
 from ..schema import CRM_SYNC_LOG, CRM_SYNC_RUNS, CRM_SYNC_STATE
 from ..warehouse import LockBusy, Warehouse
-from .payloads import payload_hashes, property_columns
+from .payloads import is_missing, payload_hashes, property_columns
 from .protocol import ARCHIVED, CREATED, FAILED, REJECTED, UPDATED, CrmConnector, RowResult, UpsertInput
 from .settings import ObjectSync, SyncSettings
 
@@ -115,7 +117,9 @@ def plan(payload: pd.DataFrame, state: pd.DataFrame, spec: ObjectSync, required:
     # One CRM object, one golden record: when several golden records claim the same CRM ID (a
     # contact's stale company association, a split the steward has not confirmed), the one already
     # synced to it, else the oldest golden ID, keeps it; the others wait for a steward.
-    claimed = df[df["crm_id"].notna()].assign(_synced=ok_before).sort_values(["crm_id", "_synced", "golden_id"],
+    # (The mask applies to both sides: assigning a Series to an empty frame would adopt its index.)
+    has_id = df["crm_id"].notna()
+    claimed = df[has_id].assign(_synced=ok_before[has_id]).sort_values(["crm_id", "_synced", "golden_id"],
                                                                              ascending=[True, False, True])
     losers = claimed[claimed.duplicated("crm_id", keep="first")]
     if len(losers):
@@ -186,18 +190,32 @@ def _push_locked(wh, connector, payload, spec, settings, run_id, dry_run, log, a
     account_ids = _account_crm_ids(wh, spec)
     batch_size = connector.max_batch
     n_batches = (len(todo) + batch_size - 1) // batch_size
-    for b in range(n_batches):
-        chunk = todo.iloc[b * batch_size:(b + 1) * batch_size]
-        results = _send(connector, settings, spec, chunk, props)
-        _count(report, results)
-        assoc = _associate(connector, spec, chunk, results, account_ids, report)
-        _commit(wh, spec.object_type, run_id, chunk, results, state, _now(), assoc)
-        report.batches += 1
-        if b % 50 == 0 or b == n_batches - 1:
-            log(f"{spec.object_type}: batch {b + 1}/{n_batches}: {report.created:,} created, {report.updated:,} updated, "
-                f"{report.rejected:,} rejected, {report.failed:,} failed")
-        if after_batch:
-            after_batch(b)
+    # Up to max_in_flight batches are on the wire while the main thread commits the answers in batch
+    # order; only the main thread writes to the warehouse. A batch the CRM applied but whose answer
+    # was not committed yet is sent again by the next run, which updates (keyed by golden ID).
+    with ThreadPoolExecutor(max_workers=settings.max_in_flight, thread_name_prefix="crm-push") as senders:
+        pending: deque = deque()
+
+        def submit(b: int) -> None:
+            chunk = todo.iloc[b * batch_size:(b + 1) * batch_size]
+            pending.append((b, chunk, senders.submit(_send, connector, settings, spec, chunk, props)))
+
+        for b in range(min(settings.max_in_flight, n_batches)):
+            submit(b)
+        while pending:
+            b, chunk, future = pending.popleft()
+            results = future.result()
+            if b + settings.max_in_flight < n_batches:
+                submit(b + settings.max_in_flight)
+            _count(report, results)
+            assoc = _associate(connector, spec, chunk, results, account_ids, report)
+            _commit(wh, spec.object_type, run_id, chunk, results, state, _now(), assoc)
+            report.batches += 1
+            if b % 50 == 0 or b == n_batches - 1:
+                log(f"{spec.object_type}: batch {b + 1}/{n_batches}: {report.created:,} created, "
+                    f"{report.updated:,} updated, {report.rejected:,} rejected, {report.failed:,} failed")
+            if after_batch:
+                after_batch(b)
     _associate_unchanged(wh, connector, spec, planned, account_ids, report, run_id, state)
     for start in range(0, len(gone), batch_size):
         chunk = gone.iloc[start:start + batch_size]
@@ -244,7 +262,9 @@ def load_state(wh: Warehouse, object_type: str) -> pd.DataFrame:
 def _send(connector: CrmConnector, settings: SyncSettings, spec: ObjectSync, chunk: pd.DataFrame,
           props: list[str]) -> list[RowResult]:
     values = chunk[props].to_numpy(dtype=object)
-    inputs = [UpsertInput(g, {p: v for p, v in zip(props, row)}) for g, row in zip(chunk["golden_id"], values)]
+    # A payload read back from a table or a file may carry NaN for empty: the CRM gets null (JSON has no NaN).
+    inputs = [UpsertInput(g, {p: None if is_missing(v) else v for p, v in zip(props, row)})
+              for g, row in zip(chunk["golden_id"], values)]
     is_update = (chunk["operation"] == "update").to_numpy()
     out: dict[str, RowResult] = {}
     if is_update.any():

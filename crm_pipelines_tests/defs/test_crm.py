@@ -1,0 +1,153 @@
+"""The crm group in Dagster: snapshot pull, payloads behind blocking GX gates, pushes into the local CRM."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import dagster as dg
+import sqlalchemy as sa
+
+from crm_pipelines.core.crm.payloads import email_hash
+from crm_pipelines.core.schema import CRM_SYNC_LOG, GOLDEN_CONTACTS, SUPPRESSION
+from crm_pipelines.core.warehouse import Warehouse
+from crm_pipelines.definitions import build_defs
+from crm_pipelines.devtools.crm_server import CrmServer
+from crm_pipelines_tests.defs.test_golden import checks_of, run_golden
+from crm_pipelines_tests.defs.test_sources import EMAIL, run_range, settings_for
+
+TOKEN = "dagster-test-token-91b2"
+PUSHES = ("crm_push_accounts", "crm_push_contacts")
+
+
+def materialised(result) -> dict[str, dict]:
+    return {e.materialization.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
+            for e in result.get_asset_materialization_events()}
+
+
+def push_crm(defs, instance, dry_run: bool = False, raise_on_error: bool = True, selection=None):
+    config = {"ops": {p: {"config": {"dry_run": dry_run}} for p in PUSHES if selection is None or p in selection}}
+    keys = [dg.AssetKey(p) for p in selection] if selection else None
+    return defs.resolve_job_def("push_crm").execute_in_process(instance=instance, run_config=config,
+                                                                raise_on_error=raise_on_error, asset_selection=keys)
+
+
+def built(tmp_path, root, manifest, crm, monkeypatch):
+    monkeypatch.setenv("CRM_API_TOKEN", TOKEN)
+    settings = replace(settings_for(tmp_path, root), crm_url=crm.url)
+    return settings, build_defs(settings)
+
+
+def test_dry_run_then_push_then_nothing_left_to_send(tmp_path, demo_landing, monkeypatch):
+    root, manifest = demo_landing
+    with CrmServer(token=TOKEN) as crm:
+        seeded = crm.seed_from_landing(root)
+        settings, defs = built(tmp_path, root, manifest, crm, monkeypatch)
+        with dg.instance_for_test() as instance:
+            run_range(defs, instance, manifest["partitions"][0], manifest["partitions"][-1])
+            assert run_golden(defs, instance).success
+
+            dry = push_crm(defs, instance, dry_run=True)
+            md = materialised(dry)
+            assert crm.stats()["counts"].get("requests", 0) == 0
+            assert md["crm_push_contacts"]["status"] == "dry_run" and md["crm_push_contacts"]["sent"] == 0
+            assert md["crm_push_contacts"]["to_create"] > 0 and md["crm_push_contacts"]["to_update"] > 0
+
+            # Two runs never push at once: both push assets share one Dagster concurrency pool.
+            assert {defs.get_assets_def(dg.AssetKey(p)).op.pool for p in PUSHES} == {"crm_push"}
+            result = push_crm(defs, instance)
+            assert result.success and all(checks_of(result).values())
+            md = materialised(result)
+            contacts, companies = md["crm_push_contacts"], md["crm_push_accounts"]
+            assert contacts["created"] + contacts["updated"] + contacts["invalid"] + contacts["rejected"] == \
+                contacts["rows_in"]
+            assert contacts["failure_rate"] <= 0.05 and companies["failure_rate"] <= 0.05
+            stored = crm.objects("contacts")
+            # CRM contacts are updated where they are, new people are created once: no duplicates.
+            assert len(stored) == seeded["contacts"] + contacts["created"]
+            ext = [o["ext_id"] for o in stored if o["ext_id"]]
+            assert len(ext) == len(set(ext)) == contacts["created"] + contacts["updated"]
+            assert contacts["associated"] > 0 and any(a[0] == "contacts" for a in crm.associations())
+            # Neither the token nor an e-mail in clear text in the run's metadata or logs.
+            blob = "\n".join(str(v) for m in md.values() for v in m.values())
+            blob += "\n".join(r.user_message or "" for r in instance.all_logs(result.run_id))
+            assert TOKEN not in blob
+            assert [m for m in EMAIL.findall(blob) if not m.split("@")[0].endswith("***")] == []
+
+            before = crm.stats()["counts"]["requests"]
+            again = materialised(push_crm(defs, instance))
+            assert again["crm_push_contacts"]["sent"] == 0 and again["crm_push_accounts"]["sent"] == 0
+            assert crm.stats()["counts"]["requests"] == before
+
+
+def test_a_failing_gx_gate_blocks_the_push_in_that_run_and_in_later_runs(tmp_path, demo_landing, monkeypatch):
+    root, manifest = demo_landing
+    with CrmServer(token=TOKEN) as crm:
+        crm.seed_from_landing(root)
+        untouched = crm.objects("contacts")
+        settings, defs = built(tmp_path, root, manifest, crm, monkeypatch)
+        with dg.instance_for_test() as instance:
+            run_range(defs, instance, manifest["partitions"][0], manifest["partitions"][-1])
+            assert run_golden(defs, instance).success
+            wh = Warehouse.for_url(settings.default_warehouse_url)
+            email = wh.scalar(sa.select(GOLDEN_CONTACTS.c.email).where(GOLDEN_CONTACTS.c.email.is_not(None)).limit(1))
+            # An erased person whose golden record is still there: the payload gate must stop the push.
+            wh.ensure_tables([SUPPRESSION])
+            with wh.engine.begin() as conn:
+                conn.execute(sa.insert(SUPPRESSION).values(email_sha256=email_hash(email), reason="erasure",
+                                                           source="test", added_at=sa.func.now()))
+            result = push_crm(defs, instance, raise_on_error=False)
+            checks = checks_of(result)
+            assert checks[("crm_contact_payload", "gx_payload")] is False
+            assert checks[("crm_account_payload", "gx_payload")] is True
+            assert "crm_push_contacts" not in materialised(result)
+            assert "crm_push_accounts" in materialised(result)
+            (evaluation,) = [c for c in result.get_asset_check_evaluations()
+                             if c.asset_key.to_user_string() == "crm_contact_payload"]
+            md = {k: v.value for k, v in evaluation.metadata.items()}
+            assert md["unexpected__email_sha256_column_values_to_not_be_in_set"] == 1
+            assert "expect_column_values_to_not_be_in_set" in md["results"]
+            assert crm.objects("contacts") == untouched
+
+            # A later run of the push alone is refused: the gate has not passed on the current payload.
+            alone = push_crm(defs, instance, raise_on_error=False, selection=["crm_push_contacts"])
+            assert not alone.success
+            failure = [e for e in alone.all_events if e.event_type_value == "STEP_FAILURE"][0]
+            assert "quality gates not passed" in failure.step_failure_data.error.message
+            assert "crm_contact_payload:gx_payload is failed" in failure.step_failure_data.error.message
+            assert crm.objects("contacts") == untouched
+            log = wh.read_frame(sa.select(CRM_SYNC_LOG).where(CRM_SYNC_LOG.c.object_type == "contacts"))
+            assert log.empty
+
+            with wh.engine.begin() as conn:
+                conn.execute(sa.delete(SUPPRESSION))
+            assert push_crm(defs, instance).success
+            assert len(crm.objects("contacts")) > len(untouched)
+
+
+def test_pull_writes_the_crm_into_the_landing_zone_and_the_sources_load_it(tmp_path, landing, monkeypatch):
+    with CrmServer(token=TOKEN) as crm:
+        crm.seed("companies", [{"id": str(9000 + i), "properties": {"name": f"Firma {i} GmbH", "zip": "01067",
+                                                                      "city": "Dresden", "country": "Germany"}}
+                               for i in range(250)])
+        crm.seed("contacts", [{"id": str(100 + i), "properties": {"email": f"p{i}@firma.de", "lastname": "Weiß",
+                                                                    "zip": "01067", "country": "Deutschland",
+                                                                    "associatedcompanyid": "9001"}}
+                              for i in range(120)])
+        settings, defs = built(tmp_path, landing, None, crm, monkeypatch)
+        with dg.instance_for_test() as instance:
+            config = {"ops": {"crm_snapshot": {"config": {"day": "2026-11-20"}}}}
+            pulled = defs.resolve_job_def("pull_crm_snapshot").execute_in_process(instance=instance, run_config=config)
+            md = materialised(pulled)["crm_snapshot"]
+            assert (md["companies"], md["contacts"]) == (250, 120)
+            assert sorted(p.name for p in (landing / "crm_accounts" / "2026-11-20").iterdir()) == [
+                "pull_00001.json", "pull_00002.json", "pull_00003.json"]
+            # Pulled again the same day: replaced, not doubled.
+            again = defs.resolve_job_def("pull_crm_snapshot").execute_in_process(instance=instance, run_config=config)
+            assert materialised(again)["crm_snapshot"]["replaced_pages"] == 5
+            assert len(list((landing / "crm_accounts" / "2026-11-20").iterdir())) == 3
+
+            loaded = run_range(defs, instance, "2026-11-20", "2026-11-20",
+                               selection=[dg.AssetKey(["raw", "crm_accounts"]), dg.AssetKey(["raw", "crm_contacts"])])
+            raw = materialised(loaded)
+            assert raw["raw/crm_accounts"]["rows_loaded"] == 250 and raw["raw/crm_accounts"]["rows_quarantined"] == 0
+            assert raw["raw/crm_contacts"]["rows_loaded"] == 120 and raw["raw/crm_contacts"]["rows_quarantined"] == 0
