@@ -5,6 +5,8 @@ Rules, from the vendors' documentation and reverse-ETL practice:
   10-second window; a classic token bucket that starts full could send twice the limit inside
   one window, so the limiter keeps the send times of the last window instead);
 - 429: wait ``Retry-After`` (or the window the rate-limit headers announce), then try again;
+- an answer with ``X-HubSpot-RateLimit-Remaining: 0`` (the app's budget may be shared with other
+  integrations): hold back until our oldest request leaves the window, instead of running into 429s;
 - 5xx, timeouts and dropped connections: exponential backoff with full jitter, then again;
 - any other 4xx is a validation error of *this* request: never retried, handed back to be recorded;
 - the token goes into the Authorization header and nowhere else (not in errors, not in logs).
@@ -68,6 +70,17 @@ class RateLimiter:
             self.waited_seconds += seconds
             self.sleep(seconds)
 
+    def exhausted(self) -> None:
+        """The server says its window is used up (``X-HubSpot-RateLimit-Remaining: 0``), perhaps by
+        other clients of the same app: nobody sends until the oldest of our requests has left the
+        window, which is when the server's window frees a slot at the earliest we can know of."""
+        with self._lock:
+            now = self.clock()
+            wait = (self._sent[0] + self.window_seconds + self.margin_seconds - now) if self._sent else self.window_seconds
+            if wait > 0:
+                self.waited_seconds += wait
+                self.sleep(wait)
+
 
 @dataclass
 class CallStats:
@@ -77,6 +90,7 @@ class CallStats:
     server_errors: int = 0      # 5xx answers
     connection_errors: int = 0  # timeouts and dropped connections
     client_errors: int = 0      # 4xx other than 429: recorded, never retried
+    window_exhausted: int = 0   # answers saying the server's window has no request left
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def bump(self, name: str) -> None:
@@ -149,6 +163,9 @@ class HttpTransport:
                 continue
             if 400 <= resp.status_code < 500:
                 self.stats.bump("client_errors")
+            if resp.headers.get("X-HubSpot-RateLimit-Remaining") == "0":
+                self.stats.bump("window_exhausted")
+                self.limiter.exhausted()
             return Response(resp.status_code, _json(resp), dict(resp.headers))
         raise CrmUnavailable(f"{method} {path}: no usable answer after {self.max_attempts} attempts (last: {last})")
 
