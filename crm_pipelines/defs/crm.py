@@ -20,7 +20,7 @@ from ..core import quality as Q
 from ..core.crm.payloads import build_payload, email_hash
 from ..core.crm.settings import load_sync_settings
 from ..core.crm.snapshot import pull_snapshot
-from ..core.crm.sync import SyncFailed, push
+from ..core.crm.sync import SyncBusy, SyncFailed, push
 from ..core.mapping import SourceMapping
 from ..core.masking import masked_preview
 from ..core.model import ENTITIES
@@ -168,6 +168,8 @@ def build_crm_assets(config_dir, mappings: dict[str, SourceMapping], timezone: s
                               log=context.log.info, alert=alert)
             except SyncFailed as exc:
                 raise dg.Failure(description=str(exc), metadata=_metadata(exc.report)) from exc
+            except SyncBusy as exc:
+                raise dg.Failure(description=str(exc)) from exc
             return dg.MaterializeResult(metadata=_metadata(report))
 
         return _push
