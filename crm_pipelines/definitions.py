@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dagster as dg
 
+from .core.crm.settings import load_sync_settings
 from .core.mapping import load_mappings
 from .defs.crm import build_crm_assets
 from .defs.golden import build_golden_assets
 from .defs.jobs import build_jobs
 from .defs.partitions import daily_partitions
+from .defs.privacy import build_privacy_defs
 from .defs.quality import build_quality_checks
 from .defs.resources import build_resources
 from .defs.sources import build_source_assets
@@ -25,11 +27,15 @@ def build_defs(settings: Settings | None = None) -> dg.Definitions:
     settings = settings or Settings.from_env()
     mappings = load_mappings(settings.config_dir)
     partitions = daily_partitions(settings)
+    privacy = build_privacy_defs(settings.config_dir, mappings, settings.data_dir,
+                                 load_sync_settings(settings.config_dir / "sync.yaml"))
     return dg.Definitions(
         assets=[*build_source_assets(mappings, partitions), *build_golden_assets(settings.config_dir),
-                *build_crm_assets(settings.config_dir, mappings, settings.timezone)],
+                *privacy["assets"], *build_crm_assets(settings.config_dir, mappings, settings.timezone)],
         asset_checks=build_quality_checks(),
-        jobs=build_jobs(),
+        jobs=[*build_jobs(), *privacy["jobs"]],
+        sensors=privacy["sensors"],
+        schedules=privacy["schedules"],
         resources=build_resources(settings),
     )
 

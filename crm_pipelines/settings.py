@@ -26,6 +26,7 @@ class Settings:
     register_calls_per_hour: int = 60
     crm_url: str | None = None  # the CRM's API; None: the local development CRM on 127.0.0.1:8766
     alert_webhook_kind: str = "slack"       # slack | teams
+    privacy_salt_set: bool = False  # CRM_PRIVACY_SALT is set (read through EnvVar); else a local salt file
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -40,7 +41,13 @@ class Settings:
             register_calls_per_hour=int(env.get("CRM_REGISTER_CALLS_PER_HOUR") or 60),
             crm_url=env.get("CRM_API_URL") or None,
             alert_webhook_kind=env.get("CRM_ALERT_WEBHOOK_KIND") or "slack",
+            privacy_salt_set=bool(env.get("CRM_PRIVACY_SALT")),
         )
+
+    @property
+    def salt_file(self) -> Path:
+        """Where the first run keeps its generated privacy salt when CRM_PRIVACY_SALT is not set."""
+        return self.data_dir.resolve() / "privacy_salt"
 
     @property
     def default_warehouse_url(self) -> str:

@@ -34,6 +34,25 @@ CREATE TABLE IF NOT EXISTS staging.account_records (
 	PRIMARY KEY (record_key)
 );
 
+CREATE TABLE IF NOT EXISTS staging.consent_events (
+	event_key TEXT NOT NULL, 
+	source TEXT NOT NULL, 
+	person_record_key TEXT, 
+	email_hash TEXT, 
+	channel TEXT NOT NULL, 
+	status TEXT NOT NULL, 
+	legal_basis TEXT, 
+	purpose TEXT, 
+	occurred_at TIMESTAMP WITH TIME ZONE NOT NULL, 
+	double_opt_in_at TIMESTAMP WITH TIME ZONE, 
+	opt_in_source TEXT, 
+	PRIMARY KEY (event_key)
+);
+
+CREATE INDEX IF NOT EXISTS ix_consent_events_email_hash ON staging.consent_events (email_hash);
+
+CREATE INDEX IF NOT EXISTS ix_consent_events_person_record_key ON staging.consent_events (person_record_key);
+
 CREATE TABLE IF NOT EXISTS staging.person_records (
 	record_key TEXT NOT NULL, 
 	source TEXT NOT NULL, 

@@ -76,6 +76,12 @@ CREATE TABLE IF NOT EXISTS golden.contacts (
 	crm_company_id TEXT, 
 	erp_customer_number TEXT, 
 	account_id TEXT, 
+	email_consent TEXT, 
+	email_consent_basis TEXT, 
+	phone_consent TEXT, 
+	phone_consent_basis TEXT, 
+	post_consent TEXT, 
+	post_consent_basis TEXT, 
 	record_count BIGINT NOT NULL, 
 	sources TEXT NOT NULL, 
 	first_seen_at TIMESTAMP WITH TIME ZONE, 
@@ -143,6 +149,20 @@ CREATE TABLE IF NOT EXISTS golden.person_crosswalk (
 CREATE INDEX IF NOT EXISTS ix_person_crosswalk_golden_id ON golden.person_crosswalk (golden_id);
 
 CREATE INDEX IF NOT EXISTS ix_person_crosswalk_record_key ON golden.person_crosswalk (record_key);
+
+CREATE TABLE IF NOT EXISTS golden.retired_contacts (
+	golden_id TEXT NOT NULL, 
+	leitregion TEXT, 
+	country TEXT, 
+	account_id TEXT, 
+	sources TEXT, 
+	record_count BIGINT, 
+	first_seen_at TIMESTAMP WITH TIME ZONE, 
+	last_seen_at TIMESTAMP WITH TIME ZONE, 
+	anonymised_at TIMESTAMP WITH TIME ZONE NOT NULL, 
+	reason TEXT NOT NULL, 
+	PRIMARY KEY (golden_id)
+);
 
 CREATE TABLE IF NOT EXISTS golden.review_queue (
 	entity TEXT NOT NULL, 

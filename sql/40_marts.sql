@@ -38,5 +38,8 @@ CREATE TABLE IF NOT EXISTS marts.crm_contacts_payload (
 	country TEXT, 
 	lifecyclestage TEXT, 
 	crm_account_golden_id TEXT, 
+	crm_email_consent TEXT, 
+	crm_phone_consent TEXT, 
+	crm_post_consent TEXT, 
 	PRIMARY KEY (golden_id)
 );

@@ -28,13 +28,18 @@ from .matching.resolve import Resolution, resolve
 from .matching.settings import EntityMatchSpec, MatchingConfig
 from .matching.survivorship import survive
 from .model import ENTITIES
-from .schema import (ACCOUNT_CROSSWALK, ACCOUNT_LINEAGE, ACCOUNT_RECORDS, CONTACT_LINEAGE, GOLDEN_ACCOUNTS,
-                     GOLDEN_CONTACTS, GOLDEN_TABLES, ID_EVENTS, ID_REGISTRY, MATCH_EDGES, MATCH_RUNS, PERSON_CROSSWALK,
-                     PERSON_RECORDS, REGISTER_CACHE, REVIEW_CANDIDATES, REVIEW_QUEUE, STEWARD_DECISIONS, raw_table)
-from .warehouse import Warehouse
+from .privacy import consent
+from .privacy.identity import IdentityHasher
+from .privacy.suppression import Screen
+from .schema import (ACCOUNT_CROSSWALK, ACCOUNT_LINEAGE, ACCOUNT_RECORDS, CONSENT_EVENTS, CONTACT_LINEAGE,
+                     GOLDEN_ACCOUNTS, GOLDEN_CONTACTS, GOLDEN_TABLES, ID_EVENTS, ID_REGISTRY, MATCH_EDGES, MATCH_RUNS,
+                     PERSON_CROSSWALK, PERSON_RECORDS, REGISTER_CACHE, REVIEW_CANDIDATES, REVIEW_QUEUE,
+                     STEWARD_DECISIONS, raw_table)
+from .warehouse import Warehouse, tables_present
 
 Log = Callable[[str], None]
 PREFIX = {"persons": "GC", "accounts": "GA"}
+CONSENT_SOURCES = ("newsletter_signups", "consent_changes")
 CONTACT_FIELDS = ["salutation", "academic_title", "first_name", "last_name", "email_norm", "phone", "mobile", "job_title",
                   "company_name", "street", "house_number", "postal_code", "city", "country", "crm_contact_id",
                   "crm_company_id", "erp_customer_number"]
@@ -76,9 +81,18 @@ def replace_table(wh: Warehouse, table: sa.Table, frame: pd.DataFrame, where: di
         wh.bulk_insert(conn, table, frame[cols])
 
 
-def build_person_records(wh: Warehouse) -> pd.DataFrame:
+def build_person_records(wh: Warehouse, screen: Screen | None = None) -> pd.DataFrame:
+    """``screen``: records of suppressed people are left out (``persons.attrs["suppressed"]`` counts them).
+    Ingestion already keeps them out; this holds even for a raw table restored from a backup."""
     persons = person_records(read_raw(wh, PERSON_SOURCES))
+    suppressed = 0
+    if screen is not None and not screen.empty:
+        hit = screen.suppressed(persons)
+        suppressed = int(hit.sum())
+        if suppressed:
+            persons = persons[~hit].reset_index(drop=True)
     replace_table(wh, PERSON_RECORDS, persons)
+    persons.attrs["suppressed"] = suppressed
     return persons
 
 
@@ -113,6 +127,27 @@ def load_person_records(wh: Warehouse) -> pd.DataFrame:
     df["mailbox_is_name"] = name_mailboxes(df["email_local"], df["first_key"], df["last_key"])
     df["record_ts"] = pd.to_datetime(df["record_ts"], utc=True)
     return df
+
+
+def load_consent_events(wh: Warehouse) -> pd.DataFrame:
+    if not tables_present(wh, [CONSENT_EVENTS]):
+        return pd.DataFrame(columns=consent.EVENT_COLUMNS)
+    df = wh.read_frame(sa.select(CONSENT_EVENTS))
+    df["occurred_at"] = pd.to_datetime(df["occurred_at"], utc=True)
+    df["double_opt_in_at"] = pd.to_datetime(df["double_opt_in_at"], utc=True)
+    return df
+
+
+def build_consent_events(wh: Warehouse, hasher: IdentityHasher) -> pd.DataFrame:
+    wh.ensure_tables([CONSENT_EVENTS])
+    raw = {s: wh.read_frame(sa.select(raw_table(s, ENTITIES["consent_event"]))) for s in CONSENT_SOURCES
+           if tables_present(wh, [raw_table(s, ENTITIES["consent_event"])])}
+    pr = PERSON_RECORDS
+    persons = wh.read_frame(sa.select(pr.c.record_key, pr.c.source, pr.c.crm_contact_id, pr.c.email_norm)) \
+        if tables_present(wh, [pr]) else pd.DataFrame(columns=["record_key", "source", "crm_contact_id", "email_norm"])
+    events = consent.build_events(raw, persons, hasher)
+    replace_table(wh, CONSENT_EVENTS, events)
+    return events
 
 
 def load_account_records(wh: Warehouse) -> pd.DataFrame:
@@ -407,6 +442,8 @@ def resolve_contacts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
     golden["first_seen_at"] = grouped["ts"].min().reindex(range(len(gid))).to_numpy()
     golden["last_seen_at"] = grouped["ts"].max().reindex(range(len(gid))).to_numpy()
     golden["account_id"] = _account_of_contacts(wh, persons, labels, len(gid))
+    verdicts = consent.current(load_consent_events(wh), dict(zip(persons["record_key"], labels)), len(gid))
+    golden = pd.concat([golden, verdicts.set_index(golden.index)], axis=1)
     golden["run_id"] = run_id
     _register_ids(wh, "persons", ids.events, run_id, at)
     replace_table(wh, GOLDEN_CONTACTS, golden)

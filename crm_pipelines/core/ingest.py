@@ -3,9 +3,10 @@
 For a source and a day: every file in ``<landing>/<source>/<YYYY-MM-DD>/`` that
 matches the mapping's pattern is read, mapped and validated; good records go to
 ``raw.<source>``, bad ones to ``ops.quarantine`` with their reason, and each file
-to the ``ops.landing_files`` ledger. The partition is replaced in one transaction,
-so ``rows read = rows loaded + rows quarantined`` holds for every partition and a
-re-run never duplicates anything.
+to the ``ops.landing_files`` ledger. Records of people on the suppression list (erased) are
+counted and not stored anywhere. The partition is replaced in one transaction, so
+``rows read = rows loaded + rows quarantined + rows suppressed`` holds for every partition
+and a re-run never duplicates anything.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import sqlalchemy as sa
 
 from .mapping import SourceMapping, apply_mapping
 from .masking import masked_preview
+from .privacy.suppression import ACCOUNT_PERSON_COLUMNS, Screen, SuppressionList
 from .readers import RawChunk, read_file
 from .schema import LANDING_FILES, QUARANTINE, raw_table
 from .warehouse import Warehouse
@@ -41,6 +43,7 @@ class FileReport:
     rows_read: int = 0
     rows_loaded: int = 0
     rows_quarantined: int = 0
+    rows_suppressed: int = 0
 
 
 @dataclass
@@ -51,6 +54,8 @@ class PartitionReport:
     reason_counts: Counter = field(default_factory=Counter)
     preview: pd.DataFrame | None = None
     seconds: float = 0.0
+    fields_anonymised: int = 0          # account records that lost a suppressed person's Ansprechpartner/e-mail
+    repermissions: list = field(default_factory=list)  # fresh double-opt-in sign-ups that lift a suppression
 
     @property
     def rows_read(self) -> int:
@@ -63,6 +68,10 @@ class PartitionReport:
     @property
     def rows_quarantined(self) -> int:
         return sum(f.rows_quarantined for f in self.files)
+
+    @property
+    def rows_suppressed(self) -> int:
+        return sum(f.rows_suppressed for f in self.files)
 
     @property
     def duplicate_files(self) -> list[FileReport]:
@@ -115,8 +124,11 @@ def ingest_partition(
     run_id: str,
     chunk_rows: int = 50_000,
     log: Log | None = None,
+    suppression: SuppressionList | None = None,
 ) -> PartitionReport:
+    """``suppression``: records of suppressed (erased) people are counted and not stored."""
     started = time.monotonic()
+    screen = suppression.screen() if suppression is not None else None
     log = log or (lambda _m: None)
     table = raw_table(mapping.source, mapping.entity)
     warehouse.ensure_tables([table, QUARANTINE, LANDING_FILES])
@@ -141,6 +153,10 @@ def ingest_partition(
         nonlocal pending, pending_rows
         chunk, row_files = _concat(pending)
         good, quarantined = _map_chunk(mapping, chunk, row_files, partition, run_id, loaded_at, seen_ids, id_field, report)
+        if screen is not None and not screen.empty:
+            good, quarantined, suppressed_files = _screen(mapping, screen, good, quarantined, report)
+            for name, n in Counter(suppressed_files).items():
+                by_name[name].rows_suppressed += n
         for name, n in Counter(good["_file"]).items():
             by_name[name].rows_loaded += n
         for name, n in Counter(quarantined["file"]).items():
@@ -176,7 +192,8 @@ def ingest_partition(
     ledger = pd.DataFrame([
         {"source": mapping.source, "partition": partition, "file": f.file, "sha256": f.sha256,
          "size_bytes": f.size_bytes, "status": f.status, "duplicate_of": f.duplicate_of, "rows_read": f.rows_read,
-         "rows_loaded": f.rows_loaded, "rows_quarantined": f.rows_quarantined, "run_id": run_id, "loaded_at": loaded_at}
+         "rows_loaded": f.rows_loaded, "rows_quarantined": f.rows_quarantined, "rows_suppressed": f.rows_suppressed,
+         "run_id": run_id, "loaded_at": loaded_at}
         for f in report.files
     ])
     if not ledger.empty:
@@ -191,8 +208,41 @@ def ingest_partition(
         for frame in quarantine_frames:
             warehouse.bulk_insert(conn, QUARANTINE, frame)
         warehouse.bulk_insert(conn, LANDING_FILES, ledger)
+    if report.repermissions and suppression is not None:
+        lifted = suppression.apply_lifts(report.repermissions, actor=f"ingest:{mapping.source}", run_id=run_id)
+        log(f"{mapping.source} {partition}: {lifted} suppression(s) lifted by a fresh double-opt-in sign-up")
+    if report.rows_suppressed or report.fields_anonymised:
+        log(f"{mapping.source} {partition}: {report.rows_suppressed} record(s) of suppressed people not stored, "
+            f"{report.fields_anonymised} account record(s) stripped of a suppressed person's details")
     report.seconds = time.monotonic() - started
     return report
+
+
+def _screen(mapping: SourceMapping, screen: Screen, good: pd.DataFrame, quarantined: pd.DataFrame,
+            report: PartitionReport) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Keeps suppressed people out: their records are dropped (and counted), an account record only
+    loses the fields that name the person."""
+    if mapping.entity.name == "account":
+        hit = screen.suppressed(good)
+        if hit.any():
+            good = good.copy()
+            for col in ACCOUNT_PERSON_COLUMNS:
+                if col in good.columns:
+                    good.loc[hit, col] = None
+            report.fields_anonymised += int(hit.sum())
+        drop = np.zeros(len(good), dtype=bool)
+    else:
+        drop = screen.suppressed(good)
+        if mapping.entity.name == "consent_event" and drop.any():
+            permits, lifts = screen.repermissions(good, mapping.source)
+            drop = drop & ~permits
+            report.repermissions.extend(lifts)
+    files = good.loc[drop, "_file"].tolist()
+    good = good[~drop].reset_index(drop=True)
+    qdrop = screen.texts_suppressed(quarantined["raw_payload"])
+    files += quarantined.loc[qdrop, "file"].tolist()
+    quarantined = quarantined[~qdrop].reset_index(drop=True)
+    return good, quarantined, files
 
 
 def _delivered_elsewhere(warehouse: Warehouse, source: str, partition: str, hashes: list[str]) -> dict[str, str]:
@@ -281,9 +331,9 @@ def _map_chunk(
 
 
 def partition_balance(warehouse: Warehouse, mapping: SourceMapping, partitions: list[str]) -> dict[str, dict[str, int]]:
-    """What the warehouse holds per partition: read (ledger), loaded (raw rows), quarantined."""
+    """What the warehouse holds per partition: read and suppressed (ledger), loaded (raw rows), quarantined."""
     table = raw_table(mapping.source, mapping.entity)
-    out: dict[str, dict[str, int]] = {p: {"read": 0, "loaded": 0, "quarantined": 0} for p in partitions}
+    out: dict[str, dict[str, int]] = {p: {"read": 0, "loaded": 0, "quarantined": 0, "suppressed": 0} for p in partitions}
     with warehouse.engine.connect() as conn:
         for p, n in conn.execute(sa.select(table.c._partition, sa.func.count()).where(table.c._partition.in_(partitions))
                                  .group_by(table.c._partition)):
@@ -292,8 +342,11 @@ def partition_balance(warehouse: Warehouse, mapping: SourceMapping, partitions: 
                                  .where(QUARANTINE.c.source == mapping.source, QUARANTINE.c.partition.in_(partitions))
                                  .group_by(QUARANTINE.c.partition)):
             out[p]["quarantined"] = n
-        for p, n in conn.execute(sa.select(LANDING_FILES.c.partition, sa.func.sum(LANDING_FILES.c.rows_read))
-                                 .where(LANDING_FILES.c.source == mapping.source, LANDING_FILES.c.partition.in_(partitions))
-                                 .group_by(LANDING_FILES.c.partition)):
+        for p, n, sup in conn.execute(
+                sa.select(LANDING_FILES.c.partition, sa.func.sum(LANDING_FILES.c.rows_read),
+                          sa.func.sum(sa.func.coalesce(LANDING_FILES.c.rows_suppressed, 0)))
+                .where(LANDING_FILES.c.source == mapping.source, LANDING_FILES.c.partition.in_(partitions))
+                .group_by(LANDING_FILES.c.partition)):
             out[p]["read"] = int(n or 0)
+            out[p]["suppressed"] = int(sup or 0)
     return out

@@ -69,8 +69,7 @@ def golden_accounts_suite() -> Suite:
     ))
 
 
-def payload_suite(object_type: str, required: Sequence[str] = (), lifecycle_stages: Sequence[str] = (),
-                  suppressed_hashes: Sequence[str] = ()) -> Suite:
+def payload_suite(object_type: str, required: Sequence[str] = (), lifecycle_stages: Sequence[str] = ()) -> Suite:
     """The outgoing payload: what the CRM would receive (assets ``crm_account_payload``, ``crm_contact_payload``)."""
     rules: list[Rule] = [*_key("golden_id")]
     rules += [Rule(f"required property `{p}` is never empty (sync.yaml)", gxe.ExpectColumnValuesToNotBeNull(column=p))
@@ -83,8 +82,9 @@ def payload_suite(object_type: str, required: Sequence[str] = (), lifecycle_stag
             Rule("`email` is unique (the CRM keys contacts by it)", gxe.ExpectColumnValuesToBeUnique(column="email")),
             Rule("`lifecyclestage` is one of the CRM's stages (sync.yaml lifecycle_stages)",
                  gxe.ExpectColumnValuesToBeInSet(column="lifecyclestage", value_set=list(lifecycle_stages))),
-            Rule("no suppressed person (erased, objected) is in the payload: e-mail hash not in ops.suppression",
-                 gxe.ExpectColumnValuesToNotBeInSet(column="_email_sha256", value_set=list(suppressed_hashes))),
+            Rule("no suppressed person (erased) is in the payload: no row's e-mail, CRM contact ID or family name + "
+                 "address is on ops.suppression_list (`_suppressed`, computed from the payload itself)",
+                 gxe.ExpectColumnValuesToBeInSet(column="_suppressed", value_set=[False])),
         ]
     else:
         rules.append(Rule("`name` is never empty", gxe.ExpectColumnValuesToNotBeNull(column="name")))

@@ -65,6 +65,9 @@ LANDING_FILES = sa.Table(
     sa.Column("rows_read", sa.BigInteger(), nullable=False),
     sa.Column("rows_loaded", sa.BigInteger(), nullable=False),
     sa.Column("rows_quarantined", sa.BigInteger(), nullable=False),
+    sa.Column("rows_suppressed", sa.BigInteger(),
+              comment="records of suppressed (erased) people, counted and not stored: rows_read = loaded + quarantined "
+                      "+ suppressed"),
     sa.Column("run_id", sa.Text(), nullable=False),
     sa.Column("loaded_at", sa.DateTime(timezone=True), nullable=False),
     schema="ops",
@@ -144,6 +147,9 @@ GOLDEN_CONTACTS = _t(
     *_text("salutation", "academic_title", "first_name", "last_name", "email", "phone", "mobile", "job_title",
            "company_name", "street", "house_number", "postal_code", "city", "country", "crm_contact_id",
            "crm_company_id", "erp_customer_number", "account_id"),
+    # The current consent per channel (the consent ledger's verdict): granted / withdrawn / objected, and its basis.
+    *_text("email_consent", "email_consent_basis", "phone_consent", "phone_consent_basis", "post_consent",
+           "post_consent_basis"),
     sa.Column("record_count", sa.BigInteger(), nullable=False), sa.Column("sources", sa.Text(), nullable=False),
     sa.Column("first_seen_at", _TS), sa.Column("last_seen_at", _TS), sa.Column("run_id", sa.Text(), nullable=False),
     indexes=(("email",), ("account_id",)),
@@ -285,9 +291,63 @@ CRM_SYNC_RUNS = _t(
     sa.Column("status", sa.Text(), nullable=False), sa.Column("counts", sa.Text()),
 )
 SUPPRESSION = _t(
-    "suppression", "ops", "People who must never be contacted or synced again (erasure, objection), by e-mail hash.",
-    sa.Column("email_sha256", sa.Text(), primary_key=True), sa.Column("reason", sa.Text(), nullable=False),
-    sa.Column("source", sa.Text(), nullable=False), sa.Column("added_at", _TS, nullable=False),
+    "suppression_list", "ops",
+    "Identities that must never come back (erasure) or be contacted (objection): salted SHA-256 of the normalised "
+    "e-mail, postal identity or CRM contact ID, never plain text. Lifted only by an audited re-permission.",
+    sa.Column("kind", sa.Text(), primary_key=True, comment="email | postal | crm_contact"),
+    sa.Column("identity_hash", sa.Text(), primary_key=True, comment="sha256(salt + kind + ':' + normalised value)"),
+    sa.Column("subject", sa.Text(), nullable=False, comment="pseudonym of the person the entry belongs to"),
+    sa.Column("reason", sa.Text(), nullable=False), sa.Column("request_id", sa.Text()),
+    sa.Column("added_at", _TS, nullable=False),
+    sa.Column("lifted_at", _TS, comment="set by a re-permission; the entry stays for the record"),
+    sa.Column("lifted_by", sa.Text(), comment="the re-permission event (source and record) or the person who lifted it"),
+)
+AUDIT_LOG = _t(
+    "audit_log", "ops",
+    "Append-only audit trail of every change and privacy request; each row hash-chained to the one before.",
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("at", _TS, nullable=False), sa.Column("run_id", sa.Text()),
+    sa.Column("actor", sa.Text(), nullable=False, comment="system or person that acted"),
+    sa.Column("action", sa.Text(), nullable=False), sa.Column("subject", sa.Text(), comment="pseudonym, never a name"),
+    sa.Column("details", sa.Text(), comment="JSON without personal data"),
+    sa.Column("prev_hash", sa.Text(), nullable=False), sa.Column("row_hash", sa.Text(), nullable=False),
+    indexes=(("subject",),),
+)
+PRIVACY_REQUESTS = _t(
+    "privacy_requests", "ops", "Erasure, export and re-permission requests: who (pseudonym), from where, when, outcome.",
+    sa.Column("request_id", sa.Text(), primary_key=True), sa.Column("kind", sa.Text(), nullable=False),
+    sa.Column("subject", sa.Text(), nullable=False), sa.Column("source", sa.Text(), nullable=False),
+    sa.Column("received_at", _TS, nullable=False), sa.Column("completed_at", _TS),
+    sa.Column("status", sa.Text(), nullable=False), sa.Column("details", sa.Text()),
+)
+ERASURE_OUTBOX = _t(
+    "erasure_outbox", "ops",
+    "Erasures a connected system has not confirmed yet (it was down): the identifier it needs, kept only until it "
+    "confirms, then deleted. The one place an erased address may wait in clear text, for the shortest time.",
+    sa.Column("request_id", sa.Text(), primary_key=True), sa.Column("target", sa.Text(), primary_key=True),
+    sa.Column("kind", sa.Text(), primary_key=True, comment="email | crm_contact_id"),
+    sa.Column("identifier", sa.Text(), primary_key=True), sa.Column("subject", sa.Text(), nullable=False),
+    sa.Column("added_at", _TS, nullable=False), sa.Column("attempts", sa.Integer(), nullable=False),
+    sa.Column("last_error", sa.Text()),
+)
+CONSENT_EVENTS = _t(
+    "consent_events", "staging",
+    "The consent ledger: every opt-in, opt-out, unsubscribe and objection per channel, linked to a person record.",
+    sa.Column("event_key", sa.Text(), primary_key=True), sa.Column("source", sa.Text(), nullable=False),
+    sa.Column("person_record_key", sa.Text(), comment="the person record it was linked to, by CRM ID or e-mail"),
+    sa.Column("email_hash", sa.Text(), comment="salted hash of the normalised e-mail: links without holding it"),
+    sa.Column("channel", sa.Text(), nullable=False), sa.Column("status", sa.Text(), nullable=False),
+    sa.Column("legal_basis", sa.Text()), sa.Column("purpose", sa.Text()),
+    sa.Column("occurred_at", _TS, nullable=False), sa.Column("double_opt_in_at", _TS), sa.Column("opt_in_source", sa.Text()),
+    indexes=(("person_record_key",), ("email_hash",)),
+)
+RETIRED_CONTACTS = _t(
+    "retired_contacts", "golden",
+    "Contacts anonymised by the retention job: no personal data, kept for statistics (region, company, dates).",
+    sa.Column("golden_id", sa.Text(), primary_key=True), sa.Column("leitregion", sa.Text()),
+    sa.Column("country", sa.Text()), sa.Column("account_id", sa.Text()), sa.Column("sources", sa.Text()),
+    sa.Column("record_count", sa.BigInteger()), sa.Column("first_seen_at", _TS), sa.Column("last_seen_at", _TS),
+    sa.Column("anonymised_at", _TS, nullable=False), sa.Column("reason", sa.Text(), nullable=False),
 )
 CRM_PAYLOADS = {
     name: _t(f"crm_{name}_payload", "marts", f"The {name} as they would be sent to the CRM: CRM property names, strings.",
@@ -298,6 +358,7 @@ CRM_PAYLOADS = {
         ("companies", ("name", "domain", "phone", "address", "zip", "city", "country", "industry", "numberofemployees",
                        "legal_form", "register_court", "register_number", "vat_id", "erp_customer_number")),
         ("contacts", ("email", "salutation", "academic_title", "firstname", "lastname", "phone", "mobilephone", "jobtitle",
-                      "company", "address", "zip", "city", "country", "lifecyclestage", "crm_account_golden_id")),
+                      "company", "address", "zip", "city", "country", "lifecyclestage", "crm_account_golden_id",
+                      "crm_email_consent", "crm_phone_consent", "crm_post_consent")),
     )
 }

@@ -48,6 +48,7 @@ class Warehouse:
         self.engine = _make_engine(url)
         self.dialect = self.engine.dialect.name
         self._ensured: set[str] = set()
+        self._guarded: set[str] = set()  # table guards installed once per process (audit triggers)
 
     @classmethod
     def for_url(cls, url: str) -> "Warehouse":
@@ -183,6 +184,11 @@ class Warehouse:
     def scalar(self, query: sa.Select | str, params: dict | None = None):
         with self.engine.connect() as conn:
             return conn.execute(sa.text(query) if isinstance(query, str) else query, params or {}).scalar()
+
+    def execute_first(self, query: sa.Select | str, params: dict | None = None):
+        """The first row of a query (a tuple), or None."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.text(query) if isinstance(query, str) else query, params or {}).first()
 
 
 class LockBusy(Exception):

@@ -15,8 +15,9 @@ from ..core.matching.settings import MatchingConfig, load_matching_config
 from ..core.model import ENTITIES
 from ..core.schema import (ACCOUNT_CROSSWALK, ACCOUNT_RECORDS, CROSSWALK, GOLDEN_CONTACTS, PERSON_CROSSWALK,
                            PERSON_RECORDS)
+from .auditing import audit_run
 from .metadata import frame_markdown, markdown_table
-from .resources import RegisterResource, WarehouseResource
+from .resources import PrivacyResource, RegisterResource, WarehouseResource
 from .sources import raw_asset_key
 
 GROUP = "golden"
@@ -31,6 +32,7 @@ ACCOUNTS_KEY = dg.AssetKey(["golden", "accounts"])
 CONTACTS_KEY = dg.AssetKey(["golden", "contacts"])
 CROSSWALK_KEY = dg.AssetKey(["golden", "crosswalk"])
 REVIEW_KEY = dg.AssetKey(["golden", "review_queue"])
+CONSENT_KEY = dg.AssetKey(["staging", "consent_events"])  # built by the privacy group
 
 
 def build_golden_assets(config_dir) -> list[dg.AssetsDefinition]:
@@ -43,9 +45,10 @@ def build_golden_assets(config_dir) -> list[dg.AssetsDefinition]:
               description="Cleaned person records from every person source (latest delivery of each record): e-mail "
                           "normalised and checked, phones in E.164, names with Anrede and titles apart, Kölner Phonetik "
                           "keys, addresses split, company legal forms extracted. Table `staging.person_records`.")
-    def person_records(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    def person_records(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                       privacy: PrivacyResource) -> dg.MaterializeResult:
         wh = warehouse.get()
-        persons = G.build_person_records(wh)
+        persons = G.build_person_records(wh, privacy.suppression(wh).screen())
         invalid_email = int((persons["email"].notna() & persons["email_norm"].isna()).sum())
         bad_phone = int((persons["phone"].notna() & persons["phone_e164"].isna()).sum())
         preview = masked_preview(persons, ENTITIES["contact"],
@@ -56,6 +59,7 @@ def build_golden_assets(config_dir) -> list[dg.AssetsDefinition]:
             "records_by_source": dg.MetadataValue.md(markdown_table(["source", "records"],
                                                                     persons["source"].value_counts().sort_index().items())),
             "invalid_emails": invalid_email, "unparseable_phones": bad_phone,
+            "suppressed_left_out": persons.attrs.get("suppressed", 0),
             "with_legal_form": int(persons["legal_form"].notna().sum()),
             "preview_masked": dg.MetadataValue.md(frame_markdown(preview)),
         })
@@ -127,7 +131,7 @@ def build_golden_assets(config_dir) -> list[dg.AssetsDefinition]:
     ]
 
     @dg.asset(key=CONTACTS_KEY, group_name=GROUP, owners=OWNERS, kinds={"pandas", "sql"}, code_version=version,
-              deps=[PERSON_KEY, ACCOUNTS_KEY], check_specs=contact_checks,
+              deps=[PERSON_KEY, ACCOUNTS_KEY, CONSENT_KEY], check_specs=contact_checks,
               description="Golden contacts: person records resolved into people (same normalised e-mail is always the "
                           "same person; Müller/Mueller, typos and swapped names tolerated; namesakes kept apart), each "
                           "linked to its golden account. Tables `golden.contacts`, `golden.person_crosswalk` (with "
@@ -194,6 +198,9 @@ def build_golden_assets(config_dir) -> list[dg.AssetsDefinition]:
 def _golden_outputs(context, wh, result: G.GoldenResult, cfg: MatchingConfig, key, records_table, xw_table,
                     extra_checks=()):
     stats = result.stats
+    audit_run(wh, context, f"golden.{result.entity}.resolved", {
+        "golden": len(result.golden), "id_events": pd.Series([e["event"] for e in result.events]).value_counts().to_dict()
+        if result.events else {}, "crosswalk_changes": stats.get("crosswalk_changes", 0)})
     n_records = int(wh.scalar(sa.select(sa.func.count()).select_from(records_table)) or 0)
     missing = int(wh.scalar(sa.select(sa.func.count()).select_from(records_table).where(
         ~sa.exists().where(xw_table.c.record_key == records_table.c.record_key, xw_table.c.valid_to.is_(None)))) or 0)

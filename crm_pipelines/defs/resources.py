@@ -15,6 +15,8 @@ from ..core.alerts import post_alert
 from ..core.crm.hubspot import HubSpotConnector
 from ..core.crm.settings import SyncSettings
 from ..core.enrichment import RegisterClient
+from ..core.privacy.identity import IdentityHasher, load_or_create_salt
+from ..core.privacy.suppression import SuppressionList
 from ..core.warehouse import Warehouse, describe_url
 from ..settings import Settings
 
@@ -92,6 +94,20 @@ class AlertResource(dg.ConfigurableResource):
         return post_alert(self.webhook_url, text, self.kind)
 
 
+class PrivacyResource(dg.ConfigurableResource):
+    """The salt of the suppression list's hashes: CRM_PRIVACY_SALT through EnvVar, else a salt file the
+    first run creates beside the warehouse (only its path is configuration, never the salt)."""
+
+    salt: str = ""
+    salt_file: str = ""
+
+    def hasher(self) -> IdentityHasher:
+        return IdentityHasher(self.salt or load_or_create_salt(self.salt_file))
+
+    def suppression(self, wh: Warehouse) -> SuppressionList:
+        return SuppressionList(wh, self.hasher())
+
+
 def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     url: str | dg.EnvVar = dg.EnvVar("CRM_WAREHOUSE_URL") if settings.warehouse_url else settings.default_warehouse_url
     register_key: str | dg.EnvVar = dg.EnvVar("CRM_REGISTER_API_KEY") if os.environ.get("CRM_REGISTER_API_KEY") else ""
@@ -102,6 +118,8 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
                                      calls_per_hour=settings.register_calls_per_hour),
         "crm": CrmResource(base_url=settings.crm_url or LOCAL_CRM_URL,
                            token=dg.EnvVar("CRM_API_TOKEN") if os.environ.get("CRM_API_TOKEN") else ""),
+        "privacy": PrivacyResource(salt=dg.EnvVar("CRM_PRIVACY_SALT") if settings.privacy_salt_set else "",
+                                   salt_file=str(settings.salt_file)),
         "alerts": AlertResource(webhook_url=dg.EnvVar("CRM_ALERT_WEBHOOK_URL") if os.environ.get("CRM_ALERT_WEBHOOK_URL")
                                 else "", kind=settings.alert_webhook_kind),
     }

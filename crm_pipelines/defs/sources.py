@@ -16,7 +16,8 @@ from ..core.mapping import SourceMapping
 from ..core.masking import mask_text
 from ..core.readers import SourceFileError
 from .metadata import frame_markdown, markdown_table
-from .resources import LandingZoneResource, WarehouseResource
+from .auditing import audit_run
+from .resources import LandingZoneResource, PrivacyResource, WarehouseResource
 
 GROUP = "sources"
 DEFAULT_OWNER = "team:data-engineering"
@@ -31,7 +32,8 @@ def build_source_asset(mapping: SourceMapping, partitions_def: dg.PartitionsDefi
     key = raw_asset_key(mapping.source)
     checks = [
         dg.AssetCheckSpec("rows_balance", asset=key, blocking=True,
-                          description="Every record read is either loaded or quarantined (per partition, counted in the warehouse)."),
+                          description="Every record read is loaded, quarantined or (a suppressed person's) counted as suppressed "
+                                      "(per partition, counted in the warehouse)."),
         dg.AssetCheckSpec("quarantine_rate", asset=key,
                           description=f"At most {mapping.max_quarantine_rate:.1%} of the records read are quarantined."),
         dg.AssetCheckSpec("landing_files_present", asset=key,
@@ -59,15 +61,17 @@ def build_source_asset(mapping: SourceMapping, partitions_def: dg.PartitionsDefi
         },
         check_specs=checks,
     )
-    def _raw_source(context: dg.AssetExecutionContext, warehouse: WarehouseResource, landing: LandingZoneResource):
+    def _raw_source(context: dg.AssetExecutionContext, warehouse: WarehouseResource, landing: LandingZoneResource,
+                    privacy: PrivacyResource):
         wh = warehouse.get()
+        suppression = privacy.suppression(wh)
         partitions = context.partition_keys
         reports: list[PartitionReport] = []
         failures: list[tuple[str, SourceFileError]] = []
         for i, partition in enumerate(partitions, 1):
             try:
                 rep = ingest_partition(mapping, partition, landing.path, wh, context.run.run_id,
-                                       log=lambda m: context.log.info(mask_text(m)))
+                                       log=lambda m: context.log.info(mask_text(m)), suppression=suppression)
             except SourceFileError as exc:
                 failures.append((partition, exc))
                 context.log.error(f"{mapping.source} {partition}: {mask_text(str(exc))}")
@@ -88,6 +92,9 @@ def build_source_asset(mapping: SourceMapping, partitions_def: dg.PartitionsDefi
             )
         for rep in reports:
             context.add_asset_metadata(_partition_metadata(rep), partition_key=rep.partition)
+        audit_run(wh, context, "ingest.loaded", {"source": mapping.source, "partitions": {
+            r.partition: {"loaded": r.rows_loaded, "quarantined": r.rows_quarantined, "suppressed": r.rows_suppressed}
+            for r in reports}})
         return _result(mapping, wh, reports)
 
     return _raw_source
@@ -106,9 +113,10 @@ def _result(mapping: SourceMapping, wh, reports: list[PartitionReport]) -> dg.Ma
 
     partitions = [r.partition for r in reports]
     balance = partition_balance(wh, mapping, partitions)
-    unbalanced = {p: b for p, b in balance.items() if b["read"] != b["loaded"] + b["quarantined"]}
+    unbalanced = {p: b for p, b in balance.items() if b["read"] != b["loaded"] + b["quarantined"] + b["suppressed"]}
     mismatched = [r.partition for r in reports
-                  if (balance[r.partition]["loaded"], balance[r.partition]["quarantined"]) != (r.rows_loaded, r.rows_quarantined)]
+                  if (balance[r.partition]["loaded"], balance[r.partition]["quarantined"],
+                      balance[r.partition]["suppressed"]) != (r.rows_loaded, r.rows_quarantined, r.rows_suppressed)]
     empty_days = [r.partition for r in reports if not [f for f in r.files if f.status == "loaded"]]
 
     # Per-partition figures go onto each partition's materialization (see _partition_metadata);
@@ -118,6 +126,7 @@ def _result(mapping: SourceMapping, wh, reports: list[PartitionReport]) -> dg.Ma
         "run_rows_read": read,
         "run_rows_loaded": loaded,
         "run_rows_quarantined": quarantined,
+        "run_rows_suppressed": sum(r.rows_suppressed for r in reports),
         "run_seconds": round(sum(r.seconds for r in reports), 3),
         "run_rows_per_second": round(read / max(sum(r.seconds for r in reports), 1e-9), 1),
     }
@@ -133,7 +142,8 @@ def _result(mapping: SourceMapping, wh, reports: list[PartitionReport]) -> dg.Ma
             check_name="rows_balance", passed=not unbalanced and not mismatched,
             metadata={"partitions_checked": len(balance), "unbalanced_partitions": sorted(unbalanced)[:20],
                       "count_mismatch_partitions": mismatched[:20], "rows_read": read,
-                      "rows_loaded": loaded, "rows_quarantined": quarantined},
+                      "rows_loaded": loaded, "rows_quarantined": quarantined,
+                      "rows_suppressed": sum(r.rows_suppressed for r in reports)},
         ),
         dg.AssetCheckResult(
             check_name="quarantine_rate", passed=rate <= mapping.max_quarantine_rate,
@@ -157,6 +167,8 @@ def _partition_metadata(rep: PartitionReport) -> dict:
         "rows_read": read,
         "rows_loaded": rep.rows_loaded,
         "rows_quarantined": rep.rows_quarantined,
+        "rows_suppressed": rep.rows_suppressed,
+        "fields_anonymised": rep.fields_anonymised,
         "quarantine_rate": round(rep.rows_quarantined / read, 6) if read else 0.0,
         "files_read": sum(1 for f in rep.files if f.status == "loaded"),
         "files_duplicate": len(rep.duplicate_files),

@@ -34,7 +34,7 @@ PROPERTIES = {
     "contacts": {"email", "firstname", "lastname", "salutation", "phone", "mobilephone", "jobtitle", "company",
                  "address", "zip", "city", "country", "lifecyclestage", "hubspot_owner_id", ID_PROPERTY,
                  "crm_account_golden_id", "academic_title", "lead_score", "lead_grade", "erp_customer_number",
-                 "associatedcompanyid"},
+                 "associatedcompanyid", "crm_email_consent", "crm_phone_consent", "crm_post_consent"},
     "companies": {"name", "domain", "phone", "address", "zip", "city", "country", "industry", "numberofemployees",
                   "lifecyclestage", "hubspot_owner_id", ID_PROPERTY, "legal_form", "register_court",
                   "register_number", "vat_id", "erp_customer_number", "annualrevenue"},
@@ -67,6 +67,9 @@ class CrmServer:
         self._window: deque[float] = deque()
         self.peak_window = 0
         self.counts: Counter = Counter()
+        # Every e-mail address any write request carried, accepted or not: lets a test prove that a
+        # person never even reached the CRM's door.
+        self.emails_received: Counter = Counter()
         if db != ":memory:":
             Path(db).parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(str(db), check_same_thread=False, isolation_level=None)
@@ -230,6 +233,11 @@ class CrmServer:
             return 400, _validation("the body needs 'inputs' and a known object type")
         if len(inputs) > MAX_BATCH:
             return 400, _validation(f"Batch input limit is {MAX_BATCH}, got {len(inputs)}")
+        with self._lock:
+            for i in inputs:
+                email = (i.get("properties") or {}).get("email") if isinstance(i, dict) else None
+                if email:
+                    self.emails_received[str(email).strip().lower()] += 1
         ids = [str(i.get("id")) for i in inputs]
         if len(set(ids)) != len(ids):
             return 400, _validation("Duplicate IDs found in batch input")

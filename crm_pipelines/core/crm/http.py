@@ -76,7 +76,9 @@ class RateLimiter:
         window, which is when the server's window frees a slot at the earliest we can know of."""
         with self._lock:
             now = self.clock()
-            wait = (self._sent[0] + self.window_seconds + self.margin_seconds - now) if self._sent else self.window_seconds
+            # The oldest of ours the server still counts: sent within its window (ours is a margin longer).
+            counted = next((t for t in self._sent if t > now - self.window_seconds), None)
+            wait = (counted + self.window_seconds + self.margin_seconds - now) if counted is not None else self.window_seconds
             if wait > 0:
                 self.waited_seconds += wait
                 self.sleep(wait)

@@ -149,18 +149,19 @@ class HubSpotConnector:
             return [RowResult(t.key, CREATED, crm_id=ids[i] if i < len(ids) else None) for i, t in enumerate(tasks)]
         return [RowResult(t.key, REJECTED, message=_message(resp)) for t in tasks]
 
-    def gdpr_delete(self, email: str) -> RowResult:
+    def gdpr_delete(self, identifier: str, by: str = "email") -> RowResult:
+        """``by="email"`` (also blocklists the address) or ``by="id"`` (the CRM's contact ID)."""
+        body = {"objectId": identifier, "idProperty": "email"} if by == "email" else {"objectId": identifier}
         try:
-            resp = self.transport.request("POST", "/crm/v3/objects/contacts/gdpr-delete",
-                                          json={"objectId": email, "idProperty": "email"})
+            resp = self.transport.request("POST", "/crm/v3/objects/contacts/gdpr-delete", json=body)
         except CrmUnavailable as exc:
-            return RowResult(email, FAILED, message=str(exc))
+            return RowResult(identifier, FAILED, message=str(exc))
         self._auth(resp)
         if resp.status in (200, 204):
-            return RowResult(email, DELETED)
+            return RowResult(identifier, DELETED)
         if resp.status == 404:
-            return RowResult(email, ABSENT, message="no such contact in the CRM")
-        return RowResult(email, REJECTED, message=_message(resp))
+            return RowResult(identifier, ABSENT, message="no such contact in the CRM")
+        return RowResult(identifier, REJECTED, message=_message(resp))
 
     # ------------------------------------------------------------------ helpers
 

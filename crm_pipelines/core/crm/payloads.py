@@ -62,13 +62,6 @@ def payload_hashes(payload: pd.DataFrame) -> np.ndarray:
     return out
 
 
-def email_hash(email: str | None) -> str | None:
-    """How a suppressed e-mail is stored and compared: never in clear text."""
-    if not email:
-        return None
-    return hashlib.sha256(email.strip().lower().encode()).hexdigest()
-
-
 def is_missing(v) -> bool:
     return v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA
 

@@ -71,5 +71,5 @@ class CrmConnector(Protocol):
     def create_tasks(self, tasks: Sequence[Task]) -> list[RowResult]:
         """Creates follow-up tasks, associated with their contact."""
 
-    def gdpr_delete(self, email: str) -> RowResult:
-        """Deletes a contact permanently and blocks the address from coming back."""
+    def gdpr_delete(self, identifier: str, by: str = "email") -> RowResult:
+        """Deletes a contact permanently (by e-mail, which also blocks the address, or by CRM ID)."""

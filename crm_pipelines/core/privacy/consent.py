@@ -1,0 +1,151 @@
+"""The consent ledger: every consent event per person and channel, and the current verdict.
+
+Events come from the newsletter tool (sign-ups with their double-opt-in time, unsubscribes) and
+the CRM's preference centre (opt-in, opt-out, objection per channel: ``email``, ``phone``,
+``post``). Each event is linked to a person record (by CRM contact ID, else by e-mail), so the
+golden contact sees the events of all its records. The ledger holds no e-mail address: the link
+is the record key, and a salted e-mail hash for events of people not (yet) known.
+
+The verdict per golden contact and channel walks the events oldest first:
+
+* the latest event wins: ``granted``, ``withdrawn`` (an unsubscribe is a withdrawal);
+* an **objection** (Art. 21 DSGVO) blocks the channel for marketing and is only lifted by a later
+  explicit consent (legal basis ``consent``), never by legitimate interest or contract;
+* a withdrawal after an objection leaves it objected;
+* e-mail consent needs the double opt-in: a sign-up without its confirmation is ``unconfirmed``.
+
+Activations ask :func:`allows` (here: marketing by the channel, with what the contact's verdict
+and their customer relationship say).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..cleaning.emails import normalize_email
+from .identity import IdentityHasher
+
+CHANNELS = ("email", "phone", "post")
+EVENT_COLUMNS = ["event_key", "source", "person_record_key", "email_hash", "channel", "status", "legal_basis", "purpose",
+                 "occurred_at", "double_opt_in_at", "opt_in_source"]
+
+
+def _latest_delivery(raw: pd.DataFrame) -> pd.DataFrame:
+    if raw.empty:
+        return raw
+    return raw.sort_values(["_partition", "_record_no"]).drop_duplicates("source_record_id", keep="last")
+
+
+def build_events(raw: dict[str, pd.DataFrame], persons: pd.DataFrame, hasher: IdentityHasher) -> pd.DataFrame:
+    """The ledger rows from ``raw.newsletter_signups`` and ``raw.consent_changes``."""
+    frames = []
+    by_crm = {}
+    by_email = {}
+    if not persons.empty:
+        crm = persons[(persons["source"] == "crm_contacts") & persons["crm_contact_id"].notna()]
+        by_crm = dict(zip(crm["crm_contact_id"].astype(str), crm["record_key"]))
+        # Several records may share an address; any of them leads to the same golden contact.
+        em = persons[persons["email_norm"].notna()].drop_duplicates("email_norm")
+        by_email = dict(zip(em["email_norm"], em["record_key"]))
+    for source, df in raw.items():
+        df = _latest_delivery(df)
+        if df.empty:
+            continue
+        email_norm = df["email"].map(lambda e: normalize_email(e) if isinstance(e, str) else None)
+        if source == "newsletter_signups":
+            key = "newsletter_signups:" + df["source_record_id"].astype(str)
+        else:
+            crm_ids = df["crm_contact_id"].astype(object).where(df["crm_contact_id"].notna(), None)
+            key = pd.Series([by_crm.get(str(c)) if c is not None else None for c in crm_ids], index=df.index, dtype=object)
+            key = key.where(key.notna(), email_norm.map(by_email))
+        frames.append(pd.DataFrame({
+            "event_key": source + ":" + df["source_record_id"].astype(str),
+            "source": source,
+            "person_record_key": key.to_numpy(),
+            "email_hash": email_norm.map(lambda e: hasher.email(e) if e else None).to_numpy(),
+            "channel": df["channel"].to_numpy(),
+            "status": df["status"].to_numpy(),
+            "legal_basis": df["legal_basis"].to_numpy() if "legal_basis" in df.columns else None,
+            "purpose": df["purpose"].to_numpy() if "purpose" in df.columns else None,
+            "occurred_at": pd.to_datetime(df["occurred_at"], utc=True).to_numpy(),
+            "double_opt_in_at": pd.to_datetime(df["double_opt_in_at"], utc=True).to_numpy()
+            if "double_opt_in_at" in df.columns else pd.NaT,
+            "opt_in_source": df["opt_in_source"].to_numpy() if "opt_in_source" in df.columns else None,
+        }))
+    if not frames:
+        return pd.DataFrame(columns=EVENT_COLUMNS)
+    events = pd.concat(frames, ignore_index=True)
+    for col in ("occurred_at", "double_opt_in_at"):
+        events[col] = pd.to_datetime(events[col], utc=True)
+    events = events[events["channel"].isin(CHANNELS)]
+    return events.drop_duplicates("event_key", keep="last")[EVENT_COLUMNS].reset_index(drop=True)
+
+
+def verdict(events: pd.DataFrame) -> tuple[str | None, str | None]:
+    """(status, legal basis) after a sequence of events of one person and channel, oldest first."""
+    state, basis = None, None
+    for status, legal, channel, doi in zip(events["status"], events["legal_basis"], events["channel"],
+                                           events["double_opt_in_at"]):
+        if status == "objected":
+            state, basis = "objected", legal
+        elif status == "withdrawn":
+            if state != "objected":
+                state, basis = "withdrawn", legal
+        elif status == "granted":
+            if state == "objected" and legal != "consent":
+                continue  # an objection beats legitimate interest and contract
+            if channel == "email" and (legal or "consent") == "consent" and pd.isna(doi):
+                state, basis = "unconfirmed", legal
+            else:
+                state, basis = "granted", legal
+    return state, basis
+
+
+def current(events: pd.DataFrame, record_cluster: dict[str, int], n_clusters: int) -> pd.DataFrame:
+    """Per cluster (golden contact) the verdict of each channel: columns ``<channel>_consent``,
+    ``<channel>_consent_basis``."""
+    out = pd.DataFrame(index=range(n_clusters))
+    for ch in CHANNELS:
+        out[f"{ch}_consent"] = None
+        out[f"{ch}_consent_basis"] = None
+    if events.empty:
+        return out
+    ev = events.copy()
+    ev["cluster"] = ev["person_record_key"].map(record_cluster)
+    ev = ev[ev["cluster"].notna()]
+    if ev.empty:
+        return out
+    ev["cluster"] = ev["cluster"].astype(int)
+    # Same instant: the stricter event last, so it wins the tie.
+    order = {"granted": 0, "withdrawn": 1, "objected": 2}
+    ev["_rank"] = ev["status"].map(order).fillna(0)
+    ev = ev.sort_values(["cluster", "channel", "occurred_at", "_rank"], kind="stable")
+    for (cluster, channel), group in ev.groupby(["cluster", "channel"], sort=False):
+        status, basis = verdict(group)
+        out.at[cluster, f"{channel}_consent"] = status
+        out.at[cluster, f"{channel}_consent_basis"] = basis
+    return out
+
+
+def allows(channel: str, consent: str | None, basis: str | None, is_customer: bool) -> bool:
+    """May this contact be addressed with marketing by this channel?
+
+    E-mail and phone need a granted consent (UWG §7: no cold e-mails or calls to prospects).
+    Post is allowed by consent, and for existing customers also by contract or legitimate
+    interest, unless the person objected or withdrew.
+    """
+    if consent in ("objected", "withdrawn", "unconfirmed"):
+        return False
+    if channel in ("email", "phone"):
+        return consent == "granted"
+    if channel == "post":
+        return consent == "granted" or is_customer
+    raise ValueError(f"unknown channel {channel!r}")
+
+
+def allows_frame(golden: pd.DataFrame, channel: str) -> np.ndarray:
+    customer = golden["erp_customer_number"].notna() if "erp_customer_number" in golden.columns else \
+        pd.Series(False, index=golden.index)
+    return np.array([allows(channel, c, b, bool(k)) for c, b, k in zip(
+        golden[f"{channel}_consent"], golden[f"{channel}_consent_basis"], customer)], dtype=bool)

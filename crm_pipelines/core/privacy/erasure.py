@@ -1,0 +1,341 @@
+"""Erasure (DSGVO Art. 17) without zombies.
+
+For one person (an e-mail address and/or a CRM contact ID):
+
+1. **find** them: the person records with that e-mail or CRM ID, the golden contacts those
+   belong to, and every record of those golden contacts (the same person under another
+   address or spelling); their identities (e-mails, CRM IDs, family name + address) as hashes;
+2. **suppress** every identity *before* anything is deleted, so a load running at the same
+   moment cannot bring them back;
+3. **scrub** every table of the inventory (:mod:`.inventory`): delete the person's rows, blank the
+   Ansprechpartner of company records, forget the CRM ID in the sync state;
+4. **propagate** to every connected system the project writes to (the CRM: permanent GDPR
+   delete, which also blocklists the address there);
+5. **audit** each step under the person's pseudonym, with counts and never a value.
+
+The request itself is kept only as its suppression entries and a row in ``ops.privacy_requests``
+(pseudonym, source, times, outcome). When a connected system is down, the identifiers it still
+has to erase wait in ``ops.erasure_outbox`` (the only place they survive the erasure) and the
+request stays ``pending`` until :func:`retry_pending` gets a confirmation; the warehouse part is
+already done, and running the erasure again is harmless.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable, Protocol, Sequence
+
+import pandas as pd
+import sqlalchemy as sa
+
+from ..cleaning.emails import normalize_email
+from ..mapping import SourceMapping
+from ..masking import mask_text
+from ..schema import ERASURE_OUTBOX, PERSON_CROSSWALK, PERSON_RECORDS, PRIVACY_REQUESTS
+from ..warehouse import Warehouse, tables_present
+from .audit import AuditEntry, append
+from .identity import IdentityHasher
+from .inventory import Locator, Person, build_inventory, family_plz_of, locate
+from .suppression import SuppressionList, subject_of
+
+Log = Callable[[str], None]
+
+
+class ErasureTarget(Protocol):
+    """A connected system the project writes personal data to."""
+
+    name: str
+
+    def erase(self, kind: str, identifier: str) -> tuple[str, str | None]:
+        """Erases one identifier (kind ``email`` or ``crm_contact_id``) there; returns (status, message)
+        with status ``deleted``, ``absent`` (nothing there), ``failed`` (try again later) or ``rejected``."""
+
+
+@dataclass
+class CrmErasureTarget:
+    """The CRM: a permanent GDPR delete by e-mail (which blocklists the address) and by contact ID."""
+
+    connector: object
+    name: str = "crm"
+
+    def erase(self, kind: str, identifier: str) -> tuple[str, str | None]:
+        r = self.connector.gdpr_delete(identifier, by="email" if kind == "email" else "id")
+        return r.status, r.message
+
+
+@dataclass
+class ErasureReport:
+    request_id: str
+    subject: str
+    status: str = "received"
+    record_keys: int = 0
+    golden_ids: int = 0
+    identities: dict[str, int] = field(default_factory=dict)
+    suppression_added: int = 0
+    tables: dict[str, int] = field(default_factory=dict)     # table -> rows deleted or blanked
+    targets: dict[str, dict] = field(default_factory=dict)   # system -> outcome counts (deleted / absent / failed)
+    seconds: float = 0.0
+    target_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def find_person(wh: Warehouse, hasher: IdentityHasher, emails: Sequence[str] = (), crm_contact_ids: Sequence[str] = (),
+                subject: str | None = None, golden_ids: Sequence[str] = ()) -> Person:
+    """Everything erasure needs to know about one person (or, for retention, a group of golden contacts)."""
+    emails_n = {e for e in (normalize_email(x) for x in emails if x) if e}
+    crm_ids = {str(c).strip() for c in crm_contact_ids if c is not None and str(c).strip()}
+    if not emails_n and not crm_ids and not golden_ids:
+        raise ValueError("a privacy request needs a valid e-mail address or a CRM contact ID")
+    if subject is None:
+        subject = subject_of(hasher, next(iter(sorted(emails_n)), None), next(iter(sorted(crm_ids)), None))
+    person = Person(subject, set(emails_n), set(crm_ids))
+    members = pd.DataFrame()
+    if tables_present(wh, [PERSON_RECORDS]):
+        pr = PERSON_RECORDS
+        seeds = wh.read_frame(sa.select(pr.c.record_key).where(sa.or_(
+            pr.c.email_norm.in_(sorted(emails_n)) if emails_n else sa.false(),
+            pr.c.crm_contact_id.in_(sorted(crm_ids)) if crm_ids else sa.false())))
+        keys = set(seeds["record_key"])
+        if (keys or golden_ids) and tables_present(wh, [PERSON_CROSSWALK]):
+            xw = PERSON_CROSSWALK
+            gids = set(golden_ids) | set(wh.read_frame(sa.select(xw.c.golden_id).where(
+                xw.c.record_key.in_(sorted(keys)), xw.c.valid_to.is_(None)))["golden_id"])
+            person.golden_ids = gids
+            if gids:
+                keys |= set(wh.read_frame(sa.select(xw.c.record_key).where(xw.c.golden_id.in_(sorted(gids)),
+                                                                             xw.c.valid_to.is_(None)))["record_key"])
+        person.record_keys = keys
+        if keys:
+            members = wh.read_frame(sa.select(pr.c.record_key, pr.c.email, pr.c.crm_contact_id, pr.c.last_name,
+                                              pr.c.street, pr.c.house_number, pr.c.postal_code, pr.c.country)
+                                    .where(pr.c.record_key.in_(sorted(keys))))
+    # The identities: what was asked for, and what the person's linked records say.
+    asked = pd.DataFrame({"email": sorted(emails_n) + [None] * len(crm_ids),
+                          "crm_contact_id": [None] * len(emails_n) + sorted(crm_ids)})
+    for frame in (asked, members):
+        if frame.empty:
+            continue
+        ids = hasher.frame_identities(frame)
+        for kind in person.identities:
+            person.identities[kind] |= set(ids[kind].dropna())
+    if not members.empty:
+        person.emails |= {e for e in (normalize_email(v) for v in members["email"] if isinstance(v, str)) if e}
+        person.crm_contact_ids |= {str(c) for c in members["crm_contact_id"] if isinstance(c, str) and c}
+        person.family_plz = family_plz_of(members)
+    return person
+
+
+def erase(wh: Warehouse, hasher: IdentityHasher, mappings: dict[str, SourceMapping], *, emails: Sequence[str] = (),
+          crm_contact_ids: Sequence[str] = (), request_id: str, source: str, actor: str, run_id: str | None = None,
+          targets: Sequence[ErasureTarget] = (), log: Log | None = None,
+          locators: list[Locator] | None = None) -> ErasureReport:
+    """Erases one person everywhere; idempotent (a second call finds nothing left and re-checks the targets)."""
+    log = log or (lambda _m: None)
+    started = time.monotonic()
+    person = find_person(wh, hasher, emails, crm_contact_ids)
+    report = ErasureReport(request_id, person.subject)
+    _request(wh, request_id, "erasure", person.subject, source, "received")
+    append(wh, [AuditEntry("erasure.received", actor, person.subject, {"request_id": request_id, "source": source},
+                           run_id)])
+
+    # Suppress first: from here on no load, replay or backfill can bring the person back.
+    suppression = SuppressionList(wh, hasher)
+    report.suppression_added = suppression.add(
+        {(k, h) for k, hs in person.identities.items() for h in hs}, person.subject, "erasure (Art. 17 DSGVO)", request_id)
+    report.identities = {k: len(v) for k, v in person.identities.items()}
+    report.record_keys, report.golden_ids = len(person.record_keys), len(person.golden_ids)
+    append(wh, [AuditEntry("erasure.suppressed", actor, person.subject,
+                           {"identities": report.identities, "new_entries": report.suppression_added}, run_id)])
+
+    report.tables = scrub(wh, hasher, person, locators if locators is not None else build_inventory(mappings))
+    log(f"erasure {request_id}: {sum(report.tables.values())} row(s) in {len(report.tables)} table(s)")
+    append(wh, [AuditEntry("erasure.warehouse", actor, person.subject, {"tables": report.tables}, run_id)])
+
+    identifiers = [("email", e) for e in sorted(person.emails)] + [("crm_contact_id", c)
+                                                                      for c in sorted(person.crm_contact_ids)]
+    for target in targets:
+        t0 = time.monotonic()
+        report.targets[target.name] = _propagate(wh, target, request_id, person.subject, identifiers, actor, run_id)
+        report.target_seconds[target.name] = round(time.monotonic() - t0, 3)
+    failed = any(o.get("failed") for o in report.targets.values())
+    report.status = "pending" if failed else "completed"
+    _request(wh, request_id, "erasure", person.subject, source, report.status,
+             {"tables": report.tables, "targets": report.targets})
+    append(wh, [AuditEntry(f"erasure.{report.status}", actor, person.subject, {"request_id": request_id}, run_id)])
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def scrub(wh: Warehouse, hasher: IdentityHasher, person: Person, locators: list[Locator]) -> dict[str, int]:
+    """Removes the person from every table of the inventory in one transaction; rows per table."""
+    found = locate(wh, locators, person, hasher)
+    counts: dict[str, int] = {}
+    with wh.engine.begin() as conn:
+        for loc in locators:
+            rows = found.get(loc.name)
+            if rows is None or rows.empty:
+                continue
+            n = _apply(conn, loc, rows, person)
+            if n:
+                counts[loc.name] = n
+    return counts
+
+
+def _apply(conn, loc: Locator, rows: pd.DataFrame, person: Person) -> int:
+    t = loc.table
+    if loc.action == "keep":
+        return 0
+    if loc.action == "delete":
+        return _delete_rows(conn, t, rows)
+    if loc.action.startswith("blank:"):
+        cols = loc.action.split(":", 1)[1].split(",")
+        return _update_rows(conn, t, rows, {c: None for c in cols if c in t.c})
+    if loc.action == "delete_mentions_blank:email":
+        mentions = rows[rows["is_mention"].astype(bool)]
+        n = _delete_rows(conn, t, mentions)
+        return n + _update_rows(conn, t, rows[~rows["is_mention"].astype(bool)], {"email": None})
+    if loc.action == "mark_erased":
+        values = {"status": "erased"} if "status" in t.c else {"last_status": "erased", "crm_id": None,
+                                                               "payload_hash": None, "associated_crm_id": None}
+        return _update_rows(conn, t, rows, values)
+    raise ValueError(f"unknown erasure action {loc.action}")
+
+
+def _row_filter(t: sa.Table, row: pd.Series) -> sa.ColumnElement:
+    """Identifies one row: the primary key, else (raw tables) partition + file + record number, else all columns."""
+    if t.primary_key.columns:
+        cols = list(t.primary_key.columns)
+    elif "_record_no" in t.c:
+        cols = [t.c._partition, t.c._file, t.c._record_no]
+    else:
+        cols = [c for c in t.c if c.name in row.index]
+    parts = []
+    for c in cols:
+        v = row[c.name]
+        parts.append(c.is_(None) if v is None or (isinstance(v, float) and pd.isna(v)) else c == _plain(v))
+    return sa.and_(*parts)
+
+
+def _plain(v):
+    if isinstance(v, pd.Timestamp):
+        return v.to_pydatetime()
+    if hasattr(v, "item"):
+        return v.item()
+    return v
+
+
+def _delete_rows(conn, t: sa.Table, rows: pd.DataFrame) -> int:
+    n = 0
+    for _, row in rows.iterrows():
+        n += conn.execute(sa.delete(t).where(_row_filter(t, row))).rowcount or 0
+    return n
+
+
+def _update_rows(conn, t: sa.Table, rows: pd.DataFrame, values: dict) -> int:
+    n = 0
+    for _, row in rows.iterrows():
+        n += conn.execute(sa.update(t).where(_row_filter(t, row)).values(**values)).rowcount or 0
+    return n
+
+
+def _request(wh: Warehouse, request_id: str, kind: str, subject: str, source: str, status: str,
+             details: dict | None = None) -> None:
+    wh.ensure_tables([PRIVACY_REQUESTS])
+    t = PRIVACY_REQUESTS
+    now = datetime.now(timezone.utc)
+    with wh.engine.begin() as conn:
+        exists = conn.execute(sa.select(t.c.request_id).where(t.c.request_id == request_id)).first()
+        done = now if status == "completed" else None
+        if exists is None:
+            conn.execute(sa.insert(t).values(request_id=request_id, kind=kind, subject=subject, source=source,
+                                             received_at=now, completed_at=done, status=status,
+                                             details=json.dumps(details, default=str) if details else None))
+        else:
+            conn.execute(sa.update(t).where(t.c.request_id == request_id).values(
+                status=status, completed_at=done, details=json.dumps(details, default=str) if details else None))
+
+
+def _propagate(wh: Warehouse, target: ErasureTarget, request_id: str, subject: str,
+               identifiers: list[tuple[str, str]], actor: str, run_id: str | None) -> dict[str, int]:
+    """Erases in one target; what it could not confirm waits in the outbox for the next attempt."""
+    counts: dict[str, int] = {}
+    waiting, done = [], []
+    for kind, identifier in identifiers:
+        try:
+            status, message = target.erase(kind, identifier)
+        except Exception as exc:  # noqa: BLE001 - the system is unreachable: retried from the outbox
+            status, message = "failed", type(exc).__name__
+        counts[status] = counts.get(status, 0) + 1
+        (waiting if status == "failed" else done).append((kind, identifier, message))
+    wh.ensure_tables([ERASURE_OUTBOX])
+    t = ERASURE_OUTBOX
+    now = datetime.now(timezone.utc)
+    with wh.engine.begin() as conn:
+        for kind, identifier, _ in done:
+            conn.execute(sa.delete(t).where(t.c.request_id == request_id, t.c.target == target.name, t.c.kind == kind,
+                                            t.c.identifier == identifier))
+        for kind, identifier, message in waiting:
+            key = (t.c.request_id == request_id, t.c.target == target.name, t.c.kind == kind, t.c.identifier == identifier)
+            if conn.execute(sa.select(t.c.attempts).where(*key)).first() is None:
+                conn.execute(sa.insert(t).values(request_id=request_id, target=target.name, kind=kind,
+                                                 identifier=identifier, subject=subject, added_at=now, attempts=1,
+                                                 last_error=mask_text(message or "")[:500]))
+            else:
+                conn.execute(sa.update(t).where(*key).values(attempts=t.c.attempts + 1,
+                                                             last_error=mask_text(message or "")[:500]))
+    append(wh, [AuditEntry(f"erasure.{target.name}", actor, subject, counts, run_id)])
+    return counts
+
+
+def retry_pending(wh: Warehouse, targets: Sequence[ErasureTarget], actor: str, run_id: str | None = None) -> dict:
+    """Sends the erasures a system could not confirm earlier; completes their requests when nothing waits."""
+    if not tables_present(wh, [ERASURE_OUTBOX]):
+        return {}
+    t = ERASURE_OUTBOX
+    waiting = wh.read_frame(sa.select(t))
+    out: dict[str, dict] = {}
+    by_name = {tg.name: tg for tg in targets}
+    for (request_id, target_name, subject), rows in waiting.groupby(["request_id", "target", "subject"]):
+        target = by_name.get(target_name)
+        if target is None:
+            continue
+        out[request_id] = _propagate(wh, target, request_id, subject, list(zip(rows["kind"], rows["identifier"])),
+                                     actor, run_id)
+        still = wh.scalar(sa.select(sa.func.count()).select_from(t).where(t.c.request_id == request_id))
+        if not still:
+            _request(wh, request_id, "erasure", subject, "retry", "completed")
+            append(wh, [AuditEntry("erasure.completed", actor, subject, {"request_id": request_id}, run_id)])
+    return out
+
+
+def pending_requests(wh: Warehouse) -> pd.DataFrame:
+    if not tables_present(wh, [PRIVACY_REQUESTS]):
+        return pd.DataFrame(columns=["request_id", "subject", "source"])
+    t = PRIVACY_REQUESTS
+    return wh.read_frame(sa.select(t.c.request_id, t.c.subject, t.c.source).where(t.c.kind == "erasure",
+                                                                                    t.c.status == "pending"))
+
+
+def request_done(wh: Warehouse, request_id: str) -> bool:
+    if not tables_present(wh, [PRIVACY_REQUESTS]):
+        return False
+    t = PRIVACY_REQUESTS
+    return wh.scalar(sa.select(t.c.status).where(t.c.request_id == request_id)) == "completed"
+
+
+def requests_in_file(path, mapping: SourceMapping) -> tuple[list[dict], int]:
+    """The valid erasure requests of a landing file (the webhook's JSON lines), and how many lines
+    were not usable (ingestion quarantines those with their reason)."""
+    from ..mapping import apply_mapping
+    from ..readers import read_file
+
+    out, bad = [], 0
+    for chunk in read_file(path, mapping):
+        mapped = apply_mapping(mapping, chunk.frame, chunk.problems)
+        bad += len(mapped.bad_positions)
+        for row in mapped.good.itertuples(index=False):
+            out.append({"request_id": f"{mapping.source}:{row.source_record_id}", "email": row.email,
+                        "crm_contact_id": row.crm_contact_id, "requested_by": row.requested_by})
+    return out, bad

@@ -1,0 +1,256 @@
+"""Where a person can be in the warehouse, and how to find and remove them there.
+
+One :class:`Locator` per table that can hold personal data. Erasure, the access export and
+retention all walk this one list, and a test checks that every table with a personal column
+(model fields marked ``pii``, the golden and staging tables) has a locator, so a table added
+later cannot be forgotten.
+
+A :class:`Person` is what erasure knows about someone: the identities given (e-mail, CRM ID),
+the person records the matcher linked to them (their golden contact's members), and the
+identity hashes of all of those.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from .. import schema as S
+from ..mapping import SourceMapping
+from ..warehouse import Warehouse, tables_present
+from .identity import IdentityHasher, any_suppressed, family_name_of
+
+
+@dataclass
+class Person:
+    subject: str
+    emails: set[str] = field(default_factory=set)              # normalised
+    crm_contact_ids: set[str] = field(default_factory=set)
+    record_keys: set[str] = field(default_factory=set)         # person records ("<source>:<id>")
+    golden_ids: set[str] = field(default_factory=set)
+    identities: dict[str, set[str]] = field(default_factory=lambda: {"email": set(), "postal": set(), "crm_contact": set()})
+    family_plz: set[tuple[str, str]] = field(default_factory=set)  # for text search in quarantined payloads
+
+    def source_ids(self, source: str) -> list[str]:
+        prefix = source + ":"
+        return sorted(k[len(prefix):] for k in self.record_keys if k.startswith(prefix))
+
+    @property
+    def mention_keys(self) -> list[str]:
+        return sorted("mention:" + k for k in self.record_keys)
+
+    @property
+    def email_hashes(self) -> set[str]:
+        return self.identities["email"]
+
+
+Finder = Callable[[Connection, Warehouse, Person, IdentityHasher], pd.DataFrame]
+
+
+@dataclass(frozen=True)
+class Locator:
+    table: sa.Table
+    how: str                                   # what identifies the person's rows here (for the docs and export)
+    action: str                                # delete | blank:<col,col> | mark_erased
+    find: Finder
+
+    @property
+    def name(self) -> str:
+        return self.table.fullname
+
+
+def _in(col: sa.Column, values) -> sa.ColumnElement:
+    values = sorted({v for v in values if isinstance(v, str) and v})
+    return col.in_(values) if values else sa.false()
+
+
+def _read(conn: Connection, wh: Warehouse, query) -> pd.DataFrame:
+    return pd.read_sql_query(query, conn)
+
+
+# ------------------------------------------------------------------------------------ raw tables
+
+def _raw_finder(source: str, entity_name: str) -> Finder:
+    def find(conn, wh, person, hasher) -> pd.DataFrame:
+        t = S.metadata.tables[f"raw.{source}"]
+        cond = [_in(t.c.source_record_id, person.source_ids(source))]
+        if "email" in t.c:
+            variants = set(person.emails) | {f"mailto:{e}" for e in person.emails}
+            cond.append(_in(sa.func.lower(sa.func.trim(t.c.email)), variants))
+        if "crm_contact_id" in t.c:
+            cond.append(_in(t.c.crm_contact_id, person.crm_contact_ids))
+        if "postal_code" in t.c and ("last_name" in t.c or "contact_person" in t.c):
+            cond.append(_in(t.c.postal_code, {plz for _, plz in person.family_plz}))
+        rows = _read(conn, wh, sa.select(t).where(sa.or_(*cond)))
+        if rows.empty:
+            return rows
+        ids = hasher.frame_identities(rows)
+        hit = any_suppressed(ids, person.identities).to_numpy() | rows["source_record_id"].isin(
+            person.source_ids(source)).to_numpy()
+        return rows[hit]
+    return find
+
+
+def _raw_locator(mapping: SourceMapping) -> Locator:
+    t = S.raw_table(mapping.source, mapping.entity)
+    if mapping.entity.name == "account":
+        return Locator(t, "the Ansprechpartner or e-mail of a company record names the person (e-mail, family name + "
+                          "address)", "blank:contact_person,email", _raw_finder(mapping.source, "account"))
+    return Locator(t, "records the matcher linked to the person, and any record with one of their identities "
+                      "(e-mail, CRM contact ID, family name + address)", "delete", _raw_finder(mapping.source, "x"))
+
+
+# ------------------------------------------------------------------------------------ other layers
+
+def _find_quarantine(conn, wh, person, hasher) -> pd.DataFrame:
+    t = S.QUARANTINE
+    cond = []
+    for source_prefix in {k.split(":", 1)[0] for k in person.record_keys}:
+        cond.append(sa.and_(t.c.source == source_prefix, _in(t.c.source_record_id, person.source_ids(source_prefix))))
+    for e in person.emails:
+        cond.append(sa.func.lower(t.c.raw_payload).contains(e, autoescape=True))
+    for family, plz in person.family_plz:
+        # A record that did not parse still names the person: family name and PLZ in its text.
+        cond.append(sa.and_(sa.func.lower(t.c.raw_payload).contains(family.lower(), autoescape=True),
+                            t.c.raw_payload.contains(plz, autoescape=True)))
+    if not cond:
+        return pd.DataFrame()
+    return _read(conn, wh, sa.select(t).where(sa.or_(*cond)))
+
+
+def _by(column_getter: Callable[[sa.Table], sa.Column], values: Callable[[Person], set | list],
+        extra: Callable[[sa.Table], sa.ColumnElement] | None = None) -> Callable[[sa.Table], Finder]:
+    def bind(t: sa.Table) -> Finder:
+        def find(conn, wh, person, hasher) -> pd.DataFrame:
+            q = sa.select(t).where(_in(column_getter(t), values(person)))
+            if extra is not None:
+                q = q.where(extra(t))
+            return _read(conn, wh, q)
+        return find
+    return bind
+
+
+def _find_pairs(entity_values: Callable[[Person], set]) -> Callable[[sa.Table], Finder]:
+    def bind(t: sa.Table) -> Finder:
+        def find(conn, wh, person, hasher) -> pd.DataFrame:
+            keys = entity_values(person)
+            return _read(conn, wh, sa.select(t).where(t.c.entity == "persons",
+                                                      sa.or_(_in(t.c.record_a, keys), _in(t.c.record_b, keys))))
+        return find
+    return bind
+
+
+def _find_match_edges(conn, wh, person, hasher) -> pd.DataFrame:
+    t = S.MATCH_EDGES
+    return _read(conn, wh, sa.select(t).where(t.c.entity == "persons", sa.or_(
+        _in(t.c.golden_id, person.golden_ids), _in(t.c.record_a, person.record_keys), _in(t.c.record_b, person.record_keys))))
+
+
+def _find_consent(conn, wh, person, hasher) -> pd.DataFrame:
+    t = S.CONSENT_EVENTS
+    return _read(conn, wh, sa.select(t).where(sa.or_(_in(t.c.person_record_key, person.record_keys),
+                                                     _in(t.c.email_hash, person.email_hashes))))
+
+
+def _find_account_records(conn, wh, person, hasher) -> pd.DataFrame:
+    t = S.ACCOUNT_RECORDS
+    mentions = _read(conn, wh, sa.select(t).where(_in(t.c.record_key, person.mention_keys)))
+    emails = _read(conn, wh, sa.select(t).where(t.c.is_mention.is_(False), _in(t.c.email, person.emails)))
+    return pd.concat([mentions, emails], ignore_index=True)
+
+
+def build_inventory(mappings: dict[str, SourceMapping]) -> list[Locator]:
+    g = S  # short for the table list below
+    crm_payload = g.CRM_PAYLOADS["contacts"]
+    locators = [_raw_locator(m) for m in mappings.values() if _holds_person(m)]
+    locators += [
+        Locator(g.QUARANTINE, "records of the person's sources that failed validation, and any quarantined record whose "
+                              "text holds their e-mail, or their family name and PLZ", "delete", _find_quarantine),
+        Locator(g.PERSON_RECORDS, "the person's cleaned records", "delete",
+                _by(lambda t: t.c.record_key, lambda p: p.record_keys)(g.PERSON_RECORDS)),
+        Locator(g.ACCOUNT_RECORDS, "company mentions of the person's records; company records carrying their e-mail",
+                "delete_mentions_blank:email", _find_account_records),
+        Locator(g.CONSENT_EVENTS, "the person's consent events (linked record or e-mail hash)", "delete", _find_consent),
+        Locator(g.GOLDEN_CONTACTS, "the person's golden contact", "delete",
+                _by(lambda t: t.c.golden_id, lambda p: p.golden_ids)(g.GOLDEN_CONTACTS)),
+        Locator(g.CONTACT_LINEAGE, "lineage of the person's golden contact", "delete",
+                _by(lambda t: t.c.golden_id, lambda p: p.golden_ids)(g.CONTACT_LINEAGE)),
+        Locator(g.PERSON_CROSSWALK, "the person's records -> golden ID, with history", "delete",
+                _by(lambda t: t.c.record_key, lambda p: p.record_keys)(g.PERSON_CROSSWALK)),
+        Locator(g.ACCOUNT_CROSSWALK, "company mentions of the person's records", "delete",
+                _by(lambda t: t.c.record_key, lambda p: p.mention_keys)(g.ACCOUNT_CROSSWALK)),
+        Locator(g.CROSSWALK, "the person's records with their golden IDs", "delete",
+                _by(lambda t: t.c.record_key, lambda p: p.record_keys)(g.CROSSWALK)),
+        Locator(g.MATCH_EDGES, "merges that built the person's golden contact", "delete", _find_match_edges),
+        Locator(g.REVIEW_CANDIDATES, "review pairs with one of the person's records", "delete",
+                _find_pairs(lambda p: p.record_keys)(g.REVIEW_CANDIDATES)),
+        Locator(g.REVIEW_QUEUE, "review pairs with one of the person's records", "delete",
+                _find_pairs(lambda p: p.record_keys)(g.REVIEW_QUEUE)),
+        Locator(g.STEWARD_DECISIONS, "steward decisions about the person's records", "delete",
+                _find_pairs(lambda p: p.record_keys)(g.STEWARD_DECISIONS)),
+        Locator(g.ID_REGISTRY, "the golden ID (a pseudonym): kept, marked erased", "mark_erased",
+                _by(lambda t: t.c.golden_id, lambda p: p.golden_ids)(g.ID_REGISTRY)),
+        Locator(crm_payload, "the person's outgoing CRM payload", "delete",
+                _by(lambda t: t.c.golden_id, lambda p: p.golden_ids)(crm_payload)),
+        Locator(g.CRM_SYNC_STATE, "sync state of the person's golden ID: the CRM ID is forgotten, marked erased",
+                "mark_erased", _by(lambda t: t.c.golden_id, lambda p: p.golden_ids,
+                                   lambda t: t.c.object_type == "contacts")(g.CRM_SYNC_STATE)),
+        Locator(g.ERASURE_OUTBOX, "erasures a connected system has not confirmed yet (kept until it does)", "keep",
+                _by(lambda t: t.c.identifier, lambda p: p.emails | p.crm_contact_ids)(g.ERASURE_OUTBOX)),
+        Locator(g.RETIRED_CONTACTS, "statistics row of a retired golden ID (no personal data)", "delete",
+                _by(lambda t: t.c.golden_id, lambda p: p.golden_ids)(g.RETIRED_CONTACTS)),
+    ]
+    return locators
+
+
+def _holds_person(mapping: SourceMapping) -> bool:
+    return any(f.pii for f in mapping.entity.fields) or mapping.entity.has("crm_contact_id")
+
+
+# Tables that hold no personal data, or only pseudonyms that are the point of the table (audit
+# trail, suppression list, request log, row log of CRM writes with masked messages).
+NOT_PERSONAL = {"golden.accounts", "golden.account_lineage", "golden.id_events", "ops.match_runs", "ops.register_cache",
+                "ops.register_calls", "ops.landing_files", "ops.crm_sync_log", "ops.crm_sync_runs",
+                "ops.suppression_list", "ops.audit_log", "ops.privacy_requests", "marts.crm_companies_payload",
+                "raw.erp_orders"}
+
+
+def locate(wh: Warehouse, locators: list[Locator], person: Person, hasher: IdentityHasher) -> dict[str, pd.DataFrame]:
+    """Every locator's rows of the person (tables that do not exist yet are skipped)."""
+    present = [loc for loc in locators if tables_present(wh, [loc.table])]
+    wh.ensure_tables([loc.table for loc in present])  # a warehouse of an older version gains new columns
+    out = {}
+    with wh.engine.connect() as conn:
+        for loc in present:
+            rows = loc.find(conn, wh, person, hasher)
+            out[loc.name] = rows
+    return out
+
+
+def to_records(frame: pd.DataFrame) -> list[dict]:
+    """Rows as JSON-ready dicts (dates as ISO strings, missing as null)."""
+    if frame is None or frame.empty:
+        return []
+    return json.loads(frame.to_json(orient="records", date_format="iso", force_ascii=False))
+
+
+def family_plz_of(records: pd.DataFrame) -> set[tuple[str, str]]:
+    out = set()
+    if records.empty or "postal_code" not in records.columns:
+        return out
+    family = records["last_name"] if "last_name" in records.columns else records.get("contact_person", pd.Series(
+        None, index=records.index)).map(family_name_of)
+    for f, plz in zip(family, records["postal_code"]):
+        if isinstance(f, str) and f.strip() and isinstance(plz, str) and plz.strip():
+            out.add((f.strip(), plz.strip()))
+    return out
+
+
+def nonempty(frames: dict[str, pd.DataFrame]) -> dict[str, int]:
+    return {k: int(len(v)) for k, v in frames.items() if v is not None and len(v)}
+

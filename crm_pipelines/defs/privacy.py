@@ -1,0 +1,224 @@
+"""The privacy group in Dagster: the consent ledger, erasure (sensor and jobs), access export,
+retention, audit verification. Thin: the work is in ``core/privacy``.
+
+    landing/erasure_requests/<day>/*.jsonl --(erasure_requests sensor, every 15 s)--> handle_erasure_requests
+    launchpad / CLI --> erase_person, export_person
+    weekly schedule --> retention
+"""
+
+
+import hashlib
+import json
+from pathlib import Path
+
+import dagster as dg
+
+from ..core.golden import build_consent_events
+from ..core.ingest import landed_partitions, landing_files
+from ..core.mapping import SourceMapping
+from ..core.privacy import audit
+from ..core.privacy.access import export_person, write_export
+from ..core.privacy.erasure import CrmErasureTarget, erase, request_done, requests_in_file, retry_pending
+from ..core.privacy.retention import retire_inactive
+from ..core.privacy.settings import load_privacy_settings
+from .golden import CONSENT_KEY, PERSON_KEY
+from .metadata import markdown_table
+from .resources import CrmResource, LandingZoneResource, PrivacyResource, WarehouseResource
+from .sources import raw_asset_key
+
+GROUP = "privacy"
+OWNERS = ["team:data-protection", "team:data-engineering"]
+ERASURE_SOURCE = "erasure_requests"
+
+
+class ErasureConfig(dg.Config):
+    email: str = ""
+    """The person's e-mail address (or give the CRM contact ID)."""
+    crm_contact_id: str = ""
+    reason: str = "Art. 17 DSGVO"
+
+
+class ErasureFilesConfig(dg.Config):
+    files: list[str] = []
+    """Landing files of erasure requests (the sensor fills this in)."""
+
+
+class ExportConfig(dg.Config):
+    email: str = ""
+    crm_contact_id: str = ""
+    out: str = ""
+    """Where to write the JSON; empty: <CRM_DATA_DIR>/exports/<request id>.json."""
+
+
+class RetentionConfig(dg.Config):
+    dry_run: bool = False
+    """Count what would be anonymised without changing anything."""
+
+
+def build_privacy_defs(config_dir: Path, mappings: dict[str, SourceMapping], data_dir: Path, crm_settings) -> dict:
+    settings = load_privacy_settings(config_dir / "privacy.yaml")
+
+    @dg.asset(key=CONSENT_KEY, group_name=GROUP, owners=OWNERS, kinds={"pandas", "sql"},
+              deps=[raw_asset_key("newsletter_signups"), raw_asset_key("consent_changes"), PERSON_KEY],
+              description="The consent ledger: every opt-in, unsubscribe, opt-out and objection per person and channel "
+                          "(e-mail, phone, post) with legal basis, time, source and double-opt-in time, linked to a person "
+                          "record by CRM ID or e-mail. No e-mail address is stored: the link is the record key and a "
+                          "salted hash. `golden/contacts` turns it into the current consent per channel. Table "
+                          "`staging.consent_events`.")
+    def consent_events(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                       privacy: PrivacyResource) -> dg.MaterializeResult:
+        events = build_consent_events(warehouse.get(), privacy.hasher())
+        by = events.groupby(["channel", "status"]).size().reset_index(name="n") if len(events) else None
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": len(events),
+            "linked_to_a_person": int(events["person_record_key"].notna().sum()) if len(events) else 0,
+            "by_channel_and_status": dg.MetadataValue.md(markdown_table(
+                ["channel", "status", "events"], by.itertuples(index=False) if by is not None else [])),
+        })
+
+    def targets(crm: CrmResource):
+        return [CrmErasureTarget(crm.connector(crm_settings))]
+
+    @dg.op(description="Erases one person everywhere (warehouse, CRM), suppresses their identities, audits each step.")
+    def erase_one(context: dg.OpExecutionContext, config: ErasureConfig, warehouse: WarehouseResource,
+                  privacy: PrivacyResource, crm: CrmResource) -> dg.Output:
+        if not (config.email or config.crm_contact_id):
+            raise dg.Failure("give the person's e-mail address or CRM contact ID")
+        report = erase(warehouse.get(), privacy.hasher(), mappings, emails=[config.email] if config.email else [],
+                       crm_contact_ids=[config.crm_contact_id] if config.crm_contact_id else [],
+                       request_id=f"launchpad:{context.run.run_id}", source="launchpad",
+                       actor=f"dagster:{context.run.tags.get('user', 'launchpad')}", run_id=context.run.run_id,
+                       targets=targets(crm), log=context.log.info)
+        return dg.Output(None, metadata=_erasure_metadata([report]))
+
+    @dg.op(description="Handles the erasure requests of new landing files (the CRM's privacy webhook), and retries "
+                       "erasures a connected system has not confirmed yet.")
+    def erase_requested(context: dg.OpExecutionContext, config: ErasureFilesConfig, warehouse: WarehouseResource,
+                        privacy: PrivacyResource, crm: CrmResource) -> dg.Output:
+        wh, hasher, mapping = warehouse.get(), privacy.hasher(), mappings[ERASURE_SOURCE]
+        reports, unusable, skipped = [], 0, 0
+        for f in config.files:
+            requests, bad = requests_in_file(Path(f), mapping)
+            unusable += bad
+            for req in requests:
+                if request_done(wh, req["request_id"]):
+                    skipped += 1
+                    continue
+                reports.append(erase(wh, hasher, mappings, emails=[req["email"]] if req["email"] else [],
+                                     crm_contact_ids=[req["crm_contact_id"]] if req["crm_contact_id"] else [],
+                                     request_id=req["request_id"], source=req["requested_by"] or "crm-webhook",
+                                     actor="sensor:erasure_requests", run_id=context.run.run_id,
+                                     targets=targets(crm), log=context.log.info))
+        retried = retry_pending(wh, targets(crm), actor="sensor:erasure_requests", run_id=context.run.run_id)
+        md = _erasure_metadata(reports)
+        md.update(files=len(config.files), unusable_lines=unusable, already_done=skipped, retried=len(retried))
+        return dg.Output(None, metadata=md)
+
+    @dg.op(description="Writes everything held about one person (all tables, consent history, what was sent to the "
+                       "CRM, processing history) to one JSON file (Art. 15/20 DSGVO).")
+    def export_one(context: dg.OpExecutionContext, config: ExportConfig, warehouse: WarehouseResource,
+                   privacy: PrivacyResource) -> dg.Output:
+        if not (config.email or config.crm_contact_id):
+            raise dg.Failure("give the person's e-mail address or CRM contact ID")
+        request_id = f"export:{context.run.run_id}"
+        doc = export_person(warehouse.get(), privacy.hasher(), mappings, emails=[config.email] if config.email else [],
+                            crm_contact_ids=[config.crm_contact_id] if config.crm_contact_id else [],
+                            request_id=request_id, source="launchpad", actor="dagster:launchpad",
+                            run_id=context.run.run_id)
+        out = write_export(doc, config.out or data_dir / "exports" / f"{context.run.run_id}.json")
+        return dg.Output(None, metadata={"file": str(out), "subject": doc["subject"],
+                                         "tables": dg.MetadataValue.json({k: len(v) for k, v in doc["data"].items()})})
+
+    @dg.op(description=f"Anonymises contacts with no activity or relationship for {settings.prospect_months} months "
+                       "(privacy.yaml), keeping pseudonymised rows in golden.retired_contacts.")
+    def retire(context: dg.OpExecutionContext, config: RetentionConfig, warehouse: WarehouseResource,
+               privacy: PrivacyResource) -> dg.Output:
+        report = retire_inactive(warehouse.get(), privacy.hasher(), mappings, months=settings.prospect_months,
+                                 actor="schedule:retention", run_id=context.run.run_id, dry_run=config.dry_run)
+        return dg.Output(None, metadata={"candidates": report.candidates, "retired": report.retired,
+                                         "kept_active": report.kept_active, "kept_relationship": report.kept_relationship,
+                                         "dry_run": config.dry_run, "cutoff": report.cutoff.isoformat(),
+                                         "tables": dg.MetadataValue.json(report.tables)})
+
+    @dg.op(description="Recomputes the audit trail's hash chain and fails if a row was altered, inserted or removed.")
+    def verify_chain(context: dg.OpExecutionContext, warehouse: WarehouseResource) -> dg.Output:
+        result = audit.verify(warehouse.get())
+        if not result.ok:
+            raise dg.Failure(f"audit trail broken at row {result.first_bad_seq}: {result.problem}",
+                             metadata={"rows_checked": result.rows, "first_bad_seq": result.first_bad_seq})
+        return dg.Output(None, metadata={"rows_checked": result.rows})
+
+    @dg.job(name="erase_person", description="Erase one person (run config: email or crm_contact_id).",
+            tags={"crm/privacy": "erasure"})
+    def erase_person():
+        erase_one()
+
+    @dg.job(name="handle_erasure_requests", tags={"crm/privacy": "erasure"},
+            description="Erasure requests from the landing zone (launched by the erasure_requests sensor).")
+    def handle_erasure_requests():
+        erase_requested()
+
+    @dg.job(name="export_person", description="Access / portability export of one person as JSON.",
+            tags={"crm/privacy": "export"})
+    def export_person_job():
+        export_one()
+
+    @dg.job(name="retention", description="Anonymise contacts past the retention period.", tags={"crm/privacy": "retention"})
+    def retention():
+        retire()
+
+    @dg.job(name="verify_audit_trail", description="Verify the audit trail's hash chain.")
+    def verify_audit_trail():
+        verify_chain()
+
+    jobs = [erase_person, handle_erasure_requests, export_person_job, retention, verify_audit_trail]
+    by_name = {j.name: j for j in jobs}
+
+    @dg.sensor(job=by_name["handle_erasure_requests"], minimum_interval_seconds=settings.sensor_interval_seconds,
+               default_status=dg.DefaultSensorStatus.RUNNING,
+               description="Launches the erasure of requests that arrived in the landing zone "
+                           f"(`{ERASURE_SOURCE}/<day>/*.jsonl`), one run per new file, keyed by its content hash so "
+                           "a re-evaluation or a re-delivered file never erases twice.")
+    def erasure_requests(context: dg.SensorEvaluationContext, landing: LandingZoneResource):
+        seen = set(json.loads(context.cursor)) if context.cursor else set()
+        mapping = mappings[ERASURE_SOURCE]
+        new = []
+        for day in landed_partitions(landing.path, ERASURE_SOURCE):
+            for path in landing_files(landing.path, mapping, day):
+                key = f"{day}/{path.name}:{_digest(path)}"
+                if key not in seen:
+                    new.append((key, path))
+        for key, path in new:
+            yield dg.RunRequest(run_key=f"erasure:{key}",
+                                run_config={"ops": {"erase_requested": {"config": {"files": [str(path)]}}}},
+                                tags={"crm/erasure_file": path.name})
+        if new:
+            context.update_cursor(json.dumps(sorted(seen | {k for k, _ in new})))
+
+    schedule = dg.ScheduleDefinition(job=by_name["retention"], cron_schedule="30 3 * * 0",
+                                     execution_timezone="Europe/Berlin", default_status=dg.DefaultScheduleStatus.STOPPED,
+                                     description="Sundays 03:30: anonymise contacts past the retention period.")
+    return {"assets": [consent_events], "jobs": jobs, "sensors": [erasure_requests], "schedules": [schedule]}
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _erasure_metadata(reports) -> dict:
+    tables: dict[str, int] = {}
+    for r in reports:
+        for k, v in r.tables.items():
+            tables[k] = tables.get(k, 0) + v
+    return {
+        "requests": len(reports), "completed": sum(r.status == "completed" for r in reports),
+        "pending": sum(r.status == "pending" for r in reports),
+        "subjects": dg.MetadataValue.json([r.subject for r in reports][:50]),
+        "rows_erased_by_table": dg.MetadataValue.json(tables),
+        "crm": dg.MetadataValue.json([r.targets.get("crm", {}) for r in reports][:50]),
+    }
+

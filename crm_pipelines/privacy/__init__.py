@@ -1,0 +1,1 @@
+"""Command line for data-protection requests: ``python -m crm_pipelines.privacy --help``."""
