@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from .crm import GROUP as CRM_GROUP, SNAPSHOT_KEY
-from .golden import GROUP as GOLDEN_GROUP
+from .golden import CONSENT_KEY, GROUP as GOLDEN_GROUP
 from .sources import GROUP as SOURCES_GROUP
 
 
@@ -18,8 +18,9 @@ def build_jobs() -> list[dg.UnresolvedAssetJobDefinition]:
         ),
         dg.define_asset_job(
             "build_golden",
-            selection=dg.AssetSelection.groups(GOLDEN_GROUP),
-            description="Clean, enrich and resolve everything loaded into golden contacts and accounts.",
+            selection=dg.AssetSelection.groups(GOLDEN_GROUP) | dg.AssetSelection.assets(CONSENT_KEY),
+            description="Clean, enrich and resolve everything loaded into golden contacts and accounts (with the "
+                        "consent ledger, whose verdict per channel is a field of the golden contact).",
         ),
         dg.define_asset_job(
             "push_crm",

@@ -21,7 +21,8 @@ from .generator import GeneratorConfig, generate
 
 # Jobs the demo runs, in order, and whether they take the landing zone's day range;
 # each later capability adds its job here.
-DEMO_JOBS: tuple[tuple[str, bool], ...] = (("ingest_sources", True), ("build_golden", False), ("push_crm", False))
+DEMO_JOBS: tuple[tuple[str, bool], ...] = (("ingest_sources", True), ("handle_erasure_requests", False),
+                                            ("build_golden", False), ("push_crm", False))
 
 
 def _needs_generation(landing: Path, cfg: GeneratorConfig) -> bool:
@@ -85,10 +86,16 @@ def run_demo(cfg: GeneratorConfig, regenerate: bool = False, progress: Callable[
             progress(f"running {name}")
             # Dagster's console logger writes every event at DEBUG; the summary below says what matters,
             # and the full event log is in the UI.
+            run_config: dict = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+            if name == "handle_erasure_requests":
+                # What the erasure_requests sensor does when the daemon runs: every request file, once.
+                files = sorted(str(p) for p in (landing / "erasure_requests").glob("*/*.jsonl"))
+                run_config["ops"] = {"erase_requested": {"config": {"files": files}}}
             result = job.execute_in_process(instance=instance, tags={**(tags if partitioned else {}), "crm/launched_by": "make-demo"},
-                                            raise_on_error=False,
-                                            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
+                                            raise_on_error=False, run_config=run_config)
             results.append(result)
+            if name == "handle_erasure_requests":
+                progress(_erasure_line(result))
             if not result.success:
                 break
     finally:
@@ -104,6 +111,16 @@ def run_demo(cfg: GeneratorConfig, regenerate: bool = False, progress: Callable[
     print("\nAll runs succeeded; open the UI with `make dev` (http://127.0.0.1:3000)." if ok else
           "\nThe demo did not finish cleanly: see the lines above, or the run in `make dev`.")
     return 0 if ok else 1
+
+
+def _erasure_line(result) -> str:
+    md = {}
+    for event in result.all_events:
+        if event.is_successful_output:
+            md = {k: v.value for k, v in event.step_output_data.metadata.items()}
+    rows = sum((md.get("rows_erased_by_table") or {}).values())
+    return (f"erasure requests: {md.get('requests', 0)} handled ({md.get('completed', 0)} completed, "
+            f"{md.get('pending', 0)} waiting for the CRM), {rows:,} rows erased, identities suppressed")
 
 
 def _sources(defs: dg.Definitions) -> list[str]:

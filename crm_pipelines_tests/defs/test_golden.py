@@ -36,6 +36,7 @@ def test_golden_group_after_the_sources(tmp_path, demo_landing):
             mats = {e.materialization.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
                     for e in result.get_asset_materialization_events()}
             assert set(mats) == {"staging/person_records", "staging/account_records", "staging/register_enrichment",
+                                 "staging/consent_events",
                                  "golden/accounts", "golden/contacts", "golden/crosswalk", "golden/review_queue"}
             assert all(checks_of(result).values()), checks_of(result)
             assert mats["staging/register_enrichment"]["found"] > 0
