@@ -338,9 +338,9 @@ def estimate_u(df: pd.DataFrame, spec: EntityMatchSpec, sample: int, seed: int =
     """u: how often two random records agree at each level (random pairs are almost never matches)."""
     n = len(df)
     rng = np.random.default_rng(seed)
-    size = min(sample, max(1, n * (n - 1) // 2))
-    a = rng.integers(0, n, size=size)
-    b = rng.integers(0, n, size=size)
+    size = min(sample, max(1, n * (n - 1) // 2)) if n >= 2 else 0  # a first run may have nothing to compare
+    a = rng.integers(0, max(n, 1), size=size)
+    b = rng.integers(0, max(n, 1), size=size)
     keep = a != b
     levels = comparison_levels(df, a[keep], b[keep], spec, cols)
     out = []
@@ -399,7 +399,8 @@ def fit(levels: dict[str, np.ndarray], spec: EntityMatchSpec, u_random: list[np.
         m.append((counts + 1.0) / (counts.sum() + k))
     possible = max(n_records * (n_records - 1) / 2, 1.0)
     found = float(rule_masks[0][1].sum()) if rule_masks else 0.0
-    prior = min(max(found / spec.training_recall, n_records / 2) / possible, 0.5)
+    # (Bounded away from 0: an empty first run has no pairs, and log(0) has no meaning.)
+    prior = max(min(max(found / spec.training_recall, n_records / 2) / possible, 0.5), 1e-12)
     iterations = 0
     mat = _level_matrix(levels, names)
     if len(mat):
