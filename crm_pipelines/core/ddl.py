@@ -69,6 +69,12 @@ def main(argv: list[str]) -> int:
     quality_doc = doc.with_name("quality.md")
     quality_doc.write_text(suites_markdown(), encoding="utf-8")
     print(f"wrote {quality_doc}")
+    from .privacy.inventory import render_privacy_doc
+
+    privacy_doc = doc.with_name("privacy.md")
+    privacy_doc.write_text(render_privacy_doc(privacy_doc.read_text(encoding="utf-8"), load_mappings(DEFAULT_CONFIG_DIR)),
+                           encoding="utf-8")
+    print(f"wrote {privacy_doc}")
     return 0
 
 

@@ -21,6 +21,7 @@ from ..core.privacy.access import export_person, write_export
 from ..core.privacy.erasure import CrmErasureTarget, erase, request_done, requests_in_file, retry_pending
 from ..core.privacy.retention import retire_inactive
 from ..core.privacy.settings import load_privacy_settings
+from .auditing import audit_run
 from .golden import CONSENT_KEY, PERSON_KEY
 from .metadata import markdown_table
 from .resources import CrmResource, LandingZoneResource, PrivacyResource, WarehouseResource
@@ -67,7 +68,9 @@ def build_privacy_defs(config_dir: Path, mappings: dict[str, SourceMapping], dat
                           "`staging.consent_events`.")
     def consent_events(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                        privacy: PrivacyResource) -> dg.MaterializeResult:
-        events = build_consent_events(warehouse.get(), privacy.hasher())
+        wh = warehouse.get()
+        events = build_consent_events(wh, privacy.hasher())
+        audit_run(wh, context, "consent.ledger.built", {"events": len(events)})
         by = events.groupby(["channel", "status"]).size().reset_index(name="n") if len(events) else None
         return dg.MaterializeResult(metadata={
             "dagster/row_count": len(events),

@@ -70,6 +70,7 @@ class CrmServer:
         # Every e-mail address any write request carried, accepted or not: lets a test prove that a
         # person never even reached the CRM's door.
         self.emails_received: Counter = Counter()
+        self.gdpr_calls: list[tuple[float, str]] = []  # (time.time(), identifier): when each GDPR delete arrived
         if db != ":memory:":
             Path(db).parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(str(db), check_same_thread=False, isolation_level=None)
@@ -382,6 +383,7 @@ class CrmServer:
     def gdpr_delete(self, body: dict) -> tuple[int, dict | None]:
         key, prop = str(body.get("objectId", "")), body.get("idProperty") or "hs_object_id"
         with self._lock:
+            self.gdpr_calls.append((time.time(), key))
             if prop == "email":
                 row = self.db.execute("SELECT id, email FROM objects WHERE type = 'contacts' AND email = ?",
                                       (key.strip().lower(),)).fetchone()

@@ -41,3 +41,15 @@ def test_quality_doc_lists_every_suite_as_generated():
     assert doc == suites_markdown(), "docs/quality.md is stale: run `make sql`"
     for suite in all_suites():
         assert f"## `{suite.name}`" in doc
+
+
+def test_privacy_doc_lists_the_inventory_as_generated():
+    from crm_pipelines.core.mapping import load_mappings
+    from crm_pipelines.core.privacy.inventory import build_inventory, render_privacy_doc
+
+    doc = (ROOT / "docs" / "privacy.md").read_text(encoding="utf-8")
+    mappings = load_mappings(DEFAULT_CONFIG_DIR)
+    assert doc == render_privacy_doc(doc, mappings), "docs/privacy.md is stale: run `make sql`"
+    for loc in build_inventory(mappings):
+        assert f"`{loc.name}`" in doc
+

@@ -285,3 +285,32 @@ def test_retention_anonymises_inactive_prospects_and_keeps_customers_and_the_act
     assert not SuppressionList(wh, HASHER).contains_email(gone)
     # A month later, nothing more is old enough: nobody else retires.
     assert retire_inactive(wh, HASHER, mappings, months=24, actor="pytest", now=later).retired == 0
+
+
+def test_a_crm_outage_leaves_the_erasure_pending_and_a_retry_completes_it(golden_wh, mappings):
+    from crm_pipelines.core.crm.hubspot import HubSpotConnector
+    from crm_pipelines.core.privacy.erasure import CrmErasureTarget, retry_pending
+    from crm_pipelines.core.schema import ERASURE_OUTBOX, PRIVACY_REQUESTS
+    from crm_pipelines.devtools.crm_server import CrmServer, Faults
+
+    wh, _ = golden_wh
+    _, email = _a_person_with_many_records(wh)
+    with CrmServer(faults=Faults(error_rate=1.0)) as crm:
+        target = CrmErasureTarget(HubSpotConnector.create(crm.url, None, max_attempts=2, backoff_base=0.001))
+        report = erase(wh, HASHER, mappings, emails=[email], request_id="down-1", source="test", actor="pytest",
+                       targets=[target])
+        assert report.status == "pending" and report.targets["crm"]["failed"] >= 1
+        assert report.tables  # the warehouse part is done regardless
+        waiting = wh.read_frame(sa.select(ERASURE_OUTBOX))
+        assert email in set(waiting["identifier"]) and (waiting["attempts"] == 1).all()
+        status = wh.scalar(sa.select(PRIVACY_REQUESTS.c.status).where(PRIVACY_REQUESTS.c.request_id == "down-1"))
+        assert status == "pending"
+
+        crm.set_faults(error_rate=0.0)
+        done = retry_pending(wh, [target], actor="pytest")
+        assert done["down-1"].get("failed", 0) == 0
+        assert [k for _, k in crm.gdpr_calls if k == email]
+        assert wh.read_frame(sa.select(ERASURE_OUTBOX)).empty
+        assert wh.scalar(sa.select(PRIVACY_REQUESTS.c.status).where(PRIVACY_REQUESTS.c.request_id == "down-1")) == \
+            "completed"
+    assert audit.verify(wh).ok
