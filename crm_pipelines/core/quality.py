@@ -12,14 +12,20 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+import pandas as pd
 
-import great_expectations as gx  # noqa: E402
-import great_expectations.expectations as gxe  # noqa: E402
-from great_expectations.expectations.row_conditions import Column  # noqa: E402
-import pandas as pd  # noqa: E402
+from .masking import mask_email
 
-from .masking import mask_email  # noqa: E402
+def _gx():
+    """Great Expectations, imported when a suite is built: it takes seconds to import, and the
+    near-real-time lead runs, which never validate, should not pay for it."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+    from great_expectations.expectations.row_conditions import Column
+
+    return gx, gxe, Column
+
 
 EMAIL_REGEX = r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$"
 PLZ_REGEX = r"^\d{5}$"
@@ -31,7 +37,7 @@ MASKED = {"email": mask_email}
 @dataclass(frozen=True)
 class Rule:
     description: str
-    expectation: gxe.Expectation
+    expectation: object  # a great_expectations.expectations.Expectation
 
 
 @dataclass(frozen=True)
@@ -42,16 +48,19 @@ class Suite:
 
 
 def _de_plz(column: str, country: str) -> Rule:
+    _, gxe, Column = _gx()
     return Rule(f"`{column}` is a five-digit PLZ where `{country}` is DE (leading zeros kept: 01067)",
                 gxe.ExpectColumnValuesToMatchRegex(column=column, regex=PLZ_REGEX, row_condition=Column(country) == "DE"))
 
 
 def _key(column: str) -> tuple[Rule, Rule]:
+    gxe = _gx()[1]
     return (Rule(f"`{column}` is never empty", gxe.ExpectColumnValuesToNotBeNull(column=column)),
             Rule(f"`{column}` is unique", gxe.ExpectColumnValuesToBeUnique(column=column)))
 
 
 def golden_contacts_suite() -> Suite:
+    gxe = _gx()[1]
     return Suite("golden_contacts", "golden/contacts", (
         *_key("golden_id"),
         Rule("`email` is a syntactically valid address where present",
@@ -62,6 +71,7 @@ def golden_contacts_suite() -> Suite:
 
 
 def golden_accounts_suite() -> Suite:
+    gxe = _gx()[1]
     return Suite("golden_accounts", "golden/accounts", (
         *_key("golden_id"),
         Rule("`company_name` is never empty", gxe.ExpectColumnValuesToNotBeNull(column="company_name")),
@@ -71,6 +81,7 @@ def golden_accounts_suite() -> Suite:
 
 def payload_suite(object_type: str, required: Sequence[str] = (), lifecycle_stages: Sequence[str] = ()) -> Suite:
     """The outgoing payload: what the CRM would receive (assets ``crm_account_payload``, ``crm_contact_payload``)."""
+    gxe = _gx()[1]
     rules: list[Rule] = [*_key("golden_id")]
     rules += [Rule(f"required property `{p}` is never empty (sync.yaml)", gxe.ExpectColumnValuesToNotBeNull(column=p))
               for p in required]
@@ -123,6 +134,7 @@ class SuiteResult:
 
 def validate(df: pd.DataFrame, suite: Suite) -> SuiteResult:
     """Runs a suite on a DataFrame with an ephemeral GX context."""
+    gx, gxe, _ = _gx()
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
