@@ -19,6 +19,7 @@ from .defs.partitions import daily_partitions
 from .defs.privacy import build_privacy_defs
 from .defs.quality import build_quality_checks
 from .defs.resources import build_resources
+from .defs.scoring import build_chain_sensors, build_schedules, build_scoring_defs
 from .defs.sources import build_source_assets
 from .settings import Settings
 
@@ -29,13 +30,17 @@ def build_defs(settings: Settings | None = None) -> dg.Definitions:
     partitions = daily_partitions(settings)
     privacy = build_privacy_defs(settings.config_dir, mappings, settings.data_dir,
                                  load_sync_settings(settings.config_dir / "sync.yaml"))
+    scoring = build_scoring_defs(settings.config_dir, mappings, settings.data_dir)
+    jobs = [*build_jobs(), *privacy["jobs"], *scoring["jobs"]]
+    by_name = {j.name: j for j in jobs}
     return dg.Definitions(
         assets=[*build_source_assets(mappings, partitions), *build_golden_assets(settings.config_dir),
-                *privacy["assets"], *build_crm_assets(settings.config_dir, mappings, settings.timezone)],
+                *privacy["assets"], *build_crm_assets(settings.config_dir, mappings, settings.timezone),
+                *scoring["assets"]],
         asset_checks=build_quality_checks(),
-        jobs=[*build_jobs(), *privacy["jobs"]],
-        sensors=privacy["sensors"],
-        schedules=privacy["schedules"],
+        jobs=jobs,
+        sensors=[*privacy["sensors"], *scoring["sensors"], *build_chain_sensors(by_name)],
+        schedules=[*privacy["schedules"], *build_schedules(by_name)],
         resources=build_resources(settings),
     )
 

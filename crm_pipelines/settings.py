@@ -27,6 +27,14 @@ class Settings:
     crm_url: str | None = None  # the CRM's API; None: the local development CRM on 127.0.0.1:8766
     alert_webhook_kind: str = "slack"       # slack | teams
     privacy_salt_set: bool = False  # CRM_PRIVACY_SALT is set (read through EnvVar); else a local salt file
+    # Sales notifications (each read through EnvVar when set; the URLs are secrets)
+    sales_slack_set: bool = False       # CRM_SALES_SLACK_WEBHOOK_URL
+    sales_teams_set: bool = False       # CRM_SALES_TEAMS_WEBHOOK_URL
+    team_lead_set: bool = False         # CRM_TEAM_LEAD_WEBHOOK_URL (SLA escalations)
+    smtp_host: str | None = None        # CRM_SMTP_HOST: e-mail to the lead's owner
+    smtp_port: int = 25                 # CRM_SMTP_PORT
+    smtp_sender: str = "crm-pipelines@localhost"  # CRM_SMTP_SENDER
+    crm_web_url: str | None = None      # CRM_WEB_URL: links in alerts, e.g. https://app.hubspot.com/contacts/4711/record/0-1
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -42,6 +50,13 @@ class Settings:
             crm_url=env.get("CRM_API_URL") or None,
             alert_webhook_kind=env.get("CRM_ALERT_WEBHOOK_KIND") or "slack",
             privacy_salt_set=bool(env.get("CRM_PRIVACY_SALT")),
+            sales_slack_set=bool(env.get("CRM_SALES_SLACK_WEBHOOK_URL")),
+            sales_teams_set=bool(env.get("CRM_SALES_TEAMS_WEBHOOK_URL")),
+            team_lead_set=bool(env.get("CRM_TEAM_LEAD_WEBHOOK_URL")),
+            smtp_host=env.get("CRM_SMTP_HOST") or None,
+            smtp_port=int(env.get("CRM_SMTP_PORT") or 25),
+            smtp_sender=env.get("CRM_SMTP_SENDER") or "crm-pipelines@localhost",
+            crm_web_url=env.get("CRM_WEB_URL") or None,
         )
 
     @property

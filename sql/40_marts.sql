@@ -43,3 +43,37 @@ CREATE TABLE IF NOT EXISTS marts.crm_contacts_payload (
 	crm_post_consent TEXT, 
 	PRIMARY KEY (golden_id)
 );
+
+CREATE TABLE IF NOT EXISTS marts.lead_score_history (
+	day TEXT NOT NULL, 
+	golden_id TEXT NOT NULL, 
+	score FLOAT NOT NULL, 
+	stage TEXT NOT NULL, 
+	PRIMARY KEY (day, golden_id)
+);
+
+CREATE INDEX IF NOT EXISTS ix_lead_score_history_golden_id ON marts.lead_score_history (golden_id);
+
+CREATE TABLE IF NOT EXISTS marts.lead_scores (
+	golden_id TEXT NOT NULL, 
+	score FLOAT NOT NULL, 
+	stage TEXT NOT NULL, 
+	explanation TEXT NOT NULL, 
+	mql_at TIMESTAMP WITH TIME ZONE, 
+	sql_at TIMESTAMP WITH TIME ZONE, 
+	sql_since TIMESTAMP WITH TIME ZONE, 
+	scored_at TIMESTAMP WITH TIME ZONE NOT NULL, 
+	run_id TEXT NOT NULL, 
+	PRIMARY KEY (golden_id)
+);
+
+CREATE INDEX IF NOT EXISTS ix_lead_scores_stage ON marts.lead_scores (stage);
+
+CREATE TABLE IF NOT EXISTS marts.reactivation_segment (
+	golden_id TEXT NOT NULL, 
+	account_id TEXT, 
+	last_order_date DATE, 
+	last_activity_at TIMESTAMP WITH TIME ZONE, 
+	segment_date TEXT NOT NULL, 
+	PRIMARY KEY (golden_id)
+);

@@ -1,34 +1,15 @@
-"""Alerts to a chat webhook: Slack incoming webhooks ({"text": ...}) or a Teams workflow (Adaptive Card).
-
-Used by the CRM sync for failures and recoveries; the lead alerts build on it. Messages never carry
-unmasked personal data (callers pass masked text; this module escapes, it does not mask).
-"""
+"""Operational alerts (a push that failed, a run that failed, a recovery) to the data-engineering
+channel: a Slack incoming webhook or a Teams workflow. Messages carry counts and run IDs, never
+personal data; the sending, retries and escaping are in :mod:`.notify`."""
 
 from __future__ import annotations
 
-import requests
-
-SLACK_TEXT_LIMIT = 3000
+from .notify import Message, WebhookChannel
 
 
-def slack_escape(text: str) -> str:
-    """Slack's mrkdwn reserves &, < and >; user data must not open links or mentions."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def webhook_body(text: str, kind: str = "slack") -> dict:
-    if kind == "teams":
-        return {"type": "message", "attachments": [{
-            "contentType": "application/vnd.microsoft.card.adaptive",
-            "content": {"type": "AdaptiveCard", "version": "1.4",
-                        "body": [{"type": "TextBlock", "text": text[:SLACK_TEXT_LIMIT], "wrap": True}]}}]}
-    return {"text": slack_escape(text)[:SLACK_TEXT_LIMIT]}
-
-
-def post_alert(url: str, text: str, kind: str = "slack", timeout: float = 10.0) -> bool:
-    """Posts once; returns whether the webhook accepted it (an alert must not fail the run it reports on)."""
-    try:
-        resp = requests.post(url, json=webhook_body(text, kind), timeout=timeout)
-    except (requests.ConnectionError, requests.Timeout):
-        return False
-    return 200 <= resp.status_code < 300
+def post_alert(url: str, text: str, kind: str = "slack", timeout: float = 10.0, max_attempts: int = 3) -> bool:
+    """Posts once (with retries for 429/5xx); returns whether it arrived. An alert must not fail the
+    run it reports on, so nothing is raised."""
+    title, _, rest = text.partition(": ")
+    msg = Message(title=title if rest else text[:150], fields=[("Details", rest)] if rest else [])
+    return WebhookChannel(url, kind, max_attempts=max_attempts, timeout=timeout).send(msg).ok

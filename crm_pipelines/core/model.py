@@ -174,7 +174,7 @@ BEHAVIOUR_EVENT = Entity(
         _RECORD_ID,
         _f("event_type", "string", "kind of event", "pricing_page", required=True,
            allowed=("page_view", "pricing_page", "demo_video", "whitepaper_download", "webinar_attended",
-                    "email_open", "email_click", "unsubscribe")),
+                    "email_open", "email_click", "email_bounce", "unsubscribe")),
         _f("occurred_at", "datetime", "when it happened (UTC)", "2026-11-03T09:14:00Z", required=True),
         _f("anonymous_id", "string", "cookie / device ID", "a1f3c9e2-5b1d-4e6f-9a0b-7c2d1e3f4a5b"),
         _f("email", "string", "e-mail address when the person is identified", "j.mueller@musterfirma.de",

@@ -362,3 +362,52 @@ CRM_PAYLOADS = {
                       "crm_email_consent", "crm_phone_consent", "crm_post_consent")),
     )
 }
+
+
+# ---------------------------------------------------------------------------- scoring and hand-off
+
+LEAD_SCORES = _t(
+    "lead_scores", "marts", "Current lead score per golden contact: stage, the strongest reasons, when each stage was reached.",
+    sa.Column("golden_id", sa.Text(), primary_key=True), sa.Column("score", sa.Float(), nullable=False),
+    sa.Column("stage", sa.Text(), nullable=False, comment="lead | mql | sql"),
+    sa.Column("explanation", sa.Text(), nullable=False, comment='JSON: [[rule, points, events], ...], strongest first'),
+    sa.Column("mql_at", _TS), sa.Column("sql_at", _TS),
+    sa.Column("sql_since", _TS, comment="when the contact last entered SQL; a new crossing, a new value"),
+    sa.Column("scored_at", _TS, nullable=False), sa.Column("run_id", sa.Text(), nullable=False),
+    indexes=(("stage",),),
+)
+LEAD_SCORE_HISTORY = _t(
+    "lead_score_history", "marts", "Daily snapshot of every contact's score and stage, for trends.",
+    sa.Column("day", sa.Text(), primary_key=True), sa.Column("golden_id", sa.Text(), primary_key=True),
+    sa.Column("score", sa.Float(), nullable=False), sa.Column("stage", sa.Text(), nullable=False),
+    indexes=(("golden_id",),),
+)
+ALERT_LEDGER = _t(
+    "alert_ledger", "ops",
+    "One row per hand-off (an SQL crossing or a new trade-fair lead / service request): exactly one alert, even "
+    "when sensors re-evaluate or runs retry. Owner, CRM task, channels notified, SLA.",
+    sa.Column("alert_key", sa.Text(), primary_key=True, comment="sql:<golden id>:<sql_since> | lead:<record key>"),
+    sa.Column("kind", sa.Text(), nullable=False, comment="sql_crossing | trade_fair_lead | service_request"),
+    sa.Column("golden_id", sa.Text()), sa.Column("record_key", sa.Text()),
+    sa.Column("team", sa.Text()), sa.Column("owner_id", sa.Text()),
+    sa.Column("score", sa.Float()), sa.Column("landed_at", _TS, comment="when the lead landed (response time starts)"),
+    sa.Column("created_at", _TS, nullable=False), sa.Column("due_at", _TS),
+    sa.Column("task_crm_id", sa.Text()), sa.Column("notified", sa.Text(), comment="JSON: channel -> status"),
+    sa.Column("status", sa.Text(), nullable=False, comment="open | notified | failed | suppressed | done"),
+    sa.Column("first_activity_at", _TS, comment="first CRM activity (the task done): response time ends"),
+    sa.Column("escalated_at", _TS), sa.Column("run_id", sa.Text()),
+    indexes=(("golden_id",), ("status",)),
+)
+PRINT_QUEUE = _t(
+    "print_queue", "ops", "Single-recipient print jobs queued by the hand-off (hot lead: a printed brochure).",
+    sa.Column("alert_key", sa.Text(), primary_key=True), sa.Column("golden_id", sa.Text(), nullable=False),
+    sa.Column("campaign", sa.Text(), nullable=False), sa.Column("queued_at", _TS, nullable=False),
+    sa.Column("status", sa.Text(), nullable=False, comment="queued | printed | dropped"),
+)
+REACTIVATION_SEGMENT = _t(
+    "reactivation_segment", "marts",
+    "Customers to win back (weekly): no order for 12 months and no visit; postal contact allowed, address complete.",
+    sa.Column("golden_id", sa.Text(), primary_key=True), sa.Column("account_id", sa.Text()),
+    sa.Column("last_order_date", sa.Date()), sa.Column("last_activity_at", _TS),
+    sa.Column("segment_date", sa.Text(), nullable=False),
+)

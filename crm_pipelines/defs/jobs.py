@@ -6,7 +6,7 @@ import dagster as dg
 
 from .crm import GROUP as CRM_GROUP, SNAPSHOT_KEY
 from .golden import CONSENT_KEY, GROUP as GOLDEN_GROUP
-from .sources import GROUP as SOURCES_GROUP
+from .sources import GROUP as SOURCES_GROUP, raw_asset_key
 
 
 def build_jobs() -> list[dg.UnresolvedAssetJobDefinition]:
@@ -26,6 +26,16 @@ def build_jobs() -> list[dg.UnresolvedAssetJobDefinition]:
             "push_crm",
             selection=dg.AssetSelection.groups(CRM_GROUP) - dg.AssetSelection.assets(SNAPSHOT_KEY),
             description="Build the CRM payloads, check them (blocking GX suites), push what changed to the CRM.",
+        ),
+        dg.define_asset_job(
+            "hourly_behaviour_ingest",
+            selection=dg.AssetSelection.assets(raw_asset_key("behaviour_events")),
+            description="Today's behaviour events (page views, whitepaper downloads ...), hourly.",
+        ),
+        dg.define_asset_job(
+            "newsletter_batch",
+            selection=dg.AssetSelection.assets(raw_asset_key("newsletter_signups")),
+            description="The e-mail tool's daily batch of sign-ups and unsubscribes.",
         ),
         dg.define_asset_job(
             "pull_crm_snapshot",

@@ -198,7 +198,7 @@ def build_privacy_defs(config_dir: Path, mappings: dict[str, SourceMapping], dat
         if new:
             context.update_cursor(json.dumps(sorted(seen | {k for k, _ in new})))
 
-    schedule = dg.ScheduleDefinition(job=by_name["retention"], cron_schedule="30 3 * * 0",
+    schedule = dg.ScheduleDefinition(name="weekly_retention", job=by_name["retention"], cron_schedule="30 3 * * 0",
                                      execution_timezone="Europe/Berlin", default_status=dg.DefaultScheduleStatus.STOPPED,
                                      description="Sundays 03:30: anonymise contacts past the retention period.")
     return {"assets": [consent_events], "jobs": jobs, "sensors": [erasure_requests], "schedules": [schedule]}

@@ -15,6 +15,8 @@ from ..core.alerts import post_alert
 from ..core.crm.hubspot import HubSpotConnector
 from ..core.crm.settings import SyncSettings
 from ..core.enrichment import RegisterClient
+from ..core.handoff import Channels
+from ..core.notify import Delivery, SmtpChannel, WebhookChannel
 from ..core.privacy.identity import IdentityHasher, load_or_create_salt
 from ..core.privacy.suppression import SuppressionList
 from ..core.warehouse import Warehouse, describe_url
@@ -108,6 +110,33 @@ class PrivacyResource(dg.ConfigurableResource):
         return SuppressionList(wh, self.hasher())
 
 
+class NotifyResource(dg.ConfigurableResource):
+    """Where sales hand-offs are announced: a Slack webhook, a Teams workflow, e-mail to the owner (SMTP);
+    and the team leads' channel for SLA escalations. Empty: that channel is not used."""
+
+    slack_url: str = ""
+    teams_url: str = ""
+    team_lead_url: str = ""
+    smtp_host: str = ""
+    smtp_port: int = 25
+    smtp_sender: str = "crm-pipelines@localhost"
+    crm_web_url: str = ""
+
+    def channels(self) -> Channels:
+        return Channels(slack=WebhookChannel(self.slack_url, "slack") if self.slack_url else None,
+                        teams=WebhookChannel(self.teams_url, "teams") if self.teams_url else None,
+                        email=SmtpChannel(self.smtp_host, self.smtp_port, self.smtp_sender) if self.smtp_host else None)
+
+    def escalate(self, team, msg) -> Delivery:
+        if not self.team_lead_url:
+            return Delivery(False, 0, "CRM_TEAM_LEAD_WEBHOOK_URL is not set")
+        return WebhookChannel(self.team_lead_url, "slack").send(msg)
+
+
+def _env_or_empty(name: str, present: bool):
+    return dg.EnvVar(name) if present else ""
+
+
 def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     url: str | dg.EnvVar = dg.EnvVar("CRM_WAREHOUSE_URL") if settings.warehouse_url else settings.default_warehouse_url
     register_key: str | dg.EnvVar = dg.EnvVar("CRM_REGISTER_API_KEY") if os.environ.get("CRM_REGISTER_API_KEY") else ""
@@ -120,6 +149,11 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
                            token=dg.EnvVar("CRM_API_TOKEN") if os.environ.get("CRM_API_TOKEN") else ""),
         "privacy": PrivacyResource(salt=dg.EnvVar("CRM_PRIVACY_SALT") if settings.privacy_salt_set else "",
                                    salt_file=str(settings.salt_file)),
+        "notify": NotifyResource(slack_url=_env_or_empty("CRM_SALES_SLACK_WEBHOOK_URL", settings.sales_slack_set),
+                                 teams_url=_env_or_empty("CRM_SALES_TEAMS_WEBHOOK_URL", settings.sales_teams_set),
+                                 team_lead_url=_env_or_empty("CRM_TEAM_LEAD_WEBHOOK_URL", settings.team_lead_set),
+                                 smtp_host=settings.smtp_host or "", smtp_port=settings.smtp_port,
+                                 smtp_sender=settings.smtp_sender, crm_web_url=settings.crm_web_url or ""),
         "alerts": AlertResource(webhook_url=dg.EnvVar("CRM_ALERT_WEBHOOK_URL") if os.environ.get("CRM_ALERT_WEBHOOK_URL")
                                 else "", kind=settings.alert_webhook_kind),
     }

@@ -39,6 +39,8 @@ PROPERTIES = {
                   "lifecyclestage", "hubspot_owner_id", ID_PROPERTY, "legal_form", "register_court",
                   "register_number", "vat_id", "erp_customer_number", "annualrevenue"},
 }
+PROPERTIES["tasks"] = {"hs_task_subject", "hs_task_body", "hs_timestamp", "hs_task_status", "hs_task_priority",
+                       "hubspot_owner_id"}
 LIFECYCLE_STAGES = {"subscriber", "lead", "marketingqualifiedlead", "salesqualifiedlead", "opportunity", "customer",
                     "evangelist", "other"}
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$")
@@ -331,6 +333,27 @@ class CrmServer:
             body["paging"] = {"next": {"after": str(rows[limit - 1][0])}}
         return 200, body
 
+    def get(self, object_type: str, object_id: str) -> tuple[int, dict]:
+        with self._lock:
+            row = self.db.execute("SELECT id, properties, created_at, updated_at FROM objects WHERE type = ? AND id = ? "
+                                  "AND archived = 0", (object_type, int(object_id) if object_id.isdigit() else -1)).fetchone()
+        if row is None:
+            return 404, {"status": "error", "category": "OBJECT_NOT_FOUND", "message": "resource not found"}
+        props = json.loads(row[1])
+        props.update(hs_object_id=str(row[0]), hs_lastmodifieddate=row[3])
+        return 200, {"id": str(row[0]), "properties": props, "createdAt": row[2], "updatedAt": row[3], "archived": False}
+
+    def complete_task(self, task_id: str) -> None:
+        """What a rep does in the CRM when the follow-up is done (tests, demo)."""
+        with self._lock:
+            row = self.db.execute("SELECT properties FROM objects WHERE type = 'tasks' AND id = ?", (int(task_id),)).fetchone()
+            props = {**json.loads(row[0]), "hs_task_status": "COMPLETED"}
+            self.db.execute("UPDATE objects SET properties = ?, updated_at = ? WHERE id = ?",
+                            (json.dumps(props), _now(), int(task_id)))
+
+    def tasks(self) -> list[dict]:
+        return self.objects("tasks")
+
     def archive(self, object_type: str, body: dict) -> tuple[int, dict | None]:
         inputs = body.get("inputs") or []
         if len(inputs) > MAX_BATCH:
@@ -461,6 +484,8 @@ def _handler(server: CrmServer):
             if parts[:3] == ["crm", "v3", "objects"]:
                 if method == "GET" and len(parts) == 4:
                     return server.read(parts[3], query)
+                if method == "GET" and len(parts) == 5:
+                    return server.get(parts[3], parts[4])
                 if method == "POST" and parts[4:] == ["batch", "upsert"]:
                     return server.upsert(parts[3], body)
                 if method == "POST" and parts[4:] == ["batch", "update"]:

@@ -46,15 +46,21 @@ class WebhookSink:
         self.stop()
 
     def texts(self) -> list[str]:
-        """The text of every accepted message (Slack ``text`` or the Adaptive Card's text blocks)."""
+        """Every accepted message as plain text: Slack's text and blocks, or the Adaptive Card's text
+        blocks and facts."""
         with self._lock:
             messages = list(self.received)
         out = []
         for m in messages:
-            if "text" in m:
-                out.append(m["text"])
+            parts = [m["text"]] if "text" in m else []
+            for block in m.get("blocks") or []:
+                parts.append((block.get("text") or {}).get("text", ""))
+                parts += [e.get("text", "") for e in block.get("elements") or []]
             for att in m.get("attachments") or []:
-                out.append("\n".join(b.get("text", "") for b in (att.get("content") or {}).get("body", [])))
+                for b in (att.get("content") or {}).get("body", []):
+                    parts.append(b.get("text", ""))
+                    parts += [f"{f['title']}: {f['value']}" for f in b.get("facts") or []]
+            out.append("\n".join(p for p in parts if p))
         return out
 
     def wait_for(self, count: int, timeout: float = 10.0) -> list[dict]:

@@ -54,6 +54,14 @@ class HubSpotConnector:
             if not after:
                 return
 
+    def get_object(self, object_type: str, object_id: str, properties: Sequence[str] = ()) -> dict | None:
+        """One object by the CRM's ID (None when it does not exist, e.g. deleted)."""
+        params = {"properties": ",".join(properties)} if properties else None
+        resp = self.transport.request("GET", f"/crm/v3/objects/{object_type}/{object_id}", params=params)
+        if resp.status == 404:
+            return None
+        return self._ok(resp, f"reading {object_type} {object_id}").body
+
     # ------------------------------------------------------------------ writes
 
     def upsert(self, object_type: str, id_property: str, inputs: Sequence[UpsertInput]) -> list[RowResult]:

@@ -55,6 +55,9 @@ class CrmConnector(Protocol):
     def read_objects(self, object_type: str, properties: Sequence[str]) -> Iterator[dict]:
         """Every object of a type, page by page: {"id", "properties", "createdAt", "updatedAt", "archived"}."""
 
+    def get_object(self, object_type: str, object_id: str, properties: Sequence[str] = ()) -> dict | None:
+        """One object by the CRM's own ID, or None."""
+
     def upsert(self, object_type: str, id_property: str, inputs: Sequence[UpsertInput]) -> list[RowResult]:
         """Creates or updates by external ID; at most ``max_batch`` inputs."""
 

@@ -157,6 +157,12 @@ def _find_consent(conn, wh, person, hasher) -> pd.DataFrame:
                                                      _in(t.c.email_hash, person.email_hashes))))
 
 
+def _find_alerts(conn, wh, person, hasher) -> pd.DataFrame:
+    t = S.ALERT_LEDGER
+    return _read(conn, wh, sa.select(t).where(sa.or_(_in(t.c.golden_id, person.golden_ids),
+                                                     _in(t.c.record_key, person.record_keys))))
+
+
 def _find_account_records(conn, wh, person, hasher) -> pd.DataFrame:
     t = S.ACCOUNT_RECORDS
     mentions = _read(conn, wh, sa.select(t).where(_in(t.c.record_key, person.mention_keys)))
@@ -202,6 +208,15 @@ def build_inventory(mappings: dict[str, SourceMapping]) -> list[Locator]:
                                    lambda t: t.c.object_type == "contacts")(g.CRM_SYNC_STATE)),
         Locator(g.ERASURE_OUTBOX, "erasures a connected system has not confirmed yet (kept until it does)", "keep",
                 _by(lambda t: t.c.identifier, lambda p: p.emails | p.crm_contact_ids)(g.ERASURE_OUTBOX)),
+        Locator(g.LEAD_SCORES, "the person's lead score and its reasons", "delete",
+                _by(lambda t: t.c.golden_id, lambda p: p.golden_ids)(g.LEAD_SCORES)),
+        Locator(g.LEAD_SCORE_HISTORY, "the person's daily scores", "delete",
+                _by(lambda t: t.c.golden_id, lambda p: p.golden_ids)(g.LEAD_SCORE_HISTORY)),
+        Locator(g.ALERT_LEDGER, "sales hand-offs about the person", "delete", _find_alerts),
+        Locator(g.PRINT_QUEUE, "print jobs for the person", "delete",
+                _by(lambda t: t.c.golden_id, lambda p: p.golden_ids)(g.PRINT_QUEUE)),
+        Locator(g.REACTIVATION_SEGMENT, "the person in the reactivation segment", "delete",
+                _by(lambda t: t.c.golden_id, lambda p: p.golden_ids)(g.REACTIVATION_SEGMENT)),
         Locator(g.RETIRED_CONTACTS, "statistics row of a retired golden ID (no personal data)", "delete",
                 _by(lambda t: t.c.golden_id, lambda p: p.golden_ids)(g.RETIRED_CONTACTS)),
     ]

@@ -1,0 +1,365 @@
+"""The scoring group in Dagster: scores, their history, the sales hand-off, the funnel, the weekly
+reactivation segment; the near-real-time lead path and the SLA; the sync-frequency schedules.
+
+    raw/behaviour_events + golden -> lead_scores -> lead_score_history
+                                              \\-> lead_alerts (SQL crossings: owner, CRM task, Slack/Teams/e-mail)
+                                               -> funnel_report
+    landing/trade_fair_leads, service_requests --(new_leads sensor, 5 s)--> fast_lead_path (load, match, alert)
+    ops.alert_ledger --(sla sensor)--> sla_escalation (first CRM activity, overdue -> team lead)
+    landing/consent_changes --(consent_changes sensor)--> apply_consent_changes (privacy flow)
+
+Thin: the work is in ``core/scoring.py``, ``core/leads.py``, ``core/handoff.py``, ``core/funnel.py``.
+"""
+
+import base64
+import hashlib
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+import pandas as pd
+import sqlalchemy as sa
+
+from ..core import golden as G
+from ..core.chart import bar_chart_png
+from ..core.crm.settings import load_sync_settings
+from ..core.funnel import STAGE_COLUMNS, funnel
+from ..core.handoff import check_sla, hand_off, load_territories
+from ..core.ingest import ingest_partition, landed_partitions, landing_files
+from ..core.leads import build_lead_scores, landed_leads, reactivation_segment, snapshot_history, sql_crossings
+from ..core.mapping import SourceMapping
+from ..core.schema import ALERT_LEDGER
+from ..core.scoring import load_scoring_rules
+from ..core.warehouse import tables_present
+from .auditing import audit_run
+from .crm import PUSH_CONTACTS_KEY
+from .golden import ACCOUNTS_KEY, CONSENT_KEY, CONTACTS_KEY
+from .metadata import frame_markdown, markdown_table
+from .resources import (AlertResource, CrmResource, LandingZoneResource, NotifyResource, PrivacyResource,
+                        WarehouseResource)
+from .sources import raw_asset_key
+
+GROUP = "scoring"
+OWNERS = ["team:marketing-ops", "team:sales-ops"]
+SCORES_KEY = dg.AssetKey("lead_scores")
+HISTORY_KEY = dg.AssetKey("lead_score_history")
+ALERTS_KEY = dg.AssetKey("lead_alerts")
+FUNNEL_KEY = dg.AssetKey("funnel_report")
+REACTIVATION_KEY = dg.AssetKey("reactivation_segment")
+FAST_SOURCES = ("trade_fair_leads", "service_requests")
+
+
+class FastLeadConfig(dg.Config):
+    source: str
+    day: str
+    files: list[str]
+
+
+def build_scoring_defs(config_dir: Path, mappings: dict[str, SourceMapping], data_dir: Path) -> dict:
+    rules = load_scoring_rules(config_dir / "scoring.yaml")
+    territories = load_territories(config_dir / "territories.yaml")
+    sync = load_sync_settings(config_dir / "sync.yaml")
+    version = f"scoring-1-{rules.sha256[:12]}"
+
+    @dg.asset(key=SCORES_KEY, group_name=GROUP, owners=OWNERS, kinds={"pandas", "sql"}, code_version=version,
+              deps=[CONTACTS_KEY, ACCOUNTS_KEY, raw_asset_key("behaviour_events")],
+              description="Lead score per golden contact (config/scoring.yaml): behaviour points with caps and "
+                          "half-life decay, fit (industry, size, region, job title), negative points (free-mail, "
+                          "competitor, unsubscribed, bounced); stage Lead/MQL/SQL with the time each stage was first "
+                          "reached; the strongest reasons stored with the score. Table `marts.lead_scores`.")
+    def lead_scores(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        wh = warehouse.get()
+        stats = build_lead_scores(wh, rules, context.run.run_id)
+        audit_run(wh, context, "scoring.scored", {"contacts": stats["contacts"], "by_stage": stats["by_stage"]})
+        top = stats["top"].assign(explanation=stats["top"]["explanation"].str.slice(0, 120))
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": stats["contacts"], "events_attributed": stats["events_attributed"],
+            "events_total": stats["events_total"], "crossed_into_sql": stats["crossed_into_sql"],
+            "crossed_into_mql": stats["crossed_into_mql"],
+            "by_stage": dg.MetadataValue.json(stats["by_stage"]),
+            "top_scores": dg.MetadataValue.md(frame_markdown(top)),
+            **{f"stage_{s}": int(stats["by_stage"].get(s, 0)) for s in ("lead", "mql", "sql")},
+        })
+
+    @dg.asset(key=HISTORY_KEY, group_name=GROUP, owners=OWNERS, kinds={"sql"}, deps=[SCORES_KEY],
+              description="Daily snapshot of every contact's score and stage (Europe/Berlin day), so trends can be "
+                          "plotted; re-running a day replaces its rows. Table `marts.lead_score_history`.")
+    def lead_score_history(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        day, n = snapshot_history(warehouse.get())
+        return dg.MaterializeResult(metadata={"dagster/row_count": n, "day": day})
+
+    @dg.asset(key=ALERTS_KEY, group_name=GROUP, owners=OWNERS, kinds={"slack", "hubspot"}, deps=[SCORES_KEY, PUSH_CONTACTS_KEY],
+              description="Hands every SQL crossing to sales exactly once (ops.alert_ledger): owner by territory "
+                          "(config/territories.yaml), a follow-up task in the CRM due in 2 hours, a Slack/Teams/e-mail "
+                          "notification; suppressed or no-consent contacts get none; a hot lead with postal consent "
+                          "also queues a printed brochure (ops.print_queue).")
+    def lead_alerts(context: dg.AssetExecutionContext, warehouse: WarehouseResource, privacy: PrivacyResource,
+                    notify: NotifyResource, crm: CrmResource) -> dg.MaterializeResult:
+        wh = warehouse.get()
+        leads = sql_crossings(wh, rules, privacy.suppression(wh).screen())
+        report = hand_off(wh, leads, territories, notify.channels(), crm.connector(sync), context.run.run_id,
+                          crm_url=notify.crm_web_url, log=context.log.warning)
+        audit_run(wh, context, "handoff.sql_crossings", _handoff_details(report))
+        return dg.MaterializeResult(metadata=_handoff_metadata(report))
+
+    @dg.asset(key=FUNNEL_KEY, group_name=GROUP, owners=OWNERS, kinds={"pandas", "csv"}, deps=[SCORES_KEY, ALERTS_KEY],
+              description="Lead -> MQL -> SQL -> Opportunity -> Closed-won per week first seen and source, the "
+                          "median time to qualification and the median lead-response time (landing -> first CRM "
+                          "activity). A chart in the metadata; the table as CSV in <CRM_DATA_DIR>/reports/.")
+    def funnel_report(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        table, stats = funnel(warehouse.get())
+        out = data_dir.resolve() / "reports" / "funnel_report.csv"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out, index=False)
+        totals = stats.get("totals", {})
+        labels = {"lead": "Lead", "mql": "MQL", "sql": "SQL", "opportunity": "Opportunity", "closed_won": "Closed-won"}
+        png = bar_chart_png("Funnel, all weeks", [(labels[s], totals.get(s, 0)) for s in STAGE_COLUMNS])
+        chart = out.with_suffix(".png")
+        chart.write_bytes(png)
+        recent = table.sort_values("week").groupby("week")[list(STAGE_COLUMNS)].sum().tail(8).reset_index()
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": len(table), "csv": str(out), "chart_file": str(chart),
+            "chart": dg.MetadataValue.md(f"![funnel](data:image/png;base64,{base64.b64encode(png).decode()})"),
+            "last_weeks": dg.MetadataValue.md(frame_markdown(recent)),
+            "median_days_to_qualification": stats.get("median_days_to_qualification") or -1.0,
+            "median_lead_response_minutes": stats.get("median_lead_response_minutes") or -1.0,
+            **{f"total_{s}": int(totals.get(s, 0)) for s in STAGE_COLUMNS},
+        })
+
+    @dg.asset(key=REACTIVATION_KEY, group_name=GROUP, owners=OWNERS, kinds={"sql"},
+              deps=[CONTACTS_KEY, raw_asset_key("erp_orders"), raw_asset_key("behaviour_events"), CONSENT_KEY],
+              description="Weekly win-back list: customers whose company ordered nothing for 12 months and who did not "
+                          "visit either, with postal contact allowed and a complete address (the print-list issue turns "
+                          "it into a mailing). Table `marts.reactivation_segment`.")
+    def reactivation(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        segment = reactivation_segment(warehouse.get())
+        return dg.MaterializeResult(metadata={"dagster/row_count": len(segment)})
+
+    # ---------------------------------------------------------------- near-real-time path
+
+    @dg.op(description="Loads a newly landed trade-fair / service-request file, matches its records to golden contacts "
+                       "and hands them to sales at once (exactly once per record).")
+    def fast_lead(context: dg.OpExecutionContext, config: FastLeadConfig, warehouse: WarehouseResource,
+                  landing: LandingZoneResource, privacy: PrivacyResource, notify: NotifyResource,
+                  crm: CrmResource) -> dg.Output:
+        wh = warehouse.get()
+        suppression = privacy.suppression(wh)
+        rep = ingest_partition(mappings[config.source], config.day, landing.path, wh, context.run.run_id,
+                               suppression=suppression)
+        context.log_event(dg.AssetMaterialization(
+            asset_key=raw_asset_key(config.source), partition=config.day,
+            metadata={"dagster/row_count": rep.rows_loaded, "rows_read": rep.rows_read, "rows_loaded": rep.rows_loaded,
+                      "rows_quarantined": rep.rows_quarantined, "rows_suppressed": rep.rows_suppressed,
+                      "loaded_by": "fast_lead_path"}))
+        leads = landed_leads(wh, config.source, config.day, [Path(f) for f in config.files], rules, suppression.screen())
+        report = hand_off(wh, leads, territories, notify.channels(), crm.connector(sync), context.run.run_id,
+                          crm_url=notify.crm_web_url, log=context.log.warning)
+        audit_run(wh, context, f"handoff.{config.source}", _handoff_details(report))
+        return dg.Output(None, metadata=_handoff_metadata(report))
+
+    @dg.job(name="fast_lead_path", tags={"crm/path": "near-real-time"},
+            description="Trade-fair leads and service requests: load, match, alert (launched by the new_leads sensor).")
+    def fast_lead_path():
+        fast_lead()
+
+    @dg.op(description="Records the first CRM activity of open hand-offs (the response time) and escalates overdue "
+                       "ones to the team lead.")
+    def sla(context: dg.OpExecutionContext, warehouse: WarehouseResource, notify: NotifyResource,
+            crm: CrmResource) -> dg.Output:
+        report = check_sla(warehouse.get(), crm.connector(sync), territories, notify.escalate, log=context.log.warning)
+        return dg.Output(None, metadata={"open": report.open, "done": report.done, "escalated": report.escalated,
+                                         "escalation_failed": report.escalation_failed,
+                                         "median_response_minutes": float(pd.Series(report.response_minutes).median())
+                                         if report.response_minutes else -1.0})
+
+    @dg.job(name="sla_escalation", description="First CRM activity and escalation of overdue hand-offs.")
+    def sla_escalation():
+        sla()
+
+    @dg.op(description="Loads newly arrived consent changes (opt-outs, objections) and applies them to the consent "
+                       "ledger and the golden contacts at once, so no alert or push uses a withdrawn consent.")
+    def consent_now(context: dg.OpExecutionContext, config: FastLeadConfig, warehouse: WarehouseResource,
+                    landing: LandingZoneResource, privacy: PrivacyResource) -> dg.Output:
+        wh = warehouse.get()
+        rep = ingest_partition(mappings[config.source], config.day, landing.path, wh, context.run.run_id,
+                               suppression=privacy.suppression(wh))
+        context.log_event(dg.AssetMaterialization(
+            asset_key=raw_asset_key(config.source), partition=config.day,
+            metadata={"dagster/row_count": rep.rows_loaded, "rows_read": rep.rows_read, "rows_loaded": rep.rows_loaded,
+                      "rows_quarantined": rep.rows_quarantined, "rows_suppressed": rep.rows_suppressed}))
+        events = G.build_consent_events(wh, privacy.hasher())
+        changed = G.refresh_golden_consent(wh)
+        audit_run(wh, context, "consent.applied", {"events": len(events), "contacts_changed": changed})
+        return dg.Output(None, metadata={"events": len(events), "golden_contacts_changed": changed})
+
+    @dg.job(name="apply_consent_changes", tags={"crm/privacy": "consent"},
+            description="Consent webhooks: load them and apply them at once (launched by the consent_changes sensor).")
+    def apply_consent_changes():
+        consent_now()
+
+    jobs = [fast_lead_path, sla_escalation, apply_consent_changes,
+            dg.define_asset_job("score_leads", selection=[SCORES_KEY, HISTORY_KEY, ALERTS_KEY, FUNNEL_KEY],
+                                description="Score every contact, snapshot the day, hand SQL crossings to sales, "
+                                            "update the funnel."),
+            dg.define_asset_job("reactivation", selection=[REACTIVATION_KEY],
+                                description="The weekly win-back segment of inactive customers.")]
+
+    sensors = [_landing_sensor("new_leads", FAST_SOURCES, fast_lead_path, "fast_lead", mappings, 5,
+                               "New trade-fair leads and service requests in the landing zone: one small run per file "
+                               "(run key = file content), so a lead reaches its rep within seconds."),
+               _landing_sensor("consent_changes", ("consent_changes",), apply_consent_changes, "consent_now", mappings, 15,
+                               "Consent webhooks (opt-outs, objections) in the landing zone: applied at once, before "
+                               "the next alert or push could use the old consent."),
+               _sla_sensor(sla_escalation)]
+    return {"assets": [lead_scores, lead_score_history, lead_alerts, funnel_report, reactivation], "jobs": jobs,
+            "sensors": sensors}
+
+
+def _landing_sensor(name: str, sources: tuple[str, ...], job, op_name: str, mappings, interval: int, description: str):
+    @dg.sensor(name=name, job=job, minimum_interval_seconds=interval, default_status=dg.DefaultSensorStatus.RUNNING,
+               description=description)
+    def _sensor(context: dg.SensorEvaluationContext, landing: LandingZoneResource):
+        seen = set(json.loads(context.cursor)) if context.cursor else set()
+        new = []
+        for source in sources:
+            mapping = mappings[source]
+            # Only the last few days: near-real-time files land today; older days are the nightly job's.
+            for day in landed_partitions(landing.path, source)[-3:]:
+                for path in landing_files(landing.path, mapping, day):
+                    key = f"{source}/{day}/{path.name}:{_digest(path)}"
+                    if key not in seen:
+                        new.append((key, source, day, path))
+        for key, source, day, path in new:
+            yield dg.RunRequest(run_key=key, tags={"crm/landing_file": f"{source}/{day}/{path.name}"},
+                                run_config={"ops": {op_name: {"config": {"source": source, "day": day,
+                                                                         "files": [str(path)]}}}})
+        if new:
+            # Keys of the last week only (older days are not looked at): the cursor must not grow forever.
+            keys = seen | {k for k, *_ in new}
+            days = sorted({k.split("/")[1] for k in keys})[-7:]
+            context.update_cursor(json.dumps(sorted(k for k in keys if k.split("/")[1] in days)))
+
+    return _sensor
+
+
+def _sla_sensor(job):
+    @dg.sensor(name="sla", job=job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
+               description="Every minute while hand-offs are open: records the first CRM activity (the response time) "
+                           "and escalates follow-ups past their due time to the team lead.")
+    def _sensor(context: dg.SensorEvaluationContext, warehouse: WarehouseResource):
+        wh = warehouse.get()
+        if not tables_present(wh, [ALERT_LEDGER]):
+            return dg.SkipReason("no hand-offs yet")
+        t = ALERT_LEDGER
+        n = wh.scalar(sa.select(sa.func.count()).select_from(t).where(t.c.first_activity_at.is_(None),
+                                                                      t.c.status.in_(["notified", "failed"])))
+        if not n:
+            return dg.SkipReason("no open hand-offs")
+        minute = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M")
+        return dg.RunRequest(run_key=f"sla:{minute}")
+
+    return _sensor
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _handoff_details(report) -> dict:
+    return {"leads": report.leads, "new": report.new, "already_done": report.already_done,
+            "suppressed": report.suppressed, "no_consent": report.no_consent, "tasks": report.tasks_created,
+            "notified": report.notified, "failed": report.failed, "brochures": report.brochures_queued}
+
+
+def _handoff_metadata(report) -> dict:
+    md = {k: v for k, v in _handoff_details(report).items() if not isinstance(v, dict)}
+    md["notified"] = dg.MetadataValue.json(report.notified)
+    md["failed_channels"] = dg.MetadataValue.json(report.failed)
+    md["channel_failures"] = sum(report.failed.values())
+    return md
+
+
+def build_schedules(jobs: dict) -> list:
+    """The sync-frequency matrix (docs/operations.md): hourly behaviour, nightly refresh, daily newsletter,
+    weekly reactivation; near-real-time sources have their sensors instead."""
+    berlin = "Europe/Berlin"
+
+    def today(context) -> str:  # partition keys are days in Europe/Berlin
+        return context.scheduled_execution_time.astimezone(ZoneInfo(berlin)).date().isoformat()
+
+    def yesterday(context) -> str:
+        return (pd.Timestamp(today(context)) - pd.Timedelta(days=1)).date().isoformat()
+
+    @dg.schedule(name="hourly_behaviour", job=jobs["hourly_behaviour_ingest"], cron_schedule="5 * * * *",
+                 execution_timezone=berlin, default_status=dg.DefaultScheduleStatus.STOPPED,
+                 description="Hourly: today's behaviour events (whitepaper downloads included) into raw.")
+    def hourly_behaviour(context: dg.ScheduleEvaluationContext):
+        return dg.RunRequest(partition_key=today(context), run_key=f"behaviour:{context.scheduled_execution_time:%Y%m%d%H}")
+
+    @dg.schedule(name="hourly_scoring", job=jobs["score_leads"], cron_schedule="15 * * * *", execution_timezone=berlin,
+                 default_status=dg.DefaultScheduleStatus.STOPPED,
+                 description="Hourly, after the behaviour load: scores, SQL crossings to sales, the funnel.")
+    def hourly_scoring(context: dg.ScheduleEvaluationContext):
+        return dg.RunRequest(run_key=f"scoring:{context.scheduled_execution_time:%Y%m%d%H}")
+
+    @dg.schedule(name="nightly_refresh", job=jobs["ingest_sources"], cron_schedule="0 1 * * *", execution_timezone=berlin,
+                 default_status=dg.DefaultScheduleStatus.STOPPED,
+                 description="Nightly 01:00: yesterday's deliveries of every source; the nightly_chain sensor then runs "
+                             "build_golden, score_leads and push_crm in that order.")
+    def nightly_refresh(context: dg.ScheduleEvaluationContext):
+        return dg.RunRequest(partition_key=yesterday(context), tags={"crm/nightly": yesterday(context)},
+                             run_key=f"nightly:{yesterday(context)}")
+
+    @dg.schedule(name="daily_newsletter", job=jobs["newsletter_batch"], cron_schedule="0 6 * * *",
+                 execution_timezone=berlin, default_status=dg.DefaultScheduleStatus.STOPPED,
+                 description="Daily 06:00: yesterday's newsletter sign-ups and unsubscribes (the e-mail tool's batch).")
+    def daily_newsletter(context: dg.ScheduleEvaluationContext):
+        return dg.RunRequest(partition_key=yesterday(context), run_key=f"newsletter:{yesterday(context)}")
+
+    @dg.schedule(name="weekly_reactivation", job=jobs["reactivation"], cron_schedule="0 5 * * 1",
+                 execution_timezone=berlin, default_status=dg.DefaultScheduleStatus.STOPPED,
+                 description="Mondays 05:00: the reactivation segment of inactive customers.")
+    def weekly_reactivation(context: dg.ScheduleEvaluationContext):
+        return dg.RunRequest(run_key=f"reactivation:{context.scheduled_execution_time:%Y%m%d}")
+
+    return [hourly_behaviour, hourly_scoring, nightly_refresh, daily_newsletter, weekly_reactivation]
+
+
+def build_chain_sensors(jobs: dict) -> list:
+    """The nightly refresh in order: sources -> golden -> scores and CRM push, each started by the success of
+    the one before (tag crm/nightly), and the data-engineering channel told about any failed run."""
+
+    @dg.run_status_sensor(name="nightly_chain_golden", run_status=dg.DagsterRunStatus.SUCCESS,
+                          monitored_jobs=[jobs["ingest_sources"]], request_job=jobs["build_golden"],
+                          default_status=dg.DefaultSensorStatus.RUNNING,
+                          description="After the nightly load succeeded: build_golden.")
+    def after_ingest(context: dg.RunStatusSensorContext):
+        night = context.dagster_run.tags.get("crm/nightly")
+        if night:
+            return dg.RunRequest(run_key=f"nightly-golden:{night}", tags={"crm/nightly": night})
+        return dg.SkipReason("not a nightly run")
+
+    @dg.run_status_sensor(name="nightly_chain_outlets", run_status=dg.DagsterRunStatus.SUCCESS,
+                          monitored_jobs=[jobs["build_golden"]], request_jobs=[jobs["score_leads"], jobs["push_crm"]],
+                          default_status=dg.DefaultSensorStatus.RUNNING,
+                          description="After the nightly golden build succeeded: score_leads and push_crm.")
+    def after_golden(context: dg.RunStatusSensorContext):
+        night = context.dagster_run.tags.get("crm/nightly")
+        if not night:
+            yield dg.SkipReason("not a nightly run")
+            return
+        yield dg.RunRequest(run_key=f"nightly-push:{night}", job_name="push_crm", tags={"crm/nightly": night})
+        yield dg.RunRequest(run_key=f"nightly-score:{night}", job_name="score_leads", tags={"crm/nightly": night})
+
+    @dg.run_failure_sensor(name="run_failures", default_status=dg.DefaultSensorStatus.RUNNING,
+                           description="Tells the data-engineering channel (CRM_ALERT_WEBHOOK_URL) about every failed "
+                                       "run: job, run ID and the failing step; no personal data.")
+    def run_failures(context: dg.RunFailureSensorContext, alerts: AlertResource):
+        run = context.dagster_run
+        steps = ", ".join(sorted({e.step_key for e in context.get_step_failure_events() if e.step_key})) or "-"
+        alerts.send(f"Run failed: job {run.job_name}, run {run.run_id[:8]}, failed steps {steps}")
+
+    return [after_ingest, after_golden, run_failures]
+
