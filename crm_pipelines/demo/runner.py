@@ -7,6 +7,7 @@ Runs go into the Dagster instance under ``DAGSTER_HOME`` (the Makefile sets
 from __future__ import annotations
 
 import json
+import os
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +23,7 @@ from .generator import GeneratorConfig, generate
 # Jobs the demo runs, in order, and whether they take the landing zone's day range;
 # each later capability adds its job here.
 DEMO_JOBS: tuple[tuple[str, bool], ...] = (("ingest_sources", True), ("handle_erasure_requests", False),
-                                            ("build_golden", False), ("push_crm", False))
+                                            ("build_golden", False), ("push_crm", False), ("score_leads", False))
 
 
 def _needs_generation(landing: Path, cfg: GeneratorConfig) -> bool:
@@ -67,6 +68,18 @@ def run_demo(cfg: GeneratorConfig, regenerate: bool = False, progress: Callable[
         settings = replace(settings, crm_url=crm.url)
         progress(f"local CRM on {crm.url} with {seeded['companies']:,} companies and {seeded['contacts']:,} contacts "
                  f"from the CRM snapshot")
+    sinks = []
+    if not settings.sales_slack_set and not settings.smtp_host:
+        from ..devtools.smtp_sink import SmtpSink
+        from ..devtools.webhook_sink import WebhookSink
+
+        # The demo's sales channels: a local Slack-style webhook and a local mail server, so the
+        # hand-off's notifications can be counted and read.
+        slack, smtp = WebhookSink().start(), SmtpSink().start()
+        sinks = [slack, smtp]
+        os.environ["CRM_SALES_SLACK_WEBHOOK_URL"] = slack.url
+        settings = replace(settings, sales_slack_set=True, smtp_host="127.0.0.1", smtp_port=smtp.port)
+        progress(f"local sales channels: Slack-style webhook {slack.url}, SMTP 127.0.0.1:{smtp.port}")
     try:
         defs = build_defs(settings)
         partitions = sorted({p for m in _sources(defs) for p in landed_partitions(landing, m)})
@@ -98,9 +111,19 @@ def run_demo(cfg: GeneratorConfig, regenerate: bool = False, progress: Callable[
                 progress(_erasure_line(result))
             if not result.success:
                 break
+        else:
+            # What the new_leads sensor does when a trade-fair file lands: the last day's scans go
+            # to their reps at once (one small run per file).
+            results += _fast_leads(defs, instance, landing, progress)
     finally:
         if register is not None:
             register.stop()
+        if sinks:
+            slack, smtp = sinks
+            progress(f"sales notifications: {len(slack.received)} Slack message(s), {len(smtp.messages)} e-mail(s)")
+            for sink in sinks:
+                sink.stop()
+            os.environ.pop("CRM_SALES_SLACK_WEBHOOK_URL", None)
         if crm is not None:
             stats = crm.stats()["counts"]
             progress("local CRM: " + ", ".join(f"{k} {v:,}" for k, v in sorted(stats.items())))
@@ -111,6 +134,22 @@ def run_demo(cfg: GeneratorConfig, regenerate: bool = False, progress: Callable[
     print("\nAll runs succeeded; open the UI with `make dev` (http://127.0.0.1:3000)." if ok else
           "\nThe demo did not finish cleanly: see the lines above, or the run in `make dev`.")
     return 0 if ok else 1
+
+
+def _fast_leads(defs: dg.Definitions, instance, landing: Path, progress: Callable[[str], None]) -> list:
+    days = sorted(p.name for p in (landing / "trade_fair_leads").glob("*") if any(p.glob("*.csv")))
+    if not days:
+        return []
+    job = defs.resolve_job_def("fast_lead_path")
+    results = []
+    for f in sorted((landing / "trade_fair_leads" / days[-1]).glob("*.csv")):
+        progress(f"running fast_lead_path for trade_fair_leads/{days[-1]}/{f.name}")
+        results.append(job.execute_in_process(
+            instance=instance, raise_on_error=False, tags={"crm/launched_by": "make-demo"},
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}},
+                        "ops": {"fast_lead": {"config": {"source": "trade_fair_leads", "day": days[-1],
+                                                         "files": [str(f)]}}}}))
+    return results
 
 
 def _erasure_line(result) -> str:
@@ -132,15 +171,14 @@ def summarise(results) -> tuple[str, list[str]]:
     rows: dict[str, dict] = defaultdict(lambda: {"materialised": 0, "rows": 0, "quarantined": 0, "checks_ok": 0,
                                                  "checks": 0, "warn": []})
     failed: list[str] = []
+    # A partition loaded twice (the nightly batch, then the near-real-time path) counts once, as last loaded.
+    latest: dict[tuple[str, str | None], tuple[int, int]] = {}
     for result in results:
         for ev in result.get_asset_materialization_events():
             mat = ev.materialization
-            key = mat.asset_key.to_user_string()
             md = {k: v.value for k, v in mat.metadata.items()}
-            r = rows[key]
-            r["materialised"] += 1
-            r["rows"] += int(md.get("dagster/row_count", 0) or 0)
-            r["quarantined"] += int(md.get("rows_quarantined", 0) or 0)
+            latest[(mat.asset_key.to_user_string(), mat.partition)] = (int(md.get("dagster/row_count", 0) or 0),
+                                                                       int(md.get("rows_quarantined", 0) or 0))
         for ev in result.get_asset_check_evaluations():
             r = rows[ev.asset_key.to_user_string()]
             r["checks"] += 1
@@ -154,6 +192,11 @@ def summarise(results) -> tuple[str, list[str]]:
             for ev in result.all_events:
                 if ev.event_type_value == "STEP_FAILURE":
                     failed.append(f"step {ev.step_key} failed")
+    for (key, _), (n, quarantined) in latest.items():
+        r = rows[key]
+        r["materialised"] += 1
+        r["rows"] += n
+        r["quarantined"] += quarantined
     width = max([len(k) for k in rows] + [5])
     lines = [f"{'asset':<{width}}  {'materialised':>12}  {'rows':>10}  {'quarantined':>11}  checks", "-" * (width + 52)]
     for key in sorted(rows):
