@@ -308,8 +308,9 @@ def update_stage_times(scores: pd.DataFrame, previous: pd.DataFrame, now: dateti
         columns=["mql_at", "sql_at", "sql_since", "stage"])
     now_ts = pd.Timestamp(now).tz_convert("UTC")
     for col in ("mql_at", "sql_at", "sql_since"):
+        # Microseconds whatever the store returned (SQLite may come back in whole seconds).
         out[col] = pd.to_datetime(out["golden_id"].map(prev[col]) if len(prev) else pd.Series(pd.NaT, index=out.index),
-                                  utc=True)
+                                  utc=True).dt.as_unit("us")
     reached_mql = out["stage"].isin(["mql", "sql"])
     out.loc[reached_mql & out["mql_at"].isna(), "mql_at"] = now_ts
     is_sql = out["stage"] == "sql"

@@ -150,3 +150,14 @@ def test_territory_rules_capacity_and_round_robin(tmp_path):
         "team: west,", "team: westen,"), encoding="utf-8")
     with pytest.raises(ConfigError, match=r"rules\[2\].team"):
         load_territories(ranges)
+
+
+def test_stage_times_read_back_in_whole_seconds_still_take_a_new_crossing():
+    first = pd.DataFrame({"golden_id": ["GC-1", "GC-2"], "score": [80.0, 10.0], "stage": ["sql", "lead"],
+                          "explanation": ["[]", "[]"]})
+    stored = update_stage_times(first, pd.DataFrame(), NOW)
+    for col in ("mql_at", "sql_at", "sql_since"):
+        stored[col] = stored[col].astype("datetime64[s, UTC]")  # what SQLite hands back
+    later = NOW + timedelta(days=1, microseconds=123)
+    again = update_stage_times(first.assign(stage=["sql", "sql"], score=[80.0, 75.0]), stored, later)
+    assert again.loc[1, "sql_since"] == pd.Timestamp(later)
