@@ -14,49 +14,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import sqlalchemy as sa
-
-from benchmarks.common import CACHE, ROOT, figure, landing_zone, log
+from benchmarks.common import CACHE, figure, landing_zone, log
+from benchmarks.daemon import sensor_ticked, small_warehouse, start_daemon, stop_daemon, wait_until
 
 LATENCY_REQUESTS = int(os.environ.get("BENCH_ERASURE_REQUESTS", "4"))
-
-
-def _small_warehouse(tmp: Path) -> tuple[Path, str, list[str]]:
-    """A demo-sized landing zone loaded and resolved (no Dagster), and addresses to erase."""
-    from crm_pipelines.core import golden as G
-    from crm_pipelines.core.ingest import ingest_partition, landed_partitions
-    from crm_pipelines.core.mapping import load_mappings
-    from crm_pipelines.core.matching.settings import load_matching_config
-    from crm_pipelines.core.warehouse import Warehouse
-    from crm_pipelines.demo.generator import GeneratorConfig, generate
-    from crm_pipelines.settings import DEFAULT_CONFIG_DIR
-
-    landing = tmp / "landing"
-    generate(GeneratorConfig(contacts=2000, seed=9, out=landing, days=3))
-    shutil.rmtree(landing / "erasure_requests", ignore_errors=True)  # only the benchmark's own requests
-    url = f"sqlite:///{tmp / 'data' / 'warehouse.db'}"
-    wh = Warehouse(url)
-    mappings = load_mappings(DEFAULT_CONFIG_DIR)
-    for m in mappings.values():
-        for day in landed_partitions(landing, m.source):
-            ingest_partition(m, day, landing, wh, "bench")
-    cfg = load_matching_config(DEFAULT_CONFIG_DIR / "matching.yaml")
-    G.ensure_golden_tables(wh)
-    G.build_account_records(wh, G.build_person_records(wh))
-    G.resolve_accounts(wh, cfg, "bench")
-    G.resolve_contacts(wh, cfg, "bench")
-    emails = wh.read_raw_sql("SELECT email FROM golden.contacts WHERE email IS NOT NULL ORDER BY golden_id LIMIT 50")
-    wh.engine.dispose()
-    return landing, url, emails["email"].tolist()[::7][:LATENCY_REQUESTS]
 
 
 def erasure_latency() -> None:
@@ -64,21 +31,18 @@ def erasure_latency() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-erasure-"))
     try:
-        landing, url, emails = _small_warehouse(tmp)
+        landing, url, emails = small_warehouse(tmp, LATENCY_REQUESTS)
         home = tmp / "home"
         home.mkdir()
-        shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
         os.environ["DAGSTER_HOME"] = str(home)  # dagster.yaml names its storage folder by it
         with CrmServer(tmp / "crm.db") as crm:
             env = dict(os.environ, DAGSTER_HOME=str(home), CRM_LANDING_DIR=str(landing), CRM_DATA_DIR=str(tmp / "data"),
                        CRM_API_URL=crm.url, GX_ANALYTICS_ENABLED="false", CRM_PARTITION_START="2026-01-01")
-            daemon = subprocess.Popen([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w",
-                                       str(ROOT / "workspace.yaml")], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL, start_new_session=True)
+            daemon = start_daemon(home, env)
             try:
                 # The daemon's first sensor tick, with no request yet: then the clock is not also
                 # timing the daemon's own start-up.
-                _wait(lambda: _sensor_ticked(home), 180, "the daemon's first sensor tick")
+                wait_until(lambda: sensor_ticked(home), 180, "the daemon's first sensor tick")
                 latencies = []
                 for i, email in enumerate(emails):
                     folder = landing / "erasure_requests" / "2026-11-20"
@@ -89,41 +53,19 @@ def erasure_latency() -> None:
                         "eventId": 880000 + i, "subscriptionType": "contact.privacyDeletion",
                         "occurredAt": int(landed * 1000), "objectId": None, "email": email,
                         "changeSource": "CRM_UI", "portalId": 4711, "attemptNumber": 0}) + "\n", encoding="utf-8")
-                    _wait(lambda: any(k == email for _, k in crm.gdpr_calls[seen:]), 300,
+                    wait_until(lambda: any(k == email for _, k in crm.gdpr_calls[seen:]), 300,
                           f"the CRM delete of request {i + 1}")
                     called = next(t for t, k in crm.gdpr_calls[seen:] if k == email)
                     latencies.append(called - landed)
                     log(f"request {i + 1}: {called - landed:.1f} s from landing to the CRM delete call")
             finally:
-                os.killpg(daemon.pid, signal.SIGTERM)
-                daemon.wait(timeout=60)
+                stop_daemon(daemon)
         figure("erasure_requests_timed", len(latencies))
         figure("erasure_landing_to_crm_delete_median_seconds", statistics.median(latencies), "s")
         figure("erasure_landing_to_crm_delete_max_seconds", max(latencies), "s")
         figure("erasure_sensor_interval_seconds", 15, "s (privacy.yaml)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _sensor_ticked(home: Path) -> bool:
-    import dagster as dg
-    from dagster._core.scheduler.instigation import InstigatorType
-
-    instance = dg.DagsterInstance.from_config(str(home))
-    try:
-        states = instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
-        return any(instance.get_ticks(s.instigator_origin_id, s.selector_id, limit=1) for s in states)
-    finally:
-        instance.dispose()
-
-
-def _wait(condition, timeout: float, what: str) -> None:
-    done = threading.Event()
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gave up waiting for {what} after {timeout:.0f} s")
-        done.wait(0.05)
 
 
 def erase_in_1m() -> None:

@@ -38,6 +38,10 @@ BENCHMARKS: list[tuple[str, str, str]] = [
                       "dagster-daemon and the erasure_requests sensor; and erasing one person from a warehouse of "
                       "1,000,000 generated contacts (SQLite, golden layer built)",
      "handled within a minute of arrival (the issue); no target for the 1M erasure, the figure is reported"),
+    ("bench_leads", "Lead alerts: 50 trade-fair leads dropped one by one into the landing zone of a running "
+                    "dagster-daemon (sensors on, SQLite instance), each timed from the file landing to its alert at the "
+                    "local Slack-style webhook; and scoring 10,000,000 behaviour events over 1,000,000 contacts",
+     "alert latency p95 < 20 s, max < 45 s; 10M events scored in under 2 minutes and 6 GB"),
 ]
 
 DOC = ROOT / "docs" / "benchmarks.md"

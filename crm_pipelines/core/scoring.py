@@ -164,16 +164,27 @@ class ScoreResult:
 
 def attribute_events(events: pd.DataFrame, by_email: dict[str, str], by_crm: dict[str, str]) -> pd.Series:
     """The golden contact of each event: by e-mail, else CRM contact ID, else the anonymous ID's
-    other events (a visitor who identified themselves once is recognised on every visit)."""
-    email = events["email"].astype(object).where(events["email"].notna(), None)
-    gid = email.str.strip().str.lower().map(by_email) if len(events) else pd.Series(dtype=object)
-    crm = events["crm_contact_id"].astype(object).where(events["crm_contact_id"].notna(), None).astype(str)
-    gid = gid.where(gid.notna(), crm.map(by_crm))
+    other events (a visitor who identified themselves once is recognised on every visit).
+    Works on the identified rows only: most events are anonymous page views."""
+    gid = pd.Series(None, index=events.index, dtype=object)
+    email = events["email"]
+    has = email.notna().to_numpy()
+    if has.any():
+        gid[has] = email[has].astype(str).str.strip().str.lower().map(by_email).to_numpy()
+    if "crm_contact_id" in events.columns:
+        crm = events["crm_contact_id"]
+        need = (gid.isna() & crm.notna()).to_numpy()
+        if need.any():
+            gid[need] = crm[need].astype(str).map(by_crm).to_numpy()
     if "anonymous_id" in events.columns:
-        known = pd.DataFrame({"a": events["anonymous_id"], "g": gid}).dropna()
-        stitched = known.drop_duplicates("a", keep="last").set_index("a")["g"]
-        gid = gid.where(gid.notna(), events["anonymous_id"].map(stitched))
-    return gid.astype(object).where(gid.notna(), None)
+        found = gid.notna().to_numpy()
+        if found.any():
+            anon = events["anonymous_id"]
+            stitched = pd.Series(gid[found].to_numpy(), index=anon[found].to_numpy())
+            stitched = stitched[~stitched.index.duplicated(keep="last")]
+            missing = ~found & anon.notna().to_numpy()
+            gid[missing] = anon[missing].map(stitched).to_numpy()
+    return gid.where(gid.notna(), None)
 
 
 def score_contacts(events: pd.DataFrame, contacts: pd.DataFrame, accounts: pd.DataFrame, rules: ScoringRules,
@@ -182,16 +193,18 @@ def score_contacts(events: pd.DataFrame, contacts: pd.DataFrame, accounts: pd.Da
     ``accounts``: golden accounts (golden_id, industry, employee_count)."""
     ids = pd.Index(contacts["golden_id"].astype(str))
     parts: list[pd.DataFrame] = []
-    ev = events[events["golden_id"].notna()]
-    code = ids.get_indexer(ev["golden_id"].astype(str))
+    # Column arrays of the attributed events, no copy of the frame (10 million rows are the normal case).
+    code = ids.get_indexer(events["golden_id"])
     keep = code >= 0
     ev_code = code[keep]
-    ev_type = ev["event_type"].to_numpy(dtype=object)[keep]
-    occurred = pd.to_datetime(ev["occurred_at"], utc=True)
+    ev_type = events["event_type"].to_numpy(dtype=object)[keep]
+    occurred = pd.to_datetime(events["occurred_at"], utc=True)
     age = (pd.Timestamp(now).tz_convert("UTC") - occurred).dt.total_seconds().to_numpy()[keep] / 86400.0
     age_days = np.clip(np.nan_to_num(age, nan=0.0), 0, None)
-    urls = pd.Series(ev["url"].to_numpy(dtype=object)[keep]) if "url" in ev.columns else pd.Series([None] * len(ev_code))
-    url_codes, url_uniques = pd.factorize(urls, use_na_sentinel=True)
+    if "url" in events.columns:
+        url_codes, url_uniques = pd.factorize(events["url"].to_numpy(dtype=object)[keep], use_na_sentinel=True)
+    else:
+        url_codes, url_uniques = np.full(len(ev_code), -1), np.array([], dtype=object)
     for rule in rules.behaviour:
         mask = np.ones(len(ev_code), dtype=bool)
         if rule.event_types:
@@ -228,7 +241,7 @@ def score_contacts(events: pd.DataFrame, contacts: pd.DataFrame, accounts: pd.Da
                            "explanation": _explanations(contributions, len(ids))})
     contributions = contributions.drop(columns="code")
     contributions["points"] = contributions["points"].round(2)
-    return ScoreResult(scores, contributions, {"events_attributed": int(len(ev_code)),
+    return ScoreResult(scores, contributions, {"events_attributed": int(keep.sum()),
                                                "events_total": int(len(events))})
 
 

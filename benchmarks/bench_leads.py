@@ -1,0 +1,168 @@
+"""Lead alerts in near real time, and scoring at volume.
+
+1. Latency: a `dagster-daemon` with the sensors on (SQLite instance, the project's dagster.yaml),
+   a resolved warehouse of 2,000 generated contacts, the local CRM and a local Slack-style webhook.
+   50 trade-fair leads are dropped into today's landing folder one by one (one file each, the
+   next after the previous alert arrived); each is timed from the file landing to its alert
+   arriving at the webhook. p50 / p95 / max.
+2. Throughput: 10,000,000 behaviour events over 1,000,000 golden contacts (generated in memory,
+   the event mix and URLs of the demo), attributed to contacts and scored by the rules in
+   config/scoring.yaml, in one process: wall time of attribution + scoring, and the process's
+   peak RSS (events included).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from benchmarks.common import ROOT, figure, log, run_measured
+from benchmarks.daemon import sensor_ticked, small_warehouse, start_daemon, stop_daemon, wait_until
+
+LEADS = int(os.environ.get("BENCH_LEADS", "50"))
+EVENTS = int(os.environ.get("BENCH_SCORING_EVENTS", "10000000"))
+CONTACTS = int(os.environ.get("BENCH_SCORING_CONTACTS", "1000000"))
+HEADER = "Scan-ID;Messe;Scan-Zeitpunkt;Anrede;Titel;Vorname;Nachname;Firma;Position;Straße;PLZ;Ort;Land;Telefon;Mobil;" \
+         "E-Mail;Interesse;Notiz;Opt-In\n"
+
+
+def alert_latency() -> None:
+    from crm_pipelines.devtools.crm_server import CrmServer
+    from crm_pipelines.devtools.webhook_sink import WebhookSink
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-leads-"))
+    try:
+        landing, _, _ = small_warehouse(tmp, 0)
+        # Loaded already: only the benchmark's own leads should land while the daemon watches.
+        for source in ("trade_fair_leads", "service_requests", "consent_changes"):
+            shutil.rmtree(landing / source, ignore_errors=True)
+        # Score once so lead_scores exists (as after a nightly run).
+        subprocess.run([sys.executable, "-c", "import sys; from crm_pipelines.core.leads import build_lead_scores; "
+                        "from crm_pipelines.core.scoring import load_scoring_rules; "
+                        "from crm_pipelines.core.warehouse import Warehouse; "
+                        "from crm_pipelines.settings import DEFAULT_CONFIG_DIR; "
+                        "build_lead_scores(Warehouse(sys.argv[1]), load_scoring_rules(DEFAULT_CONFIG_DIR / "
+                        "'scoring.yaml'), 'bench')", f"sqlite:///{tmp / 'data' / 'warehouse.db'}"], check=True, cwd=ROOT)
+        home = tmp / "home"
+        home.mkdir()
+        os.environ["DAGSTER_HOME"] = str(home)
+        today = datetime.now(timezone.utc).astimezone().strftime("%Y-%m-%d")
+        with CrmServer(tmp / "crm.db") as crm, WebhookSink() as slack:
+            env = dict(os.environ, DAGSTER_HOME=str(home), CRM_LANDING_DIR=str(landing),
+                       CRM_DATA_DIR=str(tmp / "data"), CRM_API_URL=crm.url, CRM_SALES_SLACK_WEBHOOK_URL=slack.url,
+                       GX_ANALYTICS_ENABLED="false", CRM_PARTITION_START="2026-01-01")
+            daemon = start_daemon(home, env)
+            try:
+                wait_until(lambda: sensor_ticked(home), 180, "the daemon's first sensor tick")
+                folder = landing / "trade_fair_leads" / today
+                folder.mkdir(parents=True, exist_ok=True)
+                latencies = []
+                for i in range(LEADS):
+                    before = len(slack.received)
+                    landed = time.time()
+                    name = f"Lead{i:03d}"
+                    (folder / f"scan_{i:03d}.csv").write_text(
+                        "\ufeff" + HEADER + f"TF-B-{i:03d};SPS Nürnberg;{datetime.now():%d.%m.%Y %H:%M};Frau;;Eva;{name};"
+                        f"Bench GmbH;Einkauf;Hauptstr. {i + 1};80331;München;Deutschland;;;eva.{i}@bench-gmbh.de;"
+                        "Antriebe;;ja\n", encoding="utf-8")
+                    wait_until(lambda: any(name in t for t in slack.texts()[before:]), 120, f"the alert of lead {i + 1}")
+                    arrived = time.time()
+                    latencies.append(arrived - landed)
+                    if i % 10 == 0 or i == LEADS - 1:
+                        log(f"lead {i + 1}/{LEADS}: {arrived - landed:.1f} s from landing to the alert")
+            finally:
+                stop_daemon(daemon)
+        latencies.sort()
+        p95 = latencies[min(len(latencies) - 1, int(round(0.95 * len(latencies))) - 1)]
+        figure("lead_alerts_timed", len(latencies))
+        figure("lead_alert_latency_p50_seconds", statistics.median(latencies), "s")
+        figure("lead_alert_latency_p95_seconds", p95, "s")
+        figure("lead_alert_latency_max_seconds", max(latencies), "s")
+        figure("lead_alert_sensor_interval_seconds", 5, "s (new_leads sensor)")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def scoring_worker() -> None:
+    """In its own process: build the events in memory, then time attribution + scoring."""
+    import numpy as np
+    import pandas as pd
+
+    from crm_pipelines.core.scoring import attribute_events, load_scoring_rules, score_contacts
+    from crm_pipelines.settings import DEFAULT_CONFIG_DIR
+
+    rng = np.random.default_rng(3)
+    now = datetime(2026, 11, 20, tzinfo=timezone.utc)
+    ids = np.array([f"GC-{i:08d}" for i in range(1, CONTACTS + 1)], dtype=object)
+    emails = np.array([f"k{i}@firma{i % 50000}.de" for i in range(CONTACTS)], dtype=object)
+    contacts = pd.DataFrame({"golden_id": ids, "email": emails,
+                             "job_title": rng.choice(np.array(["Leiter Einkauf", "Konstrukteur", "Geschäftsführer", None],
+                                                              dtype=object), CONTACTS),
+                             "postal_code": np.char.zfill(rng.integers(1000, 99999, CONTACTS).astype(str), 5),
+                             "account_id": np.array([f"GA-{i % 200000:08d}" for i in range(CONTACTS)], dtype=object),
+                             "email_consent": None, "erp_customer_number": None})
+    accounts = pd.DataFrame({"golden_id": [f"GA-{i:08d}" for i in range(200000)],
+                             "industry": rng.choice(["Maschinenbau", "Chemie", "Logistik"], 200000),
+                             "employee_count": rng.integers(5, 2000, 200000)})
+    kinds = np.array(["page_view", "pricing_page", "demo_video", "whitepaper_download", "webinar_attended", "email_open",
+                      "email_click", "unsubscribe"], dtype=object)
+    urls = np.array(["https://www.example-maschinenbau.de/produkte/antriebe", "https://www.example-maschinenbau.de/preise",
+                     "https://www.example-maschinenbau.de/blog/retrofit", None], dtype=object)
+    who = rng.integers(0, CONTACTS, EVENTS)
+    identified = rng.random(EVENTS) < 0.5
+    events = pd.DataFrame({
+        "event_type": pd.Categorical(kinds[rng.choice(len(kinds), EVENTS, p=[.55, .1, .04, .05, .02, .14, .09, .01])]),
+        "occurred_at": pd.Timestamp(now) - pd.to_timedelta(rng.integers(0, 180 * 86400, EVENTS), unit="s"),
+        "url": pd.Categorical(urls[rng.integers(0, len(urls), EVENTS)]),
+        "email": pd.Series(np.where(identified, emails[who], None), dtype=object),
+        "crm_contact_id": None,
+        "anonymous_id": pd.Series([f"anon-{w:07d}" for w in who], dtype=object),
+    })
+    rules = load_scoring_rules(DEFAULT_CONFIG_DIR / "scoring.yaml")
+    by_email = dict(zip(emails, ids))
+    started = time.monotonic()
+    events["golden_id"] = attribute_events(events, by_email, {})
+    attributed = time.monotonic() - started
+    result = score_contacts(events, contacts, accounts, rules, now)
+    total = time.monotonic() - started
+    print(json.dumps({"seconds": total, "attribution_seconds": attributed,
+                      "events_attributed": result.stats["events_attributed"],
+                      "by_stage": result.scores["stage"].value_counts().to_dict()}))
+
+
+def scoring_throughput() -> None:
+    log(f"scoring {EVENTS:,} events over {CONTACTS:,} contacts (in its own process)")
+    seconds, mem, proc = run_measured([sys.executable, "-m", "benchmarks.bench_leads", "--scoring-worker"],
+                                      dict(os.environ))
+    if proc.returncode != 0:
+        print(proc.stdout[-3000:], file=sys.stderr)
+        raise RuntimeError("the scoring worker failed")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    tag = f"scoring_{EVENTS // 1_000_000}m_events"
+    figure(f"{tag}_seconds", out["seconds"], "s (attribution + scoring)")
+    figure(f"{tag}_attribution_seconds", out["attribution_seconds"], "s")
+    figure(f"{tag}_per_second", EVENTS / out["seconds"], "events/s")
+    figure(f"{tag}_attributed", out["events_attributed"])
+    figure(f"{tag}_peak_rss_mb", mem.peak_total / 2**20, "MB (the events in memory included)")
+    figure(f"{tag}_process_wall_seconds", seconds, "s (generating the events included)")
+
+
+def main(argv: list[str]) -> int:
+    if "--scoring-worker" in argv:
+        scoring_worker()
+        return 0
+    alert_latency()
+    scoring_throughput()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,83 @@
+"""Shared by the latency benchmarks: a small resolved warehouse, a real dagster-daemon, waiting for it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from benchmarks.common import ROOT
+
+
+def small_warehouse(tmp: Path, n_emails: int = 4, contacts: int = 2000) -> tuple[Path, str, list[str]]:
+    """A demo-sized landing zone loaded and resolved (no Dagster), and addresses to erase."""
+    from crm_pipelines.core import golden as G
+    from crm_pipelines.core.ingest import ingest_partition, landed_partitions
+    from crm_pipelines.core.mapping import load_mappings
+    from crm_pipelines.core.matching.settings import load_matching_config
+    from crm_pipelines.core.warehouse import Warehouse
+    from crm_pipelines.demo.generator import GeneratorConfig, generate
+    from crm_pipelines.settings import DEFAULT_CONFIG_DIR
+
+    landing = tmp / "landing"
+    generate(GeneratorConfig(contacts=contacts, seed=9, out=landing, days=3))
+    shutil.rmtree(landing / "erasure_requests", ignore_errors=True)  # only the benchmark's own requests
+    url = f"sqlite:///{tmp / 'data' / 'warehouse.db'}"
+    wh = Warehouse(url)
+    mappings = load_mappings(DEFAULT_CONFIG_DIR)
+    for m in mappings.values():
+        for day in landed_partitions(landing, m.source):
+            ingest_partition(m, day, landing, wh, "bench")
+    cfg = load_matching_config(DEFAULT_CONFIG_DIR / "matching.yaml")
+    G.ensure_golden_tables(wh)
+    G.build_account_records(wh, G.build_person_records(wh))
+    G.resolve_accounts(wh, cfg, "bench")
+    G.resolve_contacts(wh, cfg, "bench")
+    emails = wh.read_raw_sql("SELECT email FROM golden.contacts WHERE email IS NOT NULL ORDER BY golden_id LIMIT 50")
+    wh.engine.dispose()
+    return landing, url, emails["email"].tolist()[::7][:n_emails]
+
+
+def sensor_ticked(home: Path) -> bool:
+    import dagster as dg
+    from dagster._core.scheduler.instigation import InstigatorType
+
+    instance = dg.DagsterInstance.from_config(str(home))
+    try:
+        states = instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
+        return any(instance.get_ticks(s.instigator_origin_id, s.selector_id, limit=1) for s in states)
+    finally:
+        instance.dispose()
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    done = threading.Event()
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up waiting for {what} after {timeout:.0f} s")
+        done.wait(0.05)
+
+
+
+def start_daemon(home: Path, env: dict) -> subprocess.Popen:
+    """dagster-daemon on the project's workspace, in its own process group (stopped with stop_daemon)."""
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    # Create the instance's storage here, before the daemon and this process race to migrate it.
+    import dagster as dg
+
+    os.environ["DAGSTER_HOME"] = str(home)
+    dg.DagsterInstance.from_config(str(home)).dispose()
+    return subprocess.Popen([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def stop_daemon(daemon: subprocess.Popen) -> None:
+    os.killpg(daemon.pid, signal.SIGTERM)
+    daemon.wait(timeout=60)
