@@ -16,6 +16,7 @@ from .defs.crm import build_crm_assets
 from .defs.golden import build_golden_assets
 from .defs.jobs import build_jobs
 from .defs.partitions import daily_partitions
+from .defs.printing import build_printing_defs
 from .defs.privacy import build_privacy_defs
 from .defs.quality import build_quality_checks
 from .defs.resources import build_resources
@@ -31,16 +32,17 @@ def build_defs(settings: Settings | None = None) -> dg.Definitions:
     privacy = build_privacy_defs(settings.config_dir, mappings, settings.data_dir,
                                  load_sync_settings(settings.config_dir / "sync.yaml"))
     scoring = build_scoring_defs(settings.config_dir, mappings, settings.data_dir)
-    jobs = [*build_jobs(), *privacy["jobs"], *scoring["jobs"]]
+    printing = build_printing_defs(settings.config_dir, settings.data_dir)
+    jobs = [*build_jobs(), *privacy["jobs"], *scoring["jobs"], *printing["jobs"]]
     by_name = {j.name: j for j in jobs}
     return dg.Definitions(
         assets=[*build_source_assets(mappings, partitions), *build_golden_assets(settings.config_dir),
                 *privacy["assets"], *build_crm_assets(settings.config_dir, mappings, settings.timezone),
-                *scoring["assets"]],
+                *scoring["assets"], *printing["assets"]],
         asset_checks=build_quality_checks(),
         jobs=jobs,
-        sensors=[*privacy["sensors"], *scoring["sensors"], *build_chain_sensors(by_name)],
-        schedules=[*privacy["schedules"], *build_schedules(by_name)],
+        sensors=[*privacy["sensors"], *scoring["sensors"], *printing["sensors"], *build_chain_sensors(by_name)],
+        schedules=[*privacy["schedules"], *build_schedules(by_name), *printing["schedules"]],
         resources=build_resources(settings),
     )
 

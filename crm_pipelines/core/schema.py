@@ -411,3 +411,19 @@ REACTIVATION_SEGMENT = _t(
     sa.Column("last_order_date", sa.Date()), sa.Column("last_activity_at", _TS),
     sa.Column("segment_date", sa.Text(), nullable=False),
 )
+PRINT_LISTS = _t(
+    "print_lists", "ops", "Every print list built: files, checksum, approval and release (the release needs an approval).",
+    sa.Column("list_id", sa.Text(), primary_key=True), sa.Column("campaign", sa.Text(), nullable=False),
+    sa.Column("run_id", sa.Text(), nullable=False), sa.Column("created_at", _TS, nullable=False),
+    sa.Column("folder", sa.Text(), nullable=False), sa.Column("csv_sha256", sa.Text(), nullable=False),
+    sa.Column("rules_sha256", sa.Text(), nullable=False), sa.Column("recipients", sa.BigInteger(), nullable=False),
+    sa.Column("status", sa.Text(), nullable=False, comment="built | approved | released | expired | superseded"),
+    sa.Column("approved_by", sa.Text()), sa.Column("approved_at", _TS),
+    sa.Column("released_at", _TS), sa.Column("released_file", sa.Text()),
+)
+PRINT_RECIPIENTS = _t(
+    "print_recipients", "ops", "Which golden contact each pseudonymous recipient ID of a list stands for (never in the CSV).",
+    sa.Column("list_id", sa.Text(), primary_key=True), sa.Column("recipient_id", sa.Text(), primary_key=True),
+    sa.Column("golden_id", sa.Text(), nullable=False), sa.Column("variant", sa.Text(), nullable=False),
+    indexes=(("golden_id",),),
+)

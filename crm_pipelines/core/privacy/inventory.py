@@ -217,6 +217,8 @@ def build_inventory(mappings: dict[str, SourceMapping]) -> list[Locator]:
                 _by(lambda t: t.c.golden_id, lambda p: p.golden_ids)(g.PRINT_QUEUE)),
         Locator(g.REACTIVATION_SEGMENT, "the person in the reactivation segment", "delete",
                 _by(lambda t: t.c.golden_id, lambda p: p.golden_ids)(g.REACTIVATION_SEGMENT)),
+        Locator(g.PRINT_RECIPIENTS, "the person's place in print lists (pseudonymous recipient IDs)", "delete",
+                _by(lambda t: t.c.golden_id, lambda p: p.golden_ids)(g.PRINT_RECIPIENTS)),
         Locator(g.RETIRED_CONTACTS, "statistics row of a retired golden ID (no personal data)", "delete",
                 _by(lambda t: t.c.golden_id, lambda p: p.golden_ids)(g.RETIRED_CONTACTS)),
     ]
@@ -231,7 +233,7 @@ def _holds_person(mapping: SourceMapping) -> bool:
 # trail, suppression list, request log, row log of CRM writes with masked messages).
 NOT_PERSONAL = {"golden.accounts", "golden.account_lineage", "golden.id_events", "ops.match_runs", "ops.register_cache",
                 "ops.register_calls", "ops.landing_files", "ops.crm_sync_log", "ops.crm_sync_runs",
-                "ops.suppression_list", "ops.audit_log", "ops.privacy_requests", "marts.crm_companies_payload",
+                "ops.suppression_list", "ops.audit_log", "ops.privacy_requests", "marts.crm_companies_payload", "ops.print_lists",
                 "raw.erp_orders"}
 
 
