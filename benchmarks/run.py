@@ -42,6 +42,10 @@ BENCHMARKS: list[tuple[str, str, str]] = [
                     "dagster-daemon (sensors on, SQLite instance), each timed from the file landing to its alert at the "
                     "local Slack-style webhook; and scoring 10,000,000 behaviour events over 1,000,000 contacts",
      "alert latency p95 < 20 s, max < 45 s; 10M events scored in under 2 minutes and 6 GB"),
+    ("bench_print", "A print list (campaign herbst-bayern) for 1,000,000 generated contacts: audience with order "
+                    "history and activity, eligibility, households, variants, CSV, manifest and proof PDF, in its own "
+                    "process over the SQLite warehouse with its golden layer",
+     "under 3 minutes and 6 GB"),
 ]
 
 DOC = ROOT / "docs" / "benchmarks.md"

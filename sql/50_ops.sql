@@ -123,6 +123,23 @@ CREATE TABLE IF NOT EXISTS ops.match_runs (
 	accepted BOOLEAN NOT NULL
 );
 
+CREATE TABLE IF NOT EXISTS ops.print_lists (
+	list_id TEXT NOT NULL, 
+	campaign TEXT NOT NULL, 
+	run_id TEXT NOT NULL, 
+	created_at TIMESTAMP WITH TIME ZONE NOT NULL, 
+	folder TEXT NOT NULL, 
+	csv_sha256 TEXT NOT NULL, 
+	rules_sha256 TEXT NOT NULL, 
+	recipients BIGINT NOT NULL, 
+	status TEXT NOT NULL, 
+	approved_by TEXT, 
+	approved_at TIMESTAMP WITH TIME ZONE, 
+	released_at TIMESTAMP WITH TIME ZONE, 
+	released_file TEXT, 
+	PRIMARY KEY (list_id)
+);
+
 CREATE TABLE IF NOT EXISTS ops.print_queue (
 	alert_key TEXT NOT NULL, 
 	golden_id TEXT NOT NULL, 
@@ -131,6 +148,16 @@ CREATE TABLE IF NOT EXISTS ops.print_queue (
 	status TEXT NOT NULL, 
 	PRIMARY KEY (alert_key)
 );
+
+CREATE TABLE IF NOT EXISTS ops.print_recipients (
+	list_id TEXT NOT NULL, 
+	recipient_id TEXT NOT NULL, 
+	golden_id TEXT NOT NULL, 
+	variant TEXT NOT NULL, 
+	PRIMARY KEY (list_id, recipient_id)
+);
+
+CREATE INDEX IF NOT EXISTS ix_print_recipients_golden_id ON ops.print_recipients (golden_id);
 
 CREATE TABLE IF NOT EXISTS ops.privacy_requests (
 	request_id TEXT NOT NULL, 
