@@ -23,7 +23,8 @@ from .generator import GeneratorConfig, generate
 # Jobs the demo runs, in order, and whether they take the landing zone's day range;
 # each later capability adds its job here.
 DEMO_JOBS: tuple[tuple[str, bool], ...] = (("ingest_sources", True), ("handle_erasure_requests", False),
-                                            ("build_golden", False), ("push_crm", False), ("score_leads", False))
+                                            ("build_golden", False), ("push_crm", False), ("score_leads", False),
+                                            ("reactivation", False), ("build_print_lists", False))
 
 
 def _needs_generation(landing: Path, cfg: GeneratorConfig) -> bool:

@@ -223,3 +223,40 @@ def test_campaign_files_are_validated_with_file_and_key(tmp_path):
         with pytest.raises(ConfigError) as err:
             load_campaign(path)
         assert "campaign.yaml" in str(err.value) and key in str(err.value), str(err.value)
+
+
+def test_an_erasure_takes_the_person_out_of_built_and_released_lists(sqlite_url, tmp_path):
+    from crm_pipelines.core.printing.release import remove_recipients
+    from crm_pipelines.core.schema import PRINT_LISTS
+
+    import sqlalchemy as sa
+
+    wh = Warehouse(sqlite_url)
+    settings = PrintSettings(tmp_path / "outbox", 30, tmp_path / "approvals", None)
+    people = frame(person(1), person(2, postal_code="01067"), person(3, postal_code="04109"))
+    released_doc = record_list(wh, build_list(people, CAMPAIGN, no_screen(), set()), CAMPAIGN, "r1",
+                               tmp_path / "lists", "pytest", proof_samples=1)
+    approve(wh, released_doc["list_id"], "K. Berger")
+    outbox_file = release(wh, released_doc["list_id"], settings, "pytest")
+    from dataclasses import replace
+
+    other = replace(CAMPAIGN, name="zweite")
+    approved_doc = record_list(wh, build_list(people, other, no_screen(), set()), other, "r2", tmp_path / "lists",
+                               "pytest", proof_samples=1)
+    approve(wh, approved_doc["list_id"], "K. Berger")
+
+    removed = remove_recipients(wh, ["GC-00000002"], "pytest")
+    assert removed == {released_doc["list_id"]: 1, approved_doc["list_id"]: 1}
+    assert "Weiß2" not in outbox_file.read_text(encoding="utf-8")
+    assert len(outbox_file.read_text(encoding="utf-8").strip().splitlines()) == 3
+    rows = wh.read_frame(sa.select(PRINT_LISTS)).set_index("list_id")
+    # The approved list must be checked again; its checksum follows the new file.
+    assert rows.loc[approved_doc["list_id"], "status"] == "built"
+    assert rows.loc[approved_doc["list_id"], "recipients"] == 2
+    with pytest.raises(ReleaseRefused, match="needs an approval"):
+        release(wh, approved_doc["list_id"], settings, "pytest")
+    approve(wh, approved_doc["list_id"], "K. Berger")
+    assert "Weiß2" not in release(wh, approved_doc["list_id"], settings, "pytest").read_text(encoding="utf-8")
+    manifest = json.loads(outbox_file.with_suffix("").with_suffix(".manifest.json").read_text(encoding="utf-8"))
+    assert manifest["csv_sha256"] == hashlib.sha256(outbox_file.read_bytes()).hexdigest()
+    assert manifest["changed_by_erasure"] == 1

@@ -160,3 +160,50 @@ def expire_outbox(wh: Warehouse, settings: PrintSettings, actor: str, now: datet
         append(wh, [AuditEntry("print.expired", actor, row.list_id, {"file": path.name,
                                                                    "retention_days": settings.retention_days}, run_id)])
     return removed
+
+
+def remove_recipients(wh: Warehouse, golden_ids, actor: str, run_id: str | None = None) -> dict[str, int]:
+    """An erasure reaches the print lists: the person's rows leave every list that is not expired,
+    and its outbox copy if it is still there. A changed list loses its approval (it must be
+    checked again); a released one is rewritten in the outbox and the change audited, so the print
+    shop can be told. Returns recipients removed per list."""
+    golden_ids = sorted({g for g in golden_ids if g})
+    if not golden_ids:
+        return {}
+    wh.ensure_tables([PRINT_LISTS, PRINT_RECIPIENTS])
+    rec = wh.read_frame(sa.select(PRINT_RECIPIENTS).where(PRINT_RECIPIENTS.c.golden_id.in_(golden_ids)))
+    out: dict[str, int] = {}
+    for list_id, rows in rec.groupby("list_id"):
+        info = _row(wh, list_id)
+        if info["status"] in ("expired", "superseded"):
+            continue
+        gone = set(rows["recipient_id"])
+        files = [Path(info["folder"]) / "list.csv"]
+        if info["status"] == "released" and info.get("released_file"):
+            files.append(Path(info["released_file"]))
+        sha = info["csv_sha256"]
+        for f in files:
+            if not f.exists():
+                continue
+            frame = pd.read_csv(f, sep=";", dtype=str, keep_default_na=False)
+            write_csv(frame[~frame["recipient_id"].isin(gone)], f)
+            sha = hashlib.sha256(Path(files[0]).read_bytes()).hexdigest()
+        manifest_path = Path(info["folder"]) / "manifest.json"
+        if manifest_path.exists():
+            doc = json.loads(manifest_path.read_text(encoding="utf-8"))
+            doc.update(csv_sha256=sha, recipients=int(doc.get("recipients", 0)) - len(gone),
+                       changed_by_erasure=int(doc.get("changed_by_erasure", 0)) + len(gone))
+            manifest_path.write_text(json.dumps(doc, ensure_ascii=False, indent=2), encoding="utf-8")
+            if info["status"] == "released" and info.get("released_file"):
+                released_manifest = Path(info["released_file"]).with_suffix("").with_suffix(".manifest.json")
+                if released_manifest.exists():
+                    released_manifest.write_text(json.dumps(doc, ensure_ascii=False, indent=2), encoding="utf-8")
+        values = {"csv_sha256": sha, "recipients": int(info["recipients"]) - len(gone)}
+        if info["status"] == "approved":
+            values.update(status="built", approved_by=None, approved_at=None)  # checked again before release
+        with wh.engine.begin() as conn:
+            conn.execute(sa.update(PRINT_LISTS).where(PRINT_LISTS.c.list_id == list_id).values(**values))
+        append(wh, [AuditEntry("print.recipient_erased", actor, list_id,
+                               {"recipients_removed": len(gone), "status_before": info["status"]}, run_id)])
+        out[list_id] = len(gone)
+    return out

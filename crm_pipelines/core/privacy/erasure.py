@@ -79,6 +79,7 @@ class ErasureReport:
     targets: dict[str, dict] = field(default_factory=dict)   # system -> outcome counts (deleted / absent / failed)
     seconds: float = 0.0
     target_seconds: dict[str, float] = field(default_factory=dict)
+    print_lists: dict[str, int] = field(default_factory=dict)  # list -> recipients removed from its files
 
 
 def find_person(wh: Warehouse, hasher: IdentityHasher, emails: Sequence[str] = (), crm_contact_ids: Sequence[str] = (),
@@ -149,9 +150,14 @@ def erase(wh: Warehouse, hasher: IdentityHasher, mappings: dict[str, SourceMappi
     append(wh, [AuditEntry("erasure.suppressed", actor, person.subject,
                            {"identities": report.identities, "new_entries": report.suppression_added}, run_id)])
 
+    # Print lists on disk (and in the outbox) first: the scrub removes the recipient table that finds them.
+    from ..printing.release import remove_recipients
+
+    report.print_lists = remove_recipients(wh, person.golden_ids, actor, run_id)
     report.tables = scrub(wh, hasher, person, locators if locators is not None else build_inventory(mappings))
     log(f"erasure {request_id}: {sum(report.tables.values())} row(s) in {len(report.tables)} table(s)")
-    append(wh, [AuditEntry("erasure.warehouse", actor, person.subject, {"tables": report.tables}, run_id)])
+    append(wh, [AuditEntry("erasure.warehouse", actor, person.subject,
+                           {"tables": report.tables, "print_lists": report.print_lists}, run_id)])
 
     identifiers = [("email", e) for e in sorted(person.emails)] + [("crm_contact_id", c)
                                                                       for c in sorted(person.crm_contact_ids)]
