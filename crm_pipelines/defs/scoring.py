@@ -91,6 +91,10 @@ def build_scoring_defs(config_dir: Path, mappings: dict[str, SourceMapping], dat
         return dg.MaterializeResult(metadata={"dagster/row_count": n, "day": day})
 
     @dg.asset(key=ALERTS_KEY, group_name=GROUP, owners=OWNERS, kinds={"slack", "hubspot"}, deps=[SCORES_KEY, PUSH_CONTACTS_KEY],
+              check_specs=[dg.AssetCheckSpec("alerts_delivered", asset=ALERTS_KEY,
+                                             description="Every hand-off reached every configured channel (a channel "
+                                                         "that still fails after its retries shows here; the next run "
+                                                         "retries it).")],
               description="Hands every SQL crossing to sales exactly once (ops.alert_ledger): owner by territory "
                           "(config/territories.yaml), a follow-up task in the CRM due in 2 hours, a Slack/Teams/e-mail "
                           "notification; suppressed or no-consent contacts get none; a hot lead with postal consent "
@@ -102,7 +106,7 @@ def build_scoring_defs(config_dir: Path, mappings: dict[str, SourceMapping], dat
         report = hand_off(wh, leads, territories, notify.channels(), crm.connector(sync), context.run.run_id,
                           crm_url=notify.crm_web_url, log=context.log.warning)
         audit_run(wh, context, "handoff.sql_crossings", _handoff_details(report))
-        return dg.MaterializeResult(metadata=_handoff_metadata(report))
+        return dg.MaterializeResult(metadata=_handoff_metadata(report), check_results=[_delivered(report)])
 
     @dg.asset(key=FUNNEL_KEY, group_name=GROUP, owners=OWNERS, kinds={"pandas", "csv"}, deps=[SCORES_KEY, ALERTS_KEY],
               description="Lead -> MQL -> SQL -> Opportunity -> Closed-won per week first seen and source, the "
@@ -265,6 +269,12 @@ def _sla_sensor(job):
 
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _delivered(report) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(check_name="alerts_delivered", passed=not report.failed,
+                               metadata={"failed_by_channel": dg.MetadataValue.json(report.failed),
+                                         "notified_by_channel": dg.MetadataValue.json(report.notified)})
 
 
 def _handoff_details(report) -> dict:

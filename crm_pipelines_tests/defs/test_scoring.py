@@ -131,6 +131,8 @@ def test_an_sql_crossing_is_alerted_once_and_scores_have_history(tmp_path, demo_
             texts = [t for t in slack.texts() if "Heißer Lead (SQL)" in t]
             assert texts and any("pricing_page" in t for t in texts)
             sent = len(slack.received)
+            checks = {c.check_name: c.passed for c in first.get_asset_check_evaluations()}
+            assert checks["alerts_delivered"] is True
             assert job.execute_in_process(instance=instance).success
             assert len(slack.received) == sent  # still the same crossing: no second alert
             assert wh.scalar(sa.select(sa.func.count()).select_from(LEAD_SCORE_HISTORY)) > 0
@@ -188,3 +190,12 @@ def _alerts(url):
     from crm_pipelines.defs.resources import AlertResource
 
     return AlertResource(webhook_url=url)
+
+
+def test_a_channel_that_still_fails_shows_as_a_failed_check():
+    from crm_pipelines.core.handoff import HandoffReport
+    from crm_pipelines.defs.scoring import _delivered
+
+    assert _delivered(HandoffReport(notified={"slack": 2})).passed is True
+    failed = _delivered(HandoffReport(notified={"slack": 1}, failed={"teams": 1}))
+    assert failed.passed is False and failed.metadata["failed_by_channel"].value == {"teams": 1}
