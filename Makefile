@@ -4,6 +4,7 @@
 #   make dev    open the Dagster UI at http://127.0.0.1:3000
 #   make bench  run the benchmarks; results go to docs/benchmarks.md
 #   make crm-server  the local development CRM on http://127.0.0.1:8766 (for pushes from the UI)
+#   make prod-local  the production profile on one machine: PostgreSQL, dagster-daemon, dagster-webserver
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -15,7 +16,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export GX_ANALYTICS_ENABLED := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo dev test bench sql clean crm-server
+.PHONY: install demo dev test bench sql clean crm-server prod-local
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || \
@@ -43,6 +44,9 @@ test: install
 bench: install
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	$(PY) -m benchmarks.run
+
+prod-local: install
+	$(PY) -m crm_pipelines.devtools.prod_local --port 3000
 
 crm-server: install
 	$(PY) -m crm_pipelines.devtools.crm_server --db .crm_data/crm_server.db --port 8766

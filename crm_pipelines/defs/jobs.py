@@ -25,6 +25,7 @@ def build_jobs() -> list[dg.UnresolvedAssetJobDefinition]:
         dg.define_asset_job(
             "push_crm",
             selection=dg.AssetSelection.groups(CRM_GROUP) - dg.AssetSelection.assets(SNAPSHOT_KEY),
+            tags={"crm/push": "crm"},  # the production run queue lets one push run at a time
             description="Build the CRM payloads, check them (blocking GX suites), push what changed to the CRM.",
         ),
         dg.define_asset_job(

