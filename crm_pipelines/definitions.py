@@ -15,6 +15,7 @@ from .core.mapping import load_mappings
 from .defs.crm import build_crm_assets
 from .defs.golden import build_golden_assets
 from .defs.jobs import build_jobs
+from .defs.maintenance import build_maintenance_defs
 from .defs.partitions import daily_partitions
 from .defs.printing import build_printing_defs
 from .defs.privacy import build_privacy_defs
@@ -33,7 +34,8 @@ def build_defs(settings: Settings | None = None) -> dg.Definitions:
                                  load_sync_settings(settings.config_dir / "sync.yaml"))
     scoring = build_scoring_defs(settings.config_dir, mappings, settings.data_dir)
     printing = build_printing_defs(settings.config_dir, settings.data_dir)
-    jobs = [*build_jobs(), *privacy["jobs"], *scoring["jobs"], *printing["jobs"]]
+    maintenance = build_maintenance_defs(settings.config_dir)
+    jobs = [*build_jobs(), *privacy["jobs"], *scoring["jobs"], *printing["jobs"], *maintenance["jobs"]]
     by_name = {j.name: j for j in jobs}
     return dg.Definitions(
         assets=[*build_source_assets(mappings, partitions), *build_golden_assets(settings.config_dir),
@@ -41,8 +43,9 @@ def build_defs(settings: Settings | None = None) -> dg.Definitions:
                 *scoring["assets"], *printing["assets"]],
         asset_checks=build_quality_checks(),
         jobs=jobs,
-        sensors=[*privacy["sensors"], *scoring["sensors"], *printing["sensors"], *build_chain_sensors(by_name)],
-        schedules=[*privacy["schedules"], *build_schedules(by_name), *printing["schedules"]],
+        sensors=[*privacy["sensors"], *scoring["sensors"], *printing["sensors"], *maintenance["sensors"],
+                 *build_chain_sensors(by_name)],
+        schedules=[*privacy["schedules"], *build_schedules(by_name), *printing["schedules"], *maintenance["schedules"]],
         resources=build_resources(settings),
     )
 

@@ -18,9 +18,12 @@ from .resources import WarehouseResource
 def check_result(result: Q.SuiteResult, **extra) -> dict:
     """Check metadata: every expectation with unexpected count and percent; masked examples only."""
     failed = result.failed
+    passed = len(result.results) - len(failed)
     return {
         "suite": result.suite, "rows": result.rows, "expectations": len(result.results),
         "failed_expectations": len(failed),
+        # Numeric, under the same name on every suite: the UI plots it over the runs.
+        "success_percent": round(100.0 * passed / len(result.results), 2) if result.results else 100.0,
         "results": dg.MetadataValue.md(frame_markdown(result.table())),
         **{f"unexpected_{r.column or 'table'}_{r.expectation.removeprefix('expect_')}": r.unexpected_count
            for r in failed},

@@ -14,7 +14,7 @@ Thin: the work is in ``core/scoring.py``, ``core/leads.py``, ``core/handoff.py``
 import base64
 import hashlib
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -91,6 +91,9 @@ def build_scoring_defs(config_dir: Path, mappings: dict[str, SourceMapping], dat
         return dg.MaterializeResult(metadata={"dagster/row_count": n, "day": day})
 
     @dg.asset(key=ALERTS_KEY, group_name=GROUP, owners=OWNERS, kinds={"slack", "hubspot"}, deps=[SCORES_KEY, PUSH_CONTACTS_KEY],
+              # Scored hourly: SQL crossings reach sales within the hour (new leads within seconds, by sensor).
+              freshness_policy=dg.FreshnessPolicy.time_window(fail_window=timedelta(minutes=90),
+                                                              warn_window=timedelta(minutes=70)),
               check_specs=[dg.AssetCheckSpec("alerts_delivered", asset=ALERTS_KEY,
                                              description="Every hand-off reached every configured channel (a channel "
                                                          "that still fails after its retries shows here; the next run "
