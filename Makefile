@@ -16,7 +16,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export GX_ANALYTICS_ENABLED := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo dev test bench sql clean crm-server prod-local
+.PHONY: install demo dev test bench sql clean crm-server prod-local system-deps
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || \
@@ -38,7 +38,20 @@ demo: install $(DAGSTER_HOME)/dagster.yaml
 dev: install $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
-test: install
+# Debian packages the end-to-end tests drive (Chromium for the UI test, Redis as the Celery broker).
+# Installed when missing and possible (root and apt-get); otherwise those tests skip and say why.
+system-deps:
+	@missing=""; command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing$$missing (Debian packages for the end-to-end tests)"; \
+			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing) \
+				>/dev/null || echo "could not install$$missing: the tests that need them will skip"; \
+		else echo "missing$$missing and no root/apt-get: the tests that need them will skip"; fi; \
+	fi
+
+test: install system-deps
 	$(PY) -m pytest
 
 bench: install
