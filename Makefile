@@ -5,6 +5,8 @@
 #   make bench  run the benchmarks; results go to docs/benchmarks.md
 #   make crm-server  the local development CRM on http://127.0.0.1:8766 (for pushes from the UI)
 #   make prod-local  the production profile on one machine: PostgreSQL, dagster-daemon, dagster-webserver
+#   make celery-worker  one Celery worker for CRM_EXECUTOR=celery (needs CRM_CELERY_BROKER, CRM_CELERY_BACKEND)
+#   make screenshots    refresh docs/screenshots/ from the UI test (headless Chromium)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -16,7 +18,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export GX_ANALYTICS_ENABLED := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo dev test bench sql clean crm-server prod-local system-deps
+.PHONY: install demo dev test bench sql clean crm-server prod-local system-deps celery-worker screenshots
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || \
@@ -60,6 +62,16 @@ bench: install
 
 prod-local: install
 	$(PY) -m crm_pipelines.devtools.prod_local --port 3000
+
+# One worker process per call; start as many as there are cores to spare (docs/operations.md).
+celery-worker: install $(DAGSTER_HOME)/dagster.yaml
+	@test -n "$$CRM_CELERY_BROKER" -a -n "$$CRM_CELERY_BACKEND" || \
+		{ echo "set CRM_CELERY_BROKER and CRM_CELERY_BACKEND, e.g. redis://127.0.0.1:6379/0 and /1"; exit 1; }
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m dagster_celery.cli worker start -A dagster_celery.app \
+		-y celery_worker.yaml -- --concurrency=1 --max-tasks-per-child=1
+
+screenshots: install system-deps
+	CRM_SCREENSHOT_DIR=$(CURDIR)/docs/screenshots $(PY) -m pytest -q crm_pipelines_tests/ops/test_ui.py
 
 crm-server: install
 	$(PY) -m crm_pipelines.devtools.crm_server --db .crm_data/crm_server.db --port 8766

@@ -13,6 +13,7 @@ import dagster as dg
 from .core.crm.settings import load_sync_settings
 from .core.mapping import load_mappings
 from .defs.crm import build_crm_assets
+from .defs.executors import build_executor
 from .defs.golden import build_golden_assets
 from .defs.jobs import build_jobs
 from .defs.maintenance import build_maintenance_defs
@@ -47,6 +48,7 @@ def build_defs(settings: Settings | None = None) -> dg.Definitions:
                  *build_chain_sensors(by_name)],
         schedules=[*privacy["schedules"], *build_schedules(by_name), *printing["schedules"], *maintenance["schedules"]],
         resources=build_resources(settings),
+        executor=build_executor(settings),
     )
 
 

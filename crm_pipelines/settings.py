@@ -14,6 +14,16 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG_DIR = PACKAGE_DIR / "config"
 
 
+EXECUTORS = ("multiprocess", "in_process", "celery")
+
+
+def _choice(env, name: str, allowed: tuple[str, ...], default: str) -> str:
+    value = (env.get(name) or default).strip().lower()
+    if value not in allowed:
+        raise ValueError(f"environment variable {name}={value!r}: allowed are {', '.join(allowed)}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     config_dir: Path
@@ -35,6 +45,9 @@ class Settings:
     smtp_port: int = 25                 # CRM_SMTP_PORT
     smtp_sender: str = "crm-pipelines@localhost"  # CRM_SMTP_SENDER
     crm_web_url: str | None = None      # CRM_WEB_URL: links in alerts, e.g. https://app.hubspot.com/contacts/4711/record/0-1
+    # How a run's steps are executed: multiprocess (one process per step, the default), in_process, or
+    # celery (steps queued on CRM_CELERY_BROKER for `dagster-celery worker` processes; docs/operations.md).
+    executor: str = "multiprocess"      # CRM_EXECUTOR
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -57,6 +70,7 @@ class Settings:
             smtp_port=int(env.get("CRM_SMTP_PORT") or 25),
             smtp_sender=env.get("CRM_SMTP_SENDER") or "crm-pipelines@localhost",
             crm_web_url=env.get("CRM_WEB_URL") or None,
+            executor=_choice(env, "CRM_EXECUTOR", EXECUTORS, "multiprocess"),
         )
 
     @property

@@ -81,18 +81,46 @@ def replace_table(wh: Warehouse, table: sa.Table, frame: pd.DataFrame, where: di
         wh.bulk_insert(conn, table, frame[cols])
 
 
-def build_person_records(wh: Warehouse, screen: Screen | None = None) -> pd.DataFrame:
-    """``screen``: records of suppressed people are left out (``persons.attrs["suppressed"]`` counts them).
+def clean_person_source(wh: Warehouse, source: str, screen: Screen | None = None) -> pd.DataFrame:
+    """One person source's latest raw rows cleaned into person records, stored in place of that source's
+    rows in ``staging.person_records``. Records are cleaned one by one, so the sources can be cleaned in
+    parallel (one step each) and the table is the same as cleaning them all at once.
+
+    ``screen``: records of suppressed people are left out (``attrs["suppressed"]`` counts them).
     Ingestion already keeps them out; this holds even for a raw table restored from a backup."""
-    persons = person_records(read_raw(wh, PERSON_SOURCES))
+    persons = person_records(read_raw(wh, (source,)))
     suppressed = 0
-    if screen is not None and not screen.empty:
+    if screen is not None and not screen.empty and len(persons):
         hit = screen.suppressed(persons)
         suppressed = int(hit.sum())
         if suppressed:
             persons = persons[~hit].reset_index(drop=True)
-    replace_table(wh, PERSON_RECORDS, persons)
+    replace_table(wh, PERSON_RECORDS, persons, where={"source": source})
     persons.attrs["suppressed"] = suppressed
+    return persons
+
+
+def drop_unmapped_person_sources(wh: Warehouse) -> None:
+    """Rows of a source that is no longer a person source must not linger in the table."""
+    wh.ensure_tables([PERSON_RECORDS])
+    with wh.engine.begin() as conn:
+        conn.execute(sa.delete(PERSON_RECORDS).where(PERSON_RECORDS.c.source.not_in(PERSON_SOURCES)))
+
+
+def load_person_records_sample(wh: Warehouse, n: int) -> pd.DataFrame:
+    """The first ``n`` person records by key (for previews; callers mask them)."""
+    wh.ensure_tables([PERSON_RECORDS])
+    return wh.read_frame(sa.select(PERSON_RECORDS).order_by(PERSON_RECORDS.c.record_key).limit(n))
+
+
+def build_person_records(wh: Warehouse, screen: Screen | None = None) -> pd.DataFrame:
+    """Every person source through :func:`clean_person_source`, in one process."""
+    drop_unmapped_person_sources(wh)
+    parts = [clean_person_source(wh, source, screen) for source in PERSON_SOURCES]
+    # Empty parts are left out: their object columns would turn the timestamps of the others into objects.
+    filled = [p for p in parts if len(p)]
+    persons = pd.concat(filled, ignore_index=True) if filled else person_records({})
+    persons.attrs["suppressed"] = sum(p.attrs.get("suppressed", 0) for p in parts)
     return persons
 
 

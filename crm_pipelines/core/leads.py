@@ -7,6 +7,7 @@ Plain Python; ``defs/scoring.py`` wires it into assets, sensors and jobs.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from .model import ENTITIES
 from .privacy.suppression import Screen
 from .schema import (ALERT_LEDGER, CRM_SYNC_STATE, GOLDEN_ACCOUNTS, GOLDEN_CONTACTS, LEAD_SCORE_HISTORY, LEAD_SCORES,
                      PERSON_CROSSWALK, PERSON_RECORDS, raw_table)
-from .scoring import ScoringRules, attribute_events, score_contacts, update_stage_times
+from .scoring import ScoreResult, ScoringRules, attribute_events, score_contacts, update_stage_times
 from .warehouse import Warehouse, tables_present
 
 CONTACT_COLUMNS = ("golden_id", "first_name", "last_name", "email", "job_title", "company_name", "street", "house_number",
@@ -54,23 +55,76 @@ def load_events(wh: Warehouse) -> pd.DataFrame:
     return events.drop(columns=["_partition"])
 
 
-def build_lead_scores(wh: Warehouse, rules: ScoringRules, run_id: str, now: datetime | None = None) -> dict:
-    """Scores every golden contact, keeps the stage times, snapshots today's scores; returns stats."""
+@dataclass
+class ScoringPlan:
+    """What every contact range of one scoring pass shares: the moment scored against, the range
+    bounds (golden IDs, ``None`` open-ended) and the identified events split by range."""
+    now: datetime
+    ranges: list[tuple[str | None, str | None]]
+    events: list[pd.DataFrame]  # per range: golden_id, event_type, occurred_at, url
+    events_total: int
+
+    def only(self, k: int) -> "ScoringPlan":
+        """The plan of range ``k`` alone: what one parallel step needs (and is sent)."""
+        return ScoringPlan(self.now, [self.ranges[k]], [self.events[k]], self.events_total)
+
+
+def plan_scoring(wh: Warehouse, ranges: int, now: datetime | None = None) -> ScoringPlan:
+    """Splits the golden contacts into ``ranges`` contiguous ID ranges of about equal size and attributes
+    the behaviour events once, here (anonymous visitors are stitched across all events)."""
     now = now or datetime.now(timezone.utc)
-    wh.ensure_tables([LEAD_SCORES, LEAD_SCORE_HISTORY])
-    contacts = wh.read_frame(sa.select(*[GOLDEN_CONTACTS.c[c] for c in CONTACT_COLUMNS])) \
-        if tables_present(wh, [GOLDEN_CONTACTS]) else pd.DataFrame(columns=CONTACT_COLUMNS)
-    accounts = wh.read_frame(sa.select(GOLDEN_ACCOUNTS.c.golden_id, GOLDEN_ACCOUNTS.c.industry,
-                                       GOLDEN_ACCOUNTS.c.employee_count)) \
-        if tables_present(wh, [GOLDEN_ACCOUNTS]) else pd.DataFrame(columns=["golden_id", "industry", "employee_count"])
+    ids = wh.read_frame(sa.select(GOLDEN_CONTACTS.c.golden_id).order_by(GOLDEN_CONTACTS.c.golden_id))["golden_id"] \
+        if tables_present(wh, [GOLDEN_CONTACTS]) else pd.Series([], dtype=object)
+    n = max(1, min(int(ranges), max(1, len(ids))))
+    cuts = [str(ids.iloc[len(ids) * k // n]) for k in range(1, n)]
+    bounds = list(zip([None, *cuts], [*cuts, None]))
     events = load_events(wh)
     by_email, by_crm = identity_maps(wh)
     events["golden_id"] = attribute_events(events, by_email, by_crm) if len(events) else None
-    result = score_contacts(events, contacts, accounts, rules, now)
+    known = events[events["golden_id"].notna()][["golden_id", "event_type", "occurred_at", "url"]]
+    slot = np.searchsorted(np.array(cuts, dtype=object), known["golden_id"].to_numpy(dtype=object), side="right") \
+        if cuts else np.zeros(len(known), dtype=np.int64)
+    parts = [known[slot == k].reset_index(drop=True) for k in range(n)]
+    return ScoringPlan(now, bounds, parts, int(len(events)))
+
+
+def score_range(wh: Warehouse, rules: ScoringRules, plan: ScoringPlan, k: int) -> ScoreResult:
+    """Scores the golden contacts of range ``k`` of the plan: contacts are scored one by one, so
+    the ranges can run in parallel and together give exactly what one pass over all gives."""
+    lo, hi = plan.ranges[k]
+    contacts = pd.DataFrame(columns=CONTACT_COLUMNS)
+    if tables_present(wh, [GOLDEN_CONTACTS]):
+        q = sa.select(*[GOLDEN_CONTACTS.c[c] for c in CONTACT_COLUMNS]).order_by(GOLDEN_CONTACTS.c.golden_id)
+        if lo is not None:
+            q = q.where(GOLDEN_CONTACTS.c.golden_id >= lo)
+        if hi is not None:
+            q = q.where(GOLDEN_CONTACTS.c.golden_id < hi)
+        contacts = wh.read_frame(q)
+        # Golden IDs are fixed-width (K-00000001), so the database's collation orders them as Python does.
+        ids = contacts["golden_id"].astype(str)
+        if (lo is not None and (ids < lo).any()) or (hi is not None and (ids >= hi).any()):
+            raise RuntimeError(f"the warehouse orders golden IDs differently from Python: range {lo}..{hi}")
+    accounts = pd.DataFrame(columns=["golden_id", "industry", "employee_count"])
+    wanted = contacts["account_id"].dropna().unique().tolist()
+    if wanted and tables_present(wh, [GOLDEN_ACCOUNTS]):
+        a = GOLDEN_ACCOUNTS
+        accounts = wh.read_frame(sa.select(a.c.golden_id, a.c.industry, a.c.employee_count))
+        accounts = accounts[accounts["golden_id"].isin(wanted)].reset_index(drop=True)
+    result = score_contacts(plan.events[k], contacts, accounts, rules, plan.now)
+    result.contributions = result.contributions.iloc[0:0]  # explained in the scores; not sent between steps
+    return result
+
+
+def write_lead_scores(wh: Warehouse, parts: list[ScoreResult], plan: ScoringPlan, run_id: str) -> dict:
+    """The ranges' scores (in range order) with the stage times carried over, in place of the old ones."""
+    wh.ensure_tables([LEAD_SCORES, LEAD_SCORE_HISTORY])
+    frames = [p.scores for p in parts if len(p.scores)]
+    result = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["golden_id", "score", "stage", "explanation"])
     previous = wh.read_frame(sa.select(LEAD_SCORES.c.golden_id, LEAD_SCORES.c.stage, LEAD_SCORES.c.mql_at,
                                        LEAD_SCORES.c.sql_at, LEAD_SCORES.c.sql_since))
-    scores = update_stage_times(result.scores, previous, now)
-    scores["scored_at"] = pd.Timestamp(now).tz_convert("UTC")
+    scores = update_stage_times(result, previous, plan.now)
+    scores["scored_at"] = pd.Timestamp(plan.now).tz_convert("UTC")
     scores["run_id"] = run_id
     with wh.engine.begin() as conn:
         conn.execute(sa.delete(LEAD_SCORES))
@@ -78,12 +132,21 @@ def build_lead_scores(wh: Warehouse, rules: ScoringRules, run_id: str, now: date
     prev_stage = previous.set_index("golden_id")["stage"] if len(previous) else pd.Series(dtype=object)
     was = scores["golden_id"].map(prev_stage)
     return {
-        **result.stats, "contacts": len(scores),
+        "events_attributed": sum(int(p.stats.get("events_attributed", 0)) for p in parts),
+        "events_total": plan.events_total, "contacts": len(scores), "ranges": len(parts),
         "by_stage": scores["stage"].value_counts().to_dict(),
         "crossed_into_sql": int(((scores["stage"] == "sql") & (was != "sql")).sum()),
         "crossed_into_mql": int(((scores["stage"] == "mql") & ~was.isin(["mql", "sql"])).sum()),
         "top": scores.nlargest(5, "score")[["golden_id", "score", "stage", "explanation"]],
     }
+
+
+def build_lead_scores(wh: Warehouse, rules: ScoringRules, run_id: str, now: datetime | None = None,
+                      ranges: int = 1) -> dict:
+    """Scores every golden contact, keeps the stage times; returns stats. One process; the asset runs
+    the same three functions with one step per contact range."""
+    plan = plan_scoring(wh, ranges, now)
+    return write_lead_scores(wh, [score_range(wh, rules, plan, k) for k in range(len(plan.ranges))], plan, run_id)
 
 
 def snapshot_history(wh: Warehouse, now: datetime | None = None) -> tuple[str, int]:

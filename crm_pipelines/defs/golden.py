@@ -1,6 +1,7 @@
 """Golden-layer assets (group ``golden``): cleaned records, register enrichment, golden accounts and
 contacts with stable IDs, the crosswalk and the steward review queue. Thin: the work is in core.golden."""
 
+import inspect
 import json
 from datetime import timedelta
 
@@ -41,29 +42,7 @@ def build_golden_assets(config_dir) -> list[dg.AssetsDefinition]:
     cfg: MatchingConfig = load_matching_config(cfg_path)
     version = f"{CODE_VERSION}-{cfg.sha256[:12]}"
 
-    @dg.asset(key=PERSON_KEY, group_name=GROUP, owners=OWNERS, kinds={"pandas", "sql"}, code_version=CODE_VERSION,
-              deps=[raw_asset_key(s) for s in PERSON_SOURCES],
-              description="Cleaned person records from every person source (latest delivery of each record): e-mail "
-                          "normalised and checked, phones in E.164, names with Anrede and titles apart, Kölner Phonetik "
-                          "keys, addresses split, company legal forms extracted. Table `staging.person_records`.")
-    def person_records(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
-                       privacy: PrivacyResource) -> dg.MaterializeResult:
-        wh = warehouse.get()
-        persons = G.build_person_records(wh, privacy.suppression(wh).screen())
-        invalid_email = int((persons["email"].notna() & persons["email_norm"].isna()).sum())
-        bad_phone = int((persons["phone"].notna() & persons["phone_e164"].isna()).sum())
-        preview = masked_preview(persons, ENTITIES["contact"],
-                                 ["source", "salutation", "first_name", "last_name", "email", "phone", "company_name",
-                                  "postal_code"])
-        return dg.MaterializeResult(metadata={
-            "dagster/row_count": len(persons),
-            "records_by_source": dg.MetadataValue.md(markdown_table(["source", "records"],
-                                                                    persons["source"].value_counts().sort_index().items())),
-            "invalid_emails": invalid_email, "unparseable_phones": bad_phone,
-            "suppressed_left_out": persons.attrs.get("suppressed", 0),
-            "with_legal_form": int(persons["legal_form"].notna().sum()),
-            "preview_masked": dg.MetadataValue.md(frame_markdown(preview)),
-        })
+    person_records = _person_records_asset()
 
     @dg.asset(key=ACCOUNT_KEY, group_name=GROUP, owners=OWNERS, kinds={"pandas", "sql"}, code_version=CODE_VERSION,
               deps=[PERSON_KEY, *[raw_asset_key(s) for s in ACCOUNT_SOURCES]],
@@ -243,3 +222,72 @@ def _golden_outputs(context, wh, result: G.GoldenResult, cfg: MatchingConfig, ke
                               metadata={"match_rate": round(rate, 6), "previous": previous if previous is not None else -1.0,
                                         "change": round(jump, 6), "allowed": cfg.max_match_rate_change})
     yield from extra_checks
+
+
+# ---------------------------------------------------------------------------- person records, one step per source
+
+def _person_records_asset() -> dg.AssetsDefinition:
+    """``staging/person_records`` as a graph: one cleaning step per person source (the executor runs them
+    in parallel, on Celery workers too), then one step that checks the table and reports."""
+    inputs = {f"raw_{s}": dg.AssetIn(key=raw_asset_key(s), dagster_type=dg.Nothing) for s in PERSON_SOURCES}
+
+    @dg.op(name="person_sources", ins={name: dg.In(dg.Nothing) for name in inputs}, out=dg.DynamicOut(str),
+           description="One cleaning step per person source.")
+    def person_sources(warehouse: WarehouseResource):
+        G.drop_unmapped_person_sources(warehouse.get())
+        for source in PERSON_SOURCES:
+            yield dg.DynamicOutput(source, mapping_key=source)
+
+    @dg.op(name="clean_person_source", description="Cleans one source's latest raw rows into person records and "
+                                                   "replaces that source's rows in `staging.person_records`.")
+    def clean_person_source(context: dg.OpExecutionContext, source: str, warehouse: WarehouseResource,
+                            privacy: PrivacyResource) -> dict:
+        wh = warehouse.get()
+        persons = G.clean_person_source(wh, source, privacy.suppression(wh).screen())
+        context.log.info(f"{source}: {len(persons):,} person records")
+        return {"source": source, "records": len(persons), "suppressed": persons.attrs.get("suppressed", 0),
+                "invalid_emails": int((persons["email"].notna() & persons["email_norm"].isna()).sum()),
+                "unparseable_phones": int((persons["phone"].notna() & persons["phone_e164"].isna()).sum()),
+                "with_legal_form": int(persons["legal_form"].notna().sum())}
+
+    @dg.op(name="person_records_report", out=dg.Out(dg.Nothing),
+           description="Checks that the table holds exactly what the source steps wrote; reports counts and a masked "
+                       "preview.")
+    def person_records_report(context: dg.OpExecutionContext, per_source: list[dict],
+                              warehouse: WarehouseResource) -> None:
+        wh = warehouse.get()
+        by_source = {r["source"]: r for r in per_source}
+        stored = wh.read_frame(sa.select(PERSON_RECORDS.c.source, sa.func.count().label("n"))
+                               .group_by(PERSON_RECORDS.c.source))
+        stored = dict(zip(stored["source"], stored["n"].astype(int)))
+        wrong = {s: (stored.get(s, 0), r["records"]) for s, r in by_source.items() if stored.get(s, 0) != r["records"]}
+        stray = sorted(set(stored) - set(by_source))
+        if wrong or stray:
+            raise dg.Failure(f"staging.person_records does not hold what the cleaning steps wrote: per source "
+                             f"(stored, written) {wrong}; sources nobody wrote: {stray}")
+        sample = G.load_person_records_sample(wh, 5)
+        preview = masked_preview(sample, ENTITIES["contact"], ["source", "salutation", "first_name", "last_name", "email",
+                                                               "phone", "company_name", "postal_code"])
+        total = lambda key: sum(int(r[key]) for r in per_source)  # noqa: E731
+        context.add_output_metadata({
+            "dagster/row_count": total("records"),
+            "records_by_source": dg.MetadataValue.md(markdown_table(
+                ["source", "records"], [(s, by_source[s]["records"]) for s in sorted(by_source)])),
+            "invalid_emails": total("invalid_emails"), "unparseable_phones": total("unparseable_phones"),
+            "suppressed_left_out": total("suppressed"), "with_legal_form": total("with_legal_form"),
+            "cleaning_steps": len(per_source),
+            "preview_masked": dg.MetadataValue.md(frame_markdown(preview)),
+        })
+
+    def compose(**raw):
+        return person_records_report(person_sources(**raw).map(clean_person_source).collect())
+
+    # The graph takes one (data-less) input per raw person source: the lineage edges of the asset graph.
+    compose.__signature__ = inspect.Signature([inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY) for n in inputs])
+    return dg.graph_asset(
+        compose, key=PERSON_KEY, ins=inputs, group_name=GROUP, owners=OWNERS, kinds={"pandas", "sql"},
+        code_version=CODE_VERSION,
+        description="Cleaned person records from every person source (latest delivery of each record): e-mail "
+                    "normalised and checked, phones in E.164, names with Anrede and titles apart, Kölner Phonetik "
+                    "keys, addresses split, company legal forms extracted. One cleaning step per source, run in "
+                    "parallel by the executor. Table `staging.person_records`.")

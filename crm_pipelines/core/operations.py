@@ -1,0 +1,34 @@
+"""``config/operations.yaml``: how the pipelines are operated (run history retention, parallelism).
+
+Validated on load; every error names the file and key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .configfile import check_keys, load_yaml, require_mapping
+
+KEYS = ("run_retention_days", "scoring_ranges")
+
+
+@dataclass(frozen=True)
+class OperationsConfig:
+    run_retention_days: int = 90
+    scoring_ranges: int = 4  # lead scoring: one step per contact range, run in parallel by the executor
+
+
+def load_operations(path: str | Path) -> OperationsConfig:
+    doc = load_yaml(path)
+    data = require_mapping(doc, doc.data, "")
+    check_keys(doc, data, "", KEYS)
+
+    def whole(key: str, default: int, low: int, high: int, unit: str) -> int:
+        value = data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise doc.error(key, f"must be a whole number of {unit} between {low} and {high}, got {value!r}")
+        return value
+
+    return OperationsConfig(run_retention_days=whole("run_retention_days", 90, 1, 3650, "days"),
+                            scoring_ranges=whole("scoring_ranges", 4, 1, 256, "ranges"))
