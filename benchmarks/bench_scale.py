@@ -142,7 +142,7 @@ def run_size(contacts: int, mode: str) -> dict | None:
                    DAGSTER_PG_DB="dagster",
                    CRM_WAREHOUSE_URL=pg.create_database("warehouse"), CRM_LANDING_DIR=str(landing),
                    CRM_DATA_DIR=str(tmp / "data"), CRM_PARTITION_START=manifest["partitions"][0],
-                   CRM_PRIVACY_SALT="bench-scale", CRM_EXECUTOR=mode, GX_ANALYTICS_ENABLED="false",
+                   CRM_PRIVACY_SALT="bench-scale-salt-0001", CRM_EXECUTOR=mode, GX_ANALYTICS_ENABLED="false",
                    PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
         os.environ.update({k: env[k] for k in env if k.startswith("DAGSTER_PG_") or k == "DAGSTER_HOME"})
         subprocess.run([str(BIN / "dagster"), "instance", "migrate"], env=env, cwd=ROOT, check=True,
