@@ -1,0 +1,18 @@
+"""bench_scale at 2,000,000 contacts, multiprocess executor only: the largest size this 24 GB machine holds.
+
+Kept apart from bench_scale (which compares the executors at 250k to 1M) because it takes about
+25 minutes and 15 GB on its own; its memory growth against 1M is read off the two sections.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("BENCH_SCALE_SIZES", "2000000")
+os.environ.setdefault("BENCH_SCALE_MODES", "multiprocess")
+
+from benchmarks import bench_scale  # noqa: E402  (reads the sizes above at import)
+
+if __name__ == "__main__":
+    sys.exit(bench_scale.main())
