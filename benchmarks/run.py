@@ -55,6 +55,10 @@ BENCHMARKS: list[tuple[str, str, str]] = [
     ("bench_scale_2m", "bench_scale at 2,000,000 contacts with the multiprocess executor only, the largest size the "
                        "24 GB benchmark machine holds (its golden/contacts step needs about 15 GB)",
      "as bench_scale; compare each step's peak memory with the 1,000,000 row above"),
+    ("bench_golden_memory", "The golden/contacts step (resolve_contacts) at 1,000,000 contacts split into its phases, "
+                            "on a SQLite warehouse with the person records and golden accounts built by a first "
+                            "process: per phase its seconds and the process's RSS before, at the peak and after",
+     "none: it shows where the memory of the step that bounds a night goes (see bench_scale)"),
 ]
 
 DOC = ROOT / "docs" / "benchmarks.md"

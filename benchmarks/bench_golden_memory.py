@@ -1,0 +1,137 @@
+"""Where the golden/contacts step's memory goes, phase by phase, at 1,000,000 contacts (SQLite warehouse).
+
+bench_scale shows golden/contacts as the step that sets a night's memory; this splits it. A first
+process builds the staging records and the golden accounts on a copy of bench_matching's cached raw
+warehouse; a second, fresh process runs `resolve_contacts` with its phases wrapped (the functions
+resolve_contacts calls, looked up in its module at call time) while a thread samples the process's RSS
+every 0.05 s. Per phase: seconds, RSS when it starts, its peak, and the growth it leaves behind.
+
+    python -m benchmarks.bench_golden_memory                 # BENCH_GOLDEN_MEMORY_CONTACTS=1000000
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from benchmarks.common import CACHE, ROOT, figure, landing_zone, log
+
+CONTACTS = int(os.environ.get("BENCH_GOLDEN_MEMORY_CONTACTS", "1000000"))
+
+# resolve_contacts' phases, in the order it calls them (replace_table is labelled by its table).
+PHASES = ("load_person_records", "resolve", "survive", "_account_of_contacts", "_register_ids", "replace_table",
+          "_lineage_rows", "_persist")
+
+
+class PhaseMemory:
+    """Peak RSS per running phase; nested phases (a replace_table inside _persist) each keep their own."""
+
+    def __init__(self) -> None:
+        self.proc = psutil.Process()
+        self.active: dict[int, list] = {}
+        self.rows: list[dict] = []
+        self._stop = threading.Event()
+        self._next = 0
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            rss = self.proc.memory_info().rss
+            for entry in list(self.active.values()):
+                entry[0] = max(entry[0], rss)
+            self._stop.wait(0.05)
+
+    def wrap(self, module, name: str) -> None:
+        fn = getattr(module, name)
+
+        def wrapped(*args, **kwargs):
+            label = name.lstrip("_")
+            if name == "replace_table":
+                label = f"replace_table_{args[1].name.split('.')[-1]}"
+            token, self._next = self._next, self._next + 1
+            before = self.proc.memory_info().rss
+            self.active[token] = [before]
+            started = time.monotonic()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                peak = max(self.active.pop(token)[0], self.proc.memory_info().rss)
+                self.rows.append({"phase": label, "seconds": time.monotonic() - started, "before_mb": before / 2**20,
+                                  "peak_mb": peak / 2**20, "after_mb": self.proc.memory_info().rss / 2**20})
+
+        setattr(module, name, wrapped)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _worker(mode: str, url: str) -> None:
+    from crm_pipelines.core import golden as G
+    from crm_pipelines.core.matching.settings import load_matching_config
+    from crm_pipelines.core.warehouse import Warehouse
+    from crm_pipelines.settings import DEFAULT_CONFIG_DIR
+
+    wh = Warehouse(url)
+    cfg = load_matching_config(DEFAULT_CONFIG_DIR / "matching.yaml")
+    if mode == "prepare":
+        G.build_person_records(wh)
+        G.build_account_records(wh)
+        G.resolve_accounts(wh, cfg, "bench-golden-memory")
+        return
+    phases = PhaseMemory()
+    for name in PHASES:
+        phases.wrap(G, name)
+    started = time.monotonic()
+    result = G.resolve_contacts(wh, cfg, "bench-golden-memory")
+    total = time.monotonic() - started
+    phases.stop()
+    print(json.dumps({"seconds": total, "records": result.stats.get("records", len(result.crosswalk)),
+                      "peak_mb": psutil.Process().memory_info().rss / 2**20, "rows": phases.rows}))
+
+
+def main() -> int:
+    from benchmarks.bench_matching import warehouse
+
+    url = warehouse(landing_zone(CONTACTS), CONTACTS)
+    src = Path(url.replace("sqlite:///", "")).parent
+    scratch = CACHE / f"{src.name}-golden-memory"
+    shutil.rmtree(scratch, ignore_errors=True)
+    shutil.copytree(src, scratch)
+    url = f"sqlite:///{scratch / 'warehouse.db'}"
+    env = dict(os.environ, GX_ANALYTICS_ENABLED="false")
+    try:
+        log(f"{CONTACTS:,} contacts: person records, account records and golden accounts (first process)")
+        subprocess.run([sys.executable, "-m", "benchmarks.bench_golden_memory", "--worker", "prepare", url], env=env,
+                       cwd=ROOT, check=True)
+        log(f"{CONTACTS:,} contacts: resolve_contacts with its phases measured (second process)")
+        out = subprocess.run([sys.executable, "-m", "benchmarks.bench_golden_memory", "--worker", "contacts", url],
+                             env=env, cwd=ROOT, check=True, stdout=subprocess.PIPE, text=True).stdout
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    result = json.loads(out.strip().splitlines()[-1])
+    label = f"golden_memory_{CONTACTS // 1000}k"
+    figure(f"{label}_resolve_contacts_seconds", result["seconds"], "s")
+    figure(f"{label}_process_peak_rss_mb", max(r["peak_mb"] for r in result["rows"]), "MB")
+    seen: dict[str, int] = {}
+    for row in result["rows"]:
+        n = seen[row["phase"]] = seen.get(row["phase"], 0) + 1
+        name = row["phase"] if n == 1 else f"{row['phase']}_{n}"
+        figure(f"{label}_{name}_seconds", row["seconds"], "s")
+        figure(f"{label}_{name}_peak_mb", row["peak_mb"], f"MB (RSS {row['before_mb']:.0f} MB before, "
+                                                          f"{row['after_mb']:.0f} MB after)")
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--worker"]:
+        _worker(sys.argv[2], sys.argv[3])
+        sys.exit(0)
+    sys.exit(main())
