@@ -20,88 +20,21 @@ The CRM push is not part of this: its time is set by the CRM's API limit (bench_
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections import defaultdict
 from pathlib import Path
 
-import psutil
-
-from benchmarks.common import ROOT, figure, landing_zone, log
-
-BIN = Path(sys.executable).parent
+from benchmarks.common import ROOT, TreeMemory, figure, landing_zone, log
+from crm_pipelines.devtools.processes import BIN
 SIZES = [int(s) for s in os.environ.get("BENCH_SCALE_SIZES", "250000,500000,1000000").split(",") if s]
 MODES = [m for m in os.environ.get("BENCH_SCALE_MODES", "multiprocess,celery").split(",") if m]
-
-
-class PidMemory:
-    """Peak RSS per process of the trees under the given roots (roots may be added while it runs)."""
-
-    def __init__(self, interval: float = 0.2):
-        self.roots: list[int] = []
-        self.peak: dict[int, int] = defaultdict(int)
-        self.peak_total = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            total = 0
-            for root in list(self.roots):
-                try:
-                    procs = [psutil.Process(root)]
-                    procs += procs[0].children(recursive=True)
-                except psutil.Error:
-                    continue
-                for p in procs:
-                    try:
-                        rss = p.memory_info().rss
-                    except psutil.Error:
-                        continue
-                    total += rss
-                    self.peak[p.pid] = max(self.peak[p.pid], rss)
-            self.peak_total = max(self.peak_total, total)
-            self._stop.wait(0.2)
-
-    def __enter__(self) -> "PidMemory":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def _redis(tmp: Path) -> tuple[subprocess.Popen, str]:
-    import redis
-
-    from crm_pipelines.devtools.postgres import free_port
-
-    server = shutil.which("redis-server")
-    if server is None:
-        raise SystemExit("redis-server is not installed (make system-deps)")
-    port = free_port()
-    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp)], stdout=subprocess.DEVNULL)
-    client = redis.Redis(host="127.0.0.1", port=port)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            threading.Event().wait(0.2)
-    return proc, f"redis://127.0.0.1:{port}"
 
 
 def _steps(instance, run_id: str) -> dict[str, dict]:
@@ -125,93 +58,72 @@ def _group(step: str) -> str:
 
 
 def run_size(contacts: int, mode: str) -> dict | None:
+    from crm_pipelines.devtools.celery_local import CeleryWorkers, RedisServer
     from crm_pipelines.devtools.postgres import LocalPostgres
+    from crm_pipelines.devtools.prod_local import environment, prepare_instance
 
     landing = landing_zone(contacts)
     manifest = json.loads((landing / "_ground_truth" / "manifest.json").read_text())
     tmp = Path(tempfile.mkdtemp(prefix=f"crm-scale-{mode}-"))
     pg = LocalPostgres(base_dir=tmp / "pg", durable=True).start()
-    redis_proc, workers = None, []
     try:
         home = tmp / "home"
-        home.mkdir()
-        shutil.copy(ROOT / "dagster.prod.yaml", home / "dagster.yaml")
-        pg.create_database("dagster")
-        env = dict(os.environ, DAGSTER_HOME=str(home), DAGSTER_PG_HOST="127.0.0.1", DAGSTER_PG_PORT=str(pg.port),
-                   DAGSTER_PG_USERNAME="postgres", DAGSTER_PG_PASSWORD="postgres",
-                   DAGSTER_PG_DB="dagster",
-                   CRM_WAREHOUSE_URL=pg.create_database("warehouse"), CRM_LANDING_DIR=str(landing),
-                   CRM_DATA_DIR=str(tmp / "data"), CRM_PARTITION_START=manifest["partitions"][0],
-                   CRM_PRIVACY_SALT="bench-scale-salt-0001", CRM_EXECUTOR=mode, GX_ANALYTICS_ENABLED="false",
-                   PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+        env = environment(pg, home, landing, tmp / "data")
+        env.update(CRM_PARTITION_START=manifest["partitions"][0], CRM_PRIVACY_SALT="bench-scale-salt-0001",
+                   CRM_EXECUTOR=mode, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
         os.environ.update({k: env[k] for k in env if k.startswith("DAGSTER_PG_") or k == "DAGSTER_HOME"})
-        subprocess.run([str(BIN / "dagster"), "instance", "migrate"], env=env, cwd=ROOT, check=True,
-                       stdout=subprocess.DEVNULL)
-        mem = PidMemory()
-        if mode == "celery":
-            redis_proc, broker = _redis(tmp)
-            env.update(CRM_CELERY_BROKER=f"{broker}/0", CRM_CELERY_BACKEND=f"{broker}/1")
-            for i in range(2):
-                workers.append(subprocess.Popen(
-                    [sys.executable, "-m", "dagster_celery.cli", "worker", "start", "-A", "dagster_celery.app",
-                     "-y", str(ROOT / "celery_worker.yaml"), "--name", f"bench{i}", "--", "--concurrency=1",
-                     "--max-tasks-per-child=1"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL, start_new_session=True))
-            from celery import Celery
-
-            app = Celery(broker=env["CRM_CELERY_BROKER"], backend=env["CRM_CELERY_BACKEND"])
-            deadline = time.monotonic() + 120
-            while len(app.control.ping(timeout=1.0)) < 2:
-                if time.monotonic() > deadline:
-                    raise SystemExit("the Celery workers did not come up")
-            mem.roots.extend(w.pid for w in workers)
-        config = tmp / "run.yaml"
-        config.write_text("execution:\n  config:\n    multiprocess:\n      max_concurrent: 2\n" if mode == "multiprocess"
-                          else "{}\n")
-        tags = {"dagster/asset_partition_range_start": manifest["partitions"][0],
-                "dagster/asset_partition_range_end": manifest["partitions"][-1]}
-        module = ["-m", "crm_pipelines.definitions"]
-        runs = [("ingest_sources", [str(BIN / "dagster"), "job", "execute", *module, "-j", "ingest_sources",
-                                    "--tags", json.dumps(tags), "-c", str(config)]),
-                ("build_golden", [str(BIN / "dagster"), "job", "execute", *module, "-j", "build_golden", "-c", str(config)]),
-                ("lead_scores", [str(BIN / "dagster"), "asset", "materialize", *module,
-                                 "--select", "lead_scores,lead_score_history", "-c", str(config)])]
-        result = {"jobs": {}, "steps": {}}
-        started = time.monotonic()
-        with mem:
-            for name, cmd in runs:
-                log(f"{contacts:,} contacts, {mode}: {name}")
-                t = time.monotonic()
-                proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True)
-                mem.roots.append(proc.pid)
-                out, _ = proc.communicate()
-                result["jobs"][name] = time.monotonic() - t
-                if proc.returncode != 0:
-                    print(out[-6000:], file=sys.stderr)
-                    log(f"{name} failed")
-                    return None
-        result["wall_seconds"] = time.monotonic() - started
-        result["peak_total_mb"] = mem.peak_total / 2**20
+        prepare_instance(pg, home, env)
+        with contextlib.ExitStack() as stack:
+            mem = stack.enter_context(TreeMemory(interval=0.2))
+            if mode == "celery":
+                broker = stack.enter_context(RedisServer(tmp)).url
+                env.update(CRM_CELERY_BROKER=f"{broker}/0", CRM_CELERY_BACKEND=f"{broker}/1")
+                mem.roots.extend(stack.enter_context(CeleryWorkers(env, 2, prefix="bench")).pids)
+            result = _nightly(env, tmp, manifest, mem, contacts, mode)
+        if result is None:
+            return None
         import dagster as dg
 
         with dg.DagsterInstance.get() as instance:
             for record in instance.get_run_records():
                 for step, info in _steps(instance, record.dagster_run.run_id).items():
                     result["steps"][step] = {"seconds": info["seconds"], "peak_mb": mem.peak.get(info["pid"], 0) / 2**20}
-        result["largest_process_mb"] = max(mem.peak.values(), default=0) / 2**20
+        result["largest_process_mb"] = mem.peak_single / 2**20
         return result
     finally:
-        for w in workers:
-            if w.poll() is None:
-                os.killpg(w.pid, signal.SIGTERM)
-        for w in workers:
-            w.wait(60)
-        if redis_proc is not None:
-            redis_proc.terminate()
-            redis_proc.wait(30)
         pg.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _nightly(env: dict, tmp: Path, manifest: dict, mem: TreeMemory, contacts: int, mode: str) -> dict | None:
+    """The three runs through the CLI, each process's tree sampled; None when one fails."""
+    config = tmp / "run.yaml"
+    config.write_text("execution:\n  config:\n    multiprocess:\n      max_concurrent: 2\n" if mode == "multiprocess"
+                      else "{}\n")
+    tags = {"dagster/asset_partition_range_start": manifest["partitions"][0],
+            "dagster/asset_partition_range_end": manifest["partitions"][-1]}
+    module = ["-m", "crm_pipelines.definitions"]
+    runs = [("ingest_sources", [str(BIN / "dagster"), "job", "execute", *module, "-j", "ingest_sources",
+                                "--tags", json.dumps(tags), "-c", str(config)]),
+            ("build_golden", [str(BIN / "dagster"), "job", "execute", *module, "-j", "build_golden", "-c", str(config)]),
+            ("lead_scores", [str(BIN / "dagster"), "asset", "materialize", *module,
+                             "--select", "lead_scores,lead_score_history", "-c", str(config)])]
+    result = {"jobs": {}, "steps": {}}
+    started = time.monotonic()
+    for name, cmd in runs:
+        log(f"{contacts:,} contacts, {mode}: {name}")
+        t = time.monotonic()
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        mem.roots.append(proc.pid)
+        out, _ = proc.communicate()
+        result["jobs"][name] = time.monotonic() - t
+        if proc.returncode != 0:
+            print(out[-6000:], file=sys.stderr)
+            log(f"{name} failed")
+            return None
+    result["wall_seconds"] = time.monotonic() - started
+    result["peak_total_mb"] = mem.peak_total / 2**20
+    return result
 
 
 def main() -> int:

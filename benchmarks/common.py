@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import psutil
@@ -42,30 +43,35 @@ def landing_zone(contacts: int, seed: int = 7) -> Path:
 
 
 class TreeMemory:
-    """Samples the summed RSS of a process and its descendants; keeps the peak."""
+    """Samples the RSS of processes and their descendants: the peak of the sum, of the largest process,
+    and per pid. Roots may be added while it runs (``roots.append``)."""
 
-    def __init__(self, pid: int, interval: float = 0.1):
-        self.pid, self.interval = pid, interval
+    def __init__(self, *roots: int, interval: float = 0.1):
+        self.roots, self.interval = list(roots), interval
         self.peak_total = 0
         self.peak_single = 0
+        self.peak: dict[int, int] = defaultdict(int)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
-                root = psutil.Process(self.pid)
-                procs = [root, *root.children(recursive=True)]
-                rss = []
+            total = 0
+            for root in list(self.roots):
+                try:
+                    procs = [psutil.Process(root)]
+                    procs += procs[0].children(recursive=True)
+                except psutil.Error:
+                    continue
                 for p in procs:
                     try:
-                        rss.append(p.memory_info().rss)
+                        rss = p.memory_info().rss
                     except psutil.Error:
-                        pass
-                self.peak_total = max(self.peak_total, sum(rss))
-                self.peak_single = max(self.peak_single, max(rss, default=0))
-            except psutil.Error:
-                pass
+                        continue
+                    total += rss
+                    self.peak[p.pid] = max(self.peak[p.pid], rss)
+                    self.peak_single = max(self.peak_single, rss)
+            self.peak_total = max(self.peak_total, total)
             self._stop.wait(self.interval)
 
     def __enter__(self) -> "TreeMemory":

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 from benchmarks.common import ROOT
+from crm_pipelines.devtools import processes
+from crm_pipelines.devtools.processes import BIN, start_group, stop_groups
 
 
 def small_warehouse(tmp: Path, n_emails: int = 4, contacts: int = 2000) -> tuple[Path, str, list[str]]:
@@ -55,16 +53,6 @@ def sensor_ticked(home: Path) -> bool:
         instance.dispose()
 
 
-def wait_until(condition, timeout: float, what: str) -> None:
-    done = threading.Event()
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gave up waiting for {what} after {timeout:.0f} s")
-        done.wait(0.05)
-
-
-
 def start_daemon(home: Path, env: dict) -> subprocess.Popen:
     """dagster-daemon on the project's workspace, in its own process group (stopped with stop_daemon)."""
     shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
@@ -73,11 +61,12 @@ def start_daemon(home: Path, env: dict) -> subprocess.Popen:
 
     os.environ["DAGSTER_HOME"] = str(home)
     dg.DagsterInstance.from_config(str(home)).dispose()
-    return subprocess.Popen([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    return start_group([str(BIN / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")], env)
 
 
 def stop_daemon(daemon: subprocess.Popen) -> None:
-    os.killpg(daemon.pid, signal.SIGTERM)
-    daemon.wait(timeout=60)
+    stop_groups([daemon])
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    processes.wait_until(condition, timeout, what, interval=0.05)

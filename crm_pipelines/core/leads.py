@@ -68,6 +68,10 @@ class ScoringPlan:
         """The plan of range ``k`` alone: what one parallel step needs (and is sent)."""
         return ScoringPlan(self.now, [self.ranges[k]], [self.events[k]], self.events_total)
 
+    def without_events(self) -> "ScoringPlan":
+        """The plan with its events emptied: what a scoring step hands on once they are scored."""
+        return ScoringPlan(self.now, self.ranges, [e.iloc[0:0] for e in self.events], self.events_total)
+
 
 def plan_scoring(wh: Warehouse, ranges: int, now: datetime | None = None) -> ScoringPlan:
     """Splits the golden contacts into ``ranges`` contiguous ID ranges of about equal size and attributes
@@ -92,24 +96,23 @@ def score_range(wh: Warehouse, rules: ScoringRules, plan: ScoringPlan, k: int) -
     """Scores the golden contacts of range ``k`` of the plan: contacts are scored one by one, so
     the ranges can run in parallel and together give exactly what one pass over all gives."""
     lo, hi = plan.ranges[k]
+    c = GOLDEN_CONTACTS
+    in_range = [*([c.c.golden_id >= lo] if lo is not None else []), *([c.c.golden_id < hi] if hi is not None else [])]
     contacts = pd.DataFrame(columns=CONTACT_COLUMNS)
-    if tables_present(wh, [GOLDEN_CONTACTS]):
-        q = sa.select(*[GOLDEN_CONTACTS.c[c] for c in CONTACT_COLUMNS]).order_by(GOLDEN_CONTACTS.c.golden_id)
-        if lo is not None:
-            q = q.where(GOLDEN_CONTACTS.c.golden_id >= lo)
-        if hi is not None:
-            q = q.where(GOLDEN_CONTACTS.c.golden_id < hi)
-        contacts = wh.read_frame(q)
+    if tables_present(wh, [c]):
+        contacts = wh.read_frame(sa.select(*[c.c[col] for col in CONTACT_COLUMNS]).where(*in_range)
+                                 .order_by(c.c.golden_id))
         # Golden IDs are fixed-width (K-00000001), so the database's collation orders them as Python does.
         ids = contacts["golden_id"].astype(str)
         if (lo is not None and (ids < lo).any()) or (hi is not None and (ids >= hi).any()):
             raise RuntimeError(f"the warehouse orders golden IDs differently from Python: range {lo}..{hi}")
     accounts = pd.DataFrame(columns=["golden_id", "industry", "employee_count"])
-    wanted = contacts["account_id"].dropna().unique().tolist()
-    if wanted and tables_present(wh, [GOLDEN_ACCOUNTS]):
+    if contacts["account_id"].notna().any() and tables_present(wh, [GOLDEN_ACCOUNTS]):
         a = GOLDEN_ACCOUNTS
-        accounts = wh.read_frame(sa.select(a.c.golden_id, a.c.industry, a.c.employee_count))
-        accounts = accounts[accounts["golden_id"].isin(wanted)].reset_index(drop=True)
+        # Only the accounts of this range's contacts, selected in the database: each range reads its own.
+        linked = sa.select(c.c.account_id).where(*in_range)
+        accounts = wh.read_frame(sa.select(a.c.golden_id, a.c.industry, a.c.employee_count)
+                                 .where(a.c.golden_id.in_(linked)).order_by(a.c.golden_id))
     result = score_contacts(plan.events[k], contacts, accounts, rules, plan.now)
     result.contributions = result.contributions.iloc[0:0]  # explained in the scores; not sent between steps
     return result

@@ -48,7 +48,7 @@ def build_maintenance_defs(config_dir: Path) -> dict:
                          f"-> {sum(after.values()) / mb:.1f} MB")
         return dg.Output(None, metadata={
             "runs_deleted": deleted, "run_retention_days": days,
-            "runs_kept": len(context.instance.get_run_records(limit=100_000)),
+            "runs_kept": context.instance.get_runs_count(),
             "warehouse_mb_before": round(sum(before.values()) / mb, 2),
             "warehouse_mb_after": round(sum(after.values()) / mb, 2),
             "warehouse_mb_by_layer": dg.MetadataValue.json({k: round(v / mb, 2) for k, v in after.items()}),

@@ -403,7 +403,7 @@ def _lead_scores_asset(rules: ScoringRules, version: str, ranges: int) -> dg.Ass
         result = score_range(warehouse.get(), rules, part, 0)
         lo, hi = part.ranges[0]
         context.log.info(f"{lo or 'first'} .. {hi or 'last'}: {len(result.scores):,} contacts scored")
-        return part, result
+        return part.without_events(), result  # the events are not needed downstream: not stored twice
 
     @dg.op(name="write_lead_scores", out=dg.Out(dg.Nothing),
            description="Writes the ranges' scores together (stage times carried over) into `marts.lead_scores`.")

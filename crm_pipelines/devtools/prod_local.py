@@ -20,18 +20,31 @@ import sys
 import threading
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from .processes import BIN, ROOT, dagster_services, stop_groups
 
 
-def environment(pg, home: Path, landing: Path, data_dir: Path, crm_url: str) -> dict:
+def environment(pg, home: Path, landing: Path, data_dir: Path, crm_url: str | None = None) -> dict:
     env = dict(os.environ)
     env.update({
         "DAGSTER_HOME": str(home), "DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(pg.port),
         "DAGSTER_PG_USERNAME": "postgres", "DAGSTER_PG_PASSWORD": "postgres", "DAGSTER_PG_DB": "dagster",
         "CRM_WAREHOUSE_URL": pg.url("warehouse"), "CRM_LANDING_DIR": str(landing), "CRM_DATA_DIR": str(data_dir),
-        "CRM_API_URL": crm_url, "GX_ANALYTICS_ENABLED": "false",
+        "GX_ANALYTICS_ENABLED": "false",
     })
+    if crm_url:
+        env["CRM_API_URL"] = crm_url
     return env
+
+
+def prepare_instance(pg, home: Path, env: dict) -> None:
+    """The databases ``dagster`` and ``warehouse`` on ``pg``, ``dagster.prod.yaml`` as ``home``'s
+    dagster.yaml, and the instance's schema migrated, before any Dagster process starts."""
+    pg.create_database("dagster")
+    pg.create_database("warehouse")
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "dagster.prod.yaml", home / "dagster.yaml")
+    subprocess.run([str(BIN / "dagster"), "instance", "migrate"], env=env, cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL)
 
 
 def start(port: int, landing: Path, data_dir: Path, home: Path, stop: threading.Event,
@@ -43,20 +56,10 @@ def start(port: int, landing: Path, data_dir: Path, home: Path, stop: threading.
     procs: list[subprocess.Popen] = []
     crm = None
     try:
-        pg.create_database("dagster")
-        pg.create_database("warehouse")
-        home.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ROOT / "dagster.prod.yaml", home / "dagster.yaml")
         crm = CrmServer(data_dir / "crm_server.db").start()
         env = environment(pg, home, landing, data_dir, crm.url)
-        bin_dir = Path(sys.executable).parent
-        workspace = str(ROOT / "workspace.yaml")
-        subprocess.run([str(bin_dir / "dagster"), "instance", "migrate"], env=env, cwd=ROOT, check=True,
-                       stdout=subprocess.DEVNULL)
-        procs.append(subprocess.Popen([str(bin_dir / "dagster-daemon"), "run", "-w", workspace], env=env, cwd=ROOT,
-                                      start_new_session=True))
-        procs.append(subprocess.Popen([str(bin_dir / "dagster-webserver"), "-w", workspace, "-h", "127.0.0.1",
-                                       "-p", str(port)], env=env, cwd=ROOT, start_new_session=True))
+        prepare_instance(pg, home, env)
+        procs = dagster_services(env, port, output=None)
         log(f"PostgreSQL on 127.0.0.1:{pg.port} (databases dagster, warehouse; data in {pg.base})")
         log(f"local CRM on {crm.url}")
         log(f"dagster-daemon (pid {procs[0].pid}) and dagster-webserver (pid {procs[1].pid}): http://127.0.0.1:{port}")
@@ -70,14 +73,7 @@ def start(port: int, landing: Path, data_dir: Path, home: Path, stop: threading.
             stop.wait(1.0)
         return 0
     finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+        stop_groups(procs, timeout=30)
         if crm is not None:
             crm.stop()
         pg.stop()

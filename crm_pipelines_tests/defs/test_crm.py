@@ -11,16 +11,11 @@ from crm_pipelines.core.schema import CRM_SYNC_LOG, GOLDEN_CONTACTS
 from crm_pipelines.core.warehouse import Warehouse
 from crm_pipelines.definitions import build_defs
 from crm_pipelines.devtools.crm_server import CrmServer
-from crm_pipelines_tests.defs.test_golden import checks_of, run_golden
-from crm_pipelines_tests.defs.test_sources import EMAIL, run_range, settings_for
+from crm_pipelines_tests.defs.test_golden import checks_of, load_and_match
+from crm_pipelines_tests.defs.test_sources import EMAIL, materialised, run_range, settings_for
 
 TOKEN = "dagster-test-token-91b2"
 PUSHES = ("crm_push_accounts", "crm_push_contacts")
-
-
-def materialised(result) -> dict[str, dict]:
-    return {e.materialization.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
-            for e in result.get_asset_materialization_events()}
 
 
 def push_crm(defs, instance, dry_run: bool = False, raise_on_error: bool = True, selection=None):
@@ -42,8 +37,7 @@ def test_dry_run_then_push_then_nothing_left_to_send(tmp_path, demo_landing, mon
         seeded = crm.seed_from_landing(root)
         settings, defs = built(tmp_path, root, manifest, crm, monkeypatch)
         with dg.instance_for_test() as instance:
-            run_range(defs, instance, manifest["partitions"][0], manifest["partitions"][-1])
-            assert run_golden(defs, instance).success
+            load_and_match(defs, instance, manifest)
 
             dry = push_crm(defs, instance, dry_run=True)
             md = materialised(dry)
@@ -85,8 +79,7 @@ def test_a_failing_gx_gate_blocks_the_push_in_that_run_and_in_later_runs(tmp_pat
         untouched = crm.objects("contacts")
         settings, defs = built(tmp_path, root, manifest, crm, monkeypatch)
         with dg.instance_for_test() as instance:
-            run_range(defs, instance, manifest["partitions"][0], manifest["partitions"][-1])
-            assert run_golden(defs, instance).success
+            load_and_match(defs, instance, manifest)
             wh = Warehouse.for_url(settings.default_warehouse_url)
             g = GOLDEN_CONTACTS
             victim = wh.scalar(sa.select(g.c.golden_id).where(g.c.country == "DE", g.c.postal_code.is_not(None)).limit(1))
@@ -134,8 +127,7 @@ def test_a_suppressed_person_is_left_out_and_the_gate_catches_one_that_slips_thr
         crm.seed_from_landing(root)
         settings, defs = built(tmp_path, root, manifest, crm, monkeypatch)
         with dg.instance_for_test() as instance:
-            run_range(defs, instance, manifest["partitions"][0], manifest["partitions"][-1])
-            assert run_golden(defs, instance).success
+            load_and_match(defs, instance, manifest)
             wh = Warehouse.for_url(settings.default_warehouse_url)
             g = GOLDEN_CONTACTS
             gid, email = wh.execute_first(sa.select(g.c.golden_id, g.c.email)

@@ -13,11 +13,17 @@ from crm_pipelines.core.schema import MATCH_RUNS
 from crm_pipelines.core.warehouse import Warehouse
 from crm_pipelines.definitions import build_defs
 from crm_pipelines.devtools.register_server import Faults, RegisterServer
-from crm_pipelines_tests.defs.test_sources import EMAIL, run_range, settings_for
+from crm_pipelines_tests.defs.test_sources import EMAIL, materialised, run_range, settings_for
 
 
 def run_golden(defs, instance, raise_on_error=True):
     return defs.resolve_job_def("build_golden").execute_in_process(instance=instance, raise_on_error=raise_on_error)
+
+
+def load_and_match(defs, instance, manifest) -> None:
+    """Every landed day ingested, then the golden layer built: where most tests of later layers start."""
+    run_range(defs, instance, manifest["partitions"][0], manifest["partitions"][-1])
+    assert run_golden(defs, instance).success
 
 
 def checks_of(result) -> dict[tuple[str, str], bool]:
@@ -33,8 +39,7 @@ def test_golden_group_after_the_sources(tmp_path, demo_landing):
             assert run_range(defs, instance, manifest["partitions"][0], manifest["partitions"][-1]).success
             result = run_golden(defs, instance)
             assert result.success
-            mats = {e.materialization.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
-                    for e in result.get_asset_materialization_events()}
+            mats = materialised(result)
             assert set(mats) == {"staging/person_records", "staging/account_records", "staging/register_enrichment",
                                  "staging/consent_events",
                                  "golden/accounts", "golden/contacts", "golden/crosswalk", "golden/review_queue"}
@@ -51,8 +56,7 @@ def test_golden_group_after_the_sources(tmp_path, demo_landing):
 
             # A second run keeps every ID: the match rate does not move, nothing in the crosswalk changes.
             again = run_golden(defs, instance)
-            mats2 = {e.materialization.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
-                     for e in again.get_asset_materialization_events()}
+            mats2 = materialised(again)
             assert mats2["golden/contacts"]["crosswalk_changes"] == 0
             assert mats2["golden/contacts"]["match_rate"] == contacts["match_rate"]
 
@@ -62,8 +66,7 @@ def test_match_rate_jump_fails_the_blocking_check(tmp_path, demo_landing):
     settings = settings_for(tmp_path, root)
     defs = build_defs(settings)
     with dg.instance_for_test() as instance:
-        run_range(defs, instance, manifest["partitions"][0], manifest["partitions"][-1])
-        assert run_golden(defs, instance).success
+        load_and_match(defs, instance, manifest)
         # The last run, as if a broken mapping had made everyone look unique.
         wh = Warehouse.for_url(settings.default_warehouse_url)
         with wh.engine.begin() as conn:

@@ -18,7 +18,7 @@ from crm_pipelines.defs.resources import LandingZoneResource, WarehouseResource
 from crm_pipelines.devtools.crm_server import CrmServer
 from crm_pipelines.devtools.webhook_sink import WebhookSink
 from crm_pipelines_tests.defs.test_crm import TOKEN, push_crm
-from crm_pipelines_tests.defs.test_golden import run_golden
+from crm_pipelines_tests.defs.test_golden import load_and_match, run_golden
 from crm_pipelines_tests.defs.test_sources import EMAIL, run_range, settings_for
 
 TODAY = "2026-11-21"
@@ -100,8 +100,7 @@ def test_an_sql_crossing_is_alerted_once_and_scores_have_history(tmp_path, demo_
         crm.seed_from_landing(demo_landing[0])
         landing, manifest, settings, defs = _world(tmp_path, demo_landing, monkeypatch, crm, slack)
         with dg.instance_for_test() as instance:
-            run_range(defs, instance, manifest["partitions"][0], manifest["partitions"][-1])
-            assert run_golden(defs, instance).success
+            load_and_match(defs, instance, manifest)
             assert push_crm(defs, instance).success
             wh = Warehouse.for_url(settings.default_warehouse_url)
             g = GOLDEN_CONTACTS

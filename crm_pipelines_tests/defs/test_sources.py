@@ -38,6 +38,12 @@ def run_range(defs: dg.Definitions, instance, start: str, end: str, selection=No
         tags={"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end})
 
 
+def materialised(result) -> dict[str, dict]:
+    """Each materialised asset's metadata values, by asset key."""
+    return {e.materialization.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
+            for e in result.get_asset_materialization_events()}
+
+
 def test_definitions_describe_every_source_for_the_ui():
     defs = build_defs()
     graph = defs.resolve_asset_graph()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from crm_pipelines_tests.ops.util import free_port, wait_until
+from crm_pipelines.devtools.celery_local import CeleryWorkers, RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS = shutil.which("redis-server")
@@ -38,24 +37,8 @@ COMPARED = {
 
 @pytest.fixture
 def redis_url(tmp_path):
-    import redis
-
-    port = free_port()
-    proc = subprocess.Popen([REDIS, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    client = redis.Redis(host="127.0.0.1", port=port)
-
-    def answers() -> bool:
-        try:
-            return bool(client.ping())
-        except redis.ConnectionError:
-            assert proc.poll() is None, "redis-server exited"
-            return False
-
-    wait_until(answers, 30, "redis-server answering PING")
-    yield f"redis://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(30)
+    with RedisServer(tmp_path) as server:
+        yield server.url
 
 
 def _env(tmp_path: Path, name: str, landing: Path, executor: str, broker: str | None) -> dict:
@@ -97,22 +80,7 @@ def _tables(data_dir: Path) -> dict[str, pd.DataFrame]:
     return out
 
 
-def _workers(env: dict, n: int, log_dir: Path) -> list[subprocess.Popen]:
-    procs = []
-    for i in range(n):
-        log = (log_dir / f"worker{i}.log").open("w")
-        # One task at a time per worker, and a fresh child process per task: two workers, two steps at once.
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "dagster_celery.cli", "worker", "start", "-A", "dagster_celery.app",
-             "-y", str(ROOT / "celery_worker.yaml"), "--name", f"crm{i}", "--", "--concurrency=1",
-             "--max-tasks-per-child=1"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True))
-    return procs
-
-
 def test_the_nightly_jobs_on_celery_workers_give_what_one_process_gives(tmp_path, demo_landing, redis_url, monkeypatch):
-    from celery import Celery
-
     landing, manifest = demo_landing
     first, last = manifest["partitions"][0], manifest["partitions"][-1]
 
@@ -123,22 +91,8 @@ def test_the_nightly_jobs_on_celery_workers_give_what_one_process_gives(tmp_path
     monkeypatch.setenv("DAGSTER_HOME", celery_env["DAGSTER_HOME"])  # dagster.yaml reads it
     # The instance's storage exists before the workers start (two processes creating it at once would race).
     dg.DagsterInstance.from_config(celery_env["DAGSTER_HOME"]).dispose()
-    workers = _workers(celery_env, 2, tmp_path)
-    try:
-        app = Celery(broker=celery_env["CRM_CELERY_BROKER"], backend=celery_env["CRM_CELERY_BACKEND"])
-
-        def both_up() -> bool:
-            assert all(w.poll() is None for w in workers), (tmp_path / "worker0.log").read_text()[-3000:]
-            return len(app.control.ping(timeout=1.0)) == 2
-
-        wait_until(both_up, 120, "two Celery workers answering")
+    with CeleryWorkers(celery_env, 2, prefix="crm", log_dir=tmp_path):
         _nightly(celery_env, first, last, tmp_path / "celery.log")
-    finally:
-        for w in workers:
-            if w.poll() is None:
-                os.killpg(w.pid, signal.SIGTERM)
-        for w in workers:
-            w.wait(60)
 
     # Every step of the Celery runs ran in a worker, and both workers took steps.
     with dg.DagsterInstance.from_config(celery_env["DAGSTER_HOME"]) as instance:

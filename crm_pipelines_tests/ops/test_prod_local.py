@@ -8,7 +8,8 @@ import threading
 import pytest
 import requests
 
-from crm_pipelines_tests.ops.util import free_port, graphql, wait_http
+from crm_pipelines.devtools.processes import free_port
+from crm_pipelines_tests.ops.util import graphql, wait_http
 
 pytestmark = pytest.mark.postgres
 

@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from crm_pipelines_tests.ops.util import free_port, graphql, wait_http
+from crm_pipelines.devtools.processes import dagster_services, free_port, stop_groups, wait_until
+from crm_pipelines_tests.ops.util import graphql, wait_http
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -77,13 +74,7 @@ def test_the_ui_shows_every_group_and_the_blocking_checks_and_runs_what_it_launc
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    bin_dir = Path(sys.executable).parent
-    full_env = {**os.environ, **env}
-    procs = [subprocess.Popen([str(bin_dir / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")], cwd=ROOT,
-                              env=full_env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-             subprocess.Popen([str(bin_dir / "dagster-webserver"), "-w", str(ROOT / "workspace.yaml"), "-h", "127.0.0.1",
-                               "-p", str(port)], cwd=ROOT, env=full_env, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    procs = dagster_services({**os.environ, **env}, port)
     profile = tmp_path / "chromium"
     shots = Path(os.environ.get("CRM_SCREENSHOT_DIR") or tmp_path / "shots")
     shots.mkdir(parents=True, exist_ok=True)
@@ -127,22 +118,17 @@ def test_the_ui_shows_every_group_and_the_blocking_checks_and_runs_what_it_launc
         status = _wait_for_run(base, run_id, 240)
         assert status == "SUCCESS"
     finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in procs:
-            p.wait(timeout=60)
+        stop_groups(procs)
 
 
 def _wait_for_run(base: str, run_id: str, timeout: float) -> str:
     """The run's status once it finished (queued, then started by the daemon, then done)."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while True:
-        status = graphql(base, "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }",
-                         {"id": run_id})["runOrError"]["status"]
-        if status in ("SUCCESS", "FAILURE", "CANCELED"):
-            return status
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"run {run_id} still {status} after {timeout:.0f} s")
-        pause.wait(0.5)
+    seen: list[str] = []
+
+    def finished() -> bool:
+        seen.append(graphql(base, "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }",
+                            {"id": run_id})["runOrError"]["status"])
+        return seen[-1] in ("SUCCESS", "FAILURE", "CANCELED")
+
+    wait_until(finished, timeout, f"run {run_id} finishing", interval=0.5)
+    return seen[-1]

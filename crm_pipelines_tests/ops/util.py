@@ -1,43 +1,23 @@
-"""Helpers for tests that run Dagster's own processes: free ports, waiting for a server, GraphQL."""
+"""Helpers for tests that run Dagster's own processes: waiting for a server, GraphQL (free ports and
+waiting in general: crm_pipelines.devtools.processes)."""
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
-
 import requests
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(condition, timeout: float, what: str) -> None:
-    """Until ``condition()`` holds (a process's start-up is not an event we can subscribe to)."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not within {timeout:.0f} s")
-        pause.wait(0.25)
+from crm_pipelines.devtools.processes import wait_until
 
 
 def wait_http(url: str, timeout: float) -> None:
     """Until the server answers (a server process's start-up is not an event we can subscribe to)."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while True:
+
+    def answers() -> bool:
         try:
-            if requests.get(url, timeout=5).status_code < 500:
-                return
+            return requests.get(url, timeout=5).status_code < 500
         except requests.ConnectionError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
-        pause.wait(0.25)
+            return False
+
+    wait_until(answers, timeout, f"{url} answering")
 
 
 def graphql(base: str, query: str, variables: dict | None = None) -> dict:

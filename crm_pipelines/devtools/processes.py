@@ -1,0 +1,59 @@
+"""Local processes for the development tools, the tests and the benchmarks: free ports, waiting for a
+process to come up, process groups started and stopped as one, the Dagster services."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(condition, timeout: float, what: str, interval: float = 0.25) -> None:
+    """Until ``condition()`` holds (a process's start-up is not an event we can subscribe to)."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not within {timeout:.0f} s")
+        pause.wait(interval)
+
+
+def start_group(cmd: list[str], env: dict, cwd: Path = ROOT, output=subprocess.DEVNULL) -> subprocess.Popen:
+    """A process in its own process group, so stopping it stops what it started too."""
+    return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=output, stderr=subprocess.STDOUT if output is not None
+                            else None, start_new_session=True)
+
+
+def stop_groups(procs: list[subprocess.Popen], timeout: float = 60) -> None:
+    """SIGTERM to every group still running, then wait; a group that does not end in time is killed."""
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def dagster_services(env: dict, port: int, output=subprocess.DEVNULL) -> list[subprocess.Popen]:
+    """dagster-daemon and dagster-webserver (127.0.0.1:``port``) on the project's workspace, as two processes."""
+    workspace = str(ROOT / "workspace.yaml")
+    return [start_group([str(BIN / "dagster-daemon"), "run", "-w", workspace], env, output=output),
+            start_group([str(BIN / "dagster-webserver"), "-w", workspace, "-h", "127.0.0.1", "-p", str(port)], env,
+                        output=output)]
