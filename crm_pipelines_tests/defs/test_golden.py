@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from dataclasses import replace
 
 import dagster as dg
@@ -24,6 +25,17 @@ def load_and_match(defs, instance, manifest) -> None:
     """Every landed day ingested, then the golden layer built: where most tests of later layers start."""
     run_range(defs, instance, manifest["partitions"][0], manifest["partitions"][-1])
     assert run_golden(defs, instance).success
+
+
+@contextmanager
+def golden_world(tmp_path, demo_landing):
+    """Settings, definitions and a test instance with every demo day ingested and the golden layer built."""
+    root, manifest = demo_landing
+    settings = settings_for(tmp_path, root)
+    defs = build_defs(settings)
+    with dg.instance_for_test() as instance:
+        load_and_match(defs, instance, manifest)
+        yield settings, defs, instance
 
 
 def checks_of(result) -> dict[tuple[str, str], bool]:
@@ -62,11 +74,7 @@ def test_golden_group_after_the_sources(tmp_path, demo_landing):
 
 
 def test_match_rate_jump_fails_the_blocking_check(tmp_path, demo_landing):
-    root, manifest = demo_landing
-    settings = settings_for(tmp_path, root)
-    defs = build_defs(settings)
-    with dg.instance_for_test() as instance:
-        load_and_match(defs, instance, manifest)
+    with golden_world(tmp_path, demo_landing) as (settings, defs, instance):
         # The last run, as if a broken mapping had made everyone look unique.
         wh = Warehouse.for_url(settings.default_warehouse_url)
         with wh.engine.begin() as conn:

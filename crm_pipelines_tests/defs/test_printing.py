@@ -10,17 +10,11 @@ import sqlalchemy as sa
 
 from crm_pipelines.core.schema import PRINT_LISTS, PRINT_QUEUE
 from crm_pipelines.core.warehouse import Warehouse
-from crm_pipelines.definitions import build_defs
-from crm_pipelines_tests.defs.test_golden import checks_of, load_and_match
-from crm_pipelines_tests.defs.test_sources import settings_for
+from crm_pipelines_tests.defs.test_golden import checks_of, golden_world
 
 
 def test_a_campaign_list_is_built_approved_by_file_and_released(tmp_path, demo_landing):
-    root, manifest = demo_landing
-    settings = settings_for(tmp_path, root)
-    defs = build_defs(settings)
-    with dg.instance_for_test() as instance:
-        load_and_match(defs, instance, manifest)
+    with golden_world(tmp_path, demo_landing) as (settings, defs, instance):
         assert defs.resolve_job_def("score_leads").execute_in_process(instance=instance).success
         built = defs.resolve_job_def("build_print_lists").execute_in_process(instance=instance)
         assert built.success and all(checks_of(built).values())
@@ -57,11 +51,7 @@ def test_a_campaign_list_is_built_approved_by_file_and_released(tmp_path, demo_l
 
 
 def test_queued_brochures_become_one_daily_list_each_recipient_once(tmp_path, demo_landing):
-    root, manifest = demo_landing
-    settings = settings_for(tmp_path, root)
-    defs = build_defs(settings)
-    with dg.instance_for_test() as instance:
-        load_and_match(defs, instance, manifest)
+    with golden_world(tmp_path, demo_landing) as (settings, defs, instance):
         wh = Warehouse.for_url(settings.default_warehouse_url)
         # Customers with a full address, queued by the hand-off (a hot lead: a brochure).
         customers = wh.read_raw_sql("SELECT golden_id FROM golden.contacts WHERE erp_customer_number IS NOT NULL "
