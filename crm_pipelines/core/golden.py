@@ -35,7 +35,7 @@ from .schema import (ACCOUNT_CROSSWALK, ACCOUNT_LINEAGE, ACCOUNT_RECORDS, CONSEN
                      GOLDEN_ACCOUNTS, GOLDEN_CONTACTS, GOLDEN_TABLES, ID_EVENTS, ID_REGISTRY, MATCH_EDGES, MATCH_RUNS,
                      PERSON_CROSSWALK, PERSON_RECORDS, REGISTER_CACHE, REVIEW_CANDIDATES, REVIEW_QUEUE,
                      STEWARD_DECISIONS, raw_table)
-from .warehouse import Warehouse, tables_present
+from .warehouse import Warehouse, shared_objects, tables_present
 
 Log = Callable[[str], None]
 PREFIX = {"persons": "GC", "accounts": "GA"}
@@ -126,7 +126,7 @@ def build_person_records(wh: Warehouse, screen: Screen | None = None) -> pd.Data
 
 def build_account_records(wh: Warehouse, persons: pd.DataFrame | None = None) -> pd.DataFrame:
     if persons is None:
-        persons = load_person_records(wh)
+        persons = load_person_mentions(wh)
     accounts = account_records(read_raw(wh, ACCOUNT_SOURCES), persons)
     replace_table(wh, ACCOUNT_RECORDS, accounts)
     return accounts
@@ -138,6 +138,23 @@ def _read_all(wh: Warehouse, table: sa.Table) -> pd.DataFrame:
     return df.astype(object).where(df.notna(), None)
 
 
+MENTION_COLUMNS = ("record_key", "source", "source_record_id", "record_ts", "company_name", "street", "house_number",
+                   "postal_code", "city", "country", "email_domain", "is_free_mail", "erp_customer_number", "crm_company_id")
+
+
+def load_person_mentions(wh: Warehouse) -> pd.DataFrame:
+    """The person records that name a company, with only what an account record takes from them
+    (``account_records``): the step does not need the names, e-mails and keys of a million people."""
+    wh.ensure_tables([PERSON_RECORDS])
+    cols = ", ".join(wh.quote(c) for c in MENTION_COLUMNS)
+    df = wh.read_raw_sql(f"SELECT {cols} FROM {wh.qualified(PERSON_RECORDS)} WHERE company_name IS NOT NULL "
+                         "ORDER BY record_key")
+    free = df["is_free_mail"].fillna(False).astype(bool)
+    df["company_domain"] = df["email_domain"].where(~free, None)
+    df["record_ts"] = pd.to_datetime(df["record_ts"], utc=True)
+    return df.drop(columns=["email_domain", "is_free_mail"])
+
+
 def load_person_records(wh: Warehouse) -> pd.DataFrame:
     from .matching.engine import name_mailboxes
 
@@ -147,11 +164,11 @@ def load_person_records(wh: Warehouse) -> pd.DataFrame:
     df["email_local"] = df["email_norm"].str.rsplit("@", n=1).str[0]
     df["is_free_mail"] = df["is_free_mail"].fillna(False).astype(bool)  # SQLite returns 0/1
     pair = [("-".join(sorted((f, l))) if f and l else None) for f, l in zip(df["first_kp"], df["last_kp"])]
-    df["name_kp_pair"] = pd.Series(pair, index=df.index, dtype=object)
+    df["name_kp_pair"] = shared_objects(pd.Series(pair, index=df.index, dtype=object))
     df["first_initial"] = df["first_key"].str[:1]
     df["company_domain"] = df["email_domain"].where(~df["is_free_mail"])
     df["phone_any"] = df["mobile_e164"].where(df["mobile_e164"].notna(), df["phone_e164"])
-    df["company_first_token"] = df["org_key"].str.split(" ").str[0]
+    df["company_first_token"] = shared_objects(df["org_key"].str.split(" ").str[0])
     df["mailbox_is_name"] = name_mailboxes(df["email_local"], df["first_key"], df["last_key"])
     df["record_ts"] = pd.to_datetime(df["record_ts"], utc=True)
     return df

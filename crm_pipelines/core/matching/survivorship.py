@@ -18,18 +18,24 @@ from .settings import SurvivorshipSpec
 
 def survive(records: pd.DataFrame, cluster: np.ndarray, fields: list[str], spec: SurvivorshipSpec,
             ts_col: str = "record_ts") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Golden values per cluster (index = cluster label) and the lineage (cluster, field, record_key, rule)."""
+    """Golden values per cluster (index = cluster label) and the lineage (cluster, field, record_key, rule)
+    of the clusters with more than one record (a single record's lineage is the record itself).
+
+    Each rule sorts the records once and every field then takes a position per cluster, so no copy
+    of the string columns is made: at a million records the strings are most of the memory."""
     rank = {s: i for i, s in enumerate(spec.source_priority)}
+    n_clusters = int(cluster.max() + 1) if len(cluster) else 0
     base = pd.DataFrame({
         "cluster": cluster,
         "rank": records["source"].map(rank).fillna(len(rank)).astype(int).to_numpy(),
         "ts": pd.to_datetime(records[ts_col], utc=True).fillna(pd.Timestamp(0, tz="UTC")).to_numpy(),
         "record_key": records["record_key"].to_numpy(),
     })
-    golden = pd.DataFrame(index=pd.RangeIndex(int(cluster.max() + 1) if len(cluster) else 0))
-    lineage_parts = []
+    keys = base["record_key"].to_numpy()
+    golden = pd.DataFrame(index=pd.RangeIndex(n_clusters))
     followers = {m: g[0] for g in spec.groups.values() if g[0] in fields for m in g[1:] if m in fields}
-    sources: dict[str, pd.Series] = {}
+    chosen: dict[str, np.ndarray] = {}  # field -> position of the record that supplies it per cluster, -1 none
+    rules: dict[str, str] = {}
     by_rule: dict[str, list[str]] = {}
     for f in fields:
         if f not in followers:
@@ -37,52 +43,50 @@ def survive(records: pd.DataFrame, cluster: np.ndarray, fields: list[str], spec:
     for rule, cols in by_rule.items():
         if rule == "most_frequent":
             for f in cols:
-                values, source = _most_frequent(base, records[f])
-                golden[f] = values
-                sources[f] = source
-                lineage_parts.append(_lineage(source, f, rule))
+                chosen[f], rules[f] = _most_frequent(base, records[f]), rule
             continue
         order = ["cluster", "rank", "ts", "record_key"] if rule == "source_priority" else ["cluster", "ts", "rank", "record_key"]
         asc = [True, True, False, True] if rule == "source_priority" else [True, False, True, True]
-        frame = base.copy()
+        perm = base.sort_values(order, ascending=asc, kind="stable").index.to_numpy()
         for f in cols:
-            frame[f] = records[f].to_numpy()
-            frame[f"__src_{f}"] = np.where(records[f].notna().to_numpy(), base["record_key"], None)
-        frame = frame.sort_values(order, ascending=asc, kind="stable")
-        first = frame.groupby("cluster", sort=True).first()  # first non-missing value per column
-        for f in cols:
-            golden[f] = first[f].reindex(golden.index)
-            sources[f] = first[f"__src_{f}"].reindex(golden.index)
-            lineage_parts.append(_lineage(sources[f], f, rule))
-    if followers:
-        position = pd.Series(np.arange(len(records)), index=records["record_key"].to_numpy())
-        for f, anchor in followers.items():
-            src = sources[anchor]
-            pos = src.map(position)
-            has = pos.notna().to_numpy()
-            values = np.full(len(src), None, dtype=object)
-            column = records[f].astype(object).where(records[f].notna(), None).to_numpy()
-            values[has] = column[pos[has].astype(int).to_numpy()]
-            golden[f] = pd.Series(values, index=golden.index)
-            supplied = pd.Series(np.where(pd.notna(values), src.to_numpy(), None), index=golden.index)
-            lineage_parts.append(_lineage(supplied, f, f"with {anchor}"))
+            # The first record in rule order with a value, per cluster (the sort is by cluster first).
+            have = perm[records[f].notna().to_numpy()[perm]]
+            cl = cluster[have]
+            first = np.flatnonzero(np.r_[True, cl[1:] != cl[:-1]]) if len(cl) else np.empty(0, np.int64)
+            pos = np.full(n_clusters, -1, dtype=np.int64)
+            pos[cl[first]] = have[first]
+            chosen[f], rules[f] = pos, rule
+    for f, anchor in followers.items():
+        pos = chosen[anchor].copy()
+        has = pos >= 0
+        has[has] = records[f].notna().to_numpy()[pos[has]]
+        pos[~has] = -1
+        chosen[f], rules[f] = pos, f"with {anchor}"
+    multi = np.bincount(cluster, minlength=n_clusters) > 1 if n_clusters else np.zeros(0, bool)
+    lineage_parts = []
+    for f in fields:
+        pos = chosen[f]
+        has = pos >= 0
+        values = np.full(n_clusters, None, dtype=object)
+        values[has] = records[f].to_numpy(dtype=object)[pos[has]]
+        golden[f] = pd.Series(values, index=golden.index, dtype=object)
+        keep = np.flatnonzero(has & multi)
+        lineage_parts.append(pd.DataFrame({"cluster": keep, "field": f, "record_key": keys[pos[keep]], "rule": rules[f]}))
     lineage = pd.concat(lineage_parts, ignore_index=True) if lineage_parts else pd.DataFrame(
         columns=["cluster", "field", "record_key", "rule"])
-    return golden, lineage.dropna(subset=["record_key"]).reset_index(drop=True)
+    return golden, lineage
 
 
-def _most_frequent(base: pd.DataFrame, values: pd.Series) -> tuple[pd.Series, pd.Series]:
-    frame = base.assign(value=values.to_numpy()).dropna(subset=["value"])
+def _most_frequent(base: pd.DataFrame, values: pd.Series) -> np.ndarray:
+    """Position of the record with the value most records of the cluster share, per cluster (-1 none)."""
     n = int(base["cluster"].max() + 1) if len(base) else 0
+    pos = np.full(n, -1, dtype=np.int64)
+    frame = base.assign(value=values.to_numpy(), pos=np.arange(len(base))).dropna(subset=["value"])
     if frame.empty:
-        empty = pd.Series([None] * n, dtype=object)
-        return empty, empty
+        return pos
     frame["votes"] = frame.groupby(["cluster", "value"])["value"].transform("size")
     frame = frame.sort_values(["cluster", "votes", "rank", "ts", "record_key"], ascending=[True, False, True, False, True],
                               kind="stable")
-    best = frame.drop_duplicates("cluster").set_index("cluster")
-    return best["value"].reindex(range(n)), best["record_key"].reindex(range(n))
-
-
-def _lineage(source: pd.Series, field: str, rule: str) -> pd.DataFrame:
-    return pd.DataFrame({"cluster": source.index.to_numpy(), "field": field, "record_key": source.to_numpy(), "rule": rule})
+    best = frame.drop_duplicates("cluster")
+    pos[best["cluster"].to_numpy()] = best["pos"].to_numpy()
+    return pos
