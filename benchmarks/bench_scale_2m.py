@@ -1,7 +1,7 @@
-"""bench_scale at 2,000,000 contacts, multiprocess executor only: the largest size this 24 GB machine holds.
+"""bench_scale at 2,000,000 contacts, multiprocess executor only: the memory growth of a further doubling.
 
 Kept apart from bench_scale (which compares the executors at 250k to 1M) because it takes about
-25 minutes and 15 GB on its own; its memory growth against 1M is read off the two sections.
+20 minutes and 9 GB on its own; its memory growth against 1M is read off the two sections.
 """
 
 from __future__ import annotations

@@ -52,8 +52,8 @@ BENCHMARKS: list[tuple[str, str, str]] = [
                     "per step, memory growth per step between the smallest and the largest size",
      "10,000,000 contacts within the nightly window (under 2 hours) on 2 cores; no step's memory grows faster than "
      "linearly with input"),
-    ("bench_scale_2m", "bench_scale at 2,000,000 contacts with the multiprocess executor only, the largest size the "
-                       "24 GB benchmark machine holds (its golden/contacts step needs about 15 GB)",
+    ("bench_scale_2m", "bench_scale at 2,000,000 contacts with the multiprocess executor only: the memory growth of "
+                       "a further doubling (its golden/contacts step needs about 9 GB)",
      "as bench_scale; compare each step's peak memory with the 1,000,000 row above"),
     ("bench_golden_memory", "The golden/contacts step (resolve_contacts) at 1,000,000 contacts split into its phases, "
                             "on a SQLite warehouse with the person records and golden accounts built by a first "
