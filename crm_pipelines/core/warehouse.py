@@ -193,9 +193,10 @@ class Warehouse:
 
 def _compact_frame(result, chunk_rows: int) -> pd.DataFrame:
     """A result's rows as object columns with None for missing, fetched in chunks (a server-side
-    cursor on PostgreSQL) with repeated values sharing one Python object (:func:`_shared_values`):
-    a million person records take 1.2 GB this way instead of 2.8 GB, and the driver's rows never
-    all exist at once."""
+    cursor on PostgreSQL) with repeated values sharing one Python object (:func:`_shared_values`),
+    so the driver's rows never all exist at once. With the golden step's derived columns, the 1.3
+    million person records of a million contacts take 1.9 GB of process memory this way instead of
+    3.1 GB (bench_golden_memory)."""
     cols = list(result.keys())
     pools: list[dict | None] = [{} for _ in cols]
     parts: list[list[np.ndarray]] = [[] for _ in cols]
