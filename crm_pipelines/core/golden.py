@@ -134,8 +134,7 @@ def build_account_records(wh: Warehouse, persons: pd.DataFrame | None = None) ->
 
 def _read_all(wh: Warehouse, table: sa.Table) -> pd.DataFrame:
     cols = ", ".join(wh.quote(c) for c in table.columns.keys())
-    df = wh.read_raw_sql(f"SELECT {cols} FROM {wh.qualified(table)} ORDER BY record_key")
-    return df.astype(object).where(df.notna(), None)
+    return wh.read_raw_sql(f"SELECT {cols} FROM {wh.qualified(table)} ORDER BY record_key")  # None for missing
 
 
 MENTION_COLUMNS = ("record_key", "source", "source_record_id", "record_ts", "company_name", "street", "house_number",
@@ -149,10 +148,14 @@ def load_person_mentions(wh: Warehouse) -> pd.DataFrame:
     cols = ", ".join(wh.quote(c) for c in MENTION_COLUMNS)
     df = wh.read_raw_sql(f"SELECT {cols} FROM {wh.qualified(PERSON_RECORDS)} WHERE company_name IS NOT NULL "
                          "ORDER BY record_key")
-    free = df["is_free_mail"].fillna(False).astype(bool)
-    df["company_domain"] = df["email_domain"].where(~free, None)
+    df["company_domain"] = _company_domain(df)
     df["record_ts"] = pd.to_datetime(df["record_ts"], utc=True)
     return df.drop(columns=["email_domain", "is_free_mail"])
+
+
+def _company_domain(df: pd.DataFrame) -> pd.Series:
+    """The e-mail domain where it is not a free-mail provider's (SQLite stores the flag as 0/1)."""
+    return df["email_domain"].where(~df["is_free_mail"].fillna(False).astype(bool), None)
 
 
 def load_person_records(wh: Warehouse) -> pd.DataFrame:
@@ -163,10 +166,10 @@ def load_person_records(wh: Warehouse) -> pd.DataFrame:
     # Derived blocking keys are cheap to recompute and not worth their storage.
     df["email_local"] = df["email_norm"].str.rsplit("@", n=1).str[0]
     df["is_free_mail"] = df["is_free_mail"].fillna(False).astype(bool)  # SQLite returns 0/1
+    df["company_domain"] = _company_domain(df)
     pair = [("-".join(sorted((f, l))) if f and l else None) for f, l in zip(df["first_kp"], df["last_kp"])]
     df["name_kp_pair"] = shared_objects(pd.Series(pair, index=df.index, dtype=object))
     df["first_initial"] = df["first_key"].str[:1]
-    df["company_domain"] = df["email_domain"].where(~df["is_free_mail"])
     df["phone_any"] = df["mobile_e164"].where(df["mobile_e164"].notna(), df["phone_e164"])
     df["company_first_token"] = shared_objects(df["org_key"].str.split(" ").str[0])
     df["mailbox_is_name"] = name_mailboxes(df["email_local"], df["first_key"], df["last_key"])
@@ -363,9 +366,8 @@ def accept_match_rate(wh: Warehouse, entity: str) -> float | None:
     return float(latest["match_rate"].iloc[0])
 
 
-def _lineage_rows(lineage: pd.DataFrame, ids: pd.Series, multi: set, fields: list[str]) -> pd.DataFrame:
+def _lineage_rows(lineage: pd.DataFrame, ids: pd.Series, fields: list[str]) -> pd.DataFrame:
     lin = lineage.assign(golden_id=ids.reindex(lineage["cluster"]).to_numpy())
-    lin = lin[lin["golden_id"].isin(multi)]
     if lin.empty:
         return pd.DataFrame(columns=["golden_id", "record_key", "fields", "rules"])
     # Fields per (golden ID, record) as a bit mask summed in C; the few distinct masks are then
@@ -443,8 +445,7 @@ def resolve_accounts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
     golden["run_id"] = run_id
     _register_ids(wh, "accounts", ids.events, run_id, at)
     replace_table(wh, GOLDEN_ACCOUNTS, golden)
-    multi = set(gid[sizes > 1])
-    replace_table(wh, ACCOUNT_LINEAGE, _lineage_rows(lineage, gid, multi, ACCOUNT_FIELDS))
+    replace_table(wh, ACCOUNT_LINEAGE, _lineage_rows(lineage, gid, ACCOUNT_FIELDS))  # multi-record clusters only
     crosswalk = pd.DataFrame({"record_key": accounts["record_key"], "source": accounts["source"],
                               "source_record_id": accounts["source_record_id"], "golden_id": gid.to_numpy()[labels]})
     rep = sig["record_key"].to_numpy()
@@ -492,8 +493,7 @@ def resolve_contacts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
     golden["run_id"] = run_id
     _register_ids(wh, "persons", ids.events, run_id, at)
     replace_table(wh, GOLDEN_CONTACTS, golden)
-    multi = set(gid[sizes > 1])
-    replace_table(wh, CONTACT_LINEAGE, _lineage_rows(lineage, gid, multi, [*CONTACT_FIELDS[:4], "email", *CONTACT_FIELDS[5:]]))
+    replace_table(wh, CONTACT_LINEAGE, _lineage_rows(lineage, gid, [*CONTACT_FIELDS[:4], "email", *CONTACT_FIELDS[5:]]))
     crosswalk = pd.DataFrame({"record_key": persons["record_key"], "source": persons["source"],
                               "source_record_id": persons["source_record_id"], "golden_id": gid.to_numpy()[labels]})
     extra = _persist(wh, "persons", res, spec, persons["record_key"].to_numpy(), crosswalk, ids.cluster_ids, run_id, at,

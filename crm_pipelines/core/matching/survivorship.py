@@ -43,7 +43,7 @@ def survive(records: pd.DataFrame, cluster: np.ndarray, fields: list[str], spec:
     for rule, cols in by_rule.items():
         if rule == "most_frequent":
             for f in cols:
-                chosen[f], rules[f] = _most_frequent(base, records[f]), rule
+                chosen[f], rules[f] = _most_frequent(base, records[f], n_clusters), rule
             continue
         order = ["cluster", "rank", "ts", "record_key"] if rule == "source_priority" else ["cluster", "ts", "rank", "record_key"]
         asc = [True, True, False, True] if rule == "source_priority" else [True, False, True, True]
@@ -77,10 +77,9 @@ def survive(records: pd.DataFrame, cluster: np.ndarray, fields: list[str], spec:
     return golden, lineage
 
 
-def _most_frequent(base: pd.DataFrame, values: pd.Series) -> np.ndarray:
+def _most_frequent(base: pd.DataFrame, values: pd.Series, n_clusters: int) -> np.ndarray:
     """Position of the record with the value most records of the cluster share, per cluster (-1 none)."""
-    n = int(base["cluster"].max() + 1) if len(base) else 0
-    pos = np.full(n, -1, dtype=np.int64)
+    pos = np.full(n_clusters, -1, dtype=np.int64)
     frame = base.assign(value=values.to_numpy(), pos=np.arange(len(base))).dropna(subset=["value"])
     if frame.empty:
         return pos
