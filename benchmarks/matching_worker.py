@@ -81,8 +81,8 @@ def golden(wh: Warehouse, truth: pd.DataFrame) -> dict:
     cfg = load_matching_config(DEFAULT_CONFIG_DIR / "matching.yaml")
     t = time.monotonic()
     G.ensure_golden_tables(wh)
-    persons = G.build_person_records(wh)
-    G.build_account_records(wh, persons)
+    G.build_person_records(wh)
+    G.build_account_records(wh)
     del persons
     G.resolve_accounts(wh, cfg, "bench")
     G.resolve_contacts(wh, cfg, "bench")

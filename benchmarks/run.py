@@ -55,6 +55,10 @@ BENCHMARKS: list[tuple[str, str, str]] = [
     ("bench_scale_2m", "bench_scale at 2,000,000 contacts with the multiprocess executor only: the memory growth of "
                        "a further doubling (its golden/contacts step needs about 9 GB)",
      "as bench_scale; compare each step's peak memory with the 1,000,000 row above"),
+    ("bench_scale_10m", "bench_scale at 10,000,000 contacts, multiprocess executor, up to the staging records: every "
+                        "landed day ingested, person and account records built a slice at a time (the golden steps "
+                        "do not fit in this machine's memory at this size yet)",
+     "the nightly window (2 hours) for the whole night; each step's memory well within the machine's"),
     ("bench_golden_memory", "The golden/contacts step (resolve_contacts) at 1,000,000 contacts split into its phases, "
                             "on a SQLite warehouse with the person records and golden accounts built by a first "
                             "process: per phase its seconds and the process's RSS before, at the peak and after",

@@ -14,7 +14,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -35,7 +35,7 @@ from .schema import (ACCOUNT_CROSSWALK, ACCOUNT_LINEAGE, ACCOUNT_RECORDS, CONSEN
                      GOLDEN_ACCOUNTS, GOLDEN_CONTACTS, GOLDEN_TABLES, ID_EVENTS, ID_REGISTRY, MATCH_EDGES, MATCH_RUNS,
                      PERSON_CROSSWALK, PERSON_RECORDS, REGISTER_CACHE, REVIEW_CANDIDATES, REVIEW_QUEUE,
                      STEWARD_DECISIONS, raw_table)
-from .warehouse import Warehouse, shared_objects, tables_present
+from .warehouse import KeyRange, Warehouse, shared_objects, tables_present
 
 Log = Callable[[str], None]
 PREFIX = {"persons": "GC", "accounts": "GA"}
@@ -47,6 +47,9 @@ ACCOUNT_FIELDS = ["company_name", "company_base", "legal_form", "street", "house
                   "phone", "domain", "vat_id", "register_court", "register_number", "industry", "employee_count",
                   "erp_customer_number", "crm_company_id"]
 _RAW_COLUMNS = ("_partition", "_file", "_record_no")
+# Records read, cleaned and written at a time by the record builders: their memory stays that of one
+# slice however long a source grows (about 1.3 GB for 500,000 person records).
+SLICE_RECORDS = 500_000
 
 
 def now() -> datetime:
@@ -56,18 +59,25 @@ def now() -> datetime:
 # ============================================================================ records
 
 def read_raw(wh: Warehouse, sources: tuple[str, ...]) -> dict[str, pd.DataFrame]:
+    """The latest raw rows of each source, whole (see :func:`raw_slices` for a table of any length)."""
     from .matching.records import latest
 
     out = {}
-    insp = sa.inspect(wh.engine)
     for source in sources:
-        if not insp.has_table(source, schema="raw"):
-            continue
-        cols = [c["name"] for c in insp.get_columns(source, schema="raw")]
-        keep = [c for c in cols if not c.startswith("_") or c in _RAW_COLUMNS]
-        # Plain driver rows: no per-value type processing; the record builders parse the timestamps.
-        out[source] = latest(wh.read_raw_sql(f"SELECT {', '.join(wh.quote(c) for c in keep)} FROM raw.{wh.quote(source)}"))
+        select = _raw_select(wh, source)
+        if select is not None:
+            out[source] = latest(wh.read_raw_sql(select))
     return out
+
+
+def _raw_select(wh: Warehouse, source: str) -> str | None:
+    insp = sa.inspect(wh.engine)
+    if not insp.has_table(source, schema="raw"):
+        return None
+    cols = [c["name"] for c in insp.get_columns(source, schema="raw")]
+    keep = [c for c in cols if not c.startswith("_") or c in _RAW_COLUMNS]
+    # Plain rows: no per-value type processing; the record builders parse the timestamps.
+    return f"SELECT {', '.join(wh.quote(c) for c in keep)} FROM raw.{wh.quote(source)}"
 
 
 def replace_table(wh: Warehouse, table: sa.Table, frame: pd.DataFrame, where: dict | None = None) -> None:
@@ -81,23 +91,73 @@ def replace_table(wh: Warehouse, table: sa.Table, frame: pd.DataFrame, where: di
         wh.bulk_insert(conn, table, frame[cols])
 
 
-def clean_person_source(wh: Warehouse, source: str, screen: Screen | None = None) -> pd.DataFrame:
+def raw_slices(wh: Warehouse, source: str, slice_records: int) -> Iterator[pd.DataFrame]:
+    """A source's latest raw rows, about ``slice_records`` records at a time. The slices are ranges of
+    the source's record IDs, so every delivered version of a record is in the same slice and
+    :func:`latest` picks the same row as over the whole table. Nothing when the table does not exist."""
+    from .matching.records import latest
+
+    select = _raw_select(wh, source)
+    if select is None:
+        return
+    for key_range in wh.key_ranges(f"raw.{wh.quote(source)}", "source_record_id", slice_records):
+        condition, params = key_range.where(wh.quote)
+        yield latest(wh.read_frame(f"{select} WHERE {condition}", params))
+
+
+@dataclass
+class RecordsWritten:
+    """What a sliced build wrote: the counts a step reports, without keeping the records."""
+
+    records: int = 0
+    slices: int = 0
+    suppressed: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    values: dict[str, dict] = field(default_factory=dict)  # column -> value -> records
+    preview: pd.DataFrame | None = None
+
+    def add(self, frame: pd.DataFrame, counts: dict[str, int] | None = None, values: tuple[str, ...] = (),
+            preview: pd.DataFrame | None = None) -> None:
+        self.records += len(frame)
+        self.slices += 1
+        for name, n in (counts or {}).items():
+            self.counts[name] = self.counts.get(name, 0) + int(n)
+        for col in values:
+            tally = self.values.setdefault(col, {})
+            for value, n in frame[col].fillna("(none)").value_counts().items():
+                tally[value] = tally.get(value, 0) + int(n)
+        if preview is not None and (self.preview is None or len(self.preview) < 5):
+            self.preview = preview.head(5) if self.preview is None else pd.concat([self.preview, preview]).head(5)
+
+
+def clean_person_source(wh: Warehouse, source: str, screen: Screen | None = None,
+                        slice_records: int = SLICE_RECORDS) -> RecordsWritten:
     """One person source's latest raw rows cleaned into person records, stored in place of that source's
     rows in ``staging.person_records``. Records are cleaned one by one, so the sources can be cleaned in
-    parallel (one step each) and the table is the same as cleaning them all at once.
+    parallel (one step each) and the table is the same as cleaning them all at once; for the same
+    reason a source is read, cleaned and written ``slice_records`` records at a time (the memory of
+    the step is that of one slice, whatever the length of the source), in one transaction, so a
+    failed step leaves the source's previous records in place. (On SQLite that transaction holds the
+    write lock of the staging file until the last slice: PostgreSQL is the setting for big sources.)
 
-    ``screen``: records of suppressed people are left out (``attrs["suppressed"]`` counts them).
-    Ingestion already keeps them out; this holds even for a raw table restored from a backup."""
-    persons = person_records(read_raw(wh, (source,)))
-    suppressed = 0
-    if screen is not None and not screen.empty and len(persons):
-        hit = screen.suppressed(persons)
-        suppressed = int(hit.sum())
-        if suppressed:
-            persons = persons[~hit].reset_index(drop=True)
-    replace_table(wh, PERSON_RECORDS, persons, where={"source": source})
-    persons.attrs["suppressed"] = suppressed
-    return persons
+    ``screen``: records of suppressed people are left out (counted in ``suppressed``). Ingestion
+    already keeps them out; this holds even for a raw table restored from a backup."""
+    wh.ensure_tables([PERSON_RECORDS])
+    written = RecordsWritten()
+    with wh.engine.begin() as conn:
+        wh.delete_where(conn, PERSON_RECORDS, source=source)
+        for raw in raw_slices(wh, source, slice_records):
+            persons = person_records({source: raw})
+            if screen is not None and not screen.empty and len(persons):
+                hit = screen.suppressed(persons)
+                written.suppressed += int(hit.sum())
+                persons = persons[~hit].reset_index(drop=True)
+            wh.bulk_insert(conn, PERSON_RECORDS, persons)
+            written.add(persons, counts={
+                "invalid_emails": (persons["email"].notna() & persons["email_norm"].isna()).sum(),
+                "unparseable_phones": (persons["phone"].notna() & persons["phone_e164"].isna()).sum(),
+                "with_legal_form": persons["legal_form"].notna().sum()})
+    return written
 
 
 def drop_unmapped_person_sources(wh: Warehouse) -> None:
@@ -113,23 +173,37 @@ def load_person_records_sample(wh: Warehouse, n: int) -> pd.DataFrame:
     return wh.read_frame(sa.select(PERSON_RECORDS).order_by(PERSON_RECORDS.c.record_key).limit(n))
 
 
-def build_person_records(wh: Warehouse, screen: Screen | None = None) -> pd.DataFrame:
+def build_person_records(wh: Warehouse, screen: Screen | None = None,
+                         slice_records: int = SLICE_RECORDS) -> dict[str, RecordsWritten]:
     """Every person source through :func:`clean_person_source`, in one process."""
     drop_unmapped_person_sources(wh)
-    parts = [clean_person_source(wh, source, screen) for source in PERSON_SOURCES]
-    # Empty parts are left out: their object columns would turn the timestamps of the others into objects.
-    filled = [p for p in parts if len(p)]
-    persons = pd.concat(filled, ignore_index=True) if filled else person_records({})
-    persons.attrs["suppressed"] = sum(p.attrs.get("suppressed", 0) for p in parts)
-    return persons
+    return {source: clean_person_source(wh, source, screen, slice_records) for source in PERSON_SOURCES}
 
 
-def build_account_records(wh: Warehouse, persons: pd.DataFrame | None = None) -> pd.DataFrame:
-    if persons is None:
-        persons = load_person_mentions(wh)
-    accounts = account_records(read_raw(wh, ACCOUNT_SOURCES), persons)
-    replace_table(wh, ACCOUNT_RECORDS, accounts)
-    return accounts
+def build_account_records(wh: Warehouse, slice_records: int = SLICE_RECORDS) -> RecordsWritten:
+    """``staging.account_records`` from the ERP customers, the CRM companies and the company mentions of
+    the person records, ``slice_records`` at a time (each account record comes from one row alone),
+    in one transaction."""
+    wh.ensure_tables([ACCOUNT_RECORDS, PERSON_RECORDS])
+    written = RecordsWritten()
+    no_mentions = pd.DataFrame(columns=["company_name"])
+
+    def write(conn, accounts: pd.DataFrame) -> None:
+        wh.bulk_insert(conn, ACCOUNT_RECORDS, accounts)
+        companies = accounts[~accounts["is_mention"].astype(bool)]
+        written.add(accounts, counts={"mentions": accounts["is_mention"].astype(bool).sum()}, values=("legal_form",),
+                    preview=companies[["source", "company_name", "company_base", "legal_form", "postal_code", "city"]])
+
+    with wh.engine.begin() as conn:
+        conn.execute(sa.delete(ACCOUNT_RECORDS))
+        for source in ACCOUNT_SOURCES:
+            for raw in raw_slices(wh, source, slice_records):
+                write(conn, account_records({source: raw}, no_mentions))
+        for key_range in wh.key_ranges(wh.qualified(PERSON_RECORDS), "record_key", slice_records):
+            mentions = load_person_mentions(wh, key_range)
+            if len(mentions):
+                write(conn, account_records({}, mentions))
+    return written
 
 
 def _read_all(wh: Warehouse, table: sa.Table) -> pd.DataFrame:
@@ -141,13 +215,15 @@ MENTION_COLUMNS = ("record_key", "source", "source_record_id", "record_ts", "com
                    "postal_code", "city", "country", "email_domain", "is_free_mail", "erp_customer_number", "crm_company_id")
 
 
-def load_person_mentions(wh: Warehouse) -> pd.DataFrame:
+def load_person_mentions(wh: Warehouse, key_range: KeyRange | None = None) -> pd.DataFrame:
     """The person records that name a company, with only what an account record takes from them
-    (``account_records``): the step does not need the names, e-mails and keys of a million people."""
+    (``account_records``): the step does not need the names, e-mails and keys of a million people.
+    ``key_range``: only the records in that range of record keys."""
     wh.ensure_tables([PERSON_RECORDS])
     cols = ", ".join(wh.quote(c) for c in MENTION_COLUMNS)
-    df = wh.read_raw_sql(f"SELECT {cols} FROM {wh.qualified(PERSON_RECORDS)} WHERE company_name IS NOT NULL "
-                         "ORDER BY record_key")
+    condition, params = key_range.where(wh.quote) if key_range is not None else ("1 = 1", {})
+    df = wh.read_frame(f"SELECT {cols} FROM {wh.qualified(PERSON_RECORDS)} WHERE company_name IS NOT NULL "
+                       f"AND {condition} ORDER BY record_key", params)
     df["company_domain"] = _company_domain(df)
     df["record_ts"] = pd.to_datetime(df["record_ts"], utc=True)
     return df.drop(columns=["email_domain", "is_free_mail"])

@@ -12,6 +12,7 @@ import csv
 import io
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -181,6 +182,30 @@ class Warehouse:
             return _compact_frame(conn.execution_options(stream_results=True, max_row_buffer=chunk_rows)
                                   .exec_driver_sql(sql), chunk_rows)
 
+    def key_ranges(self, table: str, column: str, size: int) -> list[KeyRange]:
+        """Slices of a table by one column, each with about ``size`` distinct values of it, in the
+        database's own order (so ``<`` in a query agrees with how the bounds were found, whatever the
+        collation): a step can then read, clean and write a table of any length one slice at a time.
+        Every row is in exactly one slice (NULLs in the first). One slice when the table holds no
+        more than ``size`` values. ``table`` is a qualified name (``raw."crm_contacts"``).
+
+        Only the bounds are kept: the values stream past through a server-side cursor on PostgreSQL."""
+        if size < 1:
+            raise ValueError(f"a slice holds at least one value, not {size}")
+        col = self.quote(column)
+        bounds: list = []
+        seen = 0
+        with self.engine.connect() as conn:
+            result = conn.execution_options(stream_results=True, max_row_buffer=100_000).exec_driver_sql(
+                f"SELECT DISTINCT {col} FROM {table} WHERE {col} IS NOT NULL ORDER BY 1")
+            while rows := result.fetchmany(100_000):
+                # The value at every size-th position (after the first) opens a new slice.
+                first = (-seen) % size if seen else size
+                bounds.extend(rows[i][0] for i in range(first, len(rows), size))
+                seen += len(rows)
+        edges = [None, *bounds, None]
+        return [KeyRange(column, lo, hi) for lo, hi in zip(edges, edges[1:])]
+
     def scalar(self, query: sa.Select | str, params: dict | None = None):
         with self.engine.connect() as conn:
             return conn.execute(sa.text(query) if isinstance(query, str) else query, params or {}).scalar()
@@ -189,6 +214,27 @@ class Warehouse:
         """The first row of a query (a tuple), or None."""
         with self.engine.connect() as conn:
             return conn.execute(sa.text(query) if isinstance(query, str) else query, params or {}).first()
+
+
+@dataclass(frozen=True)
+class KeyRange:
+    """``low <= column < high``; an open end is None (the first range also takes NULLs)."""
+
+    column: str
+    low: object | None
+    high: object | None
+
+    def where(self, quote) -> tuple[str, dict]:
+        """The SQL condition (true for every row when both ends are open) and its bind parameters."""
+        col = quote(self.column)
+        parts, params = [], {}
+        if self.low is not None:
+            parts.append(f"{col} >= :low")
+            params["low"] = self.low
+        if self.high is not None:
+            parts.append(f"({col} < :high OR {col} IS NULL)" if self.low is None else f"{col} < :high")
+            params["high"] = self.high
+        return (" AND ".join(parts) or "1 = 1"), params
 
 
 def _compact_frame(result, chunk_rows: int) -> pd.DataFrame:

@@ -51,14 +51,15 @@ def build_golden_assets(config_dir) -> list[dg.AssetsDefinition]:
                           "Table `staging.account_records`.")
     def account_records(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         wh = warehouse.get()
-        accounts = G.build_account_records(wh)
-        forms = accounts["legal_form"].fillna("(none)").value_counts().head(12)
+        written = G.build_account_records(wh)
+        forms = sorted(written.values.get("legal_form", {}).items(), key=lambda kv: (-kv[1], str(kv[0])))[:12]
+        preview = written.preview if written.preview is not None else pd.DataFrame()
         return dg.MaterializeResult(metadata={
-            "dagster/row_count": len(accounts),
-            "mentions": int(accounts["is_mention"].sum()),
-            "legal_forms": dg.MetadataValue.md(markdown_table(["legal form", "records"], forms.items())),
-            "preview": dg.MetadataValue.md(frame_markdown(accounts[~accounts["is_mention"]][
-                ["source", "company_name", "company_base", "legal_form", "postal_code", "city"]].head(5))),
+            "dagster/row_count": written.records,
+            "mentions": written.counts.get("mentions", 0),
+            "slices": written.slices,
+            "legal_forms": dg.MetadataValue.md(markdown_table(["legal form", "records"], forms)),
+            "preview": dg.MetadataValue.md(frame_markdown(preview)),
         })
 
     @dg.asset(key=REGISTER_KEY, group_name=GROUP, owners=OWNERS, kinds={"python", "sql"}, code_version=CODE_VERSION,
@@ -243,12 +244,9 @@ def _person_records_asset() -> dg.AssetsDefinition:
     def clean_person_source(context: dg.OpExecutionContext, source: str, warehouse: WarehouseResource,
                             privacy: PrivacyResource) -> dict:
         wh = warehouse.get()
-        persons = G.clean_person_source(wh, source, privacy.suppression(wh).screen())
-        context.log.info(f"{source}: {len(persons):,} person records")
-        return {"source": source, "records": len(persons), "suppressed": persons.attrs.get("suppressed", 0),
-                "invalid_emails": int((persons["email"].notna() & persons["email_norm"].isna()).sum()),
-                "unparseable_phones": int((persons["phone"].notna() & persons["phone_e164"].isna()).sum()),
-                "with_legal_form": int(persons["legal_form"].notna().sum())}
+        written = G.clean_person_source(wh, source, privacy.suppression(wh).screen())
+        context.log.info(f"{source}: {written.records:,} person records in {written.slices} slice(s)")
+        return {"source": source, "records": written.records, "suppressed": written.suppressed, **written.counts}
 
     @dg.op(name="person_records_report", out=dg.Out(dg.Nothing),
            description="Checks that the table holds exactly what the source steps wrote; reports counts and a masked "
@@ -268,7 +266,7 @@ def _person_records_asset() -> dg.AssetsDefinition:
         sample = G.load_person_records_sample(wh, 5)
         preview = masked_preview(sample, ENTITIES["contact"], ["source", "salutation", "first_name", "last_name", "email",
                                                                "phone", "company_name", "postal_code"])
-        total = lambda key: sum(int(r[key]) for r in per_source)  # noqa: E731
+        total = lambda key: sum(int(r.get(key, 0)) for r in per_source)  # noqa: E731
         context.add_output_metadata({
             "dagster/row_count": total("records"),
             "records_by_source": dg.MetadataValue.md(markdown_table(

@@ -99,8 +99,8 @@ def accounts_of(wh: Warehouse, *keys: str) -> list[str]:
 
 
 def run_golden(wh: Warehouse, run_id: str = "r1"):
-    persons = G.build_person_records(wh)
-    G.build_account_records(wh, persons)
+    G.build_person_records(wh)
+    G.build_account_records(wh)
     accounts = G.resolve_accounts(wh, CFG, run_id)
     contacts = G.resolve_contacts(wh, CFG, run_id)
     return accounts, contacts

@@ -80,8 +80,8 @@ def test_no_suppressed_identity_ever_reaches_an_outgoing_dataset(world, mappings
                 ingest_partition(mappings[source], day, landing, wh, "prop", suppression=suppression)
 
         def build() -> None:
-            persons = G.build_person_records(wh, suppression.screen())
-            G.build_account_records(wh, persons)
+            G.build_person_records(wh, suppression.screen())
+            G.build_account_records(wh)
             G.build_consent_events(wh, HASHER)
             G.resolve_accounts(wh, MATCHING, "prop")
             G.resolve_contacts(wh, MATCHING, "prop")
