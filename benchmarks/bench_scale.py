@@ -94,7 +94,10 @@ def run_size(contacts: int, mode: str) -> dict | None:
         return result
     finally:
         pg.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if os.environ.get("BENCH_SCALE_KEEP"):  # the instance and warehouse, for running later steps by hand
+            log(f"kept {tmp} (PostgreSQL data in {tmp / 'pg'})")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _nightly(env: dict, tmp: Path, manifest: dict, mem: TreeMemory, contacts: int, mode: str) -> dict | None:
