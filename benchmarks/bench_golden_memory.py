@@ -1,10 +1,11 @@
-"""Where the golden/contacts step's memory goes, phase by phase, at 1,000,000 contacts (SQLite warehouse).
+"""Where the golden steps' memory goes, phase by phase, at 1,000,000 contacts (SQLite warehouse).
 
-bench_scale shows golden/contacts as the step that sets a night's memory; this splits it. A first
-process builds the staging records and the golden accounts on a copy of bench_matching's cached raw
-warehouse; a second, fresh process runs `resolve_contacts` with its phases wrapped (the functions
-resolve_contacts calls, looked up in its module at call time) while a thread samples the process's RSS
-every 0.05 s. Per phase: seconds, RSS when it starts, its peak, and the growth it leaves behind.
+bench_scale shows golden/contacts and golden/accounts as the steps that set a night's memory; this
+splits them. A first process builds the staging records on a copy of bench_matching's cached raw
+warehouse; a second, fresh process runs `resolve_accounts`, a third `resolve_contacts`, each with its
+phases wrapped (the functions it calls, looked up in its module at call time) while a thread samples
+the process's RSS every 0.05 s. Per phase: seconds, RSS when it starts, its peak, and the growth it
+leaves behind.
 
     python -m benchmarks.bench_golden_memory                 # BENCH_GOLDEN_MEMORY_CONTACTS=1000000
 """
@@ -26,9 +27,13 @@ from benchmarks.common import CACHE, ROOT, figure, landing_zone, log
 
 CONTACTS = int(os.environ.get("BENCH_GOLDEN_MEMORY_CONTACTS", "1000000"))
 
-# resolve_contacts' phases, in the order it calls them (replace_table is labelled by its table).
-PHASES = ("load_person_records", "resolve", "survive", "_account_of_contacts", "_register_ids", "replace_table",
-          "_lineage_rows", "_persist")
+# Each step's phases, in the order it calls them (replace_table is labelled by its table).
+PHASES = {
+    "contacts": ("load_person_records", "resolve", "assign_ids", "survive", "_account_of_contacts", "_register_ids",
+                 "replace_table", "_lineage_rows", "_persist"),
+    "accounts": ("load_account_records", "account_signatures", "resolve", "assign_ids", "survive", "_register_ids",
+                 "replace_table", "_lineage_rows", "_persist"),
+}
 
 
 class PhaseMemory:
@@ -84,13 +89,12 @@ def _worker(mode: str, url: str) -> None:
     if mode == "prepare":
         G.build_person_records(wh)
         G.build_account_records(wh)
-        G.resolve_accounts(wh, cfg, "bench-golden-memory")
         return
     phases = PhaseMemory()
-    for name in PHASES:
+    for name in PHASES[mode]:
         phases.wrap(G, name)
     started = time.monotonic()
-    G.resolve_contacts(wh, cfg, "bench-golden-memory")
+    (G.resolve_accounts if mode == "accounts" else G.resolve_contacts)(wh, cfg, "bench-golden-memory")
     total = time.monotonic() - started
     phases.stop()
     print(json.dumps({"seconds": total, "rows": phases.rows}))
@@ -106,26 +110,29 @@ def main() -> int:
     shutil.copytree(src, scratch)
     url = f"sqlite:///{scratch / 'warehouse.db'}"
     env = dict(os.environ, GX_ANALYTICS_ENABLED="false")
+    results = {}
     try:
-        log(f"{CONTACTS:,} contacts: person records, account records and golden accounts (first process)")
+        log(f"{CONTACTS:,} contacts: person and account records (first process)")
         subprocess.run([sys.executable, "-m", "benchmarks.bench_golden_memory", "--worker", "prepare", url], env=env,
                        cwd=ROOT, check=True)
-        log(f"{CONTACTS:,} contacts: resolve_contacts with its phases measured (second process)")
-        out = subprocess.run([sys.executable, "-m", "benchmarks.bench_golden_memory", "--worker", "contacts", url],
-                             env=env, cwd=ROOT, check=True, stdout=subprocess.PIPE, text=True).stdout
+        for step in ("accounts", "contacts"):  # golden/contacts links to the golden accounts: accounts first
+            log(f"{CONTACTS:,} contacts: resolve_{step} with its phases measured (a fresh process)")
+            out = subprocess.run([sys.executable, "-m", "benchmarks.bench_golden_memory", "--worker", step, url],
+                                 env=env, cwd=ROOT, check=True, stdout=subprocess.PIPE, text=True).stdout
+            results[step] = json.loads(out.strip().splitlines()[-1])
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    result = json.loads(out.strip().splitlines()[-1])
-    label = f"golden_memory_{CONTACTS // 1000}k"
-    figure(f"{label}_resolve_contacts_seconds", result["seconds"], "s")
-    figure(f"{label}_process_peak_rss_mb", max(r["peak_mb"] for r in result["rows"]), "MB")
-    seen: dict[str, int] = {}
-    for row in result["rows"]:
-        n = seen[row["phase"]] = seen.get(row["phase"], 0) + 1
-        name = row["phase"] if n == 1 else f"{row['phase']}_{n}"
-        figure(f"{label}_{name}_seconds", row["seconds"], "s")
-        figure(f"{label}_{name}_peak_mb", row["peak_mb"], f"MB (RSS {row['before_mb']:.0f} MB before, "
-                                                          f"{row['after_mb']:.0f} MB after)")
+    for step, result in results.items():
+        label = f"golden_memory_{CONTACTS // 1000}k_{step}"
+        figure(f"{label}_resolve_{step}_seconds", result["seconds"], "s")
+        figure(f"{label}_process_peak_rss_mb", max(r["peak_mb"] for r in result["rows"]), "MB")
+        seen: dict[str, int] = {}
+        for row in result["rows"]:
+            n = seen[row["phase"]] = seen.get(row["phase"], 0) + 1
+            name = row["phase"] if n == 1 else f"{row['phase']}_{n}"
+            figure(f"{label}_{name}_seconds", row["seconds"], "s")
+            figure(f"{label}_{name}_peak_mb", row["peak_mb"], f"MB (RSS {row['before_mb']:.0f} MB before, "
+                                                              f"{row['after_mb']:.0f} MB after)")
     return 0
 
 

@@ -59,10 +59,11 @@ BENCHMARKS: list[tuple[str, str, str]] = [
                         "landed day ingested, person and account records built a slice at a time (the golden steps "
                         "do not fit in this machine's memory at this size yet)",
      "the nightly window (2 hours) for the whole night; each step's memory well within the machine's"),
-    ("bench_golden_memory", "The golden/contacts step (resolve_contacts) at 1,000,000 contacts split into its phases, "
-                            "on a SQLite warehouse with the person records and golden accounts built by a first "
-                            "process: per phase its seconds and the process's RSS before, at the peak and after",
-     "none: it shows where the memory of the step that bounds a night goes (see bench_scale)"),
+    ("bench_golden_memory", "The golden steps (resolve_accounts, then resolve_contacts) at 1,000,000 contacts split "
+                            "into their phases, on a SQLite warehouse with the person and account records built by a "
+                            "first process, each step in a fresh process: per phase its seconds and the process's RSS "
+                            "before, at the peak and after",
+     "none: it shows where the memory of the steps that bound a night goes (see bench_scale)"),
 ]
 
 DOC = ROOT / "docs" / "benchmarks.md"

@@ -234,23 +234,46 @@ def _company_domain(df: pd.DataFrame) -> pd.Series:
     return df["email_domain"].where(~df["is_free_mail"].fillna(False).astype(bool), None)
 
 
-def load_person_records(wh: Warehouse) -> pd.DataFrame:
+# Blocking keys derived at load (cheap to recompute, not worth their storage): the stored columns each needs.
+_DERIVED_PERSON_COLUMNS = {
+    "email_local": ("email_norm",), "company_domain": ("email_domain", "is_free_mail"),
+    "name_kp_pair": ("first_kp", "last_kp"), "first_initial": ("first_key",), "phone_any": ("mobile_e164", "phone_e164"),
+    "company_first_token": ("org_key",), "mailbox_is_name": ("email_norm", "first_key", "last_key"),
+}
+
+
+def load_person_records(wh: Warehouse, columns: set[str] | None = None) -> pd.DataFrame:
+    """The person records with the derived blocking keys; ``columns``: only these (a column nobody
+    asked for is never read: the raw e-mail of 10 million records is a gigabyte)."""
     from .matching.engine import name_mailboxes
 
     wh.ensure_tables([PERSON_RECORDS])
-    df = _read_all(wh, PERSON_RECORDS)
-    # Derived blocking keys are cheap to recompute and not worth their storage.
-    df["email_local"] = df["email_norm"].str.rsplit("@", n=1).str[0]
-    df["is_free_mail"] = df["is_free_mail"].fillna(False).astype(bool)  # SQLite returns 0/1
-    df["company_domain"] = _company_domain(df)
-    pair = [("-".join(sorted((f, l))) if f and l else None) for f, l in zip(df["first_kp"], df["last_kp"])]
-    df["name_kp_pair"] = shared_objects(pd.Series(pair, index=df.index, dtype=object))
-    df["first_initial"] = df["first_key"].str[:1]
-    df["phone_any"] = df["mobile_e164"].where(df["mobile_e164"].notna(), df["phone_e164"])
-    df["company_first_token"] = shared_objects(df["org_key"].str.split(" ").str[0])
-    df["mailbox_is_name"] = name_mailboxes(df["email_local"], df["first_key"], df["last_key"])
-    df["record_ts"] = pd.to_datetime(df["record_ts"], utc=True)
-    return df
+    stored = list(PERSON_RECORDS.columns.keys())
+    wanted = set(stored) | set(_DERIVED_PERSON_COLUMNS) if columns is None else set(columns)
+    inputs = {c for d, needs in _DERIVED_PERSON_COLUMNS.items() if d in wanted for c in needs}
+    read = [c for c in stored if c in wanted | inputs]
+    df = wh.read_raw_sql(f"SELECT {', '.join(wh.quote(c) for c in read)} FROM {wh.qualified(PERSON_RECORDS)} "
+                         "ORDER BY record_key")  # None for missing
+    if "is_free_mail" in df.columns:
+        df["is_free_mail"] = df["is_free_mail"].fillna(False).astype(bool)  # SQLite returns 0/1
+    if "email_local" in wanted or "mailbox_is_name" in wanted:
+        df["email_local"] = df["email_norm"].str.rsplit("@", n=1).str[0]
+    if "company_domain" in wanted:
+        df["company_domain"] = _company_domain(df)
+    if "name_kp_pair" in wanted:
+        pair = [("-".join(sorted((f, l))) if f and l else None) for f, l in zip(df["first_kp"], df["last_kp"])]
+        df["name_kp_pair"] = shared_objects(pd.Series(pair, index=df.index, dtype=object))
+    if "first_initial" in wanted:
+        df["first_initial"] = df["first_key"].str[:1]
+    if "phone_any" in wanted:
+        df["phone_any"] = df["mobile_e164"].where(df["mobile_e164"].notna(), df["phone_e164"])
+    if "company_first_token" in wanted:
+        df["company_first_token"] = shared_objects(df["org_key"].str.split(" ").str[0])
+    if "mailbox_is_name" in wanted:
+        df["mailbox_is_name"] = name_mailboxes(df["email_local"], df["first_key"], df["last_key"])
+    if "record_ts" in df.columns:
+        df["record_ts"] = pd.to_datetime(df["record_ts"], utc=True)
+    return df[[c for c in df.columns if c in wanted]]
 
 
 def load_consent_events(wh: Warehouse) -> pd.DataFrame:
@@ -325,11 +348,15 @@ def record_decision(wh: Warehouse, entity: str, record_a: str, record_b: str, de
                                                           note=note))
 
 
-def _decision_links(dec: pd.DataFrame, position: dict[str, int]) -> tuple[list, list, int]:
+def _decision_links(dec: pd.DataFrame, position: Callable[[list], np.ndarray]) -> tuple[list, list, int]:
+    """Steward decisions as must- and cannot-links between positions; ``position`` maps record keys to
+    positions (-1 for a record that is gone)."""
     must, cannot, unknown = [], [], 0
-    for a, b, d in zip(dec.get("record_a", []), dec.get("record_b", []), dec.get("decision", [])):
-        pa, pb = position.get(a), position.get(b)
-        if pa is None or pb is None:
+    ra, rb = list(dec.get("record_a", [])), list(dec.get("record_b", []))
+    positions_a, positions_b = (position(ra), position(rb)) if ra else ([], [])
+    for pa, pb, d in zip(positions_a, positions_b, dec.get("decision", [])):
+        pa, pb = int(pa), int(pb)
+        if pa < 0 or pb < 0:
             unknown += 1
             continue
         if pa == pb:
@@ -378,23 +405,21 @@ def _pair_index(res: Resolution, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _update_crosswalk(wh: Warehouse, table: sa.Table, current: pd.DataFrame, run_id: str, at: datetime) -> int:
     """SCD2: close rows whose golden ID changed or whose record is gone; insert the new rows."""
-    wh.ensure_tables([table])
-    prev = wh.read_raw_sql(f"SELECT record_key, golden_id FROM {wh.qualified(table)} WHERE valid_to IS NULL")
-    merged = current[["record_key", "golden_id"]].merge(prev, on="record_key", how="outer", suffixes=("", "_prev"),
-                                                        indicator=True)
-    changed = merged[(merged["_merge"] == "both") & (merged["golden_id"] != merged["golden_id_prev"])]
-    gone = merged[merged["_merge"] == "right_only"]
-    new = merged[merged["_merge"] == "left_only"]
-    close = pd.concat([changed["record_key"], gone["record_key"]]).tolist()
-    insert_keys = set(pd.concat([changed["record_key"], new["record_key"]]).tolist())
-    rows = current[current["record_key"].isin(insert_keys)].assign(valid_from=pd.Timestamp(at), valid_to=pd.NaT,
-                                                                    run_id=run_id)
+    # Lined up by record key rather than merged: an outer merge of a million keys was the peak of the step.
+    prev = _current_map(wh, table)
+    old = current["record_key"].map(prev).to_numpy()
+    known = pd.notna(old)
+    changed = known & (old != current["golden_id"].to_numpy())
+    new = ~known
+    gone = ~prev.index.isin(current["record_key"])
+    close = [*current["record_key"].to_numpy()[changed], *prev.index[gone]]
+    rows = current[changed | new].assign(valid_from=pd.Timestamp(at), valid_to=pd.NaT, run_id=run_id)
     with wh.engine.begin() as conn:
         for i in range(0, len(close), 500):
             conn.execute(sa.update(table).where(table.c.valid_to.is_(None), table.c.record_key.in_(close[i:i + 500]))
                          .values(valid_to=at))
         wh.bulk_insert(conn, table, rows[["record_key", "source", "source_record_id", "golden_id", "valid_from", "run_id"]])
-    return len(close) + len(new)
+    return len(close) + int(new.sum())
 
 
 def _register_ids(wh: Warehouse, entity: str, events: list[dict], run_id: str, at: datetime) -> None:
@@ -503,13 +528,17 @@ def resolve_accounts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
     spec = cfg.accounts
     accounts = apply_register(load_account_records(wh), wh)
     sig, codes = account_signatures(accounts)
-    position = {k: int(c) for k, c in zip(accounts["record_key"], codes)}
+    keys = pd.Index(accounts["record_key"].to_numpy(), dtype=object)
     dec = decisions(wh, "accounts")
-    must, cannot, unknown = _decision_links(dec, position)
+    # Decisions name records; the resolution runs over signatures: a record's position is its signature's.
+    must, cannot, unknown = _decision_links(dec, lambda k: np.where((i := keys.get_indexer(k)) >= 0, codes[i], -1))
     res = resolve(sig, spec, must_link=must, cannot_link=cannot, log=log)
+    register_ids = int(accounts["register_id"].notna().sum())
+    # The signatures did the matching: what follows needs the fields and the bookkeeping only.
+    accounts = _only(accounts, set(ACCOUNT_FIELDS) | {"record_key", "source", "source_record_id", "record_ts"})
     labels = res.labels[codes] if len(codes) else np.empty(0, np.int64)
-    prev = _current_map(wh, ACCOUNT_CROSSWALK)
-    ids = assign_ids(accounts["record_key"].to_numpy(), labels, prev, PREFIX["accounts"], _next_seq(wh, "accounts"))
+    ids = assign_ids(accounts["record_key"].to_numpy(), labels, _current_map(wh, ACCOUNT_CROSSWALK), PREFIX["accounts"],
+                     _next_seq(wh, "accounts"))
     golden, lineage = survive(accounts, labels, ACCOUNT_FIELDS, cfg.survivorship["accounts"])
     gid = pd.Series(ids.cluster_ids)
     golden = golden.assign(golden_id=gid.to_numpy())
@@ -530,28 +559,50 @@ def resolve_accounts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
                      cfg.max_match_rate_change)
     stats = {**res.stats, **extra, "records": len(accounts), "signatures": len(sig), "golden": len(golden),
              "decisions_applied": len(must) + len(cannot), "decisions_unknown_records": unknown,
-             "register_ids": int(accounts["register_id"].notna().sum()), "match_rate": rate}
+             "register_ids": register_ids, "match_rate": rate}
     return GoldenResult("accounts", res, golden, crosswalk, ids.events, stats)
 
 
-def _current_map(wh: Warehouse, table: sa.Table) -> dict[str, str]:
+def _current_map(wh: Warehouse, table: sa.Table) -> pd.Series:
+    """The current golden ID of each record, indexed by record key (a Series: about half the memory of a
+    dict over a million records, and ``Series.map`` takes it as it is)."""
     wh.ensure_tables([table])
     df = wh.read_raw_sql(f"SELECT record_key, golden_id FROM {wh.qualified(table)} WHERE valid_to IS NULL")
-    return dict(zip(df["record_key"], df["golden_id"]))
+    current = pd.Series(df["golden_id"].to_numpy(), index=pd.Index(df["record_key"].to_numpy(), dtype=object),
+                        dtype=object)
+    return current[~current.index.duplicated(keep="last")]
+
+
+# What resolve_contacts needs of a person record besides the matching columns and the golden fields.
+_CONTACT_BOOKKEEPING = {"record_key", "source", "source_record_id", "record_ts", "mailbox_is_name"}
+
+
+def _spec_columns(spec: EntityMatchSpec) -> set[str]:
+    """Every column the blocking rules, comparisons and links of a spec read."""
+    cols = {alt for rule in spec.blocking for col in rule for alt in col.split("|")}
+    cols |= {c for comp in spec.comparisons for c in comp.columns}
+    return cols | set(spec.must_link) | set(spec.name_swap or ())
+
+
+def _only(frame: pd.DataFrame, columns: set[str]) -> pd.DataFrame:
+    """The frame with only these columns; the others' values are freed (no view keeps them alive)."""
+    return frame[[c for c in frame.columns if c in columns]].copy()
 
 
 def resolve_contacts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log | None = None) -> GoldenResult:
     started = time.monotonic()
     at = now()
     spec = cfg.persons
-    persons = load_person_records(wh)
-    position = {k: i for i, k in enumerate(persons["record_key"])}
+    persons = load_person_records(wh, _spec_columns(spec) | set(CONTACT_FIELDS) | _CONTACT_BOOKKEEPING)
+    keys = pd.Index(persons["record_key"].to_numpy(), dtype=object)
     dec = decisions(wh, "persons")
-    must, cannot, unknown = _decision_links(dec, position)
+    must, cannot, unknown = _decision_links(dec, keys.get_indexer)
     res = resolve(persons, spec, must_link=must, cannot_link=cannot, log=log)
+    # The matching keys have done their work: what follows needs the fields and the bookkeeping only.
+    persons = _only(persons, set(CONTACT_FIELDS) | _CONTACT_BOOKKEEPING)
     labels = res.labels
-    prev = _current_map(wh, PERSON_CROSSWALK)
-    ids = assign_ids(persons["record_key"].to_numpy(), labels, prev, PREFIX["persons"], _next_seq(wh, "persons"))
+    ids = assign_ids(persons["record_key"].to_numpy(), labels, _current_map(wh, PERSON_CROSSWALK), PREFIX["persons"],
+                     _next_seq(wh, "persons"))
     golden, lineage = survive(persons, labels, CONTACT_FIELDS, cfg.survivorship["persons"])
     gid = pd.Series(ids.cluster_ids)
     golden = golden.rename(columns={"email_norm": "email"}).assign(golden_id=gid.to_numpy())
@@ -564,7 +615,7 @@ def resolve_contacts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
     golden["first_seen_at"] = grouped["ts"].min().reindex(range(len(gid))).to_numpy()
     golden["last_seen_at"] = grouped["ts"].max().reindex(range(len(gid))).to_numpy()
     golden["account_id"] = _account_of_contacts(wh, persons, labels, len(gid))
-    verdicts = consent.current(load_consent_events(wh), dict(zip(persons["record_key"], labels)), len(gid))
+    verdicts = consent.current(load_consent_events(wh), pd.Series(labels, index=keys), len(gid))
     golden = pd.concat([golden, verdicts.set_index(golden.index)], axis=1)
     golden["run_id"] = run_id
     _register_ids(wh, "persons", ids.events, run_id, at)

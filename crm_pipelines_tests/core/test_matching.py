@@ -325,6 +325,33 @@ def test_ids_are_stable_and_steward_decisions_split_and_merge(wh):
     assert contacts_of(wh, "newsletter_signups:SN-1") == [older]
 
 
+def test_steward_decisions_on_accounts_reach_the_signatures_of_their_records(wh):
+    # Accounts are resolved over distinct signatures; a decision names records, so it must reach them.
+    add_raw(wh, "crm_accounts", [
+        {"source_record_id": "CD-1", "crm_company_id": "CD-1", "company_name": "Dachsberg Fördertechnik GmbH",
+         "website": "dachsberg-foerdertechnik.de", "postal_code": "04109", "city": "Leipzig", "country": "DE",
+         "created_at": NOW, "updated_at": NOW},
+        {"source_record_id": "CD-2", "crm_company_id": "CD-2", "company_name": "Zwirnhuber Logistik AG",
+         "website": "zwirnhuber.de", "postal_code": "80331", "city": "München", "country": "DE",
+         "created_at": NOW, "updated_at": NOW},
+    ])
+    add_raw(wh, "web_form_leads", [
+        lead("WD-1", "Olaf", "Dachs", "o.dachs@dachsberg-foerdertechnik.de", "Dachsberg Fördertechnik GmbH", "04109",
+             "Leipzig"),
+    ])
+    run_golden(wh, "a1")
+    crm_d, lead_d, other = accounts_of(wh, "crm_accounts:CD-1", "mention:web_form_leads:WD-1", "crm_accounts:CD-2")
+    assert crm_d == lead_d != other
+
+    G.record_decision(wh, "accounts", "crm_accounts:CD-1", "mention:web_form_leads:WD-1", "different", "steward@test")
+    G.record_decision(wh, "accounts", "crm_accounts:CD-1", "crm_accounts:CD-2", "same", "steward@test")
+    G.record_decision(wh, "accounts", "crm_accounts:CD-1", "crm_accounts:GONE", "same", "steward@test")
+    accounts, _ = run_golden(wh, "a2")
+    crm_d, lead_d, other = accounts_of(wh, "crm_accounts:CD-1", "mention:web_form_leads:WD-1", "crm_accounts:CD-2")
+    assert crm_d == other != lead_d
+    assert accounts.stats["decisions_applied"] == 2 and accounts.stats["decisions_unknown_records"] == 1
+
+
 def test_explanation_and_lineage(wh):
     _, contacts = run_golden(wh)
     multi = contacts.golden[contacts.golden["record_count"] >= 2].iloc[0]

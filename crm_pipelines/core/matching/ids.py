@@ -30,7 +30,7 @@ def id_seq(golden_id: str) -> int:
     return int(golden_id.rsplit("-", 1)[1])
 
 
-def assign_ids(record_keys: np.ndarray, labels: np.ndarray, previous: dict[str, str], prefix: str,
+def assign_ids(record_keys: np.ndarray, labels: np.ndarray, previous: "dict[str, str] | pd.Series", prefix: str,
                next_seq: int) -> IdAssignment:
     """Golden ID per cluster label, given the previous record -> ID mapping."""
     n_clusters = int(labels.max() + 1) if len(labels) else 0

@@ -102,7 +102,7 @@ def verdict(events: pd.DataFrame) -> tuple[str | None, str | None]:
     return state, basis
 
 
-def current(events: pd.DataFrame, record_cluster: dict[str, int], n_clusters: int) -> pd.DataFrame:
+def current(events: pd.DataFrame, record_cluster: "dict[str, int] | pd.Series", n_clusters: int) -> pd.DataFrame:
     """Per cluster (golden contact) the verdict of each channel: columns ``<channel>_consent``,
     ``<channel>_consent_basis``."""
     out = pd.DataFrame(index=range(n_clusters))
