@@ -39,7 +39,7 @@ def build_defs(settings: Settings | None = None) -> dg.Definitions:
     jobs = [*build_jobs(), *privacy["jobs"], *scoring["jobs"], *printing["jobs"], *maintenance["jobs"]]
     by_name = {j.name: j for j in jobs}
     return dg.Definitions(
-        assets=[*build_source_assets(mappings, partitions), *build_golden_assets(settings.config_dir),
+        assets=[*build_source_assets(mappings, partitions), *build_golden_assets(settings.config_dir, settings.slice_records),
                 *privacy["assets"], *build_crm_assets(settings.config_dir, mappings, settings.timezone),
                 *scoring["assets"], *printing["assets"]],
         asset_checks=build_quality_checks(),

@@ -24,6 +24,15 @@ def _choice(env, name: str, allowed: tuple[str, ...], default: str) -> str:
     return value
 
 
+def _positive(env, name: str, default: int) -> int:
+    raw = (env.get(name) or "").strip().replace("_", "")
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"environment variable {name}={env.get(name)!r}: must be a whole number of at least 1")
+    return int(raw)
+
+
 @dataclass(frozen=True)
 class Settings:
     config_dir: Path
@@ -48,6 +57,9 @@ class Settings:
     # How a run's steps are executed: multiprocess (one process per step, the default), in_process, or
     # celery (steps queued on CRM_CELERY_BROKER for `dagster-celery worker` processes; docs/operations.md).
     executor: str = "multiprocess"      # CRM_EXECUTOR
+    # Records the record builders read, clean and write at a time (CRM_SLICE_RECORDS): their memory is
+    # that of one slice, however long a source grows (docs/operations.md, Sizing).
+    slice_records: int = 500_000
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -71,6 +83,7 @@ class Settings:
             smtp_sender=env.get("CRM_SMTP_SENDER") or "crm-pipelines@localhost",
             crm_web_url=env.get("CRM_WEB_URL") or None,
             executor=_choice(env, "CRM_EXECUTOR", EXECUTORS, "multiprocess"),
+            slice_records=_positive(env, "CRM_SLICE_RECORDS", 500_000),
         )
 
     @property

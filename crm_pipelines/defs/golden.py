@@ -37,12 +37,12 @@ REVIEW_KEY = dg.AssetKey(["golden", "review_queue"])
 CONSENT_KEY = dg.AssetKey(["staging", "consent_events"])  # built by the privacy group
 
 
-def build_golden_assets(config_dir) -> list[dg.AssetsDefinition]:
+def build_golden_assets(config_dir, slice_records: int = G.SLICE_RECORDS) -> list[dg.AssetsDefinition]:
     cfg_path = config_dir / "matching.yaml"
     cfg: MatchingConfig = load_matching_config(cfg_path)
     version = f"{CODE_VERSION}-{cfg.sha256[:12]}"
 
-    person_records = _person_records_asset()
+    person_records = _person_records_asset(slice_records)
 
     @dg.asset(key=ACCOUNT_KEY, group_name=GROUP, owners=OWNERS, kinds={"pandas", "sql"}, code_version=CODE_VERSION,
               deps=[PERSON_KEY, *[raw_asset_key(s) for s in ACCOUNT_SOURCES]],
@@ -51,7 +51,7 @@ def build_golden_assets(config_dir) -> list[dg.AssetsDefinition]:
                           "Table `staging.account_records`.")
     def account_records(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         wh = warehouse.get()
-        written = G.build_account_records(wh)
+        written = G.build_account_records(wh, slice_records)
         forms = sorted(written.values.get("legal_form", {}).items(), key=lambda kv: (-kv[1], str(kv[0])))[:12]
         preview = written.preview if written.preview is not None else pd.DataFrame()
         return dg.MaterializeResult(metadata={
@@ -227,7 +227,7 @@ def _golden_outputs(context, wh, result: G.GoldenResult, cfg: MatchingConfig, ke
 
 # ---------------------------------------------------------------------------- person records, one step per source
 
-def _person_records_asset() -> dg.AssetsDefinition:
+def _person_records_asset(slice_records: int) -> dg.AssetsDefinition:
     """``staging/person_records`` as a graph: one cleaning step per person source (the executor runs them
     in parallel, on Celery workers too), then one step that checks the table and reports."""
     inputs = {f"raw_{s}": dg.AssetIn(key=raw_asset_key(s), dagster_type=dg.Nothing) for s in PERSON_SOURCES}
@@ -244,9 +244,10 @@ def _person_records_asset() -> dg.AssetsDefinition:
     def clean_person_source(context: dg.OpExecutionContext, source: str, warehouse: WarehouseResource,
                             privacy: PrivacyResource) -> dict:
         wh = warehouse.get()
-        written = G.clean_person_source(wh, source, privacy.suppression(wh).screen())
+        written = G.clean_person_source(wh, source, privacy.suppression(wh).screen(), slice_records)
         context.log.info(f"{source}: {written.records:,} person records in {written.slices} slice(s)")
-        return {"source": source, "records": written.records, "suppressed": written.suppressed, **written.counts}
+        return {"source": source, "records": written.records, "suppressed": written.suppressed,
+                "slices": written.slices, **written.counts}
 
     @dg.op(name="person_records_report", out=dg.Out(dg.Nothing),
            description="Checks that the table holds exactly what the source steps wrote; reports counts and a masked "
@@ -273,7 +274,7 @@ def _person_records_asset() -> dg.AssetsDefinition:
                 ["source", "records"], [(s, by_source[s]["records"]) for s in sorted(by_source)])),
             "invalid_emails": total("invalid_emails"), "unparseable_phones": total("unparseable_phones"),
             "suppressed_left_out": total("suppressed"), "with_legal_form": total("with_legal_form"),
-            "cleaning_steps": len(per_source),
+            "cleaning_steps": len(per_source), "slices": total("slices"),
             "preview_masked": dg.MetadataValue.md(frame_markdown(preview)),
         })
 
