@@ -83,7 +83,6 @@ def golden(wh: Warehouse, truth: pd.DataFrame) -> dict:
     G.ensure_golden_tables(wh)
     G.build_person_records(wh)
     G.build_account_records(wh)
-    del persons
     G.resolve_accounts(wh, cfg, "bench")
     G.resolve_contacts(wh, cfg, "bench")
     G.build_review_queue(wh)
