@@ -1,9 +1,13 @@
-"""bench_scale at 10,000,000 contacts, multiprocess executor: the steps that run at that size today.
+"""bench_scale at 10,000,000 contacts, multiprocess executor: the whole night.
 
-The night up to the staging records: every landed day ingested (`ingest_sources`), then the person
-and account records, which are read, cleaned and written a slice of record IDs at a time. The golden
-steps are left out: at the slope bench_scale_2m measured they need more memory than this machine
-has (docs/operations.md, Sizing). About 45 minutes and 15 GB of landing files.
+Every landed day ingested (`ingest_sources`); build_golden in two runs, the person and account
+records (read, cleaned and written a slice of record IDs at a time) and then the rest of the job
+(register enrichment, consent ledger, golden accounts and contacts with their checks, crosswalk,
+review queue); then the lead scores. About 15 GB of landing files and 2 hours.
+
+With BENCH_SCALE_KEEP=1 the PostgreSQL data stays; BENCH_SCALE_RESUME=<that folder> with
+BENCH_SCALE_RUNS=<the runs still to do> goes on from it (docs/benchmarks.md says when a figure
+comes from such a continued run).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import sys
 
 os.environ.setdefault("BENCH_SCALE_SIZES", "10000000")
 os.environ.setdefault("BENCH_SCALE_MODES", "multiprocess")
-os.environ.setdefault("BENCH_SCALE_RUNS", "ingest_sources,staging_records")
+os.environ.setdefault("BENCH_SCALE_RUNS", "ingest_sources,staging_records,golden_after_records,lead_scores")
 
 from benchmarks import bench_scale  # noqa: E402  (reads the settings above at import)
 

@@ -55,9 +55,10 @@ BENCHMARKS: list[tuple[str, str, str]] = [
     ("bench_scale_2m", "bench_scale at 2,000,000 contacts with the multiprocess executor only: the memory growth of "
                        "a further doubling (its golden/contacts step needs about 9 GB)",
      "as bench_scale; compare each step's peak memory with the 1,000,000 row above"),
-    ("bench_scale_10m", "bench_scale at 10,000,000 contacts, multiprocess executor, up to the staging records: every "
-                        "landed day ingested, person and account records built a slice at a time (the golden steps "
-                        "do not fit in this machine's memory at this size yet)",
+    ("bench_scale_10m", "bench_scale at 10,000,000 contacts, multiprocess executor, the whole night in four runs: every "
+                        "landed day ingested; build_golden as the person and account records (built a slice at a "
+                        "time) and then the rest of it (register enrichment, consent ledger, golden accounts and "
+                        "contacts with their checks, crosswalk, review queue); the lead scores",
      "the nightly window (2 hours) for the whole night; each step's memory well within the machine's"),
     ("bench_golden_memory", "The golden steps (resolve_accounts, then resolve_contacts) at 1,000,000 contacts split "
                             "into their phases, on a SQLite warehouse with the person and account records built by a "

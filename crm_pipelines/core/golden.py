@@ -21,9 +21,9 @@ import pandas as pd
 import sqlalchemy as sa
 
 from .masking import mask_value
-from .matching.ids import assign_ids, id_seq
-from .matching.records import (ACCOUNT_SOURCES, PERSON_SOURCES, account_records, account_signatures,
-                               person_records)
+from .matching.ids import IdAssignment, assign_ids, id_seq
+from .matching.records import (ACCOUNT_SOURCES, PERSON_SOURCES, SIGNATURE_COLUMNS, account_records,
+                               account_signatures, person_records)
 from .matching.resolve import Resolution, resolve
 from .matching.settings import EntityMatchSpec, MatchingConfig
 from .matching.survivorship import survive
@@ -31,11 +31,11 @@ from .model import ENTITIES
 from .privacy import consent
 from .privacy.identity import IdentityHasher
 from .privacy.suppression import Screen
-from .schema import (ACCOUNT_CROSSWALK, ACCOUNT_LINEAGE, ACCOUNT_RECORDS, CONSENT_EVENTS, CONTACT_LINEAGE,
+from .schema import (ACCOUNT_CROSSWALK, ACCOUNT_LINEAGE, ACCOUNT_RECORDS, CONSENT_EVENTS, CONTACT_LINEAGE, CROSSWALK,
                      GOLDEN_ACCOUNTS, GOLDEN_CONTACTS, GOLDEN_TABLES, ID_EVENTS, ID_REGISTRY, MATCH_EDGES, MATCH_RUNS,
                      PERSON_CROSSWALK, PERSON_RECORDS, REGISTER_CACHE, REVIEW_CANDIDATES, REVIEW_QUEUE,
                      STEWARD_DECISIONS, raw_table)
-from .warehouse import KeyRange, Warehouse, shared_objects, tables_present
+from .warehouse import KeyRange, ValuePool, Warehouse, tables_present
 
 Log = Callable[[str], None]
 PREFIX = {"persons": "GC", "accounts": "GA"}
@@ -207,8 +207,9 @@ def build_account_records(wh: Warehouse, slice_records: int = SLICE_RECORDS) -> 
     return written
 
 
-def _read_all(wh: Warehouse, table: sa.Table) -> pd.DataFrame:
-    cols = ", ".join(wh.quote(c) for c in table.columns.keys())
+def _read_all(wh: Warehouse, table: sa.Table, columns: set[str] | None = None) -> pd.DataFrame:
+    """The table's rows in record-key order; ``columns``: only these (in the table's order)."""
+    cols = ", ".join(wh.quote(c) for c in table.columns.keys() if columns is None or c in columns)
     return wh.read_raw_sql(f"SELECT {cols} FROM {wh.qualified(table)} ORDER BY record_key")  # None for missing
 
 
@@ -246,8 +247,6 @@ _DERIVED_PERSON_COLUMNS = {
 def load_person_records(wh: Warehouse, columns: set[str] | None = None) -> pd.DataFrame:
     """The person records with the derived blocking keys; ``columns``: only these (a column nobody
     asked for is never read: the raw e-mail of 10 million records is a gigabyte)."""
-    from .matching.engine import name_mailboxes
-
     wh.ensure_tables([PERSON_RECORDS])
     stored = list(PERSON_RECORDS.columns.keys())
     wanted = set(stored) | set(_DERIVED_PERSON_COLUMNS) if columns is None else set(columns)
@@ -257,24 +256,49 @@ def load_person_records(wh: Warehouse, columns: set[str] | None = None) -> pd.Da
                          "ORDER BY record_key")  # None for missing
     if "is_free_mail" in df.columns:
         df["is_free_mail"] = df["is_free_mail"].fillna(False).astype(bool)  # SQLite returns 0/1
-    if "email_local" in wanted or "mailbox_is_name" in wanted:
-        df["email_local"] = df["email_norm"].str.rsplit("@", n=1).str[0]
-    if "company_domain" in wanted:
-        df["company_domain"] = _company_domain(df)
-    if "name_kp_pair" in wanted:
-        pair = [("-".join(sorted((f, l))) if f and l else None) for f, l in zip(df["first_kp"], df["last_kp"])]
-        df["name_kp_pair"] = shared_objects(pd.Series(pair, index=df.index, dtype=object))
-    if "first_initial" in wanted:
-        df["first_initial"] = df["first_key"].str[:1]
-    if "phone_any" in wanted:
-        df["phone_any"] = df["mobile_e164"].where(df["mobile_e164"].notna(), df["phone_e164"])
-    if "company_first_token" in wanted:
-        df["company_first_token"] = shared_objects(df["org_key"].str.split(" ").str[0])
-    if "mailbox_is_name" in wanted:
-        df["mailbox_is_name"] = name_mailboxes(df["email_local"], df["first_key"], df["last_key"])
+    derived = [d for d in _DERIVED_PERSON_COLUMNS if d in wanted]
+    if derived:
+        # A slice of records at a time: the string work makes and drops several strings per record,
+        # and over 13 million records at once that garbage stayed behind as the process's memory.
+        parts: dict[str, list[np.ndarray]] = {d: [] for d in derived}
+        pools = {d: ValuePool() for d in derived}
+        for start in range(0, len(df), _DERIVE_ROWS):
+            for name, values in _person_keys(df.iloc[start:start + _DERIVE_ROWS], derived).items():
+                parts[name].append(pools[name].share(values) if values.dtype == object else values)
+        for name in derived:
+            df[name] = np.concatenate(parts.pop(name)) if len(df) else np.empty(0, dtype=object)
     if "record_ts" in df.columns:
         df["record_ts"] = pd.to_datetime(df["record_ts"], utc=True)
     return df[[c for c in df.columns if c in wanted]]
+
+
+_DERIVE_ROWS = 250_000
+
+
+def _person_keys(df: pd.DataFrame, names: list[str]) -> dict[str, np.ndarray]:
+    """The derived blocking keys ``names`` of some person records (see _DERIVED_PERSON_COLUMNS)."""
+    from .matching.engine import name_mailboxes
+
+    out: dict[str, np.ndarray] = {}
+    local = df["email_norm"].str.rsplit("@", n=1).str[0] if {"email_local", "mailbox_is_name"} & set(names) else None
+    for name in names:
+        if name == "email_local":
+            values = local
+        elif name == "company_domain":
+            values = _company_domain(df)
+        elif name == "name_kp_pair":
+            values = [("-".join(sorted((f, l))) if f and l else None) for f, l in zip(df["first_kp"], df["last_kp"])]
+        elif name == "first_initial":
+            values = df["first_key"].str[:1]
+        elif name == "phone_any":
+            values = df["mobile_e164"].where(df["mobile_e164"].notna(), df["phone_e164"])
+        elif name == "company_first_token":
+            values = df["org_key"].str.split(" ").str[0]
+        else:  # mailbox_is_name
+            out[name] = name_mailboxes(local, df["first_key"], df["last_key"])
+            continue
+        out[name] = np.asarray(pd.Series(values, dtype=object), dtype=object)
+    return out
 
 
 def load_consent_events(wh: Warehouse) -> pd.DataFrame:
@@ -298,12 +322,20 @@ def build_consent_events(wh: Warehouse, hasher: IdentityHasher) -> pd.DataFrame:
     return events
 
 
-def load_account_records(wh: Warehouse) -> pd.DataFrame:
+def load_account_records(wh: Warehouse, columns: set[str] | None = None) -> pd.DataFrame:
+    """The account records in record-key order; ``columns``: only these (every column of 13 million
+    records at 10 million contacts would not fit beside the matching)."""
     wh.ensure_tables([ACCOUNT_RECORDS])
-    df = _read_all(wh, ACCOUNT_RECORDS)
-    df["record_ts"] = pd.to_datetime(df["record_ts"], utc=True)
-    df["is_mention"] = df["is_mention"].astype(bool)
+    df = _read_all(wh, ACCOUNT_RECORDS, columns)
+    if "record_ts" in df.columns:
+        df["record_ts"] = pd.to_datetime(df["record_ts"], utc=True)
+    if "is_mention" in df.columns:
+        df["is_mention"] = df["is_mention"].astype(bool)
     return df
+
+
+# What register enrichment reads of an account record (see core/enrichment.enrich).
+ENRICHMENT_COLUMNS = {"record_key", "company_name", "company_key", "city", "city_key", "register_number"}
 
 
 def apply_register(accounts: pd.DataFrame, wh: Warehouse) -> pd.DataFrame:
@@ -315,7 +347,7 @@ def apply_register(accounts: pd.DataFrame, wh: Warehouse) -> pd.DataFrame:
         return accounts
     cache = cache.drop_duplicates(["company_key", "city_key"])
     joined = accounts[["company_key", "city_key"]].merge(cache, on=["company_key", "city_key"], how="left")
-    out = accounts.copy()
+    out = accounts.copy(deep=False)  # new columns only: a deep copy of every column was a second frame
     court = out["register_court"].where(out["register_court"].notna(), joined["register_court"].to_numpy())
     number = out["register_number"].where(out["register_number"].notna(), joined["register_number"].to_numpy())
     out["register_court"], out["register_number"] = court, number
@@ -374,8 +406,9 @@ class GoldenResult:
     resolution: Resolution
     golden: pd.DataFrame
     crosswalk: pd.DataFrame  # current record -> golden ID
-    events: list[dict]
+    events: list[dict]  # merged and split IDs (the created ones are counted in id_events)
     stats: dict = field(default_factory=dict)
+    id_events: dict[str, int] = field(default_factory=dict)  # created / merged / split -> how many
 
 
 def _evidence(res: Resolution, spec: EntityMatchSpec, idx: np.ndarray) -> list[str]:
@@ -423,22 +456,24 @@ def _update_crosswalk(wh: Warehouse, table: sa.Table, current: pd.DataFrame, run
     return len(close) + int(new.sum())
 
 
-def _register_ids(wh: Warehouse, entity: str, events: list[dict], run_id: str, at: datetime) -> None:
+def _register_ids(wh: Warehouse, entity: str, ids: IdAssignment, run_id: str, at: datetime) -> None:
     wh.ensure_tables([ID_REGISTRY, ID_EVENTS])
+    events, created = ids.events, ids.created
     with wh.engine.begin() as conn:
-        created = [e for e in events if e["event"] == "created"]
         if created:
             wh.bulk_insert(conn, ID_REGISTRY, pd.DataFrame({
-                "golden_id": [e["golden_id"] for e in created], "entity": entity, "status": "active", "merged_into": None,
+                "golden_id": created, "entity": entity, "status": "active", "merged_into": None,
                 "created_at": pd.Timestamp(at), "updated_at": pd.Timestamp(at), "created_run": run_id}))
         for e in events:
             if e["event"] == "merged":
                 conn.execute(sa.update(ID_REGISTRY).where(ID_REGISTRY.c.golden_id == e["golden_id"])
                              .values(status="merged", merged_into=e["into"], updated_at=at))
-        if events:
+        if events or created:
             wh.bulk_insert(conn, ID_EVENTS, pd.DataFrame({
-                "at": pd.Timestamp(at), "run_id": run_id, "entity": entity, "event": [e["event"] for e in events],
-                "golden_id": [e["golden_id"] for e in events], "into": [e["into"] for e in events]}))
+                "at": pd.Timestamp(at), "run_id": run_id, "entity": entity,
+                "event": ["created"] * len(created) + [e["event"] for e in events],
+                "golden_id": [*created, *(e["golden_id"] for e in events)],
+                "into": [None] * len(created) + [e["into"] for e in events]}))
 
 
 def _next_seq(wh: Warehouse, entity: str) -> int:
@@ -469,16 +504,29 @@ def accept_match_rate(wh: Warehouse, entity: str) -> float | None:
 
 
 def _lineage_rows(lineage: pd.DataFrame, ids: pd.Series, fields: list[str]) -> pd.DataFrame:
-    lin = lineage.assign(golden_id=ids.reindex(lineage["cluster"]).to_numpy())
-    if lin.empty:
+    """One row per (golden ID, contributing record) with the fields it supplied and their rules.
+
+    The fields of a pair are a bit mask OR-ed over integer codes of (cluster, record): at 10 million
+    contacts the lineage has tens of millions of rows, and grouping them by two string columns held
+    more memory than the golden records themselves. The few distinct masks are spelled out once each."""
+    if lineage.empty:
         return pd.DataFrame(columns=["golden_id", "record_key", "fields", "rules"])
-    # Fields per (golden ID, record) as a bit mask summed in C; the few distinct masks are then
-    # spelled out once each. A Python join per group takes minutes on a million golden records.
     bit = {f: 1 << i for i, f in enumerate(fields)}
-    lin = lin.assign(mask=lin["field"].map(bit).astype(np.int64))
-    rule_of = dict(zip(lin["field"], lin["rule"]))
-    grouped = lin.groupby(["golden_id", "record_key"], sort=True)["mask"].sum().reset_index()
-    names = {m: [f for f in fields if m & bit[f]] for m in grouped["mask"].unique()}
+    firsts = lineage.drop_duplicates("field")
+    rule_of = dict(zip(firsts["field"], firsts["rule"]))
+    cluster = lineage["cluster"].to_numpy(np.int64)
+    record, keys = pd.factorize(lineage["record_key"].to_numpy(dtype=object))
+    pair = cluster * max(len(keys), 1) + record
+    order = np.argsort(pair, kind="stable")
+    sorted_pair = pair[order]
+    starts = np.flatnonzero(np.r_[True, sorted_pair[1:] != sorted_pair[:-1]])
+    masks = np.bitwise_or.reduceat(lineage["field"].map(bit).to_numpy(np.int64)[order], starts)
+    first = order[starts]
+    del pair, order, sorted_pair
+    # In cluster order (a table has no order of its own; sorting by the two strings cost as much again).
+    grouped = pd.DataFrame({"golden_id": ids.reindex(cluster[first]).to_numpy(),
+                            "record_key": np.asarray(keys, dtype=object)[record[first]], "mask": masks})
+    names = {m: [f for f in fields if m & bit[f]] for m in pd.unique(grouped["mask"])}
     grouped["fields"] = grouped["mask"].map({m: ",".join(v) for m, v in names.items()})
     grouped["rules"] = grouped["mask"].map({m: ",".join(rule_of.get(f, "") for f in v) for m, v in names.items()})
     return grouped.drop(columns="mask")
@@ -527,16 +575,24 @@ def resolve_accounts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
     started = time.monotonic()
     at = now()
     spec = cfg.accounts
-    accounts = apply_register(load_account_records(wh), wh)
+    # The records are read twice: the signature columns for the matching, then, once those are freed,
+    # the golden fields. Held together they were the step's peak (see resolve_contacts).
+    accounts = apply_register(load_account_records(wh, _ACCOUNT_MATCHING_COLUMNS), wh)
     sig, codes = account_signatures(accounts)
     keys = pd.Index(accounts["record_key"].to_numpy(), dtype=object)
     dec = decisions(wh, "accounts")
     # Decisions name records; the resolution runs over signatures: a record's position is its signature's.
     must, cannot, unknown = _decision_links(dec, lambda k: np.where((i := keys.get_indexer(k)) >= 0, codes[i], -1))
-    res = resolve(sig, spec, must_link=must, cannot_link=cannot, log=log)
     register_ids = int(accounts["register_id"].notna().sum())
-    # The signatures did the matching: what follows needs the fields and the bookkeeping only.
-    accounts = _only(accounts, set(ACCOUNT_FIELDS) | {"record_key", "source", "source_record_id", "record_ts"})
+    read_order = _key_digest(keys)
+    del accounts, keys
+    res = resolve(sig, spec, must_link=must, cannot_link=cannot, log=log)
+    rep = sig["record_key"].to_numpy()  # a signature's record, for the match edges
+    n_signatures = len(sig)
+    del sig
+    accounts = apply_register(load_account_records(wh, _ACCOUNT_GOLDEN_COLUMNS), wh)
+    _check_same_records(read_order, accounts["record_key"], ACCOUNT_RECORDS)
+    accounts = accounts.drop(columns=[c for c in ("company_key", "city_key", "register_id") if c in accounts.columns])
     labels = res.labels[codes] if len(codes) else np.empty(0, np.int64)
     ids = assign_ids(accounts["record_key"].to_numpy(), labels, _current_map(wh, ACCOUNT_CROSSWALK), PREFIX["accounts"],
                      _next_seq(wh, "accounts"))
@@ -549,19 +605,18 @@ def resolve_accounts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
         lambda s: ",".join(sorted(set(s)))).reindex(range(len(gid))).to_numpy()
     golden = golden.rename(columns={"company_base": "base_name"})
     golden["run_id"] = run_id
-    _register_ids(wh, "accounts", ids.events, run_id, at)
+    _register_ids(wh, "accounts", ids, run_id, at)
     replace_table(wh, GOLDEN_ACCOUNTS, golden)
     replace_table(wh, ACCOUNT_LINEAGE, _lineage_rows(lineage, gid, ACCOUNT_FIELDS))  # multi-record clusters only
     crosswalk = pd.DataFrame({"record_key": accounts["record_key"], "source": accounts["source"],
                               "source_record_id": accounts["source_record_id"], "golden_id": gid.to_numpy()[labels]})
-    rep = sig["record_key"].to_numpy()
     rate = 1 - len(golden) / len(accounts) if len(accounts) else 0.0
     extra = _persist(wh, "accounts", res, spec, rep, crosswalk, ids.cluster_ids, run_id, at, ACCOUNT_CROSSWALK, started, rate,
                      cfg.max_match_rate_change)
-    stats = {**res.stats, **extra, "records": len(accounts), "signatures": len(sig), "golden": len(golden),
+    stats = {**res.stats, **extra, "records": len(accounts), "signatures": n_signatures, "golden": len(golden),
              "decisions_applied": len(must) + len(cannot), "decisions_unknown_records": unknown,
              "register_ids": register_ids, "match_rate": rate}
-    return GoldenResult("accounts", res, golden, crosswalk, ids.events, stats)
+    return GoldenResult("accounts", res, golden, crosswalk, ids.events, stats, ids.event_counts())
 
 
 def _current_map(wh: Warehouse, table: sa.Table) -> pd.Series:
@@ -574,8 +629,25 @@ def _current_map(wh: Warehouse, table: sa.Table) -> pd.Series:
     return current[~current.index.duplicated(keep="last")]
 
 
-# What resolve_contacts needs of a person record besides the matching columns and the golden fields.
-_CONTACT_BOOKKEEPING = {"record_key", "source", "source_record_id", "record_ts", "mailbox_is_name"}
+# What the golden steps need of a record besides the golden fields, once the matching is done.
+_BOOKKEEPING = {"record_key", "source", "source_record_id", "record_ts"}
+# resolve_accounts: what the signatures and the register lookup read; then the golden fields, with the
+# (name, city) keys the register cache is looked up by.
+_ACCOUNT_MATCHING_COLUMNS = set(SIGNATURE_COLUMNS) | {"record_key", "source", "register_court", "register_number"}
+_ACCOUNT_GOLDEN_COLUMNS = set(ACCOUNT_FIELDS) | _BOOKKEEPING | {"company_key", "city_key"}
+
+
+def _key_digest(keys) -> np.ndarray:
+    """A 64-bit hash per record key: enough to tell that a second read returned the same records in
+    the same order, at an eighth of the keys' memory."""
+    return pd.util.hash_array(np.asarray(keys, dtype=object))
+
+
+def _check_same_records(digest: np.ndarray, keys: pd.Series, table: sa.Table) -> None:
+    if len(digest) != len(keys) or not np.array_equal(digest, _key_digest(keys)):
+        raise RuntimeError(f"{table.schema}.{table.name} changed while the golden step was reading it "
+                           f"({len(digest):,} records at the first read, {len(keys):,} at the second): "
+                           "another run rebuilt the records; materialise the golden step again")
 
 
 def _spec_columns(spec: EntityMatchSpec) -> set[str]:
@@ -585,22 +657,23 @@ def _spec_columns(spec: EntityMatchSpec) -> set[str]:
     return cols | set(spec.must_link) | set(spec.name_swap or ())
 
 
-def _only(frame: pd.DataFrame, columns: set[str]) -> pd.DataFrame:
-    """The frame with only these columns; the others' values are freed (no view keeps them alive)."""
-    return frame[[c for c in frame.columns if c in columns]].copy()
-
-
 def resolve_contacts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log | None = None) -> GoldenResult:
     started = time.monotonic()
     at = now()
     spec = cfg.persons
-    persons = load_person_records(wh, _spec_columns(spec) | set(CONTACT_FIELDS) | _CONTACT_BOOKKEEPING)
-    keys = pd.Index(persons["record_key"].to_numpy(), dtype=object)
+    # The records are read twice: the matching columns (keys, phonetic codes, e-mails, phones), and,
+    # once the matching is done and they are freed, the golden fields. Read together, the 13 million
+    # records of 10 million contacts held both sets at once, and that was the step's peak.
+    matching = load_person_records(wh, _spec_columns(spec) | {"record_key", "mailbox_is_name"})
     dec = decisions(wh, "persons")
-    must, cannot, unknown = _decision_links(dec, keys.get_indexer)
-    res = resolve(persons, spec, must_link=must, cannot_link=cannot, log=log)
-    # The matching keys have done their work: what follows needs the fields and the bookkeeping only.
-    persons = _only(persons, set(CONTACT_FIELDS) | _CONTACT_BOOKKEEPING)
+    must, cannot, unknown = _decision_links(dec, pd.Index(matching["record_key"].to_numpy(), dtype=object).get_indexer)
+    read_order = _key_digest(matching["record_key"])
+    matching = matching.drop(columns="record_key")
+    res = resolve(matching, spec, must_link=must, cannot_link=cannot, log=log)
+    del matching
+    persons = load_person_records(wh, set(CONTACT_FIELDS) | _BOOKKEEPING)
+    _check_same_records(read_order, persons["record_key"], PERSON_RECORDS)
+    keys = pd.Index(persons["record_key"].to_numpy(), dtype=object)
     labels = res.labels
     ids = assign_ids(persons["record_key"].to_numpy(), labels, _current_map(wh, PERSON_CROSSWALK), PREFIX["persons"],
                      _next_seq(wh, "persons"))
@@ -619,7 +692,7 @@ def resolve_contacts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
     verdicts = consent.current(load_consent_events(wh), pd.Series(labels, index=keys), len(gid))
     golden = pd.concat([golden, verdicts.set_index(golden.index)], axis=1)
     golden["run_id"] = run_id
-    _register_ids(wh, "persons", ids.events, run_id, at)
+    _register_ids(wh, "persons", ids, run_id, at)
     replace_table(wh, GOLDEN_CONTACTS, golden)
     replace_table(wh, CONTACT_LINEAGE, _lineage_rows(lineage, gid, [*CONTACT_FIELDS[:4], "email", *CONTACT_FIELDS[5:]]))
     crosswalk = pd.DataFrame({"record_key": persons["record_key"], "source": persons["source"],
@@ -629,7 +702,7 @@ def resolve_contacts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
     stats = {**res.stats, **extra, "golden": len(golden), "match_rate": res.match_rate,
              "decisions_applied": len(must) + len(cannot),
              "decisions_unknown_records": unknown, "linked_to_account": int(golden["account_id"].notna().sum())}
-    return GoldenResult("persons", res, golden, crosswalk, ids.events, stats)
+    return GoldenResult("persons", res, golden, crosswalk, ids.events, stats, ids.event_counts())
 
 
 def _one_contact_per_email(emails: pd.Series, cluster_ids: list[str]) -> pd.Series:
@@ -642,16 +715,52 @@ def _one_contact_per_email(emails: pd.Series, cluster_ids: list[str]) -> pd.Seri
     return emails.where(~dup | emails.index.isin(keeper), None)
 
 
+def _mention_accounts(wh: Warehouse, persons: pd.DataFrame) -> np.ndarray:
+    """Per person record (``persons`` in record-key order): the current golden account of its company
+    mention, None where it has none. Joined in the database: a map of every account record key plus a
+    "mention:" key per person record came to gigabytes at 10 million contacts. A crosswalk holding
+    two current rows for one record (never written so, but not enforced) falls back to the map."""
+    wh.ensure_tables([ACCOUNT_CROSSWALK, PERSON_RECORDS])
+    found = wh.read_raw_sql(
+        f"SELECT x.golden_id FROM {wh.qualified(PERSON_RECORDS)} p LEFT JOIN {wh.qualified(ACCOUNT_CROSSWALK)} x "
+        "ON x.record_key = 'mention:' || p.record_key AND x.valid_to IS NULL ORDER BY p.record_key")["golden_id"]
+    if len(found) != len(persons):
+        found = ("mention:" + persons["record_key"]).map(_current_map(wh, ACCOUNT_CROSSWALK))
+    return found.to_numpy(dtype=object, na_value=None)
+
+
 def _account_of_contacts(wh: Warehouse, persons: pd.DataFrame, labels: np.ndarray, n: int) -> np.ndarray:
     """A contact belongs to the golden account its records' company mentions were matched to (the most frequent)."""
-    accounts = _current_map(wh, ACCOUNT_CROSSWALK)
-    mention = ("mention:" + persons["record_key"]).map(accounts)
-    frame = pd.DataFrame({"l": labels, "a": mention.to_numpy(), "ts": persons["record_ts"].to_numpy()}).dropna(subset=["a"])
+    mention = _mention_accounts(wh, persons)
+    frame = pd.DataFrame({"l": labels, "a": mention, "ts": persons["record_ts"].to_numpy()}).dropna(subset=["a"])
     if frame.empty:
         return np.array([None] * n, dtype=object)
     frame["votes"] = frame.groupby(["l", "a"])["a"].transform("size")
     best = frame.sort_values(["l", "votes", "ts"], ascending=[True, False, False]).drop_duplicates("l").set_index("l")["a"]
     return best.reindex(range(n)).astype(object).where(best.reindex(range(n)).notna(), None).to_numpy()
+
+
+def build_crosswalk(wh: Warehouse) -> dict[str, int]:
+    """``golden.crosswalk`` from the current rows of the two crosswalks: every person record with its
+    golden contact and the golden account of its company mention, then every account record that is
+    not a mention. Joined in the database, in one transaction: two crosswalks of 13 million rows each
+    are not brought into memory for it. Returns the counts the asset reports."""
+    wh.ensure_tables([CROSSWALK, PERSON_CROSSWALK, ACCOUNT_CROSSWALK])
+    out, persons, accounts = wh.qualified(CROSSWALK), wh.qualified(PERSON_CROSSWALK), wh.qualified(ACCOUNT_CROSSWALK)
+    cols = "record_key, source, source_record_id, contact_id, account_id"
+    with wh.engine.begin() as conn:
+        conn.execute(sa.delete(CROSSWALK))
+        n_persons = conn.exec_driver_sql(
+            f"INSERT INTO {out} ({cols}) SELECT p.record_key, p.source, p.source_record_id, p.golden_id, a.golden_id "
+            f"FROM {persons} p LEFT JOIN {accounts} a ON a.record_key = 'mention:' || p.record_key AND a.valid_to IS NULL "
+            "WHERE p.valid_to IS NULL").rowcount
+        n_accounts = conn.exec_driver_sql(
+            f"INSERT INTO {out} ({cols}) SELECT record_key, source, source_record_id, NULL, golden_id FROM {accounts} "
+            "WHERE valid_to IS NULL AND substr(record_key, 1, 8) <> 'mention:'").rowcount
+        with_account = conn.execute(sa.select(sa.func.count()).select_from(CROSSWALK).where(
+            CROSSWALK.c.contact_id.is_not(None), CROSSWALK.c.account_id.is_not(None))).scalar()
+    return {"rows": n_persons + n_accounts, "person_records": n_persons, "account_records": n_accounts,
+            "person_records_with_account": int(with_account or 0)}
 
 
 # ============================================================================ review queue and explanations

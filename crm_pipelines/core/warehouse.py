@@ -25,6 +25,8 @@ from .schema import LAYERS
 
 DEFAULT_DATA_DIR = Path(".crm_data")
 SQLITE_TS_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+# Rows a bulk insert converts and sends at a time (see Warehouse.bulk_insert).
+INSERT_CHUNK_ROWS = 100_000
 
 
 def default_url(data_dir: str | Path = DEFAULT_DATA_DIR) -> str:
@@ -139,18 +141,21 @@ class Warehouse:
 
     # ------------------------------------------------------------------ writing
 
-    def bulk_insert(self, conn: Connection, table: sa.Table, frame: pd.DataFrame) -> int:
-        """Inserts a DataFrame whose columns are a subset of the table's, through the bulk path."""
+    def bulk_insert(self, conn: Connection, table: sa.Table, frame: pd.DataFrame, chunk_rows: int = INSERT_CHUNK_ROWS) -> int:
+        """Inserts a DataFrame whose columns are a subset of the table's, through the bulk path
+        (COPY on PostgreSQL), ``chunk_rows`` rows at a time in the caller's transaction: the text of
+        a COPY or the row tuples for SQLite exist for one chunk only, never for a whole golden table."""
         if frame.empty:
             return 0
         cols = [c for c in table.columns.keys() if c in frame.columns]
-        if self.is_postgres:
-            self._copy(conn, table, frame[cols])
-        else:
-            rows = _rows_for_sqlite(frame[cols], table)
-            placeholders = ", ".join("?" for _ in cols)
-            sql = f"INSERT INTO {self.qualified(table)} ({', '.join(self.quote(c) for c in cols)}) VALUES ({placeholders})"
-            conn.connection.driver_connection.cursor().executemany(sql, rows)
+        placeholders = ", ".join("?" for _ in cols)
+        sql = f"INSERT INTO {self.qualified(table)} ({', '.join(self.quote(c) for c in cols)}) VALUES ({placeholders})"
+        for start in range(0, len(frame), chunk_rows):
+            chunk = frame.iloc[start:start + chunk_rows][cols]
+            if self.is_postgres:
+                self._copy(conn, table, chunk)
+            else:
+                conn.connection.driver_connection.cursor().executemany(sql, _rows_for_sqlite(chunk, table))
         return len(frame)
 
     def _copy(self, conn: Connection, table: sa.Table, frame: pd.DataFrame) -> None:
@@ -280,9 +285,15 @@ def _shared_values(values: np.ndarray, pools: list[dict | None], i: int) -> np.n
     return shared[codes]
 
 
-def shared_objects(series: pd.Series) -> pd.Series:
-    """An object column with equal values as one object and None for missing (derived columns)."""
-    return pd.Series(_shared_values(series.to_numpy(dtype=object), [{}], 0), index=series.index, dtype=object)
+class ValuePool:
+    """Equal values as one object (missing as None) across the parts of a column made piece by piece,
+    as :func:`_compact_frame` does for what it reads (derived columns)."""
+
+    def __init__(self) -> None:
+        self._pools: list[dict | None] = [{}]
+
+    def share(self, values: np.ndarray) -> np.ndarray:
+        return _shared_values(values, self._pools, 0)
 
 
 class LockBusy(Exception):

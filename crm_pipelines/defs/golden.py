@@ -70,7 +70,7 @@ def build_golden_assets(config_dir, slice_records: int = G.SLICE_RECORDS) -> lis
     def register_enrichment(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                             register: RegisterResource) -> dg.MaterializeResult:
         wh = warehouse.get()
-        accounts = G.load_account_records(wh)
+        accounts = G.load_account_records(wh, G.ENRICHMENT_COLUMNS)
         client = register.client()
         if client is None:
             context.log.info("CRM_REGISTER_URL is not set: no register lookups")
@@ -139,23 +139,13 @@ def build_golden_assets(config_dir, slice_records: int = G.SLICE_RECORDS) -> lis
                           "crosswalk tables.")
     def crosswalk(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         wh = warehouse.get()
-        persons = wh.read_frame(sa.select(PERSON_CROSSWALK.c.record_key, PERSON_CROSSWALK.c.source,
-                                          PERSON_CROSSWALK.c.source_record_id, PERSON_CROSSWALK.c.golden_id)
-                                .where(PERSON_CROSSWALK.c.valid_to.is_(None))).rename(columns={"golden_id": "contact_id"})
-        accounts = wh.read_frame(sa.select(ACCOUNT_CROSSWALK.c.record_key, ACCOUNT_CROSSWALK.c.source,
-                                           ACCOUNT_CROSSWALK.c.source_record_id, ACCOUNT_CROSSWALK.c.golden_id)
-                                 .where(ACCOUNT_CROSSWALK.c.valid_to.is_(None))).rename(columns={"golden_id": "account_id"})
-        mention = accounts[accounts["record_key"].str.startswith("mention:")]
-        persons = persons.merge(mention.assign(record_key=mention["record_key"].str[len("mention:"):])[
-            ["record_key", "account_id"]], on="record_key", how="left")
-        table = pd.concat([persons, accounts[~accounts["record_key"].str.startswith("mention:")].assign(contact_id=None)],
-                          ignore_index=True)
-        G.replace_table(wh, CROSSWALK, table)
+        counts = G.build_crosswalk(wh)
         history = {t.name: int(wh.scalar(sa.select(sa.func.count()).select_from(t).where(t.c.valid_to.is_not(None))) or 0)
                    for t in (PERSON_CROSSWALK, ACCOUNT_CROSSWALK)}
         return dg.MaterializeResult(metadata={
-            "dagster/row_count": len(table), "person_records": len(persons), "account_records": int(len(table) - len(persons)),
-            "person_records_with_account": int(persons["account_id"].notna().sum()),
+            "dagster/row_count": counts["rows"], "person_records": counts["person_records"],
+            "account_records": counts["account_records"],
+            "person_records_with_account": counts["person_records_with_account"],
             "closed_history_rows": dg.MetadataValue.json(history),
         })
 
@@ -183,8 +173,7 @@ def _golden_outputs(context, wh, result: G.GoldenResult, cfg: MatchingConfig, ke
                     extra_checks=()):
     stats = result.stats
     audit_run(wh, context, f"golden.{result.entity}.resolved", {
-        "golden": len(result.golden), "id_events": pd.Series([e["event"] for e in result.events]).value_counts().to_dict()
-        if result.events else {}, "crosswalk_changes": stats.get("crosswalk_changes", 0)})
+        "golden": len(result.golden), "id_events": result.id_events, "crosswalk_changes": stats.get("crosswalk_changes", 0)})
     n_records = int(wh.scalar(sa.select(sa.func.count()).select_from(records_table)) or 0)
     missing = int(wh.scalar(sa.select(sa.func.count()).select_from(records_table).where(
         ~sa.exists().where(xw_table.c.record_key == records_table.c.record_key, xw_table.c.valid_to.is_(None)))) or 0)
@@ -193,7 +182,7 @@ def _golden_outputs(context, wh, result: G.GoldenResult, cfg: MatchingConfig, ke
     rate = float(stats["match_rate"]) if "match_rate" in stats else result.resolution.match_rate
     previous = stats.get("previous_match_rate")
     jump = abs(rate - previous) if previous is not None else 0.0
-    events = pd.Series([e["event"] for e in result.events]).value_counts().to_dict() if result.events else {}
+    events = result.id_events
     golden = result.golden
     multi = golden[golden["record_count"] > 1]["golden_id"].head(3).tolist()
     explanations = {}

@@ -41,28 +41,30 @@ class CandidatePairs:
 
 
 def _key_table(df: pd.DataFrame, rule: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """(record positions, key strings) for a blocking rule; 'a|b' columns contribute either value."""
-    parts: list[list[tuple[np.ndarray, pd.Series]]] = []
+    """(record positions, key codes) for a blocking rule; 'a|b' columns contribute either value.
+
+    Keys are integer codes, never strings: a column's values are factorized (the alternatives of an
+    'a|b' column in one code space, so a phone in "phone" meets the same phone in "mobile"), and the
+    codes of a rule's columns are combined and factorized again column by column."""
+    n = len(df)
+    base: pd.DataFrame | None = None
     for col in rule:
-        alts = []
-        for alt in col.split("|"):
-            s = df[alt]
-            ok = s.notna().to_numpy()
-            alts.append((np.flatnonzero(ok), s[ok].astype(str)))
-        parts.append(alts)
-    # Combine columns: the rows where every column has a value; several alternatives explode rows.
-    base = None
-    for alts in parts:
-        frames = [pd.DataFrame({"pos": pos, "v": vals.to_numpy()}) for pos, vals in alts]
-        frame = pd.concat(frames, ignore_index=True).drop_duplicates()
+        alts = col.split("|")
+        stacked = pd.concat([df[alt] for alt in alts], ignore_index=True) if len(alts) > 1 else df[alts[0]]
+        codes, uniques = pd.factorize(stacked)  # -1 for missing
+        ok = codes >= 0
+        frame = pd.DataFrame({"pos": np.tile(np.arange(n, dtype=np.int64), len(alts))[ok], "v": codes[ok].astype(np.int64)})
+        if len(alts) > 1:  # a record with the same value in both alternatives counts once
+            frame = frame.drop_duplicates()
         if base is None:
             base = frame.rename(columns={"v": "key"})
         else:
+            # The rows where every column has a value; several alternatives explode rows.
             base = base.merge(frame, on="pos")
-            base["key"] = base["key"] + "\x1f" + base["v"]
+            base["key"] = pd.factorize(base["key"].to_numpy() * max(len(uniques), 1) + base["v"].to_numpy())[0]
             base = base.drop(columns="v")
     assert base is not None
-    return base["pos"].to_numpy(np.int64), base["key"].to_numpy()
+    return base["pos"].to_numpy(np.int64), base["key"].to_numpy(np.int64)
 
 
 _TRIU_CACHE: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -115,11 +117,18 @@ def block(df: pd.DataFrame, spec: EntityMatchSpec) -> CandidatePairs:
 
 # ============================================================================ comparisons
 
+# Derived values a record loader already holds as columns of their own (core/golden.load_person_records):
+# taken from there instead of being computed again, one new string per record.
+LOADED_DERIVATIONS = {"local(email_norm)": "email_local"}
+
+
 class Columns:
     """Per-column arrays computed once: values (None for missing) and integer codes (-1 for missing).
 
     Codes make exact comparisons integer compares; columns listed together (first and
     last name) share one code space so a swapped pair can be compared across them.
+    Codes are 32-bit and values are the frame's own arrays where they already hold None for
+    missing: at 13 million records every extra array of a column is a hundred megabytes.
     """
 
     def __init__(self, df: pd.DataFrame, shared: tuple[str, ...] = ()):
@@ -131,30 +140,44 @@ class Columns:
             codes, _ = pd.factorize(stacked)
             n = len(df)
             for i, c in enumerate(shared):
-                self._codes[c] = codes[i * n:(i + 1) * n].astype(np.int64)
+                self._codes[c] = codes[i * n:(i + 1) * n].astype(np.int32)
 
     def values(self, col: str) -> np.ndarray:
         if col not in self._values:  # derived columns are stored by derived()
-            s = self.df[col]
-            self._values[col] = s.astype(object).where(s.notna(), None).to_numpy()
+            self._values[col] = _strings(self.df, col)
         return self._values[col]
 
     def codes(self, col: str) -> np.ndarray:
         if col not in self._codes:
-            self._codes[col] = pd.factorize(self.df[col])[0].astype(np.int64)
+            self._codes[col] = pd.factorize(self.df[col])[0].astype(np.int32)
         return self._codes[col]
 
     def derived(self, name: str, col: str, fn) -> np.ndarray:
+        """Codes of ``fn`` of a column's values (its values under ``values(f"{name}({col})")``). ``fn`` runs
+        once per distinct value, and records with the same value share the result."""
         key = f"{name}({col})"
-        if key not in self._values:
-            self._values[key] = np.array([fn(v) if v is not None else None for v in self.values(col)], dtype=object)
-            self._codes[key] = pd.factorize(pd.Series(self._values[key]))[0].astype(np.int64)
+        if key not in self._codes:
+            loaded = LOADED_DERIVATIONS.get(key)
+            if loaded is not None and loaded in self.df.columns:
+                self._values[key] = _strings(self.df, loaded)
+                self._codes[key] = pd.factorize(self._values[key])[0].astype(np.int32)
+                return self._codes[key]
+            codes, uniques = pd.factorize(self.df[col])
+            mapped = np.empty(len(uniques) + 1, dtype=object)  # the last one, None, is where code -1 points
+            mapped[:-1] = [fn(v) for v in uniques.tolist()]
+            self._values[key] = mapped[codes]
+            self._codes[key] = pd.factorize(mapped)[0].astype(np.int32)[codes]
         return self._codes[key]
 
 
 def _strings(df: pd.DataFrame, col: str) -> np.ndarray:
-    s = df[col]
-    return s.astype(object).where(s.notna(), None).to_numpy()
+    """A column as an object array with None for missing: the frame's own array when it is one already."""
+    values = df[col].to_numpy(dtype=object)
+    missing = pd.isna(values)
+    if missing.any() and any(v is not None for v in values[missing]):
+        values = values.copy()
+        values[missing] = None
+    return values
 
 
 def _similarity(a: np.ndarray, b: np.ndarray, scorer: str, only: np.ndarray | None = None) -> np.ndarray:

@@ -18,8 +18,17 @@ import pandas as pd
 @dataclass
 class IdAssignment:
     cluster_ids: list[str]                       # golden ID per cluster label
-    events: list[dict] = field(default_factory=list)   # created / merged / split, for the registry and the audit
+    events: list[dict] = field(default_factory=list)   # merged / split, for the registry and the audit
     next_seq: int = 1
+    # The IDs created, in order: a first run creates one per golden record, and a dict per event came
+    # to gigabytes at 10 million contacts.
+    created: list[str] = field(default_factory=list)
+
+    def event_counts(self) -> dict[str, int]:
+        counts = {"created": len(self.created)} if self.created else {}
+        for e in self.events:
+            counts[e["event"]] = counts.get(e["event"], 0) + 1
+        return counts
 
 
 def format_id(prefix: str, seq: int) -> str:
@@ -59,7 +68,6 @@ def assign_ids(record_keys: np.ndarray, labels: np.ndarray, previous: "dict[str,
     new_ids = [format_id(prefix, next_seq + i) for i in range(len(fresh))]
     ids[fresh] = new_ids
     next_seq += len(fresh)
-    events += [{"event": "created", "golden_id": g, "into": None} for g in new_ids]
     keeper = dict(zip(home["old"], ids[home["label"].to_numpy(dtype=np.int64)])) if len(home) else {}
     events += [{"event": "split", "golden_id": old, "into": keeper.get(old)} for old, parts in spread.items() if parts > 1]
-    return IdAssignment(cluster_ids=[str(i) for i in ids.tolist()], events=events, next_seq=next_seq)
+    return IdAssignment(cluster_ids=[str(i) for i in ids.tolist()], events=events, next_seq=next_seq, created=new_ids)

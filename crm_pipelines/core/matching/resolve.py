@@ -74,6 +74,7 @@ def resolve(df: pd.DataFrame, spec: EntityMatchSpec, must_link: list[tuple[int, 
 
     t = time.monotonic()
     u = estimate_u(df, spec, spec.u_sample_pairs, seed=seed, cols=cols)
+    del cols  # the per-column arrays are done with: what follows reuses their memory
     tf = term_frequencies(df, spec)
     model = fit(levels, spec, u, tf, n)
     weight, prob = score(df, pairs.left, pairs.right, levels, model, spec)

@@ -25,13 +25,13 @@ def survive(records: pd.DataFrame, cluster: np.ndarray, fields: list[str], spec:
     of the string columns is made: at a million records the strings are most of the memory."""
     rank = {s: i for i, s in enumerate(spec.source_priority)}
     n_clusters = int(cluster.max() + 1) if len(cluster) else 0
+    keys = records["record_key"].to_numpy()
     base = pd.DataFrame({
         "cluster": cluster,
         "rank": records["source"].map(rank).fillna(len(rank)).astype(int).to_numpy(),
         "ts": pd.to_datetime(records[ts_col], utc=True).fillna(pd.Timestamp(0, tz="UTC")).to_numpy(),
-        "record_key": records["record_key"].to_numpy(),
+        "record_key": _key_order(keys),  # ties go to the smaller record key
     })
-    keys = base["record_key"].to_numpy()
     golden = pd.DataFrame(index=pd.RangeIndex(n_clusters))
     followers = {m: g[0] for g in spec.groups.values() if g[0] in fields for m in g[1:] if m in fields}
     chosen: dict[str, np.ndarray] = {}  # field -> position of the record that supplies it per cluster, -1 none
@@ -75,6 +75,15 @@ def survive(records: pd.DataFrame, cluster: np.ndarray, fields: list[str], spec:
     lineage = pd.concat(lineage_parts, ignore_index=True) if lineage_parts else pd.DataFrame(
         columns=["cluster", "field", "record_key", "rule"])
     return golden, lineage
+
+
+def _key_order(keys: np.ndarray) -> np.ndarray:
+    """Integers that sort as the record keys do: the positions when the records come sorted by key (as
+    the golden steps read them), else the keys' ranks. Sorting by them instead of the strings spares
+    a factorization of every key per sort (13 million of them at 10 million contacts)."""
+    if len(keys) < 2 or bool(np.all(keys[1:] > keys[:-1])):
+        return np.arange(len(keys), dtype=np.int64)
+    return pd.factorize(keys, sort=True)[0].astype(np.int64)
 
 
 def _most_frequent(base: pd.DataFrame, values: pd.Series, n_clusters: int) -> np.ndarray:
