@@ -585,7 +585,7 @@ def resolve_accounts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
     must, cannot, unknown = _decision_links(dec, lambda k: np.where((i := keys.get_indexer(k)) >= 0, codes[i], -1))
     register_ids = int(accounts["register_id"].notna().sum())
     read_order = _key_digest(keys)
-    del accounts, keys
+    accounts = keys = None  # freed before the resolution
     res = resolve(sig, spec, must_link=must, cannot_link=cannot, log=log)
     rep = sig["record_key"].to_numpy()  # a signature's record, for the match edges
     n_signatures = len(sig)

@@ -15,7 +15,7 @@ from ..core.masking import mask_value, masked_preview
 from ..core.matching.records import ACCOUNT_SOURCES, PERSON_SOURCES
 from ..core.matching.settings import MatchingConfig, load_matching_config
 from ..core.model import ENTITIES
-from ..core.schema import (ACCOUNT_CROSSWALK, ACCOUNT_RECORDS, CROSSWALK, GOLDEN_CONTACTS, PERSON_CROSSWALK,
+from ..core.schema import (ACCOUNT_CROSSWALK, ACCOUNT_RECORDS, GOLDEN_CONTACTS, PERSON_CROSSWALK,
                            PERSON_RECORDS)
 from .auditing import audit_run
 from .metadata import frame_markdown, markdown_table
