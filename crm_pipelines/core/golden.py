@@ -678,6 +678,9 @@ def resolve_contacts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
     ids = assign_ids(persons["record_key"].to_numpy(), labels, _current_map(wh, PERSON_CROSSWALK), PREFIX["persons"],
                      _next_seq(wh, "persons"))
     golden, lineage = survive(persons, labels, CONTACT_FIELDS, cfg.survivorship["persons"])
+    # The fields live on in the golden records: the records' own arrays (and the values no golden
+    # record took) are freed for what follows, which needs the bookkeeping only.
+    persons = persons[[c for c in persons.columns if c in _BOOKKEEPING]].copy()
     gid = pd.Series(ids.cluster_ids)
     golden = golden.rename(columns={"email_norm": "email"}).assign(golden_id=gid.to_numpy())
     golden["email"] = _one_contact_per_email(golden["email"], ids.cluster_ids)
