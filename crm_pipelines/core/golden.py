@@ -532,25 +532,31 @@ def _lineage_rows(lineage: pd.DataFrame, ids: pd.Series, fields: list[str]) -> p
     return grouped.drop(columns="mask")
 
 
+_EDGE_ROWS = 200_000
+
+
 def _persist(wh: Warehouse, entity: str, res: Resolution, spec: EntityMatchSpec, keys: np.ndarray, crosswalk: pd.DataFrame,
              cluster_ids: list[str], run_id: str, at: datetime, xw_table: sa.Table, started: float,
              match_rate: float, max_change: float) -> dict:
     rep_key = keys.__getitem__
-    # Match edges: the pairs that joined records, with their evidence, for explanations.
+    # Match edges: the pairs that joined records, with their evidence, for explanations. Written a
+    # slice at a time in one transaction: the evidence of millions of merges as text at once was the
+    # largest thing a 10-million-contact golden step held at its end.
     merges = res.clusters.merge_edges
-    if merges:
-        a = np.array([m[0] for m in merges])
-        b = np.array([m[1] for m in merges])
-        idx = _pair_index(res, a, b)
-        evidence = _evidence(res, spec, np.where(idx >= 0, idx, 0))
-        edges = pd.DataFrame({
-            "entity": entity, "golden_id": [cluster_ids[res.labels[x]] for x in a],
-            "record_a": [rep_key(x) for x in a], "record_b": [rep_key(x) for x in b],
-            "probability": [m[2] for m in merges], "reason": [m[3] for m in merges],
-            "evidence": [e if i >= 0 else "{}" for e, i in zip(evidence, idx)], "run_id": run_id})
-    else:
-        edges = pd.DataFrame(columns=["entity", "golden_id", "record_a", "record_b", "probability", "reason", "evidence", "run_id"])
-    replace_table(wh, MATCH_EDGES, edges, where={"entity": entity})
+    wh.ensure_tables([MATCH_EDGES])
+    with wh.engine.begin() as conn:
+        wh.delete_where(conn, MATCH_EDGES, entity=entity)
+        for start in range(0, len(merges), _EDGE_ROWS):
+            part = merges[start:start + _EDGE_ROWS]
+            a = np.array([m[0] for m in part])
+            b = np.array([m[1] for m in part])
+            idx = _pair_index(res, a, b)
+            evidence = _evidence(res, spec, np.where(idx >= 0, idx, 0))
+            wh.bulk_insert(conn, MATCH_EDGES, pd.DataFrame({
+                "entity": entity, "golden_id": [cluster_ids[res.labels[x]] for x in a],
+                "record_a": [rep_key(x) for x in a], "record_b": [rep_key(x) for x in b],
+                "probability": [m[2] for m in part], "reason": [m[3] for m in part],
+                "evidence": [e if i >= 0 else "{}" for e, i in zip(evidence, idx)], "run_id": run_id}))
     review = res.review
     idx = _pair_index(res, review["a"].to_numpy(), review["b"].to_numpy()) if len(review) else np.empty(0, int)
     cand = pd.DataFrame({
