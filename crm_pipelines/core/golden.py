@@ -699,7 +699,8 @@ def resolve_contacts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
     golden["last_seen_at"] = grouped["ts"].max().reindex(range(len(gid))).to_numpy()
     golden["account_id"] = _account_of_contacts(wh, persons, labels, len(gid))
     verdicts = consent.current(load_consent_events(wh), pd.Series(labels, index=keys), len(gid))
-    golden = pd.concat([golden, verdicts.set_index(golden.index)], axis=1)
+    for column in verdicts.columns:  # column by column: a concat copied every golden column once more
+        golden[column] = verdicts[column].to_numpy()
     golden["run_id"] = run_id
     _register_ids(wh, "persons", ids, run_id, at)
     replace_table(wh, GOLDEN_CONTACTS, golden)
