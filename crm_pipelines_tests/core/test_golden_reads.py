@@ -175,3 +175,19 @@ def test_survivorship_ties_go_to_the_smaller_record_key_in_any_row_order():
     in_key_order, _ = survive(records.iloc[order].reset_index(drop=True), labels[order], fields, spec)
 
     assert shuffled.values.tolist() == in_key_order.values.tolist() == [["A", "+1", "a@x.de"], ["X", "+10", "x@x.de"]]
+
+
+def test_match_edges_written_in_slices_are_the_edges_written_at_once(records_wh, monkeypatch):
+    wh = records_wh
+    edges = lambda: wh.read_frame("SELECT entity, golden_id, record_a, record_b, probability, reason, evidence "  # noqa: E731
+                                  "FROM golden.match_edges").sort_values(["entity", "record_a", "record_b"]).reset_index(drop=True)
+    G.resolve_accounts(wh, CFG, "r1")
+    G.resolve_contacts(wh, CFG, "r1")
+    at_once = edges()
+    assert len(at_once) > 20
+
+    monkeypatch.setattr(G, "_EDGE_ROWS", 7)
+    G.resolve_accounts(wh, CFG, "r2")
+    G.resolve_contacts(wh, CFG, "r2")
+
+    pd.testing.assert_frame_equal(edges(), at_once)
