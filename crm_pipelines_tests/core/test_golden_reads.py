@@ -191,3 +191,16 @@ def test_match_edges_written_in_slices_are_the_edges_written_at_once(records_wh,
     G.resolve_contacts(wh, CFG, "r2")
 
     pd.testing.assert_frame_equal(edges(), at_once)
+
+
+def test_similarities_computed_in_chunks_are_those_computed_at_once(monkeypatch):
+    from crm_pipelines.core.matching import engine
+
+    rng = np.random.default_rng(5)
+    words = np.array(["müller", "mueller", "schmidt", "schmitt", "meier", "mayer", None, "lehmann"], dtype=object)
+    a, b = words[rng.integers(0, len(words), 500)], words[rng.integers(0, len(words), 500)]
+    at_once = {s: engine._similarity(a, b, s) for s in ("jaro_winkler", "ratio", "token_set")}
+    monkeypatch.setattr(engine, "SIMILARITY_CHUNK", 7)
+    for scorer, expected in at_once.items():
+        assert np.array_equal(engine._similarity(a, b, scorer), expected)
+    assert (at_once["jaro_winkler"] > 0).sum() > 100  # not a comparison of zeros

@@ -180,13 +180,20 @@ def _strings(df: pd.DataFrame, col: str) -> np.ndarray:
     return values
 
 
+# Pairs whose strings are handed to rapidfuzz at a time: its input lists and their conversion for
+# the tens of millions of candidate pairs of 10 million contacts at once took 8 GB.
+SIMILARITY_CHUNK = 1_000_000
+
+
 def _similarity(a: np.ndarray, b: np.ndarray, scorer: str, only: np.ndarray | None = None) -> np.ndarray:
     """Similarity in 0..1 for the pairs of strings (a[i], b[i]), computed where ``only`` is set (both present)."""
     fn, scale = _SCORERS[scorer]
     ok = (pd.notna(a) & pd.notna(b)) if only is None else only
     out = np.zeros(len(a), dtype=np.float32)
-    if ok.any():
-        out[ok] = process.cpdist(a[ok].tolist(), b[ok].tolist(), scorer=fn, workers=-1, dtype=np.float32) / scale
+    todo = np.flatnonzero(ok)
+    for start in range(0, len(todo), SIMILARITY_CHUNK):
+        part = todo[start:start + SIMILARITY_CHUNK]
+        out[part] = process.cpdist(a[part].tolist(), b[part].tolist(), scorer=fn, workers=-1, dtype=np.float32) / scale
     return out
 
 
