@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from .masking import mask_value
 from .matching.ids import IdAssignment, assign_ids, id_seq
-from .matching.records import (ACCOUNT_SOURCES, PERSON_SOURCES, SIGNATURE_COLUMNS, account_records,
+from .matching.records import (ACCOUNT_SOURCES, MENTION_PREFIX, PERSON_SOURCES, SIGNATURE_COLUMNS, account_records,
                                account_signatures, person_records)
 from .matching.resolve import Resolution, resolve
 from .matching.settings import EntityMatchSpec, MatchingConfig
@@ -725,6 +725,10 @@ def _one_contact_per_email(emails: pd.Series, cluster_ids: list[str]) -> pd.Seri
     return emails.where(~dup | emails.index.isin(keeper), None)
 
 
+# SQL: the current account-crosswalk row ``a`` of the company mention of person record ``p``.
+_MENTION_OF_P = f"a.record_key = '{MENTION_PREFIX}' || p.record_key AND a.valid_to IS NULL"
+
+
 def _mention_accounts(wh: Warehouse, persons: pd.DataFrame) -> np.ndarray:
     """Per person record (``persons`` in record-key order): the current golden account of its company
     mention, None where it has none. Joined in the database: a map of every account record key plus a
@@ -732,10 +736,10 @@ def _mention_accounts(wh: Warehouse, persons: pd.DataFrame) -> np.ndarray:
     two current rows for one record (never written so, but not enforced) falls back to the map."""
     wh.ensure_tables([ACCOUNT_CROSSWALK, PERSON_RECORDS])
     found = wh.read_raw_sql(
-        f"SELECT x.golden_id FROM {wh.qualified(PERSON_RECORDS)} p LEFT JOIN {wh.qualified(ACCOUNT_CROSSWALK)} x "
-        "ON x.record_key = 'mention:' || p.record_key AND x.valid_to IS NULL ORDER BY p.record_key")["golden_id"]
+        f"SELECT a.golden_id FROM {wh.qualified(PERSON_RECORDS)} p LEFT JOIN {wh.qualified(ACCOUNT_CROSSWALK)} a "
+        f"ON {_MENTION_OF_P} ORDER BY p.record_key")["golden_id"]
     if len(found) != len(persons):
-        found = ("mention:" + persons["record_key"]).map(_current_map(wh, ACCOUNT_CROSSWALK))
+        found = (MENTION_PREFIX + persons["record_key"]).map(_current_map(wh, ACCOUNT_CROSSWALK))
     return found.to_numpy(dtype=object, na_value=None)
 
 
@@ -762,11 +766,10 @@ def build_crosswalk(wh: Warehouse) -> dict[str, int]:
         conn.execute(sa.delete(CROSSWALK))
         n_persons = conn.exec_driver_sql(
             f"INSERT INTO {out} ({cols}) SELECT p.record_key, p.source, p.source_record_id, p.golden_id, a.golden_id "
-            f"FROM {persons} p LEFT JOIN {accounts} a ON a.record_key = 'mention:' || p.record_key AND a.valid_to IS NULL "
-            "WHERE p.valid_to IS NULL").rowcount
+            f"FROM {persons} p LEFT JOIN {accounts} a ON {_MENTION_OF_P} WHERE p.valid_to IS NULL").rowcount
         n_accounts = conn.exec_driver_sql(
             f"INSERT INTO {out} ({cols}) SELECT record_key, source, source_record_id, NULL, golden_id FROM {accounts} "
-            "WHERE valid_to IS NULL AND substr(record_key, 1, 8) <> 'mention:'").rowcount
+            f"WHERE valid_to IS NULL AND substr(record_key, 1, {len(MENTION_PREFIX)}) <> '{MENTION_PREFIX}'").rowcount
         with_account = conn.execute(sa.select(sa.func.count()).select_from(CROSSWALK).where(
             CROSSWALK.c.contact_id.is_not(None), CROSSWALK.c.account_id.is_not(None))).scalar()
     return {"rows": n_persons + n_accounts, "person_records": n_persons, "account_records": n_accounts,

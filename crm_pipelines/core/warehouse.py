@@ -148,8 +148,8 @@ class Warehouse:
         if frame.empty:
             return 0
         cols = [c for c in table.columns.keys() if c in frame.columns]
-        placeholders = ", ".join("?" for _ in cols)
-        sql = f"INSERT INTO {self.qualified(table)} ({', '.join(self.quote(c) for c in cols)}) VALUES ({placeholders})"
+        sql = (f"INSERT INTO {self.qualified(table)} ({', '.join(self.quote(c) for c in cols)}) "
+               f"VALUES ({', '.join('?' for _ in cols)})")  # SQLite's path
         for start in range(0, len(frame), chunk_rows):
             chunk = frame.iloc[start:start + chunk_rows][cols]
             if self.is_postgres:

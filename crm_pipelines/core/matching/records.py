@@ -159,7 +159,7 @@ def account_records(raw: dict[str, pd.DataFrame], persons: pd.DataFrame,
     if not frames:
         return pd.DataFrame(columns=ACCOUNT_COLUMNS)
     df = pd.concat(frames, ignore_index=True)
-    df["record_key"] = np.where(df["is_mention"].astype(bool), "mention:" + df["source"] + ":" + df["source_record_id"],
+    df["record_key"] = np.where(df["is_mention"].astype(bool), MENTION_PREFIX + df["source"] + ":" + df["source_record_id"],
                                 df["source"] + ":" + df["source_record_id"])
     parsed = map_unique(df["company_name"], parse_company_name)
     df["company_base"] = parsed.map(lambda c: c.base if c else None)
@@ -189,6 +189,9 @@ def account_records(raw: dict[str, pd.DataFrame], persons: pd.DataFrame,
     df["register_id"] = [(f"{c}|{n}" if c and n else None) for c, n in zip(df["register_court"], df["register_number"])]
     return df[ACCOUNT_COLUMNS].reset_index(drop=True)
 
+
+# An account record made from a person record's company mention is keyed by this and the person's key.
+MENTION_PREFIX = "mention:"
 
 SIGNATURE_COLUMNS = ["company_key", "company_first_token", "company_kp", "legal_form", "postal_code", "leitregion", "city_key",
                      "street_full_key", "domain", "phone_e164", "vat_id", "register_id", "erp_customer_number",
