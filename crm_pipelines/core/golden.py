@@ -209,8 +209,13 @@ def build_account_records(wh: Warehouse, slice_records: int = SLICE_RECORDS) -> 
 
 def _read_all(wh: Warehouse, table: sa.Table, columns: set[str] | None = None) -> pd.DataFrame:
     """The table's rows in record-key order; ``columns``: only these (in the table's order)."""
-    cols = ", ".join(wh.quote(c) for c in table.columns.keys() if columns is None or c in columns)
-    return wh.read_raw_sql(f"SELECT {cols} FROM {wh.qualified(table)} ORDER BY record_key")  # None for missing
+    return _read_columns(wh, table, [c for c in table.columns.keys() if columns is None or c in columns])
+
+
+def _read_columns(wh: Warehouse, table: sa.Table, columns: list[str]) -> pd.DataFrame:
+    """These columns of the table in record-key order, None for missing (COPY on PostgreSQL)."""
+    return wh.read_raw_sql(f"SELECT {', '.join(wh.quote(c) for c in columns)} FROM {wh.qualified(table)} "
+                           "ORDER BY record_key", types={c: table.c[c].type for c in columns})
 
 
 MENTION_COLUMNS = ("record_key", "source", "source_record_id", "record_ts", "company_name", "street", "house_number",
@@ -252,8 +257,7 @@ def load_person_records(wh: Warehouse, columns: set[str] | None = None) -> pd.Da
     wanted = set(stored) | set(_DERIVED_PERSON_COLUMNS) if columns is None else set(columns)
     inputs = {c for d, needs in _DERIVED_PERSON_COLUMNS.items() if d in wanted for c in needs}
     read = [c for c in stored if c in wanted | inputs]
-    df = wh.read_raw_sql(f"SELECT {', '.join(wh.quote(c) for c in read)} FROM {wh.qualified(PERSON_RECORDS)} "
-                         "ORDER BY record_key")  # None for missing
+    df = _read_columns(wh, PERSON_RECORDS, read)
     if "is_free_mail" in df.columns:
         df["is_free_mail"] = df["is_free_mail"].fillna(False).astype(bool)  # SQLite returns 0/1
     derived = [d for d in _DERIVED_PERSON_COLUMNS if d in wanted]
@@ -315,7 +319,8 @@ def build_consent_events(wh: Warehouse, hasher: IdentityHasher) -> pd.DataFrame:
     raw = {s: wh.read_frame(sa.select(raw_table(s, ENTITIES["consent_event"]))) for s in CONSENT_SOURCES
            if tables_present(wh, [raw_table(s, ENTITIES["consent_event"])])}
     pr = PERSON_RECORDS
-    persons = wh.read_frame(sa.select(pr.c.record_key, pr.c.source, pr.c.crm_contact_id, pr.c.email_norm)) \
+    cols = ["record_key", "source", "crm_contact_id", "email_norm"]
+    persons = wh.read_raw_sql(f"SELECT {', '.join(cols)} FROM {wh.qualified(pr)}", types={c: pr.c[c].type for c in cols}) \
         if tables_present(wh, [pr]) else pd.DataFrame(columns=["record_key", "source", "crm_contact_id", "email_norm"])
     events = consent.build_events(raw, persons, hasher)
     replace_table(wh, CONSENT_EVENTS, events)
@@ -607,8 +612,7 @@ def resolve_accounts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
     golden = golden.assign(golden_id=gid.to_numpy())
     sizes = np.bincount(labels, minlength=len(gid)) if len(labels) else np.zeros(0, int)
     golden["record_count"] = sizes
-    golden["sources"] = pd.Series(accounts["source"].to_numpy()).groupby(labels).agg(
-        lambda s: ",".join(sorted(set(s)))).reindex(range(len(gid))).to_numpy()
+    golden["sources"] = _sources_per_cluster(accounts["source"].to_numpy(), labels, len(gid))
     golden = golden.rename(columns={"company_base": "base_name"})
     golden["run_id"] = run_id
     _register_ids(wh, "accounts", ids, run_id, at)
@@ -625,11 +629,15 @@ def resolve_accounts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
     return GoldenResult("accounts", res, golden, crosswalk, ids.events, stats, ids.event_counts())
 
 
-def _current_map(wh: Warehouse, table: sa.Table) -> pd.Series:
+def _current_map(wh: Warehouse, table: sa.Table, named_in: sa.Table | None = None) -> pd.Series:
     """The current golden ID of each record, indexed by record key (a Series: about half the memory of a
-    dict over a million records, and ``Series.map`` takes it as it is)."""
+    dict over a million records, and ``Series.map`` takes it as it is). ``named_in``: only the records
+    a pair of that table (``record_a``, ``record_b``) names, selected in the database."""
     wh.ensure_tables([table])
-    df = wh.read_raw_sql(f"SELECT record_key, golden_id FROM {wh.qualified(table)} WHERE valid_to IS NULL")
+    named = "" if named_in is None else wh.qualified(named_in)
+    only = f" AND record_key IN (SELECT record_a FROM {named} UNION SELECT record_b FROM {named})" if named else ""
+    df = wh.read_raw_sql(f"SELECT record_key, golden_id FROM {wh.qualified(table)} WHERE valid_to IS NULL{only}",
+                         types={"record_key": table.c.record_key.type, "golden_id": table.c.golden_id.type})
     current = pd.Series(df["golden_id"].to_numpy(), index=pd.Index(df["record_key"].to_numpy(), dtype=object),
                         dtype=object)
     return current[~current.index.duplicated(keep="last")]
@@ -693,8 +701,8 @@ def resolve_contacts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
     lineage["field"] = lineage["field"].replace({"email_norm": "email"})
     sizes = np.bincount(labels, minlength=len(gid)) if len(labels) else np.zeros(0, int)
     golden["record_count"] = sizes
-    grouped = pd.DataFrame({"l": labels, "s": persons["source"].to_numpy(), "ts": persons["record_ts"].to_numpy()}).groupby("l")
-    golden["sources"] = grouped["s"].agg(lambda s: ",".join(sorted(set(s)))).reindex(range(len(gid))).to_numpy()
+    grouped = pd.DataFrame({"l": labels, "ts": persons["record_ts"].to_numpy()}).groupby("l")
+    golden["sources"] = _sources_per_cluster(persons["source"].to_numpy(), labels, len(gid))
     golden["first_seen_at"] = grouped["ts"].min().reindex(range(len(gid))).to_numpy()
     golden["last_seen_at"] = grouped["ts"].max().reindex(range(len(gid))).to_numpy()
     golden["account_id"] = _account_of_contacts(wh, persons, labels, len(gid))
@@ -713,6 +721,22 @@ def resolve_contacts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
              "decisions_applied": len(must) + len(cannot),
              "decisions_unknown_records": unknown, "linked_to_account": int(golden["account_id"].notna().sum())}
     return GoldenResult("persons", res, golden, crosswalk, ids.events, stats, ids.event_counts())
+
+
+def _sources_per_cluster(source: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """Per cluster its records' distinct sources, sorted and joined by commas (None for a cluster
+    without records). A set of sources is a bit mask (there are a handful of sources), so the
+    strings are made once per distinct set, not once per golden record as a groupby lambda did."""
+    codes, names = pd.factorize(source, sort=True)
+    if len(names) > 62 or (codes < 0).any():  # more sources than bits, or a record without one
+        joined = pd.Series(source).groupby(labels).agg(lambda s: ",".join(sorted(set(s))))
+        return joined.reindex(range(n)).to_numpy(dtype=object, na_value=None)
+    masks = np.zeros(n, dtype=np.int64)
+    np.bitwise_or.at(masks, labels, np.left_shift(1, codes.astype(np.int64)))
+    distinct, which = np.unique(masks, return_inverse=True)
+    text = np.array([",".join(name for i, name in enumerate(names) if int(m) >> i & 1) or None for m in distinct],
+                    dtype=object)
+    return text[which]
 
 
 def _one_contact_per_email(emails: pd.Series, cluster_ids: list[str]) -> pd.Series:
@@ -737,7 +761,7 @@ def _mention_accounts(wh: Warehouse, persons: pd.DataFrame) -> np.ndarray:
     wh.ensure_tables([ACCOUNT_CROSSWALK, PERSON_RECORDS])
     found = wh.read_raw_sql(
         f"SELECT a.golden_id FROM {wh.qualified(PERSON_RECORDS)} p LEFT JOIN {wh.qualified(ACCOUNT_CROSSWALK)} a "
-        f"ON {_MENTION_OF_P} ORDER BY p.record_key")["golden_id"]
+        f"ON {_MENTION_OF_P} ORDER BY p.record_key", types={"golden_id": ACCOUNT_CROSSWALK.c.golden_id.type})["golden_id"]
     if len(found) != len(persons):
         found = (MENTION_PREFIX + persons["record_key"]).map(_current_map(wh, ACCOUNT_CROSSWALK))
     return found.to_numpy(dtype=object, na_value=None)
@@ -789,7 +813,9 @@ def build_review_queue(wh: Warehouse) -> pd.DataFrame:
     if len(cand):
         pair = [tuple(sorted((a, b))) for a, b in zip(cand["record_a"], cand["record_b"])]
         cand = cand[[(e, *p) not in decided for e, p in zip(cand["entity"], pair)]].copy()
-        persons, accounts = _current_map(wh, PERSON_CROSSWALK), _current_map(wh, ACCOUNT_CROSSWALK)
+        # Only the records the candidates name: two crosswalks of 13 million rows each are not read for them.
+        persons = _current_map(wh, PERSON_CROSSWALK, REVIEW_CANDIDATES)
+        accounts = _current_map(wh, ACCOUNT_CROSSWALK, REVIEW_CANDIDATES)
         lookup = {"persons": persons, "accounts": accounts}
         cand["golden_a"] = [lookup[e].get(k) for e, k in zip(cand["entity"], cand["record_a"])]
         cand["golden_b"] = [lookup[e].get(k) for e, k in zip(cand["entity"], cand["record_b"])]

@@ -30,25 +30,30 @@ CONTACT_COLUMNS = ("golden_id", "first_name", "last_name", "email", "job_title",
                    "post_consent_basis", "first_seen_at", "last_seen_at")
 
 
-def identity_maps(wh: Warehouse) -> tuple[dict[str, str], dict[str, str]]:
-    """E-mail -> golden contact and CRM contact ID -> golden contact, over every record of each contact."""
+def identity_maps(wh: Warehouse) -> tuple[pd.Series, pd.Series]:
+    """E-mail -> golden contact and CRM contact ID -> golden contact, over every record of each contact.
+    Series indexed by e-mail and CRM ID (``Series.map`` takes them as they are; a dict over 13 million
+    records is a gigabyte more, and ``map`` turns a dict into such a Series first)."""
     if not tables_present(wh, [PERSON_RECORDS, PERSON_CROSSWALK]):
-        return {}, {}
+        return pd.Series(dtype=object), pd.Series(dtype=object)
     pr, xw = PERSON_RECORDS, PERSON_CROSSWALK
-    rows = wh.read_frame(sa.select(pr.c.email_norm, pr.c.crm_contact_id, xw.c.golden_id)
-                         .join(xw, xw.c.record_key == pr.c.record_key).where(xw.c.valid_to.is_(None)))
+    rows = wh.read_raw_sql(
+        f"SELECT p.email_norm, p.crm_contact_id, x.golden_id FROM {wh.qualified(pr)} p JOIN {wh.qualified(xw)} x "
+        "ON x.record_key = p.record_key WHERE x.valid_to IS NULL",
+        types={"email_norm": pr.c.email_norm.type, "crm_contact_id": pr.c.crm_contact_id.type, "golden_id": xw.c.golden_id.type})
     emails = rows.dropna(subset=["email_norm"]).drop_duplicates("email_norm")
     crm = rows.dropna(subset=["crm_contact_id"]).drop_duplicates("crm_contact_id")
-    return dict(zip(emails["email_norm"], emails["golden_id"])), dict(zip(crm["crm_contact_id"].astype(str),
-                                                                           crm["golden_id"]))
+    return (pd.Series(emails["golden_id"].to_numpy(), index=pd.Index(emails["email_norm"].to_numpy(), dtype=object), dtype=object),
+            pd.Series(crm["golden_id"].to_numpy(), index=pd.Index(crm["crm_contact_id"].astype(str).to_numpy(), dtype=object),
+                      dtype=object))
 
 
 def load_events(wh: Warehouse) -> pd.DataFrame:
     t = raw_table("behaviour_events", ENTITIES["behaviour_event"])
     if not tables_present(wh, [t]):
         return pd.DataFrame(columns=["event_type", "occurred_at", "url", "email", "crm_contact_id", "anonymous_id"])
-    events = wh.read_raw_sql("SELECT source_record_id, event_type, occurred_at, url, email, crm_contact_id, anonymous_id, "
-                             "_partition FROM raw.behaviour_events")
+    cols = ["source_record_id", "event_type", "occurred_at", "url", "email", "crm_contact_id", "anonymous_id", "_partition"]
+    events = wh.read_raw_sql(f"SELECT {', '.join(cols)} FROM {wh.qualified(t)}", types={c: t.c[c].type for c in cols})
     # The same event delivered on two days counts once.
     events = events.sort_values("_partition").drop_duplicates("source_record_id", keep="last")
     events["occurred_at"] = pd.to_datetime(events["occurred_at"], utc=True, format="mixed")
@@ -77,7 +82,8 @@ def plan_scoring(wh: Warehouse, ranges: int, now: datetime | None = None) -> Sco
     """Splits the golden contacts into ``ranges`` contiguous ID ranges of about equal size and attributes
     the behaviour events once, here (anonymous visitors are stitched across all events)."""
     now = now or datetime.now(timezone.utc)
-    ids = wh.read_frame(sa.select(GOLDEN_CONTACTS.c.golden_id).order_by(GOLDEN_CONTACTS.c.golden_id))["golden_id"] \
+    ids = wh.read_raw_sql(f"SELECT golden_id FROM {wh.qualified(GOLDEN_CONTACTS)} ORDER BY golden_id",
+                          types={"golden_id": GOLDEN_CONTACTS.c.golden_id.type})["golden_id"] \
         if tables_present(wh, [GOLDEN_CONTACTS]) else pd.Series([], dtype=object)
     n = max(1, min(int(ranges), max(1, len(ids))))
     cuts = [str(ids.iloc[len(ids) * k // n]) for k in range(1, n)]
@@ -100,8 +106,8 @@ def score_range(wh: Warehouse, rules: ScoringRules, plan: ScoringPlan, k: int) -
     in_range = [*([c.c.golden_id >= lo] if lo is not None else []), *([c.c.golden_id < hi] if hi is not None else [])]
     contacts = pd.DataFrame(columns=CONTACT_COLUMNS)
     if tables_present(wh, [c]):
-        contacts = wh.read_frame(sa.select(*[c.c[col] for col in CONTACT_COLUMNS]).where(*in_range)
-                                 .order_by(c.c.golden_id))
+        contacts = wh.read_select(sa.select(*[c.c[col] for col in CONTACT_COLUMNS]).where(*in_range)
+                                  .order_by(c.c.golden_id))
         # Golden IDs are fixed-width (K-00000001), so the database's collation orders them as Python does.
         ids = contacts["golden_id"].astype(str)
         if (lo is not None and (ids < lo).any()) or (hi is not None and (ids >= hi).any()):

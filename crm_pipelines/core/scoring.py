@@ -162,7 +162,8 @@ class ScoreResult:
     stats: dict = field(default_factory=dict)
 
 
-def attribute_events(events: pd.DataFrame, by_email: dict[str, str], by_crm: dict[str, str]) -> pd.Series:
+def attribute_events(events: pd.DataFrame, by_email: "pd.Series | dict[str, str]",
+                     by_crm: "pd.Series | dict[str, str]") -> pd.Series:
     """The golden contact of each event: by e-mail, else CRM contact ID, else the anonymous ID's
     other events (a visitor who identified themselves once is recognised on every visit).
     Works on the identified rows only: most events are anonymous page views."""

@@ -104,28 +104,57 @@ def verdict(events: pd.DataFrame) -> tuple[str | None, str | None]:
 
 def current(events: pd.DataFrame, record_cluster: "dict[str, int] | pd.Series", n_clusters: int) -> pd.DataFrame:
     """Per cluster (golden contact) the verdict of each channel: columns ``<channel>_consent``,
-    ``<channel>_consent_basis``."""
-    out = pd.DataFrame(index=range(n_clusters))
-    for ch in CHANNELS:
-        out[f"{ch}_consent"] = None
-        out[f"{ch}_consent_basis"] = None
+    ``<channel>_consent_basis``.
+
+    :func:`verdict` over every (cluster, channel) at once: its walk ends on one event, the group's
+    last one, unless an objection is the last event that counted; that is the case when the group
+    holds an objection and no explicit consent (legal basis ``consent``) follows its last one (a
+    withdrawal or a grant on another basis after it changes nothing). The chosen event then reads as
+    :func:`verdict` reads it. A Python walk per group took six minutes at 10 million contacts."""
+    columns = {f"{ch}_{what}": np.full(n_clusters, None, dtype=object)
+               for ch in CHANNELS for what in ("consent", "consent_basis")}
+    # dtype=object: pandas 3 would make strings of them, with NaN for a channel nobody spoke of.
+    out = lambda: pd.DataFrame(columns, index=range(n_clusters), dtype=object)  # noqa: E731
     if events.empty:
-        return out
-    ev = events.copy()
-    ev["cluster"] = ev["person_record_key"].map(record_cluster)
-    ev = ev[ev["cluster"].notna()]
+        return out()
+    cluster = events["person_record_key"].map(record_cluster)
+    # Only these three statuses move the verdict; any other event is passed over, as verdict() does.
+    keep = cluster.notna().to_numpy() & events["status"].isin(_STATUS_ORDER).to_numpy()
+    ev = pd.DataFrame({"cluster": cluster.to_numpy()[keep].astype(np.int64),
+                       "channel": events["channel"].to_numpy()[keep], "status": events["status"].to_numpy()[keep],
+                       "legal_basis": events["legal_basis"].to_numpy()[keep],
+                       "occurred_at": events["occurred_at"].to_numpy()[keep],
+                       "no_doi": pd.isna(events["double_opt_in_at"]).to_numpy()[keep]})
     if ev.empty:
-        return out
-    ev["cluster"] = ev["cluster"].astype(int)
+        return out()
     # Same instant: the stricter event last, so it wins the tie.
-    order = {"granted": 0, "withdrawn": 1, "objected": 2}
-    ev["_rank"] = ev["status"].map(order).fillna(0)
-    ev = ev.sort_values(["cluster", "channel", "occurred_at", "_rank"], kind="stable")
-    for (cluster, channel), group in ev.groupby(["cluster", "channel"], sort=False):
-        status, basis = verdict(group)
-        out.at[cluster, f"{channel}_consent"] = status
-        out.at[cluster, f"{channel}_consent_basis"] = basis
-    return out
+    ev["_rank"] = ev["status"].map(_STATUS_ORDER)
+    ev = ev.sort_values(["cluster", "channel", "occurred_at", "_rank"], kind="stable").reset_index(drop=True)
+    group = ev.groupby(["cluster", "channel"], sort=False).ngroup().to_numpy()
+    pos = np.arange(len(ev))
+    objected = (ev["status"] == "objected").to_numpy()
+    last_objection = np.full(group.max() + 1, -1, dtype=np.int64)
+    np.maximum.at(last_objection, group[objected], pos[objected])
+    lifts = ((ev["status"] == "granted") & (ev["legal_basis"] == "consent")).to_numpy() & (pos > last_objection[group])
+    lifted = np.zeros(len(last_objection), dtype=bool)
+    lifted[group[lifts]] = True
+    last = np.full(len(last_objection), -1, dtype=np.int64)
+    np.maximum.at(last, group, pos)
+    chosen = ev.iloc[np.where((last_objection < 0) | lifted, last, last_objection)]
+    status = chosen["status"].to_numpy(dtype=object).copy()
+    unconfirmed = ((status == "granted") & (chosen["channel"] == "email").to_numpy()
+                   & chosen["legal_basis"].fillna("consent").eq("consent").to_numpy() & chosen["no_doi"].to_numpy())
+    status[unconfirmed] = "unconfirmed"
+    basis = chosen["legal_basis"].to_numpy(dtype=object)
+    for ch in CHANNELS:
+        on = (chosen["channel"] == ch).to_numpy()
+        rows = chosen["cluster"].to_numpy()[on]
+        columns[f"{ch}_consent"][rows] = status[on]
+        columns[f"{ch}_consent_basis"][rows] = np.where(pd.isna(basis[on]), None, basis[on])
+    return out()
+
+
+_STATUS_ORDER = {"granted": 0, "withdrawn": 1, "objected": 2}
 
 
 def allows(channel: str, consent: str | None, basis: str | None, is_customer: bool) -> bool:
