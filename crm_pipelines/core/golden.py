@@ -308,7 +308,7 @@ def _person_keys(df: pd.DataFrame, names: list[str]) -> dict[str, np.ndarray]:
 def load_consent_events(wh: Warehouse) -> pd.DataFrame:
     if not tables_present(wh, [CONSENT_EVENTS]):
         return pd.DataFrame(columns=consent.EVENT_COLUMNS)
-    df = wh.read_frame(sa.select(CONSENT_EVENTS))
+    df = wh.read_select(sa.select(CONSENT_EVENTS))
     df["occurred_at"] = pd.to_datetime(df["occurred_at"], utc=True)
     df["double_opt_in_at"] = pd.to_datetime(df["double_opt_in_at"], utc=True)
     return df
@@ -316,7 +316,7 @@ def load_consent_events(wh: Warehouse) -> pd.DataFrame:
 
 def build_consent_events(wh: Warehouse, hasher: IdentityHasher) -> pd.DataFrame:
     wh.ensure_tables([CONSENT_EVENTS])
-    raw = {s: wh.read_frame(sa.select(raw_table(s, ENTITIES["consent_event"]))) for s in CONSENT_SOURCES
+    raw = {s: wh.read_select(sa.select(raw_table(s, ENTITIES["consent_event"]))) for s in CONSENT_SOURCES
            if tables_present(wh, [raw_table(s, ENTITIES["consent_event"])])}
     pr = PERSON_RECORDS
     cols = ["record_key", "source", "crm_contact_id", "email_norm"]
@@ -483,7 +483,7 @@ def _register_ids(wh: Warehouse, entity: str, ids: IdAssignment, run_id: str, at
 
 def _next_seq(wh: Warehouse, entity: str) -> int:
     wh.ensure_tables([ID_REGISTRY])
-    ids = wh.read_frame(sa.select(ID_REGISTRY.c.golden_id).where(ID_REGISTRY.c.entity == entity))
+    ids = wh.read_select(sa.select(ID_REGISTRY.c.golden_id).where(ID_REGISTRY.c.entity == entity))
     return max((id_seq(i) for i in ids["golden_id"]), default=0) + 1
 
 
@@ -805,7 +805,7 @@ def build_crosswalk(wh: Warehouse) -> dict[str, int]:
 def build_review_queue(wh: Warehouse) -> pd.DataFrame:
     """Review-band pairs of the last run, minus the pairs a steward has decided, with both golden IDs."""
     wh.ensure_tables([REVIEW_CANDIDATES, REVIEW_QUEUE, PERSON_CROSSWALK, ACCOUNT_CROSSWALK, STEWARD_DECISIONS])
-    cand = wh.read_frame(sa.select(REVIEW_CANDIDATES))
+    cand = wh.read_select(sa.select(REVIEW_CANDIDATES))
     decided = set()
     for entity in PREFIX:
         d = decisions(wh, entity)
