@@ -215,7 +215,8 @@ class Warehouse:
         parts: dict[str, list] = {name: [] for name in parsers}
         # The CSV goes through a temporary file: COPY writes faster than pandas parses, and a pipe
         # between them would need a thread for little gain. NULL is written as \N so that an empty
-        # string stays one (a text value that is exactly \N would read as NULL; no cleaned field is).
+        # string stays one; the price: a text value of exactly the two characters \N (the NULL of a
+        # MySQL dump, say, landed as text in a raw table) reads as NULL.
         with self.engine.connect() as conn, tempfile.TemporaryFile() as buf:
             conn.connection.driver_connection.cursor().copy_expert(
                 f"COPY ({sql}) TO STDOUT WITH (FORMAT csv, HEADER true, NULL '\\N')", buf)
