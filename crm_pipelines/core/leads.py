@@ -37,10 +37,8 @@ def identity_maps(wh: Warehouse) -> tuple[pd.Series, pd.Series]:
     if not tables_present(wh, [PERSON_RECORDS, PERSON_CROSSWALK]):
         return pd.Series(dtype=object), pd.Series(dtype=object)
     pr, xw = PERSON_RECORDS, PERSON_CROSSWALK
-    rows = wh.read_raw_sql(
-        f"SELECT p.email_norm, p.crm_contact_id, x.golden_id FROM {wh.qualified(pr)} p JOIN {wh.qualified(xw)} x "
-        "ON x.record_key = p.record_key WHERE x.valid_to IS NULL",
-        types={"email_norm": pr.c.email_norm.type, "crm_contact_id": pr.c.crm_contact_id.type, "golden_id": xw.c.golden_id.type})
+    rows = wh.read_select(sa.select(pr.c.email_norm, pr.c.crm_contact_id, xw.c.golden_id)
+                          .join(xw, xw.c.record_key == pr.c.record_key).where(xw.c.valid_to.is_(None)))
     emails = rows.dropna(subset=["email_norm"]).drop_duplicates("email_norm")
     crm = rows.dropna(subset=["crm_contact_id"]).drop_duplicates("crm_contact_id")
     return (pd.Series(emails["golden_id"].to_numpy(), index=pd.Index(emails["email_norm"].to_numpy(), dtype=object), dtype=object),
@@ -82,8 +80,7 @@ def plan_scoring(wh: Warehouse, ranges: int, now: datetime | None = None) -> Sco
     """Splits the golden contacts into ``ranges`` contiguous ID ranges of about equal size and attributes
     the behaviour events once, here (anonymous visitors are stitched across all events)."""
     now = now or datetime.now(timezone.utc)
-    ids = wh.read_raw_sql(f"SELECT golden_id FROM {wh.qualified(GOLDEN_CONTACTS)} ORDER BY golden_id",
-                          types={"golden_id": GOLDEN_CONTACTS.c.golden_id.type})["golden_id"] \
+    ids = wh.read_select(sa.select(GOLDEN_CONTACTS.c.golden_id).order_by(GOLDEN_CONTACTS.c.golden_id))["golden_id"] \
         if tables_present(wh, [GOLDEN_CONTACTS]) else pd.Series([], dtype=object)
     n = max(1, min(int(ranges), max(1, len(ids))))
     cuts = [str(ids.iloc[len(ids) * k // n]) for k in range(1, n)]

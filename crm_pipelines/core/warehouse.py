@@ -343,7 +343,7 @@ def _copy_parser(coltype: sa.types.TypeEngine):
     (values, pools, column number) -> array; None for a type read through the driver only (Numeric:
     the driver's Decimal)."""
     if isinstance(coltype, (sa.Text, sa.String, sa.Enum)):
-        return _text_values
+        return _shared_values  # NaN (NULL) comes out as None there
     if isinstance(coltype, sa.Boolean):
         return lambda v, _p, _i: np.where(pd.isna(v), None, v == "t").astype(object)
     if isinstance(coltype, sa.Integer):
@@ -355,10 +355,6 @@ def _copy_parser(coltype: sa.types.TypeEngine):
     if isinstance(coltype, sa.Date):
         return lambda v, _p, _i: np.array([None if pd.isna(x) else pd.Timestamp(x).date() for x in v], dtype=object)
     return None
-
-
-def _text_values(values: np.ndarray, pools: list[dict | None], i: int) -> np.ndarray:
-    return _shared_values(np.where(pd.isna(values), None, values), pools, i)
 
 
 def _int_values(values: np.ndarray, _pools, _i) -> np.ndarray:
