@@ -1,4 +1,5 @@
-"""bench_scale at 10,000,000 contacts, multiprocess executor: the whole night.
+"""bench_scale at 10,000,000 contacts, multiprocess executor (BENCH_SCALE_MODES=celery: on two
+Celery workers): the whole night.
 
 Every landed day ingested (`ingest_sources`); build_golden in two runs, the person and account
 records (read, cleaned and written a slice of record IDs at a time) and then the rest of the job
