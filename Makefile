@@ -68,7 +68,7 @@ celery-worker: install $(DAGSTER_HOME)/dagster.yaml
 	@test -n "$$CRM_CELERY_BROKER" -a -n "$$CRM_CELERY_BACKEND" || \
 		{ echo "set CRM_CELERY_BROKER and CRM_CELERY_BACKEND, e.g. redis://127.0.0.1:6379/0 and /1"; exit 1; }
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m dagster_celery.cli worker start -A dagster_celery.app \
-		-y celery_worker.yaml -- --concurrency=1 --max-tasks-per-child=1
+		-y celery_worker.yaml -i crm_pipelines.definitions -- --concurrency=1 --max-tasks-per-child=1
 
 screenshots: install system-deps
 	CRM_SCREENSHOT_DIR=$(CURDIR)/docs/screenshots $(PY) -m pytest -q crm_pipelines_tests/ops/test_ui.py
