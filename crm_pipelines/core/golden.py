@@ -319,8 +319,9 @@ def build_consent_events(wh: Warehouse, hasher: IdentityHasher) -> pd.DataFrame:
     raw = {s: wh.read_select(sa.select(raw_table(s, ENTITIES["consent_event"]))) for s in CONSENT_SOURCES
            if tables_present(wh, [raw_table(s, ENTITIES["consent_event"])])}
     pr = PERSON_RECORDS
-    persons = wh.read_select(sa.select(pr.c.record_key, pr.c.source, pr.c.crm_contact_id, pr.c.email_norm)) \
-        if tables_present(wh, [pr]) else pd.DataFrame(columns=["record_key", "source", "crm_contact_id", "email_norm"])
+    person_keys = sa.select(pr.c.record_key, pr.c.source, pr.c.crm_contact_id, pr.c.email_norm)
+    persons = wh.read_select(person_keys) if tables_present(wh, [pr]) \
+        else pd.DataFrame(columns=[c.name for c in person_keys.selected_columns])
     events = consent.build_events(raw, persons, hasher)
     replace_table(wh, CONSENT_EVENTS, events)
     return events
