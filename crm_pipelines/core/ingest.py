@@ -24,9 +24,9 @@ import pandas as pd
 import sqlalchemy as sa
 
 from .mapping import SourceMapping, apply_mapping
-from .masking import masked_preview
+from .masking import mask_text, masked_preview
 from .privacy.suppression import ACCOUNT_PERSON_COLUMNS, Screen, SuppressionList
-from .readers import RawChunk, read_file
+from .readers import RawChunk, SourceFileError, read_file
 from .schema import LANDING_FILES, QUARANTINE, raw_table
 from .warehouse import Warehouse
 
@@ -38,8 +38,10 @@ class FileReport:
     file: str
     sha256: str
     size_bytes: int
-    status: str = "loaded"  # loaded | duplicate
+    status: str = "loaded"  # loaded | duplicate | rejected | ignored
     duplicate_of: str | None = None
+    error: str | None = None  # rejected: why the file could not be read (names file, line, column)
+    text_values_cleaned: int = 0
     rows_read: int = 0
     rows_loaded: int = 0
     rows_quarantined: int = 0
@@ -77,6 +79,18 @@ class PartitionReport:
     def duplicate_files(self) -> list[FileReport]:
         return [f for f in self.files if f.status == "duplicate"]
 
+    @property
+    def rejected_files(self) -> list[FileReport]:
+        return [f for f in self.files if f.status == "rejected"]
+
+    @property
+    def ignored_files(self) -> list[FileReport]:
+        return [f for f in self.files if f.status == "ignored"]
+
+    @property
+    def text_values_cleaned(self) -> int:
+        return sum(f.text_values_cleaned for f in self.files)
+
 
 def partition_folder(landing_root: Path, source: str, partition: str) -> Path:
     return Path(landing_root) / source / partition
@@ -87,6 +101,15 @@ def landing_files(landing_root: Path, mapping: SourceMapping, partition: str) ->
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.glob(mapping.pattern) if p.is_file())
+
+
+def unexpected_files(landing_root: Path, mapping: SourceMapping, partition: str) -> list[Path]:
+    """Files in the day's folder that match no pattern of the source: not read, but never unseen."""
+    folder = partition_folder(landing_root, mapping.source, partition)
+    if not folder.is_dir():
+        return []
+    expected = set(landing_files(landing_root, mapping, partition))
+    return sorted(p for p in folder.iterdir() if p.is_file() and p not in expected)
 
 
 def landed_partitions(landing_root: Path, source: str) -> list[str]:
@@ -137,7 +160,12 @@ def ingest_partition(
 
     files = landing_files(landing_root, mapping, partition)
     reports = [FileReport(file=p.name, sha256=sha256_file(p), size_bytes=p.stat().st_size) for p in files]
-    report.files = reports
+    report.files = reports + [
+        FileReport(file=p.name, sha256=sha256_file(p), size_bytes=p.stat().st_size, status="ignored",
+                   error=f"matches no pattern of the source ({mapping.pattern} in {mapping.file.name})")
+        for p in unexpected_files(landing_root, mapping, partition)]
+    for f in report.files[len(reports):]:
+        log(f"{mapping.source} {partition}: {f.file} ignored: it {f.error}")
     elsewhere = _delivered_elsewhere(warehouse, mapping.source, partition, [f.sha256 for f in reports])
     by_name = {f.file: f for f in reports}
     good_frames: list[pd.DataFrame] = []
@@ -178,12 +206,28 @@ def ingest_partition(
             log(f"{mapping.source} {partition}: {path.name} skipped, same content as {earlier} (duplicate delivery)")
             continue
         hashes_here[fr.sha256] = path.name
-        for chunk in read_file(path, mapping, chunk_rows=chunk_rows):
-            fr.rows_read += len(chunk)
-            pending.append((path.name, chunk))
-            pending_rows += len(chunk)
-            if pending_rows >= chunk_rows:
-                flush()
+        try:
+            for chunk in read_file(path, mapping, chunk_rows=chunk_rows):
+                fr.rows_read += len(chunk)
+                fr.text_values_cleaned += chunk.cleaned_values
+                pending.append((path.name, chunk))
+                pending_rows += len(chunk)
+                if pending_rows >= chunk_rows:
+                    flush()
+        except SourceFileError as exc:
+            # The file as a whole is unreadable: none of its records count, the day's other files load.
+            pending = [(name, c) for name, c in pending if name != path.name]
+            pending_rows = sum(len(c) for _, c in pending)
+            good_frames[:] = [f[f["_file"] != path.name] for f in good_frames]
+            quarantine_frames[:] = [f[f["file"] != path.name] for f in quarantine_frames]
+            for rid in [rid for rid, at in seen_ids.items() if at[0] == path.name]:
+                del seen_ids[rid]
+            fr.status, fr.error = "rejected", str(exc)
+            fr.rows_read = fr.rows_quarantined = 1
+            fr.rows_loaded = fr.rows_suppressed = fr.text_values_cleaned = 0
+            quarantine_frames.append(_rejected_file_row(mapping, partition, exc, run_id, loaded_at))
+            report.reason_counts["file rejected"] += 1
+            log(f"{mapping.source} {partition}: {path.name} rejected: {mask_text(exc.message)}")
         if n % log_every == 0 or n == len(files):
             log(f"{mapping.source} {partition}: read {n}/{len(files)} files, {report.rows_read} records")
     if pending:
@@ -191,8 +235,9 @@ def ingest_partition(
 
     ledger = pd.DataFrame([
         {"source": mapping.source, "partition": partition, "file": f.file, "sha256": f.sha256,
-         "size_bytes": f.size_bytes, "status": f.status, "duplicate_of": f.duplicate_of, "rows_read": f.rows_read,
-         "rows_loaded": f.rows_loaded, "rows_quarantined": f.rows_quarantined, "rows_suppressed": f.rows_suppressed,
+         "size_bytes": f.size_bytes, "status": f.status, "error": f.error, "duplicate_of": f.duplicate_of,
+         "rows_read": f.rows_read, "rows_loaded": f.rows_loaded, "rows_quarantined": f.rows_quarantined,
+         "rows_suppressed": f.rows_suppressed, "text_values_cleaned": f.text_values_cleaned,
          "run_id": run_id, "loaded_at": loaded_at}
         for f in report.files
     ])
@@ -216,6 +261,18 @@ def ingest_partition(
             f"{report.fields_anonymised} account record(s) stripped of a suppressed person's details")
     report.seconds = time.monotonic() - started
     return report
+
+
+def _rejected_file_row(mapping: SourceMapping, partition: str, exc: SourceFileError, run_id: str,
+                       loaded_at: datetime) -> pd.DataFrame:
+    """The quarantine's record of a file that could not be read at all: record 0, no payload (the
+    file stays in the landing zone to be fixed and re-delivered)."""
+    return pd.DataFrame({
+        "source": [mapping.source], "partition": [partition], "file": [exc.file],
+        "line_no": pd.array([exc.line], dtype="Int64"), "record_no": pd.array([0], dtype="Int64"),
+        "source_record_id": [None], "fields": [None], "reason": [f"file rejected: {mask_text(str(exc))}"],
+        "raw_payload": ["<the file as a whole could not be read; it stays in the landing zone>"], "run_id": [run_id], "quarantined_at": [pd.Timestamp(loaded_at)],
+    })
 
 
 def _screen(mapping: SourceMapping, screen: Screen, good: pd.DataFrame, quarantined: pd.DataFrame,
@@ -319,8 +376,8 @@ def _map_chunk(
         "file": [files[p] for p in bad_pos],
         "line_no": pd.array([chunk.line_no[p] for p in bad_pos], dtype="Int64"),
         "record_no": pd.array([chunk.record_no[p] for p in bad_pos], dtype="Int64"),
-        "source_record_id": [(str(raw_ids[p]).strip() or None) if raw_ids is not None and raw_ids[p] is not None else None
-                             for p in bad_pos],
+        "source_record_id": [(str(raw_ids[p]).strip() or None) if raw_ids is not None and raw_ids[p] is not None
+                             else chunk.record_id(p) for p in bad_pos],
         "fields": [f or None for f in fields_],
         "reason": reasons,
         "raw_payload": [chunk.payload_text(p) for p in bad_pos],

@@ -14,7 +14,6 @@ import dagster as dg
 from ..core.ingest import PartitionReport, ingest_partition, partition_balance
 from ..core.mapping import SourceMapping
 from ..core.masking import mask_text
-from ..core.readers import SourceFileError
 from .metadata import frame_markdown, markdown_table
 from .auditing import audit_run
 from .resources import LandingZoneResource, PrivacyResource, WarehouseResource
@@ -39,6 +38,13 @@ def build_source_asset(mapping: SourceMapping, partitions_def: dg.PartitionsDefi
         dg.AssetCheckSpec("landing_files_present", asset=key,
                           description="Each loaded day had at least one landing file." if mapping.expect_files == "daily"
                           else "Informational: this source delivers only on some days."),
+        dg.AssetCheckSpec("files_readable", asset=key,
+                          description="Every landing file could be read as a whole. A rejected file (empty, binary, wrong "
+                                      "encoding or delimiter, no header) is named with its line and error; the day's "
+                                      "other files are loaded, so this check does not block what depends on the asset."),
+        dg.AssetCheckSpec("unexpected_files", asset=key,
+                          description=f"No file in a day's folder outside the pattern `{mapping.pattern}`: such a file "
+                                      "is not read, and is listed in `ops.landing_files` as ignored."),
     ]
     owners = sorted({mapping.owner or DEFAULT_OWNER, DEFAULT_OWNER})
 
@@ -67,29 +73,16 @@ def build_source_asset(mapping: SourceMapping, partitions_def: dg.PartitionsDefi
         suppression = privacy.suppression(wh)
         partitions = context.partition_keys
         reports: list[PartitionReport] = []
-        failures: list[tuple[str, SourceFileError]] = []
         for i, partition in enumerate(partitions, 1):
-            try:
-                rep = ingest_partition(mapping, partition, landing.path, wh, context.run.run_id,
-                                       log=lambda m: context.log.info(mask_text(m)), suppression=suppression)
-            except SourceFileError as exc:
-                failures.append((partition, exc))
-                context.log.error(f"{mapping.source} {partition}: {mask_text(str(exc))}")
-                continue
+            rep = ingest_partition(mapping, partition, landing.path, wh, context.run.run_id,
+                                   log=lambda m: context.log.info(mask_text(m)), suppression=suppression)
+            for f in rep.rejected_files:
+                context.log.error(f"{mapping.source} {partition}: file rejected, the day's other files are loaded: "
+                                  f"{mask_text(f.error or '')}")
             reports.append(rep)
             if len(partitions) > 1:
                 context.log.info(f"[{i}/{len(partitions)}] {partition}: {rep.rows_loaded} loaded, "
                                  f"{rep.rows_quarantined} quarantined in {rep.seconds:.1f}s")
-        if failures:
-            lines = [f"{p}: {exc}" for p, exc in failures]
-            raise dg.Failure(
-                description=f"{len(failures)} of {len(partitions)} partition(s) of {mapping.source} could not be read; "
-                            "fix or remove the file and re-run those partitions:\n" + "\n".join(mask_text(x) for x in lines),
-                metadata={"failed_partitions": [p for p, _ in failures],
-                          "first_error_file": failures[0][1].file,
-                          "first_error_line": failures[0][1].line if failures[0][1].line is not None else -1,
-                          "first_error_column": failures[0][1].column if failures[0][1].column is not None else -1},
-            )
         for rep in reports:
             context.add_asset_metadata(_partition_metadata(rep), partition_key=rep.partition)
         audit_run(wh, context, "ingest.loaded", {"source": mapping.source, "partitions": {
@@ -118,6 +111,8 @@ def _result(mapping: SourceMapping, wh, reports: list[PartitionReport]) -> dg.Ma
                   if (balance[r.partition]["loaded"], balance[r.partition]["quarantined"],
                       balance[r.partition]["suppressed"]) != (r.rows_loaded, r.rows_quarantined, r.rows_suppressed)]
     empty_days = [r.partition for r in reports if not [f for f in r.files if f.status == "loaded"]]
+    rejected = [(r.partition, f) for r in reports for f in r.rejected_files]
+    ignored = [f"{r.partition}/{f.file}" for r in reports for f in r.ignored_files]
 
     # Per-partition figures go onto each partition's materialization (see _partition_metadata);
     # these describe the whole run, which may span many days in a backfill.
@@ -128,6 +123,7 @@ def _result(mapping: SourceMapping, wh, reports: list[PartitionReport]) -> dg.Ma
         "run_rows_quarantined": quarantined,
         "run_rows_suppressed": sum(r.rows_suppressed for r in reports),
         "run_seconds": round(sum(r.seconds for r in reports), 3),
+        "run_text_values_cleaned": sum(r.text_values_cleaned for r in reports),
         "run_rows_per_second": round(read / max(sum(r.seconds for r in reports), 1e-9), 1),
     }
     if duplicates:
@@ -156,6 +152,16 @@ def _result(mapping: SourceMapping, wh, reports: list[PartitionReport]) -> dg.Ma
             severity=dg.AssetCheckSeverity.WARN,
             metadata={"days_without_files": empty_days[:31], "expect_files": mapping.expect_files},
         ),
+        dg.AssetCheckResult(
+            check_name="files_readable", passed=not rejected, severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"files_rejected": len(rejected),
+                      "rejected": dg.MetadataValue.md("\n".join(f"- `{p}`: {mask_text(f.error or '')}"
+                                                                 for p, f in rejected[:20]) or "none")},
+        ),
+        dg.AssetCheckResult(
+            check_name="unexpected_files", passed=not ignored, severity=dg.AssetCheckSeverity.WARN,
+            metadata={"files_ignored": len(ignored), "ignored": ignored[:50], "pattern": mapping.pattern},
+        ),
     ]
     return dg.MaterializeResult(metadata=metadata, check_results=checks)
 
@@ -172,6 +178,9 @@ def _partition_metadata(rep: PartitionReport) -> dict:
         "quarantine_rate": round(rep.rows_quarantined / read, 6) if read else 0.0,
         "files_read": sum(1 for f in rep.files if f.status == "loaded"),
         "files_duplicate": len(rep.duplicate_files),
+        "files_rejected": len(rep.rejected_files),
+        "files_ignored": len(rep.ignored_files),
+        "text_values_cleaned": rep.text_values_cleaned,
         "seconds": round(rep.seconds, 3),
     }
 

@@ -3,6 +3,7 @@ rows in = rows loaded + rows quarantined, idempotent re-runs, duplicate deliveri
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from decimal import Decimal
@@ -12,7 +13,6 @@ import pytest
 import sqlalchemy as sa
 
 from crm_pipelines.core.ingest import ingest_partition, landed_partitions, partition_balance
-from crm_pipelines.core.readers import SourceFileError
 from crm_pipelines.core.schema import LANDING_FILES, QUARANTINE, raw_table
 from crm_pipelines.core.warehouse import Warehouse
 from crm_pipelines_tests.conftest import put
@@ -68,7 +68,7 @@ def test_invalid_rows_are_quarantined_with_file_line_reason_and_raw_payload(land
     assert (rep.rows_read, rep.rows_loaded, rep.rows_quarantined) == (4, 2, 2)
     q = quarantine(wh, m.source)
     assert q["line_no"].tolist() == [2, 3]
-    assert values(q["source_record_id"]) == ["WF-2", None]
+    assert values(q["source_record_id"]) == ["WF-2", "WF-3"]  # read from the broken JSON text too
     assert q.loc[0, "raw_payload"] == bad_line  # exactly as delivered
     assert "submitted_at -> created_at: '2026-13-45T25:61:00+01:00' is not a valid date/time" in q.loc[0, "reason"]
     assert "'Herrr' is not one of the mapped values" in q.loc[0, "reason"]
@@ -163,29 +163,50 @@ def test_duplicate_record_id_within_a_day_is_quarantined(landing, mappings, ware
     assert q.loc[0, "file"] == "leads_1200.jsonl" and q.loc[0, "line_no"] == 2
 
 
-def test_an_unreadable_file_fails_and_keeps_the_previous_load(landing, mappings, warehouse_url):
-    m = mappings["erp_orders"]
-    put(landing, m.source, DAY, "AUFTRAG_1.txt", (erp_order("1") + "\r\n" + erp_order("2") + "\r\n").encode("cp850"))
-    wh = Warehouse.for_url(warehouse_url)
-    ingest_partition(m, DAY, landing, wh, "run-1")
-    put(landing, m.source, DAY, "AUFTRAG_2.txt", (erp_order("3") + "\r\n" + erp_order("4")[:40]).encode("cp850"))
-    with pytest.raises(SourceFileError) as err:
-        ingest_partition(m, DAY, landing, wh, "run-2")
-    assert (err.value.file, err.value.line) == ("AUFTRAG_2.txt", 2)
-    rows = raw(wh, m)
-    assert rows["source_record_id"].tolist() == ["1", "2"] and set(rows["_run_id"]) == {"run-1"}
-
-
-@pytest.mark.parametrize("case", ["empty", "wrong_encoding", "missing_header"])
-def test_file_level_errors_fail_the_partition(landing, mappings, warehouse_url, case):
+@pytest.mark.parametrize("case", ["empty", "wrong_encoding", "missing_header", "binary"])
+def test_an_unreadable_file_is_rejected_and_the_days_other_files_load(landing, mappings, warehouse_url, case):
     m = mappings["trade_fair_leads"]
     content = {"empty": b"", "wrong_encoding": (TRADE_FAIR_HEADER + "\n" + TRADE_FAIR_ROW).encode("cp1252"),
-               "missing_header": (TRADE_FAIR_ROW + "\n").encode()}[case]
+               "missing_header": (TRADE_FAIR_ROW + "\n").encode(), "binary": b"PK\x03\x04" + bytes(range(256)) * 4}[case]
     put(landing, m.source, DAY, "messe.csv", content)
+    put(landing, m.source, DAY, "messe_2.csv", (TRADE_FAIR_HEADER + "\n" + TRADE_FAIR_ROW + "\n").encode())
     wh = Warehouse.for_url(warehouse_url)
-    with pytest.raises(SourceFileError) as err:
-        ingest_partition(m, DAY, landing, wh, "run-1")
-    assert err.value.file == "messe.csv" and err.value.line == 1
+    rep = ingest_partition(m, DAY, landing, wh, "run-1")
+    assert raw(wh, m)["source_record_id"].tolist() == ["TF-1"]
+    [rejected] = rep.rejected_files
+    assert rejected.file == "messe.csv" and rejected.error.startswith("messe.csv, line 1")
+    ledger = wh.read_frame(sa.select(LANDING_FILES).where(LANDING_FILES.c.file == "messe.csv")).iloc[0]
+    assert ledger["status"] == "rejected" and ledger["error"] == rejected.error
+    q = quarantine(wh, m.source)
+    assert q["reason"].tolist() == [f"file rejected: {rejected.error}"] and q["record_no"].tolist() == [0]
+    assert partition_balance(wh, m, [DAY])[DAY] == {"read": 2, "loaded": 1, "quarantined": 1, "suppressed": 0}
+
+
+def test_a_file_rejected_midway_keeps_none_of_its_records(landing, mappings, warehouse_url):
+    # A mapping that refuses unknown fields for the whole file: the error comes after records were read.
+    m = dataclasses.replace(mappings["web_form_leads"], on_unknown_field="error")
+    put(landing, m.source, DAY, "leads_0600.jsonl", lead(1) + "\n")
+    put(landing, m.source, DAY, "leads_0700.jsonl", "\n".join([lead(2), lead(3), lead(4, fax="0351 1")]) + "\n")
+    wh = Warehouse.for_url(warehouse_url)
+    rep = ingest_partition(m, DAY, landing, wh, "run-1", chunk_rows=1)
+    assert raw(wh, m)["source_record_id"].tolist() == ["WF-1"]
+    assert [(f.file, f.status, f.rows_loaded) for f in rep.files] == [("leads_0600.jsonl", "loaded", 1),
+                                                                      ("leads_0700.jsonl", "rejected", 0)]
+    assert rep.files[1].error.startswith("leads_0700.jsonl, line 3: unexpected field(s) 'fax'")
+    assert partition_balance(wh, m, [DAY])[DAY] == {"read": 2, "loaded": 1, "quarantined": 1, "suppressed": 0}
+
+
+def test_files_that_match_no_pattern_are_recorded_as_ignored(landing, mappings, warehouse_url):
+    m = mappings["web_form_leads"]
+    put(landing, m.source, DAY, "leads_0600.jsonl", lead(1) + "\n")
+    put(landing, m.source, DAY, "leads_1800.json", lead(2) + "\n")
+    wh = Warehouse.for_url(warehouse_url)
+    rep = ingest_partition(m, DAY, landing, wh, "run-1")
+    assert [(f.file, f.status) for f in rep.files] == [("leads_0600.jsonl", "loaded"), ("leads_1800.json", "ignored")]
+    ledger = wh.read_frame(sa.select(LANDING_FILES.c.file, LANDING_FILES.c.status, LANDING_FILES.c.error)
+                           .order_by(LANDING_FILES.c.file))
+    assert ledger["status"].tolist() == ["loaded", "ignored"]
+    assert "matches no pattern of the source (*.jsonl in web_form_leads.yaml)" in ledger["error"].iloc[1]
 
 
 def test_a_day_without_files_loads_nothing_and_says_so(landing, mappings, warehouse_url):

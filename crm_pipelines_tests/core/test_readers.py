@@ -90,7 +90,8 @@ def test_wrong_encoding_names_line_and_column(landing, mappings):
         read_all(path, mappings["trade_fair_leads"])
     # 'ß' in the header ("Straße") is the first byte that is not UTF-8.
     assert (err.value.line, err.value.column) == (1, TRADE_FAIR_HEADER.index("ß") + 1)
-    assert "byte 0xDF is not valid utf-8 (is the file Latin-1 / cp850?)" in str(err.value)
+    assert "byte 0xDF is not valid UTF-8 ('ß' in Windows-1252)" in str(err.value)
+    assert "it seems to be Latin-1 / Windows-1252 / cp850, but utf-8-sig is declared" in str(err.value)
 
 
 def test_utf16_file_is_rejected(landing, mappings):
@@ -183,14 +184,14 @@ def test_fixed_width_cp850_crlf_and_eof_marker(landing, mappings):
     assert len(chunk) == 1
 
 
-def test_truncated_fixed_width_record_fails_the_file(landing, mappings):
-    lines = [erp_order("4000000001"), erp_order("4000000002")[:50]]
+def test_a_truncated_fixed_width_record_is_quarantined_not_the_file(landing, mappings):
+    lines = [erp_order("4000000001"), erp_order("4000000002")[:50], erp_order("4000000003")]
     path = put(landing, "erp_orders", "2026-11-03", "AUFTRAG_1.txt", "\r\n".join(lines).encode("cp850"))
-    with pytest.raises(SourceFileError) as err:
-        read_all(path, mappings["erp_orders"])
-    assert (err.value.file, err.value.line, err.value.column) == ("AUFTRAG_1.txt", 2, 51)
-    assert ("truncated record: 50 characters, layout erp_orders.yaml needs 73; column 'BETRAG' (positions 51-65) is cut off"
-            in str(err.value))
+    chunk = read_all(path, mappings["erp_orders"])
+    assert chunk.problems == [None, "line 2: truncated record: 50 characters, layout erp_orders.yaml needs 73; column "
+                                    "'BETRAG' (positions 51-65) is cut off", None]
+    assert chunk.columns["AUFNR"] == ["4000000001", None, "4000000003"]
+    assert chunk.record_ids == [None, "4000000002", None]  # the ID is readable and kept for the quarantine
 
 
 def test_overlong_fixed_width_record_is_a_record_problem(landing, mappings):

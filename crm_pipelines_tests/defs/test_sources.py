@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from dagster._core.definitions.data_version import StaleStatus
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
-from crm_pipelines.core.schema import raw_table
+from crm_pipelines.core.schema import QUARANTINE, raw_table
 from crm_pipelines.core.warehouse import Warehouse
 from crm_pipelines.definitions import build_defs
 from crm_pipelines.settings import Settings
@@ -105,7 +105,7 @@ def test_materialising_a_day_range_loads_every_source(tmp_path, demo_landing, wa
         for source, counts in per_source.items():
             assert sum(counts) == manifest["sources"][source]["records"], source  # per-day figures, not run totals
         checks = result.get_asset_check_evaluations()
-        assert len(checks) == 33
+        assert len(checks) == 55  # five checks on each of the eleven sources
         failed = [(c.asset_key.to_user_string(), c.check_name) for c in checks if not c.passed]
         assert failed == []
     url = warehouse_url if postgres else settings_for(tmp_path, root).default_warehouse_url
@@ -149,24 +149,33 @@ def test_quarantine_counts_and_reasons_in_metadata(tmp_path, landing):
         assert by_name["quarantine_rate"].severity == dg.AssetCheckSeverity.WARN
 
 
-def test_unreadable_file_fails_the_run_naming_file_line_and_column(tmp_path, landing):
+def test_an_unreadable_file_is_named_by_a_check_and_the_rest_of_the_day_loads(tmp_path, landing):
     put(landing, "erp_orders", "2026-11-03", "AUFTRAG_1.txt", (erp_order("1") + "\r\n").encode("cp850"))
     put(landing, "erp_orders", "2026-11-04", "AUFTRAG_2.txt", (erp_order("2") + "\r\n" + erp_order("3")[:30]).encode("cp850"))
+    put(landing, "erp_orders", "2026-11-04", "AUFTRAG_3.txt", "Auftrag 4 \u2013 M\u00fcller".encode("utf-8"))
+    put(landing, "erp_orders", "2026-11-04", "auftraege.xlsx", b"PK\x03\x04 not read")
     settings = settings_for(tmp_path, landing)
     defs = build_defs(settings)
     with dg.instance_for_test() as instance:
         result = run_range(defs, instance, "2026-11-03", "2026-11-04", selection=[dg.AssetKey(["raw", "erp_orders"])],
                            raise_on_error=False)
-        assert not result.success
-        failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-        text = failure.event_specific_data.error.message
-        assert "2026-11-04: AUFTRAG_2.txt, line 2, column 31: truncated record" in text
-        md = failure.event_specific_data.user_failure_data.metadata
-        assert md["first_error_file"].value == "AUFTRAG_2.txt" and md["first_error_line"].value == 2
-    # The readable day was loaded; fixing the file and re-running the failed day completes the range.
+        assert result.success
+        by_name = {c.check_name: c for c in result.get_asset_check_evaluations()}
+        assert by_name["rows_balance"].passed
+        readable = by_name["files_readable"]
+        assert not readable.passed and readable.severity == dg.AssetCheckSeverity.ERROR
+        text = readable.metadata["rejected"].value
+        assert "`2026-11-04`: AUFTRAG_3.txt, line 1, column 11: file looks UTF-8 encoded" in text
+        unexpected = by_name["unexpected_files"]
+        assert not unexpected.passed and unexpected.metadata["ignored"].value == ["2026-11-04/auftraege.xlsx"]
     wh = Warehouse.for_url(settings.default_warehouse_url)
     t = raw_table("erp_orders", build_defs_mappings()["erp_orders"].entity)
-    assert wh.scalar(sa.select(sa.func.count()).select_from(t)) == 1
+    # Orders 1 and 2 load; the truncated order 3 is quarantined with its ID; the UTF-8 file is rejected.
+    assert sorted(wh.read_frame(sa.select(t.c.source_record_id))["source_record_id"]) == ["1", "2"]
+    q = wh.read_frame(sa.select(QUARANTINE.c.file, QUARANTINE.c.source_record_id, QUARANTINE.c.reason)
+                      .order_by(QUARANTINE.c.file))
+    assert q["file"].tolist() == ["AUFTRAG_2.txt", "AUFTRAG_3.txt"]
+    assert q["source_record_id"].iloc[0] == "3" and "truncated record" in q["reason"].iloc[0]
 
 
 def build_defs_mappings():

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from . import map_unique
+from .text import clean_text
 
 HOUSE_NUMBER = re.compile(r"^(?P<street>.*?)(?:[\s,]+|(?<=\.))(?P<number>\d+\s?[a-zA-Z]?(?:\s?[-/]\s?\d+\s?[a-zA-Z]?)?)\s*$")
 _STRASSE = re.compile(r"(str\.|strasse|straße|str\b)", re.IGNORECASE)
@@ -36,7 +37,7 @@ def split_street(value: str | None) -> tuple[str | None, str | None]:
 def street_key(street: str | None) -> str | None:
     if not street:
         return None
-    text = street.lower().translate(_UMLAUTS)
+    text = clean_text(street).lower().translate(_UMLAUTS)
     text = unicodedata.normalize("NFKD", text)
     text = "".join(ch for ch in text if not unicodedata.combining(ch))
     text = re.sub(r"strasse\b", "str", text)

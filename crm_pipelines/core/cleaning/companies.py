@@ -14,6 +14,8 @@ import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 
+from .text import clean_text
+
 # canonical form -> (family, patterns). Patterns are regular expressions over the name after
 # light normalisation (see _prepare); longer and combined forms are tried first.
 _WORD_END = r"(?=$|[\s,;()/-])"
@@ -100,7 +102,7 @@ class CompanyName:
 
 
 def _prepare(name: str) -> str:
-    text = unicodedata.normalize("NFC", name)
+    text = clean_text(name)
     text = text.replace("＆", "&")
     text = re.sub(r"\s+(?:u\.|und)\s+(?=Co\b|Cie\b)", " & ", text, flags=re.IGNORECASE)
     text = re.sub(r"\s*\+\s*(?=Co\b)", " & ", text, flags=re.IGNORECASE)
@@ -130,7 +132,7 @@ def parse_company_name(name: str | None) -> CompanyName:
 
 
 def company_key(base: str) -> str:
-    text = base.lower().translate(_UMLAUTS)
+    text = clean_text(base).lower().translate(_UMLAUTS)
     text = unicodedata.normalize("NFKD", text)
     text = "".join(ch for ch in text if not unicodedata.combining(ch))
     text = re.sub(r"&", " ", text)

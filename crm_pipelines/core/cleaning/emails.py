@@ -7,6 +7,8 @@ import re
 import numpy as np
 import pandas as pd
 
+from .text import clean_text
+
 # A pragmatic syntax check (RFC 5322 allows far more; CRMs and mail tools do not).
 EMAIL_RE = re.compile(r"^[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*@"
                       r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
@@ -22,7 +24,7 @@ FREE_MAIL_DOMAINS = frozenset({
 def normalize_email(value: str | None) -> str | None:
     if value is None:
         return None
-    email = value.strip().strip("<>").strip().lower()
+    email = clean_text(value).strip().strip("<>").strip().lower()
     if email.startswith("mailto:"):
         email = email[7:]
     return email if EMAIL_RE.match(email) else None
@@ -31,7 +33,7 @@ def normalize_email(value: str | None) -> str | None:
 def clean_emails(series: pd.Series) -> pd.DataFrame:
     """Columns: email_norm (None if invalid), email_domain, email_local, is_free_mail, email_invalid."""
     raw = series.astype(object).where(series.notna(), None)
-    text = raw.str.strip().str.strip("<>").str.strip().str.lower()
+    text = _cleaned(raw).str.strip().str.strip("<>").str.strip().str.lower()
     text = text.str.replace(r"^mailto:", "", regex=True)
     valid = text.str.match(EMAIL_RE.pattern).fillna(False).astype(bool)
     norm = text.where(valid)
@@ -44,6 +46,16 @@ def clean_emails(series: pd.Series) -> pd.DataFrame:
     }, index=series.index)
     out["is_free_mail"] = out["email_domain"].isin(FREE_MAIL_DOMAINS).to_numpy() & valid.to_numpy()
     out["email_invalid"] = raw.notna().to_numpy() & ~valid.to_numpy()
+    return out
+
+
+def _cleaned(text: pd.Series) -> pd.Series:
+    """clean_text on the values that need it (non-ASCII), vectorised for the rest."""
+    odd = ~text.str.isascii().fillna(True).astype(bool)
+    if not odd.any():
+        return text
+    out = text.copy()
+    out[odd] = text[odd].map(clean_text)
     return out
 
 

@@ -9,6 +9,7 @@ from functools import lru_cache
 import pandas as pd
 
 from . import map_unique
+from .text import clean_text
 
 SALUTATIONS = {"herr": "Herr", "hr": "Herr", "hr.": "Herr", "frau": "Frau", "fr": "Frau", "fr.": "Frau",
                "mr": "Herr", "mr.": "Herr", "mrs": "Frau", "mrs.": "Frau", "ms": "Frau", "ms.": "Frau", "divers": "divers"}
@@ -22,7 +23,8 @@ def name_key(value: str | None) -> str | None:
     """'Müller-Lüdenscheidt' -> 'mueller luedenscheidt': for comparisons, never for display."""
     if value is None:
         return None
-    text = value.lower().translate(_UMLAUTS)
+    # NFC first: a decomposed 'u' + U+0308 must become 'ue' like the composed 'ü'.
+    text = clean_text(value).lower().translate(_UMLAUTS)
     text = unicodedata.normalize("NFKD", text)
     text = "".join(ch for ch in text if not unicodedata.combining(ch))
     text = re.sub(r"[^a-z ]+", " ", text)
