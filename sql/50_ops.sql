@@ -97,11 +97,13 @@ CREATE TABLE IF NOT EXISTS ops.landing_files (
 	sha256 TEXT NOT NULL, 
 	size_bytes BIGINT NOT NULL, 
 	status TEXT NOT NULL, 
+	error TEXT, 
 	duplicate_of TEXT, 
 	rows_read BIGINT NOT NULL, 
 	rows_loaded BIGINT NOT NULL, 
 	rows_quarantined BIGINT NOT NULL, 
 	rows_suppressed BIGINT, 
+	text_values_cleaned BIGINT, 
 	run_id TEXT NOT NULL, 
 	loaded_at TIMESTAMP WITH TIME ZONE NOT NULL, 
 	PRIMARY KEY (source, partition, file)
@@ -182,6 +184,7 @@ CREATE TABLE IF NOT EXISTS ops.quarantine (
 	fields TEXT, 
 	reason TEXT NOT NULL, 
 	raw_payload TEXT NOT NULL, 
+	identity_hashes TEXT, 
 	run_id TEXT NOT NULL, 
 	quarantined_at TIMESTAMP WITH TIME ZONE NOT NULL, 
 	PRIMARY KEY (id)

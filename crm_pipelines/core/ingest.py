@@ -25,6 +25,7 @@ import sqlalchemy as sa
 
 from .mapping import SourceMapping, apply_mapping
 from .masking import mask_text, masked_preview
+from .privacy.identity import IdentityHasher
 from .privacy.suppression import ACCOUNT_PERSON_COLUMNS, Screen, SuppressionList
 from .readers import RawChunk, SourceFileError, read_file
 from .schema import LANDING_FILES, QUARANTINE, raw_table
@@ -180,7 +181,8 @@ def ingest_partition(
     def flush() -> None:
         nonlocal pending, pending_rows
         chunk, row_files = _concat(pending)
-        good, quarantined = _map_chunk(mapping, chunk, row_files, partition, run_id, loaded_at, seen_ids, id_field, report)
+        good, quarantined = _map_chunk(mapping, chunk, row_files, partition, run_id, loaded_at, seen_ids, id_field, report,
+                                       suppression.hasher if suppression is not None else None)
         if screen is not None and not screen.empty:
             good, quarantined, suppressed_files = _screen(mapping, screen, good, quarantined, report)
             for name, n in Counter(suppressed_files).items():
@@ -278,9 +280,9 @@ def _rejected_file_row(mapping: SourceMapping, partition: str, exc: SourceFileEr
 def _screen(mapping: SourceMapping, screen: Screen, good: pd.DataFrame, quarantined: pd.DataFrame,
             report: PartitionReport) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """Keeps suppressed people out: their records are dropped (and counted), an account record only
-    loses the fields that name the person."""
+    loses the fields that name the person, a free text that mentions them is blanked."""
     if mapping.entity.name == "account":
-        hit = screen.suppressed(good)
+        hit = screen.mentioned(good)
         if hit.any():
             good = good.copy()
             for col in ACCOUNT_PERSON_COLUMNS:
@@ -289,17 +291,48 @@ def _screen(mapping: SourceMapping, screen: Screen, good: pd.DataFrame, quaranti
             report.fields_anonymised += int(hit.sum())
         drop = np.zeros(len(good), dtype=bool)
     else:
-        drop = screen.suppressed(good)
+        drop = screen.suppressed(good, mapping.source)
         if mapping.entity.name == "consent_event" and drop.any():
             permits, lifts = screen.repermissions(good, mapping.source)
             drop = drop & ~permits
             report.repermissions.extend(lifts)
+    free_text = [f.name for f in mapping.entity.fields if f.pii == "free_text"]
+    mentions = screen.free_text_mentions(good, free_text)
+    if any(m.any() for m in mentions.values()):
+        good = good.copy()
+        for col, hit in mentions.items():
+            hit = hit & ~drop
+            good.loc[hit, col] = None
+            report.fields_anonymised += int(hit.sum())
     files = good.loc[drop, "_file"].tolist()
     good = good[~drop].reset_index(drop=True)
-    qdrop = screen.texts_suppressed(quarantined["raw_payload"])
+    qdrop = screen.texts_suppressed(quarantined["raw_payload"]) | screen.hashes_suppressed(
+        quarantined["identity_hashes"] if "identity_hashes" in quarantined.columns else [None] * len(quarantined))
     files += quarantined.loc[qdrop, "file"].tolist()
     quarantined = quarantined[~qdrop].reset_index(drop=True)
     return good, quarantined, files
+
+
+def quarantine_identities(hasher: IdentityHasher, mapping: SourceMapping, chunk: RawChunk,
+                          positions: list[int]) -> list[str | None]:
+    """The identities each quarantined record names, as ``kind:hash`` lists: from the fields that
+    could be read (under their canonical names, before any transform) and from its text."""
+    if not positions:
+        return []
+    data: dict[str, list] = {}
+    for fm in mapping.fields:
+        values = chunk.columns.get(fm.source_field)
+        for target in fm.targets:
+            if values is not None and target not in data:
+                data[target] = [values[p] for p in positions]
+    frame = pd.DataFrame(data, index=pd.RangeIndex(len(positions)))
+    ids = hasher.frame_identities(frame, mapping.source) if len(frame.columns) else pd.DataFrame(index=frame.index)
+    out = []
+    for i, p in enumerate(positions):
+        found = {(c.split(":")[0], h) for c in ids.columns for h in [ids[c].iat[i]] if h}
+        found |= hasher.text_identities(chunk.payload_text(p))
+        out.append(" ".join(sorted(f"{k}:{h}" for k, h in found)) or None)
+    return out
 
 
 def _delivered_elsewhere(warehouse: Warehouse, source: str, partition: str, hashes: list[str]) -> dict[str, str]:
@@ -333,6 +366,7 @@ def _map_chunk(
     seen_ids: dict[str, tuple[str, int | None, int]],
     id_field: str | None,
     report: PartitionReport,
+    hasher: IdentityHasher | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     n = len(chunk)
     mapped = apply_mapping(mapping, chunk.frame, chunk.problems)
@@ -381,6 +415,8 @@ def _map_chunk(
         "fields": [f or None for f in fields_],
         "reason": reasons,
         "raw_payload": [chunk.payload_text(p) for p in bad_pos],
+        "identity_hashes": (quarantine_identities(hasher, mapping, chunk, [int(p) for p in bad_pos])
+                            if hasher is not None else [None] * len(bad_pos)),
         "run_id": run_id,
         "quarantined_at": pd.Timestamp(loaded_at),
     })

@@ -97,7 +97,9 @@ def drop_suppressed(golden: pd.DataFrame, screen: Screen) -> pd.DataFrame:
 def payload_identities(payload: pd.DataFrame) -> pd.DataFrame:
     """The identity columns of an outgoing contact payload, under their canonical names."""
     return pd.DataFrame({"email": payload["email"], "crm_contact_id": payload["crm_id"],
-                         "last_name": payload["lastname"], "street": payload["address"],
+                         "first_name": payload.get("firstname"), "last_name": payload["lastname"],
+                         "company_name": payload.get("company"), "phone": payload.get("phone"),
+                         "mobile": payload.get("mobilephone"), "street": payload["address"],
                          "postal_code": payload["zip"], "country": payload["country"]})
 
 

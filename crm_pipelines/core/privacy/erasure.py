@@ -34,10 +34,13 @@ import sqlalchemy as sa
 from ..cleaning.emails import normalize_email
 from ..mapping import SourceMapping
 from ..masking import mask_text
-from ..schema import ERASURE_OUTBOX, PERSON_CROSSWALK, PERSON_RECORDS, PRIVACY_REQUESTS
+from ..cleaning.names import name_key
+from ..cleaning.phones import to_e164
+from ..matching.records import PERSON_SOURCES
+from ..schema import ACCOUNT_RECORDS, ERASURE_OUTBOX, PERSON_CROSSWALK, PERSON_RECORDS, PRIVACY_REQUESTS, raw_table
 from ..warehouse import Warehouse, tables_present
 from .audit import AuditEntry, append
-from .identity import IdentityHasher
+from .identity import IdentityHasher, any_suppressed, company_value, split_name
 from .inventory import Locator, Person, build_inventory, family_plz_of, locate
 from .suppression import SuppressionList, subject_of
 
@@ -83,8 +86,18 @@ class ErasureReport:
 
 
 def find_person(wh: Warehouse, hasher: IdentityHasher, emails: Sequence[str] = (), crm_contact_ids: Sequence[str] = (),
-                subject: str | None = None, golden_ids: Sequence[str] = ()) -> Person:
-    """Everything erasure needs to know about one person (or, for retention, a group of golden contacts)."""
+                subject: str | None = None, golden_ids: Sequence[str] = (),
+                mappings: dict[str, SourceMapping] | None = None, search_by_name: bool = True) -> Person:
+    """Everything erasure needs to know about one person (or, for retention, a group of golden contacts).
+
+    The person's records are found in the raw tables (so an erasure before the first golden
+    build, or of a record newer than it, finds them too) and among the person records with
+    their golden contact's members; their identities are every kind :mod:`.identity` knows,
+    plus family name + the address of each company they work for. Records elsewhere that carry
+    one of those identities (a web form without e-mail under the same name, company and phone)
+    are added in a second pass. ``search_by_name=False`` (retention, which works on whole groups
+    of golden contacts) skips the search of other records by family name and phone.
+    """
     emails_n = {e for e in (normalize_email(x) for x in emails if x) if e}
     crm_ids = {str(c).strip() for c in crm_contact_ids if c is not None and str(c).strip()}
     if not emails_n and not crm_ids and not golden_ids:
@@ -92,40 +105,164 @@ def find_person(wh: Warehouse, hasher: IdentityHasher, emails: Sequence[str] = (
     if subject is None:
         subject = subject_of(hasher, next(iter(sorted(emails_n)), None), next(iter(sorted(crm_ids)), None))
     person = Person(subject, set(emails_n), set(crm_ids))
-    members = pd.DataFrame()
+    raw_members = _raw_members(wh, mappings or {}, emails_n, crm_ids)
+    keys = {f"{src}:{rid}" for src, frame in raw_members for rid in frame["source_record_id"].astype(str)}
     if tables_present(wh, [PERSON_RECORDS]):
         pr = PERSON_RECORDS
         seeds = wh.read_frame(sa.select(pr.c.record_key).where(sa.or_(
             pr.c.email_norm.in_(sorted(emails_n)) if emails_n else sa.false(),
             pr.c.crm_contact_id.in_(sorted(crm_ids)) if crm_ids else sa.false())))
-        keys = set(seeds["record_key"])
-        if (keys or golden_ids) and tables_present(wh, [PERSON_CROSSWALK]):
-            xw = PERSON_CROSSWALK
-            gids = set(golden_ids) | set(wh.read_frame(sa.select(xw.c.golden_id).where(
-                xw.c.record_key.in_(sorted(keys)), xw.c.valid_to.is_(None)))["golden_id"])
-            person.golden_ids = gids
-            if gids:
-                keys |= set(wh.read_frame(sa.select(xw.c.record_key).where(xw.c.golden_id.in_(sorted(gids)),
-                                                                             xw.c.valid_to.is_(None)))["record_key"])
-        person.record_keys = keys
-        if keys:
-            members = wh.read_frame(sa.select(pr.c.record_key, pr.c.email, pr.c.crm_contact_id, pr.c.last_name,
-                                              pr.c.street, pr.c.house_number, pr.c.postal_code, pr.c.country)
-                                    .where(pr.c.record_key.in_(sorted(keys))))
+        keys |= set(seeds["record_key"])
+    keys, members = _expand(wh, person, keys, set(golden_ids))
     # The identities: what was asked for, and what the person's linked records say.
     asked = pd.DataFrame({"email": sorted(emails_n) + [None] * len(crm_ids),
                           "crm_contact_id": [None] * len(emails_n) + sorted(crm_ids)})
-    for frame in (asked, members):
+    frames = [(None, asked), (None, members)] + raw_members
+    _add_identities(person, hasher, wh, frames, mappings or {})
+    if not search_by_name:
+        person.families, person.phones = set(), set()
+        person.record_keys = keys
+        return person
+    # Second pass: records with none of the given identifiers but one of the derived identities.
+    more = _person_records_with(wh, hasher, person) - keys
+    if more:
+        keys, members = _expand(wh, person, keys | more, person.golden_ids)
+        _add_identities(person, hasher, wh, [(None, members)], mappings or {})
+    person.record_keys = keys
+    return person
+
+
+def _raw_members(wh: Warehouse, mappings: dict[str, SourceMapping], emails: set[str],
+                 crm_ids: set[str]) -> list[tuple[str, pd.DataFrame]]:
+    """Rows of the raw person tables that carry one of the given e-mail addresses or CRM IDs."""
+    out = []
+    for m in mappings.values():
+        if m.source not in PERSON_SOURCES:
+            continue
+        t = raw_table(m.source, m.entity)
+        if not tables_present(wh, [t]):
+            continue
+        cond = []
+        if "email" in t.c and emails:
+            cond.append(sa.func.lower(sa.func.trim(t.c.email)).in_(sorted(emails | {f"mailto:{e}" for e in emails})))
+        if "crm_contact_id" in t.c and crm_ids:
+            cond.append(t.c.crm_contact_id.in_(sorted(crm_ids)))
+        if cond:
+            rows = wh.read_frame(sa.select(t).where(sa.or_(*cond)))
+            if len(rows):
+                out.append((m.source, rows))
+    return out
+
+
+def _expand(wh: Warehouse, person: Person, keys: set[str], golden_ids: set[str]) -> tuple[set[str], pd.DataFrame]:
+    """The golden contacts of the records, every record of those contacts, and the records' rows."""
+    if not tables_present(wh, [PERSON_RECORDS]):
+        return keys, pd.DataFrame()
+    if (keys or golden_ids) and tables_present(wh, [PERSON_CROSSWALK]):
+        xw = PERSON_CROSSWALK
+        gids = set(golden_ids) | set(wh.read_frame(sa.select(xw.c.golden_id).where(
+            xw.c.record_key.in_(sorted(keys)), xw.c.valid_to.is_(None)))["golden_id"])
+        person.golden_ids |= gids
+        if gids:
+            keys = keys | set(wh.read_frame(sa.select(xw.c.record_key).where(xw.c.golden_id.in_(sorted(gids)),
+                                                                             xw.c.valid_to.is_(None)))["record_key"])
+    pr = PERSON_RECORDS
+    members = wh.read_frame(sa.select(pr).where(pr.c.record_key.in_(sorted(keys)))) if keys else pd.DataFrame()
+    return keys, members
+
+
+def _add_identities(person: Person, hasher: IdentityHasher, wh: Warehouse,
+                    frames: list[tuple[str | None, pd.DataFrame]], mappings: dict[str, SourceMapping]) -> None:
+    shared = shared_phones(wh, hasher)
+    for source, frame in frames:
         if frame.empty:
             continue
-        ids = hasher.frame_identities(frame)
-        for kind in person.identities:
-            person.identities[kind] |= set(ids[kind].dropna())
-    if not members.empty:
-        person.emails |= {e for e in (normalize_email(v) for v in members["email"] if isinstance(v, str)) if e}
-        person.crm_contact_ids |= {str(c) for c in members["crm_contact_id"] if isinstance(c, str) and c}
-        person.family_plz = family_plz_of(members)
-    return person
+        ids = hasher.frame_identities(frame, source)
+        for column in ids.columns:
+            kind = column.split(":")[0]
+            values = set(ids[column].dropna())
+            person.identities.setdefault(kind, set()).update(values - shared if kind == "phone" else values)
+        if "email" in frame.columns:
+            person.emails |= {e for e in (normalize_email(v) for v in frame["email"] if isinstance(v, str)) if e}
+        if "crm_contact_id" in frame.columns:
+            person.crm_contact_ids |= {str(c).strip() for c in frame["crm_contact_id"] if isinstance(c, str) and c.strip()}
+        person.family_plz |= family_plz_of(frame)
+        for column in ("last_name", "contact_name"):
+            if column in frame.columns:
+                person.families |= {f for f in (split_name(v)[1] if column == "contact_name" else v
+                                                for v in frame[column]) if isinstance(f, str) and f.strip()}
+        person.phones |= {p for c in ("phone", "mobile") if c in frame.columns
+                          for p in frame[c] if isinstance(p, str) and p.strip()}
+        if "company_name" in frame.columns:
+            person.companies |= {k for k in (company_value(v) for v in frame["company_name"]) if k}
+    # Family name + the address of each company the person works for: the Ansprechpartner of an
+    # ERP line, a print list's addressee, a record that carries the company's address.
+    for family in person.families:
+        for street, number, plz, country in _company_addresses(wh, person.companies, mappings):
+            h = hasher.postal(family, street, number, plz, country)
+            if h:
+                person.identities["postal"].add(h)
+                person.family_plz.add((family, plz))
+
+
+def _company_addresses(wh: Warehouse, company_keys: set[str], mappings: dict[str, SourceMapping]) -> set[tuple]:
+    """(street, house number, PLZ, country) of the companies with these matching keys: from the
+    cleaned account records, and from the raw company records (there may be no golden build yet)."""
+    if not company_keys:
+        return set()
+    frames = []
+    if tables_present(wh, [ACCOUNT_RECORDS]):
+        ar = ACCOUNT_RECORDS
+        frames.append(wh.read_frame(sa.select(ar.c.street, ar.c.house_number, ar.c.postal_code, ar.c.country)
+                                    .where(ar.c.company_key.in_(sorted(company_keys)), ar.c.is_mention.is_(False))))
+    tokens = sorted({max(k.split(), key=len) for k in company_keys if k.split()})
+    for m in mappings.values():
+        t = raw_table(m.source, m.entity)
+        if m.entity.name != "account" or not tokens or not tables_present(wh, [t]):
+            continue
+        rows = wh.read_frame(sa.select(t.c.company_name, t.c.street, t.c.house_number, t.c.postal_code, t.c.country)
+                             .where(sa.or_(*[t.c.company_name.ilike(f"%{tok}%") for tok in tokens])))
+        rows = rows[rows["company_name"].map(company_value).isin(company_keys)]
+        frames.append(rows.drop(columns="company_name"))
+    out = set()
+    for rows in frames:
+        out |= {tuple(None if pd.isna(v) else v for v in r) for r in rows.itertuples(index=False)
+                if isinstance(r.street, str) and isinstance(r.postal_code, str)}
+    return out
+
+
+def shared_phones(wh: Warehouse, hasher: IdentityHasher) -> set[str]:
+    """Phone hashes that identify nobody on their own: a company's switchboard, or a number used by
+    people of more than one family name."""
+    out: set[str] = set()
+    if tables_present(wh, [ACCOUNT_RECORDS]):
+        ar = ACCOUNT_RECORDS
+        out |= {hasher.hash("phone", p) for p in wh.read_frame(sa.select(ar.c.phone_e164).distinct().where(
+            ar.c.phone_e164.is_not(None)))["phone_e164"]}
+    if tables_present(wh, [PERSON_RECORDS]):
+        pr = PERSON_RECORDS
+        for col in (pr.c.phone_e164, pr.c.mobile_e164):
+            rows = wh.read_frame(sa.select(col.label("p")).where(col.is_not(None)).group_by(col)
+                                 .having(sa.func.count(sa.distinct(pr.c.last_key)) > 1))
+            out |= {hasher.hash("phone", p) for p in rows["p"]}
+    return out
+
+
+def _person_records_with(wh: Warehouse, hasher: IdentityHasher, person: Person) -> set[str]:
+    """Person records that carry one of the person's identities (found by family name, phone or address)."""
+    if not tables_present(wh, [PERSON_RECORDS]):
+        return set()
+    pr = PERSON_RECORDS
+    family_keys = {k for k in (name_key(f) for f in person.families) if k}
+    phones = {p for p in (to_e164(x) for x in person.phones) if p}
+    cond = [pr.c.last_key.in_(sorted(family_keys)) if family_keys else sa.false(),
+            pr.c.phone_e164.in_(sorted(phones)) if phones else sa.false(),
+            pr.c.mobile_e164.in_(sorted(phones)) if phones else sa.false()]
+    rows = wh.read_frame(sa.select(pr).where(sa.or_(*cond)))
+    if rows.empty:
+        return set()
+    hit = any_suppressed(hasher.frame_identities(rows), person.identities)
+    return set(rows.loc[hit.to_numpy(), "record_key"])
 
 
 def erase(wh: Warehouse, hasher: IdentityHasher, mappings: dict[str, SourceMapping], *, emails: Sequence[str] = (),
@@ -135,7 +272,7 @@ def erase(wh: Warehouse, hasher: IdentityHasher, mappings: dict[str, SourceMappi
     """Erases one person everywhere; idempotent (a second call finds nothing left and re-checks the targets)."""
     log = log or (lambda _m: None)
     started = time.monotonic()
-    person = find_person(wh, hasher, emails, crm_contact_ids)
+    person = find_person(wh, hasher, emails, crm_contact_ids, mappings=mappings)
     report = ErasureReport(request_id, person.subject)
     _request(wh, request_id, "erasure", person.subject, source, "received")
     append(wh, [AuditEntry("erasure.received", actor, person.subject, {"request_id": request_id, "source": source},
@@ -198,6 +335,10 @@ def _apply(conn, loc: Locator, rows: pd.DataFrame, person: Person) -> int:
     if loc.action.startswith("blank:"):
         cols = loc.action.split(":", 1)[1].split(",")
         return _update_rows(conn, t, rows, {c: None for c in cols if c in t.c})
+    if loc.action.startswith("delete_or_blank:"):
+        cols = loc.action.split(":", 1)[1].split(",")
+        mention = rows["_mention_only"].astype(bool) if "_mention_only" in rows.columns else pd.Series(False, index=rows.index)
+        return _delete_rows(conn, t, rows[~mention]) + _update_rows(conn, t, rows[mention], {c: None for c in cols})
     if loc.action == "delete_mentions_blank:email":
         mentions = rows[rows["is_mention"].astype(bool)]
         n = _delete_rows(conn, t, mentions)

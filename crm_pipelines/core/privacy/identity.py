@@ -1,14 +1,26 @@
 """Who a record is about, as salted hashes: the only form in which an erased person is remembered.
 
-Three kinds of identity, each normalised before hashing so that spelling does not let a person
-slip back in:
+A person can come back under any of their identities, so every one of them is remembered, each
+normalised exactly as the matcher normalises it (case, white space, invisible characters, NFC,
+umlauts spelled out, phone formats) so that no spelling lets a person slip back in:
 
-* ``email``: trimmed, lower-case, ``mailto:`` and angle brackets removed;
-* ``postal``: family name + street + house number + PLZ (umlauts spelled out, "Str."/"Straße"
-  alike, leading zeros kept). First names are left out on purpose: the ERP's Ansprechpartner
-  ("Frau Dr. Müller") carries only Anrede, title and family name, and a print list must not
-  reach an erased person whose first name a source spelt differently;
-* ``crm_contact``: the person's contact ID in the CRM.
+* ``email``: the normalised address;
+* ``phone``: a phone or mobile number in E.164, unless the number is shared (a company's
+  switchboard, or used by people of another name): then it identifies nobody on its own;
+* ``name_company``: first name + family name + the company's matching key ("Musterfirma" for
+  "Musterfirma GmbH & Co. KG");
+* ``family_company``: family name + company key. It never suppresses a person record on its own
+  (two Müllers may work at one company); it names the ERP's Ansprechpartner ("Frau Römer") and a
+  mention in free text, which are blanked;
+* ``postal``: family name + street + house number + PLZ, of the person's own address and of their
+  company's address (first names are left out: the Ansprechpartner carries only Anrede, title
+  and family name);
+* ``name_birth``: first name + family name + date of birth;
+* ``crm_contact``: the person's contact ID in the CRM;
+* ``record``: ``<source>:<record ID>`` of each of the person's records, so a re-delivered old line
+  is recognised whatever else changed in it.
+
+A name alone is never an identity: a namesake at another company or address is not suppressed.
 
 A hash is ``sha256(salt + kind + ":" + value)``; the salt comes from configuration
 (``CRM_PRIVACY_SALT``), so the list is useless without it and values cannot be looked up in a
@@ -18,6 +30,7 @@ rainbow table of e-mail addresses.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -26,34 +39,79 @@ import pandas as pd
 
 from ..cleaning import map_unique
 from ..cleaning.addresses import normalize_postcode, split_street, street_key
+from ..cleaning.companies import parse_company_name
 from ..cleaning.emails import normalize_email
-from ..cleaning.names import SALUTATIONS, TITLE_TOKENS, name_key
+from ..cleaning.names import PARTICLES, SALUTATIONS, TITLE_TOKENS, name_key
+from ..cleaning.phones import clean_phones
+from ..cleaning.text import clean_text
 
-KINDS = ("email", "postal", "crm_contact")
+KINDS = ("email", "phone", "name_company", "family_company", "postal", "name_birth", "crm_contact", "record")
+# The kinds that identify a person record on their own; family_company only names a mention.
+PERSON_KINDS = tuple(k for k in KINDS if k != "family_company")
+# What names the person inside a company record (Ansprechpartner, general e-mail).
+MENTION_KINDS = ("email", "family_company", "postal")
+EMAIL_IN_TEXT = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
+PHONE_IN_TEXT = re.compile(r"(?:\+|\b00|\b0)\d[\d ()/\-.]{4,18}\d\b")
+WORD = re.compile(r"[^\W\d_][^\W\d_'\-]*(?:[-'][^\W\d_]+)*")
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and np.isnan(v)) or (isinstance(v, str) and not v.strip()) or v is pd.NA
 
 
 def family_name_of(contact_person: str | None) -> str | None:
     """'Frau Dr. von der Heide' -> 'von der Heide' (an ERP Ansprechpartner: Anrede, titles, family name)."""
-    if not contact_person or not str(contact_person).strip():
-        return None
-    tokens = str(contact_person).split()
+    return split_name(contact_person)[1]
+
+
+def split_name(full: str | None) -> tuple[str | None, str | None]:
+    """(first names, family name) of a name written in one field: 'Herr Dr. Jörg Müller',
+    'Müller, Jörg', 'Frau Römer', 'Hans von der Heide'."""
+    if _missing(full):
+        return None, None
+    text = " ".join(clean_text(str(full)).split())
+    if "," in text:
+        last, _, first = (p.strip() for p in text.partition(","))
+        tokens = first.split()
+    else:
+        tokens, last = text.split(), None
     while tokens and (tokens[0].lower() in SALUTATIONS or TITLE_TOKENS.match(tokens[0])):
         tokens.pop(0)
-    return " ".join(tokens) or None
+    if last is not None:
+        return " ".join(tokens) or None, last or None
+    if not tokens:
+        return None, None
+    split_at = len(tokens) - 1
+    for i in range(0, len(tokens) - 1):
+        if tokens[i].lower() in PARTICLES:
+            split_at = i
+            break
+    return " ".join(tokens[:split_at]) or None, " ".join(tokens[split_at:])
+
+
+def company_value(company_name) -> str | None:
+    return None if _missing(company_name) else (parse_company_name(clean_text(str(company_name))).key or None)
 
 
 def postal_value(last_name: str | None, street: str | None, house_number: str | None, postal_code: str | None,
                  country: str | None = "DE") -> str | None:
     """The normalised postal identity, or None when a part is missing (no partial identities)."""
-    if house_number is None or (isinstance(house_number, float) and np.isnan(house_number)):
-        street, house_number = split_street(street) if isinstance(street, str) else (street, None)
+    if _missing(house_number):
+        street, house_number = split_street(clean_text(street)) if isinstance(street, str) else (street, None)
     last = name_key(last_name) if isinstance(last_name, str) else None
     st = street_key(street) if isinstance(street, str) else None
-    number = "".join(str(house_number).lower().split()) if house_number is not None else None
-    plz = normalize_postcode(postal_code, country or "DE") if isinstance(postal_code, str) else None
+    number = "".join(clean_text(str(house_number)).lower().split()) if not _missing(house_number) else None
+    plz = normalize_postcode(clean_text(postal_code), country or "DE") if isinstance(postal_code, str) else None
     if not (last and st and number and plz):
         return None
     return f"{last}|{st}|{number}|{plz}"
+
+
+def _birth(value) -> str | None:
+    if _missing(value):
+        return None
+    ts = pd.to_datetime(str(value), errors="coerce", dayfirst="." in str(value))
+    return None if pd.isna(ts) else ts.date().isoformat()
 
 
 @dataclass(frozen=True)
@@ -67,67 +125,139 @@ class IdentityHasher:
     def hash(self, kind: str, value: str | None) -> str | None:
         if value is None:
             return None
-        return hashlib.sha256(f"{self.salt}{kind}:{value}".encode()).hexdigest()
+        # backslashreplace: a value with a lone surrogate still hashes (and is quarantined anyway).
+        return hashlib.sha256(f"{self.salt}{kind}:{value}".encode("utf-8", "backslashreplace")).hexdigest()
 
     def email(self, email: str | None) -> str | None:
         return self.hash("email", normalize_email(email) if isinstance(email, str) else None)
+
+    def phone(self, phone: str | None) -> str | None:
+        if _missing(phone):
+            return None
+        e164 = clean_phones(pd.Series([clean_text(str(phone))], dtype=object)).iloc[0]
+        return self.hash("phone", e164)
 
     def postal(self, last_name, street, house_number, postal_code, country="DE") -> str | None:
         return self.hash("postal", postal_value(last_name, street, house_number, postal_code, country))
 
     def crm_contact(self, crm_id) -> str | None:
-        if crm_id is None or (isinstance(crm_id, float) and np.isnan(crm_id)) or not str(crm_id).strip():
+        if _missing(crm_id):
             return None
         return self.hash("crm_contact", str(crm_id).strip())
 
+    def name_company(self, first, last, company_key: str | None) -> str | None:
+        f, la = (name_key(first) if isinstance(first, str) else None), (name_key(last) if isinstance(last, str) else None)
+        return self.hash("name_company", f"{f}|{la}|{company_key}") if f and la and company_key else None
+
+    def family_company(self, last, company_key: str | None) -> str | None:
+        la = name_key(last) if isinstance(last, str) else None
+        return self.hash("family_company", f"{la}|{company_key}") if la and company_key else None
+
+    def name_birth(self, first, last, birth) -> str | None:
+        f, la = (name_key(first) if isinstance(first, str) else None), (name_key(last) if isinstance(last, str) else None)
+        day = _birth(birth)
+        return self.hash("name_birth", f"{f}|{la}|{day}") if f and la and day else None
+
+    def record(self, source: str, record_id) -> str | None:
+        return None if _missing(record_id) else self.hash("record", f"{source}:{str(record_id).strip()}")
+
     # ------------------------------------------------------------------ frames
 
-    def frame_identities(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """Per row the hash of each identity kind the row's columns allow (None where it has none).
+    def frame_identities(self, frame: pd.DataFrame, source: str | None = None) -> pd.DataFrame:
+        """Per row the hash of each identity the row's columns allow (None where it has none).
 
-        Understands the canonical columns: ``email``, ``crm_contact_id``, ``last_name`` (or
-        ``contact_person`` for an account's Ansprechpartner), ``street``, ``house_number``,
-        ``postal_code``, ``country``.
+        Columns are named by kind; a kind a row can have twice (phone and mobile, an address of
+        its own and of its company) gets a second column ``<kind>:2``. Understands the canonical
+        columns: ``email``, ``phone``, ``mobile``, ``first_name``, ``last_name``, ``contact_name``
+        (a person's whole name) or ``contact_person`` (an account's Ansprechpartner),
+        ``company_name``, ``street``, ``house_number``, ``postal_code``, ``country``,
+        ``date_of_birth``, ``crm_contact_id``, and ``source`` + ``source_record_id`` (or
+        ``source_record_id`` with ``source`` given) for the record kind.
         """
-        out = pd.DataFrame(index=frame.index)
-        out["email"] = map_unique(frame["email"], self.email) if "email" in frame.columns else None
-        out["crm_contact"] = (map_unique(frame["crm_contact_id"].astype(object), self.crm_contact)
-                              if "crm_contact_id" in frame.columns else None)
+        idx = frame.index
+        none = pd.Series(None, index=idx, dtype=object)
+        col = (lambda c: frame[c].astype(object).where(frame[c].notna(), None) if c in frame.columns else none)
+        out = pd.DataFrame(index=idx)
+        out["email"] = map_unique(frame["email"], self.email) if "email" in frame.columns else none
+        out["crm_contact"] = map_unique(col("crm_contact_id"), self.crm_contact)
+        person_level = "last_name" in frame.columns or "contact_name" in frame.columns
         if "last_name" in frame.columns:
-            family = frame["last_name"]
-        elif "contact_person" in frame.columns:
-            family = map_unique(frame["contact_person"], family_name_of)
+            first, family = col("first_name"), col("last_name")
+        elif "contact_name" in frame.columns or "contact_person" in frame.columns:
+            parts = map_unique(col("contact_name" if "contact_name" in frame.columns else "contact_person"), split_name)
+            first = parts.map(lambda p: p[0] if p else None)
+            family = parts.map(lambda p: p[1] if p else None)
         else:
-            family = None
-        if family is not None and "street" in frame.columns and "postal_code" in frame.columns:
-            number = frame["house_number"] if "house_number" in frame.columns else pd.Series(None, index=frame.index)
-            country = frame["country"] if "country" in frame.columns else pd.Series("DE", index=frame.index)
-            parts = pd.DataFrame({"f": family, "s": frame["street"], "n": number, "p": frame["postal_code"],
-                                  "c": country}).astype(object).where(lambda d: d.notna(), None)
-            has = parts["f"].notna() & parts["s"].notna() & parts["p"].notna()
-            values = pd.Series(None, index=frame.index, dtype=object)
-            if has.any():
-                sub = parts[has]
-                keys = list(zip(sub["f"], sub["s"], sub["n"], sub["p"], sub["c"]))
-                lookup = {k: self.postal(*k) for k in set(keys)}
-                values[has] = [lookup[k] for k in keys]
-            out["postal"] = values
+            first = family = none
+        company = map_unique(col("company_name"), company_value)
+        out["name_company"] = self._combine(self.name_company, first, family, company) if person_level else none
+        out["family_company"] = self._combine(self.family_company, family, company)
+        out["name_birth"] = self._combine(self.name_birth, first, family, col("date_of_birth"))
+        country = col("country").where(col("country").notna(), "DE")
+        out["postal"] = self._combine(self.postal, family, col("street"), col("house_number"), col("postal_code"), country)
+        if person_level:
+            out["phone"] = map_unique(col("phone"), self.phone)
+            out["phone:2"] = map_unique(col("mobile"), self.phone)
+            sources = col("source") if "source" in frame.columns else pd.Series(source, index=idx, dtype=object)
+            out["record"] = self._combine(self.record, sources, col("source_record_id")) if (
+                source is not None or "source" in frame.columns) else none
         else:
-            out["postal"] = None
-        return out[list(KINDS)]
+            out["phone"] = out["record"] = none
+        return out
 
-    def hashes_of(self, frame: pd.DataFrame) -> set[tuple[str, str]]:
-        ids = self.frame_identities(frame)
-        return {(kind, h) for kind in KINDS for h in ids[kind].dropna().unique()}
+    @staticmethod
+    def _combine(fn, *columns: pd.Series) -> pd.Series:
+        """fn over the rows' value tuples, once per distinct tuple; None where the first value is missing."""
+        index = columns[0].index
+        has = columns[0].notna().to_numpy()
+        values = pd.Series(None, index=index, dtype=object)
+        if has.any():
+            keys = list(zip(*(c[has].tolist() for c in columns)))
+            lookup = {k: fn(*k) for k in set(keys)}
+            values[has] = [lookup[k] for k in keys]
+        return values
+
+    def hashes_of(self, frame: pd.DataFrame, source: str | None = None,
+                  kinds: Iterable[str] = KINDS) -> set[tuple[str, str]]:
+        ids = self.frame_identities(frame, source)
+        wanted = set(kinds)
+        return {(c.split(":")[0], h) for c in ids.columns if c.split(":")[0] in wanted for h in ids[c].dropna().unique()}
+
+    # ------------------------------------------------------------------ free text
+
+    def text_identities(self, text: str | None, company_key: str | None = None) -> set[tuple[str, str]]:
+        """Identities named inside a free text (a ticket's subject, a note, a quarantined record as
+        delivered): e-mail addresses and phone numbers anywhere; "first family" and "Frau/Herr
+        family" only together with the company the text is about (a name alone is no identity)."""
+        if not text or not isinstance(text, str):
+            return set()
+        text = clean_text(text)
+        out = {("email", h) for h in (self.email(m) for m in EMAIL_IN_TEXT.findall(text)) if h}
+        out |= {("phone", h) for h in (self.phone(m) for m in PHONE_IN_TEXT.findall(text)) if h}
+        if company_key:
+            words = WORD.findall(text)
+            for a, b in zip(words, words[1:]):
+                if a.lower() in SALUTATIONS:
+                    h = self.family_company(b, company_key)
+                    if h:
+                        out.add(("family_company", h))
+                else:
+                    h = self.name_company(a, b, company_key)
+                    if h:
+                        out.add(("name_company", h))
+        return out
 
 
-def any_suppressed(identities: pd.DataFrame, suppressed: dict[str, set[str]] | Iterable) -> pd.Series:
-    """Rows of which any identity hash is in the suppression set ``{kind: {hash, ...}}``."""
+def any_suppressed(identities: pd.DataFrame, suppressed: dict[str, set[str]] | Iterable,
+                   kinds: Iterable[str] = PERSON_KINDS) -> pd.Series:
+    """Rows of which any identity hash of the given kinds is in the set ``{kind: {hash, ...}}``."""
     hit = pd.Series(False, index=identities.index)
-    for kind in KINDS:
+    wanted = set(kinds)
+    for column in identities.columns:
+        kind = column.split(":")[0]
         keys = suppressed.get(kind) if isinstance(suppressed, dict) else None
-        if keys and kind in identities.columns:
-            hit |= identities[kind].isin(keys).to_numpy()
+        if keys and kind in wanted:
+            hit |= identities[column].isin(keys).to_numpy()
     return hit
 
 

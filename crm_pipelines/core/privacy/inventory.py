@@ -13,9 +13,11 @@ identity hashes of all of those.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -23,7 +25,8 @@ from sqlalchemy.engine import Connection
 from .. import schema as S
 from ..mapping import SourceMapping
 from ..warehouse import Warehouse, tables_present
-from .identity import IdentityHasher, any_suppressed, family_name_of
+from ..cleaning.text import clean_text
+from .identity import KINDS, MENTION_KINDS, PERSON_KINDS, IdentityHasher, any_suppressed, company_value, family_name_of
 
 
 @dataclass
@@ -33,8 +36,11 @@ class Person:
     crm_contact_ids: set[str] = field(default_factory=set)
     record_keys: set[str] = field(default_factory=set)         # person records ("<source>:<id>")
     golden_ids: set[str] = field(default_factory=set)
-    identities: dict[str, set[str]] = field(default_factory=lambda: {"email": set(), "postal": set(), "crm_contact": set()})
+    identities: dict[str, set[str]] = field(default_factory=lambda: {k: set() for k in KINDS})
     family_plz: set[tuple[str, str]] = field(default_factory=set)  # for text search in quarantined payloads
+    families: set[str] = field(default_factory=set)     # family names as written, to find raw rows by name
+    phones: set[str] = field(default_factory=set)       # phone numbers as written
+    companies: set[str] = field(default_factory=set)    # company matching keys
 
     def source_ids(self, source: str) -> list[str]:
         prefix = source + ":"
@@ -75,6 +81,28 @@ def _read(conn: Connection, wh: Warehouse, query) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------------ raw tables
 
+_NAME_BREAKS = re.compile(r"ae|oe|ue|ss|ä|ö|ü|ß|[^a-z]+")
+
+
+def name_fragment(family: str) -> str | None:
+    """The longest piece of a family name that every spelling shares ('Müller', 'Mueller', 'MULLER'
+    all contain 'ller'): a generous pre-filter for SQL, confirmed by the identity hashes after."""
+    pieces = [p for p in _NAME_BREAKS.split(clean_text(family).lower()) if len(p) >= 3]
+    return max(pieces, key=len) if pieces else None
+
+
+def _digits_tail(phone: str) -> str | None:
+    digits = re.sub(r"\D", "", phone)
+    return digits[-6:] if len(digits) >= 6 else None
+
+
+def _stripped_phone(col: sa.Column) -> sa.ColumnElement:
+    out = col
+    for ch in (" ", "-", "/", "(", ")", ".", "+"):
+        out = sa.func.replace(out, ch, "")
+    return out
+
+
 def _raw_finder(source: str, entity_name: str) -> Finder:
     def find(conn, wh, person, hasher) -> pd.DataFrame:
         t = S.metadata.tables[f"raw.{source}"]
@@ -86,41 +114,90 @@ def _raw_finder(source: str, entity_name: str) -> Finder:
             cond.append(_in(t.c.crm_contact_id, person.crm_contact_ids))
         if "postal_code" in t.c and ("last_name" in t.c or "contact_person" in t.c):
             cond.append(_in(t.c.postal_code, {plz for _, plz in person.family_plz}))
+        fragments = {f for f in (name_fragment(x) for x in person.families) if f}
+        for column in ("last_name", "contact_name", "contact_person"):
+            if column in t.c:
+                cond += [t.c[column].ilike(f"%{f}%") for f in sorted(fragments)]
+        tails = {d for d in (_digits_tail(p) for p in person.phones) if d}
+        for column in ("phone", "mobile"):
+            if column in t.c and entity_name != "account":
+                cond += [_stripped_phone(t.c[column]).like(f"%{d}") for d in sorted(tails)]
+        free_text = [c for c in ("notes", "subject") if c in t.c]
+        for column in free_text:
+            cond += [t.c[column].ilike(f"%{f}%") for f in sorted(fragments)]
+            cond += [sa.func.lower(t.c[column]).contains(e, autoescape=True) for e in sorted(person.emails)]
         rows = _read(conn, wh, sa.select(t).where(sa.or_(*cond)))
         if rows.empty:
             return rows
-        ids = hasher.frame_identities(rows)
-        hit = any_suppressed(ids, person.identities).to_numpy() | rows["source_record_id"].isin(
+        ids = hasher.frame_identities(rows, source)
+        kinds = MENTION_KINDS if entity_name == "account" else PERSON_KINDS
+        hit = any_suppressed(ids, person.identities, kinds).to_numpy() | rows["source_record_id"].astype(str).isin(
             person.source_ids(source)).to_numpy()
-        return rows[hit]
+        mention = _text_mentions(rows, free_text, person, hasher) & ~hit
+        rows = rows.assign(_mention_only=mention)
+        return rows[hit | mention]
     return find
+
+
+def _text_mentions(rows: pd.DataFrame, columns: list[str], person: Person, hasher: IdentityHasher) -> np.ndarray:
+    """Rows whose free text names the person (their record is about someone else: the text is blanked)."""
+    if not columns or rows.empty:
+        return np.zeros(len(rows), dtype=bool)
+    companies = rows["company_name"].map(company_value) if "company_name" in rows.columns else [None] * len(rows)
+    out = np.zeros(len(rows), dtype=bool)
+    for c in columns:
+        out |= np.array([any(h in person.identities.get(k, ()) for k, h in hasher.text_identities(t, key))
+                         for t, key in zip(rows[c], companies)], dtype=bool)
+    return out
 
 
 def _raw_locator(mapping: SourceMapping) -> Locator:
     t = S.raw_table(mapping.source, mapping.entity)
     if mapping.entity.name == "account":
         return Locator(t, "the Ansprechpartner or e-mail of a company record names the person (e-mail, family name + "
-                          "address)", "blank:contact_person,email", _raw_finder(mapping.source, "account"))
-    return Locator(t, "records the matcher linked to the person, and any record with one of their identities "
-                      "(e-mail, CRM contact ID, family name + address)", "delete", _raw_finder(mapping.source, "x"))
+                          "company, family name + address)", "blank:contact_person,email", _raw_finder(mapping.source, "account"))
+    free_text = [f.name for f in mapping.entity.fields if f.pii == "free_text"]
+    if free_text:
+        return Locator(t, "records with one of the person's identities (e-mail, phone, name + company, name + address, "
+                          "name + birth date, CRM contact ID, record ID); free text of other records that names them",
+                       "delete_or_blank:" + ",".join(free_text), _raw_finder(mapping.source, mapping.entity.name))
+    return Locator(t, "records with one of the person's identities (e-mail, phone, name + company, name + address, "
+                      "name + birth date, CRM contact ID, record ID)", "delete", _raw_finder(mapping.source, "x"))
 
 
 # ------------------------------------------------------------------------------------ other layers
 
 def _find_quarantine(conn, wh, person, hasher) -> pd.DataFrame:
+    """Quarantined records of the person: by record ID, by the identity hashes stored when the
+    record was quarantined, and by what its text names (e-mail, phone digits, family name + PLZ).
+    Read whole and judged in Python: the quarantine is small next to the raw tables, and its
+    texts need the same normalisation as everything else."""
     t = S.QUARANTINE
-    cond = []
-    for source_prefix in {k.split(":", 1)[0] for k in person.record_keys}:
-        cond.append(sa.and_(t.c.source == source_prefix, _in(t.c.source_record_id, person.source_ids(source_prefix))))
-    for e in person.emails:
-        cond.append(sa.func.lower(t.c.raw_payload).contains(e, autoescape=True))
+    rows = _read(conn, wh, sa.select(t))
+    if rows.empty:
+        return rows
+    keep = (rows["source"] + ":" + rows["source_record_id"].astype(str)).isin(person.record_keys).to_numpy().copy()
+    wanted = {f"{k}:{h}" for k, hs in person.identities.items() for h in hs}
+    if "identity_hashes" in rows.columns and wanted:
+        keep |= rows["identity_hashes"].map(lambda v: isinstance(v, str) and not wanted.isdisjoint(v.split())).to_numpy()
+    texts = rows["raw_payload"].fillna("").map(clean_text)
+    low = texts.str.lower()
+    if person.emails:
+        pattern = "|".join(re.escape(e) for e in sorted(person.emails))
+        keep |= low.str.contains(pattern, regex=True).to_numpy()
     for family, plz in person.family_plz:
         # A record that did not parse still names the person: family name and PLZ in its text.
-        cond.append(sa.and_(sa.func.lower(t.c.raw_payload).contains(family.lower(), autoescape=True),
-                            t.c.raw_payload.contains(plz, autoescape=True)))
-    if not cond:
-        return pd.DataFrame()
-    return _read(conn, wh, sa.select(t).where(sa.or_(*cond)))
+        keep |= (low.str.contains(family.lower(), regex=False) & texts.str.contains(plz, regex=False)).to_numpy()
+    tails = {d for d in (_digits_tail(p) for p in person.phones) if d}
+    if tails or person.families:
+        # Phones and names in any spelling: the same normalisation as the ingest screen, row by row
+        # for the rows that could name the person at all.
+        digits = texts.str.replace(r"\D", "", regex=True)
+        fragments = [f for f in (name_fragment(x) for x in person.families) if f]
+        maybe = digits.map(lambda s: any(d in s for d in tails)) | low.map(lambda s: any(f in s for f in fragments))
+        for i in np.flatnonzero(maybe.to_numpy() & ~keep):
+            keep[i] = any(h in person.identities.get(k, ()) for k, h in hasher.text_identities(texts.iat[i]))
+    return rows[keep]
 
 
 def _by(column_getter: Callable[[sa.Table], sa.Column], values: Callable[[Person], set | list],
@@ -278,7 +355,10 @@ def inventory_markdown(mappings: dict[str, SourceMapping]) -> str:
                "delete_mentions_blank:email": "mentions deleted, e-mail blanked"}
     lines = ["| table | how the person is found there | erasure |", "|---|---|---|"]
     for loc in build_inventory(mappings):
-        action = actions.get(loc.action) or ("fields blanked: " + loc.action.split(":", 1)[1].replace(",", ", "))
+        action = actions.get(loc.action)
+        if action is None and loc.action.startswith("delete_or_blank:"):
+            action = "rows deleted; in other rows blanked: " + loc.action.split(":", 1)[1].replace(",", ", ")
+        action = action or ("fields blanked: " + loc.action.split(":", 1)[1].replace(",", ", "))
         lines.append(f"| `{loc.name}` | {loc.how} | {action} |")
     return "\n".join(lines)
 

@@ -6,9 +6,10 @@ A golden contact is *retired* when, for ``prospect_months`` (config ``privacy.ya
 * no behaviour event of theirs arrived (page views, downloads, e-mail clicks), and
 * it has no relationship: no ERP customer number, and its account has placed no order.
 
-Its personal data is then removed from every table of the inventory, exactly as an erasure
-does, but without a suppression entry (the person did not object; if they come back, they are
-welcome) and without touching the CRM (the sales team's system has its own rules; mirror mode
+Its identities go onto the suppression list (reason ``retention``, one pseudonym per contact), so
+no backfill of an old partition or stale export revives it; a fresh sign-up with double opt-in
+(re-permission) lifts that, as for an erasure. Its personal data is then removed from every table
+of the inventory, exactly as an erasure does, but without touching the CRM (the sales team's system has its own rules; mirror mode
 archives the contact there). What remains is one pseudonymised row per retired contact in
 ``golden.retired_contacts``: region, country, account, sources, dates, for statistics.
 """
@@ -27,7 +28,8 @@ from ..model import ENTITIES
 from ..schema import GOLDEN_CONTACTS, PERSON_CROSSWALK, PERSON_RECORDS, RETIRED_CONTACTS, raw_table
 from ..warehouse import Warehouse, tables_present
 from .audit import AuditEntry, append
-from .erasure import find_person, scrub
+from .erasure import find_person, scrub, shared_phones
+from .suppression import SuppressionList
 from .identity import IdentityHasher
 from .inventory import build_inventory
 
@@ -40,6 +42,7 @@ class RetentionReport:
     kept_active: int = 0           # old golden record, but a recent behaviour event
     kept_relationship: int = 0     # customers, and contacts of accounts with orders
     tables: dict[str, int] = field(default_factory=dict)
+    suppressed: int = 0            # suppression entries added (reason retention)
 
 
 def retire_inactive(wh: Warehouse, hasher: IdentityHasher, mappings: dict[str, SourceMapping], *, months: int,
@@ -79,14 +82,39 @@ def retire_inactive(wh: Warehouse, hasher: IdentityHasher, mappings: dict[str, S
     with wh.engine.begin() as conn:
         conn.execute(sa.delete(RETIRED_CONTACTS).where(RETIRED_CONTACTS.c.golden_id.in_(stats["golden_id"].tolist())))
         wh.bulk_insert(conn, RETIRED_CONTACTS, stats)
+    # Suppressed first, each contact under its own pseudonym (so that one person's re-permission
+    # lifts only theirs): no backfill or stale export brings them back after the scrub.
+    report.suppressed = _suppress(wh, hasher, retire["golden_id"].tolist(), months, now)
     # One scrub for the whole group: the inventory works on sets of records and identities.
-    group = find_person(wh, hasher, golden_ids=retire["golden_id"].tolist(), subject="retention")
+    group = find_person(wh, hasher, golden_ids=retire["golden_id"].tolist(), subject="retention", search_by_name=False)
     locators = [loc for loc in build_inventory(mappings) if loc.table is not RETIRED_CONTACTS]
     report.tables = scrub(wh, hasher, group, locators)
     append(wh, [AuditEntry("retention.anonymised", actor, None,
                            {"golden_ids": sorted(group.golden_ids), "months": months, "tables": report.tables},
                            run_id)])
     return report
+
+
+def _suppress(wh: Warehouse, hasher: IdentityHasher, golden_ids: list[str], months: int, now: datetime) -> int:
+    """Every identity of each retired contact's records on the suppression list, reason retention."""
+    if not tables_present(wh, [PERSON_CROSSWALK, PERSON_RECORDS]):
+        return 0
+    xw, pr = PERSON_CROSSWALK, PERSON_RECORDS
+    members = pd.concat([wh.read_frame(sa.select(pr, xw.c.golden_id).join(xw, xw.c.record_key == pr.c.record_key)
+                                       .where(xw.c.valid_to.is_(None), xw.c.golden_id.in_(golden_ids[i:i + 500])))
+                         for i in range(0, len(golden_ids), 500)], ignore_index=True)
+    if members.empty:
+        return 0
+    ids = hasher.frame_identities(members)
+    shared = shared_phones(wh, hasher)
+    suppression = SuppressionList(wh, hasher)
+    added = 0
+    for gid, rows in ids.groupby(members["golden_id"].to_numpy()):
+        entries = {(c.split(":")[0], h) for c in rows.columns for h in rows[c].dropna()
+                   if not (c.startswith("phone") and h in shared)}
+        added += suppression.add(entries, f"R-{gid}", f"retention: no activity or relationship for {months} months",
+                                 None, at=now)
+    return added
 
 
 def _accounts_with_orders(wh: Warehouse) -> set[str]:

@@ -4,8 +4,10 @@ An erased person is remembered only here, as salted hashes of their identities
 (:mod:`.identity`). The :class:`Screen` is a snapshot of the active list that
 
 * ingestion applies at the door: a record of a suppressed person is counted and not stored
-  (neither in ``raw`` nor in the quarantine); an account record keeps its company data but loses
-  the Ansprechpartner and e-mail that identify the person;
+  (neither in ``raw`` nor in the quarantine, where a record that did not parse is judged by the
+  identities its readable fields and its text name); an account record keeps its company data but
+  loses the Ansprechpartner and e-mail that identify the person; a free-text field (a ticket's
+  subject, a note) that names the person is blanked, the record about someone else is kept;
 * the golden layer applies again (defence in depth: a table restored from a backup);
 * every outgoing dataset applies before it leaves (CRM payload, print lists, alerts, exports),
   and a blocking check fails if one slipped through anyway.
@@ -19,7 +21,6 @@ suppressed, so a stale ERP export or an old CRM snapshot still cannot bring the 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Iterable
@@ -32,12 +33,15 @@ from ..cleaning.emails import normalize_email
 from ..schema import SUPPRESSION
 from ..warehouse import Warehouse
 from .audit import AuditEntry, append
-from .identity import KINDS, IdentityHasher, any_suppressed
+from .identity import KINDS, MENTION_KINDS, PERSON_KINDS, IdentityHasher, any_suppressed, company_value
 
-EMAIL_IN_TEXT = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
 # Columns that identify a person inside an account record (the ERP's Ansprechpartner, a sole
 # trader's own address): blanked when the person is suppressed, the company record stays.
 ACCOUNT_PERSON_COLUMNS = ("contact_person", "email")
+
+
+# What a re-permission lifts besides the e-mail: the identities the person's fresh records carry.
+LIFTED_WITH_EMAIL = ("phone", "name_company", "family_company", "postal", "name_birth")
 
 
 @dataclass(frozen=True)
@@ -57,28 +61,54 @@ class Screen:
     def empty(self) -> bool:
         return not any(self.active.values())
 
-    def identities(self, frame: pd.DataFrame) -> pd.DataFrame:
-        return self.hasher.frame_identities(frame)
+    def identities(self, frame: pd.DataFrame, source: str | None = None) -> pd.DataFrame:
+        return self.hasher.frame_identities(frame, source)
 
-    def suppressed(self, frame: pd.DataFrame) -> np.ndarray:
-        """Rows of which any identity is suppressed."""
+    def suppressed(self, frame: pd.DataFrame, source: str | None = None) -> np.ndarray:
+        """Rows about a suppressed person: any identity that names a person on its own."""
         if self.empty or frame.empty:
             return np.zeros(len(frame), dtype=bool)
-        return any_suppressed(self.identities(frame), self.active).to_numpy()
+        return any_suppressed(self.identities(frame, source), self.active, PERSON_KINDS).to_numpy()
+
+    def mentioned(self, frame: pd.DataFrame) -> np.ndarray:
+        """Company records whose Ansprechpartner or e-mail names a suppressed person."""
+        if self.empty or frame.empty:
+            return np.zeros(len(frame), dtype=bool)
+        return any_suppressed(self.identities(frame), self.active, MENTION_KINDS).to_numpy()
+
+    def _text_hit(self, text, company_key: str | None = None) -> bool:
+        return any(h in self.active.get(kind, ()) for kind, h in self.hasher.text_identities(text, company_key))
 
     def texts_suppressed(self, texts: Iterable[str | None]) -> np.ndarray:
-        """Free texts (a quarantined record as delivered) that contain a suppressed e-mail address."""
-        emails = self.active.get("email") or set()
-        out = []
-        for text in texts:
-            hit = False
-            if emails and text:
-                for m in EMAIL_IN_TEXT.findall(text):
-                    if self.hasher.email(m) in emails:
-                        hit = True
-                        break
-            out.append(hit)
-        return np.array(out, dtype=bool)
+        """Free texts (a quarantined record as delivered) that name a suppressed person by e-mail or phone."""
+        texts = list(texts)
+        if self.empty:
+            return np.zeros(len(texts), dtype=bool)
+        return np.array([self._text_hit(t) for t in texts], dtype=bool)
+
+    def hashes_suppressed(self, hash_lists: Iterable[str | None]) -> np.ndarray:
+        """Rows whose stored ``kind:hash`` list (the quarantine's identity_hashes) holds a suppressed identity."""
+        hash_lists = list(hash_lists)
+        if self.empty:
+            return np.zeros(len(hash_lists), dtype=bool)
+        return np.array([bool(text) and any(h in self.active.get(kind, ()) for kind, _, h in
+                                            (item.partition(":") for item in text.split()))
+                         for text in hash_lists], dtype=bool)
+
+    def free_text_mentions(self, frame: pd.DataFrame, columns: Iterable[str]) -> dict[str, np.ndarray]:
+        """Per free-text column, the rows whose text names a suppressed person (e-mail, phone, or
+        name together with the record's company)."""
+        columns = [c for c in columns if c in frame.columns]
+        if self.empty or frame.empty or not columns:
+            return {}
+        companies = (frame["company_name"].map(company_value) if "company_name" in frame.columns
+                     else pd.Series(None, index=frame.index, dtype=object))
+        out = {}
+        for c in columns:
+            texts = frame[c]
+            out[c] = np.array([isinstance(t, str) and bool(t) and self._text_hit(t, k)
+                               for t, k in zip(texts, companies)], dtype=bool)
+        return out
 
     def repermissions(self, frame: pd.DataFrame, source: str) -> tuple[np.ndarray, list[Lift]]:
         """Consent events that re-permit a suppressed e-mail: a granted, double-opt-in sign-up whose
@@ -150,7 +180,21 @@ class SuppressionList:
         return True
 
     def apply_lifts(self, lifts: list[Lift], actor: str, run_id: str | None) -> int:
-        return sum(self.lift("email", lf.email_hash, lf.by, actor, run_id, lf.at) for lf in lifts)
+        """Lifts each re-permitted e-mail and, with it, the same person's identities by name, phone
+        and address (their new records carry those); the old CRM ID and record IDs stay suppressed."""
+        n = 0
+        for lf in lifts:
+            t = SUPPRESSION
+            subject = self.wh.scalar(sa.select(t.c.subject).where(t.c.kind == "email", t.c.identity_hash == lf.email_hash,
+                                                                  t.c.lifted_at.is_(None)))
+            if not self.lift("email", lf.email_hash, lf.by, actor, run_id, lf.at):
+                continue
+            n += 1
+            others = self.wh.read_frame(sa.select(t.c.kind, t.c.identity_hash).where(
+                t.c.subject == subject, t.c.lifted_at.is_(None), t.c.kind.in_(LIFTED_WITH_EMAIL)))
+            for kind, h in zip(others["kind"], others["identity_hash"]):
+                self.lift(kind, h, lf.by, actor, run_id, lf.at)
+        return n
 
     def contains_email(self, email: str) -> bool:
         h = self.hasher.email(email)
