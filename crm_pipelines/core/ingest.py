@@ -25,9 +25,9 @@ import sqlalchemy as sa
 
 from .mapping import SourceMapping, apply_mapping
 from .masking import mask_text, masked_preview
-from .privacy.identity import IdentityHasher
+from .privacy.identity import IdentityHasher, entries, hash_list
 from .privacy.suppression import ACCOUNT_PERSON_COLUMNS, Screen, SuppressionList
-from .readers import RawChunk, SourceFileError, read_file
+from .readers import RawChunk, SourceFileError, id_field_of, read_file
 from .schema import LANDING_FILES, QUARANTINE, raw_table
 from .warehouse import Warehouse
 
@@ -172,7 +172,7 @@ def ingest_partition(
     good_frames: list[pd.DataFrame] = []
     quarantine_frames: list[pd.DataFrame] = []
     seen_ids: dict[str, tuple[str, int | None, int]] = {}
-    id_field = next((f.source_field for f in mapping.fields if "source_record_id" in f.targets), None)
+    id_field = id_field_of(mapping)
     # Small files (a CRM page holds 100 records) are mapped together: pandas work has a
     # fixed cost per call that would otherwise dominate.
     pending: list[tuple[str, RawChunk]] = []
@@ -306,8 +306,9 @@ def _screen(mapping: SourceMapping, screen: Screen, good: pd.DataFrame, quaranti
             report.fields_anonymised += int(hit.sum())
     files = good.loc[drop, "_file"].tolist()
     good = good[~drop].reset_index(drop=True)
-    qdrop = screen.texts_suppressed(quarantined["raw_payload"]) | screen.hashes_suppressed(
-        quarantined["identity_hashes"] if "identity_hashes" in quarantined.columns else [None] * len(quarantined))
+    # The identities of each quarantined record (readable fields and its text) were hashed when it
+    # was quarantined, with the same hasher as the screen's.
+    qdrop = screen.hashes_suppressed(quarantined["identity_hashes"])
     files += quarantined.loc[qdrop, "file"].tolist()
     quarantined = quarantined[~qdrop].reset_index(drop=True)
     return good, quarantined, files
@@ -327,12 +328,8 @@ def quarantine_identities(hasher: IdentityHasher, mapping: SourceMapping, chunk:
                 data[target] = [values[p] for p in positions]
     frame = pd.DataFrame(data, index=pd.RangeIndex(len(positions)))
     ids = hasher.frame_identities(frame, mapping.source) if len(frame.columns) else pd.DataFrame(index=frame.index)
-    out = []
-    for i, p in enumerate(positions):
-        found = {(c.split(":")[0], h) for c in ids.columns for h in [ids[c].iat[i]] if h}
-        found |= hasher.text_identities(chunk.payload_text(p))
-        out.append(" ".join(sorted(f"{k}:{h}" for k, h in found)) or None)
-    return out
+    return [hash_list(entries(ids.iloc[i]) | hasher.text_identities(chunk.payload_text(p)))
+            for i, p in enumerate(positions)]
 
 
 def _delivered_elsewhere(warehouse: Warehouse, source: str, partition: str, hashes: list[str]) -> dict[str, str]:

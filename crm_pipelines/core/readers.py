@@ -262,11 +262,11 @@ def _scan(path: Path, name: str, encoding: str) -> _Scan:
             high = len(_HIGH.findall(block))
             if high:
                 scan.high_bytes += high
-                mb = _UTF8_MB.findall(block)
-                scan.utf8_bytes += sum(len(m) for m in mb)
+                utf8 = sum(len(m) for m in _UTF8_MB.findall(block))
+                scan.utf8_bytes += utf8
                 if scan.first_high is None:
                     scan.first_high = _position(block, _HIGH.search(block).start(), line_base, sep)
-                if scan.first_invalid is None and sum(len(m) for m in mb) < high:
+                if scan.first_invalid is None and utf8 < high:
                     try:
                         block.decode("utf-8")
                     except UnicodeDecodeError as exc:

@@ -40,7 +40,7 @@ from ..matching.records import PERSON_SOURCES
 from ..schema import ACCOUNT_RECORDS, ERASURE_OUTBOX, PERSON_CROSSWALK, PERSON_RECORDS, PRIVACY_REQUESTS, raw_table
 from ..warehouse import Warehouse, tables_present
 from .audit import AuditEntry, append
-from .identity import IdentityHasher, any_suppressed, company_value, split_name
+from .identity import IdentityHasher, any_suppressed, company_value, entries, split_name
 from .inventory import Locator, Person, build_inventory, family_plz_of, locate
 from .suppression import SuppressionList, subject_of
 
@@ -118,7 +118,8 @@ def find_person(wh: Warehouse, hasher: IdentityHasher, emails: Sequence[str] = (
     asked = pd.DataFrame({"email": sorted(emails_n) + [None] * len(crm_ids),
                           "crm_contact_id": [None] * len(emails_n) + sorted(crm_ids)})
     frames = [(None, asked), (None, members)] + raw_members
-    _add_identities(person, hasher, wh, frames, mappings or {})
+    shared = shared_phones(wh, hasher)
+    _add_identities(person, hasher, wh, frames, mappings or {}, shared)
     if not search_by_name:
         person.families, person.phones = set(), set()
         person.record_keys = keys
@@ -127,7 +128,7 @@ def find_person(wh: Warehouse, hasher: IdentityHasher, emails: Sequence[str] = (
     more = _person_records_with(wh, hasher, person) - keys
     if more:
         keys, members = _expand(wh, person, keys | more, person.golden_ids)
-        _add_identities(person, hasher, wh, [(None, members)], mappings or {})
+        _add_identities(person, hasher, wh, [(None, members)], mappings or {}, shared)
     person.record_keys = keys
     return person
 
@@ -171,17 +172,15 @@ def _expand(wh: Warehouse, person: Person, keys: set[str], golden_ids: set[str])
     return keys, members
 
 
-def _add_identities(person: Person, hasher: IdentityHasher, wh: Warehouse,
-                    frames: list[tuple[str | None, pd.DataFrame]], mappings: dict[str, SourceMapping]) -> None:
-    shared = shared_phones(wh, hasher)
+def _add_identities(person: Person, hasher: IdentityHasher, wh: Warehouse, frames: list[tuple[str | None, pd.DataFrame]],
+                    mappings: dict[str, SourceMapping], shared: set[str]) -> None:
+    """``shared``: phone hashes that identify nobody on their own (:func:`shared_phones`)."""
     for source, frame in frames:
         if frame.empty:
             continue
-        ids = hasher.frame_identities(frame, source)
-        for column in ids.columns:
-            kind = column.split(":")[0]
-            values = set(ids[column].dropna())
-            person.identities.setdefault(kind, set()).update(values - shared if kind == "phone" else values)
+        for kind, h in entries(hasher.frame_identities(frame, source)):
+            if not (kind == "phone" and h in shared):
+                person.identities.setdefault(kind, set()).add(h)
         if "email" in frame.columns:
             person.emails |= {e for e in (normalize_email(v) for v in frame["email"] if isinstance(v, str)) if e}
         if "crm_contact_id" in frame.columns:
@@ -197,8 +196,9 @@ def _add_identities(person: Person, hasher: IdentityHasher, wh: Warehouse,
             person.companies |= {k for k in (company_value(v) for v in frame["company_name"]) if k}
     # Family name + the address of each company the person works for: the Ansprechpartner of an
     # ERP line, a print list's addressee, a record that carries the company's address.
+    addresses = _company_addresses(wh, person.companies, mappings) if person.families else set()
     for family in person.families:
-        for street, number, plz, country in _company_addresses(wh, person.companies, mappings):
+        for street, number, plz, country in addresses:
             h = hasher.postal(family, street, number, plz, country)
             if h:
                 person.identities["postal"].add(h)

@@ -219,9 +219,7 @@ class IdentityHasher:
 
     def hashes_of(self, frame: pd.DataFrame, source: str | None = None,
                   kinds: Iterable[str] = KINDS) -> set[tuple[str, str]]:
-        ids = self.frame_identities(frame, source)
-        wanted = set(kinds)
-        return {(c.split(":")[0], h) for c in ids.columns if c.split(":")[0] in wanted for h in ids[c].dropna().unique()}
+        return entries(self.frame_identities(frame, source), kinds)
 
     # ------------------------------------------------------------------ free text
 
@@ -248,13 +246,40 @@ class IdentityHasher:
         return out
 
 
+def kind_of(column: str) -> str:
+    """The identity kind of a column of :meth:`IdentityHasher.frame_identities` ('phone:2' -> 'phone')."""
+    return column.split(":", 1)[0]
+
+
+def entries(ids: pd.DataFrame | pd.Series, kinds: Iterable[str] = KINDS) -> set[tuple[str, str]]:
+    """The (kind, hash) pairs in identity columns: of a whole frame, or of one row."""
+    wanted = set(kinds)
+    if isinstance(ids, pd.Series):
+        return {(kind_of(c), h) for c, h in ids.items() if h is not None and kind_of(c) in wanted}
+    return {(kind_of(c), h) for c in ids.columns if kind_of(c) in wanted for h in ids[c].dropna().unique()}
+
+
+def names_any(found: Iterable[tuple[str, str]], identities: dict[str, set[str]]) -> bool:
+    """Whether any (kind, hash) pair is among the identities ``{kind: {hash, ...}}``."""
+    return any(h in identities.get(kind, ()) for kind, h in found)
+
+
+def hash_list(found: Iterable[tuple[str, str]]) -> str | None:
+    """(kind, hash) pairs as stored in ``ops.quarantine.identity_hashes``: space-separated ``kind:hash``."""
+    return " ".join(sorted(f"{k}:{h}" for k, h in found)) or None
+
+
+def parse_hash_list(text: str | None) -> set[tuple[str, str]]:
+    return {tuple(item.split(":", 1)) for item in text.split()} if isinstance(text, str) else set()
+
+
 def any_suppressed(identities: pd.DataFrame, suppressed: dict[str, set[str]] | Iterable,
                    kinds: Iterable[str] = PERSON_KINDS) -> pd.Series:
     """Rows of which any identity hash of the given kinds is in the set ``{kind: {hash, ...}}``."""
     hit = pd.Series(False, index=identities.index)
     wanted = set(kinds)
     for column in identities.columns:
-        kind = column.split(":")[0]
+        kind = kind_of(column)
         keys = suppressed.get(kind) if isinstance(suppressed, dict) else None
         if keys and kind in wanted:
             hit |= identities[column].isin(keys).to_numpy()

@@ -26,7 +26,8 @@ from .. import schema as S
 from ..mapping import SourceMapping
 from ..warehouse import Warehouse, tables_present
 from ..cleaning.text import clean_text
-from .identity import KINDS, MENTION_KINDS, PERSON_KINDS, IdentityHasher, any_suppressed, company_value, family_name_of
+from .identity import (KINDS, MENTION_KINDS, PERSON_KINDS, IdentityHasher, any_suppressed, company_value,
+                       family_name_of, names_any, parse_hash_list)
 
 
 @dataclass
@@ -146,7 +147,7 @@ def _text_mentions(rows: pd.DataFrame, columns: list[str], person: Person, hashe
     companies = rows["company_name"].map(company_value) if "company_name" in rows.columns else [None] * len(rows)
     out = np.zeros(len(rows), dtype=bool)
     for c in columns:
-        out |= np.array([any(h in person.identities.get(k, ()) for k, h in hasher.text_identities(t, key))
+        out |= np.array([names_any(hasher.text_identities(t, key), person.identities)
                          for t, key in zip(rows[c], companies)], dtype=bool)
     return out
 
@@ -177,9 +178,8 @@ def _find_quarantine(conn, wh, person, hasher) -> pd.DataFrame:
     if rows.empty:
         return rows
     keep = (rows["source"] + ":" + rows["source_record_id"].astype(str)).isin(person.record_keys).to_numpy().copy()
-    wanted = {f"{k}:{h}" for k, hs in person.identities.items() for h in hs}
-    if "identity_hashes" in rows.columns and wanted:
-        keep |= rows["identity_hashes"].map(lambda v: isinstance(v, str) and not wanted.isdisjoint(v.split())).to_numpy()
+    if "identity_hashes" in rows.columns:
+        keep |= rows["identity_hashes"].map(lambda v: names_any(parse_hash_list(v), person.identities)).to_numpy()
     texts = rows["raw_payload"].fillna("").map(clean_text)
     low = texts.str.lower()
     if person.emails:
@@ -196,7 +196,7 @@ def _find_quarantine(conn, wh, person, hasher) -> pd.DataFrame:
         fragments = [f for f in (name_fragment(x) for x in person.families) if f]
         maybe = digits.map(lambda s: any(d in s for d in tails)) | low.map(lambda s: any(f in s for f in fragments))
         for i in np.flatnonzero(maybe.to_numpy() & ~keep):
-            keep[i] = any(h in person.identities.get(k, ()) for k, h in hasher.text_identities(texts.iat[i]))
+            keep[i] = names_any(hasher.text_identities(texts.iat[i]), person.identities)
     return rows[keep]
 
 

@@ -30,7 +30,7 @@ from ..warehouse import Warehouse, tables_present
 from .audit import AuditEntry, append
 from .erasure import find_person, scrub, shared_phones
 from .suppression import SuppressionList
-from .identity import IdentityHasher
+from .identity import IdentityHasher, entries
 from .inventory import build_inventory
 
 
@@ -110,9 +110,8 @@ def _suppress(wh: Warehouse, hasher: IdentityHasher, golden_ids: list[str], mont
     suppression = SuppressionList(wh, hasher)
     added = 0
     for gid, rows in ids.groupby(members["golden_id"].to_numpy()):
-        entries = {(c.split(":")[0], h) for c in rows.columns for h in rows[c].dropna()
-                   if not (c.startswith("phone") and h in shared)}
-        added += suppression.add(entries, f"R-{gid}", f"retention: no activity or relationship for {months} months",
+        found = {(kind, h) for kind, h in entries(rows) if not (kind == "phone" and h in shared)}
+        added += suppression.add(found, f"R-{gid}", f"retention: no activity or relationship for {months} months",
                                  None, at=now)
     return added
 

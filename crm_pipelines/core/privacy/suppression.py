@@ -33,7 +33,9 @@ from ..cleaning.emails import normalize_email
 from ..schema import SUPPRESSION
 from ..warehouse import Warehouse
 from .audit import AuditEntry, append
-from .identity import KINDS, MENTION_KINDS, PERSON_KINDS, IdentityHasher, any_suppressed, company_value
+from ..cleaning import map_unique
+from .identity import (KINDS, MENTION_KINDS, PERSON_KINDS, IdentityHasher, any_suppressed, company_value,
+                       names_any, parse_hash_list)
 
 # Columns that identify a person inside an account record (the ERP's Ansprechpartner, a sole
 # trader's own address): blanked when the person is suppressed, the company record stays.
@@ -77,23 +79,15 @@ class Screen:
         return any_suppressed(self.identities(frame), self.active, MENTION_KINDS).to_numpy()
 
     def _text_hit(self, text, company_key: str | None = None) -> bool:
-        return any(h in self.active.get(kind, ()) for kind, h in self.hasher.text_identities(text, company_key))
-
-    def texts_suppressed(self, texts: Iterable[str | None]) -> np.ndarray:
-        """Free texts (a quarantined record as delivered) that name a suppressed person by e-mail or phone."""
-        texts = list(texts)
-        if self.empty:
-            return np.zeros(len(texts), dtype=bool)
-        return np.array([self._text_hit(t) for t in texts], dtype=bool)
+        return names_any(self.hasher.text_identities(text, company_key), self.active)
 
     def hashes_suppressed(self, hash_lists: Iterable[str | None]) -> np.ndarray:
-        """Rows whose stored ``kind:hash`` list (the quarantine's identity_hashes) holds a suppressed identity."""
+        """Records whose stored identities (the quarantine's ``identity_hashes``: the fields that could
+        be read and the e-mails and phones in the text) name a suppressed person."""
         hash_lists = list(hash_lists)
         if self.empty:
             return np.zeros(len(hash_lists), dtype=bool)
-        return np.array([bool(text) and any(h in self.active.get(kind, ()) for kind, _, h in
-                                            (item.partition(":") for item in text.split()))
-                         for text in hash_lists], dtype=bool)
+        return np.array([names_any(parse_hash_list(text), self.active) for text in hash_lists], dtype=bool)
 
     def free_text_mentions(self, frame: pd.DataFrame, columns: Iterable[str]) -> dict[str, np.ndarray]:
         """Per free-text column, the rows whose text names a suppressed person (e-mail, phone, or
@@ -101,7 +95,7 @@ class Screen:
         columns = [c for c in columns if c in frame.columns]
         if self.empty or frame.empty or not columns:
             return {}
-        companies = (frame["company_name"].map(company_value) if "company_name" in frame.columns
+        companies = (map_unique(frame["company_name"], company_value) if "company_name" in frame.columns
                      else pd.Series(None, index=frame.index, dtype=object))
         out = {}
         for c in columns:
