@@ -90,6 +90,17 @@ CREATE TABLE IF NOT EXISTS ops.erasure_outbox (
 	PRIMARY KEY (request_id, target, kind, identifier)
 );
 
+CREATE TABLE IF NOT EXISTS ops.landing_aliases (
+	source TEXT NOT NULL, 
+	partition TEXT NOT NULL, 
+	file TEXT NOT NULL, 
+	original_sha256 TEXT NOT NULL, 
+	scrubbed_sha256 TEXT NOT NULL, 
+	scrubbed_at TIMESTAMP WITH TIME ZONE NOT NULL
+);
+
+CREATE INDEX IF NOT EXISTS ix_landing_aliases_original ON ops.landing_aliases (source, original_sha256);
+
 CREATE TABLE IF NOT EXISTS ops.landing_files (
 	source TEXT NOT NULL, 
 	partition TEXT NOT NULL, 

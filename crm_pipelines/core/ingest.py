@@ -28,7 +28,7 @@ from .masking import mask_text, masked_preview
 from .privacy.identity import IdentityHasher, entries, hash_list
 from .privacy.suppression import ACCOUNT_PERSON_COLUMNS, Screen, SuppressionList
 from .readers import RawChunk, SourceFileError, id_field_of, read_file
-from .schema import LANDING_FILES, QUARANTINE, raw_table
+from .schema import LANDING_ALIASES, LANDING_FILES, QUARANTINE, raw_table
 from .warehouse import Warehouse
 
 Log = Callable[[str], None]
@@ -59,6 +59,7 @@ class PartitionReport:
     seconds: float = 0.0
     fields_anonymised: int = 0          # account records that lost a suppressed person's Ansprechpartner/e-mail
     repermissions: list = field(default_factory=list)  # fresh double-opt-in sign-ups that lift a suppression
+    pruned: bool = False  # the day's landing folder is gone (retention): the earlier load was kept
 
     @property
     def rows_read(self) -> int:
@@ -159,6 +160,16 @@ def ingest_partition(
     report = PartitionReport(mapping.source, partition)
     loaded_at = _now()
 
+    if not partition_folder(landing_root, mapping.source, partition).is_dir():
+        kept = _ledger_of(warehouse, mapping.source, partition)
+        if kept:
+            # The day's folder was removed by the landing retention (privacy.yaml): what was loaded
+            # from it stays; a backfill must not empty the day.
+            report.files, report.pruned = kept, True
+            log(f"{mapping.source} {partition}: landing folder removed by retention; the {len(kept)} file(s) loaded "
+                "earlier are kept as they are")
+            report.seconds = time.monotonic() - started
+            return report
     files = landing_files(landing_root, mapping, partition)
     reports = [FileReport(file=p.name, sha256=sha256_file(p), size_bytes=p.stat().st_size) for p in files]
     report.files = reports + [
@@ -332,10 +343,31 @@ def quarantine_identities(hasher: IdentityHasher, mapping: SourceMapping, chunk:
             for i, p in enumerate(positions)]
 
 
+def _ledger_of(warehouse: Warehouse, source: str, partition: str) -> list[FileReport]:
+    """The files an earlier run recorded for the day, as reports (empty if none)."""
+    with warehouse.engine.connect() as conn:
+        if not sa.inspect(conn).has_table(LANDING_FILES.name, schema=LANDING_FILES.schema):
+            return []
+        t = LANDING_FILES
+        rows = conn.execute(sa.select(t).where(t.c.source == source, t.c.partition == partition)).mappings().all()
+    return [FileReport(file=r["file"], sha256=r["sha256"], size_bytes=r["size_bytes"], status=r["status"],
+                       duplicate_of=r["duplicate_of"], error=r["error"], rows_read=r["rows_read"],
+                       rows_loaded=r["rows_loaded"], rows_quarantined=r["rows_quarantined"],
+                       rows_suppressed=r["rows_suppressed"] or 0, text_values_cleaned=r["text_values_cleaned"] or 0)
+            for r in rows]
+
+
 def _delivered_elsewhere(warehouse: Warehouse, source: str, partition: str, hashes: list[str]) -> dict[str, str]:
-    """Files of other days with the same content: a re-delivery, not new data."""
+    """Files of other days with the same content, or with the content a file had before an erasure
+    rewrote it (ops.landing_aliases): a re-delivery, not new data."""
     found: dict[str, str] = {}
     with warehouse.engine.connect() as conn:
+        if sa.inspect(conn).has_table(LANDING_ALIASES.name, schema=LANDING_ALIASES.schema):
+            al = LANDING_ALIASES
+            for i in range(0, len(hashes), 500):
+                for row in conn.execute(sa.select(al.c.original_sha256, al.c.partition, al.c.file).where(
+                        al.c.source == source, al.c.original_sha256.in_(hashes[i:i + 500]))):
+                    found.setdefault(row.original_sha256, f"{row.partition}/{row.file}")
         for i in range(0, len(hashes), 500):
             q = (
                 sa.select(LANDING_FILES.c.sha256, LANDING_FILES.c.partition, LANDING_FILES.c.file)

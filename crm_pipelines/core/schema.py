@@ -82,6 +82,19 @@ LANDING_FILES = sa.Table(
 )
 sa.Index("ix_landing_files_sha256", LANDING_FILES.c.source, LANDING_FILES.c.sha256)
 
+LANDING_ALIASES = sa.Table(
+    "landing_aliases", metadata,
+    sa.Column("source", sa.Text(), nullable=False),
+    sa.Column("partition", sa.Text(), nullable=False),
+    sa.Column("file", sa.Text(), nullable=False),
+    sa.Column("original_sha256", sa.Text(), nullable=False, comment="content hash before an erasure rewrote the file"),
+    sa.Column("scrubbed_sha256", sa.Text(), nullable=False, comment="content hash after the rewrite"),
+    sa.Column("scrubbed_at", sa.DateTime(timezone=True), nullable=False),
+    schema="ops",
+    comment="Landing files rewritten by an erasure: the original hash still marks a re-delivery as a duplicate.",
+)
+sa.Index("ix_landing_aliases_original", LANDING_ALIASES.c.source, LANDING_ALIASES.c.original_sha256)
+
 
 def raw_table(source: str, entity: Entity, md: sa.MetaData | None = None) -> sa.Table:
     md = metadata if md is None else md

@@ -16,9 +16,11 @@ import dagster as dg
 from ..core.golden import build_consent_events
 from ..core.ingest import landed_partitions, landing_files
 from ..core.mapping import SourceMapping
+from ..core.masking import mask_text
 from ..core.privacy import audit
 from ..core.privacy.access import export_person, write_export
 from ..core.privacy.erasure import CrmErasureTarget, erase, request_done, requests_in_file, retry_pending
+from ..core.privacy.landing import prune_landing, remove_request_file
 from ..core.privacy.retention import retire_inactive
 from ..core.privacy.settings import load_privacy_settings
 from .auditing import audit_run
@@ -49,6 +51,11 @@ class ExportConfig(dg.Config):
     crm_contact_id: str = ""
     out: str = ""
     """Where to write the JSON; empty: <CRM_DATA_DIR>/exports/<request id>.json."""
+
+
+class PruneLandingConfig(dg.Config):
+    dry_run: bool = False
+    """Count the day folders that would be removed without removing them."""
 
 
 class RetentionConfig(dg.Config):
@@ -84,22 +91,22 @@ def build_privacy_defs(config_dir: Path, mappings: dict[str, SourceMapping], dat
 
     @dg.op(description="Erases one person everywhere (warehouse, CRM), suppresses their identities, audits each step.")
     def erase_one(context: dg.OpExecutionContext, config: ErasureConfig, warehouse: WarehouseResource,
-                  privacy: PrivacyResource, crm: CrmResource) -> dg.Output:
+                  privacy: PrivacyResource, crm: CrmResource, landing: LandingZoneResource) -> dg.Output:
         if not (config.email or config.crm_contact_id):
             raise dg.Failure("give the person's e-mail address or CRM contact ID")
         report = erase(warehouse.get(), privacy.hasher(), mappings, emails=[config.email] if config.email else [],
                        crm_contact_ids=[config.crm_contact_id] if config.crm_contact_id else [],
                        request_id=f"launchpad:{context.run.run_id}", source="launchpad",
                        actor=f"dagster:{context.run.tags.get('user', 'launchpad')}", run_id=context.run.run_id,
-                       targets=targets(crm), log=context.log.info)
+                       targets=targets(crm), log=lambda m: context.log.info(mask_text(m)), landing_root=landing.path)
         return dg.Output(None, metadata=_erasure_metadata([report]))
 
     @dg.op(description="Handles the erasure requests of new landing files (the CRM's privacy webhook), and retries "
                        "erasures a connected system has not confirmed yet.")
     def erase_requested(context: dg.OpExecutionContext, config: ErasureFilesConfig, warehouse: WarehouseResource,
-                        privacy: PrivacyResource, crm: CrmResource) -> dg.Output:
+                        privacy: PrivacyResource, crm: CrmResource, landing: LandingZoneResource) -> dg.Output:
         wh, hasher, mapping = warehouse.get(), privacy.hasher(), mappings[ERASURE_SOURCE]
-        reports, unusable, skipped = [], 0, 0
+        reports, unusable, skipped, removed = [], 0, 0, 0
         for f in config.files:
             requests, bad = requests_in_file(Path(f), mapping)
             unusable += bad
@@ -111,10 +118,19 @@ def build_privacy_defs(config_dir: Path, mappings: dict[str, SourceMapping], dat
                                      crm_contact_ids=[req["crm_contact_id"]] if req["crm_contact_id"] else [],
                                      request_id=req["request_id"], source=req["requested_by"] or "crm-webhook",
                                      actor="sensor:erasure_requests", run_id=context.run.run_id,
-                                     targets=targets(crm), log=context.log.info))
+                                     targets=targets(crm), log=lambda m: context.log.info(mask_text(m)),
+                                     landing_root=landing.path))
+            # Handled: the request lives on as hashes and request rows, not as a clear-text file. A
+            # file with unusable lines stays for the data protection officer to look at.
+            if bad:
+                context.log.error(f"{Path(f).name}: {bad} line(s) are not usable requests; the file is kept in the "
+                                  "landing zone (see the quarantine of raw/erasure_requests)")
+            elif remove_request_file(Path(f)):
+                removed += 1
         retried = retry_pending(wh, targets(crm), actor="sensor:erasure_requests", run_id=context.run.run_id)
         md = _erasure_metadata(reports)
-        md.update(files=len(config.files), unusable_lines=unusable, already_done=skipped, retried=len(retried))
+        md.update(files=len(config.files), unusable_lines=unusable, already_done=skipped, retried=len(retried),
+                  request_files_removed=removed)
         return dg.Output(None, metadata=md)
 
     @dg.op(description="Writes everything held about one person (all tables, consent history, what was sent to the "
@@ -143,6 +159,23 @@ def build_privacy_defs(config_dir: Path, mappings: dict[str, SourceMapping], dat
                                          "dry_run": config.dry_run, "cutoff": report.cutoff.isoformat(),
                                          "tables": dg.MetadataValue.json(report.tables)})
 
+    @dg.op(description=f"Removes landing-zone day folders older than {settings.landing_retention_days} days "
+                       "(privacy.yaml landing.retention_days); what was loaded from them stays in the warehouse.")
+    def prune(context: dg.OpExecutionContext, config: PruneLandingConfig, warehouse: WarehouseResource,
+              landing: LandingZoneResource) -> dg.Output:
+        from datetime import date
+
+        report = prune_landing(landing.path, mappings, settings.landing_retention_days, date.today(),
+                               dry_run=config.dry_run)
+        if not config.dry_run:
+            audit_run(warehouse.get(), context, "landing.pruned",
+                      {"cutoff": report.cutoff.isoformat(), "folders": report.folders_removed,
+                       "files": report.files_removed, "bytes": report.bytes_removed})
+        return dg.Output(None, metadata={"cutoff": report.cutoff.isoformat(), "dry_run": config.dry_run,
+                                         "folders_removed": report.folders_removed,
+                                         "files_removed": report.files_removed, "bytes_removed": report.bytes_removed,
+                                         "by_source": dg.MetadataValue.json(report.by_source)})
+
     @dg.op(description="Recomputes the audit trail's hash chain and fails if a row was altered, inserted or removed.")
     def verify_chain(context: dg.OpExecutionContext, warehouse: WarehouseResource) -> dg.Output:
         result = audit.verify(warehouse.get())
@@ -170,11 +203,16 @@ def build_privacy_defs(config_dir: Path, mappings: dict[str, SourceMapping], dat
     def retention():
         retire()
 
+    @dg.job(name="prune_landing", description="Remove landing-zone day folders past landing.retention_days.",
+            tags={"crm/privacy": "landing-retention"})
+    def prune_landing_job():
+        prune()
+
     @dg.job(name="verify_audit_trail", description="Verify the audit trail's hash chain.")
     def verify_audit_trail():
         verify_chain()
 
-    jobs = [erase_person, handle_erasure_requests, export_person_job, retention, verify_audit_trail]
+    jobs = [erase_person, handle_erasure_requests, export_person_job, retention, prune_landing_job, verify_audit_trail]
     by_name = {j.name: j for j in jobs}
 
     @dg.sensor(job=by_name["handle_erasure_requests"], minimum_interval_seconds=settings.sensor_interval_seconds,
@@ -201,7 +239,12 @@ def build_privacy_defs(config_dir: Path, mappings: dict[str, SourceMapping], dat
     schedule = dg.ScheduleDefinition(name="weekly_retention", job=by_name["retention"], cron_schedule="30 3 * * 0",
                                      execution_timezone="Europe/Berlin", default_status=dg.DefaultScheduleStatus.STOPPED,
                                      description="Sundays 03:30: anonymise contacts past the retention period.")
-    return {"assets": [consent_events], "jobs": jobs, "sensors": [erasure_requests], "schedules": [schedule]}
+    landing_schedule = dg.ScheduleDefinition(
+        name="daily_landing_retention", job=by_name["prune_landing"], cron_schedule="15 4 * * *",
+        execution_timezone="Europe/Berlin", default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=f"Daily 04:15: remove landing day folders older than {settings.landing_retention_days} days.")
+    return {"assets": [consent_events], "jobs": jobs, "sensors": [erasure_requests],
+            "schedules": [schedule, landing_schedule]}
 
 
 def _digest(path: Path) -> str:
@@ -223,5 +266,7 @@ def _erasure_metadata(reports) -> dict:
         "subjects": dg.MetadataValue.json([r.subject for r in reports][:50]),
         "rows_erased_by_table": dg.MetadataValue.json(tables),
         "crm": dg.MetadataValue.json([r.targets.get("crm", {}) for r in reports][:50]),
+        "landing_files_rewritten": sum(r.landing.get("files_rewritten", 0) for r in reports),
+        "landing_records_removed": sum(r.landing.get("records_removed", 0) for r in reports),
     }
 

@@ -1,9 +1,10 @@
 """python -m crm_pipelines.privacy: data-protection requests from the command line.
 
-    erase --email ADDRESS [--crm-contact-id ID] [--by NAME]      Art. 17: erase everywhere, suppress, audit
+    erase --email ADDRESS [--crm-contact-id ID] [--by NAME]      Art. 17: erase everywhere (landing files too), suppress, audit
     export --email ADDRESS [--out FILE] [--by NAME]               Art. 15/20: everything held, as JSON
     repermit --email ADDRESS --evidence TEXT --by NAME            lift the e-mail's suppression (documented consent)
     retention [--dry-run]                                         anonymise contacts past the retention period
+    prune-landing [--dry-run]                                     remove landing day folders past their retention
     verify-audit                                                  check the audit trail's hash chain
 
 Uses the same settings as the code location (CRM_WAREHOUSE_URL, CRM_API_URL, CRM_API_TOKEN,
@@ -26,6 +27,7 @@ from ..core.privacy import audit
 from ..core.privacy.access import export_person, write_export
 from ..core.privacy.erasure import CrmErasureTarget, erase
 from ..core.privacy.identity import IdentityHasher, load_or_create_salt
+from ..core.privacy.landing import prune_landing
 from ..core.privacy.retention import retire_inactive
 from ..core.privacy.settings import load_privacy_settings
 from ..core.privacy.suppression import SuppressionList, subject_of
@@ -55,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--by", required=True)
     t = sub.add_parser("retention", help="anonymise contacts past the retention period (privacy.yaml)")
     t.add_argument("--dry-run", action="store_true")
+    p = sub.add_parser("prune-landing", help="remove landing day folders past landing.retention_days (privacy.yaml)")
+    p.add_argument("--dry-run", action="store_true")
     sub.add_parser("verify-audit", help="verify the audit trail's hash chain")
     args = parser.parse_args(argv)
 
@@ -76,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                 window_seconds=sync.window_seconds, max_attempts=3))]
         report = erase(wh, hasher, mappings, emails=[args.email] if args.email else [],
                        crm_contact_ids=[args.crm_contact_id] if args.crm_contact_id else [],
-                       request_id=f"cli:{uuid.uuid4().hex[:12]}", source="cli", actor=actor, targets=targets)
+                       request_id=f"cli:{uuid.uuid4().hex[:12]}", source="cli", actor=actor, targets=targets,
+                       landing_root=settings.landing_dir)
         print(f"{report.request_id}: {report.status} for {report.subject}: {sum(report.tables.values())} row(s) in "
               f"{len(report.tables)} table(s), {report.suppression_added} suppression entr(y/ies) added")
         for name, counts in report.targets.items():
@@ -106,6 +111,14 @@ def main(argv: list[str] | None = None) -> int:
         rep = retire_inactive(wh, hasher, mappings, months=months, actor=actor, dry_run=args.dry_run)
         print(f"cutoff {rep.cutoff:%Y-%m-%d}: {rep.candidates} old contact(s), {rep.kept_relationship} kept (customers), "
               f"{rep.kept_active} kept (recent activity), {rep.retired} {'would be ' if args.dry_run else ''}anonymised")
+        return 0
+    if args.command == "prune-landing":
+        from datetime import date
+
+        days = load_privacy_settings(settings.config_dir / "privacy.yaml").landing_retention_days
+        rep = prune_landing(settings.landing_dir, mappings, days, date.today(), dry_run=args.dry_run)
+        print(f"cutoff {rep.cutoff:%Y-%m-%d}: {rep.folders_removed} day folder(s), {rep.files_removed} file(s), "
+              f"{rep.bytes_removed:,} bytes {'would be ' if args.dry_run else ''}removed")
         return 0
     result = audit.verify(wh)
     if result.ok:

@@ -232,3 +232,75 @@ def test_the_screen_recognises_every_spelling_of_an_erased_person(how, zw, pad, 
     # A namesake at another company, with other contact data, is not the erased person.
     other = dict(row, email="anna@andere-ag.de", company_name="Andere AG", phone="089 555-1")
     assert not screen.suppressed(pd.DataFrame([other]), "trade_fair_leads").any()
+
+
+# ------------------------------------------------------------------ the landing zone
+
+def test_erasure_rewrites_the_kept_landing_files_and_a_redelivery_stays_a_duplicate(landing, mappings, sqlite_url):
+    from crm_pipelines.core.ingest import partition_balance, sha256_file
+    from crm_pipelines.core.schema import LANDING_ALIASES
+
+    wh = Warehouse(sqlite_url)
+    deliver_day1(landing)
+    put(landing, "web_form_leads", DAY1, "leads_1000.jsonl", "\n".join([
+        web(2, email=None), web(4, email="a.roemer@andere-ag.de", company="Andere AG", phone="089 555-1")]) + "\n")
+    put(landing, "trade_fair_leads", DAY1, "messe.csv", TRADE_FAIR_HEADER + "\r\n" + "\r\n".join([
+        fair(21, Vorname="Anna", Nachname="Römer", Firma="Beispiel GmbH", Telefon="0351/471123", **{"E-Mail": ""}),
+        fair(22)]) + "\r\n")
+    put(landing, "service_requests", DAY1, "tickets.json", json.dumps({"tickets": [
+        ticket(31, "Anna Römer", EMAIL, "Presse verliert Öl"), ticket(32, "Karl Berg", "kollege@beispiel-gmbh.de",
+                                                                     "Wartung")]}, ensure_ascii=False))
+    original = (landing / "web_form_leads" / DAY1 / "leads_1000.jsonl").read_bytes()
+    original_hash = sha256_file(landing / "web_form_leads" / DAY1 / "leads_1000.jsonl")
+    load(landing, mappings, wh, DAY1)
+    report = erase(wh, HASHER, mappings, emails=[EMAIL], request_id="r-1", source="test", actor="test",
+                   landing_root=landing)
+    assert report.landing["files_rewritten"] == 5 and report.landing["records_removed"] == 4, report.landing
+
+    files = {p.relative_to(landing).as_posix(): p.read_bytes() for p in landing.rglob("*") if p.is_file()}
+    namesake = web(4, email="a.roemer@andere-ag.de", company="Andere AG", phone="089 555-1")
+    assert files.pop(f"web_form_leads/{DAY1}/leads_1000.jsonl").decode() == namesake + "\n"  # only she stays
+    for name, content in files.items():
+        text = content.decode("cp850" if "KUNDEN" in name else "utf-8-sig")
+        assert "Römer" not in text and "Roemer" not in text and "471123" not in text, name
+    assert "Beispiel GmbH" in files[f"erp_customers/{DAY1}/KUNDEN_1.txt"].decode("cp850")  # the company stays
+    assert len(files[f"erp_customers/{DAY1}/KUNDEN_1.txt"].rstrip(b"\r\n")) == 339
+    assert [t["ticket_id"] for t in json.loads(files[f"service_requests/{DAY1}/tickets.json"])["tickets"]] == ["SR-32"]
+    aliases = wh.read_frame(sa.select(LANDING_ALIASES))
+    assert original_hash in set(aliases["original_sha256"])
+    # The balance of the day still holds: the erased rows count as suppressed.
+    for source in SOURCES:
+        b = partition_balance(wh, mappings[source], [DAY1])[DAY1]
+        assert b["read"] == b["loaded"] + b["quarantined"] + b["suppressed"], source
+
+    # The original file delivered again on another day: a duplicate, not new data.
+    put(landing, "web_form_leads", DAY2, "leads_again.jsonl", original)
+    again = load(landing, mappings, wh, DAY2)["web_form_leads"]
+    assert [f.status for f in again.files] == ["duplicate"]
+
+
+def test_old_landing_days_are_pruned_and_a_backfill_keeps_what_they_loaded(landing, mappings, sqlite_url):
+    from datetime import date
+
+    from crm_pipelines.core.ingest import partition_balance
+    from crm_pipelines.core.privacy.landing import prune_landing
+
+    wh = Warehouse(sqlite_url)
+    other = web(2, email="b@x.de", first="Bernd", last="Kurz", phone="0351 1")
+    put(landing, "web_form_leads", "2026-01-05", "leads_0900.jsonl", web(1) + "\n" + other + "\n")
+    put(landing, "web_form_leads", "2026-11-30", "leads_0900.jsonl", web(3, email="c@x.de") + "\n")
+    load(landing, mappings, wh, "2026-01-05")
+    dry = prune_landing(landing, mappings, 90, date(2026, 12, 5), dry_run=True)
+    assert dry.folders_removed == 1 and (landing / "web_form_leads" / "2026-01-05").is_dir()
+    report = prune_landing(landing, mappings, 90, date(2026, 12, 5))
+    assert (report.folders_removed, report.files_removed) == (1, 1)
+    assert not (landing / "web_form_leads" / "2026-01-05").exists()
+    assert (landing / "web_form_leads" / "2026-11-30").is_dir()
+    # An erasure in the pruned day, then a backfill of it: the other row stays, the balance holds.
+    erase(wh, HASHER, mappings, emails=[EMAIL], request_id="r-1", source="test", actor="test", landing_root=landing)
+    backfill = load(landing, mappings, wh, "2026-01-05")["web_form_leads"]
+    assert backfill.pruned and backfill.rows_loaded == 1 and backfill.rows_suppressed == 1
+    t = raw_table("web_form_leads", mappings["web_form_leads"].entity)
+    assert wh.read_frame(sa.select(t.c.source_record_id))["source_record_id"].tolist() == ["WF-2"]
+    b = partition_balance(wh, mappings["web_form_leads"], ["2026-01-05"])["2026-01-05"]
+    assert b == {"read": 2, "loaded": 1, "quarantined": 0, "suppressed": 1}

@@ -68,6 +68,9 @@ def test_a_person_deleted_in_the_crm_never_comes_back(tmp_path, demo_landing, mo
             crm_people = wh.read_frame(sa.select(pr.c.email_norm, pr.c.crm_contact_id)
                                        .where(pr.c.source == "crm_contacts", pr.c.email_norm.in_(web["email_norm"])))
             email, crm_id = crm_people.iloc[0]["email_norm"], crm_people.iloc[0]["crm_contact_id"]
+            # Who they are besides the address: name, company and phone of their web form.
+            me = wh.read_frame(sa.select(pr.c.first_name, pr.c.last_name, pr.c.company_name, pr.c.phone)
+                               .where(pr.c.source == "web_form_leads", pr.c.email_norm == email)).iloc[0]
             web_file = next(p for p in sorted((landing / "web_form_leads").rglob("*.jsonl")) if email in p.read_text())
             assert crm.count("contacts")["objects"] > 0
 
@@ -93,6 +96,9 @@ def test_a_person_deleted_in_the_crm_never_comes_back(tmp_path, demo_landing, mo
             again, _ = _sensor_runs(defs, instance, landing, cursor)
             assert again == []
             assert _holds(wh, email) == []
+            # The handled request file is gone, and so is every landing line that named the person.
+            assert not (folder / "webhook_20261120.jsonl").exists()
+            assert not [p for p in landing.rglob("*") if p.is_file() and email.encode() in p.read_bytes().lower()]
             assert crm.stats()["counts"]["gdpr_deleted"] >= 1
 
             # 3. Later: a backfill of every old day (old ERP export, the CRM snapshot from before the
@@ -101,6 +107,16 @@ def test_a_person_deleted_in_the_crm_never_comes_back(tmp_path, demo_landing, mo
             replay = landing / "web_form_leads" / NEW_DAY
             replay.mkdir(parents=True)
             shutil.copy(web_file, replay / "leads_replayed.jsonl")
+            # ... and the same person under other identities: no e-mail (name, company, phone), an
+            # invisible character in front of the address; beside them a namesake at another company.
+            (replay / "leads_other_identities.jsonl").write_text("\n".join(json.dumps(
+                {"lead_id": f"WF-Z{i}", "submitted_at": f"{NEW_DAY}T09:00:00Z", "form": "kontakt",
+                 "first_name": me["first_name"], "last_name": me["last_name"], "country": "DE",
+                 "newsletter_opt_in": False, **extra}, ensure_ascii=False) for i, extra in enumerate([
+                    {"company_name": me["company_name"], "phone": me["phone"]},
+                    {"company_name": me["company_name"], "email": "\u200b" + email.upper()},
+                    {"company_name": "Ganz Andere Namensvetter AG", "email": "namensvetter@andere-ag.de",
+                     "phone": "+49 89 5550123"}])) + "\n", encoding="utf-8")
             assert run_range(defs, instance, days[0], NEW_DAY).success
             assert run_golden(defs, instance).success
             assert push_crm(defs, instance).success
@@ -110,6 +126,14 @@ def test_a_person_deleted_in_the_crm_never_comes_back(tmp_path, demo_landing, mo
             assert wh.scalar(sa.select(sa.func.count()).select_from(g).where(g.c.crm_contact_id == crm_id)) == 0
             assert crm.emails_received[email] == before, "the person reached the CRM's door again"
             assert all(o["properties"].get("email") != email for o in crm.objects("contacts"))
+            # Not under the other identities either; the namesake is a contact of their own, in the CRM too.
+            golden = wh.read_frame(sa.select(g.c.first_name, g.c.last_name, g.c.company_name, g.c.email))
+            same_name = golden[(golden["first_name"] == me["first_name"]) & (golden["last_name"] == me["last_name"])]
+            assert same_name["company_name"].tolist() == ["Ganz Andere Namensvetter AG"]
+            pushed = [o["properties"] for o in crm.objects("contacts")
+                      if o["properties"].get("lastname") == me["last_name"]
+                      and o["properties"].get("firstname") == me["first_name"]]
+            assert [p.get("email") for p in pushed] == ["namensvetter@andere-ag.de"]
             loaded = instance.get_latest_materialization_event(dg.AssetKey(["raw", "web_form_leads"]))
             assert loaded is not None
             assert audit.verify(wh).ok
@@ -118,7 +142,9 @@ def test_a_person_deleted_in_the_crm_never_comes_back(tmp_path, demo_landing, mo
 
 
 def test_erase_and_export_jobs_from_the_launchpad(tmp_path, demo_landing, monkeypatch):
-    root, manifest = demo_landing
+    src, manifest = demo_landing
+    root = tmp_path / "landing"  # an erasure rewrites landing files: not the shared fixture's
+    shutil.copytree(src, root)
     with CrmServer(token=TOKEN) as crm:
         crm.seed_from_landing(root)
         monkeypatch.setenv("CRM_API_TOKEN", TOKEN)

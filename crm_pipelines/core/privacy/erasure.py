@@ -26,6 +26,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 import pandas as pd
@@ -37,11 +38,12 @@ from ..masking import mask_text
 from ..cleaning.names import name_key
 from ..cleaning.phones import to_e164
 from ..matching.records import PERSON_SOURCES
-from ..schema import ACCOUNT_RECORDS, ERASURE_OUTBOX, PERSON_CROSSWALK, PERSON_RECORDS, PRIVACY_REQUESTS, raw_table
+from ..schema import (ACCOUNT_RECORDS, ERASURE_OUTBOX, LANDING_FILES, PERSON_CROSSWALK, PERSON_RECORDS, PRIVACY_REQUESTS,
+                      QUARANTINE, raw_table)
 from ..warehouse import Warehouse, tables_present
 from .audit import AuditEntry, append
 from .identity import IdentityHasher, any_suppressed, company_value, entries, split_name
-from .inventory import Locator, Person, build_inventory, family_plz_of, locate
+from .inventory import Locator, Person, build_inventory, digits_tail, family_plz_of, locate, stripped_phone
 from .suppression import SuppressionList, subject_of
 
 Log = Callable[[str], None]
@@ -83,6 +85,7 @@ class ErasureReport:
     seconds: float = 0.0
     target_seconds: dict[str, float] = field(default_factory=dict)
     print_lists: dict[str, int] = field(default_factory=dict)  # list -> recipients removed from its files
+    landing: dict[str, int] = field(default_factory=dict)      # landing files checked / rewritten, records changed
 
 
 def find_person(wh: Warehouse, hasher: IdentityHasher, emails: Sequence[str] = (), crm_contact_ids: Sequence[str] = (),
@@ -120,6 +123,10 @@ def find_person(wh: Warehouse, hasher: IdentityHasher, emails: Sequence[str] = (
     frames = [(None, asked), (None, members)] + raw_members
     shared = shared_phones(wh, hasher)
     _add_identities(person, hasher, wh, frames, mappings or {}, shared)
+    # Before a golden build the staging tables cannot tell a switchboard: ask the raw records too.
+    raw_shared = _raw_shared_phones(wh, mappings or {}, hasher, person.phones)
+    person.identities["phone"] -= raw_shared
+    shared |= raw_shared
     if not search_by_name:
         person.families, person.phones = set(), set()
         person.record_keys = keys
@@ -248,6 +255,32 @@ def shared_phones(wh: Warehouse, hasher: IdentityHasher) -> set[str]:
     return out
 
 
+def _raw_shared_phones(wh: Warehouse, mappings: dict[str, SourceMapping], hasher: IdentityHasher,
+                       phones: set[str]) -> set[str]:
+    """Phone hashes that raw person records of more than one family name carry (a switchboard, a
+    shared desk): such a number identifies nobody on its own."""
+    tails = sorted({d for d in (digits_tail(p) for p in phones) if d})
+    families: dict[str, set[str]] = {}
+    for m in mappings.values():
+        t = raw_table(m.source, m.entity)
+        cols = [c for c in ("phone", "mobile") if c in t.c]
+        if m.source not in PERSON_SOURCES or not cols or not tails or not tables_present(wh, [t]):
+            continue
+        rows = wh.read_frame(sa.select(t).where(sa.or_(*[stripped_phone(t.c[c]).like(f"%{d}") for c in cols
+                                                         for d in tails])))
+        if rows.empty:
+            continue
+        ids = hasher.frame_identities(rows, m.source)
+        family = (rows["last_name"] if "last_name" in rows.columns
+                  else rows["contact_name"].map(lambda v: split_name(v)[1]))
+        keys = family.map(lambda v: name_key(v) if isinstance(v, str) else None)
+        for column in ("phone", "phone:2"):
+            for h, k in zip(ids[column], keys):
+                if h and k:
+                    families.setdefault(h, set()).add(k)
+    return {h for h, ks in families.items() if len(ks) > 1}
+
+
 def _person_records_with(wh: Warehouse, hasher: IdentityHasher, person: Person) -> set[str]:
     """Person records that carry one of the person's identities (found by family name, phone or address)."""
     if not tables_present(wh, [PERSON_RECORDS]):
@@ -268,8 +301,9 @@ def _person_records_with(wh: Warehouse, hasher: IdentityHasher, person: Person) 
 def erase(wh: Warehouse, hasher: IdentityHasher, mappings: dict[str, SourceMapping], *, emails: Sequence[str] = (),
           crm_contact_ids: Sequence[str] = (), request_id: str, source: str, actor: str, run_id: str | None = None,
           targets: Sequence[ErasureTarget] = (), log: Log | None = None,
-          locators: list[Locator] | None = None) -> ErasureReport:
-    """Erases one person everywhere; idempotent (a second call finds nothing left and re-checks the targets)."""
+          locators: list[Locator] | None = None, landing_root: Path | None = None) -> ErasureReport:
+    """Erases one person everywhere; idempotent (a second call finds nothing left and re-checks the targets).
+    ``landing_root``: also rewrite the kept landing files that name the person (:mod:`.landing`)."""
     log = log or (lambda _m: None)
     started = time.monotonic()
     person = find_person(wh, hasher, emails, crm_contact_ids, mappings=mappings)
@@ -302,6 +336,13 @@ def erase(wh: Warehouse, hasher: IdentityHasher, mappings: dict[str, SourceMappi
         t0 = time.monotonic()
         report.targets[target.name] = _propagate(wh, target, request_id, person.subject, identifiers, actor, run_id)
         report.target_seconds[target.name] = round(time.monotonic() - t0, 3)
+    if landing_root is not None:
+        from .landing import scrub_landing
+
+        scrubbed = scrub_landing(landing_root, mappings, person, hasher, wh, log)
+        report.landing = {"files_checked": scrubbed.files_checked, "files_rewritten": scrubbed.files_rewritten,
+                          "records_removed": scrubbed.records_removed, "values_blanked": scrubbed.values_blanked}
+        append(wh, [AuditEntry("erasure.landing", actor, person.subject, report.landing, run_id)])
     failed = any(o.get("failed") for o in report.targets.values())
     report.status = "pending" if failed else "completed"
     _request(wh, request_id, "erasure", person.subject, source, report.status,
@@ -323,7 +364,28 @@ def scrub(wh: Warehouse, hasher: IdentityHasher, person: Person, locators: list[
             n = _apply(conn, loc, rows, person)
             if n:
                 counts[loc.name] = n
+                _rebalance_ledger(conn, loc, rows)
     return counts
+
+
+def _rebalance_ledger(conn, loc: Locator, rows: pd.DataFrame) -> None:
+    """Rows deleted from a raw table or the quarantine now count as suppressed in ``ops.landing_files``,
+    so ``rows read = loaded + quarantined + suppressed`` still holds for a day whose files are gone."""
+    t = LANDING_FILES
+    if loc.table is QUARANTINE:
+        gone = rows.groupby(["source", "partition", "file"]).size()
+        column = t.c.rows_quarantined
+    elif loc.table.schema == "raw" and not loc.action.startswith("blank:") and "_file" in rows.columns:
+        if "_mention_only" in rows.columns:
+            rows = rows[~rows["_mention_only"].astype(bool)]
+        gone = rows.assign(source=loc.table.name).groupby(["source", "_partition", "_file"]).size()
+        column = t.c.rows_loaded
+    else:
+        return
+    for (source, partition, file), n in gone.items():
+        conn.execute(sa.update(t).where(t.c.source == source, t.c.partition == partition, t.c.file == file)
+                     .values({column: column - int(n),
+                              t.c.rows_suppressed: sa.func.coalesce(t.c.rows_suppressed, 0) + int(n)}))
 
 
 def _apply(conn, loc: Locator, rows: pd.DataFrame, person: Person) -> int:

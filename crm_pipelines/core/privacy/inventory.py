@@ -92,12 +92,12 @@ def name_fragment(family: str) -> str | None:
     return max(pieces, key=len) if pieces else None
 
 
-def _digits_tail(phone: str) -> str | None:
+def digits_tail(phone: str) -> str | None:
     digits = re.sub(r"\D", "", phone)
     return digits[-6:] if len(digits) >= 6 else None
 
 
-def _stripped_phone(col: sa.Column) -> sa.ColumnElement:
+def stripped_phone(col: sa.Column) -> sa.ColumnElement:
     out = col
     for ch in (" ", "-", "/", "(", ")", ".", "+"):
         out = sa.func.replace(out, ch, "")
@@ -119,10 +119,10 @@ def _raw_finder(source: str, entity_name: str) -> Finder:
         for column in ("last_name", "contact_name", "contact_person"):
             if column in t.c:
                 cond += [t.c[column].ilike(f"%{f}%") for f in sorted(fragments)]
-        tails = {d for d in (_digits_tail(p) for p in person.phones) if d}
+        tails = {d for d in (digits_tail(p) for p in person.phones) if d}
         for column in ("phone", "mobile"):
             if column in t.c and entity_name != "account":
-                cond += [_stripped_phone(t.c[column]).like(f"%{d}") for d in sorted(tails)]
+                cond += [stripped_phone(t.c[column]).like(f"%{d}") for d in sorted(tails)]
         free_text = [c for c in ("notes", "subject") if c in t.c]
         for column in free_text:
             cond += [t.c[column].ilike(f"%{f}%") for f in sorted(fragments)]
@@ -188,7 +188,7 @@ def _find_quarantine(conn, wh, person, hasher) -> pd.DataFrame:
     for family, plz in person.family_plz:
         # A record that did not parse still names the person: family name and PLZ in its text.
         keep |= (low.str.contains(family.lower(), regex=False) & texts.str.contains(plz, regex=False)).to_numpy()
-    tails = {d for d in (_digits_tail(p) for p in person.phones) if d}
+    tails = {d for d in (digits_tail(p) for p in person.phones) if d}
     if tails or person.families:
         # Phones and names in any spelling: the same normalisation as the ingest screen, row by row
         # for the rows that could name the person at all.
@@ -309,7 +309,7 @@ def _holds_person(mapping: SourceMapping) -> bool:
 # Tables that hold no personal data, or only pseudonyms that are the point of the table (audit
 # trail, suppression list, request log, row log of CRM writes with masked messages).
 NOT_PERSONAL = {"golden.accounts", "golden.account_lineage", "golden.id_events", "ops.match_runs", "ops.register_cache",
-                "ops.register_calls", "ops.landing_files", "ops.crm_sync_log", "ops.crm_sync_runs",
+                "ops.register_calls", "ops.landing_files", "ops.landing_aliases", "ops.crm_sync_log", "ops.crm_sync_runs",
                 "ops.suppression_list", "ops.audit_log", "ops.privacy_requests", "marts.crm_companies_payload", "ops.print_lists",
                 "raw.erp_orders"}
 

@@ -1,4 +1,4 @@
-"""privacy.yaml: retention period and erasure sensor interval, validated on load."""
+"""privacy.yaml: retention periods (contacts, landing files) and erasure sensor interval, validated on load."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ from ..configfile import check_keys, load_yaml, require_mapping
 class PrivacySettings:
     prospect_months: int = 24
     sensor_interval_seconds: int = 15
+    landing_retention_days: int = 90
 
 
 def load_privacy_settings(path: str | Path) -> PrivacySettings:
     doc = load_yaml(path)
     data = require_mapping(doc, doc.data, "")
-    check_keys(doc, data, "", ("retention", "erasure"))
+    check_keys(doc, data, "", ("retention", "erasure", "landing"))
     retention = require_mapping(doc, data.get("retention") or {}, "retention")
     check_keys(doc, retention, "retention", ("prospect_months",))
     erasure = require_mapping(doc, data.get("erasure") or {}, "erasure")
@@ -29,4 +30,9 @@ def load_privacy_settings(path: str | Path) -> PrivacySettings:
     if isinstance(interval, bool) or not isinstance(interval, int) or not 5 <= interval <= 60:
         raise doc.error("erasure.sensor_interval_seconds",
                         f"must be between 5 and 60 seconds (requests are due within a minute), got {interval!r}")
-    return PrivacySettings(months, interval)
+    landing = require_mapping(doc, data.get("landing") or {}, "landing")
+    check_keys(doc, landing, "landing", ("retention_days",))
+    days = landing.get("retention_days", 90)
+    if isinstance(days, bool) or not isinstance(days, int) or not 7 <= days <= 3650:
+        raise doc.error("landing.retention_days", f"must be a whole number of days between 7 and 3650, got {days!r}")
+    return PrivacySettings(months, interval, days)
