@@ -38,6 +38,11 @@ BENCHMARKS: list[tuple[str, str, str]] = [
                       "dagster-daemon and the erasure_requests sensor; and erasing one person from a warehouse of "
                       "1,000,000 generated contacts (SQLite, golden layer built)",
      "handled within a minute of arrival (the issue); no target for the 1M erasure, the figure is reported"),
+    ("bench_screen", "Suppression under every identity: every landed day of 100,000 generated contacts (all "
+                     "sources, with the generator's malformed records) ingested into SQLite with an empty "
+                     "suppression list and with 1,000 people on it (every identity kind); and three erasures that "
+                     "also rewrite the landing zone",
+     "none set by the issue; the slowdown of ingestion by a full list and the erasure's time are reported"),
     ("bench_leads", "Lead alerts: 50 trade-fair leads dropped one by one into the landing zone of a running "
                     "dagster-daemon (sensors on, SQLite instance), each timed from the file landing to its alert at the "
                     "local Slack-style webhook; and scoring 10,000,000 behaviour events over 1,000,000 contacts",

@@ -1,16 +1,16 @@
 """A run launcher whose run workers can be checked for life, so that a killed run recovers by itself.
 
-Dagster's ``DefaultRunLauncher`` starts each run worker as a process on the code server's machine
-but cannot tell the daemon whether that process still lives. After ``kill -9`` of a run (an OOM
-kill, a machine restart) the run stays STARTED for ever and keeps its pool's concurrency slot: the
-next CRM push waits with "blocked by limit for pool crm_push" until someone cleans up by hand.
+Dagster's ``DefaultRunLauncher`` starts each run worker as a process of the code server; if that
+code server is still alive when the worker is killed, it reports the run failed itself. If the
+code server went too (killed with the run, a machine restart), nobody reports: the run stays
+STARTED for ever and the default launcher cannot tell the daemon otherwise.
 
 This launcher is the default one plus ``check_run_worker_health``: the worker's process ID is in
 the run's engine event "Started process for run (pid: N)"; a process that no longer exists (or
-is a newer process that reused the number) is reported FAILED. Run monitoring in the daemon
-(``run_monitoring`` in ``dagster.yaml``) then marks the run failed, and frees its concurrency
-slots ``free_slots_after_run_end_seconds`` later, so the next sensor, schedule or manual run
-proceeds without anyone touching the UI (``docs/operations.md``, "A killed run").
+is a newer process that reused the number) is reported FAILED, and run monitoring in the daemon
+(``run_monitoring`` in ``dagster.yaml``) marks the run failed. Either way the daemon then frees the
+run's concurrency slots ``free_slots_after_run_end_seconds`` later, so the next push is not
+"blocked by limit for pool crm_push" (``docs/operations.md``, "A killed run").
 """
 
 from __future__ import annotations

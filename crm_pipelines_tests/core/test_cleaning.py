@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from crm_pipelines.core.cleaning.addresses import clean_addresses, normalize_country, normalize_postcode, split_street
 from crm_pipelines.core.cleaning.companies import forms_compatible, parse_company_name
@@ -117,6 +119,13 @@ def test_emails():
 ])
 def test_phones_to_e164(raw, region, e164):
     assert to_e164(raw, region) == e164
+    assert clean_phones(pd.Series([raw], dtype=object), region).iloc[0] == e164  # one rule, two speeds
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="0123456789 +()/-.x", max_size=24), st.sampled_from(["DE", "AT", "US", "IT", "PL"]))
+def test_the_scalar_and_the_vectorised_phone_rules_agree(raw, region):
+    assert to_e164(raw, region) == clean_phones(pd.Series([raw], dtype=object), region).iloc[0]
 
 
 def test_phones_vectorised_keep_missing():

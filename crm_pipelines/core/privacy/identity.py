@@ -42,7 +42,7 @@ from ..cleaning.addresses import normalize_postcode, split_street, street_key
 from ..cleaning.companies import parse_company_name
 from ..cleaning.emails import normalize_email
 from ..cleaning.names import PARTICLES, SALUTATIONS, TITLE_TOKENS, name_key
-from ..cleaning.phones import clean_phones
+from ..cleaning.phones import to_e164
 from ..cleaning.text import clean_text
 
 KINDS = ("email", "phone", "name_company", "family_company", "postal", "name_birth", "crm_contact", "record")
@@ -134,8 +134,7 @@ class IdentityHasher:
     def phone(self, phone: str | None) -> str | None:
         if _missing(phone):
             return None
-        e164 = clean_phones(pd.Series([clean_text(str(phone))], dtype=object)).iloc[0]
-        return self.hash("phone", e164)
+        return self.hash("phone", to_e164(clean_text(str(phone))))
 
     def postal(self, last_name, street, house_number, postal_code, country="DE") -> str | None:
         return self.hash("postal", postal_value(last_name, street, house_number, postal_code, country))
