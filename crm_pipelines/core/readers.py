@@ -41,6 +41,7 @@ CSV_FIELD_LIMIT = 64 << 20
 csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
 # Lines worth a closer look: non-ASCII text, control characters, JSON escapes and constants.
 _SUSPECT = re.compile(r"[^\x20-\x7e\t\r\n]|\\u|NaN|Infinity")
+_EXCEL_SEP = re.compile(r"sep=.")
 _JSON_CONSTANT = re.compile(r'"((?:[^"\\]|\\.)*)"\s*:\s*(-?Infinity|NaN)')
 
 
@@ -389,6 +390,12 @@ def _read_csv(path: Path, name: str, mapping: SourceMapping, chunk_rows: int) ->
     fmt = mapping.format
     lines = _Lines(path, name, fmt.encoding, keep_newline=True)
     source = iter(lines)
+    first = next(source, None)
+    if first is not None and _EXCEL_SEP.fullmatch(first.strip()):
+        lines.take()  # Excel's "sep=;" hint line before the header: not data, not the header
+    elif first is not None:
+        lines.take()
+        lines.read_again([(1, first.rstrip("\n"))])
     reader = csv.reader(source, delimiter=fmt.delimiter, quotechar=fmt.quotechar)
     try:
         header = [h.strip().lstrip("\ufeff") for h in next(reader)]
