@@ -39,10 +39,13 @@ from ..mapping import SourceMapping
 from ..readers import read_file
 from ..schema import LANDING_ALIASES
 from ..warehouse import Warehouse
-from .identity import MENTION_KINDS, PERSON_KINDS, IdentityHasher, entries, names_any
+from .identity import MENTION_KINDS, PERSON_KINDS, IdentityHasher, company_value, entries, names_any
 from .inventory import Person, digits_tail, name_fragment
 
 Log = Callable[[str], None]
+# UTF-8 lead bytes of the invisible characters people and tools slip into names and addresses
+# (zero-width space and joiners, direction marks, word joiner, BOM, soft hyphen).
+_INVISIBLE_UTF8 = (b"\xe2\x80", b"\xe2\x81", b"\xef\xbb\xbf", b"\xc2\xad")
 # Fields of a company record that name a person (blanked, the company stays).
 ACCOUNT_PERSON_FIELDS = ("contact_person", "email")
 
@@ -56,18 +59,42 @@ class LandingScrub:
     by_file: dict[str, int] = field(default_factory=dict)   # <source>/<day>/<file> -> records changed
 
 
-def _needles(person: Person) -> re.Pattern | None:
-    """Byte patterns that any file naming the person contains in some spelling."""
-    parts = [re.escape(e.encode()) for e in sorted(person.emails)]
-    parts += [re.escape(f.encode()) for f in sorted({name_fragment(x) for x in person.families} - {None})]
-    for tail in sorted({digits_tail(p) for p in person.phones} - {None}):
-        # The last six digits, whatever stands between them ("4711-23", "47 11 23").
-        parts.append(rb"[ ()/.\-]*".join(re.escape(d.encode()) for d in tail))
-    parts += [re.escape(c.encode()) for c in sorted(person.crm_contact_ids)]
-    return re.compile(b"|".join(parts), re.IGNORECASE) if parts else None
+_SPELL = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "ß": "ss"})
+_UNSPELL = (("ae", "ä"), ("oe", "ö"), ("ue", "ü"))
 
 
-def _canonical(mapping: SourceMapping, chunk, positions: range) -> dict[str, list]:
+def spellings(family: str) -> set[str]:
+    """'Müller' -> {'müller', 'mueller', 'muller'}; 'Mueller' -> {'mueller', 'müller'}: how one
+    family name is written across systems (compared case-insensitively)."""
+    import unicodedata
+
+    name = clean_text(family).lower().strip()
+    out = {name, name.translate(_SPELL),
+           "".join(c for c in unicodedata.normalize("NFD", name) if not unicodedata.combining(c))}
+    for plain, umlaut in _UNSPELL:
+        if plain in name:
+            out.add(name.replace(plain, umlaut))
+    return {v for v in out if v}
+
+
+def _needles(person: Person, mapping: SourceMapping) -> re.Pattern | None:
+    """A pattern any record of this source that names the person matches, in some spelling: their
+    e-mail, CRM ID, the last six digits of a phone (any separators between them), a fragment of
+    the family name that every spelling shares. Only what the source's fields can hold."""
+    entity = mapping.entity
+    parts = [re.escape(e) for e in sorted(person.emails)] if entity.has("email") else []
+    if entity.has("crm_contact_id"):
+        parts += [rf"\b{re.escape(c)}\b" for c in sorted(person.crm_contact_ids)]
+    if any(entity.has(f) for f in ("last_name", "contact_name", "contact_person")) or any(
+            f.pii == "free_text" for f in entity.fields):
+        parts += [re.escape(v) for v in sorted({v for x in person.families for v in spellings(x)})]
+    if entity.has("phone") or entity.has("mobile"):
+        for tail in sorted({digits_tail(p) for p in person.phones} - {None}):
+            parts.append(r"[ ()/.\-]*".join(tail))
+    return re.compile("|".join(parts), re.IGNORECASE) if parts else None
+
+
+def _canonical(mapping: SourceMapping, chunk, positions: list[int]) -> dict[str, list]:
     data: dict[str, list] = {}
     for fm in mapping.fields:
         values = chunk.columns.get(fm.source_field)
@@ -77,8 +104,10 @@ def _canonical(mapping: SourceMapping, chunk, positions: range) -> dict[str, lis
     return data
 
 
-def _judge(mapping: SourceMapping, path: Path, person: Person, hasher: IdentityHasher) -> dict[int, str]:
-    """Record number -> 'remove' (a record about the person) or 'blank' (a record naming them)."""
+def _judge(mapping: SourceMapping, path: Path, person: Person, hasher: IdentityHasher,
+           needles: re.Pattern) -> dict[int, str]:
+    """Record number -> 'remove' (a record about the person) or 'blank' (a record naming them).
+    Only records whose text matches the needles are hashed."""
     import pandas as pd
 
     account = mapping.entity.name == "account"
@@ -86,15 +115,21 @@ def _judge(mapping: SourceMapping, path: Path, person: Person, hasher: IdentityH
     free_text = [f.name for f in mapping.entity.fields if f.pii == "free_text"]
     out: dict[int, str] = {}
     for chunk in read_file(path, mapping):
-        frame = pd.DataFrame(_canonical(mapping, chunk, range(len(chunk))))
+        texts = [clean_text(chunk.payload_text(i)) for i in range(len(chunk))]
+        candidates = [i for i, t in enumerate(texts) if needles.search(t)]
+        if not candidates:
+            continue
+        frame = pd.DataFrame(_canonical(mapping, chunk, candidates), index=range(len(candidates)))
         ids = hasher.frame_identities(frame, mapping.source) if len(frame.columns) else pd.DataFrame(index=frame.index)
-        for i in range(len(chunk)):
-            row_ids = entries(ids.iloc[i], kinds) if len(ids.columns) else set()
+        companies = (frame["company_name"].map(company_value) if "company_name" in frame.columns
+                     else pd.Series(None, index=frame.index, dtype=object))
+        for j, i in enumerate(candidates):
+            row_ids = entries(ids.iloc[j], kinds) if len(ids.columns) else set()
             if names_any(row_ids, person.identities) or (
-                    chunk.problems[i] and names_any(hasher.text_identities(chunk.payload_text(i)), person.identities)):
+                    chunk.problems[i] and names_any(hasher.text_identities(texts[i]), person.identities)):
                 out[chunk.record_no[i]] = "blank" if account and not chunk.problems[i] else "remove"
-            elif free_text and any(isinstance(frame.at[i, c], str) and names_any(
-                    hasher.text_identities(frame.at[i, c], None), person.identities)
+            elif any(isinstance(frame.at[j, c], str) and names_any(
+                    hasher.text_identities(frame.at[j, c], companies.iat[j]), person.identities)
                     for c in free_text if c in frame.columns):
                 out[chunk.record_no[i]] = "blank"
     return out
@@ -105,20 +140,29 @@ def scrub_landing(landing_root: Path, mappings: dict[str, SourceMapping], person
     """Rewrites every kept landing file that names the person without them (see module doc)."""
     log = log or (lambda _m: None)
     report = LandingScrub()
-    needles = _needles(person)
-    if needles is None:
-        return report
     wh.ensure_tables([LANDING_ALIASES])
     for mapping in mappings.values():
-        if mapping.entity.name == "erasure_request":
-            continue  # request files are deleted once handled (remove_request_file)
+        needles = _needles(person, mapping)
+        if needles is None or mapping.entity.name == "erasure_request":
+            continue  # nothing of the person fits this source; request files go once handled
+        # For the bytes of a whole file: the family name's fragment every spelling shares (a
+        # byte pattern cannot fold the case of 'Ü'); the record-level needles are the spellings.
+        raw_needles = re.compile("|".join(
+            [p for p in needles.pattern.split("|") if p.isascii()]
+            + [re.escape(f) for f in sorted({name_fragment(x) for x in person.families} - {None})]).encode(),
+            re.IGNORECASE)
         for day in landed_partitions(landing_root, mapping.source):
             for path in landing_files(landing_root, mapping, day):
                 report.files_checked += 1
-                if not needles.search(clean_text(path.read_bytes().decode("utf-8", "ignore")).encode()):
+                # A first look at the bytes (an invisible character inside a name would hide it
+                # here, so the file's text is cleaned only when the bytes hold such characters).
+                data = path.read_bytes()
+                if not raw_needles.search(data) and not (
+                        any(m in data for m in _INVISIBLE_UTF8)
+                        and needles.search(clean_text(data.decode("utf-8", "ignore")))):
                     continue
                 try:
-                    verdicts = _judge(mapping, path, person, hasher)
+                    verdicts = _judge(mapping, path, person, hasher, needles)
                 except Exception:  # noqa: BLE001 - an unreadable file is the reader's business, not ours
                     continue
                 if not verdicts:
