@@ -54,7 +54,7 @@ system-deps:
 	fi
 
 test: install system-deps
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto
 
 bench: install
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
