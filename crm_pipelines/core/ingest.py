@@ -27,7 +27,7 @@ from .mapping import SourceMapping, apply_mapping
 from .masking import mask_text, masked_preview
 from .privacy.identity import IdentityHasher, entries, hash_list
 from .privacy.suppression import ACCOUNT_PERSON_COLUMNS, Screen, SuppressionList
-from .readers import RawChunk, SourceFileError, id_field_of, read_file
+from .readers import RawChunk, SourceFileError, canonical_values, id_field_of, read_file
 from .schema import LANDING_ALIASES, LANDING_FILES, QUARANTINE, raw_table
 from .warehouse import Warehouse
 
@@ -331,13 +331,7 @@ def quarantine_identities(hasher: IdentityHasher, mapping: SourceMapping, chunk:
     could be read (under their canonical names, before any transform) and from its text."""
     if not positions:
         return []
-    data: dict[str, list] = {}
-    for fm in mapping.fields:
-        values = chunk.columns.get(fm.source_field)
-        for target in fm.targets:
-            if values is not None and target not in data:
-                data[target] = [values[p] for p in positions]
-    frame = pd.DataFrame(data, index=pd.RangeIndex(len(positions)))
+    frame = canonical_values(mapping, chunk, positions)
     ids = hasher.frame_identities(frame, mapping.source) if len(frame.columns) else pd.DataFrame(index=frame.index)
     return [hash_list(entries(ids.iloc[i]) | hasher.text_identities(chunk.payload_text(p)))
             for i, p in enumerate(positions)]

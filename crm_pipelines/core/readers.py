@@ -375,6 +375,18 @@ def read_file(path: Path, mapping: SourceMapping, chunk_rows: int = 50_000) -> I
         raise ValueError(kind)
 
 
+def canonical_values(mapping: SourceMapping, chunk: RawChunk, positions: list[int]) -> pd.DataFrame:
+    """The records at ``positions`` as read, under their canonical field names and before any
+    transform: what identity hashing needs of a record that may not have passed the mapping."""
+    data: dict[str, list] = {}
+    for fm in mapping.fields:
+        values = chunk.columns.get(fm.source_field)
+        for target in fm.targets:
+            if values is not None and target not in data:
+                data[target] = [values[p] for p in positions]
+    return pd.DataFrame(data, index=pd.RangeIndex(len(positions)))
+
+
 def id_field_of(mapping: SourceMapping) -> str | None:
     """The source field that carries the record ID."""
     return next((f.source_field for f in mapping.fields if "source_record_id" in f.targets), None)

@@ -16,7 +16,7 @@ from crm_pipelines.core.ingest import ingest_partition, landed_partitions, parti
 from crm_pipelines.core.schema import LANDING_FILES, QUARANTINE, raw_table
 from crm_pipelines.core.warehouse import Warehouse
 from crm_pipelines_tests.conftest import put
-from crm_pipelines_tests.core.test_readers import TRADE_FAIR_HEADER, TRADE_FAIR_ROW, erp_order
+from crm_pipelines_tests.core.test_readers import TRADE_FAIR_HEADER, TRADE_FAIR_ROW
 
 DAY = "2026-11-03"
 

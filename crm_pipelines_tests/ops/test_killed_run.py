@@ -47,19 +47,9 @@ def test_a_run_not_started_yet_is_not_declared_dead():
 
 
 def _launch_push(base: str) -> str:
-    from crm_pipelines_tests.ops.util import graphql
+    from crm_pipelines_tests.ops.util import launch_run
 
-    launched = graphql(base, """
-        mutation Launch($params: ExecutionParams!) {
-          launchPipelineExecution(executionParams: $params) {
-            __typename
-            ... on LaunchRunSuccess { run { runId } }
-            ... on PythonError { message }
-          }
-        }""", {"params": {"selector": {"repositoryLocationName": "crm_pipelines", "repositoryName": "__repository__",
-                                       "pipelineName": "push_crm"}, "mode": "default"}})["launchPipelineExecution"]
-    assert launched["__typename"] == "LaunchRunSuccess", launched
-    return launched["run"]["runId"]
+    return launch_run(base, "push_crm")
 
 
 @pytest.mark.postgres

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from crm_pipelines.devtools.processes import dagster_services, free_port, stop_groups, wait_until
-from crm_pipelines_tests.ops.util import graphql, wait_http
+from crm_pipelines_tests.ops.util import graphql, launch_run, wait_http
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -99,22 +99,7 @@ def test_the_ui_shows_every_group_and_the_blocking_checks_and_runs_what_it_launc
             assert (shots / name).stat().st_size > 20_000, name
 
         # Launch a small materialisation the way the UI's "Materialize" button does.
-        launched = graphql(base, """
-            mutation Launch($params: ExecutionParams!) {
-              launchPipelineExecution(executionParams: $params) {
-                __typename
-                ... on LaunchRunSuccess { run { runId } }
-                ... on PythonError { message }
-                ... on InvalidSubsetError { message }
-              }
-            }""", {"params": {"selector": {"repositoryLocationName": "crm_pipelines", "repositoryName": "__repository__",
-                                           "pipelineName": "score_leads",
-                                           "assetSelection": [{"path": ["lead_score_history"]}]},
-                              "mode": "default", "executionMetadata": {"tags": [{"key": "crm/launched_by",
-                                                                                 "value": "ui-test"}]}}})
-        result = launched["launchPipelineExecution"]
-        assert result["__typename"] == "LaunchRunSuccess", result
-        run_id = result["run"]["runId"]
+        run_id = launch_run(base, "score_leads", [["lead_score_history"]], {"crm/launched_by": "ui-test"})
         status = _wait_for_run(base, run_id, 240)
         assert status == "SUCCESS"
     finally:

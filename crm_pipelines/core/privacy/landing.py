@@ -36,7 +36,7 @@ import sqlalchemy as sa
 from ..cleaning.text import clean_text
 from ..ingest import landed_partitions, landing_files, sha256_file
 from ..mapping import SourceMapping
-from ..readers import read_file
+from ..readers import canonical_values, read_file
 from ..schema import LANDING_ALIASES
 from ..warehouse import Warehouse
 from .identity import MENTION_KINDS, PERSON_KINDS, IdentityHasher, company_value, entries, names_any
@@ -94,16 +94,6 @@ def _needles(person: Person, mapping: SourceMapping) -> re.Pattern | None:
     return re.compile("|".join(parts), re.IGNORECASE) if parts else None
 
 
-def _canonical(mapping: SourceMapping, chunk, positions: list[int]) -> dict[str, list]:
-    data: dict[str, list] = {}
-    for fm in mapping.fields:
-        values = chunk.columns.get(fm.source_field)
-        for target in fm.targets:
-            if values is not None and target not in data:
-                data[target] = [values[p] for p in positions]
-    return data
-
-
 def _judge(mapping: SourceMapping, path: Path, person: Person, hasher: IdentityHasher,
            needles: re.Pattern) -> dict[int, str]:
     """Record number -> 'remove' (a record about the person) or 'blank' (a record naming them).
@@ -119,7 +109,7 @@ def _judge(mapping: SourceMapping, path: Path, person: Person, hasher: IdentityH
         candidates = [i for i, t in enumerate(texts) if needles.search(t)]
         if not candidates:
             continue
-        frame = pd.DataFrame(_canonical(mapping, chunk, candidates), index=range(len(candidates)))
+        frame = canonical_values(mapping, chunk, candidates)
         ids = hasher.frame_identities(frame, mapping.source) if len(frame.columns) else pd.DataFrame(index=frame.index)
         companies = (frame["company_name"].map(company_value) if "company_name" in frame.columns
                      else pd.Series(None, index=frame.index, dtype=object))
