@@ -249,13 +249,15 @@ def test_erasure_rewrites_the_kept_landing_files_and_a_redelivery_stays_a_duplic
         fair(22)]) + "\r\n")
     put(landing, "service_requests", DAY1, "tickets.json", json.dumps({"tickets": [
         ticket(31, "Anna Römer", EMAIL, "Presse verliert Öl"), ticket(32, "Karl Berg", "kollege@beispiel-gmbh.de",
-                                                                     "Wartung")]}, ensure_ascii=False))
+                                                                     "Wartung"),
+        ticket(33, "Karl Berg", "kollege@beispiel-gmbh.de", "Rückruf an Anna Römer")]}, ensure_ascii=False))
     original = (landing / "web_form_leads" / DAY1 / "leads_1000.jsonl").read_bytes()
     original_hash = sha256_file(landing / "web_form_leads" / DAY1 / "leads_1000.jsonl")
     load(landing, mappings, wh, DAY1)
     report = erase(wh, HASHER, mappings, emails=[EMAIL], request_id="r-1", source="test", actor="test",
                    landing_root=landing)
     assert report.landing["files_rewritten"] == 5 and report.landing["records_removed"] == 4, report.landing
+    assert report.landing["values_blanked"] == 2  # the ERP line's Ansprechpartner, the colleague's ticket
 
     files = {p.relative_to(landing).as_posix(): p.read_bytes() for p in landing.rglob("*") if p.is_file()}
     namesake = web(4, email="a.roemer@andere-ag.de", company="Andere AG", phone="089 555-1")
@@ -265,7 +267,10 @@ def test_erasure_rewrites_the_kept_landing_files_and_a_redelivery_stays_a_duplic
         assert "Römer" not in text and "Roemer" not in text and "471123" not in text, name
     assert "Beispiel GmbH" in files[f"erp_customers/{DAY1}/KUNDEN_1.txt"].decode("cp850")  # the company stays
     assert len(files[f"erp_customers/{DAY1}/KUNDEN_1.txt"].rstrip(b"\r\n")) == 339
-    assert [t["ticket_id"] for t in json.loads(files[f"service_requests/{DAY1}/tickets.json"])["tickets"]] == ["SR-32"]
+    kept = json.loads(files[f"service_requests/{DAY1}/tickets.json"])["tickets"]
+    assert [t["ticket_id"] for t in kept] == ["SR-32", "SR-33"]
+    # The colleague's ticket that named her keeps everything but that text.
+    assert kept[1]["subject"] is None and kept[1]["requester"]["email"] == "kollege@beispiel-gmbh.de"
     aliases = wh.read_frame(sa.select(LANDING_ALIASES))
     assert original_hash in set(aliases["original_sha256"])
     # The balance of the day still holds: the erased rows count as suppressed.

@@ -223,9 +223,11 @@ def _rewrite_document(mapping: SourceMapping, path: Path, verdicts: dict[int, st
     records = doc
     for part in (mapping.format.records_path or "").split(".") if mapping.format.records_path else []:
         holder, key, records = records, part, records[part]
-    person_paths = [fm.source_field.split(".") for fm in mapping.fields
-                    if set(fm.targets) & set(ACCOUNT_PERSON_FIELDS) or any(
-                        mapping.entity.has(t) and mapping.entity.field(t).pii == "free_text" for t in fm.targets)]
+    # What a 'blank' verdict empties: a company record's Ansprechpartner and e-mail; in a record
+    # about somebody else only the free text that names the person.
+    blanked_fields = (set(ACCOUNT_PERSON_FIELDS) if mapping.entity.name == "account"
+                      else {f.name for f in mapping.entity.fields if f.pii == "free_text"})
+    person_paths = [fm.source_field.split(".") for fm in mapping.fields if set(fm.targets) & blanked_fields]
     kept, removed, blanked = [], 0, 0
     for i, rec in enumerate(records, start=1):
         verdict = verdicts.get(i)
