@@ -24,7 +24,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks.common import ROOT, figure, log, run_measured
+from benchmarks.common import ROOT, figure, log, ready_portal, run_measured
 from benchmarks.daemon import sensor_ticked, small_warehouse, start_daemon, stop_daemon, wait_until
 
 LEADS = int(os.environ.get("BENCH_LEADS", "50"))
@@ -55,7 +55,7 @@ def alert_latency() -> None:
         home.mkdir()
         os.environ["DAGSTER_HOME"] = str(home)
         today = datetime.now(timezone.utc).astimezone().strftime("%Y-%m-%d")
-        with CrmServer(tmp / "crm.db") as crm, WebhookSink() as slack:
+        with CrmServer(tmp / "crm.db", custom_properties=ready_portal()) as crm, WebhookSink() as slack:
             env = dict(os.environ, DAGSTER_HOME=str(home), CRM_LANDING_DIR=str(landing),
                        CRM_DATA_DIR=str(tmp / "data"), CRM_API_URL=crm.url, CRM_SALES_SLACK_WEBHOOK_URL=slack.url,
                        GX_ANALYTICS_ENABLED="false", CRM_PARTITION_START="2026-01-01")

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import CACHE, figure, landing_zone, log
+from benchmarks.common import CACHE, figure, landing_zone, log, ready_portal
 from benchmarks.daemon import sensor_ticked, small_warehouse, start_daemon, stop_daemon, wait_until
 
 LATENCY_REQUESTS = int(os.environ.get("BENCH_ERASURE_REQUESTS", "4"))
@@ -35,7 +35,7 @@ def erasure_latency() -> None:
         home = tmp / "home"
         home.mkdir()
         os.environ["DAGSTER_HOME"] = str(home)  # dagster.yaml names its storage folder by it
-        with CrmServer(tmp / "crm.db") as crm:
+        with CrmServer(tmp / "crm.db", custom_properties=ready_portal()) as crm:
             env = dict(os.environ, DAGSTER_HOME=str(home), CRM_LANDING_DIR=str(landing), CRM_DATA_DIR=str(tmp / "data"),
                        CRM_API_URL=crm.url, GX_ANALYTICS_ENABLED="false", CRM_PARTITION_START="2026-01-01")
             daemon = start_daemon(home, env)

@@ -103,3 +103,11 @@ def machine() -> str:
         pass
     mem = psutil.virtual_memory().total / 2**30
     return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def ready_portal() -> dict:
+    """The custom properties `crm setup` creates, for a local CRM that plays a portal already set up."""
+    from crm_pipelines.core.crm.properties import portal_definitions
+    from crm_pipelines.core.crm.settings import load_sync_settings
+    from crm_pipelines.settings import DEFAULT_CONFIG_DIR
+    return portal_definitions(load_sync_settings(DEFAULT_CONFIG_DIR / "sync.yaml"))

@@ -97,3 +97,14 @@ def copy_config(tmp_path: Path) -> Path:
     dst = tmp_path / "config"
     shutil.copytree(DEFAULT_CONFIG_DIR, dst)
     return dst
+
+
+def _ready_portal() -> dict:
+    from crm_pipelines.core.crm.properties import portal_definitions
+    from crm_pipelines.core.crm.settings import load_sync_settings
+    from crm_pipelines.settings import DEFAULT_CONFIG_DIR
+    return portal_definitions(load_sync_settings(DEFAULT_CONFIG_DIR / "sync.yaml"))
+
+
+# The custom properties `crm setup` creates: a local CRM started with them is a portal already set up.
+READY_PORTAL = _ready_portal()

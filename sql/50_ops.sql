@@ -38,6 +38,29 @@ CREATE TABLE IF NOT EXISTS ops.audit_log (
 
 CREATE INDEX IF NOT EXISTS ix_audit_log_subject ON ops.audit_log (subject);
 
+CREATE TABLE IF NOT EXISTS ops.crm_pull_state (
+	object_type TEXT NOT NULL, 
+	watermark_ms BIGINT, 
+	pulled_at TIMESTAMP WITH TIME ZONE NOT NULL, 
+	run_id TEXT, 
+	PRIMARY KEY (object_type)
+);
+
+CREATE TABLE IF NOT EXISTS ops.crm_remote (
+	object_type TEXT NOT NULL, 
+	crm_id TEXT NOT NULL, 
+	golden_id TEXT, 
+	properties TEXT, 
+	modified_at TIMESTAMP WITH TIME ZONE, 
+	archived BOOLEAN NOT NULL, 
+	merged_into TEXT, 
+	seen_at TIMESTAMP WITH TIME ZONE NOT NULL, 
+	run_id TEXT, 
+	PRIMARY KEY (object_type, crm_id)
+);
+
+CREATE INDEX IF NOT EXISTS ix_crm_remote_object_type_golden_id ON ops.crm_remote (object_type, golden_id);
+
 CREATE TABLE IF NOT EXISTS ops.crm_sync_log (
 	at TIMESTAMP WITH TIME ZONE NOT NULL, 
 	run_id TEXT NOT NULL, 

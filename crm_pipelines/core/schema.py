@@ -310,6 +310,23 @@ CRM_SYNC_RUNS = _t(
     sa.Column("started_at", _TS, nullable=False), sa.Column("finished_at", _TS),
     sa.Column("status", sa.Text(), nullable=False), sa.Column("counts", sa.Text()),
 )
+CRM_REMOTE = _t(
+    "crm_remote", "ops",
+    "What the CRM holds per object, as the last pull saw it: the fields our policies read (stage, CRM-owned and "
+    "fill-when-empty fields), deleted (archived) objects and merged-away IDs with their survivor.",
+    sa.Column("object_type", sa.Text(), primary_key=True), sa.Column("crm_id", sa.Text(), primary_key=True),
+    sa.Column("golden_id", sa.Text(), comment="the ID property's value in the CRM, if set"),
+    sa.Column("properties", sa.Text(), comment="JSON: property -> value, the fields the push policies read"),
+    sa.Column("modified_at", _TS), sa.Column("archived", sa.Boolean(), nullable=False),
+    sa.Column("merged_into", sa.Text(), comment="the surviving CRM ID when this one was merged away"),
+    sa.Column("seen_at", _TS, nullable=False), sa.Column("run_id", sa.Text()),
+    indexes=(("object_type", "golden_id"),),
+)
+CRM_PULL_STATE = _t(
+    "crm_pull_state", "ops", "Per CRM object type: up to which modification time the incremental pull has read.",
+    sa.Column("object_type", sa.Text(), primary_key=True), sa.Column("watermark_ms", sa.BigInteger()),
+    sa.Column("pulled_at", _TS, nullable=False), sa.Column("run_id", sa.Text()),
+)
 SUPPRESSION = _t(
     "suppression_list", "ops",
     "Identities that must never come back (erasure) or be contacted (objection): salted SHA-256 of the normalised "

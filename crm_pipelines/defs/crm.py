@@ -1,7 +1,9 @@
 """The CRM outlet in Dagster: payload assets with blocking GX checks, and the two push assets.
 
-    golden/accounts -> crm_account_payload [gx] -> crm_push_accounts
-    golden/contacts -> crm_contact_payload [gx] -> crm_push_contacts (after crm_push_accounts)
+    CRM -> crm_changes (edits, deletes, merges since the last pull: ops.crm_remote, the landing zone)
+    golden/accounts + crm_changes -> crm_account_payload [gx] -> crm_push_accounts
+    golden/contacts + crm_changes -> crm_contact_payload [gx] -> crm_push_contacts (after crm_push_accounts)
+    crm_portal: the custom properties the push needs, created in the portal (job setup_crm_portal)
 
 A failed blocking check stops the pushes in the same run (Dagster skips downstream steps), and the
 push assets refuse to run in a later run until every gate passed on the current materialisation
@@ -18,7 +20,9 @@ import sqlalchemy as sa
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from ..core import quality as Q
+from ..core.crm.changes import pull_changes
 from ..core.crm.payloads import build_payload
+from ..core.crm.properties import PortalNotReady, setup_portal
 from ..core.crm.settings import load_sync_settings
 from ..core.crm.snapshot import pull_snapshot
 from ..core.crm.sync import SyncBusy, SyncFailed, push
@@ -26,7 +30,7 @@ from ..core.mapping import SourceMapping
 from ..core.masking import masked_preview
 from ..core.model import ENTITIES
 from ..core.privacy.suppression import Screen
-from ..core.schema import CRM_PAYLOADS, GOLDEN_ACCOUNTS, GOLDEN_CONTACTS
+from ..core.schema import CRM_PAYLOADS, GOLDEN_ACCOUNTS, GOLDEN_CONTACTS, LEAD_SCORES
 from . import golden as golden_defs
 from .auditing import audit_run
 from .metadata import frame_markdown
@@ -42,6 +46,8 @@ CONTACT_PAYLOAD_KEY = dg.AssetKey("crm_contact_payload")
 PUSH_ACCOUNTS_KEY = dg.AssetKey("crm_push_accounts")
 PUSH_CONTACTS_KEY = dg.AssetKey("crm_push_contacts")
 SNAPSHOT_KEY = dg.AssetKey("crm_snapshot")
+CHANGES_KEY = dg.AssetKey("crm_changes")
+PORTAL_KEY = dg.AssetKey("crm_portal")
 
 _PREVIEW = {"companies": ["golden_id", "name", "zip", "city", "country"],
             "contacts": ["golden_id", "firstname", "lastname", "email", "zip", "lifecyclestage"]}
@@ -117,7 +123,7 @@ def build_crm_assets(config_dir, mappings: dict[str, SourceMapping], timezone: s
         spec = settings.objects[object_type]
 
         @dg.asset(key=key, group_name=GROUP, owners=OWNERS, kinds={"pandas", "sql"}, code_version=version,
-                  deps=[golden_key],
+                  deps=[golden_key, CHANGES_KEY],
                   check_specs=[dg.AssetCheckSpec(PAYLOAD_CHECK, asset=key, blocking=True,
                                                  description=f"GX suite `crm_{object_type}_payload` (docs/quality.md): "
                                                              "required keys, formats, uniqueness, allowed values, no "
@@ -128,6 +134,11 @@ def build_crm_assets(config_dir, mappings: dict[str, SourceMapping], timezone: s
         def _payload(context: dg.AssetExecutionContext, warehouse: WarehouseResource, privacy: PrivacyResource):
             wh = warehouse.get()
             golden = wh.read_frame(sa.select(golden_table))
+            if object_type == "contacts":
+                # The funnel stage (mql / sql) decides the lifecycle stage the payload proposes.
+                wh.ensure_tables([LEAD_SCORES])
+                stages = wh.read_frame(sa.select(LEAD_SCORES.c.golden_id, LEAD_SCORES.c.stage))
+                golden["score_stage"] = golden["golden_id"].map(dict(zip(stages["golden_id"], stages["stage"])))
             screen = privacy.suppression(wh).screen()
             kept = drop_suppressed(golden, screen) if object_type == "contacts" else golden
             payload = build_payload(kept, spec)
@@ -181,7 +192,7 @@ def build_crm_assets(config_dir, mappings: dict[str, SourceMapping], timezone: s
                               log=context.log.info, alert=alert)
             except SyncFailed as exc:
                 raise dg.Failure(description=str(exc), metadata=_metadata(exc.report)) from exc
-            except SyncBusy as exc:
+            except (SyncBusy, PortalNotReady) as exc:
                 raise dg.Failure(description=str(exc)) from exc
             if not config.dry_run:
                 audit_run(wh, context, f"crm.push.{object_type}", {k: v for k, v in report.as_dict().items()
@@ -210,7 +221,47 @@ def build_crm_assets(config_dir, mappings: dict[str, SourceMapping], timezone: s
             "folders": dg.MetadataValue.json(report.folders),
         })
 
+    @dg.asset(key=PORTAL_KEY, group_name=GROUP, owners=OWNERS, kinds={"hubspot"}, code_version=version,
+              description="The CRM portal's side of the contract: creates the property group and every custom property "
+                          "`config/sync.yaml` declares (`portal.properties`, with type and options) through HubSpot's "
+                          "properties API; idempotent. Existing properties of the wrong shape are reported, never "
+                          "changed. Job `setup_crm_portal`; also `python -m crm_pipelines.crm setup`.")
+    def crm_portal(context: dg.AssetExecutionContext, crm: CrmResource) -> dg.MaterializeResult:
+        report = setup_portal(crm.connector(settings), settings, log=context.log.info)
+        if report.problems:
+            raise dg.Failure(description="CRM portal properties of the wrong shape: " + "; ".join(report.problems),
+                             metadata={"problems": dg.MetadataValue.json(report.problems)})
+        return dg.MaterializeResult(metadata={
+            "created": dg.MetadataValue.json(report.created), "already_there": len(report.existing),
+            "groups_created": dg.MetadataValue.json(report.groups_created),
+        })
+
+    @dg.asset(key=CHANGES_KEY, group_name=GROUP, owners=OWNERS, kinds={"hubspot", "json"}, code_version=version,
+              description="What changed in the CRM since the last pull (search on the modification date, paged; the "
+                          "first pull reads everything), deleted (archived) objects and merges: mirrored in "
+                          "`ops.crm_remote` (what the push policies read), followed in `ops.crm_sync_state` (merged "
+                          "IDs re-pointed to the survivor, deleted ones marked), and landed as "
+                          "`<landing>/crm_contacts|crm_accounts/<day>/changes_*.json` for the day's load. Hourly "
+                          "(schedule `hourly_crm_changes`) and first in every `push_crm` run.")
+    def crm_changes(context: dg.AssetExecutionContext, config: SnapshotConfig, warehouse: WarehouseResource,
+                    crm: CrmResource, landing: LandingZoneResource) -> dg.MaterializeResult:
+        day = config.day or datetime.now(ZoneInfo(timezone)).date().isoformat()
+        connector = crm.connector(settings)
+        report = pull_changes(warehouse.get(), connector, settings, mappings, landing.path, day, context.run.run_id,
+                              log=context.log.info)
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": sum(report.changed.values()), "day": day,
+            "read": dg.MetadataValue.json(report.changed), "landed": dg.MetadataValue.json(report.landed),
+            "deleted_in_crm": dg.MetadataValue.json(report.archived), "merged_away": dg.MetadataValue.json(report.merged),
+            "repointed_to_survivor": dg.MetadataValue.json(report.repointed),
+            "marked_deleted": dg.MetadataValue.json(report.marked_deleted),
+            "full_read": dg.MetadataValue.json(report.full), "files": len(report.files),
+            "requests": connector.stats.requests, "throttled": connector.stats.throttled,
+        })
+
     return [
+        crm_portal,
+        crm_changes,
         crm_snapshot,
         payload_asset("companies", ACCOUNT_PAYLOAD_KEY, golden_defs.ACCOUNTS_KEY, GOLDEN_ACCOUNTS),
         payload_asset("contacts", CONTACT_PAYLOAD_KEY, golden_defs.CONTACTS_KEY, GOLDEN_CONTACTS),
@@ -223,7 +274,8 @@ def _metadata(report) -> dict:
     d = report.as_dict()
     keys = ("rows_in", "unchanged", "to_create", "to_update", "to_archive", "skipped_not_in_crm", "invalid", "sent",
             "created", "updated", "archived", "rejected", "failed", "retried", "associated", "association_failures",
-            "batches", "requests", "throttled", "retries", "failure_rate")
+            "adopted", "held", "deleted_in_crm", "recreated", "batches", "requests", "throttled", "retries",
+            "failure_rate")
     out = {"dagster/row_count": d["rows_in"], **{k: d[k] for k in keys}}
     out.update(status=d["status"], dry_run=d["dry_run"], mode=d["mode"])
     if d["messages"]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from .crm import GROUP as CRM_GROUP, SNAPSHOT_KEY
+from .crm import CHANGES_KEY, GROUP as CRM_GROUP, PORTAL_KEY, SNAPSHOT_KEY
 from .golden import CONSENT_KEY, GROUP as GOLDEN_GROUP
 from .sources import GROUP as SOURCES_GROUP, raw_asset_key
 
@@ -24,9 +24,10 @@ def build_jobs() -> list[dg.UnresolvedAssetJobDefinition]:
         ),
         dg.define_asset_job(
             "push_crm",
-            selection=dg.AssetSelection.groups(CRM_GROUP) - dg.AssetSelection.assets(SNAPSHOT_KEY),
+            selection=dg.AssetSelection.groups(CRM_GROUP) - dg.AssetSelection.assets(SNAPSHOT_KEY, PORTAL_KEY),
             tags={"crm/push": "crm"},  # the production run queue lets one push run at a time
-            description="Build the CRM payloads, check them (blocking GX suites), push what changed to the CRM.",
+            description="Read the CRM's changes (what sales edited, deleted, merged), build the CRM payloads, check "
+                        "them (blocking GX suites), push what changed to the CRM.",
         ),
         dg.define_asset_job(
             "hourly_behaviour_ingest",
@@ -43,5 +44,16 @@ def build_jobs() -> list[dg.UnresolvedAssetJobDefinition]:
             selection=dg.AssetSelection.assets(SNAPSHOT_KEY),
             description="Read the CRM's companies and contacts into today's landing zone for raw/crm_accounts and "
                         "raw/crm_contacts (then run ingest_sources for that day).",
+        ),
+        dg.define_asset_job(
+            "pull_crm_changes",
+            selection=dg.AssetSelection.assets(CHANGES_KEY),
+            description="What changed in the CRM since the last pull, into ops.crm_remote and today's landing zone.",
+        ),
+        dg.define_asset_job(
+            "setup_crm_portal",
+            selection=dg.AssetSelection.assets(PORTAL_KEY),
+            description="Create the property group and every custom property the push needs in the CRM portal "
+                        "(idempotent).",
         ),
     ]

@@ -321,7 +321,14 @@ def build_schedules(jobs: dict) -> list:
     def weekly_reactivation(context: dg.ScheduleEvaluationContext):
         return dg.RunRequest(run_key=f"reactivation:{context.scheduled_execution_time:%Y%m%d}")
 
-    return [hourly_behaviour, hourly_scoring, nightly_refresh, daily_newsletter, weekly_reactivation]
+    @dg.schedule(name="hourly_crm_changes", job=jobs["pull_crm_changes"], cron_schedule="40 * * * *",
+                 execution_timezone=berlin, default_status=dg.DefaultScheduleStatus.STOPPED,
+                 description="Hourly: what sales edited, deleted or merged in the CRM since the last pull, into "
+                             "ops.crm_remote and today's landing zone (the nightly push_crm pulls first as well).")
+    def hourly_crm_changes(context: dg.ScheduleEvaluationContext):
+        return dg.RunRequest(run_key=f"crm-changes:{context.scheduled_execution_time:%Y%m%d%H}")
+
+    return [hourly_behaviour, hourly_scoring, nightly_refresh, daily_newsletter, weekly_reactivation, hourly_crm_changes]
 
 
 def build_chain_sensors(jobs: dict) -> list:

@@ -23,7 +23,7 @@ from .generator import GeneratorConfig, generate
 # Jobs the demo runs, in order, and whether they take the landing zone's day range;
 # each later capability adds its job here.
 DEMO_JOBS: tuple[tuple[str, bool], ...] = (("ingest_sources", True), ("handle_erasure_requests", False),
-                                            ("build_golden", False), ("push_crm", False), ("score_leads", False),
+                                            ("build_golden", False), ("setup_crm_portal", False), ("push_crm", False), ("score_leads", False),
                                             ("reactivation", False), ("build_print_lists", False))
 
 
@@ -101,6 +101,9 @@ def run_demo(cfg: GeneratorConfig, regenerate: bool = False, progress: Callable[
             # Dagster's console logger writes every event at DEBUG; the summary below says what matters,
             # and the full event log is in the UI.
             run_config: dict = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+            if name == "push_crm":
+                # The CRM's changes belong to the demo's last day, not to the day the demo runs.
+                run_config["ops"] = {"crm_changes": {"config": {"day": partitions[-1]}}}
             if name == "handle_erasure_requests":
                 # What the erasure_requests sensor does when the daemon runs: every request file, once.
                 files = sorted(str(p) for p in (landing / "erasure_requests").glob("*/*.jsonl"))

@@ -57,6 +57,7 @@ def start(port: int, landing: Path, data_dir: Path, home: Path, stop: threading.
     crm = None
     try:
         crm = CrmServer(data_dir / "crm_server.db").start()
+        _set_up_portal(crm.url, log)
         env = environment(pg, home, landing, data_dir, crm.url)
         prepare_instance(pg, home, env)
         procs = dagster_services(env, port, output=None)
@@ -77,6 +78,18 @@ def start(port: int, landing: Path, data_dir: Path, home: Path, stop: threading.
         if crm is not None:
             crm.stop()
         pg.stop()
+
+
+def _set_up_portal(url: str, log) -> None:
+    """What an operator does once per portal: the custom properties the push needs (idempotent)."""
+    from ..core.crm.hubspot import HubSpotConnector
+    from ..core.crm.properties import setup_portal
+    from ..core.crm.settings import load_sync_settings
+    from ..settings import DEFAULT_CONFIG_DIR
+
+    sync = load_sync_settings(DEFAULT_CONFIG_DIR / "sync.yaml")
+    report = setup_portal(HubSpotConnector.create(url, None), sync)
+    log(f"local CRM portal: {len(report.created)} custom properties created, {len(report.existing)} already there")
 
 
 def main() -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import requests
 
+from crm_pipelines_tests.conftest import READY_PORTAL
 from crm_pipelines.core.crm.http import CrmUnavailable, HttpTransport, RateLimiter
 from crm_pipelines.core.crm.hubspot import HubSpotConnector
 from crm_pipelines.core.crm.protocol import CREATED, FAILED, REJECTED, UPDATED, CrmAuthError, Task, UpsertInput
@@ -38,7 +39,7 @@ def contact(key: str, email: str | None = None, **props) -> UpsertInput:
 
 @pytest.fixture
 def crm():
-    with CrmServer(token=TOKEN, max_requests=190, window_seconds=10.0) as server:
+    with CrmServer(token=TOKEN, custom_properties=READY_PORTAL, max_requests=190, window_seconds=10.0) as server:
         yield server
 
 
@@ -72,10 +73,23 @@ def test_upsert_creates_then_updates_by_golden_id_and_reads_back_paged(crm):
 def test_207_multi_status_gives_each_row_its_own_outcome(crm):
     hub = connector(crm)
     results = hub.upsert("contacts", "crm_golden_id", [contact("GC-1"), contact("GC-2", email="kaputt@"),
-                                                        contact("GC-3", lifecyclestage="hot")])
+                                                        contact("GC-3", email="gc-1@example.de")])
     assert [r.status for r in results] == [CREATED, REJECTED, REJECTED]
-    assert "INVALID_EMAIL" in results[1].message and "INVALID_OPTION" in results[2].message
+    assert "INVALID_EMAIL" in results[1].message
+    assert f"Contact already exists. Existing ID: {results[0].crm_id}" in results[2].message
     assert [o["ext_id"] for o in crm.objects("contacts")] == ["GC-1"]
+
+
+def test_an_invalid_option_or_unknown_property_refuses_the_whole_batch_as_hubspot_does(crm):
+    hub = connector(crm)
+    for bad in ({"lifecyclestage": "hot"}, {"lead_temperature": "warm"}, {"hs_object_id": "5"}):
+        results = hub.upsert("contacts", "crm_golden_id", [contact("GC-1"), contact("GC-2", **bad)])
+        assert [r.status for r in results] == [REJECTED, REJECTED]
+        assert "VALIDATION_ERROR" in results[0].message
+        code = {"lifecyclestage": "INVALID_OPTION", "lead_temperature": "PROPERTY_DOESNT_EXIST",
+                "hs_object_id": "READ_ONLY_VALUE"}[next(iter(bad))]
+        assert code in results[1].message
+    assert crm.objects("contacts") == []
 
 
 def test_validation_errors_are_recorded_and_never_retried(crm):
@@ -103,7 +117,7 @@ def test_server_errors_and_dropped_connections_are_retried_with_backoff(crm):
 
 
 def test_a_429_storm_is_survived_without_exceeding_the_servers_limit():
-    with CrmServer(token=TOKEN, max_requests=8, window_seconds=0.5, faults=Faults(throttle_rate=0.3, retry_after=0.05),
+    with CrmServer(token=TOKEN, custom_properties=READY_PORTAL, max_requests=8, window_seconds=0.5, faults=Faults(throttle_rate=0.3, retry_after=0.05),
                    seed=3) as server:
         # The client believes it may send 12 per window: the server's 429s and Retry-After must hold it back.
         hub = connector(server, max_requests=12, window=0.5, max_attempts=30)
@@ -118,7 +132,7 @@ def test_a_429_storm_is_survived_without_exceeding_the_servers_limit():
 
 def test_the_remaining_header_holds_the_client_back_before_the_server_must_refuse():
     # Another integration shares the app's budget: the server allows 8 per window, the client thinks 12.
-    with CrmServer(token=TOKEN, max_requests=8, window_seconds=0.5) as server:
+    with CrmServer(token=TOKEN, custom_properties=READY_PORTAL, max_requests=8, window_seconds=0.5) as server:
         hub = connector(server, max_requests=12, window=0.5, max_attempts=30)
         for i in range(40):
             assert hub.upsert("contacts", "crm_golden_id", [contact(f"GC-{i}")])[0].status == CREATED
@@ -130,7 +144,7 @@ def test_the_remaining_header_holds_the_client_back_before_the_server_must_refus
 
 
 def test_the_client_limiter_alone_keeps_under_the_limit():
-    with CrmServer(token=TOKEN, max_requests=10, window_seconds=0.5) as server:
+    with CrmServer(token=TOKEN, custom_properties=READY_PORTAL, max_requests=10, window_seconds=0.5) as server:
         hub = connector(server, max_requests=10, window=0.5)
         for i in range(35):
             hub.upsert("contacts", "crm_golden_id", [contact(f"GC-{i}")])

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
 
+from crm_pipelines_tests.conftest import READY_PORTAL
 from crm_pipelines.core.crm.hubspot import HubSpotConnector
 from crm_pipelines.core.handoff import Channels, Lead, check_sla, hand_off, load_territories
 from crm_pipelines.core.notify import Message, SmtpChannel, WebhookChannel, slack_payload, teams_payload
@@ -73,7 +74,7 @@ def test_smtp_delivers_utf8_text_and_escaped_html_and_retries_a_temporary_refusa
 
 def test_each_lead_is_handed_off_exactly_once_with_owner_task_and_every_channel(sqlite_url):
     wh = Warehouse(sqlite_url)
-    with WebhookSink() as slack, WebhookSink() as teams, SmtpSink() as smtp, CrmServer() as crm:
+    with WebhookSink() as slack, WebhookSink() as teams, SmtpSink() as smtp, CrmServer(custom_properties=READY_PORTAL) as crm:
         channels = Channels(slack=WebhookChannel(slack.url, "slack", sleep=no_sleep),
                             teams=WebhookChannel(teams.url, "teams", sleep=no_sleep),
                             email=SmtpChannel("127.0.0.1", smtp.port, sleep=no_sleep))
@@ -137,7 +138,7 @@ def test_suppressed_and_no_consent_contacts_get_no_alert_and_hot_leads_queue_a_b
 
 def test_sla_records_the_response_time_and_escalates_overdue_follow_ups_once(sqlite_url):
     wh = Warehouse(sqlite_url)
-    with CrmServer() as crm, WebhookSink() as leads_channel:
+    with CrmServer(custom_properties=READY_PORTAL) as crm, WebhookSink() as leads_channel:
         hub = HubSpotConnector.create(crm.url, None)
         hand_off(wh, [lead(), lead("lead:trade_fair_leads:TF-2", name="Anna Roth")], TERRITORIES, Channels(), hub,
                  "run-1", now=NOW)

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from crm_pipelines_tests.conftest import READY_PORTAL
 from crm_pipelines.core import golden as G
 from crm_pipelines.core.ingest import ingest_partition, partition_balance
 from crm_pipelines.core.model import ENTITIES
@@ -326,7 +327,7 @@ def test_a_crm_outage_leaves_the_erasure_pending_and_a_retry_completes_it(golden
 
     wh, _ = golden_wh
     _, email = _a_person_with_many_records(wh)
-    with CrmServer(faults=Faults(error_rate=1.0)) as crm:
+    with CrmServer(custom_properties=READY_PORTAL, faults=Faults(error_rate=1.0)) as crm:
         target = CrmErasureTarget(HubSpotConnector.create(crm.url, None, max_attempts=2, backoff_base=0.001))
         report = erase(wh, HASHER, mappings, emails=[email], request_id="down-1", source="test", actor="pytest",
                        targets=[target])

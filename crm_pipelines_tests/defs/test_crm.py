@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 
 import dagster as dg
 import sqlalchemy as sa
 
+from crm_pipelines_tests.conftest import READY_PORTAL
 from crm_pipelines.core.schema import CRM_SYNC_LOG, GOLDEN_CONTACTS
 from crm_pipelines.core.warehouse import Warehouse
 from crm_pipelines.definitions import build_defs
@@ -25,15 +27,26 @@ def push_crm(defs, instance, dry_run: bool = False, raise_on_error: bool = True,
                                                                 raise_on_error=raise_on_error, asset_selection=keys)
 
 
+def writes(crm) -> int:
+    """Object writes the local CRM applied (creates, updates, archivals, links)."""
+    return sum(v for k, v in crm.stats()["counts"].items()
+               if k.endswith(("_created", "_updated", "_archived")) and k != "properties_created"
+               or k == "associations")
+
+
 def built(tmp_path, root, manifest, crm, monkeypatch):
+    # push_crm pulls the CRM's changes into the landing zone first: not into the shared fixture's.
+    landing = tmp_path / "landing"
+    if not landing.exists():
+        shutil.copytree(root, landing)
     monkeypatch.setenv("CRM_API_TOKEN", TOKEN)
-    settings = replace(settings_for(tmp_path, root), crm_url=crm.url)
+    settings = replace(settings_for(tmp_path, landing), crm_url=crm.url)
     return settings, build_defs(settings)
 
 
 def test_dry_run_then_push_then_nothing_left_to_send(tmp_path, demo_landing, monkeypatch):
     root, manifest = demo_landing
-    with CrmServer(token=TOKEN) as crm:
+    with CrmServer(token=TOKEN, custom_properties=READY_PORTAL) as crm:
         seeded = crm.seed_from_landing(root)
         settings, defs = built(tmp_path, root, manifest, crm, monkeypatch)
         with dg.instance_for_test() as instance:
@@ -41,7 +54,8 @@ def test_dry_run_then_push_then_nothing_left_to_send(tmp_path, demo_landing, mon
 
             dry = push_crm(defs, instance, dry_run=True)
             md = materialised(dry)
-            assert crm.stats()["counts"].get("requests", 0) == 0
+            # A dry run reads (the CRM's changes, the property definitions) and writes nothing.
+            assert writes(crm) == 0
             assert md["crm_push_contacts"]["status"] == "dry_run" and md["crm_push_contacts"]["sent"] == 0
             assert md["crm_push_contacts"]["to_create"] > 0 and md["crm_push_contacts"]["to_update"] > 0
 
@@ -66,15 +80,16 @@ def test_dry_run_then_push_then_nothing_left_to_send(tmp_path, demo_landing, mon
             assert TOKEN not in blob
             assert [m for m in EMAIL.findall(blob) if not m.split("@")[0].endswith("***")] == []
 
-            before = crm.stats()["counts"]["requests"]
+            before = writes(crm)
             again = materialised(push_crm(defs, instance))
             assert again["crm_push_contacts"]["sent"] == 0 and again["crm_push_accounts"]["sent"] == 0
-            assert crm.stats()["counts"]["requests"] == before
+            # Nothing changed: only reads (the CRM's changes, the property definitions), no write at all.
+            assert writes(crm) == before and again["crm_push_contacts"]["requests"] == 0
 
 
 def test_a_failing_gx_gate_blocks_the_push_in_that_run_and_in_later_runs(tmp_path, demo_landing, monkeypatch):
     root, manifest = demo_landing
-    with CrmServer(token=TOKEN) as crm:
+    with CrmServer(token=TOKEN, custom_properties=READY_PORTAL) as crm:
         crm.seed_from_landing(root)
         untouched = crm.objects("contacts")
         settings, defs = built(tmp_path, root, manifest, crm, monkeypatch)
@@ -123,7 +138,7 @@ def test_a_suppressed_person_is_left_out_and_the_gate_catches_one_that_slips_thr
     from crm_pipelines.defs import crm as crm_defs
 
     root, manifest = demo_landing
-    with CrmServer(token=TOKEN) as crm:
+    with CrmServer(token=TOKEN, custom_properties=READY_PORTAL) as crm:
         crm.seed_from_landing(root)
         settings, defs = built(tmp_path, root, manifest, crm, monkeypatch)
         with dg.instance_for_test() as instance:
@@ -151,7 +166,7 @@ def test_a_suppressed_person_is_left_out_and_the_gate_catches_one_that_slips_thr
 
 
 def test_pull_writes_the_crm_into_the_landing_zone_and_the_sources_load_it(tmp_path, landing, monkeypatch):
-    with CrmServer(token=TOKEN) as crm:
+    with CrmServer(token=TOKEN, custom_properties=READY_PORTAL) as crm:
         crm.seed("companies", [{"id": str(9000 + i), "properties": {"name": f"Firma {i} GmbH", "zip": "01067",
                                                                       "city": "Dresden", "country": "Germany"}}
                                for i in range(250)])

@@ -75,7 +75,7 @@ def test_demo_runner_generates_materialises_and_summarises(tmp_path, capsys):
             assert asset in out
         assert "All runs succeeded" in out
         jobs = {r.dagster_run.job_name for r in instance.get_run_records()}
-        assert jobs == {"ingest_sources", "handle_erasure_requests", "build_golden", "push_crm", "score_leads",
+        assert jobs == {"ingest_sources", "handle_erasure_requests", "build_golden", "setup_crm_portal", "push_crm", "score_leads",
                         "reactivation", "build_print_lists", "fast_lead_path"}
         assert "print/herbst-bayern" in out
         # A second run reuses the landing zone and replaces the partitions: nothing doubles, and the

@@ -9,6 +9,7 @@ from dataclasses import replace
 import dagster as dg
 import sqlalchemy as sa
 
+from crm_pipelines_tests.conftest import READY_PORTAL
 from crm_pipelines.core.model import ENTITIES
 from crm_pipelines.core.privacy import audit
 from crm_pipelines.core.schema import (CONSENT_EVENTS, GOLDEN_CONTACTS, PERSON_RECORDS, QUARANTINE, metadata,
@@ -51,7 +52,7 @@ def test_a_person_deleted_in_the_crm_never_comes_back(tmp_path, demo_landing, mo
     landing = tmp_path / "landing"
     shutil.copytree(src, landing)
     days = manifest["partitions"]
-    with CrmServer(token=TOKEN) as crm:
+    with CrmServer(token=TOKEN, custom_properties=READY_PORTAL) as crm:
         crm.seed_from_landing(landing)
         monkeypatch.setenv("CRM_API_TOKEN", TOKEN)
         settings = replace(settings_for(tmp_path, landing), crm_url=crm.url)
@@ -145,7 +146,7 @@ def test_erase_and_export_jobs_from_the_launchpad(tmp_path, demo_landing, monkey
     src, manifest = demo_landing
     root = tmp_path / "landing"  # an erasure rewrites landing files: not the shared fixture's
     shutil.copytree(src, root)
-    with CrmServer(token=TOKEN) as crm:
+    with CrmServer(token=TOKEN, custom_properties=READY_PORTAL) as crm:
         crm.seed_from_landing(root)
         monkeypatch.setenv("CRM_API_TOKEN", TOKEN)
         settings = replace(settings_for(tmp_path, root), crm_url=crm.url)

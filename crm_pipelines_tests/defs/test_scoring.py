@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 import dagster as dg
 import sqlalchemy as sa
 
+from crm_pipelines_tests.conftest import READY_PORTAL
 from crm_pipelines.core.schema import ALERT_LEDGER, GOLDEN_CONTACTS, LEAD_SCORE_HISTORY, LEAD_SCORES
 from crm_pipelines.core.warehouse import Warehouse
 from crm_pipelines.definitions import build_defs
@@ -51,7 +52,7 @@ def _sensor(defs, instance, name, landing, cursor=None, wh_url=None):
 
 
 def test_a_trade_fair_lead_reaches_its_rep_once_through_the_sensor(tmp_path, demo_landing, monkeypatch):
-    with CrmServer(token=TOKEN) as crm, WebhookSink() as slack:
+    with CrmServer(token=TOKEN, custom_properties=READY_PORTAL) as crm, WebhookSink() as slack:
         crm.seed_from_landing(demo_landing[0])
         landing, manifest, settings, defs = _world(tmp_path, demo_landing, monkeypatch, crm, slack)
         with dg.instance_for_test() as instance:
@@ -96,7 +97,7 @@ def test_a_trade_fair_lead_reaches_its_rep_once_through_the_sensor(tmp_path, dem
 
 
 def test_an_sql_crossing_is_alerted_once_and_scores_have_history(tmp_path, demo_landing, monkeypatch):
-    with CrmServer(token=TOKEN) as crm, WebhookSink() as slack:
+    with CrmServer(token=TOKEN, custom_properties=READY_PORTAL) as crm, WebhookSink() as slack:
         crm.seed_from_landing(demo_landing[0])
         landing, manifest, settings, defs = _world(tmp_path, demo_landing, monkeypatch, crm, slack)
         with dg.instance_for_test() as instance:

@@ -68,6 +68,7 @@ def test_a_push_killed_mid_way_frees_its_slot_and_the_next_push_completes_on_its
     from crm_pipelines.core.warehouse import Warehouse
     from crm_pipelines.definitions import build_defs
     from crm_pipelines.devtools.crm_server import CrmServer
+    from crm_pipelines_tests.conftest import READY_PORTAL
     from crm_pipelines.devtools.processes import BIN, ROOT, dagster_services, free_port, stop_groups, wait_until
     from crm_pipelines.settings import Settings
     from crm_pipelines_tests.defs.test_crm import TOKEN
@@ -89,7 +90,7 @@ def test_a_push_killed_mid_way_frees_its_slot_and_the_next_push_completes_on_its
                                        .replace("poll_interval_seconds: 30", "poll_interval_seconds: 5")
                                        .replace("free_slots_after_run_end_seconds: 30",
                                                 "free_slots_after_run_end_seconds: 5"))
-    with CrmServer(token=TOKEN) as crm:
+    with CrmServer(token=TOKEN, custom_properties=READY_PORTAL) as crm:
         crm.seed_from_landing(landing)
         env = {"DAGSTER_HOME": str(home), "DAGSTER_PG_HOST": wh_url.host, "DAGSTER_PG_PORT": str(wh_url.port),
                "DAGSTER_PG_USERNAME": wh_url.username, "DAGSTER_PG_PASSWORD": wh_url.password or "",

@@ -131,8 +131,10 @@ class HttpTransport:
     def __repr__(self) -> str:  # never show the token
         return f"HttpTransport(base_url={self.base_url!r})"
 
-    def request(self, method: str, path: str, *, json: Any = None, params: dict | None = None) -> Response:
+    def request(self, method: str, path: str, *, json: Any = None, params: dict | None = None,
+                also: RateLimiter | None = None) -> Response:
         """Sends with rate limiting and retries; returns the final answer (2xx or a non-retryable 4xx).
+        ``also`` is an endpoint's own limit on top of the general one (HubSpot's search: per second).
 
         Raises :class:`CrmUnavailable` when every attempt met a 5xx, a timeout or a dropped connection.
         """
@@ -144,6 +146,8 @@ class HttpTransport:
         for attempt in range(self.max_attempts):
             if attempt:
                 self.stats.bump("retries")
+            if also is not None:
+                also.acquire()
             self.limiter.acquire()
             self.stats.bump("requests")
             try:

@@ -4,15 +4,22 @@ Endpoints used (HubSpot's public API reference):
 - ``GET  /crm/v3/objects/{type}?limit=100&after=…&properties=…``: paged reads;
 - ``POST /crm/v3/objects/{type}/batch/upsert``: ``{"inputs": [{"id", "idProperty", "properties"}]}``,
   100 inputs at most; 200 when every row succeeded, 207 with per-row ``errors`` otherwise;
+- ``POST /crm/v3/objects/{type}/batch/update``: objects we know by the CRM's own ID;
+- ``POST /crm/v3/objects/{type}/batch/read``: by ID or by a unique property (``idProperty``: email);
+- ``POST /crm/v3/objects/{type}/search``: what changed since a moment (``lastmodifieddate`` for contacts,
+  ``hs_lastmodifieddate`` otherwise), 200 per page, at most 10,000 results per query, 5 requests/s;
+- ``GET  /crm/v3/objects/{type}?archived=true``: what was deleted (archived) in the CRM;
 - ``POST /crm/v3/objects/{type}/batch/archive``: mirror mode;
-- ``PUT  /crm/v4/associations/{from}/{to}/batch/associate/default``: contact -> company;
+- ``POST /crm/v4/associations/{from}/{to}/batch/associate/default``: contact -> company, 1,000 pairs per call;
+- ``GET/POST /crm/v3/properties/{type}`` and ``.../groups``: the portal's property definitions;
 - ``POST /crm/v3/objects/tasks/batch/create``: follow-up tasks, associated with their contact;
 - ``POST /crm/v3/objects/contacts/gdpr-delete``: permanent deletion that also blocklists the e-mail.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 from .http import CallStats, CrmUnavailable, HttpTransport, RateLimiter, Response
@@ -20,6 +27,10 @@ from .protocol import (ABSENT, ARCHIVED, CREATED, DELETED, FAILED, REJECTED, UPD
                        UpsertInput)
 
 TASK_TO_CONTACT = 204  # HubSpot-defined association type id "task to contact"
+MODIFIED = {"contacts": "lastmodifieddate"}  # the search's modification stamp; hs_lastmodifieddate elsewhere
+SEARCH_PAGE = 200
+SEARCH_CAP = 10_000
+EXISTING_ID = re.compile(r"Existing ID: (\d+)")
 
 
 @dataclass
@@ -28,6 +39,9 @@ class HubSpotConnector:
     name: str = "hubspot"
     max_batch: int = 100
     page_size: int = 100
+    max_association_batch: int = 1000
+    # The search endpoints allow 5 requests per second per account; one in reserve for other clients.
+    search_limiter: RateLimiter = field(default_factory=lambda: RateLimiter(max_requests=4, window_seconds=1.0))
 
     @classmethod
     def create(cls, base_url: str, token: str | None, max_requests: int = 190, window_seconds: float = 10.0,
@@ -41,10 +55,10 @@ class HubSpotConnector:
 
     # ------------------------------------------------------------------ reads
 
-    def read_objects(self, object_type: str, properties: Sequence[str]) -> Iterator[dict]:
+    def read_objects(self, object_type: str, properties: Sequence[str], archived: bool = False) -> Iterator[dict]:
         after: str | None = None
         while True:
-            params = {"limit": self.page_size, "properties": ",".join(properties), "archived": "false"}
+            params = {"limit": self.page_size, "properties": ",".join(properties), "archived": str(archived).lower()}
             if after:
                 params["after"] = after
             resp = self._ok(self.transport.request("GET", f"/crm/v3/objects/{object_type}", params=params),
@@ -61,6 +75,106 @@ class HubSpotConnector:
         if resp.status == 404:
             return None
         return self._ok(resp, f"reading {object_type} {object_id}").body
+
+    def changed_since(self, object_type: str, since_ms: int, properties: Sequence[str]) -> Iterator[dict]:
+        """Every object modified at or after ``since_ms`` (epoch milliseconds), oldest first. The search
+        stops at 10,000 results per query, so a long backlog is read as several queries, each starting
+        at the last modification stamp seen (objects seen twice at that stamp are skipped)."""
+        stamp = MODIFIED.get(object_type, "hs_lastmodifieddate")
+        lower, seen_at_lower = int(since_ms), set()
+        while True:
+            after, last_ms, seen, fresh = 0, None, set(), 0
+            while True:
+                body = {"filterGroups": [{"filters": [{"propertyName": stamp, "operator": "GTE", "value": str(lower)}]}],
+                        "sorts": [{"propertyName": stamp, "direction": "ASCENDING"}],
+                        "properties": sorted(set(properties) | {stamp, "hs_merged_object_ids"}),
+                        "limit": SEARCH_PAGE, "after": str(after)}
+                resp = self._ok(self.transport.request("POST", f"/crm/v3/objects/{object_type}/search", json=body,
+                                                       also=self.search_limiter), f"searching {object_type}")
+                for obj in resp.body.get("results", []):
+                    if obj["id"] in seen_at_lower:
+                        continue
+                    ms = _epoch_ms((obj.get("properties") or {}).get(stamp) or obj.get("updatedAt"))
+                    if ms is not None and ms != last_ms:
+                        last_ms, seen = ms, set()
+                    seen.add(obj["id"])
+                    fresh += 1
+                    yield obj
+                nxt = ((resp.body.get("paging") or {}).get("next") or {}).get("after")
+                if not nxt:
+                    return
+                after = int(nxt)
+                if after + SEARCH_PAGE > SEARCH_CAP:
+                    break
+            if not fresh or last_ms is None:
+                raise CrmUnavailable(f"searching {object_type}: more than {SEARCH_CAP:,} objects share one "
+                                     "modification stamp; read them with a full pull instead")
+            # The next query starts at the newest stamp seen; what was already read at that stamp is skipped.
+            seen_at_lower = (seen_at_lower | seen) if last_ms == lower else seen
+            lower = last_ms
+
+    def read_by(self, object_type: str, values: Sequence[str], properties: Sequence[str] = (),
+                id_property: str | None = None) -> dict[str, dict]:
+        """Objects by their IDs (or by a unique property such as ``email``): value -> object; absent ones left out.
+        Reading a merged-away ID answers with the record it was merged into."""
+        out: dict[str, dict] = {}
+        values = list(dict.fromkeys(values))
+        for start in range(0, len(values), self.max_batch):
+            chunk = values[start:start + self.max_batch]
+            body: dict[str, Any] = {"inputs": [{"id": v} for v in chunk], "properties": list(properties)}
+            if id_property:
+                body["idProperty"] = id_property
+            resp = self.transport.request("POST", f"/crm/v3/objects/{object_type}/batch/read", json=body)
+            self._auth(resp)
+            if resp.status not in (200, 207):
+                raise CrmUnavailable(f"reading {object_type}: HTTP {resp.status}: {_message(resp)}")
+            results = resp.body.get("results", [])
+            if id_property:
+                by_value = {str((r.get("properties") or {}).get(id_property) or "").strip().lower(): r for r in results}
+                for v in chunk:
+                    if v.strip().lower() in by_value:
+                        out[v] = by_value[v.strip().lower()]
+            else:
+                for r in results:
+                    out[str(r["id"])] = r
+                # A merged-away ID comes back as its survivor: map it through hs_merged_object_ids.
+                for r in results:
+                    for alias in str((r.get("properties") or {}).get("hs_merged_object_ids") or "").split(";"):
+                        if alias in chunk and alias not in out:
+                            out[alias] = r
+        return out
+
+    # ------------------------------------------------------------------ the portal's properties
+
+    def properties(self, object_type: str) -> dict[str, dict]:
+        """The portal's property definitions of a type: name -> definition."""
+        resp = self._ok(self.transport.request("GET", f"/crm/v3/properties/{object_type}"),
+                        f"reading the {object_type} properties")
+        return {d["name"]: d for d in resp.body.get("results", [])}
+
+    def property_groups(self, object_type: str) -> set[str]:
+        resp = self._ok(self.transport.request("GET", f"/crm/v3/properties/{object_type}/groups"),
+                        f"reading the {object_type} property groups")
+        return {g["name"] for g in resp.body.get("results", [])}
+
+    def create_property_group(self, object_type: str, name: str, label: str) -> str:
+        """``created`` or ``exists``."""
+        resp = self.transport.request("POST", f"/crm/v3/properties/{object_type}/groups",
+                                      json={"name": name, "label": label, "displayOrder": -1})
+        return self._created(resp, f"property group {object_type}.{name}")
+
+    def create_property(self, object_type: str, definition: dict) -> str:
+        """``created`` or ``exists``; any other refusal raises with HubSpot's message."""
+        resp = self.transport.request("POST", f"/crm/v3/properties/{object_type}", json=definition)
+        return self._created(resp, f"property {object_type}.{definition['name']}")
+
+    def _created(self, resp: Response, what: str) -> str:
+        self._auth(resp)
+        if resp.status in (200, 201):
+            return "created"
+        if resp.status == 409:
+            return "exists"
+        raise CrmUnavailable(f"creating {what}: HTTP {resp.status}: {_message(resp)}")
 
     # ------------------------------------------------------------------ writes
 
@@ -81,7 +195,25 @@ class HubSpotConnector:
             for key, message in _row_errors(resp.body, keys):
                 done.setdefault(key, RowResult(key, REJECTED, message=message))
             return [done.get(k) or RowResult(k, FAILED, message="the CRM returned no result for this row") for k in keys]
+        if resp.status == 409 and object_type == "contacts":
+            return self._split_conflict(object_type, id_property, inputs, resp)
         return [RowResult(k, REJECTED, message=_message(resp)) for k in keys]
+
+    def _split_conflict(self, object_type: str, id_property: str, inputs: Sequence[UpsertInput],
+                        resp: Response) -> list[RowResult]:
+        """A whole batch refused with 409 "Contact already exists" names one contact at most: look the batch's
+        e-mails up, answer the rows whose address another contact holds, and send the others again."""
+        emails = {i.key: str(i.properties.get("email") or "").strip().lower() for i in inputs}
+        existing = self.read_by(object_type, [e for e in emails.values() if e], [id_property], id_property="email")
+        clash = {k: existing[e] for k, e in emails.items() if e in existing
+                 and (existing[e].get("properties") or {}).get(id_property) != k}
+        if not clash:
+            return [RowResult(i.key, REJECTED, message=_message(resp)) for i in inputs]
+        rest = [i for i in inputs if i.key not in clash]
+        out = {r.key: r for r in (self.upsert(object_type, id_property, rest) if rest else [])}
+        for k, obj in clash.items():
+            out[k] = RowResult(k, REJECTED, message=f"CONFLICT: Contact already exists. Existing ID: {obj['id']}")
+        return [out[i.key] for i in inputs]
 
     def update(self, object_type: str, inputs: Sequence[UpsertInput], crm_ids: Sequence[str]) -> list[RowResult]:
         self._check_batch(inputs)
@@ -117,10 +249,12 @@ class HubSpotConnector:
         return [RowResult(k, status, crm_id=c, message=message) for k, c in keys_and_ids]
 
     def associate(self, from_type: str, to_type: str, pairs: Sequence[tuple[str, str, str]]) -> list[RowResult]:
-        self._check_batch(pairs)
+        if len(pairs) > self.max_association_batch:
+            raise ValueError(f"{self.name}: {len(pairs)} associations in one request, at most "
+                             f"{self.max_association_batch} allowed")
         body = {"inputs": [{"from": {"id": a}, "to": {"id": b}} for _, a, b in pairs]}
         try:
-            resp = self.transport.request("PUT", f"/crm/v4/associations/{from_type}/{to_type}/batch/associate/default",
+            resp = self.transport.request("POST", f"/crm/v4/associations/{from_type}/{to_type}/batch/associate/default",
                                           json=body)
         except CrmUnavailable as exc:
             return [RowResult(k, FAILED, crm_id=a, message=str(exc)) for k, a, _ in pairs]
@@ -187,6 +321,25 @@ class HubSpotConnector:
         if resp.status != 200:
             raise CrmUnavailable(f"{what}: HTTP {resp.status}: {_message(resp)}")
         return resp
+
+
+def existing_id(message: str | None) -> str | None:
+    """The CRM ID a "Contact already exists. Existing ID: 123" answer names."""
+    m = EXISTING_ID.search(message or "")
+    return m.group(1) if m else None
+
+
+def _epoch_ms(value) -> int | None:
+    if value in (None, ""):
+        return None
+    text = str(value)
+    if text.isdigit():
+        return int(text)
+    from datetime import datetime
+    try:
+        return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+    except ValueError:
+        return None
 
 
 def _message(resp: Response) -> str:

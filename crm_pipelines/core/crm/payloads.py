@@ -8,8 +8,6 @@ Values are strings or None, as the CRM stores them.
 
 from __future__ import annotations
 
-import hashlib
-import json
 
 import numpy as np
 import pandas as pd
@@ -30,8 +28,13 @@ def derive_columns(golden: pd.DataFrame, object_type: str) -> pd.DataFrame:
         sources = _column(out, "sources").fillna("")
         customer = _column(out, "erp_customer_number").notna()
         newsletter_only = sources == "newsletter_signups"
-        # Known customers are customers; people we only know from the newsletter are subscribers.
-        out["lifecycle_stage"] = np.where(customer, "customer", np.where(newsletter_only, "subscriber", "lead"))
+        scored = _column(out, "score_stage").fillna("")
+        # Our funnel: known customers are customers; a lead handed to sales (score stage sql) is a sales-
+        # qualified lead, one past the MQL threshold marketing-qualified; people we only know from the
+        # newsletter are subscribers. The push never sends a stage below the CRM's (sync.py).
+        out["lifecycle_stage"] = np.select(
+            [customer, scored == "sql", scored == "mql", newsletter_only],
+            ["customer", "salesqualifiedlead", "marketingqualifiedlead", "subscriber"], default="lead")
     return out
 
 
@@ -43,23 +46,18 @@ def build_payload(golden: pd.DataFrame, spec: ObjectSync) -> pd.DataFrame:
     if spec.object_type == "contacts":
         out["account_id"] = _column(df, "account_id")
     for prop, column in spec.properties.items():
-        out[prop] = _column(df, column)
+        values = _column(df, column)
+        table = spec.value_maps.get(prop)
+        if table:
+            # Our values in the CRM's vocabulary; a value the map does not know goes as it is, and the
+            # preflight refuses it if the portal's options do not have it either.
+            values = values.map(lambda v: table.get(v, v) if v is not None else None)
+        out[prop] = values
     return out.reset_index(drop=True)
 
 
 def property_columns(payload: pd.DataFrame) -> list[str]:
     return [c for c in payload.columns if c not in META_COLUMNS and not c.startswith("_")]
-
-
-def payload_hashes(payload: pd.DataFrame) -> np.ndarray:
-    """A stable hash of what would be sent per row: unchanged rows are not sent again."""
-    cols = property_columns(payload)
-    records = payload[cols].to_numpy(dtype=object)
-    out = np.empty(len(payload), dtype=object)
-    for i, row in enumerate(records):
-        text = json.dumps(dict(zip(cols, (None if is_missing(v) else v for v in row))), sort_keys=True, ensure_ascii=False)
-        out[i] = hashlib.sha256(text.encode()).hexdigest()[:32]
-    return out
 
 
 def is_missing(v) -> bool:

@@ -50,10 +50,31 @@ class Task:
 class CrmConnector(Protocol):
     name: str
     max_batch: int
+    max_association_batch: int
     stats: CallStats
 
-    def read_objects(self, object_type: str, properties: Sequence[str]) -> Iterator[dict]:
-        """Every object of a type, page by page: {"id", "properties", "createdAt", "updatedAt", "archived"}."""
+    def read_objects(self, object_type: str, properties: Sequence[str], archived: bool = False) -> Iterator[dict]:
+        """Every object of a type, page by page: {"id", "properties", "createdAt", "updatedAt", "archived"};
+        with ``archived`` the ones deleted (archived) in the CRM instead."""
+
+    def changed_since(self, object_type: str, since_ms: int, properties: Sequence[str]) -> Iterator[dict]:
+        """Every live object modified at or after ``since_ms`` (epoch ms), oldest first."""
+
+    def read_by(self, object_type: str, values: Sequence[str], properties: Sequence[str] = (),
+                id_property: str | None = None) -> dict[str, dict]:
+        """Objects by CRM ID (a merged-away ID answers with its survivor) or by a unique property."""
+
+    def properties(self, object_type: str) -> dict[str, dict]:
+        """The portal's property definitions: name -> {"type", "options", "hasUniqueValue", ...}."""
+
+    def property_groups(self, object_type: str) -> set[str]:
+        """Names of the portal's property groups."""
+
+    def create_property_group(self, object_type: str, name: str, label: str) -> str:
+        """``created`` or ``exists``."""
+
+    def create_property(self, object_type: str, definition: dict) -> str:
+        """``created`` or ``exists``."""
 
     def get_object(self, object_type: str, object_id: str, properties: Sequence[str] = ()) -> dict | None:
         """One object by the CRM's own ID, or None."""

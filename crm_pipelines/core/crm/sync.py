@@ -2,7 +2,15 @@
 
 What reverse-ETL practice asks for, and where it lives here:
 - only new and changed rows go out: ``ops.crm_sync_state`` keeps, per golden ID, the hash of the
-  payload last accepted by the CRM and the CRM's ID;
+  properties last accepted by the CRM and the CRM's ID;
+- who owns a field (``field_policy`` in sync.yaml): the warehouse, the CRM (set at creation only), or
+  the CRM once filled; ``lifecyclestage`` only moves forward from what the CRM holds
+  (``ops.crm_remote``, kept by the incremental pull);
+- a preflight reads the portal's property definitions once and refuses the push before any write when
+  a property is missing, and rows whose value the portal would refuse;
+- creates and updates travel in batches of their own; contact -> company links are collected and sent
+  1,000 at a time from the sender threads; "already exists" answers adopt the CRM's record, and
+  updates to a merged-away ID follow the survivor;
 - modes: ``upsert`` (create or update), ``update_only`` (never create), ``mirror`` (also archive
   objects whose golden record left the model);
 - every write is logged per row in ``ops.crm_sync_log`` (append-only); rows that were rejected or
@@ -18,10 +26,11 @@ What reverse-ETL practice asks for, and where it lives here:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
@@ -33,9 +42,12 @@ import sqlalchemy as sa
 from ..masking import mask_text
 from ..schema import CRM_SYNC_LOG, CRM_SYNC_RUNS, CRM_SYNC_STATE
 from ..warehouse import LockBusy, Warehouse
-from .payloads import is_missing, payload_hashes, property_columns
+from .changes import DELETED, load_remote
+from .hubspot import existing_id
+from .payloads import is_missing, property_columns
+from .properties import preflight, value_problem
 from .protocol import ARCHIVED, CREATED, FAILED, REJECTED, UPDATED, CrmConnector, RowResult, UpsertInput
-from .settings import ObjectSync, SyncSettings
+from .settings import LIFECYCLE_ORDER, ObjectSync, SyncSettings
 
 OK = {CREATED, UPDATED}
 INVALID = "invalid"
@@ -74,6 +86,10 @@ class SyncReport:
     failed: int = 0
     associated: int = 0
     association_failures: int = 0
+    adopted: int = 0              # "already exists" answers resolved by taking over the CRM's record
+    deleted_in_crm: int = 0       # rows whose CRM object a user deleted (left alone under keep_deleted)
+    held: int = 0                 # changed only in fields the CRM owns: nothing sent
+    recreated: int = 0            # ... or created anew under recreate_and_flag
     batches: int = 0
     requests: int = 0
     throttled: int = 0
@@ -86,13 +102,15 @@ class SyncReport:
         return asdict(self)
 
 
-def plan(payload: pd.DataFrame, state: pd.DataFrame, spec: ObjectSync, required: tuple[str, ...]) -> pd.DataFrame:
-    """Per payload row: the operation (create / update / unchanged / skip / invalid) and why.
+def plan(payload: pd.DataFrame, state: pd.DataFrame, spec: ObjectSync, required: tuple[str, ...],
+         remote: pd.DataFrame | None = None, on_crm_delete: str = "keep_deleted") -> pd.DataFrame:
+    """Per payload row: the operation (create / update / unchanged / skip / invalid / deleted_in_crm), why,
+    and ``_send``: the properties that go out once the field policies have been applied.
 
-    ``state`` is this object type's rows of ``ops.crm_sync_state``.
+    ``state`` is this object type's rows of ``ops.crm_sync_state``; ``remote`` its rows of ``ops.crm_remote``
+    (what the CRM holds, as the last pull saw it).
     """
     df = payload.copy()
-    df["payload_hash"] = payload_hashes(payload)
     st = state.set_index("golden_id") if len(state) else pd.DataFrame(
         columns=["crm_id", "payload_hash", "last_status", "associated_crm_id"])
     prev_hash = df["golden_id"].map(st["payload_hash"]) if len(st) else pd.Series(None, index=df.index, dtype=object)
@@ -102,8 +120,34 @@ def plan(payload: pd.DataFrame, state: pd.DataFrame, spec: ObjectSync, required:
     df["associated_crm_id"] = df["golden_id"].map(st["associated_crm_id"]) if len(st) else None
     # The CRM ID we learnt by pushing wins over the one the golden record brought from the CRM snapshot.
     df["crm_id"] = prev_crm.where(prev_crm.notna(), df["crm_id"])
+    remote = remote if remote is not None else pd.DataFrame(columns=["crm_id", "golden_id", "properties", "archived",
+                                                                      "merged_into"])
+    merged = {str(a): str(s) for a, s in zip(remote["crm_id"], remote["merged_into"]) if isinstance(s, str) and s}
+    archived = {str(c) for c, a in zip(remote["crm_id"], remote["archived"]) if bool(a)}
+    live = {str(c): p for c, p, a in zip(remote["crm_id"], remote["properties"], remote["archived"]) if not bool(a)}
+    # A merged-away ID is followed to its survivor (chains too), whoever brought it.
+    df["crm_id"] = [_survivor(c, merged) if isinstance(c, str) else c for c in df["crm_id"]]
+    deleted = df["crm_id"].isin(archived) | (prev_status == DELETED)
+    recreate = deleted & (on_crm_delete == "recreate_and_flag")
+    df.loc[recreate, "crm_id"] = None
+    if spec.associate_with:
+        # What the CRM already links counts as linked: no request for it.
+        known = [(live.get(c) or {}).get("associatedcompanyid") if isinstance(c, str) else None for c in df["crm_id"]]
+        df["associated_crm_id"] = df["associated_crm_id"].where(df["associated_crm_id"].notna(),
+                                                                pd.Series(known, index=df.index, dtype=object))
+    props = property_columns(payload)
+    values = df[props].to_numpy(dtype=object)
+    has_crm = df["crm_id"].notna().to_numpy()
+    sends = [_shape(spec, props, row, live.get(c) if isinstance(c, str) else None, bool(u))
+             for row, c, u in zip(values, df["crm_id"], has_crm)]
+    df["_send"] = sends
+    # The hash is of our values, not of what the policies let through against the CRM's current values:
+    # a change sales made in the CRM does not make a row "changed" on our side. Fields the CRM owns once
+    # the object exists are left out: a change of ours there has nothing to send.
+    hashed = [i for i, p in enumerate(props) if spec.policy(p) != "crm"]
+    df["payload_hash"] = [_hash({props[i]: (None if is_missing(row[i]) else row[i]) for i in hashed}) for row in values]
     ok_before = prev_status.isin(list(OK))
-    unchanged = ok_before & (prev_hash == df["payload_hash"])
+    unchanged = ok_before & (prev_hash == df["payload_hash"]) & ~recreate
     invalid = pd.Series(False, index=df.index)
     reason = pd.Series(None, index=df.index, dtype=object)
     for prop in required:
@@ -115,8 +159,8 @@ def plan(payload: pd.DataFrame, state: pd.DataFrame, spec: ObjectSync, required:
         reason = reason.where(~(bad & reason.isna()), "e-mail address is malformed")
         invalid |= bad
     # One CRM object, one golden record: when several golden records claim the same CRM ID (a
-    # contact's stale company association, a split the steward has not confirmed), the one already
-    # synced to it, else the oldest golden ID, keeps it; the others wait for a steward.
+    # contact's stale company association, a split the steward has not confirmed, a merge in the CRM),
+    # the one already synced to it, else the oldest golden ID, keeps it; the others wait for a steward.
     # (The mask applies to both sides: assigning a Series to an empty frame would adopt its index.)
     has_id = df["crm_id"].notna()
     claimed = df[has_id].assign(_synced=ok_before[has_id]).sort_values(["crm_id", "_synced", "golden_id"],
@@ -131,49 +175,116 @@ def plan(payload: pd.DataFrame, state: pd.DataFrame, spec: ObjectSync, required:
         invalid |= conflict
     has_crm = df["crm_id"].notna()
     op = np.where(unchanged, "unchanged", np.where(invalid, INVALID, np.where(has_crm, "update", "create")))
+    op = np.where(deleted & ~recreate & (op != INVALID), DELETED, op)
+    # Changed only in fields the CRM owns now: nothing to send; the new hash is kept (see _hold).
+    nothing = np.array([op_ == "update" and not send for op_, send in zip(op, sends)], dtype=bool)
+    op = np.where(nothing, "held", op)
     if spec.mode == "update_only":
         op = np.where(op == "create", "skip", op)
     df["operation"] = op
     df["reason"] = reason
+    df["recreated"] = recreate & (op == "create")
     df["retry"] = prev_status.isin([REJECTED, FAILED, INVALID]) & np.isin(op, ["create", "update"])
     return df
 
 
+def _survivor(crm_id: str, merged: dict[str, str]) -> str:
+    seen = set()
+    while crm_id in merged and crm_id not in seen:
+        seen.add(crm_id)
+        crm_id = merged[crm_id]
+    return crm_id
+
+
+def _shape(spec: ObjectSync, props: list[str], row, remote: dict | None, update: bool) -> dict:
+    """The properties one row sends. A create sends every value it has. An update leaves out CRM-owned
+    fields, fill-when-empty fields the CRM has filled (or whose CRM value we do not know), and a lifecycle
+    stage that would not move the CRM's stage forward. An empty value is never sent: we do not clear
+    what somebody typed into the CRM because we know nothing of it (erasure goes through the GDPR delete)."""
+    out = {}
+    for p, v in zip(props, row):
+        if is_missing(v):
+            continue
+        if not update:
+            out[p] = v
+            continue
+        if p == "lifecyclestage":
+            if remote is not None and _forward(remote.get("lifecyclestage"), v):
+                out[p] = v
+            continue
+        policy = spec.policy(p)
+        if policy == "crm":
+            continue
+        if policy == "fill_empty":
+            if remote is not None and remote.get(p) in (None, ""):
+                out[p] = v
+            continue
+        out[p] = v
+    return out
+
+
+def _forward(current, new: str) -> bool:
+    """Whether setting ``new`` moves the stage forward from ``current`` (HubSpot never moves it back;
+    a stage outside the order, such as "other", was set by a person and stays)."""
+    if new not in LIFECYCLE_ORDER:
+        return False
+    if current in (None, ""):
+        return True
+    if current not in LIFECYCLE_ORDER:
+        return False
+    return LIFECYCLE_ORDER.index(new) > LIFECYCLE_ORDER.index(current)
+
+
+def _hash(send: dict) -> str:
+    text = json.dumps(send, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
 def push(wh: Warehouse, connector: CrmConnector, payload: pd.DataFrame, spec: ObjectSync, settings: SyncSettings,
          run_id: str, dry_run: bool = False, log: Log | None = None, alert: Log | None = None,
-         after_batch: Callable[[int], None] | None = None) -> SyncReport:
-    """Pushes one object type. Raises :class:`SyncFailed` (after recording everything) above the
-    failure threshold, :class:`SyncBusy` when another run pushes the same type."""
+         after_batch: Callable[[int], None] | None = None, remote: pd.DataFrame | None = None) -> SyncReport:
+    """Pushes one object type. Raises :class:`~.properties.PortalNotReady` before any write when the portal
+    lacks a property, :class:`SyncFailed` (after recording everything) above the failure threshold,
+    :class:`SyncBusy` when another run pushes the same type."""
     log = log or (lambda _m: None)
     alert = alert or (lambda _m: None)
     wh.ensure_tables([CRM_SYNC_STATE, CRM_SYNC_LOG, CRM_SYNC_RUNS])
     try:
         with wh.exclusive(f"crm_push_{spec.object_type}"):
-            return _push_locked(wh, connector, payload, spec, settings, run_id, dry_run, log, alert, after_batch)
+            return _push_locked(wh, connector, payload, spec, settings, run_id, dry_run, log, alert, after_batch, remote)
     except LockBusy as exc:
         raise SyncBusy(f"another run is pushing {spec.object_type} to the CRM right now; try again when it is done") from exc
 
 
-def _push_locked(wh, connector, payload, spec, settings, run_id, dry_run, log, alert, after_batch) -> SyncReport:
+def _push_locked(wh, connector, payload, spec, settings, run_id, dry_run, log, alert, after_batch, remote) -> SyncReport:
     started = _now()
     report = SyncReport(spec.object_type, spec.mode, dry_run, rows_in=len(payload))
+    definitions = connector.properties(spec.object_type)
+    props = property_columns(payload)
+    preflight(definitions, spec.object_type, settings.id_property, props)
     state = load_state(wh, spec.object_type)
-    planned = plan(payload, state, spec, spec.required)
+    remote = load_remote(wh, spec.object_type) if remote is None else remote
+    planned = plan(payload, state, spec, spec.required, remote, settings.on_crm_delete)
+    _refuse_values(planned, definitions, spec.object_type)
     counts = planned["operation"].value_counts()
     report.unchanged = int(counts.get("unchanged", 0))
     report.to_create = int(counts.get("create", 0))
     report.to_update = int(counts.get("update", 0))
     report.skipped_not_in_crm = int(counts.get("skip", 0))
     report.invalid = int(counts.get(INVALID, 0))
+    report.deleted_in_crm = int(counts.get(DELETED, 0))
+    report.recreated = int(planned["recreated"].sum())
+    report.held = int(counts.get("held", 0))
     report.retried = int(planned["retry"].sum())
     gone = pd.DataFrame(columns=state.columns)
     if spec.mode == "mirror" and len(state):
         gone = state[~state["golden_id"].isin(payload["golden_id"]) & state["crm_id"].notna()
-                     & (state["last_status"] != ARCHIVED)]
+                     & ~state["last_status"].isin([ARCHIVED, DELETED])]
     report.to_archive = len(gone)
     log(f"{spec.object_type}: {report.rows_in:,} rows: {report.to_create:,} to create, {report.to_update:,} to update, "
         f"{report.unchanged:,} unchanged, {report.invalid:,} invalid, {report.skipped_not_in_crm:,} skipped, "
-        f"{report.to_archive:,} to archive{' (dry run: nothing is sent)' if dry_run else ''}")
+        f"{report.deleted_in_crm:,} deleted in the CRM, {report.to_archive:,} to archive"
+        f"{' (dry run: nothing is sent)' if dry_run else ''}")
     if dry_run:
         report.status = "dry_run"
         _record_run(wh, run_id, report, started)
@@ -181,44 +292,23 @@ def _push_locked(wh, connector, payload, spec, settings, run_id, dry_run, log, a
 
     before = connector.stats.as_dict()
     now = _now()
+    _hold(wh, spec.object_type, planned[planned["operation"] == "held"])
     invalid = planned[planned["operation"] == INVALID]
     if len(invalid):
         _commit(wh, spec.object_type, run_id, invalid, [RowResult(g, INVALID, message=r) for g, r in
                                                         zip(invalid["golden_id"], invalid["reason"])], state, now)
-    todo = planned[planned["operation"].isin(["create", "update"])].reset_index(drop=True)
-    props = property_columns(payload)
-    account_ids = _account_crm_ids(wh, spec)
-    batch_size = connector.max_batch
-    n_batches = (len(todo) + batch_size - 1) // batch_size
-    # Up to max_in_flight batches are on the wire while the main thread commits the answers in batch
-    # order; only the main thread writes to the warehouse. A batch the CRM applied but whose answer
-    # was not committed yet is sent again by the next run, which updates (keyed by golden ID).
-    with ThreadPoolExecutor(max_workers=settings.max_in_flight, thread_name_prefix="crm-push") as senders:
-        pending: deque = deque()
-
-        def submit(b: int) -> None:
-            chunk = todo.iloc[b * batch_size:(b + 1) * batch_size]
-            pending.append((b, chunk, senders.submit(_send, connector, settings, spec, chunk, props)))
-
-        for b in range(min(settings.max_in_flight, n_batches)):
-            submit(b)
-        while pending:
-            b, chunk, future = pending.popleft()
-            results = future.result()
-            if b + settings.max_in_flight < n_batches:
-                submit(b + settings.max_in_flight)
-            _count(report, results)
-            assoc = _associate(connector, spec, chunk, results, account_ids, report)
-            _commit(wh, spec.object_type, run_id, chunk, results, state, _now(), assoc)
-            report.batches += 1
-            if b % 50 == 0 or b == n_batches - 1:
-                log(f"{spec.object_type}: batch {b + 1}/{n_batches}: {report.created:,} created, "
-                    f"{report.updated:,} updated, {report.rejected:,} rejected, {report.failed:,} failed")
-            if after_batch:
-                after_batch(b)
-    _associate_unchanged(wh, connector, spec, planned, account_ids, report, run_id, state)
-    for start in range(0, len(gone), batch_size):
-        chunk = gone.iloc[start:start + batch_size]
+    # Creates and updates go out in batches of their own: one request per batch, never two half-full ones.
+    batches = []
+    for op in ("create", "update"):
+        part = planned[planned["operation"] == op]
+        batches += [part.iloc[i:i + connector.max_batch] for i in range(0, len(part), connector.max_batch)]
+    linker = _Linker(connector, spec, _account_crm_ids(wh, spec))
+    _run_batches(wh, connector, settings, spec, batches, linker, report, state, run_id, log, after_batch)
+    _repair(wh, connector, settings, spec, planned, linker, report, state, run_id, log)
+    _associate_unchanged(planned, linker)
+    _commit_links(wh, spec.object_type, linker.flush(), report)
+    for start in range(0, len(gone), connector.max_batch):
+        chunk = gone.iloc[start:start + connector.max_batch]
         results = connector.archive(spec.object_type, list(zip(chunk["golden_id"], chunk["crm_id"])))
         for r in results:
             if r.status == ARCHIVED:
@@ -252,31 +342,208 @@ def _push_locked(wh, connector, payload, spec, settings, run_id, dry_run, log, a
     return report
 
 
-def load_state(wh: Warehouse, object_type: str) -> pd.DataFrame:
-    wh.ensure_tables([CRM_SYNC_STATE])
+def _refuse_values(planned: pd.DataFrame, definitions: dict, object_type: str) -> None:
+    """Rows with a value the portal would refuse (and with it their whole batch) become invalid here."""
+    sending = planned["operation"].isin(["create", "update"])
+    for i in planned.index[sending]:
+        for name, value in planned.at[i, "_send"].items():
+            problem = value_problem(definitions.get(name) or {}, object_type, name, value)
+            if problem:
+                planned.at[i, "operation"] = INVALID
+                planned.at[i, "reason"] = problem
+                break
+
+
+class _Linker:
+    """Collects contact -> company links as writes succeed and sends them in batches of the connector's
+    association size from whichever sender thread fills one; the main thread commits the outcome."""
+
+    def __init__(self, connector: CrmConnector, spec: ObjectSync, targets: dict[str, str]):
+        self.connector, self.spec, self.targets = connector, spec, targets
+        self.size = getattr(connector, "max_association_batch", connector.max_batch)
+        self._pending: list[tuple[str, str, str]] = []
+        self._lock = threading.Lock()
+
+    def wanted(self, chunk: pd.DataFrame, results: list[RowResult]) -> list[tuple[str, str, str]]:
+        if not self.spec.associate_with or "account_id" not in chunk.columns:
+            return []
+        pairs = []
+        for r, acc, done in zip(results, chunk["account_id"], chunk["associated_crm_id"]):
+            target = self.targets.get(acc) if isinstance(acc, str) else None
+            if r.status in OK and r.crm_id and target and target != done:
+                pairs.append((r.key, r.crm_id, target))
+        return pairs
+
+    def add(self, pairs: list[tuple[str, str, str]]) -> list[tuple[list, list[RowResult]]]:
+        """Queues pairs; sends every full batch now (on the calling thread)."""
+        with self._lock:
+            self._pending += pairs
+            full = []
+            while len(self._pending) >= self.size:
+                full.append(self._pending[:self.size])
+                self._pending = self._pending[self.size:]
+        return [(b, self._send(b)) for b in full]
+
+    def flush(self) -> list[tuple[list, list[RowResult]]]:
+        with self._lock:
+            rest, self._pending = self._pending, []
+        return [(rest[i:i + self.size], self._send(rest[i:i + self.size])) for i in range(0, len(rest), self.size)]
+
+    def _send(self, batch: list) -> list[RowResult]:
+        return self.connector.associate(self.spec.object_type, self.spec.associate_with, batch)
+
+
+def _run_batches(wh, connector, settings, spec, batches, linker, report, state, run_id, log, after_batch) -> None:
+    """Up to ``max_in_flight`` requests on the wire, a few more batches queued so no sender ever waits for
+    the main thread; the main thread commits each batch as it comes back (its own transaction), whatever
+    the order. A batch the CRM applied but whose answer was not committed yet is sent again by the next
+    run, which updates (keyed by golden ID or CRM ID)."""
+    n = len(batches)
+    with ThreadPoolExecutor(max_workers=settings.max_in_flight, thread_name_prefix="crm-push") as senders:
+        waiting: dict = {}
+        next_batch = 0
+
+        def fill() -> None:
+            nonlocal next_batch
+            while next_batch < n and len(waiting) < settings.max_in_flight + 2:
+                chunk = batches[next_batch]
+                waiting[senders.submit(_send_and_link, connector, settings, spec, chunk, linker)] = (next_batch, chunk)
+                next_batch += 1
+
+        fill()
+        done_batches = 0
+        while waiting:
+            finished, _ = wait(list(waiting), return_when=FIRST_COMPLETED)
+            for future in finished:
+                b, chunk = waiting.pop(future)
+                results, links = future.result()
+                _count(report, results)
+                _commit(wh, spec.object_type, run_id, chunk, results, state, _now())
+                _commit_links(wh, spec.object_type, links, report)
+                report.batches += 1
+                done_batches += 1
+                if done_batches % 50 == 1 or done_batches == n:
+                    log(f"{spec.object_type}: batch {done_batches}/{n}: {report.created:,} created, "
+                        f"{report.updated:,} updated, {report.rejected:,} rejected, {report.failed:,} failed")
+                if after_batch:
+                    after_batch(b)
+            fill()
+
+
+def _send_and_link(connector, settings, spec, chunk: pd.DataFrame, linker: _Linker):
+    results = _send(connector, settings, spec, chunk)
+    return results, linker.add(linker.wanted(chunk, results))
+
+
+def _send(connector: CrmConnector, settings: SyncSettings, spec: ObjectSync, chunk: pd.DataFrame) -> list[RowResult]:
+    """One request: a batch is all creates (upsert by golden ID) or all updates (by the CRM's ID, stamping
+    our golden ID on objects that came from the CRM, so they are never created a second time)."""
+    if (chunk["operation"] == "update").all():
+        inputs = [UpsertInput(g, {**send, settings.id_property: g}) for g, send in zip(chunk["golden_id"], chunk["_send"])]
+        return connector.update(spec.object_type, inputs, chunk["crm_id"].tolist())
+    inputs = [UpsertInput(g, dict(send)) for g, send in zip(chunk["golden_id"], chunk["_send"])]
+    return connector.upsert(spec.object_type, settings.id_property, inputs)
+
+
+def _repair(wh, connector, settings, spec, planned, linker, report, state, run_id, log) -> None:
+    """Rows the CRM refused for a reason we can resolve in this run:
+
+    - "Contact already exists. Existing ID: …": the CRM has the person, but the golden layer does not
+      know that record (its CRM record was quarantined, or sales created it): adopt its ID and update it,
+      unless it carries another golden record's ID (then a steward decides);
+    - an update to an ID that no longer exists: merged away (the CRM answers a read of it with the
+      survivor: follow it) or deleted by a user (``on_crm_delete`` decides).
+    """
     t = CRM_SYNC_STATE
-    return wh.read_frame(sa.select(t.c.golden_id, t.c.crm_id, t.c.payload_hash, t.c.last_status, t.c.attempts,
-                                   t.c.associated_crm_id).where(t.c.object_type == object_type))
+    rows = wh.read_frame(sa.select(t.c.golden_id, t.c.crm_id, t.c.last_status, t.c.last_message)
+                         .where(t.c.object_type == spec.object_type, t.c.last_run_id == run_id,
+                                t.c.last_status == REJECTED))
+    if not len(rows):
+        return
+    by_key = planned.set_index("golden_id")
+    conflict = rows[rows["last_message"].fillna("").str.contains("already exists", case=False)]
+    dead = rows[rows["last_message"].fillna("").str.contains("OBJECT_NOT_FOUND|not found", case=False)
+                & rows["crm_id"].notna()]
+    targets: dict[str, str] = {}
+    for g, message in zip(conflict["golden_id"], conflict["last_message"]):
+        found = existing_id(message)
+        if found:
+            targets[g] = found
+    lookup = [g for g in conflict["golden_id"] if g not in targets and isinstance(by_key.at[g, "email"], str)] \
+        if "email" in by_key.columns else []
+    if lookup:
+        found = connector.read_by(spec.object_type, [by_key.at[g, "email"] for g in lookup], [settings.id_property],
+                                  id_property="email")
+        targets.update({g: str(found[by_key.at[g, "email"]]["id"]) for g in lookup if by_key.at[g, "email"] in found})
+    dead_ids = dict(zip(dead["golden_id"], dead["crm_id"]))
+    survivors = connector.read_by(spec.object_type, list(dead_ids.values()), [settings.id_property]) if dead_ids else {}
+    gone = []
+    for g, old in dead_ids.items():
+        if old in survivors and str(survivors[old]["id"]) != old:
+            targets[g] = str(survivors[old]["id"])
+        else:
+            gone.append(g)
+    if gone:
+        _mark_gone(wh, spec.object_type, gone)
+        report.deleted_in_crm += len(gone)
+    if not targets:
+        return
+    owners = connector.read_by(spec.object_type, list(set(targets.values())), [settings.id_property])
+    adopt, refused = [], []
+    taken = set(state.loc[state["crm_id"].notna(), "crm_id"]) if len(state) else set()
+    for g, crm_id in targets.items():
+        holder = ((owners.get(crm_id) or {}).get("properties") or {}).get(settings.id_property)
+        if (holder and holder != g) or (crm_id in taken and crm_id != by_key.at[g, "crm_id"]):
+            refused.append((g, crm_id, holder))
+        else:
+            adopt.append((g, crm_id))
+    for g, crm_id, holder in refused:
+        report.rejected += 0  # already counted when the CRM refused it
+        _note(wh, spec.object_type, g, crm_id, f"CRM object {crm_id} belongs to golden record {holder or 'another record'}: "
+                                            "a steward decides whether they are one")
+    if not adopt:
+        return
+    chunk_all = by_key.loc[[g for g, _ in adopt]].reset_index()
+    chunk_all["crm_id"] = [c for _, c in adopt]
+    chunk_all["operation"] = "update"
+    chunk_all["_send"] = [dict(s) for s in chunk_all["_send"]]  # the create's full set: the CRM's record is ours now
+    for start in range(0, len(chunk_all), connector.max_batch):
+        chunk = chunk_all.iloc[start:start + connector.max_batch]
+        results = _send(connector, settings, spec, chunk)
+        fixed = [r for r in results if r.status in OK]
+        report.adopted += len(fixed)
+        report.rejected -= len(fixed)
+        report.updated += len(fixed)
+        _commit(wh, spec.object_type, run_id, chunk.assign(operation="adopt"), results, load_state(wh, spec.object_type),
+                _now())
+        _commit_links(wh, spec.object_type, linker.add(linker.wanted(chunk, results)), report)
+    log(f"{spec.object_type}: {report.adopted:,} existing CRM records adopted, {len(refused):,} left to a steward, "
+        f"{len(gone):,} deleted in the CRM")
 
 
-def _send(connector: CrmConnector, settings: SyncSettings, spec: ObjectSync, chunk: pd.DataFrame,
-          props: list[str]) -> list[RowResult]:
-    values = chunk[props].to_numpy(dtype=object)
-    # A payload read back from a table or a file may carry NaN for empty: the CRM gets null (JSON has no NaN).
-    inputs = [UpsertInput(g, {p: None if is_missing(v) else v for p, v in zip(props, row)})
-              for g, row in zip(chunk["golden_id"], values)]
-    is_update = (chunk["operation"] == "update").to_numpy()
-    out: dict[str, RowResult] = {}
-    if is_update.any():
-        upd = [i for i, u in zip(inputs, is_update) if u]
-        # Stamping our golden ID on a CRM object that came from the CRM: from then on it is keyed by it.
-        upd = [UpsertInput(i.key, {**i.properties, settings.id_property: i.key}) for i in upd]
-        for r in connector.update(spec.object_type, upd, chunk["crm_id"][is_update].tolist()):
-            out[r.key] = r
-    if (~is_update).any():
-        for r in connector.upsert(spec.object_type, settings.id_property, [i for i, u in zip(inputs, is_update) if not u]):
-            out[r.key] = r
-    return [out[g] for g in chunk["golden_id"]]
+def _hold(wh, object_type: str, rows: pd.DataFrame) -> None:
+    """Rows changed only where the CRM owns the field: their new hash is remembered, nothing is sent."""
+    if not len(rows):
+        return
+    t = CRM_SYNC_STATE
+    with wh.engine.begin() as conn:
+        conn.execute(sa.update(t).where(t.c.object_type == object_type, t.c.golden_id == sa.bindparam("g"))
+                     .values(payload_hash=sa.bindparam("h")),
+                     [{"g": g, "h": h} for g, h in zip(rows["golden_id"], rows["payload_hash"])])
+
+
+def _mark_gone(wh, object_type: str, golden_ids: list[str]) -> None:
+    t = CRM_SYNC_STATE
+    with wh.engine.begin() as conn:
+        conn.execute(sa.update(t).where(t.c.object_type == object_type, t.c.golden_id.in_(golden_ids))
+                     .values(last_status=DELETED, payload_hash=None, last_message="the CRM no longer has this object"))
+
+
+def _note(wh, object_type: str, golden_id: str, crm_id: str, message: str) -> None:
+    t = CRM_SYNC_STATE
+    with wh.engine.begin() as conn:
+        conn.execute(sa.update(t).where(t.c.object_type == object_type, t.c.golden_id == golden_id)
+                     .values(last_message=mask_text(message)))
 
 
 def _count(report: SyncReport, results: list[RowResult]) -> None:
@@ -300,50 +567,34 @@ def _account_crm_ids(wh: Warehouse, spec: ObjectSync) -> dict[str, str]:
     return dict(zip(st["golden_id"], st["crm_id"]))
 
 
-def _associate(connector, spec: ObjectSync, chunk: pd.DataFrame, results: list[RowResult], account_ids: dict,
-               report: SyncReport) -> dict[str, str]:
-    """Links freshly written contacts to their company; returns golden ID -> associated company CRM ID."""
-    if not spec.associate_with or "account_id" not in chunk.columns:
-        return {}
-    pairs = []
-    for r, acc, done in zip(results, chunk["account_id"], chunk["associated_crm_id"]):
-        target = account_ids.get(acc) if acc else None
-        if r.status in OK and r.crm_id and target and target != done:
-            pairs.append((r.key, r.crm_id, target))
-    return _link(connector, spec, pairs, report)
+def _associate_unchanged(planned: pd.DataFrame, linker: _Linker) -> None:
+    """Contacts that did not change but whose company got its CRM ID only now still need the link."""
+    if not linker.spec.associate_with or "account_id" not in planned.columns:
+        return
+    rows = planned[(planned["operation"] == "unchanged") & planned["crm_id"].notna()]
+    targets = rows["account_id"].map(linker.targets)
+    rows = rows[targets.notna() & (targets != rows["associated_crm_id"])]
+    if len(rows):
+        with linker._lock:
+            linker._pending += list(zip(rows["golden_id"], rows["crm_id"], rows["account_id"].map(linker.targets)))
 
 
-def _link(connector, spec: ObjectSync, pairs: list[tuple[str, str, str]], report: SyncReport) -> dict[str, str]:
+def _commit_links(wh: Warehouse, object_type: str, sent: list[tuple[list, list[RowResult]]], report: SyncReport) -> None:
     linked = {}
-    for start in range(0, len(pairs), connector.max_batch):
-        batch = pairs[start:start + connector.max_batch]
+    for batch, results in sent:
         target = {k: t for k, _, t in batch}
-        for r in connector.associate(spec.object_type, spec.associate_with, batch):
+        for r in results:
             if r.status in OK:
                 report.associated += 1
                 linked[r.key] = target[r.key]
             else:
                 report.association_failures += 1
-    return linked
-
-
-def _associate_unchanged(wh, connector, spec, planned, account_ids, report, run_id, state) -> None:
-    """Contacts that did not change but whose company got its CRM ID only now still need the link."""
-    if not spec.associate_with or "account_id" not in planned.columns:
+    if not linked:
         return
-    rows = planned[(planned["operation"] == "unchanged") & planned["crm_id"].notna()]
-    targets = rows["account_id"].map(account_ids)
-    rows = rows[targets.notna() & (targets != rows["associated_crm_id"])]
-    if not len(rows):
-        return
-    linked = _link(connector, spec, list(zip(rows["golden_id"], rows["crm_id"], rows["account_id"].map(account_ids))),
-                   report)
-    if linked:
-        t = CRM_SYNC_STATE
-        with wh.engine.begin() as conn:
-            for g, target in linked.items():
-                conn.execute(sa.update(t).where(t.c.object_type == spec.object_type, t.c.golden_id == g)
-                             .values(associated_crm_id=target))
+    t = CRM_SYNC_STATE
+    with wh.engine.begin() as conn:
+        conn.execute(sa.update(t).where(t.c.object_type == object_type, t.c.golden_id == sa.bindparam("g"))
+                     .values(associated_crm_id=sa.bindparam("a")), [{"g": g, "a": a} for g, a in linked.items()])
 
 
 def _commit(wh: Warehouse, object_type: str, run_id: str, chunk: pd.DataFrame, results: list[RowResult],
@@ -359,6 +610,8 @@ def _commit(wh: Warehouse, object_type: str, run_id: str, chunk: pd.DataFrame, r
         if prev is not None and r.key in prev.index and not ok:
             attempts = int(prev.at[r.key, "attempts"] or 0) + 1
         message = mask_text(r.message) if r.message else None
+        if ok and row.get("recreated"):
+            message = "re-created after a user deleted it in the CRM (on_crm_delete: recreate_and_flag)"
         assoc = associated.get(r.key, row.get("associated_crm_id"))
         state_rows.append({
             "object_type": object_type, "golden_id": r.key, "crm_id": crm_id,
@@ -377,6 +630,13 @@ def _commit(wh: Warehouse, object_type: str, run_id: str, chunk: pd.DataFrame, r
             conn.execute(sa.delete(t).where(t.c.object_type == object_type, t.c.golden_id.in_(keys[start:start + 500])))
         wh.bulk_insert(conn, t, states)
         wh.bulk_insert(conn, CRM_SYNC_LOG, pd.DataFrame(log_rows))
+
+
+def load_state(wh: Warehouse, object_type: str) -> pd.DataFrame:
+    wh.ensure_tables([CRM_SYNC_STATE])
+    t = CRM_SYNC_STATE
+    return wh.read_frame(sa.select(t.c.golden_id, t.c.crm_id, t.c.payload_hash, t.c.last_status, t.c.attempts,
+                                   t.c.associated_crm_id).where(t.c.object_type == object_type))
 
 
 def _record_run(wh: Warehouse, run_id: str, report: SyncReport, started: datetime) -> None:

@@ -283,6 +283,9 @@ def build_inventory(mappings: dict[str, SourceMapping]) -> list[Locator]:
         Locator(g.CRM_SYNC_STATE, "sync state of the person's golden ID: the CRM ID is forgotten, marked erased",
                 "mark_erased", _by(lambda t: t.c.golden_id, lambda p: p.golden_ids,
                                    lambda t: t.c.object_type == "contacts")(g.CRM_SYNC_STATE)),
+        Locator(g.CRM_REMOTE, "what the CRM held of the person's contact (its CRM ID, stage, which fields were filled)",
+                "delete", _by(lambda t: t.c.crm_id, lambda p: p.crm_contact_ids,
+                              lambda t: t.c.object_type == "contacts")(g.CRM_REMOTE)),
         Locator(g.ERASURE_OUTBOX, "erasures a connected system has not confirmed yet (kept until it does)", "keep",
                 _by(lambda t: t.c.identifier, lambda p: p.emails | p.crm_contact_ids)(g.ERASURE_OUTBOX)),
         Locator(g.LEAD_SCORES, "the person's lead score and its reasons", "delete",
@@ -310,6 +313,7 @@ def _holds_person(mapping: SourceMapping) -> bool:
 # trail, suppression list, request log, row log of CRM writes with masked messages).
 NOT_PERSONAL = {"golden.accounts", "golden.account_lineage", "golden.id_events", "ops.match_runs", "ops.register_cache",
                 "ops.register_calls", "ops.landing_files", "ops.landing_aliases", "ops.crm_sync_log", "ops.crm_sync_runs",
+                "ops.crm_pull_state",
                 "ops.suppression_list", "ops.audit_log", "ops.privacy_requests", "marts.crm_companies_payload", "ops.print_lists",
                 "raw.erp_orders"}
 

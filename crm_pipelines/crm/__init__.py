@@ -1,0 +1,1 @@
+"""The CRM outlet's command line: ``python -m crm_pipelines.crm``."""
