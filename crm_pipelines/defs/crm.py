@@ -252,6 +252,7 @@ def build_crm_assets(config_dir, mappings: dict[str, SourceMapping], timezone: s
         return dg.MaterializeResult(metadata={
             "dagster/row_count": sum(report.changed.values()), "day": day,
             "read": dg.MetadataValue.json(report.changed), "landed": dg.MetadataValue.json(report.landed),
+            "own_writes_not_landed": dg.MetadataValue.json(report.echoes),
             "deleted_in_crm": dg.MetadataValue.json(report.archived), "merged_away": dg.MetadataValue.json(report.merged),
             "repointed_to_survivor": dg.MetadataValue.json(report.repointed),
             "marked_deleted": dg.MetadataValue.json(report.marked_deleted),

@@ -103,17 +103,21 @@ class Faults:
     latency_min: float = 0.0     # plus a delay drawn uniformly from [latency_min, latency_max] per answer
     latency_max: float = 0.0
     retry_after: float = 1.0     # what injected 429s ask for
+    # Answer a batch with an e-mail another contact holds by refusing the whole batch (409, naming the
+    # first such contact), as HubSpot's batch/create does, instead of that row alone (207).
+    conflict_as_409: bool = False
 
 
 class CrmServer:
     def __init__(self, db: str | Path = ":memory:", port: int = 0, token: str | None = None,
                  max_requests: int = 190, window_seconds: float = 10.0, faults: Faults | None = None, seed: int = 0,
-                 custom_properties: dict[str, list[dict]] | None = None):
+                 custom_properties: dict[str, list[dict]] | None = None, search_cap: int = SEARCH_RESULT_CAP):
         """``custom_properties`` (object type -> property definitions as the properties API takes them)
         are created at start, as if the portal had been set up; without them the portal is fresh."""
         self.token = token
         self.max_requests = max_requests
         self.window_seconds = window_seconds
+        self.search_cap = search_cap
         self.faults = faults or Faults()
         self._rng = random.Random(seed)
         self._lock = threading.RLock()
@@ -131,6 +135,7 @@ class CrmServer:
             Path(db).parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(str(db), check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")  # a development tool: durable enough, and not fsync-bound
         self.db.executescript("""
             CREATE TABLE IF NOT EXISTS objects (
                 id INTEGER PRIMARY KEY AUTOINCREMENT, type TEXT NOT NULL, ext_id TEXT, email TEXT,
@@ -236,14 +241,15 @@ class CrmServer:
 
     # ------------------------------------------------------------------ what people do in the CRM (tests, demo)
 
-    def edit(self, object_type: str, object_id: str, **props) -> None:
-        """A sales rep edits a record in the CRM's UI: no validation, the modification stamp moves."""
+    def edit(self, object_type: str, object_id: str, at: str | None = None, **props) -> None:
+        """A sales rep edits a record in the CRM's UI: no validation, the modification stamp moves (to ``at``,
+        an ISO time, when a test plays a later moment)."""
         with self._lock:
             row = self.db.execute("SELECT properties FROM objects WHERE type = ? AND id = ?",
                                   (object_type, int(object_id))).fetchone()
             merged = {**json.loads(row[0]), **props}
             self.db.execute("UPDATE objects SET properties = ?, email = ?, updated_at = ? WHERE id = ?",
-                            (json.dumps(merged), _email(merged), _now(), int(object_id)))
+                            (json.dumps(merged), _email(merged), at or _now(), int(object_id)))
 
     def delete(self, object_type: str, object_id: str) -> None:
         """An ordinary delete in the CRM's UI: the record is archived (restorable), not GDPR-deleted."""
@@ -500,7 +506,7 @@ class CrmServer:
                          "errors": [{"message": p["message"], "code": p["error"], "context": {"propertyName": [p["name"]]}}
                                     for p in problems]}
         now = _now()
-        results, errors = [], []
+        results, errors, done = [], [], Counter()
         with self._lock:
             self.db.execute("BEGIN")
             for i, ident in zip(inputs, ids):
@@ -518,6 +524,11 @@ class CrmServer:
                                        "context": {"ids": [ident]}})
                         continue
                 problem = self._invalid(object_type, row[0] if row else None, props)
+                if problem and problem["category"] == "CONFLICT" and self.faults.conflict_as_409:
+                    self.db.execute("ROLLBACK")
+                    self.counts["409_batch"] += 1
+                    return 409, {"status": "error", "category": "CONFLICT", "message": problem["message"],
+                                 "correlationId": _correlation()}
                 if problem:
                     errors.append({**problem, "context": {"ids": [ident]}})
                     continue
@@ -528,15 +539,16 @@ class CrmServer:
                     self.db.execute("UPDATE objects SET properties = ?, ext_id = ?, email = ?, updated_at = ? "
                                     "WHERE id = ?", (json.dumps(merged), merged.get(ID_PROPERTY), _email(merged), now, row[0]))
                     results.append(_object(row[0], merged, now, new=False))
-                    self.counts[f"{object_type}_updated"] += 1
+                    done[f"{object_type}_updated"] += 1
                 else:
                     props = {k: v for k, v in props.items() if v is not None}
                     cur = self.db.execute(
                         "INSERT INTO objects (type, ext_id, email, properties, created_at, updated_at) VALUES (?,?,?,?,?,?)",
                         (object_type, props.get(ID_PROPERTY), _email(props), json.dumps(props), now, now))
                     results.append(_object(cur.lastrowid, props, now, new=True))
-                    self.counts[f"{object_type}_created"] += 1
+                    done[f"{object_type}_created"] += 1
             self.db.execute("COMMIT")
+            self.counts.update(done)
         body_out = {"status": "COMPLETE", "results": results, "startedAt": now, "completedAt": _now()}
         if errors:
             body_out.update(errors=errors, numErrors=len(errors))
@@ -675,8 +687,8 @@ class CrmServer:
         if not isinstance(limit, int) or not 1 <= limit <= MAX_SEARCH_PAGE:
             return 400, _validation(f"limit must be between 1 and {MAX_SEARCH_PAGE}")
         offset = int(body.get("after") or 0)
-        if offset + limit > SEARCH_RESULT_CAP:
-            return 400, _validation(f"The search returns at most {SEARCH_RESULT_CAP} results per query; narrow the "
+        if offset + limit > self.search_cap:
+            return 400, _validation(f"The search returns at most {self.search_cap} results per query; narrow the "
                                     "filters instead of paging further")
         groups = body.get("filterGroups") or []
         if len(groups) > 5 or sum(len(g.get("filters") or []) for g in groups) > 25:
@@ -722,10 +734,11 @@ class CrmServer:
         if len(inputs) > MAX_BATCH:
             return 400, _validation(f"Batch input limit is {MAX_BATCH}, got {len(inputs)}")
         with self._lock:
-            for i in inputs:
-                now = _now()
-                self.db.execute("UPDATE objects SET archived = 1, updated_at = ?, archived_at = ? WHERE type = ? AND id = ?",
-                                (now, now, object_type, _int(i["id"])))
+            now = _now()
+            self.db.execute("BEGIN")
+            self.db.executemany("UPDATE objects SET archived = 1, updated_at = ?, archived_at = ? WHERE type = ? AND id = ?",
+                                [(now, now, object_type, _int(i["id"])) for i in inputs])
+            self.db.execute("COMMIT")
             self.counts[f"{object_type}_archived"] += len(inputs)
         return 204, None
 
@@ -733,30 +746,42 @@ class CrmServer:
         inputs = body.get("inputs") or []
         if len(inputs) > MAX_ASSOCIATION_BATCH:
             return 400, _validation(f"Batch input limit is {MAX_ASSOCIATION_BATCH}, got {len(inputs)}")
-        results, errors = [], []
+        pairs = [(_int(i["from"]["id"]), _int(i["to"]["id"])) for i in inputs]
+        results, errors, linked = [], [], []
         with self._lock:
-            for i in inputs:
-                a, b = _int(i["from"]["id"]), _int(i["to"]["id"])
-                known = self.db.execute("SELECT COUNT(*) FROM objects WHERE archived = 0 AND ((type = ? AND id = ?) OR "
-                                        "(type = ? AND id = ?))", (from_type, a, to_type, b)).fetchone()[0]
-                if known < 2:
+            live = {(t, i) for t, i in self._live(from_type, [a for a, _ in pairs])} | \
+                {(t, i) for t, i in self._live(to_type, [b for _, b in pairs])}
+            for a, b in pairs:
+                if (from_type, a) not in live or (to_type, b) not in live:
                     self.writes_to_dead_ids.append(str(a))
                     errors.append({"status": "error", "category": "OBJECT_NOT_FOUND", "message": "unknown object",
                                    "context": {"fromObjectId": [str(a)]}})
                     continue
-                self.db.execute("INSERT OR IGNORE INTO associations VALUES (?,?,?,?)", (from_type, a, to_type, b))
-                if from_type == "contacts" and to_type == "companies":
-                    row = self.db.execute("SELECT properties FROM objects WHERE id = ?", (a,)).fetchone()
-                    self.db.execute("UPDATE objects SET properties = ? WHERE id = ?",
-                                    (json.dumps({**json.loads(row[0]), "associatedcompanyid": str(b)}), a))
+                linked.append((a, b))
                 results.append({"from": {"id": str(a)}, "to": {"id": str(b)},
                                 "associationSpec": {"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 1}})
+            self.db.execute("BEGIN")
+            self.db.executemany("INSERT OR IGNORE INTO associations VALUES (?,?,?,?)",
+                                [(from_type, a, to_type, b) for a, b in linked])
+            if from_type == "contacts" and to_type == "companies":
+                self.db.executemany("UPDATE objects SET properties = json_set(properties, '$.associatedcompanyid', ?) "
+                                    "WHERE id = ?", [(str(b), a) for a, b in linked])
+            self.db.execute("COMMIT")
             self.counts["associations"] += len(results)
         body_out: dict = {"status": "COMPLETE", "results": results}
         if errors:
             body_out.update(errors=errors, numErrors=len(errors))
             return 207, body_out
         return 200, body_out
+
+    def _live(self, object_type: str, ids: list[int]) -> list[tuple[str, int]]:
+        out = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            out += [(object_type, r[0]) for r in self.db.execute(
+                f"SELECT id FROM objects WHERE type = ? AND archived = 0 AND id IN ({','.join('?' * len(chunk))})",
+                (object_type, *chunk)).fetchall()]
+        return out
 
     def create_tasks(self, body: dict) -> tuple[int, dict]:
         inputs = body.get("inputs") or []

@@ -6,14 +6,15 @@ import shutil
 from dataclasses import replace
 
 import dagster as dg
+import pandas as pd
 import sqlalchemy as sa
 
 from crm_pipelines_tests.conftest import READY_PORTAL
-from crm_pipelines.core.schema import CRM_SYNC_LOG, GOLDEN_CONTACTS
+from crm_pipelines.core.schema import CONTACT_LINEAGE, CRM_SYNC_LOG, GOLDEN_CONTACTS
 from crm_pipelines.core.warehouse import Warehouse
 from crm_pipelines.definitions import build_defs
 from crm_pipelines.devtools.crm_server import CrmServer
-from crm_pipelines_tests.defs.test_golden import checks_of, load_and_match
+from crm_pipelines_tests.defs.test_golden import checks_of, load_and_match, run_golden
 from crm_pipelines_tests.defs.test_sources import EMAIL, materialised, run_range, settings_for
 
 TOKEN = "dagster-test-token-91b2"
@@ -192,3 +193,36 @@ def test_pull_writes_the_crm_into_the_landing_zone_and_the_sources_load_it(tmp_p
             raw = materialised(loaded)
             assert raw["raw/crm_accounts"]["rows_loaded"] == 250 and raw["raw/crm_accounts"]["rows_quarantined"] == 0
             assert raw["raw/crm_contacts"]["rows_loaded"] == 120 and raw["raw/crm_contacts"]["rows_quarantined"] == 0
+
+
+def test_a_sales_edit_in_the_crm_reaches_the_golden_record_and_its_lineage_and_survives_the_push(
+        tmp_path, demo_landing, monkeypatch):
+    root, manifest = demo_landing
+    with CrmServer(token=TOKEN, custom_properties=READY_PORTAL) as crm:
+        crm.seed_from_landing(root)
+        settings, defs = built(tmp_path, root, manifest, crm, monkeypatch)
+        with dg.instance_for_test() as instance:
+            load_and_match(defs, instance, manifest)
+            assert push_crm(defs, instance).success
+            wh = Warehouse.for_url(settings.default_warehouse_url)
+            g = GOLDEN_CONTACTS
+            gid, crm_id = wh.execute_first(sa.select(g.c.golden_id, g.c.crm_contact_id).where(
+                g.c.crm_contact_id.is_not(None), g.c.record_count >= 2).order_by(g.c.golden_id))
+            # A minute after our push (a change within seconds of our own write would count as its echo).
+            later = (pd.Timestamp.now(tz="UTC") + pd.Timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+            crm.edit("contacts", crm_id, at=later, jobtitle="Leiterin Qualitätssicherung")
+            last_day = manifest["partitions"][-1]
+            pulled = defs.resolve_job_def("pull_crm_changes").execute_in_process(
+                instance=instance, run_config={"ops": {"crm_changes": {"config": {"day": last_day}}}})
+            md = materialised(pulled)["crm_changes"]
+            assert md["landed"]["contacts"] == 1 and md["own_writes_not_landed"]["contacts"] > 100 and md["full_read"] == {"companies": False, "contacts": False}
+            assert run_range(defs, instance, last_day, last_day, selection=[dg.AssetKey(["raw", "crm_contacts"])]).success
+            assert run_golden(defs, instance).success
+            assert wh.scalar(sa.select(g.c.job_title).where(g.c.golden_id == gid)) == "Leiterin Qualitätssicherung"
+            lineage = wh.read_frame(sa.select(CONTACT_LINEAGE).where(CONTACT_LINEAGE.c.golden_id == gid))
+            from_crm = lineage[lineage["record_key"].str.contains("crm_contacts")]
+            assert any("job_title" in f.split(",") for f in from_crm["fields"])
+            # The next push sends the golden record again (it changed) but leaves sales' field alone.
+            assert push_crm(defs, instance).success
+            assert {o["id"]: o["properties"] for o in crm.objects("contacts")}[crm_id]["jobtitle"] == \
+                "Leiterin Qualitätssicherung"

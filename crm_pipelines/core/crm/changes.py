@@ -41,6 +41,8 @@ from .snapshot import SNAPSHOT_SOURCES, mapped_properties
 
 Log = Callable[[str], None]
 OVERLAP_MS = 60_000
+# A change whose stamp is within this of our own write of that object is our write coming back.
+ECHO_MS = 5_000
 DELETED = "deleted_in_crm"
 PAGE_RECORDS = 100
 
@@ -50,6 +52,7 @@ class ChangesReport:
     day: str
     changed: dict[str, int] = field(default_factory=dict)        # object type -> records read
     landed: dict[str, int] = field(default_factory=dict)         # object type -> records written to the landing zone
+    echoes: dict[str, int] = field(default_factory=dict)         # object type -> our own writes coming back (not landed)
     archived: dict[str, int] = field(default_factory=dict)       # object type -> newly seen deletions
     merged: dict[str, int] = field(default_factory=dict)         # object type -> newly seen merged-away IDs
     repointed: dict[str, int] = field(default_factory=dict)      # sync-state rows moved to a survivor
@@ -87,6 +90,7 @@ def pull_changes(wh: Warehouse, connector: CrmConnector, settings: SyncSettings,
         mirrored = mirror_properties(settings, object_type)
         wanted = sorted(set(mapped_properties(mappings[source])) | set(mirrored))
         watermark = wh.scalar(sa.select(CRM_PULL_STATE.c.watermark_ms).where(CRM_PULL_STATE.c.object_type == object_type))
+        started_ms = int(datetime.now(timezone.utc).timestamp() * 1000)
         full = watermark is None
         report.full[object_type] = full
         objs = list(connector.read_objects(object_type, wanted) if full else
@@ -94,6 +98,10 @@ def pull_changes(wh: Warehouse, connector: CrmConnector, settings: SyncSettings,
         report.changed[object_type] = len(objs)
         known = _remote(wh, object_type)
         fresh = [o for o in objs if _is_newer(o, known)]
+        # Our own pushes change the CRM too: landing them would feed our values back in as the CRM's.
+        ours = _our_writes(wh, object_type)
+        landed = [o for o in fresh if not _echo(o, settings.id_property, ours)]
+        report.echoes[object_type] = len(fresh) - len(landed)
         archived = [o for o in connector.read_objects(object_type, wanted, archived=True)]
         merges = _merges(objs)
         now = datetime.now(timezone.utc)
@@ -111,15 +119,17 @@ def pull_changes(wh: Warehouse, connector: CrmConnector, settings: SyncSettings,
             _upsert_remote(wh, conn, object_type, pd.DataFrame(rows))
             report.repointed[object_type] = _repoint(conn, object_type, merges)
             report.marked_deleted[object_type] = _mark_deleted(conn, object_type, [o["id"] for o in archived])
-            new_mark = max(stamps) if stamps else watermark
+            # Nothing read: the next pull starts where this one started (an empty CRM is not read in full again).
+            new_mark = max(stamps) if stamps else (watermark if watermark is not None else started_ms)
             conn.execute(sa.delete(CRM_PULL_STATE).where(CRM_PULL_STATE.c.object_type == object_type))
             conn.execute(sa.insert(CRM_PULL_STATE).values(object_type=object_type, watermark_ms=new_mark, pulled_at=now,
                                                           run_id=run_id))
-        if fresh:
-            report.files += _land(Path(landing) / source / day, fresh, now, set(mapped_properties(mappings[source])))
-        report.landed[object_type] = len(fresh)
-        log(f"{object_type}: {'full read' if full else 'changes'}: {len(objs):,} read, {len(fresh):,} new or changed "
-            f"landed, {len(new_archived):,} deleted in the CRM, {len(new_merged):,} merged away; "
+        if landed:
+            report.files += _land(Path(landing) / source / day, landed, now, set(mapped_properties(mappings[source])))
+        report.landed[object_type] = len(landed)
+        log(f"{object_type}: {'full read' if full else 'changes'}: {len(objs):,} read, {len(landed):,} new or changed "
+            f"landed ({report.echoes[object_type]:,} were our own writes), {len(new_archived):,} deleted in the CRM, "
+            f"{len(new_merged):,} merged away; "
             f"{report.repointed[object_type]:,} golden records re-pointed to a survivor, "
             f"{report.marked_deleted[object_type]:,} marked deleted")
     return report
@@ -140,6 +150,22 @@ def _remote(wh: Warehouse, object_type: str) -> dict[str, dict]:
     df = wh.read_frame(sa.select(t.c.crm_id, t.c.golden_id, t.c.modified_at, t.c.archived, t.c.merged_into)
                        .where(t.c.object_type == object_type))
     return {str(r["crm_id"]): r for r in df.to_dict("records")}
+
+
+def _our_writes(wh: Warehouse, object_type: str) -> dict[str, int]:
+    """golden ID -> when we last wrote its CRM object (epoch ms)."""
+    t = CRM_SYNC_STATE
+    df = wh.read_frame(sa.select(t.c.golden_id, t.c.last_synced_at).where(
+        t.c.object_type == object_type, t.c.last_status.in_(["created", "updated"])))
+    stamps = pd.to_datetime(df["last_synced_at"], utc=True)
+    return dict(zip(df["golden_id"], (int(t.timestamp() * 1000) for t in stamps)))
+
+
+def _echo(obj: dict, id_property: str, ours: dict[str, int]) -> bool:
+    golden_id = (obj.get("properties") or {}).get(id_property)
+    written = ours.get(golden_id) if golden_id else None
+    ms = _epoch_ms(_modified(obj))
+    return written is not None and ms is not None and ms <= written + ECHO_MS
 
 
 def _modified(obj: dict):

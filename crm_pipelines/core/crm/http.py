@@ -3,7 +3,8 @@
 Rules, from the vendors' documentation and reverse-ETL practice:
 - never more than ``max_requests`` in any rolling ``window_seconds`` (HubSpot counts a rolling
   10-second window; a classic token bucket that starts full could send twice the limit inside
-  one window, so the limiter keeps the send times of the last window instead);
+  one window, so the limiter keeps the times of the last window's requests instead, each from its
+  sending until its answer, since the server counted it somewhere in between);
 - 429: wait ``Retry-After`` (or the window the rate-limit headers announce), then try again;
 - an answer with ``X-HubSpot-RateLimit-Remaining: 0`` (the app's budget may be shared with other
   integrations): hold back until our oldest request leaves the window, instead of running into 429s;
@@ -32,16 +33,23 @@ class CrmUnavailable(Exception):
 
 @dataclass
 class RateLimiter:
-    """At most ``max_requests`` in any rolling window of ``window_seconds`` (thread-safe)."""
+    """At most ``max_requests`` in any rolling window of ``window_seconds`` (thread-safe).
+
+    The server counts a request when it arrives, which is some time after we decided to send it and
+    before its answer came back. So a request holds its place in our window from the moment it is
+    sent until ``window_seconds`` after its answer (:meth:`done`): a conservative count whatever the
+    network and the server's queue do, at the price of one round trip per slot, instead of 429s that
+    stop every sender for a second.
+    """
 
     max_requests: int = 190
     window_seconds: float = 10.0
     # Server and client clocks see a request at slightly different moments; a small margin keeps
     # the server's window from ever counting one request more than ours.
-    margin_seconds: float = 0.05
+    margin_seconds: float = 0.02
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
-    _sent: deque = field(default_factory=deque, init=False, repr=False)
+    _sent: list = field(default_factory=list, init=False, repr=False)   # [time] per request still in the window
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     waited_seconds: float = field(default=0.0, init=False)
 
@@ -49,20 +57,27 @@ class RateLimiter:
         if self.max_requests < 1 or self.window_seconds <= 0:
             raise ValueError("a rate limit needs max_requests >= 1 and window_seconds > 0")
 
-    def acquire(self) -> None:
+    def acquire(self) -> list:
+        """Waits for a place in the window; returns it, for :meth:`done` when the answer arrived."""
         with self._lock:
             while True:
                 now = self.clock()
                 horizon = now - self.window_seconds - self.margin_seconds
-                while self._sent and self._sent[0] <= horizon:
-                    self._sent.popleft()
+                self._sent = [e for e in self._sent if e[0] > horizon]
                 if len(self._sent) < self.max_requests:
-                    self._sent.append(now)
-                    return
+                    entry = [now]
+                    self._sent.append(entry)
+                    return entry
                 # A hair more than needed: a wake-up exactly at the boundary may not have passed it yet.
-                wait = self._sent[0] - horizon + 1e-4
+                wait = min(e[0] for e in self._sent) - horizon + 1e-4
                 self.waited_seconds += wait
                 self.sleep(wait)
+
+    def done(self, entry: list) -> None:
+        """The answer arrived: the server has counted the request by now, so its place lasts from here.
+        Without the lock: a sender waiting for a place holds it while it sleeps, and an answer must not
+        wait for that (only this thread writes this entry; the item assignment is atomic)."""
+        entry[0] = max(entry[0], self.clock())
 
     def pause(self, seconds: float) -> None:
         """The server asked us to wait (429): nobody sends until then."""
@@ -77,7 +92,7 @@ class RateLimiter:
         with self._lock:
             now = self.clock()
             # The oldest of ours the server still counts: sent within its window (ours is a margin longer).
-            counted = next((t for t in self._sent if t > now - self.window_seconds), None)
+            counted = min((e[0] for e in self._sent if e[0] > now - self.window_seconds), default=None)
             wait = (counted + self.window_seconds + self.margin_seconds - now) if counted is not None else self.window_seconds
             if wait > 0:
                 self.waited_seconds += wait
@@ -146,17 +161,18 @@ class HttpTransport:
         for attempt in range(self.max_attempts):
             if attempt:
                 self.stats.bump("retries")
-            if also is not None:
-                also.acquire()
-            self.limiter.acquire()
+            extra = also.acquire() if also is not None else None
+            slot = self.limiter.acquire()
             self.stats.bump("requests")
             try:
                 resp = self._session().request(method, url, json=json, params=params, headers=headers, timeout=self.timeout)
             except (requests.ConnectionError, requests.Timeout) as exc:
+                self._done(slot, also, extra)
                 self.stats.bump("connection_errors")
                 last = type(exc).__name__
                 self.sleep(self._backoff(attempt))
                 continue
+            self._done(slot, also, extra)
             if resp.status_code == 429:
                 self.stats.bump("throttled")
                 last = "429 Too Many Requests"
@@ -174,6 +190,11 @@ class HttpTransport:
                 self.limiter.exhausted()
             return Response(resp.status_code, _json(resp), dict(resp.headers))
         raise CrmUnavailable(f"{method} {path}: no usable answer after {self.max_attempts} attempts (last: {last})")
+
+    def _done(self, slot: list, also: RateLimiter | None, extra: list | None) -> None:
+        self.limiter.done(slot)
+        if also is not None and extra is not None:
+            also.done(extra)
 
     def _session(self) -> requests.Session:
         session = getattr(self._sessions, "session", None)

@@ -40,6 +40,7 @@ class HubSpotConnector:
     max_batch: int = 100
     page_size: int = 100
     max_association_batch: int = 1000
+    search_cap: int = SEARCH_CAP       # results one search query can page through
     # The search endpoints allow 5 requests per second per account; one in reserve for other clients.
     search_limiter: RateLimiter = field(default_factory=lambda: RateLimiter(max_requests=4, window_seconds=1.0))
 
@@ -104,10 +105,10 @@ class HubSpotConnector:
                 if not nxt:
                     return
                 after = int(nxt)
-                if after + SEARCH_PAGE > SEARCH_CAP:
+                if after + SEARCH_PAGE > self.search_cap:
                     break
             if not fresh or last_ms is None:
-                raise CrmUnavailable(f"searching {object_type}: more than {SEARCH_CAP:,} objects share one "
+                raise CrmUnavailable(f"searching {object_type}: more than {self.search_cap:,} objects share one "
                                      "modification stamp; read them with a full pull instead")
             # The next query starts at the newest stamp seen; what was already read at that stamp is skipped.
             seen_at_lower = (seen_at_lower | seen) if last_ms == lower else seen
@@ -121,7 +122,10 @@ class HubSpotConnector:
         values = list(dict.fromkeys(values))
         for start in range(0, len(values), self.max_batch):
             chunk = values[start:start + self.max_batch]
-            body: dict[str, Any] = {"inputs": [{"id": v} for v in chunk], "properties": list(properties)}
+            # The key comes back as a property: by a unique property, that one; by ID, the merged-away IDs.
+            extra = id_property or "hs_merged_object_ids"
+            body: dict[str, Any] = {"inputs": [{"id": v} for v in chunk],
+                                    "properties": sorted(set(properties) | {extra})}
             if id_property:
                 body["idProperty"] = id_property
             resp = self.transport.request("POST", f"/crm/v3/objects/{object_type}/batch/read", json=body)

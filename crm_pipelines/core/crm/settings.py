@@ -75,7 +75,7 @@ class SyncSettings:
     failure_rate_threshold: float
     objects: dict[str, ObjectSync]
     lifecycle_stages: tuple[str, ...]
-    max_in_flight: int = 2
+    max_in_flight: int = 8
     property_group: tuple[str, str] = ("crm_pipelines", "crm_pipelines")   # name, label
     custom_properties: tuple[CustomProperty, ...] = ()
     on_crm_delete: str = "keep_deleted"
@@ -98,7 +98,7 @@ def load_sync_settings(path: str | Path, golden_columns: dict[str, set[str]] | N
     check_keys(doc, rate, "rate_limit", ("max_requests", "window_seconds"))
     max_requests = _number(doc, rate.get("max_requests", 190), "rate_limit.max_requests", 1, 10_000, integer=True)
     window = _number(doc, rate.get("window_seconds", 10), "rate_limit.window_seconds", 0.1, 3600)
-    in_flight = _number(doc, data.get("max_in_flight", 6), "max_in_flight", 1, 16, integer=True)
+    in_flight = _number(doc, data.get("max_in_flight", 8), "max_in_flight", 1, 16, integer=True)
     on_delete = data.get("on_crm_delete", "keep_deleted")
     if on_delete not in ON_CRM_DELETE:
         raise doc.error("on_crm_delete", f"unknown policy '{on_delete}'; available: {', '.join(ON_CRM_DELETE)}")

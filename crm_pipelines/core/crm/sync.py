@@ -42,7 +42,7 @@ import sqlalchemy as sa
 from ..masking import mask_text
 from ..schema import CRM_SYNC_LOG, CRM_SYNC_RUNS, CRM_SYNC_STATE
 from ..warehouse import LockBusy, Warehouse
-from .changes import DELETED, load_remote
+from .changes import DELETED, VALUE_FIELDS, load_remote, mirror_properties
 from .hubspot import existing_id
 from .payloads import is_missing, property_columns
 from .properties import preflight, value_problem
@@ -136,16 +136,18 @@ def plan(payload: pd.DataFrame, state: pd.DataFrame, spec: ObjectSync, required:
         df["associated_crm_id"] = df["associated_crm_id"].where(df["associated_crm_id"].notna(),
                                                                 pd.Series(known, index=df.index, dtype=object))
     props = property_columns(payload)
-    values = df[props].to_numpy(dtype=object)
-    has_crm = df["crm_id"].notna().to_numpy()
-    sends = [_shape(spec, props, row, live.get(c) if isinstance(c, str) else None, bool(u))
-             for row, c, u in zip(values, df["crm_id"], has_crm)]
+    frame = df[props].astype(object)
+    frame = frame.where(frame.notna(), None)
+    values = frame.to_numpy(dtype=object)
+    shaper = _Shaper(spec, props)
+    sends = [shaper.shape(row, live.get(c) if isinstance(c, str) else None) if isinstance(c, str) else shaper.create(row)
+             for row, c in zip(values, df["crm_id"])]
     df["_send"] = sends
     # The hash is of our values, not of what the policies let through against the CRM's current values:
     # a change sales made in the CRM does not make a row "changed" on our side. Fields the CRM owns once
     # the object exists are left out: a change of ours there has nothing to send.
-    hashed = [i for i, p in enumerate(props) if spec.policy(p) != "crm"]
-    df["payload_hash"] = [_hash({props[i]: (None if is_missing(row[i]) else row[i]) for i in hashed}) for row in values]
+    hashed = [p for p in props if spec.policy(p) != "crm"]
+    df["payload_hash"] = _hashes(frame[hashed])
     ok_before = prev_status.isin(list(OK))
     unchanged = ok_before & (prev_hash == df["payload_hash"]) & ~recreate
     invalid = pd.Series(False, index=df.index)
@@ -196,31 +198,51 @@ def _survivor(crm_id: str, merged: dict[str, str]) -> str:
     return crm_id
 
 
-def _shape(spec: ObjectSync, props: list[str], row, remote: dict | None, update: bool) -> dict:
+class _Shaper:
     """The properties one row sends. A create sends every value it has. An update leaves out CRM-owned
     fields, fill-when-empty fields the CRM has filled (or whose CRM value we do not know), and a lifecycle
     stage that would not move the CRM's stage forward. An empty value is never sent: we do not clear
-    what somebody typed into the CRM because we know nothing of it (erasure goes through the GDPR delete)."""
-    out = {}
-    for p, v in zip(props, row):
-        if is_missing(v):
-            continue
-        if not update:
-            out[p] = v
-            continue
-        if p == "lifecyclestage":
-            if remote is not None and _forward(remote.get("lifecyclestage"), v):
-                out[p] = v
-            continue
-        policy = spec.policy(p)
-        if policy == "crm":
-            continue
-        if policy == "fill_empty":
-            if remote is not None and remote.get(p) in (None, ""):
-                out[p] = v
-            continue
-        out[p] = v
-    return out
+    what somebody typed into the CRM because we know nothing of it (erasure goes through the GDPR delete).
+    Values come in with None for empty."""
+
+    def __init__(self, spec: ObjectSync, props: list[str]):
+        self.props = props
+        self.always = [i for i, p in enumerate(props) if p != "lifecyclestage" and spec.policy(p) == "warehouse"]
+        self.fill = [i for i, p in enumerate(props) if p != "lifecyclestage" and spec.policy(p) == "fill_empty"]
+        self.stage = props.index("lifecyclestage") if "lifecyclestage" in props else None
+
+    def create(self, row) -> dict:
+        return {p: v for p, v in zip(self.props, row) if v is not None}
+
+    def shape(self, row, remote: dict | None) -> dict:
+        props = self.props
+        out = {props[i]: row[i] for i in self.always if row[i] is not None}
+        if remote is None:
+            return out
+        for i in self.fill:
+            if row[i] is not None and remote.get(props[i]) in (None, ""):
+                out[props[i]] = row[i]
+        if self.stage is not None and row[self.stage] is not None and _forward(remote.get("lifecyclestage"),
+                                                                                row[self.stage]):
+            out["lifecyclestage"] = row[self.stage]
+        return out
+
+
+def _shape(spec: ObjectSync, props: list[str], row, remote: dict | None, update: bool) -> dict:
+    values = [None if is_missing(v) else v for v in row]
+    shaper = _Shaper(spec, props)
+    return shaper.shape(values, remote) if update else shaper.create(values)
+
+
+def _hashes(frame: pd.DataFrame) -> list[str]:
+    """A stable hash of each row's values (pandas' SipHash with its fixed key: the same values give the
+    same hash in every run), with the column names, so a changed mapping changes every hash."""
+    if not len(frame):
+        return []
+    text = frame.astype(str).where(frame.notna(), "\x00")  # None and "None" must differ
+    rows = pd.util.hash_pandas_object(text, index=False).to_numpy()
+    salt = int(hashlib.sha256(",".join(frame.columns).encode()).hexdigest()[:15], 16)
+    return [f"{(int(h) ^ salt):016x}" for h in rows]
 
 
 def _forward(current, new: str) -> bool:
@@ -233,11 +255,6 @@ def _forward(current, new: str) -> bool:
     if current not in LIFECYCLE_ORDER:
         return False
     return LIFECYCLE_ORDER.index(new) > LIFECYCLE_ORDER.index(current)
-
-
-def _hash(send: dict) -> str:
-    text = json.dumps(send, sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def push(wh: Warehouse, connector: CrmConnector, payload: pd.DataFrame, spec: ObjectSync, settings: SyncSettings,
@@ -303,10 +320,16 @@ def _push_locked(wh, connector, payload, spec, settings, run_id, dry_run, log, a
         part = planned[planned["operation"] == op]
         batches += [part.iloc[i:i + connector.max_batch] for i in range(0, len(part), connector.max_batch)]
     linker = _Linker(connector, spec, _account_crm_ids(wh, spec))
-    _run_batches(wh, connector, settings, spec, batches, linker, report, state, run_id, log, after_batch)
-    _repair(wh, connector, settings, spec, planned, linker, report, state, run_id, log)
-    _associate_unchanged(planned, linker)
+    # Links of records whose CRM ID we know need no write result: queued now, sent once the creates are done.
+    linker.queue(_known_links(planned, linker))
+    adopter = _Adopter(connector, settings, spec, planned, props, state, linker)
+    dead = _run_batches(wh, connector, settings, spec, batches, linker, adopter, report, state, run_id, log,
+                        after_batch)
+    _follow_dead(wh, connector, settings, spec, dead, adopter, report, run_id)
     _commit_links(wh, spec.object_type, linker.flush(), report)
+    if adopter.adopted or adopter.left or dead:
+        log(f"{spec.object_type}: {adopter.adopted:,} existing CRM records adopted, {adopter.left:,} left to a "
+            f"steward, {report.deleted_in_crm:,} deleted in the CRM")
     for start in range(0, len(gone), connector.max_batch):
         chunk = gone.iloc[start:start + connector.max_batch]
         results = connector.archive(spec.object_type, list(zip(chunk["golden_id"], chunk["crm_id"])))
@@ -344,14 +367,27 @@ def _push_locked(wh, connector, payload, spec, settings, run_id, dry_run, log, a
 
 def _refuse_values(planned: pd.DataFrame, definitions: dict, object_type: str) -> None:
     """Rows with a value the portal would refuse (and with it their whole batch) become invalid here."""
-    sending = planned["operation"].isin(["create", "update"])
-    for i in planned.index[sending]:
-        for name, value in planned.at[i, "_send"].items():
-            problem = value_problem(definitions.get(name) or {}, object_type, name, value)
+    checked = {name for name, d in definitions.items()
+               if (d.get("type") == "enumeration" and d.get("options") and not d.get("externalOptions"))
+               or d.get("type") == "number"}
+    allowed = {name: {o.get("value") for o in definitions[name]["options"]} for name in checked
+               if definitions[name].get("type") == "enumeration" and definitions[name].get("fieldType") != "checkbox"}
+    sending = planned["operation"].isin(["create", "update"]).to_numpy()
+    bad = {}
+    for i, send, go in zip(planned.index, planned["_send"], sending):
+        if not go:
+            continue
+        for name in checked.intersection(send):
+            if send[name] in allowed.get(name, ()):
+                continue  # the common case, without building a message
+            problem = value_problem(definitions[name], object_type, name, send[name])
             if problem:
-                planned.at[i, "operation"] = INVALID
-                planned.at[i, "reason"] = problem
+                bad[i] = problem
                 break
+    if bad:
+        rows = list(bad)
+        planned.loc[rows, "operation"] = INVALID
+        planned.loc[rows, "reason"] = [bad[i] for i in rows]
 
 
 class _Linker:
@@ -384,55 +420,114 @@ class _Linker:
                 self._pending = self._pending[self.size:]
         return [(b, self._send(b)) for b in full]
 
-    def flush(self) -> list[tuple[list, list[RowResult]]]:
+    def queue(self, pairs: list[tuple[str, str, str]]) -> None:
+        """Queues pairs without sending (they go with the next full batch or :meth:`drain`)."""
+        with self._lock:
+            self._pending += pairs
+
+    def drain(self) -> list[tuple[list, list[RowResult]]]:
+        """Sends everything queued (on the calling thread)."""
         with self._lock:
             rest, self._pending = self._pending, []
         return [(rest[i:i + self.size], self._send(rest[i:i + self.size])) for i in range(0, len(rest), self.size)]
+
+    flush = drain
 
     def _send(self, batch: list) -> list[RowResult]:
         return self.connector.associate(self.spec.object_type, self.spec.associate_with, batch)
 
 
-def _run_batches(wh, connector, settings, spec, batches, linker, report, state, run_id, log, after_batch) -> None:
-    """Up to ``max_in_flight`` requests on the wire, a few more batches queued so no sender ever waits for
+def _run_batches(wh, connector, settings, spec, batches, linker, adopter, report, state, run_id, log,
+                 after_batch) -> dict[str, str]:
+    """Up to ``max_in_flight`` requests on the wire, a few more tasks queued so no sender ever waits for
     the main thread; the main thread commits each batch as it comes back (its own transaction), whatever
     the order. A batch the CRM applied but whose answer was not committed yet is sent again by the next
-    run, which updates (keyed by golden ID or CRM ID)."""
+    run, which updates (keyed by golden ID or CRM ID).
+
+    Creates go first. Once every create is answered, the queued links and the adoption of contacts the
+    CRM already had ("already exists") are sent beside the updates, not after them: nothing waits at the
+    end for the rate-limit window. Returns the updates refused because their CRM ID no longer exists
+    (golden ID -> CRM ID), for :func:`_follow_dead`."""
     n = len(batches)
+    creates_left = sum(1 for c in batches if c["operation"].iloc[0] == "create")
+    conflicts: list[RowResult] = []
+    dead: dict[str, str] = {}
     with ThreadPoolExecutor(max_workers=settings.max_in_flight, thread_name_prefix="crm-push") as senders:
         waiting: dict = {}
         next_batch = 0
+        second_phase = False
 
         def fill() -> None:
             nonlocal next_batch
             while next_batch < n and len(waiting) < settings.max_in_flight + 2:
                 chunk = batches[next_batch]
-                waiting[senders.submit(_send_and_link, connector, settings, spec, chunk, linker)] = (next_batch, chunk)
+                waiting[senders.submit(_send_and_link, connector, settings, spec, chunk, linker)] = \
+                    ("write", next_batch, chunk)
                 next_batch += 1
 
+        def after_creates() -> None:
+            nonlocal second_phase
+            second_phase = True
+            waiting[senders.submit(linker.drain)] = ("links", None, None)
+            if conflicts:
+                waiting[senders.submit(adopter.resolve, list(conflicts))] = ("adopt", None, None)
+
+        if not creates_left:
+            after_creates()
         fill()
         done_batches = 0
         while waiting:
             finished, _ = wait(list(waiting), return_when=FIRST_COMPLETED)
             for future in finished:
-                b, chunk = waiting.pop(future)
+                kind, b, chunk = waiting.pop(future)
+                if kind == "links":
+                    _commit_links(wh, spec.object_type, future.result(), report)
+                    continue
+                if kind == "adopt":
+                    _commit_adopted(wh, spec.object_type, run_id, future.result(), adopter, report)
+                    continue
                 results, links = future.result()
+                for r, c in zip(results, chunk["crm_id"]):
+                    if r.status != REJECTED:
+                        continue
+                    message = (r.message or "").lower()
+                    if "already exists" in message and chunk["operation"].iloc[0] == "create":
+                        conflicts.append(r)
+                    elif isinstance(c, str) and ("object_not_found" in message or "not found" in message):
+                        dead[r.key] = c
                 _count(report, results)
                 _commit(wh, spec.object_type, run_id, chunk, results, state, _now())
                 _commit_links(wh, spec.object_type, links, report)
                 report.batches += 1
                 done_batches += 1
+                if chunk["operation"].iloc[0] == "create":
+                    creates_left -= 1
                 if done_batches % 50 == 1 or done_batches == n:
                     log(f"{spec.object_type}: batch {done_batches}/{n}: {report.created:,} created, "
                         f"{report.updated:,} updated, {report.rejected:,} rejected, {report.failed:,} failed")
                 if after_batch:
                     after_batch(b)
+            if not creates_left and not second_phase:
+                after_creates()
             fill()
+    return dead
 
 
 def _send_and_link(connector, settings, spec, chunk: pd.DataFrame, linker: _Linker):
     results = _send(connector, settings, spec, chunk)
-    return results, linker.add(linker.wanted(chunk, results))
+    # Updates' links were queued before sending (their CRM IDs were known); creates' need the new IDs.
+    pairs = linker.wanted(chunk, results) if chunk["operation"].iloc[0] == "create" else []
+    return results, linker.add(pairs)
+
+
+def _known_links(planned: pd.DataFrame, linker: _Linker) -> list[tuple[str, str, str]]:
+    """Records the CRM has (updates, unchanged) that are not linked to their company's CRM record yet."""
+    if not linker.spec.associate_with or "account_id" not in planned.columns:
+        return []
+    rows = planned[planned["operation"].isin(["update", "unchanged"]) & planned["crm_id"].notna()]
+    targets = rows["account_id"].map(linker.targets)
+    keep = targets.notna() & (targets != rows["associated_crm_id"])
+    return list(zip(rows["golden_id"][keep], rows["crm_id"][keep], targets[keep]))
 
 
 def _send(connector: CrmConnector, settings: SyncSettings, spec: ObjectSync, chunk: pd.DataFrame) -> list[RowResult]:
@@ -445,40 +540,90 @@ def _send(connector: CrmConnector, settings: SyncSettings, spec: ObjectSync, chu
     return connector.upsert(spec.object_type, settings.id_property, inputs)
 
 
-def _repair(wh, connector, settings, spec, planned, linker, report, state, run_id, log) -> None:
-    """Rows the CRM refused for a reason we can resolve in this run:
+class _Adopter:
+    """Resolves "Contact already exists. Existing ID: …": the CRM has the person, but the golden layer does
+    not know that record (its CRM record was quarantined, or sales created it). The record is read; unless
+    it carries another golden record's ID (then a steward decides), it is updated by its ID with our golden
+    ID stamped on it, under the field policies, and is ours from then on. Runs on a sender thread: only
+    requests here; the main thread commits (:func:`_commit_adopted`)."""
 
-    - "Contact already exists. Existing ID: …": the CRM has the person, but the golden layer does not
-      know that record (its CRM record was quarantined, or sales created it): adopt its ID and update it,
-      unless it carries another golden record's ID (then a steward decides);
-    - an update to an ID that no longer exists: merged away (the CRM answers a read of it with the
-      survivor: follow it) or deleted by a user (``on_crm_delete`` decides).
-    """
-    t = CRM_SYNC_STATE
-    rows = wh.read_frame(sa.select(t.c.golden_id, t.c.crm_id, t.c.last_status, t.c.last_message)
-                         .where(t.c.object_type == spec.object_type, t.c.last_run_id == run_id,
-                                t.c.last_status == REJECTED))
-    if not len(rows):
+    def __init__(self, connector, settings, spec, planned, props, state, linker: "_Linker"):
+        self.connector, self.settings, self.spec, self.props, self.linker = connector, settings, spec, props, linker
+        self.by_key = planned.set_index("golden_id")
+        self.taken = dict(zip(state["crm_id"], state["golden_id"])) if len(state) else {}
+        self.adopted = 0
+        self.left = 0
+
+    def resolve(self, refused: list[RowResult]) -> dict:
+        targets: dict[str, str] = {}
+        lookup = []
+        for r in refused:
+            found = existing_id(r.message)
+            if found:
+                targets[r.key] = found
+            elif "email" in self.by_key.columns and isinstance(self.by_key.at[r.key, "email"], str):
+                lookup.append(r.key)
+        if lookup:
+            emails = [self.by_key.at[g, "email"] for g in lookup]
+            found = self.connector.read_by(self.spec.object_type, emails, [self.settings.id_property], id_property="email")
+            targets.update({g: str(found[e]["id"]) for g, e in zip(lookup, emails) if e in found})
+        return self.take_over(targets)
+
+    def take_over(self, targets: dict[str, str]) -> dict:
+        """golden ID -> CRM ID to make ours: reads them, updates those nobody else holds."""
+        out: dict = {"written": [], "left": []}
+        if not targets:
+            return out
+        mirrored = mirror_properties(self.settings, self.spec.object_type)
+        owners = self.connector.read_by(self.spec.object_type, list(set(targets.values())), mirrored)
+        adopt = []
+        for g, crm_id in targets.items():
+            holder = ((owners.get(crm_id) or {}).get("properties") or {}).get(self.settings.id_property) \
+                or self.taken.get(crm_id)
+            if crm_id not in owners:
+                out["left"].append((g, f"CRM object {crm_id} could not be read"))
+            elif holder and holder != g:
+                out["left"].append((g, f"CRM object {crm_id} belongs to golden record {holder}: a steward decides "
+                                       "whether they are one"))
+            else:
+                adopt.append((g, crm_id))
+        if adopt:
+            rows = self.by_key.loc[[g for g, _ in adopt]].reset_index()
+            rows["crm_id"] = [c for _, c in adopt]
+            rows["operation"] = "update"
+            # The CRM's record was somebody's before it was ours: the field policies apply as to any update.
+            remote = [_flags((owners[c].get("properties") or {}), mirrored) for _, c in adopt]
+            rows["_send"] = [_shape(self.spec, self.props, v, r, True)
+                             for v, r in zip(rows[self.props].to_numpy(dtype=object), remote)]
+            for start in range(0, len(rows), self.connector.max_batch):
+                chunk = rows.iloc[start:start + self.connector.max_batch]
+                out["written"].append((chunk, _send(self.connector, self.settings, self.spec, chunk)))
+        return out
+
+
+def _commit_adopted(wh, object_type: str, run_id: str, outcome: dict, adopter: _Adopter, report: SyncReport) -> None:
+    for chunk, results in outcome["written"]:
+        fixed = sum(1 for r in results if r.status in OK)
+        adopter.adopted += fixed
+        report.adopted += fixed
+        report.rejected -= fixed
+        report.updated += fixed
+        _commit(wh, object_type, run_id, chunk.assign(operation="adopt"), results, load_state(wh, object_type), _now())
+        adopter.linker.queue(adopter.linker.wanted(chunk, results))
+    for g, message in outcome["left"]:
+        adopter.left += 1
+        _note(wh, object_type, g, message)
+
+
+def _follow_dead(wh, connector, settings, spec, dead: dict[str, str], adopter: _Adopter, report, run_id) -> None:
+    """Updates refused because the CRM ID no longer exists (no pull in between): a merged-away ID answers a
+    read with its survivor, which the row is re-pointed to and updated; an ID without an answer was
+    deleted by a user (``on_crm_delete`` decides on the next run)."""
+    if not dead:
         return
-    by_key = planned.set_index("golden_id")
-    conflict = rows[rows["last_message"].fillna("").str.contains("already exists", case=False)]
-    dead = rows[rows["last_message"].fillna("").str.contains("OBJECT_NOT_FOUND|not found", case=False)
-                & rows["crm_id"].notna()]
-    targets: dict[str, str] = {}
-    for g, message in zip(conflict["golden_id"], conflict["last_message"]):
-        found = existing_id(message)
-        if found:
-            targets[g] = found
-    lookup = [g for g in conflict["golden_id"] if g not in targets and isinstance(by_key.at[g, "email"], str)] \
-        if "email" in by_key.columns else []
-    if lookup:
-        found = connector.read_by(spec.object_type, [by_key.at[g, "email"] for g in lookup], [settings.id_property],
-                                  id_property="email")
-        targets.update({g: str(found[by_key.at[g, "email"]]["id"]) for g in lookup if by_key.at[g, "email"] in found})
-    dead_ids = dict(zip(dead["golden_id"], dead["crm_id"]))
-    survivors = connector.read_by(spec.object_type, list(dead_ids.values()), [settings.id_property]) if dead_ids else {}
-    gone = []
-    for g, old in dead_ids.items():
+    survivors = connector.read_by(spec.object_type, list(dead.values()), [settings.id_property])
+    targets, gone = {}, []
+    for g, old in dead.items():
         if old in survivors and str(survivors[old]["id"]) != old:
             targets[g] = str(survivors[old]["id"])
         else:
@@ -486,39 +631,11 @@ def _repair(wh, connector, settings, spec, planned, linker, report, state, run_i
     if gone:
         _mark_gone(wh, spec.object_type, gone)
         report.deleted_in_crm += len(gone)
-    if not targets:
-        return
-    owners = connector.read_by(spec.object_type, list(set(targets.values())), [settings.id_property])
-    adopt, refused = [], []
-    taken = set(state.loc[state["crm_id"].notna(), "crm_id"]) if len(state) else set()
-    for g, crm_id in targets.items():
-        holder = ((owners.get(crm_id) or {}).get("properties") or {}).get(settings.id_property)
-        if (holder and holder != g) or (crm_id in taken and crm_id != by_key.at[g, "crm_id"]):
-            refused.append((g, crm_id, holder))
-        else:
-            adopt.append((g, crm_id))
-    for g, crm_id, holder in refused:
-        report.rejected += 0  # already counted when the CRM refused it
-        _note(wh, spec.object_type, g, crm_id, f"CRM object {crm_id} belongs to golden record {holder or 'another record'}: "
-                                            "a steward decides whether they are one")
-    if not adopt:
-        return
-    chunk_all = by_key.loc[[g for g, _ in adopt]].reset_index()
-    chunk_all["crm_id"] = [c for _, c in adopt]
-    chunk_all["operation"] = "update"
-    chunk_all["_send"] = [dict(s) for s in chunk_all["_send"]]  # the create's full set: the CRM's record is ours now
-    for start in range(0, len(chunk_all), connector.max_batch):
-        chunk = chunk_all.iloc[start:start + connector.max_batch]
-        results = _send(connector, settings, spec, chunk)
-        fixed = [r for r in results if r.status in OK]
-        report.adopted += len(fixed)
-        report.rejected -= len(fixed)
-        report.updated += len(fixed)
-        _commit(wh, spec.object_type, run_id, chunk.assign(operation="adopt"), results, load_state(wh, spec.object_type),
-                _now())
-        _commit_links(wh, spec.object_type, linker.add(linker.wanted(chunk, results)), report)
-    log(f"{spec.object_type}: {report.adopted:,} existing CRM records adopted, {len(refused):,} left to a steward, "
-        f"{len(gone):,} deleted in the CRM")
+    _commit_adopted(wh, spec.object_type, run_id, adopter.take_over(targets), adopter, report)
+
+
+def _flags(props: dict, names: list[str]) -> dict:
+    return {n: (props[n] if n in VALUE_FIELDS else True) for n in names if props.get(n) not in (None, "")}
 
 
 def _hold(wh, object_type: str, rows: pd.DataFrame) -> None:
@@ -539,7 +656,7 @@ def _mark_gone(wh, object_type: str, golden_ids: list[str]) -> None:
                      .values(last_status=DELETED, payload_hash=None, last_message="the CRM no longer has this object"))
 
 
-def _note(wh, object_type: str, golden_id: str, crm_id: str, message: str) -> None:
+def _note(wh, object_type: str, golden_id: str, message: str) -> None:
     t = CRM_SYNC_STATE
     with wh.engine.begin() as conn:
         conn.execute(sa.update(t).where(t.c.object_type == object_type, t.c.golden_id == golden_id)
@@ -565,18 +682,6 @@ def _account_crm_ids(wh: Warehouse, spec: ObjectSync) -> dict[str, str]:
     st = load_state(wh, spec.associate_with)
     st = st[st["crm_id"].notna() & st["last_status"].isin(list(OK))]
     return dict(zip(st["golden_id"], st["crm_id"]))
-
-
-def _associate_unchanged(planned: pd.DataFrame, linker: _Linker) -> None:
-    """Contacts that did not change but whose company got its CRM ID only now still need the link."""
-    if not linker.spec.associate_with or "account_id" not in planned.columns:
-        return
-    rows = planned[(planned["operation"] == "unchanged") & planned["crm_id"].notna()]
-    targets = rows["account_id"].map(linker.targets)
-    rows = rows[targets.notna() & (targets != rows["associated_crm_id"])]
-    if len(rows):
-        with linker._lock:
-            linker._pending += list(zip(rows["golden_id"], rows["crm_id"], rows["account_id"].map(linker.targets)))
 
 
 def _commit_links(wh: Warehouse, object_type: str, sent: list[tuple[list, list[RowResult]]], report: SyncReport) -> None:
