@@ -250,12 +250,14 @@ def build_crm_assets(config_dir, mappings: dict[str, SourceMapping], timezone: s
         report = pull_changes(warehouse.get(), connector, settings, mappings, landing.path, day, context.run.run_id,
                               log=context.log.info)
         return dg.MaterializeResult(metadata={
-            "dagster/row_count": sum(report.changed.values()), "day": day,
+            # Its rows are what it delivered to the landing zone (what it read is under "read").
+            "dagster/row_count": sum(report.landed.values()), "day": day,
             "read": dg.MetadataValue.json(report.changed), "landed": dg.MetadataValue.json(report.landed),
             "own_writes_not_landed": dg.MetadataValue.json(report.echoes),
             "deleted_in_crm": dg.MetadataValue.json(report.archived), "merged_away": dg.MetadataValue.json(report.merged),
             "repointed_to_survivor": dg.MetadataValue.json(report.repointed),
             "marked_deleted": dg.MetadataValue.json(report.marked_deleted),
+            "restored_in_crm": dg.MetadataValue.json(report.restored),
             "full_read": dg.MetadataValue.json(report.full), "files": len(report.files),
             "requests": connector.stats.requests, "throttled": connector.stats.throttled,
         })

@@ -255,6 +255,12 @@ class CrmServer:
         """An ordinary delete in the CRM's UI: the record is archived (restorable), not GDPR-deleted."""
         self.archive(object_type, {"inputs": [{"id": str(object_id)}]})
 
+    def restore(self, object_type: str, object_id: str) -> None:
+        """A user restores a deleted record from the CRM's recycle bin."""
+        with self._lock:
+            self.db.execute("UPDATE objects SET archived = 0, archived_at = NULL, updated_at = ? WHERE type = ? AND id = ?",
+                            (_now(), object_type, int(object_id)))
+
     def merge(self, object_type: str, primary_id: str, merged_id: str) -> tuple[int, dict]:
         """``POST /crm/v3/objects/{type}/merge``: the second record disappears into the first; its ID stays an
         alias that reads answer with the primary record; writes to it fail."""

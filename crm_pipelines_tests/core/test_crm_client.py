@@ -192,3 +192,14 @@ def test_associations_tasks_archive_and_gdpr_delete(crm):
 def test_requests_without_a_token_are_refused_by_the_server(crm):
     resp = requests.get(f"{crm.url}/crm/v3/objects/contacts", timeout=5)
     assert resp.status_code == 401
+
+
+def test_associations_fall_back_to_the_batch_size_a_stricter_server_takes(crm, monkeypatch):
+    from crm_pipelines.devtools import crm_server
+    hub = connector(crm)
+    company = hub.upsert("companies", "crm_golden_id", [UpsertInput("GA-1", {"name": "Musterfirma GmbH"})])[0]
+    people = hub.upsert("contacts", "crm_golden_id", [contact(f"GC-{i}") for i in range(60)])
+    monkeypatch.setattr(crm_server, "MAX_ASSOCIATION_BATCH", 25)  # this server takes 25 pairs per call
+    linked = hub.associate("contacts", "companies", [(p.key, p.crm_id, company.crm_id) for p in people])
+    assert [r.status for r in linked] == [UPDATED] * 60 and hub.max_association_batch == 25
+    assert sum(1 for a in crm.associations() if a[0] == "contacts") == 60

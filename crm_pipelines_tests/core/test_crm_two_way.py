@@ -137,6 +137,7 @@ def test_no_push_lowers_a_lifecycle_stage_and_ours_moves_it_forward(sqlite_url, 
 
 def test_a_crm_side_edit_of_a_crm_owned_field_survives_the_next_push(sqlite_url, crm, tmp_path):
     wh = Warehouse(sqlite_url)
+    assert pull(wh, crm, tmp_path).full["contacts"]  # the first pull: the baseline, nothing landed
     contacts = golden_contacts(3)
     contacts["job_title"] = "Einkauf"
     contacts["phone"] = "+49 351 4700"
@@ -223,6 +224,12 @@ def test_a_contact_sales_deleted_is_not_brought_back_unless_configured(sqlite_ur
         assert (again.updated, again.created, again.deleted_in_crm) == (2, 0, 1) and "GC-00000002" not in live
         third = push(wh, hub(crm), build_payload(golden.assign(last_name="Neuer"), CONTACTS), CONTACTS, settings, "r3")
         assert third.created == 0 and third.deleted_in_crm == 1
+        # Sales restores it from the recycle bin: the next pull notices, the next push updates it again.
+        crm.restore("contacts", victim)
+        assert pull(wh, crm, tmp_path, settings=settings).restored["contacts"] == 1
+        fourth = push(wh, hub(crm), build_payload(golden.assign(last_name="Neuer"), CONTACTS), CONTACTS, settings, "r4")
+        assert (fourth.updated, fourth.created, fourth.deleted_in_crm) == (1, 0, 0)
+        assert {o["id"]: o["properties"]["lastname"] for o in crm.objects("contacts")}[victim] == "Neuer"
     else:
         assert (again.updated, again.created, again.recreated) == (2, 1, 1) and "GC-00000002" in live
         log = wh.read_frame(sa.select(CRM_SYNC_LOG).where(CRM_SYNC_LOG.c.run_id == "run-2",
@@ -275,7 +282,7 @@ def test_the_incremental_pull_reads_past_the_search_cap_and_only_what_changed(sq
                                "updatedAt": f"2026-11-{10 + i // 400:02d}T08:00:00.000Z"} for i in range(2500)])
         first = pull_changes(wh, hub(crm), SETTINGS, MAPPINGS, tmp_path / "landing", "2026-12-01", "p1",
                              object_types=("contacts",))
-        assert first.full["contacts"] and first.changed["contacts"] == 2500
+        assert first.full["contacts"] and first.changed["contacts"] == 2500 and first.landed["contacts"] == 0
         # Everything changes again (same stamp for 400 at a time: ties across the cap's boundary).
         for i in range(2500):
             crm.db.execute("UPDATE objects SET updated_at = ? WHERE id = ?",

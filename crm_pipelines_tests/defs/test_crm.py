@@ -45,7 +45,8 @@ def built(tmp_path, root, manifest, crm, monkeypatch):
     return settings, build_defs(settings)
 
 
-def test_dry_run_then_push_then_nothing_left_to_send(tmp_path, demo_landing, monkeypatch):
+def test_dry_run_then_push_then_nothing_left_to_send_then_a_sales_edit_comes_back(tmp_path, demo_landing,
+                                                                                   monkeypatch):
     root, manifest = demo_landing
     with CrmServer(token=TOKEN, custom_properties=READY_PORTAL) as crm:
         seeded = crm.seed_from_landing(root)
@@ -86,6 +87,35 @@ def test_dry_run_then_push_then_nothing_left_to_send(tmp_path, demo_landing, mon
             assert again["crm_push_contacts"]["sent"] == 0 and again["crm_push_accounts"]["sent"] == 0
             # Nothing changed: only reads (the CRM's changes, the property definitions), no write at all.
             assert writes(crm) == before and again["crm_push_contacts"]["requests"] == 0
+            # The pull before it saw our first push's writes come back: not landed as the CRM's data.
+            assert again["crm_changes"]["landed"] == {"companies": 0, "contacts": 0}
+            assert again["crm_changes"]["own_writes_not_landed"]["contacts"] > 100
+
+            # Sales edits a field it owns (jobtitle) in the CRM: the edit reaches the golden record and its
+            # lineage with the CRM as source, and the next push leaves it alone.
+            wh = Warehouse.for_url(settings.default_warehouse_url)
+            g = GOLDEN_CONTACTS
+            gid, crm_id = wh.execute_first(sa.select(g.c.golden_id, g.c.crm_contact_id).where(
+                g.c.crm_contact_id.is_not(None), g.c.record_count >= 2).order_by(g.c.golden_id))
+            # A minute after our push (a change within seconds of our own write would count as its echo).
+            later = (pd.Timestamp.now(tz="UTC") + pd.Timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+            crm.edit("contacts", crm_id, at=later, jobtitle="Leiterin Qualitätssicherung")
+            last_day = manifest["partitions"][-1]
+            pulled = defs.resolve_job_def("pull_crm_changes").execute_in_process(
+                instance=instance, run_config={"ops": {"crm_changes": {"config": {"day": last_day}}}})
+            md = materialised(pulled)["crm_changes"]
+            assert md["landed"]["contacts"] == 1  # the edit; our own writes came back in the push's pull above
+            assert md["full_read"] == {"companies": False, "contacts": False}
+            assert run_range(defs, instance, last_day, last_day, selection=[dg.AssetKey(["raw", "crm_contacts"])]).success
+            assert run_golden(defs, instance).success
+            assert wh.scalar(sa.select(g.c.job_title).where(g.c.golden_id == gid)) == "Leiterin Qualitätssicherung"
+            lineage = wh.read_frame(sa.select(CONTACT_LINEAGE).where(CONTACT_LINEAGE.c.golden_id == gid))
+            from_crm = lineage[lineage["record_key"].str.contains("crm_contacts")]
+            assert any("job_title" in f.split(",") for f in from_crm["fields"])
+            # The next push sends the golden record again (it changed) but leaves sales' field alone.
+            assert push_crm(defs, instance).success
+            assert {o["id"]: o["properties"] for o in crm.objects("contacts")}[crm_id]["jobtitle"] == \
+                "Leiterin Qualitätssicherung"
 
 
 def test_a_failing_gx_gate_blocks_the_push_in_that_run_and_in_later_runs(tmp_path, demo_landing, monkeypatch):
@@ -194,35 +224,3 @@ def test_pull_writes_the_crm_into_the_landing_zone_and_the_sources_load_it(tmp_p
             assert raw["raw/crm_accounts"]["rows_loaded"] == 250 and raw["raw/crm_accounts"]["rows_quarantined"] == 0
             assert raw["raw/crm_contacts"]["rows_loaded"] == 120 and raw["raw/crm_contacts"]["rows_quarantined"] == 0
 
-
-def test_a_sales_edit_in_the_crm_reaches_the_golden_record_and_its_lineage_and_survives_the_push(
-        tmp_path, demo_landing, monkeypatch):
-    root, manifest = demo_landing
-    with CrmServer(token=TOKEN, custom_properties=READY_PORTAL) as crm:
-        crm.seed_from_landing(root)
-        settings, defs = built(tmp_path, root, manifest, crm, monkeypatch)
-        with dg.instance_for_test() as instance:
-            load_and_match(defs, instance, manifest)
-            assert push_crm(defs, instance).success
-            wh = Warehouse.for_url(settings.default_warehouse_url)
-            g = GOLDEN_CONTACTS
-            gid, crm_id = wh.execute_first(sa.select(g.c.golden_id, g.c.crm_contact_id).where(
-                g.c.crm_contact_id.is_not(None), g.c.record_count >= 2).order_by(g.c.golden_id))
-            # A minute after our push (a change within seconds of our own write would count as its echo).
-            later = (pd.Timestamp.now(tz="UTC") + pd.Timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-            crm.edit("contacts", crm_id, at=later, jobtitle="Leiterin Qualitätssicherung")
-            last_day = manifest["partitions"][-1]
-            pulled = defs.resolve_job_def("pull_crm_changes").execute_in_process(
-                instance=instance, run_config={"ops": {"crm_changes": {"config": {"day": last_day}}}})
-            md = materialised(pulled)["crm_changes"]
-            assert md["landed"]["contacts"] == 1 and md["own_writes_not_landed"]["contacts"] > 100 and md["full_read"] == {"companies": False, "contacts": False}
-            assert run_range(defs, instance, last_day, last_day, selection=[dg.AssetKey(["raw", "crm_contacts"])]).success
-            assert run_golden(defs, instance).success
-            assert wh.scalar(sa.select(g.c.job_title).where(g.c.golden_id == gid)) == "Leiterin Qualitätssicherung"
-            lineage = wh.read_frame(sa.select(CONTACT_LINEAGE).where(CONTACT_LINEAGE.c.golden_id == gid))
-            from_crm = lineage[lineage["record_key"].str.contains("crm_contacts")]
-            assert any("job_title" in f.split(",") for f in from_crm["fields"])
-            # The next push sends the golden record again (it changed) but leaves sales' field alone.
-            assert push_crm(defs, instance).success
-            assert {o["id"]: o["properties"] for o in crm.objects("contacts")}[crm_id]["jobtitle"] == \
-                "Leiterin Qualitätssicherung"

@@ -4,7 +4,8 @@ Per object type and pull:
 
 1. **Read** what changed since the watermark (``ops.crm_pull_state``) through the search endpoint,
    oldest first, with a minute of overlap because the CRM's search index trails its writes by
-   seconds; the first pull reads everything (paged list). Then the archived (deleted) objects.
+   seconds; the first pull reads everything (paged list) to fill the mirror and lands nothing (the
+   whole CRM comes in through ``crm_snapshot``). Then the archived (deleted) objects.
 2. **Mirror** it in ``ops.crm_remote``: per CRM ID what the push policies read (the lifecycle stage,
    the company association, our ID property, and whether each CRM-owned or fill-when-empty field is
    filled, not its value),
@@ -57,6 +58,7 @@ class ChangesReport:
     merged: dict[str, int] = field(default_factory=dict)         # object type -> newly seen merged-away IDs
     repointed: dict[str, int] = field(default_factory=dict)      # sync-state rows moved to a survivor
     marked_deleted: dict[str, int] = field(default_factory=dict)  # sync-state rows whose object sales deleted
+    restored: dict[str, int] = field(default_factory=dict)       # ... and whose object sales restored since
     full: dict[str, bool] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
 
@@ -100,7 +102,8 @@ def pull_changes(wh: Warehouse, connector: CrmConnector, settings: SyncSettings,
         fresh = [o for o in objs if _is_newer(o, known)]
         # Our own pushes change the CRM too: landing them would feed our values back in as the CRM's.
         ours = _our_writes(wh, object_type)
-        landed = [o for o in fresh if not _echo(o, settings.id_property, ours)]
+        # The first pull reads everything to fill the mirror; the whole CRM comes in through crm_snapshot.
+        landed = [] if full else [o for o in fresh if not _echo(o, settings.id_property, ours)]
         report.echoes[object_type] = len(fresh) - len(landed)
         archived = [o for o in connector.read_objects(object_type, wanted, archived=True)]
         merges = _merges(objs)
@@ -119,6 +122,7 @@ def pull_changes(wh: Warehouse, connector: CrmConnector, settings: SyncSettings,
             _upsert_remote(wh, conn, object_type, pd.DataFrame(rows))
             report.repointed[object_type] = _repoint(conn, object_type, merges)
             report.marked_deleted[object_type] = _mark_deleted(conn, object_type, [o["id"] for o in archived])
+            report.restored[object_type] = _mark_restored(conn, object_type, [str(o["id"]) for o in objs])
             # Nothing read: the next pull starts where this one started (an empty CRM is not read in full again).
             new_mark = max(stamps) if stamps else (watermark if watermark is not None else started_ms)
             conn.execute(sa.delete(CRM_PULL_STATE).where(CRM_PULL_STATE.c.object_type == object_type))
@@ -242,6 +246,19 @@ def _mark_deleted(conn, object_type: str, archived_ids: list[str]) -> int:
                                    last_message="deleted (archived) in the CRM by a user"))
         marked += res.rowcount or 0
     return marked
+
+
+def _mark_restored(conn, object_type: str, live_ids: list[str]) -> int:
+    """A deleted record sales restored (HubSpot keeps deleted records restorable for 90 days) is pushed again."""
+    t = CRM_SYNC_STATE
+    restored = 0
+    for start in range(0, len(live_ids), 500):
+        res = conn.execute(sa.update(t).where(t.c.object_type == object_type, t.c.last_status == DELETED,
+                                              t.c.crm_id.in_(live_ids[start:start + 500]))
+                           .values(last_status="restored", payload_hash=None,
+                                   last_message="restored in the CRM by a user"))
+        restored += res.rowcount or 0
+    return restored
 
 
 def _land(folder: Path, objs: list[dict], now: datetime, allowed: set[str]) -> list[str]:

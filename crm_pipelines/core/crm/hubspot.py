@@ -270,6 +270,12 @@ class HubSpotConnector:
                     for i in ctx_ids if isinstance(ctx_ids, list) else [ctx_ids]:
                         failed[str(i)] = err.get("message", "rejected")
             return [RowResult(k, REJECTED if a in failed else UPDATED, crm_id=a, message=failed.get(a)) for k, a, _ in pairs]
+        smaller = _batch_limit(resp, len(pairs))
+        if smaller:
+            # A portal (or a compatible server) that takes fewer pairs per call: from now on that many.
+            self.max_association_batch = smaller
+            return [r for start in range(0, len(pairs), smaller)
+                    for r in self.associate(from_type, to_type, pairs[start:start + smaller])]
         return [RowResult(k, REJECTED, crm_id=a, message=_message(resp)) for k, a, _ in pairs]
 
     def create_tasks(self, tasks: Sequence[Task]) -> list[RowResult]:
@@ -325,6 +331,17 @@ class HubSpotConnector:
         if resp.status != 200:
             raise CrmUnavailable(f"{what}: HTTP {resp.status}: {_message(resp)}")
         return resp
+
+
+def _batch_limit(resp: Response, sent: int) -> int | None:
+    """The smaller batch size a 400 "Batch input limit is N" (or "at most N inputs") asks for, if any."""
+    if resp.status != 400:
+        return None
+    text = _message(resp).lower()
+    if "limit" not in text and "at most" not in text and "too many" not in text:
+        return None
+    numbers = [int(n) for n in re.findall(r"\d+", text) if 0 < int(n) < sent]
+    return min(numbers) if numbers else (sent // 2 if sent > 1 and "batch" in text else None)
 
 
 def existing_id(message: str | None) -> str | None:
