@@ -100,6 +100,7 @@ class Faults:
     drop_rate: float = 0.0       # share of write requests applied, then the connection closed unanswered
     fail_next: int = 0           # the next N requests answer 503
     slow_seconds: float = 0.0    # delay before every answer
+    slow_write_seconds: float = 0.0  # delay before every answer to a write (reads and searches answer at once)
     latency_min: float = 0.0     # plus a delay drawn uniformly from [latency_min, latency_max] per answer
     latency_max: float = 0.0
     retry_after: float = 1.0     # what injected 429s ask for
@@ -915,11 +916,11 @@ def _handler(server: CrmServer):
             refused = server.admit(search=parts[-1:] == ["search"])
             if refused:
                 return self._send(*refused)
-            delay = server.delay()
-            if delay:
-                time.sleep(delay)
             f = server.faults
             write = method in ("POST", "PUT", "PATCH", "DELETE") and parts[-1:] not in (["search"], ["read"])
+            delay = server.delay() + (f.slow_write_seconds if write else 0.0)
+            if delay:
+                time.sleep(delay)
             if write and f.error_rate and server._rng.random() < f.error_rate:
                 server.counts["500_injected"] += 1
                 return self._send(500, {"status": "error", "message": "internal error"})

@@ -113,7 +113,7 @@ def test_a_push_killed_mid_way_frees_its_slot_and_the_next_push_completes_on_its
         try:
             base = f"http://127.0.0.1:{port}"
             wait_http(f"{base}/server_info", 180)
-            crm.set_faults(slow_seconds=2.0)  # batches take long enough to be killed on the wire
+            crm.set_faults(slow_write_seconds=2.0)  # batches take long enough to be killed on the wire
             first = _launch_push(base)
             counts = crm.counts
             wait_until(lambda: counts["contacts_created"] + counts["contacts_updated"] > 0
@@ -131,7 +131,7 @@ def test_a_push_killed_mid_way_frees_its_slot_and_the_next_push_completes_on_its
             # that is gone too, by run monitoring through the launcher) and its pool slot is freed.
             wait_until(lambda: instance.get_run_by_id(first).status == DagsterRunStatus.FAILURE, 120,
                        "the killed push marked failed")
-            crm.set_faults(slow_seconds=0.0)
+            crm.set_faults(slow_write_seconds=0.0)
             second = _launch_push(base)
             wait_until(lambda: instance.get_run_by_id(second).is_finished, 300, "the second push")
             assert instance.get_run_by_id(second).status == DagsterRunStatus.SUCCESS, [

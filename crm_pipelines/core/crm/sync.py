@@ -624,8 +624,12 @@ def _follow_dead(wh, connector, settings, spec, dead: dict[str, str], adopter: _
     survivors = connector.read_by(spec.object_type, list(dead.values()), [settings.id_property])
     targets, gone = {}, []
     for g, old in dead.items():
-        if old in survivors and str(survivors[old]["id"]) != old:
-            targets[g] = str(survivors[old]["id"])
+        survivor = survivors.get(old)
+        if survivor is None:
+            # A CRM that does not list merged IDs on the survivor still answers a read of the old ID with it.
+            survivor = connector.get_object(spec.object_type, old)
+        if survivor is not None and str(survivor["id"]) != old:
+            targets[g] = str(survivor["id"])
         else:
             gone.append(g)
     if gone:
