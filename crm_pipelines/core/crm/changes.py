@@ -236,29 +236,26 @@ def _repoint(conn, object_type: str, merges: dict[str, str]) -> int:
 
 
 def _mark_deleted(conn, object_type: str, archived_ids: list[str]) -> int:
-    t = CRM_SYNC_STATE
-    marked = 0
-    for start in range(0, len(archived_ids), 500):
-        res = conn.execute(sa.update(t).where(t.c.object_type == object_type,
-                                              t.c.crm_id.in_(archived_ids[start:start + 500]),
-                                              t.c.last_status != DELETED)
-                           .values(last_status=DELETED, payload_hash=None,
-                                   last_message="deleted (archived) in the CRM by a user"))
-        marked += res.rowcount or 0
-    return marked
+    return _set_status(conn, object_type, archived_ids, CRM_SYNC_STATE.c.last_status != DELETED, DELETED,
+                       "deleted (archived) in the CRM by a user")
 
 
 def _mark_restored(conn, object_type: str, live_ids: list[str]) -> int:
     """A deleted record sales restored (HubSpot keeps deleted records restorable for 90 days) is pushed again."""
+    return _set_status(conn, object_type, live_ids, CRM_SYNC_STATE.c.last_status == DELETED, "restored",
+                       "restored in the CRM by a user")
+
+
+def _set_status(conn, object_type: str, crm_ids: list[str], condition, status: str, message: str) -> int:
+    """Sync-state rows of these CRM IDs (meeting ``condition``) get a new status and are sent again."""
     t = CRM_SYNC_STATE
-    restored = 0
-    for start in range(0, len(live_ids), 500):
-        res = conn.execute(sa.update(t).where(t.c.object_type == object_type, t.c.last_status == DELETED,
-                                              t.c.crm_id.in_(live_ids[start:start + 500]))
-                           .values(last_status="restored", payload_hash=None,
-                                   last_message="restored in the CRM by a user"))
-        restored += res.rowcount or 0
-    return restored
+    changed = 0
+    for start in range(0, len(crm_ids), 500):
+        res = conn.execute(sa.update(t).where(t.c.object_type == object_type, condition,
+                                              t.c.crm_id.in_(crm_ids[start:start + 500]))
+                           .values(last_status=status, payload_hash=None, last_message=message))
+        changed += res.rowcount or 0
+    return changed
 
 
 def _land(folder: Path, objs: list[dict], now: datetime, allowed: set[str]) -> list[str]:
