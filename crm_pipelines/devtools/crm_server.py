@@ -1,13 +1,26 @@
 """A local HubSpot-compatible CRM on 127.0.0.1, for the demo and the tests. A development tool.
 
-Implements the subset of HubSpot's CRM v3 API that crm_pipelines uses, with the real
-limits: at most 100 inputs per batch, a rolling 10-second rate limit answered with 429,
-``Retry-After`` and the ``X-HubSpot-RateLimit-*`` headers, 207 multi-status when some rows
-are invalid (malformed e-mail, e-mail owned by another contact, blocklisted after a GDPR
-delete, unknown lifecycle stage), 400 for unknown properties, 401 without the token.
-State lives in SQLite (a file, or memory). Faults are injected from the constructor or,
-while running, with ``POST /_faults`` (JSON, keys of :class:`Faults`); ``GET /_stats``
-reports what happened, including the most requests the server ever saw in one window.
+Implements the part of HubSpot's CRM v3 API that crm_pipelines uses, as HubSpot documents it:
+
+- objects: paged lists (``archived=true`` for deleted ones), reads by ID (a merged-away ID answers
+  with its survivor), ``batch/read`` by ID or a unique property, ``batch/upsert`` by a property with
+  unique values, ``batch/update`` by ID, ``batch/archive``, ``search`` (filters, sorts, 200 per page,
+  10,000 results per query, 5 requests/s), ``merge``, tasks, the GDPR delete (blocklists the address);
+- a portal's property definitions: the HubSpot-defined ones (with the lifecycle stages and part of the
+  industry options) and custom ones created through ``/crm/v3/properties/{type}`` (and ``/groups``);
+  a write naming an unknown or read-only property, an option outside an enumeration or a number
+  that is not one is refused for the whole batch (400 ``VALIDATION_ERROR``, HubSpot's error shape);
+- 207 multi-status for rows that fail alone (malformed or blocklisted e-mail, "Contact already
+  exists. Existing ID: …", an unknown ID); a lifecycle stage never moves backwards;
+- v4 default associations, 1,000 pairs per call;
+- at most 100 inputs per batch, a rolling 10-second rate limit answered with 429, ``Retry-After``
+  and the ``X-HubSpot-RateLimit-*`` headers; 401 without the token.
+
+State lives in SQLite (a file, or memory). Faults are injected from the constructor or, while
+running, with ``POST /_faults`` (JSON, keys of :class:`Faults`: errors, 429s, answers lost after
+the change was applied, latency, a 409 for a whole batch); ``GET /_stats`` reports what happened,
+including the most requests the server ever saw in one window, writes to dead IDs and attempts to
+lower a stage.
 
     python -m crm_pipelines.devtools.crm_server --db .crm_data/crm_server.db --port 8766 --token dev-token
 """

@@ -212,6 +212,13 @@ def _by(column_getter: Callable[[sa.Table], sa.Column], values: Callable[[Person
     return bind
 
 
+def _find_crm_remote(conn, wh, person, hasher) -> pd.DataFrame:
+    # By the CRM IDs the person's records carry, and by golden ID for the contacts we created in the CRM.
+    t = S.CRM_REMOTE
+    return _read(conn, wh, sa.select(t).where(t.c.object_type == "contacts", sa.or_(
+        _in(t.c.crm_id, person.crm_contact_ids), _in(t.c.golden_id, person.golden_ids))))
+
+
 def _find_pairs(entity_values: Callable[[Person], set]) -> Callable[[sa.Table], Finder]:
     def bind(t: sa.Table) -> Finder:
         def find(conn, wh, person, hasher) -> pd.DataFrame:
@@ -284,8 +291,7 @@ def build_inventory(mappings: dict[str, SourceMapping]) -> list[Locator]:
                 "mark_erased", _by(lambda t: t.c.golden_id, lambda p: p.golden_ids,
                                    lambda t: t.c.object_type == "contacts")(g.CRM_SYNC_STATE)),
         Locator(g.CRM_REMOTE, "what the CRM held of the person's contact (its CRM ID, stage, which fields were filled)",
-                "delete", _by(lambda t: t.c.crm_id, lambda p: p.crm_contact_ids,
-                              lambda t: t.c.object_type == "contacts")(g.CRM_REMOTE)),
+                "delete", _find_crm_remote),
         Locator(g.ERASURE_OUTBOX, "erasures a connected system has not confirmed yet (kept until it does)", "keep",
                 _by(lambda t: t.c.identifier, lambda p: p.emails | p.crm_contact_ids)(g.ERASURE_OUTBOX)),
         Locator(g.LEAD_SCORES, "the person's lead score and its reasons", "delete",
