@@ -888,3 +888,4 @@ def refresh_golden_consent(wh: Warehouse) -> int:
             conn.execute(sa.update(g).where(g.c.golden_id == row.golden_id).values(
                 **{c: getattr(row, f"{c}_new") for c in cols}))
     return len(changed)
+

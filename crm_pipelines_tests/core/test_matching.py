@@ -244,6 +244,38 @@ def test_hard_person_cases(wh):
     assert a != b, "two Thomas Müller at two companies are two people"
 
 
+def test_colleagues_sharing_a_role_or_shared_mailbox_stay_two_contacts(wh):
+    from crm_pipelines.core.schema import GOLDEN_CONTACTS
+
+    add_raw(wh, "crm_contacts", [
+        # Two buyers at one company, both writing from its info@ address (a role mailbox by name) ...
+        crm("S-1", "Birgit", "Lehmann", "info@stanzwerk-delta.de", "Stanzwerk Delta GmbH", "09111", "Chemnitz"),
+        crm("S-2", "Oliver", "Krause", "info@stanzwerk-delta.de", "Stanzwerk Delta GmbH", "09111", "Chemnitz"),
+        # ... two more sharing a personal-looking address the data shows to be shared ...
+        crm("S-3", "Petra", "Voigt", "technik@drehteile-epsilon.de", "Drehteile Epsilon KG", "08056", "Zwickau"),
+        crm("S-4", "Marcel", "Hofmann", "technik@drehteile-epsilon.de", "Drehteile Epsilon KG", "08056", "Zwickau"),
+    ])
+    add_raw(wh, "web_form_leads", [
+        # ... and the same person as S-1 again, from info@ too: still one person by name and company.
+        lead("WS-1", "Birgit", "Lehmann", "info@stanzwerk-delta.de", "Stanzwerk Delta GmbH", "09111", "Chemnitz"),
+        # One person whose surname changed (a marriage) at the same address: still one person.
+        lead("WS-5", "Sandra", "Richter", "s.richter@guss-zeta.de", "Gießerei Zeta GmbH", "02625", "Bautzen"),
+        lead("WS-6", "Sandra", "Wolf", "s.richter@guss-zeta.de", "Gießerei Zeta GmbH", "02625", "Bautzen"),
+    ])
+    run_golden(wh)
+    a, b, c = contacts_of(wh, "crm_contacts:S-1", "crm_contacts:S-2", "web_form_leads:WS-1")
+    assert a != b, "two colleagues with the same info@ address are two contacts"
+    assert a == c, "the same person at the role mailbox, by name and company, is still one"
+    a, b = contacts_of(wh, "crm_contacts:S-3", "crm_contacts:S-4")
+    assert a != b, "an address used by two clearly different people is shared"
+    a, b = contacts_of(wh, "web_form_leads:WS-5", "web_form_leads:WS-6")
+    assert a == b, "a new surname alone does not make a second person"
+    # The address stays with the older golden contact only (golden e-mails are unique, as the CRM's are).
+    g = GOLDEN_CONTACTS
+    holders = wh.read_frame(sa.select(g.c.golden_id).where(g.c.email == "info@stanzwerk-delta.de"))["golden_id"]
+    assert holders.tolist() == [min(a for a in contacts_of(wh, "crm_contacts:S-1", "crm_contacts:S-2"))]
+
+
 def test_account_cases_same_name_different_company_and_gmbh_vs_gmbh_co_kg(wh):
     add_raw(wh, "crm_accounts", [
         {"source_record_id": "CA-1", "crm_company_id": "CA-1", "company_name": "Zettelmann Hydraulik GmbH & Co. KG",

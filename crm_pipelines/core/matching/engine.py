@@ -281,6 +281,10 @@ def _levels_for(cols: Columns, left, right, comp: ComparisonSpec, spec: EntityMa
             named = cols.df["mailbox_is_name"].to_numpy(dtype=bool)
             levels[(levels >= 1) & (named[left] | named[right])] = NULL
         levels[exact] = 3
+        if "email_shared" in cols.df.columns:
+            # A role or shared mailbox (info@, einkauf@) says "same company", not "same person".
+            shared = cols.df["email_shared"].to_numpy(dtype=bool)
+            levels[exact & (shared[left] | shared[right])] = 1
     elif comp.kind == "postcode":
         prefix = cols.derived("prefix2", comp.column, lambda v: v[:2])
         levels[known & (prefix[left] == prefix[right])] = 1

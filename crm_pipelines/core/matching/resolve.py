@@ -12,6 +12,7 @@ import pandas as pd
 
 from .cluster import ClusterResult, cluster
 from .engine import CandidatePairs, Columns, FSModel, block, comparison_levels, estimate_u, fit, score, term_frequencies
+from .mailboxes import shared_mailboxes
 from .settings import EntityMatchSpec
 
 Log = Callable[[str], None]
@@ -43,10 +44,14 @@ class Resolution:
         return 1.0 - self.n_clusters / self.n_records if self.n_records else 0.0
 
 
-def must_link_pairs(df: pd.DataFrame, columns: tuple[str, ...]) -> list[tuple[int, int, str]]:
+def must_link_pairs(df: pd.DataFrame, columns: tuple[str, ...],
+                    shared: np.ndarray | None = None) -> list[tuple[int, int, str]]:
+    """Records with the same value of a must-link column; a shared mailbox links nobody."""
     out = []
     for col in columns:
         s = df[col]
+        if shared is not None and col == "email_norm" and shared.any():
+            s = s.where(~shared)
         ok = np.flatnonzero(s.notna().to_numpy())
         if not len(ok):
             continue
@@ -68,6 +73,12 @@ def resolve(df: pd.DataFrame, spec: EntityMatchSpec, must_link: list[tuple[int, 
     log(f"{spec.entity}: {n:,} records, {len(pairs):,} candidate pairs ({timings['blocking']:.1f}s)")
 
     t = time.monotonic()
+    shared = None
+    if (spec.shared_mailboxes or spec.shared_mailbox_names) and "email_norm" in df.columns:
+        shared = shared_mailboxes(df["email_norm"], df.get("first_key"), df.get("last_key"), spec.shared_mailboxes,
+                                  spec.shared_mailbox_names)
+        df["email_shared"] = shared  # the e-mail comparison weighs an exact match on it as a similar mailbox
+        log(f"{spec.entity}: {int(shared.sum()):,} records with a role or shared mailbox")
     cols = Columns(df, spec.name_swap or ())
     levels = comparison_levels(df, pairs.left, pairs.right, spec, cols)
     timings["comparing"] = time.monotonic() - t
@@ -82,7 +93,7 @@ def resolve(df: pd.DataFrame, spec: EntityMatchSpec, must_link: list[tuple[int, 
     log(f"{spec.entity}: model fitted in {model.iterations} EM iterations, prior {model.prior:.3f} ({timings['model']:.1f}s)")
 
     t = time.monotonic()
-    auto = must_link_pairs(df, spec.must_link)
+    auto = must_link_pairs(df, spec.must_link, shared)
     # Evidence alone, as if the prior were even: below the contradiction band the records differ.
     evidence = weight - math.log2(model.prior / (1 - model.prior))
     contradiction = evidence < math.log2(spec.contradiction_threshold / (1 - spec.contradiction_threshold))

@@ -59,6 +59,9 @@ class EntityMatchSpec:
     u_sample_pairs: int = 300_000
     training_rules: tuple[tuple[str, ...], ...] = ()
     training_recall: float = 0.8
+    # Role and shared mailboxes (info@, einkauf@ ...): the same address is evidence, never a must-link.
+    shared_mailboxes: tuple[str, ...] = ()       # mailbox names (the part before @, up to . - _ + or a digit)
+    shared_mailbox_names: int = 0                # an address used by this many clearly different people is shared
 
     def without_columns(self, missing: set[str]) -> "EntityMatchSpec":
         """The same settings for a data set that lacks some columns (the generic dedupe command)."""
@@ -113,7 +116,8 @@ def _int(doc: YamlDoc, value, key: str, lo: int = 1) -> int:
 def _entity(doc: YamlDoc, name: str) -> EntityMatchSpec:
     data = require_mapping(doc, doc.data.get(name), name)
     check_keys(doc, data, name, ("blocking", "max_block_size", "must_link", "name_swap", "comparisons", "bands",
-                                 "max_cluster_size", "em_iterations", "u_sample_pairs", "training_rules", "training_recall"),
+                                 "max_cluster_size", "em_iterations", "u_sample_pairs", "training_rules", "training_recall",
+                                 "shared_mailboxes"),
                ("blocking", "comparisons", "bands", "training_rules"))
     blocking = data["blocking"]
     if not isinstance(blocking, list) or not blocking:
@@ -171,6 +175,15 @@ def _entity(doc: YamlDoc, name: str) -> EntityMatchSpec:
     swap = data.get("name_swap")
     if swap is not None and (not isinstance(swap, list) or len(swap) != 2):
         raise doc.error(f"{name}.name_swap", "must name two columns: [first, last]")
+    shared = require_mapping(doc, data.get("shared_mailboxes") or {}, f"{name}.shared_mailboxes")
+    check_keys(doc, shared, f"{name}.shared_mailboxes", ("names", "used_by_people"))
+    roles = shared.get("names") or []
+    if not isinstance(roles, list) or not all(isinstance(r, str) and r.strip() for r in roles):
+        raise doc.error(f"{name}.shared_mailboxes.names", "must be a list of mailbox names, e.g. [info, vertrieb]")
+    if shared.get("used_by_people") == 1:
+        raise doc.error(f"{name}.shared_mailboxes.used_by_people", "one person is no sharing: 0 (off) or at least 2")
+    if shared and "email_norm" not in {c for comp in comps for c in comp.columns}:
+        raise doc.error(f"{name}.shared_mailboxes", "needs an e-mail comparison on email_norm")
     return EntityMatchSpec(
         entity=name, blocking=tuple(rules), comparisons=tuple(comps), must_link=tuple(data.get("must_link") or ()),
         name_swap=tuple(swap) if swap else None, match_threshold=match, review_threshold=review,
@@ -181,6 +194,9 @@ def _entity(doc: YamlDoc, name: str) -> EntityMatchSpec:
         u_sample_pairs=_int(doc, data.get("u_sample_pairs", 300_000), f"{name}.u_sample_pairs", 1000),
         training_rules=tuple(tuple(r) for r in training),
         training_recall=_float(doc, data.get("training_recall", 0.8), f"{name}.training_recall", 0.01, 1.0),
+        shared_mailboxes=tuple(sorted({r.strip().lower() for r in roles})),
+        shared_mailbox_names=_int(doc, shared.get("used_by_people", 0), f"{name}.shared_mailboxes.used_by_people", 0)
+        if shared else 0,
     )
 
 
