@@ -469,6 +469,12 @@ _TRUE = {"true", "1", "yes", "ja"}
 _FALSE = {"false", "0", "no", "nein"}
 
 
+def _object_strings(values: np.ndarray, index) -> pd.Series:
+    out = [None if v is None or v is pd.NA or (isinstance(v, float) and v != v) else (v if isinstance(v, str) else str(v))
+           for v in values]
+    return pd.Series(out, index=index, dtype=object)
+
+
 def coerce(col: pd.Series, type_: str) -> tuple[pd.Series, np.ndarray]:
     """Brings a column to the canonical type; text left over is parsed in ISO/plain notation.
 
@@ -477,10 +483,13 @@ def coerce(col: pd.Series, type_: str) -> tuple[pd.Series, np.ndarray]:
     n = len(col)
     if type_ == "string":
         if col.dtype == object:
-            text = col.where(col.isna(), col.astype(str))
+            # Built as an object column, not by astype(str) or map: with pyarrow installed pandas 3 infers
+            # an Arrow string column, which refuses text Python holds (a lone surrogate the quarantine
+            # must still see).
+            text = _object_strings(col.to_numpy(dtype=object), col.index)
             text = text.mask(text == "")
         else:
-            text = col.astype(object).where(col.notna(), None).map(lambda v: None if v is None else str(v))
+            text = _object_strings(col.astype(object).where(col.notna(), None).to_numpy(dtype=object), col.index)
         return text.astype(object).where(text.notna(), None), np.zeros(n, dtype=bool)
     present = col.notna().to_numpy()
     if type_ == "datetime":
