@@ -54,7 +54,7 @@ system-deps:
 	fi
 
 test: install system-deps
-	$(PY) -m pytest -n auto
+	$(PY) -m pytest -n 4  # four workers on two cores: the longest tests mostly wait on the processes they start
 
 bench: install
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'

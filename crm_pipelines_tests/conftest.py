@@ -66,6 +66,17 @@ def warehouse_url(request, tmp_path):
         yield request.getfixturevalue("postgres_url")
 
 
+# The few tests that run real processes for one to two minutes each go first: pytest-xdist hands the
+# first tests out one per worker, so they start at once on different cores and the short ones fill
+# in around them, instead of two of them ending up last on one worker.
+LONG_RUNNING = ("test_killed_run.py", "test_celery.py", "test_ui.py", "test_prod_local.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: next((i for i, name in enumerate(LONG_RUNNING) if item.nodeid.split("::")[0]
+                                      .endswith(name)), len(LONG_RUNNING)))
+
+
 @pytest.fixture(scope="session")
 def demo_landing(tmp_path_factory):
     """A small generated landing zone (600 contacts, 4 days), shared read-only by tests."""
