@@ -35,7 +35,7 @@ import sqlalchemy as sa
 from ..mapping import SourceMapping
 from ..schema import CRM_PULL_STATE, CRM_REMOTE, CRM_SYNC_STATE
 from ..warehouse import Warehouse
-from .hubspot import _epoch_ms
+from .hubspot import epoch_ms
 from .protocol import CrmConnector
 from .settings import SyncSettings
 from .snapshot import SNAPSHOT_SOURCES, mapped_properties
@@ -117,7 +117,7 @@ def pull_changes(wh: Warehouse, connector: CrmConnector, settings: SyncSettings,
         rows += [{"object_type": object_type, "crm_id": a, "golden_id": known.get(a, {}).get("golden_id"),
                   "properties": None, "modified_at": now, "archived": False, "merged_into": s, "seen_at": now,
                   "run_id": run_id} for a, s in new_merged.items()]
-        stamps = [m for m in (_epoch_ms(_modified(o)) for o in objs) if m is not None]
+        stamps = [m for m in (epoch_ms(_modified(o)) for o in objs) if m is not None]
         with wh.engine.begin() as conn:
             _upsert_remote(wh, conn, object_type, pd.DataFrame(rows))
             report.repointed[object_type] = _repoint(conn, object_type, merges)
@@ -168,7 +168,7 @@ def _our_writes(wh: Warehouse, object_type: str) -> dict[str, int]:
 def _echo(obj: dict, id_property: str, ours: dict[str, int]) -> bool:
     golden_id = (obj.get("properties") or {}).get(id_property)
     written = ours.get(golden_id) if golden_id else None
-    ms = _epoch_ms(_modified(obj))
+    ms = epoch_ms(_modified(obj))
     return written is not None and ms is not None and ms <= written + ECHO_MS
 
 
@@ -183,7 +183,7 @@ def _is_newer(obj: dict, known: dict[str, dict]) -> bool:
         return True
     seen = pd.Timestamp(before["modified_at"])
     seen = seen.tz_localize("UTC") if seen.tzinfo is None else seen
-    ms = _epoch_ms(_modified(obj))
+    ms = epoch_ms(_modified(obj))
     return ms is None or ms > int(seen.timestamp() * 1000)
 
 
@@ -204,7 +204,7 @@ def _merges(objs: list[dict]) -> dict[str, str]:
 def _mirror_row(object_type: str, obj: dict, names: list[str], id_property: str, archived: bool,
                 merged_into: str | None, now: datetime, run_id: str) -> dict:
     props = obj.get("properties") or {}
-    ms = _epoch_ms(_modified(obj))
+    ms = epoch_ms(_modified(obj))
     return {"object_type": object_type, "crm_id": str(obj["id"]), "golden_id": props.get(id_property) or None,
             "properties": json.dumps({n: (props[n] if n in VALUE_FIELDS else True) for n in names
                                       if n != id_property and props.get(n) not in (None, "")}),

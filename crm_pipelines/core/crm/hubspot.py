@@ -95,7 +95,7 @@ class HubSpotConnector:
                 for obj in resp.body.get("results", []):
                     if obj["id"] in seen_at_lower:
                         continue
-                    ms = _epoch_ms((obj.get("properties") or {}).get(stamp) or obj.get("updatedAt"))
+                    ms = epoch_ms((obj.get("properties") or {}).get(stamp) or obj.get("updatedAt"))
                     if ms is not None and ms != last_ms:
                         last_ms, seen = ms, set()
                     seen.add(obj["id"])
@@ -350,7 +350,7 @@ def existing_id(message: str | None) -> str | None:
     return m.group(1) if m else None
 
 
-def _epoch_ms(value) -> int | None:
+def epoch_ms(value) -> int | None:
     if value in (None, ""):
         return None
     text = str(value)

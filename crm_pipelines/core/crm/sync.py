@@ -326,7 +326,7 @@ def _push_locked(wh, connector, payload, spec, settings, run_id, dry_run, log, a
     dead = _run_batches(wh, connector, settings, spec, batches, linker, adopter, report, state, run_id, log,
                         after_batch)
     _follow_dead(wh, connector, settings, spec, dead, adopter, report, run_id)
-    _commit_links(wh, spec.object_type, linker.flush(), report)
+    _commit_links(wh, spec.object_type, linker.drain(), report)
     if adopter.adopted or adopter.left or dead:
         log(f"{spec.object_type}: {adopter.adopted:,} existing CRM records adopted, {adopter.left:,} left to a "
             f"steward, {report.deleted_in_crm:,} deleted in the CRM")
@@ -430,8 +430,6 @@ class _Linker:
         with self._lock:
             rest, self._pending = self._pending, []
         return [(rest[i:i + self.size], self._send(rest[i:i + self.size])) for i in range(0, len(rest), self.size)]
-
-    flush = drain
 
     def _send(self, batch: list) -> list[RowResult]:
         return self.connector.associate(self.spec.object_type, self.spec.associate_with, batch)
@@ -707,9 +705,8 @@ def _commit_links(wh: Warehouse, object_type: str, sent: list[tuple[list, list[R
 
 
 def _commit(wh: Warehouse, object_type: str, run_id: str, chunk: pd.DataFrame, results: list[RowResult],
-            state: pd.DataFrame, at: datetime, associated: dict | None = None) -> None:
+            state: pd.DataFrame, at: datetime) -> None:
     """One transaction per batch: the new state of its rows and their log lines."""
-    associated = associated or {}
     prev = state.set_index("golden_id") if len(state) else None
     state_rows, log_rows = [], []
     for r, (_, row) in zip(results, chunk.iterrows()):
@@ -721,7 +718,7 @@ def _commit(wh: Warehouse, object_type: str, run_id: str, chunk: pd.DataFrame, r
         message = mask_text(r.message) if r.message else None
         if ok and row.get("recreated"):
             message = "re-created after a user deleted it in the CRM (on_crm_delete: recreate_and_flag)"
-        assoc = associated.get(r.key, row.get("associated_crm_id"))
+        assoc = row.get("associated_crm_id")
         state_rows.append({
             "object_type": object_type, "golden_id": r.key, "crm_id": crm_id,
             # A row that did not arrive keeps no hash: the next run sends it again, whatever changed.
