@@ -7,6 +7,7 @@ the working directory the Makefile runs from (the project folder).
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,3 +97,36 @@ class Settings:
         from .core.warehouse import default_url
 
         return default_url(self.data_dir.resolve())
+
+    @property
+    def effective_warehouse_url(self) -> str:
+        """The warehouse the code location uses: CRM_WAREHOUSE_URL, else the SQLite default under CRM_DATA_DIR."""
+        return self.warehouse_url or self.default_warehouse_url
+
+
+class NoWarehouse(SystemExit):
+    """A command-line tool was pointed at a warehouse that does not exist."""
+
+
+def cli_warehouse(settings: Settings, out=None, create: bool = False):
+    """The warehouse a command-line tool works on: the code location's (same variables, same default), named
+    on stderr before anything is read or written. Without CRM_WAREHOUSE_URL and without the default SQLite
+    files, the tool stops instead of creating empty ones: in a deployment that means the variable is
+    missing from this shell, and the tool would otherwise answer about a warehouse nobody uses."""
+    from .core.warehouse import Warehouse, describe_url
+
+    out = out or sys.stderr
+    url = settings.effective_warehouse_url
+    if settings.warehouse_url:
+        print(f"warehouse: {describe_url(url)} (CRM_WAREHOUSE_URL)", file=out, flush=True)
+    else:
+        main = Path(url.removeprefix("sqlite:///"))
+        print(f"warehouse: {describe_url(url)} (the SQLite default under CRM_DATA_DIR; CRM_WAREHOUSE_URL is not set)",
+              file=out, flush=True)
+        if not main.is_file() and not create:
+            raise NoWarehouse(
+                f"error: no warehouse at {main}. CRM_WAREHOUSE_URL is not set in this shell and the default SQLite "
+                "warehouse has not been created. Set CRM_WAREHOUSE_URL to the code location's warehouse (`make "
+                "prod-local` prints it and writes it to .crm_data/prod/env.sh: `source .crm_data/prod/env.sh`), "
+                "or run `make demo` first for the SQLite default.")
+    return Warehouse.for_url(url)

@@ -488,17 +488,21 @@ def _next_seq(wh: Warehouse, entity: str) -> int:
 
 
 def _previous_match_rate(wh: Warehouse, entity: str) -> float | None:
-    """The match rate of the last accepted run: a jump stays flagged until fixed or accepted."""
+    """The match rate of the last accepted run with records: a jump stays flagged until fixed or accepted.
+    A run over nothing (an empty first night) has a rate of 0 that says nothing, so it is never the reference."""
     wh.ensure_tables([MATCH_RUNS])
-    row = wh.read_frame(sa.select(MATCH_RUNS.c.match_rate).where(MATCH_RUNS.c.entity == entity, MATCH_RUNS.c.accepted)
+    row = wh.read_frame(sa.select(MATCH_RUNS.c.match_rate).where(MATCH_RUNS.c.entity == entity, MATCH_RUNS.c.accepted,
+                                                                 MATCH_RUNS.c.records > 0)
                         .order_by(MATCH_RUNS.c.run_at.desc()).limit(1))
     return float(row["match_rate"].iloc[0]) if len(row) else None
 
 
 def accept_match_rate(wh: Warehouse, entity: str) -> float | None:
-    """Accepts the latest run's match rate as the new reference (the change was legitimate)."""
+    """Accepts the latest run's match rate as the new reference (the change was legitimate); runs over no
+    records are not candidates."""
     wh.ensure_tables([MATCH_RUNS])
-    latest = wh.read_frame(sa.select(MATCH_RUNS.c.run_id, MATCH_RUNS.c.match_rate).where(MATCH_RUNS.c.entity == entity)
+    latest = wh.read_frame(sa.select(MATCH_RUNS.c.run_id, MATCH_RUNS.c.match_rate).where(MATCH_RUNS.c.entity == entity,
+                                                                                          MATCH_RUNS.c.records > 0)
                            .order_by(MATCH_RUNS.c.run_at.desc()).limit(1))
     if latest.empty:
         return None
@@ -571,7 +575,7 @@ def _persist(wh: Warehouse, entity: str, res: Resolution, spec: EntityMatchSpec,
     replace_table(wh, REVIEW_CANDIDATES, cand, where={"entity": entity})
     changes = _update_crosswalk(wh, xw_table, crosswalk, run_id, at)
     previous = _previous_match_rate(wh, entity)
-    accepted = previous is None or abs(match_rate - previous) <= max_change
+    accepted = res.n_records > 0 and (previous is None or abs(match_rate - previous) <= max_change)
     seconds = time.monotonic() - started
     with wh.engine.begin() as conn:
         wh.bulk_insert(conn, MATCH_RUNS, pd.DataFrame([{

@@ -143,7 +143,8 @@ def write_lead_scores(wh: Warehouse, parts: list[ScoreResult], plan: ScoringPlan
         "by_stage": scores["stage"].value_counts().to_dict(),
         "crossed_into_sql": int(((scores["stage"] == "sql") & (was != "sql")).sum()),
         "crossed_into_mql": int(((scores["stage"] == "mql") & ~was.isin(["mql", "sql"])).sum()),
-        "top": scores.nlargest(5, "score")[["golden_id", "score", "stage", "explanation"]],
+        # An empty night has no scores, and an empty frame's score column is of dtype object.
+        "top": scores.astype({"score": float}).nlargest(5, "score")[["golden_id", "score", "stage", "explanation"]],
     }
 
 

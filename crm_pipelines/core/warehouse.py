@@ -443,9 +443,26 @@ def _make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    if u.get_backend_name() == "postgresql" and u.get_driver_name() in ("", "psycopg2"):
-        u = u.set(drivername="postgresql+psycopg2")
-    return sa.create_engine(u, pool_pre_ping=True)
+    return sa.create_engine(postgres_url(u), pool_pre_ping=True)
+
+
+# The one PostgreSQL driver the project installs (psycopg2-binary, which dagster-postgres needs as well).
+# SQLAlchemy 2.1 maps a plain postgresql:// to psycopg 3, which is not installed: the README's URL form
+# failed with "No module named 'psycopg'". Plain forms get the installed driver; another driver named
+# explicitly gets an error that says what to write instead.
+POSTGRES_DRIVER = "psycopg2"
+
+
+def postgres_url(url: str | sa.engine.URL) -> sa.engine.URL:
+    u = sa.engine.make_url(url)
+    backend, _, driver = u.drivername.partition("+")
+    if backend not in ("postgresql", "postgres"):
+        return u
+    if driver not in ("", POSTGRES_DRIVER):
+        raise ValueError(f"warehouse URL {describe_url(url)}: the driver {driver!r} is not installed; the project's "
+                         f"PostgreSQL driver is {POSTGRES_DRIVER}: write postgresql://... or "
+                         f"postgresql+{POSTGRES_DRIVER}://...")
+    return u.set(drivername=f"postgresql+{POSTGRES_DRIVER}")
 
 
 def _rows_for_sqlite(frame: pd.DataFrame, table: sa.Table) -> list[tuple]:

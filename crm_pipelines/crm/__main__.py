@@ -27,8 +27,7 @@ from ..core.crm.properties import setup_portal
 from ..core.crm.protocol import CrmAuthError
 from ..core.crm.settings import load_sync_settings
 from ..core.mapping import load_mappings
-from ..core.warehouse import Warehouse
-from ..settings import Settings
+from ..settings import Settings, cli_warehouse
 
 LOCAL_CRM_URL = "http://127.0.0.1:8766"
 
@@ -50,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "setup":
             return _setup(connector, sync, url, args.check)
-        wh = Warehouse(settings.warehouse_url or settings.default_warehouse_url())
+        wh = cli_warehouse(settings, create=True)  # the first pull may well be the first thing written
         day = args.day or datetime.now(ZoneInfo("Europe/Berlin")).date().isoformat()
         report = pull_changes(wh, connector, sync, load_mappings(settings.config_dir), settings.landing_dir,
                               day, f"cli-{uuid.uuid4().hex[:8]}", log=lambda m: print(m, flush=True))

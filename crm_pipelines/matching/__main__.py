@@ -59,12 +59,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from ..core import golden as G
-    from ..core.warehouse import Warehouse
+    from ..settings import cli_warehouse
 
-    wh = Warehouse.for_url(settings.warehouse_url or settings.default_warehouse_url)
+    wh = cli_warehouse(settings)
     if args.command == "accept-match-rate":
         rate = G.accept_match_rate(wh, args.entity)
-        print(f"accepted match rate {rate} for {args.entity}" if rate is not None else "no matching run yet")
+        if rate is None:
+            print(f"no matching run with records for {args.entity} in this warehouse: nothing to accept", file=sys.stderr)
+            return 1
+        print(f"accepted match rate {rate} for {args.entity}")
         return 0
     if args.command == "decide":
         G.record_decision(wh, args.entity, args.a, args.b, args.decision, args.by, args.note)

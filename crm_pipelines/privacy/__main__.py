@@ -31,8 +31,7 @@ from ..core.privacy.landing import prune_landing
 from ..core.privacy.retention import retire_inactive
 from ..core.privacy.settings import load_privacy_settings
 from ..core.privacy.suppression import SuppressionList, subject_of
-from ..core.warehouse import Warehouse
-from ..settings import Settings
+from ..settings import Settings, cli_warehouse
 
 LOCAL_CRM_URL = "http://127.0.0.1:8766"
 
@@ -63,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = Settings.from_env()
-    wh = Warehouse.for_url(settings.warehouse_url or settings.default_warehouse_url)
+    wh = cli_warehouse(settings)
     hasher = IdentityHasher(os.environ.get("CRM_PRIVACY_SALT") or load_or_create_salt(settings.salt_file))
     mappings = load_mappings(settings.config_dir)
     actor = f"cli:{getattr(args, 'by', None) or getpass.getuser()}"
