@@ -134,6 +134,52 @@ class Warehouse:
             with _file_lock(Path(self.engine.url.database).with_suffix(f".{safe}.lock"), blocking=False):
                 yield
 
+    @contextlib.contextmanager
+    def raw_writes(self, mode: str, log=None):
+        """Keeps loads and privacy changes of the raw layer apart, across processes.
+
+        Loads (``mode="load"``) share the lock with each other; an erasure or retention run
+        (``mode="privacy"``) holds it alone. A load in flight when an erasure starts is finished and
+        checked first (its counts and its balance check see one state), and a load that starts during
+        an erasure waits for it, then screens with the new suppressions: neither can delete rows
+        under the other's balance check, nor load a person back that was just erased. ``log`` hears
+        once when the caller has to wait, and for what. Postgres: session advisory locks on a
+        connection kept for the block; SQLite: ``flock`` on a file beside the warehouse. Both die
+        with their process, so a killed run never blocks the next.
+        """
+        if mode not in ("load", "privacy"):
+            raise ValueError(f"raw_writes mode {mode!r}: load or privacy")
+        shared = mode == "load"
+        waiting_for = "an erasure or retention run" if shared else "the loads in flight"
+        if self.is_postgres:
+            suffix = "_shared" if shared else ""
+            conn = self.engine.connect()
+            try:
+                key = {"n": "crm_pipelines.raw_writes"}
+                got = conn.exec_driver_sql(f"SELECT pg_try_advisory_lock{suffix}(hashtext(%(n)s))", key).scalar()
+                if not got:
+                    if log:
+                        log(f"waiting for {waiting_for} to finish (raw layer)")
+                    conn.exec_driver_sql(f"SELECT pg_advisory_lock{suffix}(hashtext(%(n)s))", key)
+                conn.commit()
+                try:
+                    yield
+                finally:
+                    conn.exec_driver_sql(f"SELECT pg_advisory_unlock{suffix}(hashtext(%(n)s))", key)
+                    conn.commit()
+            finally:
+                conn.close()
+            return
+        path = Path(self.engine.url.database).with_suffix(".raw_writes.lock")
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(_file_lock(path, blocking=False, shared=shared))
+            except LockBusy:
+                if log:
+                    log(f"waiting for {waiting_for} to finish (raw layer)")
+                stack.enter_context(_file_lock(path, blocking=True, shared=shared))
+            yield
+
     def quote(self, name: str) -> str:
         return self.engine.dialect.identifier_preparer.quote(name)
 
@@ -388,9 +434,10 @@ class LockBusy(Exception):
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path, blocking: bool = True):
-    """An exclusive lock between processes on this machine (SQLite files are local by nature).
-    The operating system releases it when the process dies, so a killed run never leaves it behind."""
+def _file_lock(path: Path, blocking: bool = True, shared: bool = False):
+    """A lock between processes on this machine (SQLite files are local by nature), exclusive unless
+    ``shared`` (Windows: always exclusive). The operating system releases it when the process dies,
+    so a killed run never leaves it behind."""
     with open(path, "a+b") as handle:
         if sys.platform == "win32":
             import msvcrt
@@ -413,7 +460,7 @@ def _file_lock(path: Path, blocking: bool = True):
             import fcntl
 
             try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+                fcntl.flock(handle.fileno(), (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if blocking else fcntl.LOCK_NB))
             except BlockingIOError as exc:
                 raise LockBusy(str(path)) from exc
             try:

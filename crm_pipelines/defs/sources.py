@@ -70,27 +70,33 @@ def build_source_asset(mapping: SourceMapping, partitions_def: dg.PartitionsDefi
     def _raw_source(context: dg.AssetExecutionContext, warehouse: WarehouseResource, landing: LandingZoneResource,
                     privacy: PrivacyResource):
         wh = warehouse.get()
-        suppression = privacy.suppression(wh)
-        partitions = context.partition_keys
-        reports: list[PartitionReport] = []
-        for i, partition in enumerate(partitions, 1):
-            rep = ingest_partition(mapping, partition, landing.path, wh, context.run.run_id,
-                                   log=lambda m: context.log.info(mask_text(m)), suppression=suppression)
-            for f in rep.rejected_files:
-                context.log.error(f"{mapping.source} {partition}: file rejected, the day's other files are loaded: "
-                                  f"{mask_text(f.error or '')}")
-            reports.append(rep)
-            if len(partitions) > 1:
-                context.log.info(f"[{i}/{len(partitions)}] {partition}: {rep.rows_loaded} loaded, "
-                                 f"{rep.rows_quarantined} quarantined in {rep.seconds:.1f}s")
-        for rep in reports:
-            context.add_asset_metadata(_partition_metadata(rep), partition_key=rep.partition)
-        audit_run(wh, context, "ingest.loaded", {"source": mapping.source, "partitions": {
-            r.partition: {"loaded": r.rows_loaded, "quarantined": r.rows_quarantined, "suppressed": r.rows_suppressed}
-            for r in reports}})
-        return _result(mapping, wh, reports)
+        # Loads and erasures of the raw layer take turns (core.warehouse.raw_writes): the balance check
+        # below counts what this run loaded, and nothing is deleted under it.
+        with wh.raw_writes("load", log=context.log.info):
+            return _load(context, mapping, wh, privacy.suppression(wh), landing)
 
     return _raw_source
+
+
+def _load(context: dg.AssetExecutionContext, mapping: SourceMapping, wh, suppression, landing) -> dg.MaterializeResult:
+    partitions = context.partition_keys
+    reports: list[PartitionReport] = []
+    for i, partition in enumerate(partitions, 1):
+        rep = ingest_partition(mapping, partition, landing.path, wh, context.run.run_id,
+                               log=lambda m: context.log.info(mask_text(m)), suppression=suppression)
+        for f in rep.rejected_files:
+            context.log.error(f"{mapping.source} {partition}: file rejected, the day's other files are loaded: "
+                              f"{mask_text(f.error or '')}")
+        reports.append(rep)
+        if len(partitions) > 1:
+            context.log.info(f"[{i}/{len(partitions)}] {partition}: {rep.rows_loaded} loaded, "
+                             f"{rep.rows_quarantined} quarantined in {rep.seconds:.1f}s")
+    for rep in reports:
+        context.add_asset_metadata(_partition_metadata(rep), partition_key=rep.partition)
+    audit_run(wh, context, "ingest.loaded", {"source": mapping.source, "partitions": {
+        r.partition: {"loaded": r.rows_loaded, "quarantined": r.rows_quarantined, "suppressed": r.rows_suppressed}
+        for r in reports}})
+    return _result(mapping, wh, reports)
 
 
 def _result(mapping: SourceMapping, wh, reports: list[PartitionReport]) -> dg.MaterializeResult:

@@ -303,8 +303,19 @@ def erase(wh: Warehouse, hasher: IdentityHasher, mappings: dict[str, SourceMappi
           targets: Sequence[ErasureTarget] = (), log: Log | None = None,
           locators: list[Locator] | None = None, landing_root: Path | None = None) -> ErasureReport:
     """Erases one person everywhere; idempotent (a second call finds nothing left and re-checks the targets).
-    ``landing_root``: also rewrite the kept landing files that name the person (:mod:`.landing`)."""
+    ``landing_root``: also rewrite the kept landing files that name the person (:mod:`.landing`).
+
+    Holds the raw layer against loads (:meth:`Warehouse.raw_writes`): a load in flight is finished first,
+    so its rows are found and erased, and its balance check never sees rows vanish under it."""
     log = log or (lambda _m: None)
+    with wh.raw_writes("privacy", log=log):
+        return _erase(wh, hasher, mappings, emails=emails, crm_contact_ids=crm_contact_ids, request_id=request_id,
+                      source=source, actor=actor, run_id=run_id, targets=targets, log=log, locators=locators,
+                      landing_root=landing_root)
+
+
+def _erase(wh: Warehouse, hasher: IdentityHasher, mappings: dict[str, SourceMapping], *, emails, crm_contact_ids,
+           request_id: str, source: str, actor: str, run_id, targets, log: Log, locators, landing_root) -> ErasureReport:
     started = time.monotonic()
     person = find_person(wh, hasher, emails, crm_contact_ids, mappings=mappings)
     report = ErasureReport(request_id, person.subject)

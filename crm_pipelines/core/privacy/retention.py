@@ -48,6 +48,14 @@ class RetentionReport:
 def retire_inactive(wh: Warehouse, hasher: IdentityHasher, mappings: dict[str, SourceMapping], *, months: int,
                     actor: str, run_id: str | None = None, now: datetime | None = None,
                     dry_run: bool = False) -> RetentionReport:
+    if dry_run:
+        return _retire_inactive(wh, hasher, mappings, months=months, actor=actor, run_id=run_id, now=now, dry_run=True)
+    with wh.raw_writes("privacy"):  # as erasure: never under a load's balance check
+        return _retire_inactive(wh, hasher, mappings, months=months, actor=actor, run_id=run_id, now=now, dry_run=False)
+
+
+def _retire_inactive(wh: Warehouse, hasher: IdentityHasher, mappings: dict[str, SourceMapping], *, months: int,
+                     actor: str, run_id: str | None, now: datetime | None, dry_run: bool) -> RetentionReport:
     now = now or datetime.now(timezone.utc)
     cutoff = now - timedelta(days=round(months * 30.4375))
     report = RetentionReport(cutoff)
