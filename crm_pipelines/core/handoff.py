@@ -191,6 +191,7 @@ class HandoffReport:
     suppressed: int = 0
     no_consent: int = 0
     tasks_created: int = 0
+    tasks_pending: int = 0              # alert sent, CRM task not created yet (CRM unreachable); retried
     notified: dict[str, int] = field(default_factory=dict)
     failed: dict[str, int] = field(default_factory=dict)
     brochures_queued: int = 0
@@ -222,15 +223,22 @@ except Exception:  # pragma: no cover - tzdata missing
 
 def hand_off(wh: Warehouse, leads: Sequence[Lead], territories: Territories, channels: Channels, connector,
              run_id: str, now: datetime | None = None, crm_url: str = "", log: Log | None = None) -> HandoffReport:
+    """Owner and notifications first, then the CRM tasks in one batch: the rep hears about the lead at
+    once, and a slow or unreachable CRM (its retries take a minute) delays only the task, never the alert.
+    A hand-off whose task could not be created keeps ``task_crm_id`` empty and gets it the next time the
+    lead is handed over (a retried run, the next scoring run)."""
     log = log or (lambda _m: None)
     now = now or datetime.now(timezone.utc)
     wh.ensure_tables([ALERT_LEDGER, PRINT_QUEUE])
     report = HandoffReport(leads=len(leads))
     open_counts, assigned = _workload(wh)
+    tasks: list[tuple[Task, Lead]] = []
     for lead in leads:
         row = _ledger_row(wh, lead.alert_key)
         if row is not None and row["status"] in ("notified", "done", "suppressed", "no_consent"):
             report.already_done += 1
+            if row["status"] == "notified" and not row.get("task_crm_id") and row.get("owner_id"):
+                tasks.append((_task(lead, row["owner_id"], _aware(row["due_at"])), lead))
             continue
         if row is None:
             status = "suppressed" if lead.suppressed else ("no_consent" if not lead.may_contact else "open")
@@ -245,15 +253,8 @@ def hand_off(wh: Warehouse, leads: Sequence[Lead], territories: Territories, cha
         team, owner = _owner(territories, row, lead, open_counts, assigned)
         due_at = _aware(row["due_at"]) if row.get("due_at") is not None else now + timedelta(hours=territories.follow_up_hours)
         updates: dict = {"team": team.name, "owner_id": owner.id, "due_at": due_at}
-        if not row.get("task_crm_id") and connector is not None:
-            task = Task(lead.alert_key, f"{KIND_TITLES.get(lead.kind, 'Lead')}: {lead.name} anrufen",
-                        f"{lead.company or ''} {lead.postal_code or ''} {lead.city or ''}. {lead.reasons}".strip(),
-                        due_at.astimezone(timezone.utc).isoformat().replace("+00:00", "Z"),
-                        contact_crm_id=lead.contact_crm_id, owner_id=owner.id)
-            result = connector.create_tasks([task])[0]
-            if result.status == CREATED:
-                updates["task_crm_id"] = result.crm_id
-                report.tasks_created += 1
+        if not row.get("task_crm_id"):
+            tasks.append((_task(lead, owner.id, due_at), lead))
         notified = json.loads(row["notified"]) if row.get("notified") else {}
         link = channels.crm_link.format(crm=crm_url.rstrip("/"), id=lead.contact_crm_id) \
             if lead.contact_crm_id and crm_url else None
@@ -278,7 +279,33 @@ def hand_off(wh: Warehouse, leads: Sequence[Lead], territories: Territories, cha
         if row.get("owner_id") is None:
             open_counts[owner.id] = open_counts.get(owner.id, 0) + 1
             assigned[owner.id] = assigned.get(owner.id, 0) + 1
+    if tasks and connector is not None:
+        _create_tasks(wh, connector, tasks, report, log)
     return report
+
+
+def _task(lead: Lead, owner_id: str, due_at: datetime) -> Task:
+    return Task(lead.alert_key, f"{KIND_TITLES.get(lead.kind, 'Lead')}: {lead.name} anrufen",
+                f"{lead.company or ''} {lead.postal_code or ''} {lead.city or ''}. {lead.reasons}".strip(),
+                due_at.astimezone(timezone.utc).isoformat().replace("+00:00", "Z"),
+                contact_crm_id=lead.contact_crm_id, owner_id=owner_id)
+
+
+def _create_tasks(wh: Warehouse, connector, tasks: list[tuple[Task, Lead]], report: HandoffReport, log: Log) -> None:
+    batch = getattr(connector, "max_batch", 100)
+    for start in range(0, len(tasks), batch):
+        chunk = tasks[start:start + batch]
+        results = connector.create_tasks([t for t, _ in chunk])
+        for result in results:
+            if result.status == CREATED:
+                report.tasks_created += 1
+                with wh.engine.begin() as conn:
+                    conn.execute(sa.update(ALERT_LEDGER).where(ALERT_LEDGER.c.alert_key == result.key)
+                                 .values(task_crm_id=result.crm_id))
+            else:
+                report.tasks_pending += 1
+                log(f"{result.key}: CRM task not created ({result.message}); the alert went out, the task follows "
+                    "with the next hand-off run")
 
 
 def _owner(territories: Territories, row: dict, lead: Lead, open_counts, assigned) -> tuple[Team, Rep]:
@@ -352,35 +379,68 @@ def wants_brochure(score: float | None, stage: str | None, post_consent, post_ba
 
 @dataclass
 class SlaReport:
-    open: int = 0
+    open: int = 0                  # hand-offs without a first CRM activity
+    checked: int = 0               # of them, due for a check this time (near or past their deadline)
     done: int = 0
     escalated: int = 0
     escalation_failed: int = 0
     response_minutes: list[float] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class SlaTiming:
+    """When a hand-off is looked at (config/operations.yaml): from ``before_due`` ahead of its due time,
+    again every ``recheck`` until its first CRM activity, and no longer ``give_up`` past its due time
+    (by then the escalation went out long ago and the response time is a matter for the funnel)."""
+
+    before_due: timedelta = timedelta(minutes=15)
+    recheck: timedelta = timedelta(minutes=10)
+    give_up: timedelta = timedelta(days=14)
+
+
+def _due_for_check(now: datetime, timing: SlaTiming):
+    t = ALERT_LEDGER
+    return sa.and_(t.c.first_activity_at.is_(None), t.c.status.in_(["notified", "failed"]), t.c.due_at.is_not(None),
+                   t.c.due_at <= now + timing.before_due, t.c.due_at > now - timing.give_up,
+                   sa.or_(t.c.sla_checked_at.is_(None), t.c.sla_checked_at <= now - timing.recheck))
+
+
+def sla_due(wh: Warehouse, timing: SlaTiming, now: datetime | None = None) -> int:
+    """How many hand-offs are due for a check now (one indexed count: the SLA sensor asks every minute)."""
+    now = now or datetime.now(timezone.utc)
+    wh.ensure_tables([ALERT_LEDGER])
+    return int(wh.scalar(sa.select(sa.func.count()).select_from(ALERT_LEDGER).where(_due_for_check(now, timing))) or 0)
+
+
 def check_sla(wh: Warehouse, connector, territories: Territories, escalate, now: datetime | None = None,
-              log: Log | None = None) -> SlaReport:
-    """Records the first CRM activity (the follow-up task done) of open hand-offs, which ends their
-    response time, and escalates those past their due time to the team lead (once).
+              log: Log | None = None, timing: SlaTiming = SlaTiming()) -> SlaReport:
+    """Records the first CRM activity (the follow-up task done) of the hand-offs near or past their due
+    time, which ends their response time, and escalates those past it to the team lead (once). Their
+    tasks are read in batches of 100 (one call, not one per task); the rest wait for their window.
 
     ``escalate(team, message) -> Delivery`` sends to the team leads' channel."""
     log = log or (lambda _m: None)
     now = now or datetime.now(timezone.utc)
     wh.ensure_tables([ALERT_LEDGER])
     t = ALERT_LEDGER
-    rows = wh.read_frame(sa.select(t).where(t.c.first_activity_at.is_(None), t.c.status.in_(["notified", "failed"])))
-    report = SlaReport(open=len(rows))
+    report = SlaReport(open=int(wh.scalar(sa.select(sa.func.count()).select_from(t).where(
+        t.c.first_activity_at.is_(None), t.c.status.in_(["notified", "failed"]))) or 0))
+    rows = wh.read_frame(sa.select(t).where(_due_for_check(now, timing)).order_by(t.c.due_at))
+    report.checked = len(rows)
+    task_ids = [str(i) for i in rows["task_crm_id"].dropna()]
+    tasks = connector.read_by("tasks", task_ids, ["hs_task_status", "hs_task_completion_date"]) if task_ids else {}
     for row in rows.to_dict("records"):
-        updates: dict = {}
-        task = connector.get_object("tasks", row["task_crm_id"], ["hs_task_status"]) if row.get("task_crm_id") else None
-        if task and (task.get("properties") or {}).get("hs_task_status") == "COMPLETED":
-            done_at = pd.Timestamp(task.get("updatedAt") or now).tz_convert("UTC").to_pydatetime()
+        updates: dict = {"sla_checked_at": now}
+        task = tasks.get(str(row["task_crm_id"])) if row.get("task_crm_id") else None
+        props = (task or {}).get("properties") or {}
+        if props.get("hs_task_status") == "COMPLETED":
+            done_at = pd.Timestamp(props.get("hs_task_completion_date") or task.get("updatedAt") or now)
+            done_at = (done_at.tz_localize("UTC") if done_at.tzinfo is None else done_at.tz_convert("UTC")).to_pydatetime()
             start = _aware(row["landed_at"]) if row.get("landed_at") is not None else _aware(row["created_at"])
             updates.update(first_activity_at=done_at, status="done")
             report.done += 1
             report.response_minutes.append((done_at - start).total_seconds() / 60)
-        elif row.get("due_at") is not None and _aware(row["due_at"]) < now and row.get("escalated_at") is None:
+        elif _aware(row["due_at"]) < now and row.get("escalated_at") is None:
             team = territories.teams.get(row.get("team") or "") or next(iter(territories.teams.values()))
             overdue = (now - _aware(row["due_at"])).total_seconds() / 60
             msg = Message(title=f"Überfällig: Erstkontakt nicht erfolgt ({team.name})",
@@ -394,7 +454,6 @@ def check_sla(wh: Warehouse, connector, territories: Territories, escalate, now:
             else:
                 report.escalation_failed += 1
                 log(f"{row['alert_key']}: escalation failed ({delivery.detail}); tried again next time")
-        if updates:
-            with wh.engine.begin() as conn:
-                conn.execute(sa.update(t).where(t.c.alert_key == row["alert_key"]).values(**updates))
+        with wh.engine.begin() as conn:
+            conn.execute(sa.update(t).where(t.c.alert_key == row["alert_key"]).values(**updates))
     return report

@@ -10,13 +10,19 @@ from pathlib import Path
 
 from .configfile import check_keys, load_yaml, require_mapping
 
-KEYS = ("run_retention_days", "scoring_ranges")
+KEYS = ("run_retention_days", "scoring_ranges", "near_real_time_max_age_minutes", "sla_check_before_due_minutes",
+        "sla_recheck_minutes")
 
 
 @dataclass(frozen=True)
 class OperationsConfig:
     run_retention_days: int = 90
     scoring_ranges: int = 4  # lead scoring: one step per contact range, run in parallel by the executor
+    # A landing file older than this when a near-real-time sensor first sees it (first start, after
+    # downtime) goes to the nightly load, not to sales as a "new" lead weeks late.
+    near_real_time_max_age_minutes: int = 60
+    sla_check_before_due_minutes: int = 15  # hand-offs are checked against the CRM from this long before due
+    sla_recheck_minutes: int = 10           # ... and again at most this often until their first CRM activity
 
 
 def load_operations(path: str | Path) -> OperationsConfig:
@@ -31,4 +37,8 @@ def load_operations(path: str | Path) -> OperationsConfig:
         return value
 
     return OperationsConfig(run_retention_days=whole("run_retention_days", 90, 1, 3650, "days"),
-                            scoring_ranges=whole("scoring_ranges", 4, 1, 256, "ranges"))
+                            scoring_ranges=whole("scoring_ranges", 4, 1, 256, "ranges"),
+                            near_real_time_max_age_minutes=whole("near_real_time_max_age_minutes", 60, 1, 10080,
+                                                                 "minutes"),
+                            sla_check_before_due_minutes=whole("sla_check_before_due_minutes", 15, 0, 1440, "minutes"),
+                            sla_recheck_minutes=whole("sla_recheck_minutes", 10, 1, 1440, "minutes"))

@@ -432,8 +432,10 @@ ALERT_LEDGER = _t(
     sa.Column("task_crm_id", sa.Text()), sa.Column("notified", sa.Text(), comment="JSON: channel -> status"),
     sa.Column("status", sa.Text(), nullable=False, comment="open | notified | failed | suppressed | done"),
     sa.Column("first_activity_at", _TS, comment="first CRM activity (the task done): response time ends"),
-    sa.Column("escalated_at", _TS), sa.Column("run_id", sa.Text()),
-    indexes=(("golden_id",), ("status",)),
+    sa.Column("escalated_at", _TS),
+    sa.Column("sla_checked_at", _TS, comment="last time the SLA check read its CRM task (checks start near the due time)"),
+    sa.Column("run_id", sa.Text()),
+    indexes=(("golden_id",), ("status",), ("due_at",)),
 )
 PRINT_QUEUE = _t(
     "print_queue", "ops", "Single-recipient print jobs queued by the hand-off (hot lead: a printed brochure).",

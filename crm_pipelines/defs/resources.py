@@ -7,6 +7,7 @@ so they never show in run configuration or the UI.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import dagster as dg
@@ -76,6 +77,20 @@ class CrmResource(dg.ConfigurableResource):
     max_attempts: int = 6
     max_requests: int = 0
     window_seconds: float = 0.0
+
+    def unavailable(self) -> str | None:
+        """Why there is no CRM to talk to, or None. Only the unconfigured default can be missing: the
+        local development CRM runs only when started (`make crm-server`, `make prod-local`, the demo);
+        a configured CRM_API_URL that does not answer is an outage, which the connector's retries and
+        the failed run report."""
+        if self.base_url != LOCAL_CRM_URL:
+            return None
+        try:
+            with socket.create_connection(("127.0.0.1", 8766), timeout=1):
+                return None
+        except OSError:
+            return ("no CRM: CRM_API_URL is not set and the local development CRM is not running on "
+                    f"{LOCAL_CRM_URL} (start it with `make crm-server`, or set CRM_API_URL)")
 
     def connector(self, sync: SyncSettings) -> HubSpotConnector:
         return HubSpotConnector.create(self.base_url, self.token or None,

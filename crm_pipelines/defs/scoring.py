@@ -20,13 +20,12 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 import pandas as pd
-import sqlalchemy as sa
 
 from ..core import golden as G
 from ..core.chart import bar_chart_png
 from ..core.crm.settings import load_sync_settings
 from ..core.funnel import STAGE_COLUMNS, funnel
-from ..core.handoff import check_sla, hand_off, load_territories
+from ..core.handoff import SlaTiming, check_sla, hand_off, load_territories, sla_due
 from ..core.ingest import ingest_partition, landed_partitions, landing_files
 from ..core.leads import (ScoringPlan, landed_leads, plan_scoring, reactivation_segment, score_range, snapshot_history,
                           sql_crossings, write_lead_scores)
@@ -38,7 +37,7 @@ from ..core.warehouse import tables_present
 from .auditing import audit_run
 from .crm import PUSH_CONTACTS_KEY
 from .golden import ACCOUNTS_KEY, CONSENT_KEY, CONTACTS_KEY
-from .metadata import frame_markdown, markdown_table
+from .metadata import frame_markdown
 from .resources import (AlertResource, CrmResource, LandingZoneResource, NotifyResource, PrivacyResource,
                         WarehouseResource)
 from .sources import raw_asset_key
@@ -65,7 +64,10 @@ def build_scoring_defs(config_dir: Path, mappings: dict[str, SourceMapping], dat
     sync = load_sync_settings(config_dir / "sync.yaml")
     version = f"scoring-1-{rules.sha256[:12]}"
 
-    lead_scores = _lead_scores_asset(rules, version, load_operations(config_dir / "operations.yaml").scoring_ranges)
+    operations = load_operations(config_dir / "operations.yaml")
+    sla_timing = SlaTiming(before_due=timedelta(minutes=operations.sla_check_before_due_minutes),
+                           recheck=timedelta(minutes=operations.sla_recheck_minutes))
+    lead_scores = _lead_scores_asset(rules, version, operations.scoring_ranges)
 
     @dg.asset(key=HISTORY_KEY, group_name=GROUP, owners=OWNERS, kinds={"sql"}, deps=[SCORES_KEY],
               description="Daily snapshot of every contact's score and stage (Europe/Berlin day), so trends can be "
@@ -160,8 +162,10 @@ def build_scoring_defs(config_dir: Path, mappings: dict[str, SourceMapping], dat
                        "ones to the team lead.")
     def sla(context: dg.OpExecutionContext, warehouse: WarehouseResource, notify: NotifyResource,
             crm: CrmResource) -> dg.Output:
-        report = check_sla(warehouse.get(), crm.connector(sync), territories, notify.escalate, log=context.log.warning)
-        return dg.Output(None, metadata={"open": report.open, "done": report.done, "escalated": report.escalated,
+        report = check_sla(warehouse.get(), crm.connector(sync), territories, notify.escalate, log=context.log.warning,
+                           timing=sla_timing)
+        return dg.Output(None, metadata={"open": report.open, "checked": report.checked, "done": report.done,
+                                         "escalated": report.escalated,
                                          "escalation_failed": report.escalation_failed,
                                          "median_response_minutes": float(pd.Series(report.response_minutes).median())
                                          if report.response_minutes else -1.0})
@@ -199,59 +203,79 @@ def build_scoring_defs(config_dir: Path, mappings: dict[str, SourceMapping], dat
             dg.define_asset_job("reactivation", selection=[REACTIVATION_KEY],
                                 description="The weekly win-back segment of inactive customers.")]
 
-    sensors = [_landing_sensor("new_leads", FAST_SOURCES, fast_lead_path, "fast_lead", mappings, 5,
+    max_age = timedelta(minutes=operations.near_real_time_max_age_minutes)
+    sensors = [_landing_sensor("new_leads", FAST_SOURCES, fast_lead_path, "fast_lead", mappings, 5, max_age,
                                "New trade-fair leads and service requests in the landing zone: one small run per file "
                                "(run key = file content), so a lead reaches its rep within seconds."),
                _landing_sensor("consent_changes", ("consent_changes",), apply_consent_changes, "consent_now", mappings, 15,
-                               "Consent webhooks (opt-outs, objections) in the landing zone: applied at once, before "
-                               "the next alert or push could use the old consent."),
-               _sla_sensor(sla_escalation)]
+                               max_age, "Consent webhooks (opt-outs, objections) in the landing zone: applied at once, "
+                               "before the next alert or push could use the old consent."),
+               _sla_sensor(sla_escalation, sla_timing)]
     return {"assets": [lead_scores, lead_score_history, lead_alerts, funnel_report, reactivation], "jobs": jobs,
             "sensors": sensors}
 
 
-def _landing_sensor(name: str, sources: tuple[str, ...], job, op_name: str, mappings, interval: int, description: str):
+def _landing_sensor(name: str, sources: tuple[str, ...], job, op_name: str, mappings, interval: int,
+                    max_age: timedelta, description: str):
+    description += (f" Starts from now: on its first start, and for files that landed while it was not running, a "
+                    f"file older than {max_age.total_seconds() / 60:.0f} minutes (config/operations.yaml "
+                    "near_real_time_max_age_minutes) is left to the nightly load and counted in the tick.")
+
     @dg.sensor(name=name, job=job, minimum_interval_seconds=interval, default_status=dg.DefaultSensorStatus.RUNNING,
                description=description)
     def _sensor(context: dg.SensorEvaluationContext, landing: LandingZoneResource):
+        first_start = not context.cursor
         seen = set(json.loads(context.cursor)) if context.cursor else set()
-        new = []
+        oldest = datetime.now(timezone.utc).timestamp() - max_age.total_seconds()
+        new, left = [], []
         for source in sources:
             mapping = mappings[source]
             # Only the last few days: near-real-time files land today; older days are the nightly job's.
             for day in landed_partitions(landing.path, source)[-3:]:
                 for path in landing_files(landing.path, mapping, day):
                     key = f"{source}/{day}/{path.name}:{_digest(path)}"
-                    if key not in seen:
-                        new.append((key, source, day, path))
+                    if key in seen:
+                        continue
+                    (left if first_start or path.stat().st_mtime < oldest else new).append((key, source, day, path))
         for key, source, day, path in new:
             yield dg.RunRequest(run_key=key, tags={"crm/landing_file": f"{source}/{day}/{path.name}"},
                                 run_config={"ops": {op_name: {"config": {"source": source, "day": day,
                                                                          "files": [str(path)]}}}})
-        if new:
+        if new or left or first_start:
             # Keys of the last week only (older days are not looked at): the cursor must not grow forever.
-            keys = seen | {k for k, *_ in new}
+            keys = seen | {k for k, *_ in new} | {k for k, *_ in left}
             days = sorted({k.split("/")[1] for k in keys})[-7:]
             context.update_cursor(json.dumps(sorted(k for k in keys if k.split("/")[1] in days)))
+        if left:
+            why = "first start" if first_start else f"older than {max_age.total_seconds() / 60:.0f} minutes"
+            context.log.info(f"{len(left)} landing file(s) left to the nightly load ({why}): "
+                             + ", ".join(sorted({f"{s}/{d}" for _, s, d, _ in left})))
+            if not new:
+                yield dg.SkipReason(f"{len(left)} file(s) left to the nightly load ({why}); watching from now")
 
     return _sensor
 
 
-def _sla_sensor(job):
+def _sla_sensor(job, timing: SlaTiming):
     @dg.sensor(name="sla", job=job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
-               description="Every minute while hand-offs are open: records the first CRM activity (the response time) "
-                           "and escalates follow-ups past their due time to the team lead.")
-    def _sensor(context: dg.SensorEvaluationContext, warehouse: WarehouseResource):
+               description="Launches sla_escalation only when a hand-off is near or past its due time (from "
+                           f"{timing.before_due.total_seconds() / 60:.0f} minutes before, again every "
+                           f"{timing.recheck.total_seconds() / 60:.0f} minutes until its task is done; "
+                           "config/operations.yaml): records the first CRM activity (the response time) and "
+                           "escalates follow-ups past their due time to the team lead. One count in the warehouse "
+                           "per minute otherwise; without a CRM it skips and says why.")
+    def _sensor(context: dg.SensorEvaluationContext, warehouse: WarehouseResource, crm: CrmResource):
         wh = warehouse.get()
         if not tables_present(wh, [ALERT_LEDGER]):
             return dg.SkipReason("no hand-offs yet")
-        t = ALERT_LEDGER
-        n = wh.scalar(sa.select(sa.func.count()).select_from(t).where(t.c.first_activity_at.is_(None),
-                                                                      t.c.status.in_(["notified", "failed"])))
-        if not n:
-            return dg.SkipReason("no open hand-offs")
+        due = sla_due(wh, timing)
+        if not due:
+            return dg.SkipReason("no hand-off near or past its due time")
+        missing = crm.unavailable()
+        if missing:
+            return dg.SkipReason(f"{due} hand-off(s) due for a check, but {missing}")
         minute = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M")
-        return dg.RunRequest(run_key=f"sla:{minute}")
+        return dg.RunRequest(run_key=f"sla:{minute}", tags={"crm/sla_due": str(due)})
 
     return _sensor
 
@@ -269,6 +293,7 @@ def _delivered(report) -> dg.AssetCheckResult:
 def _handoff_details(report) -> dict:
     return {"leads": report.leads, "new": report.new, "already_done": report.already_done,
             "suppressed": report.suppressed, "no_consent": report.no_consent, "tasks": report.tasks_created,
+            "tasks_pending": report.tasks_pending,
             "notified": report.notified, "failed": report.failed, "brochures": report.brochures_queued}
 
 

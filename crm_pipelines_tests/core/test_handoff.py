@@ -149,13 +149,23 @@ def test_sla_records_the_response_time_and_escalates_overdue_follow_ups_once(sql
         def escalate(team, msg):
             return lead_ch.send(replace(msg, title=f"[{team.lead.name}] {msg.title}"))
 
+        # An hour after the hand-off neither is near its due time (2 hours): nothing is asked of the CRM.
+        before = crm.stats()["counts"]["requests"]
         early = check_sla(wh, hub, TERRITORIES, escalate, now=NOW + timedelta(hours=1))
-        assert (early.done, early.escalated) == (1, 0) and len(early.response_minutes) == 1
-        assert early.response_minutes[0] > 0
+        assert (early.open, early.checked, early.done) == (2, 0, 0)
+        assert crm.stats()["counts"]["requests"] == before
+        # Ten minutes before due both are checked, with one batch read of their tasks.
+        near = check_sla(wh, hub, TERRITORIES, escalate, now=NOW + timedelta(minutes=110))
+        assert (near.checked, near.done, near.escalated) == (2, 1, 0) and len(near.response_minutes) == 1
+        assert near.response_minutes[0] > 0
+        assert crm.stats()["counts"]["requests"] == before + 1
         late = check_sla(wh, hub, TERRITORIES, escalate, now=NOW + timedelta(hours=3))
-        assert (late.open, late.escalated) == (1, 1)
+        assert (late.open, late.checked, late.escalated) == (1, 1, 1)
         assert "Katrin Berger" in leads_channel.texts()[0] and "lead:trade_fair_leads:TF-2" in leads_channel.texts()[0]
-        assert check_sla(wh, hub, TERRITORIES, escalate, now=NOW + timedelta(hours=4)).escalated == 0
+        # Checked a moment ago: not again before the recheck interval.
+        assert check_sla(wh, hub, TERRITORIES, escalate, now=NOW + timedelta(hours=3, minutes=5)).checked == 0
+        again = check_sla(wh, hub, TERRITORIES, escalate, now=NOW + timedelta(hours=4))
+        assert (again.checked, again.escalated) == (1, 0)
         ledger = wh.read_frame(sa.select(ALERT_LEDGER)).set_index("alert_key")
         assert ledger.loc["lead:trade_fair_leads:TF-1", "status"] == "done"
         assert ledger.loc["lead:trade_fair_leads:TF-1", "first_activity_at"] is not None
@@ -166,3 +176,29 @@ def pd_ts(value):
 
     ts = pd.Timestamp(value)
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts
+
+
+def test_the_alert_goes_out_before_the_crm_task_and_never_waits_on_its_retries(sqlite_url):
+    from crm_pipelines.devtools.processes import free_port
+
+    wh = Warehouse(sqlite_url)
+    with WebhookSink() as slack:
+        channels = Channels(slack=WebhookChannel(slack.url, "slack", sleep=no_sleep))
+        waits_seen_by: list[int] = []
+
+        def retry_pause(_seconds):  # each CRM retry pause: how many alerts had gone out by then
+            waits_seen_by.append(len(slack.received))
+
+        down = HubSpotConnector.create(f"http://127.0.0.1:{free_port()}", None, max_attempts=3, sleep=retry_pause)
+        report = hand_off(wh, [lead()], TERRITORIES, channels, down, "run-1", now=NOW)
+        assert waits_seen_by and all(n == 1 for n in waits_seen_by)
+        assert (report.notified, report.tasks_created, report.tasks_pending) == ({"slack": 1}, 0, 1)
+        row = wh.read_frame(sa.select(ALERT_LEDGER)).iloc[0]
+        assert row["status"] == "notified" and row["task_crm_id"] is None
+
+        # The task follows when the lead is handed over again with the CRM back; no second alert.
+        with CrmServer(custom_properties=READY_PORTAL) as crm:
+            again = hand_off(wh, [lead()], TERRITORIES, channels, HubSpotConnector.create(crm.url, None), "run-2", now=NOW)
+            assert (again.tasks_created, again.already_done, len(slack.received)) == (1, 1, 1)
+            assert len(crm.tasks()) == 1
+        assert wh.read_frame(sa.select(ALERT_LEDGER)).iloc[0]["task_crm_id"] is not None
