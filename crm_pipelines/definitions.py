@@ -23,7 +23,7 @@ from .defs.privacy import build_privacy_defs
 from .defs.quality import build_quality_checks
 from .defs.resources import build_resources
 from .defs.scoring import build_chain_sensors, build_schedules, build_scoring_defs
-from .defs.sources import build_source_assets
+from .defs.sources import build_mapping_defs, build_source_assets
 from .settings import Settings
 
 
@@ -36,15 +36,16 @@ def build_defs(settings: Settings | None = None) -> dg.Definitions:
     scoring = build_scoring_defs(settings.config_dir, mappings, settings.data_dir)
     printing = build_printing_defs(settings.config_dir, settings.data_dir)
     maintenance = build_maintenance_defs(settings.config_dir)
-    jobs = [*build_jobs(), *privacy["jobs"], *scoring["jobs"], *printing["jobs"], *maintenance["jobs"]]
+    mapping = build_mapping_defs(mappings)
+    jobs = [*build_jobs(), *privacy["jobs"], *scoring["jobs"], *printing["jobs"], *maintenance["jobs"], *mapping["jobs"]]
     by_name = {j.name: j for j in jobs}
     return dg.Definitions(
         assets=[*build_source_assets(mappings, partitions), *build_golden_assets(settings.config_dir, settings.slice_records),
                 *privacy["assets"], *build_crm_assets(settings.config_dir, mappings, settings.timezone),
                 *scoring["assets"], *printing["assets"]],
-        asset_checks=build_quality_checks(),
+        asset_checks=[*build_quality_checks(), *mapping["checks"]],
         jobs=jobs,
-        sensors=[*privacy["sensors"], *scoring["sensors"], *printing["sensors"], *maintenance["sensors"],
+        sensors=[*privacy["sensors"], *scoring["sensors"], *printing["sensors"], *maintenance["sensors"], *mapping["sensors"],
                  *build_chain_sensors(by_name)],
         schedules=[*privacy["schedules"], *build_schedules(by_name), *printing["schedules"], *maintenance["schedules"]],
         resources=build_resources(settings),

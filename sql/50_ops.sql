@@ -15,9 +15,12 @@ CREATE TABLE IF NOT EXISTS ops.alert_ledger (
 	status TEXT NOT NULL, 
 	first_activity_at TIMESTAMP WITH TIME ZONE, 
 	escalated_at TIMESTAMP WITH TIME ZONE, 
+	sla_checked_at TIMESTAMP WITH TIME ZONE, 
 	run_id TEXT, 
 	PRIMARY KEY (alert_key)
 );
+
+CREATE INDEX IF NOT EXISTS ix_alert_ledger_due_at ON ops.alert_ledger (due_at);
 
 CREATE INDEX IF NOT EXISTS ix_alert_ledger_golden_id ON ops.alert_ledger (golden_id);
 
@@ -140,6 +143,7 @@ CREATE TABLE IF NOT EXISTS ops.landing_files (
 	text_values_cleaned BIGINT, 
 	run_id TEXT NOT NULL, 
 	loaded_at TIMESTAMP WITH TIME ZONE NOT NULL, 
+	mapping_version TEXT, 
 	PRIMARY KEY (source, partition, file)
 );
 

@@ -487,14 +487,14 @@ def _next_seq(wh: Warehouse, entity: str) -> int:
     return max((id_seq(i) for i in ids["golden_id"]), default=0) + 1
 
 
-def _previous_match_rate(wh: Warehouse, entity: str) -> float | None:
-    """The match rate of the last accepted run with records: a jump stays flagged until fixed or accepted.
-    A run over nothing (an empty first night) has a rate of 0 that says nothing, so it is never the reference."""
+def _reference_run(wh: Warehouse, entity: str) -> tuple[float, int] | None:
+    """Match rate and record count of the last accepted run with records: a jump stays flagged until fixed or
+    accepted. A run over nothing (an empty first night) has a rate of 0 that says nothing: never the reference."""
     wh.ensure_tables([MATCH_RUNS])
-    row = wh.read_frame(sa.select(MATCH_RUNS.c.match_rate).where(MATCH_RUNS.c.entity == entity, MATCH_RUNS.c.accepted,
-                                                                 MATCH_RUNS.c.records > 0)
+    row = wh.read_frame(sa.select(MATCH_RUNS.c.match_rate, MATCH_RUNS.c.records)
+                        .where(MATCH_RUNS.c.entity == entity, MATCH_RUNS.c.accepted, MATCH_RUNS.c.records > 0)
                         .order_by(MATCH_RUNS.c.run_at.desc()).limit(1))
-    return float(row["match_rate"].iloc[0]) if len(row) else None
+    return (float(row["match_rate"].iloc[0]), int(row["records"].iloc[0])) if len(row) else None
 
 
 def accept_match_rate(wh: Warehouse, entity: str) -> float | None:
@@ -546,7 +546,7 @@ _EDGE_ROWS = 200_000
 
 def _persist(wh: Warehouse, entity: str, res: Resolution, spec: EntityMatchSpec, keys: np.ndarray, crosswalk: pd.DataFrame,
              cluster_ids: list[str], run_id: str, at: datetime, xw_table: sa.Table, started: float,
-             match_rate: float, max_change: float) -> dict:
+             match_rate: float, max_change: float, max_growth: float) -> dict:
     rep_key = keys.__getitem__
     # Match edges: the pairs that joined records, with their evidence, for explanations. Written a
     # slice at a time in one transaction: the evidence of millions of merges as text at once was the
@@ -574,7 +574,12 @@ def _persist(wh: Warehouse, entity: str, res: Resolution, spec: EntityMatchSpec,
         "evidence": _evidence(res, spec, np.where(idx >= 0, idx, 0)) if len(review) else [], "run_id": run_id})
     replace_table(wh, REVIEW_CANDIDATES, cand, where={"entity": entity})
     changes = _update_crosswalk(wh, xw_table, crosswalk, run_id, at)
-    previous = _previous_match_rate(wh, entity)
+    reference = _reference_run(wh, entity)
+    # The first nights (or a new source) grow the record base by half or more at a time, and the share of
+    # merged records rises with it: that is growth, not a broken mapping. Past max_growth the new rate
+    # becomes the reference; the jump check compares runs over a comparable base.
+    grew = reference is not None and res.n_records > reference[1] * (1 + max_growth)
+    previous = None if reference is None or grew else reference[0]
     accepted = res.n_records > 0 and (previous is None or abs(match_rate - previous) <= max_change)
     seconds = time.monotonic() - started
     with wh.engine.begin() as conn:
@@ -583,7 +588,8 @@ def _persist(wh: Warehouse, entity: str, res: Resolution, spec: EntityMatchSpec,
             "clusters": res.n_clusters, "match_rate": match_rate, "candidate_pairs": res.stats["candidate_pairs"],
             "possible_pairs": res.stats["possible_pairs"], "review_pairs": len(review), "seconds": seconds,
             "accepted": accepted}]))
-    return {"crosswalk_changes": changes, "previous_match_rate": previous, "seconds": round(seconds, 2)}
+    return {"crosswalk_changes": changes, "previous_match_rate": previous, "seconds": round(seconds, 2),
+            "reference_records": reference[1] if reference else 0, "record_base_grew": grew}
 
 
 def resolve_accounts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log | None = None) -> GoldenResult:
@@ -626,7 +632,7 @@ def resolve_accounts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
                               "source_record_id": accounts["source_record_id"], "golden_id": gid.to_numpy()[labels]})
     rate = 1 - len(golden) / len(accounts) if len(accounts) else 0.0
     extra = _persist(wh, "accounts", res, spec, rep, crosswalk, ids.cluster_ids, run_id, at, ACCOUNT_CROSSWALK, started, rate,
-                     cfg.max_match_rate_change)
+                     cfg.max_match_rate_change, cfg.max_record_growth)
     stats = {**res.stats, **extra, "records": len(accounts), "signatures": n_signatures, "golden": len(golden),
              "decisions_applied": len(must) + len(cannot), "decisions_unknown_records": unknown,
              "register_ids": register_ids, "match_rate": rate}
@@ -720,7 +726,8 @@ def resolve_contacts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
     crosswalk = pd.DataFrame({"record_key": persons["record_key"], "source": persons["source"],
                               "source_record_id": persons["source_record_id"], "golden_id": gid.to_numpy()[labels]})
     extra = _persist(wh, "persons", res, spec, persons["record_key"].to_numpy(), crosswalk, ids.cluster_ids, run_id, at,
-                     PERSON_CROSSWALK, started, res.match_rate, cfg.max_match_rate_change)
+                     PERSON_CROSSWALK, started, res.match_rate, cfg.max_match_rate_change,
+                     cfg.max_record_growth)
     stats = {**res.stats, **extra, "golden": len(golden), "match_rate": res.match_rate,
              "decisions_applied": len(must) + len(cannot),
              "decisions_unknown_records": unknown, "linked_to_account": int(golden["account_id"].notna().sum())}

@@ -251,7 +251,7 @@ def ingest_partition(
          "size_bytes": f.size_bytes, "status": f.status, "error": f.error, "duplicate_of": f.duplicate_of,
          "rows_read": f.rows_read, "rows_loaded": f.rows_loaded, "rows_quarantined": f.rows_quarantined,
          "rows_suppressed": f.rows_suppressed, "text_values_cleaned": f.text_values_cleaned,
-         "run_id": run_id, "loaded_at": loaded_at}
+         "run_id": run_id, "loaded_at": loaded_at, "mapping_version": mapping.code_version}
         for f in report.files
     ])
     if not ledger.empty:
@@ -444,6 +444,37 @@ def _map_chunk(
         "quarantined_at": pd.Timestamp(loaded_at),
     })
     return good, quarantined
+
+
+def outdated_partitions(warehouse: Warehouse, mapping: SourceMapping, landing_root: Path | None = None) -> dict[str, list[str]]:
+    """The days loaded with another version of the mapping than the current one (or before versions were
+    recorded), by what can be done about them: ``rebuild`` (their delivery is still in the landing zone,
+    or no landing zone was given) and ``pruned`` (loaded, but the landing folder is gone: cannot be
+    re-derived). Days without a delivery are in neither: a rebuild leaves them empty."""
+    out: dict[str, list[str]] = {"rebuild": [], "pruned": []}
+    t = LANDING_FILES
+    with warehouse.engine.connect() as conn:
+        if not sa.inspect(conn).has_table(t.name, schema=t.schema):
+            return out
+        rows = conn.execute(sa.select(t.c.partition).where(
+            t.c.source == mapping.source, t.c.status == "loaded",
+            sa.or_(t.c.mapping_version.is_(None), t.c.mapping_version != mapping.code_version)).distinct()).all()
+    present = set(landed_partitions(landing_root, mapping.source)) if landing_root is not None else None
+    for (partition,) in sorted(rows):
+        out["rebuild" if present is None or partition in present else "pruned"].append(partition)
+    return out
+
+
+def partition_ranges(partitions: list[str]) -> list[tuple[str, str]]:
+    """Consecutive days as (first, last) ranges: one run each, so days between them stay untouched."""
+    days = sorted(datetime.strptime(p, "%Y-%m-%d").date() for p in partitions)
+    ranges: list[tuple[str, str]] = []
+    for day in days:
+        if ranges and (day - datetime.strptime(ranges[-1][1], "%Y-%m-%d").date()).days == 1:
+            ranges[-1] = (ranges[-1][0], day.isoformat())
+        else:
+            ranges.append((day.isoformat(), day.isoformat()))
+    return ranges
 
 
 def partition_balance(warehouse: Warehouse, mapping: SourceMapping, partitions: list[str]) -> dict[str, dict[str, int]]:

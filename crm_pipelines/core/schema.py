@@ -77,6 +77,8 @@ LANDING_FILES = sa.Table(
               comment="text values normalised to NFC or stripped of invisible format characters on load"),
     sa.Column("run_id", sa.Text(), nullable=False),
     sa.Column("loaded_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("mapping_version", sa.Text(),
+              comment="code version of the mapping the file was loaded with (a mapping edit makes the day outdated)"),
     schema="ops",
     comment="Ledger of every landing file seen: content hash, status and row counts.",
 )

@@ -87,7 +87,9 @@ def build_golden_assets(config_dir, slice_records: int = G.SLICE_RECORDS) -> lis
                           description="Every account record has exactly one current golden account ID."),
         dg.AssetCheckSpec("match_rate_stable", asset=ACCOUNTS_KEY, blocking=True,
                           description=f"The share of merged records moved by at most {cfg.max_match_rate_change:.0%} "
-                                      "since the last run (a jump is the symptom of a broken mapping)."),
+                                      "since the last accepted run over a comparable record base (a jump is the "
+                                      "symptom of a broken mapping; runs over no records never set the reference, "
+                                      f"and a base grown by more than {cfg.max_record_growth:.0%} resets it)."),
     ]
 
     @dg.asset(key=ACCOUNTS_KEY, group_name=GROUP, owners=OWNERS, kinds={"pandas", "sql"}, code_version=version,
@@ -108,7 +110,9 @@ def build_golden_assets(config_dir, slice_records: int = G.SLICE_RECORDS) -> lis
                           description="Every person record has exactly one current golden contact ID."),
         dg.AssetCheckSpec("match_rate_stable", asset=CONTACTS_KEY, blocking=True,
                           description=f"The share of merged records moved by at most {cfg.max_match_rate_change:.0%} "
-                                      "since the last run (a jump is the symptom of a broken mapping)."),
+                                      "since the last accepted run over a comparable record base (a jump is the "
+                                      "symptom of a broken mapping; runs over no records never set the reference, "
+                                      f"and a base grown by more than {cfg.max_record_growth:.0%} resets it)."),
     ]
 
     @dg.asset(key=CONTACTS_KEY, group_name=GROUP, owners=OWNERS, kinds={"pandas", "sql"}, code_version=version,
@@ -208,9 +212,15 @@ def _golden_outputs(context, wh, result: G.GoldenResult, cfg: MatchingConfig, ke
         })
     yield dg.AssetCheckResult(check_name="every_record_one_golden_id", passed=missing == 0 and doubled.empty,
                               metadata={"records": n_records, "without_id": missing, "with_several_ids": len(doubled)})
+    reference = ("record base grew by more than {:.0%} since the reference run: this rate is the new reference"
+                 .format(cfg.max_record_growth) if stats.get("record_base_grew") else
+                 "first run with records: this rate is the reference" if previous is None and n_records else
+                 "no records yet: no reference" if not n_records else "compared with the last accepted run")
     yield dg.AssetCheckResult(check_name="match_rate_stable", passed=jump <= cfg.max_match_rate_change,
                               metadata={"match_rate": round(rate, 6), "previous": previous if previous is not None else -1.0,
-                                        "change": round(jump, 6), "allowed": cfg.max_match_rate_change})
+                                        "change": round(jump, 6), "allowed": cfg.max_match_rate_change,
+                                        "reference_records": int(stats.get("reference_records") or 0),
+                                        "reference": reference})
     yield from extra_checks
 
 

@@ -360,29 +360,41 @@ def build_schedules(jobs: dict) -> list:
 
 def build_chain_sensors(jobs: dict) -> list:
     """The nightly refresh in order: sources -> golden -> scores and CRM push, each started by the success of
-    the one before (tag crm/nightly), and the data-engineering channel told about any failed run."""
+    the one before, and the data-engineering channel told about any failed run.
+
+    A load leads on to build_golden when it is a night (tag ``crm/nightly``: the schedule, ``python -m
+    crm_pipelines.nightly run``), the last of a group of loads (tag ``crm/rebuild``: the rebuild after a
+    mapping change, one run per range of days), or a backfill launched in the UI (tag ``dagster/backfill``):
+    for a group, once every one of its runs has succeeded, so golden is built once, over all of it."""
 
     @dg.run_status_sensor(name="nightly_chain_golden", run_status=dg.DagsterRunStatus.SUCCESS,
                           monitored_jobs=[jobs["ingest_sources"]], request_job=jobs["build_golden"],
-                          default_status=dg.DefaultSensorStatus.RUNNING,
-                          description="After the nightly load succeeded: build_golden.")
+                          default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=10,
+                          description="After a nightly load, a rebuild or a backfill of ingest_sources succeeded: "
+                                      "build_golden.")
     def after_ingest(context: dg.RunStatusSensorContext):
-        night = context.dagster_run.tags.get("crm/nightly")
+        run = context.dagster_run
+        tags = run.tags
+        for group in ("crm/rebuild", "dagster/backfill"):
+            if tags.get(group):
+                return _after_group(context, group, tags[group], int(tags.get("crm/rebuild_runs") or 0))
+        night = tags.get("crm/nightly")
         if night:
-            return dg.RunRequest(run_key=f"nightly-golden:{night}", tags={"crm/nightly": night})
-        return dg.SkipReason("not a nightly run")
+            return dg.RunRequest(run_key=f"golden-after:{run.run_id}", tags={"crm/nightly": night})
+        return dg.SkipReason("not a nightly run, a rebuild or a backfill")
 
     @dg.run_status_sensor(name="nightly_chain_outlets", run_status=dg.DagsterRunStatus.SUCCESS,
                           monitored_jobs=[jobs["build_golden"]], request_jobs=[jobs["score_leads"], jobs["push_crm"]],
-                          default_status=dg.DefaultSensorStatus.RUNNING,
-                          description="After the nightly golden build succeeded: score_leads and push_crm.")
+                          default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=10,
+                          description="After a chained golden build succeeded: score_leads and push_crm.")
     def after_golden(context: dg.RunStatusSensorContext):
-        night = context.dagster_run.tags.get("crm/nightly")
+        run = context.dagster_run
+        night = run.tags.get("crm/nightly")
         if not night:
             yield dg.SkipReason("not a nightly run")
             return
-        yield dg.RunRequest(run_key=f"nightly-push:{night}", job_name="push_crm", tags={"crm/nightly": night})
-        yield dg.RunRequest(run_key=f"nightly-score:{night}", job_name="score_leads", tags={"crm/nightly": night})
+        yield dg.RunRequest(run_key=f"push-after:{run.run_id}", job_name="push_crm", tags={"crm/nightly": night})
+        yield dg.RunRequest(run_key=f"score-after:{run.run_id}", job_name="score_leads", tags={"crm/nightly": night})
 
     @dg.run_failure_sensor(name="run_failures", default_status=dg.DefaultSensorStatus.RUNNING,
                            description="Tells the data-engineering channel (CRM_ALERT_WEBHOOK_URL) about every failed "
@@ -393,6 +405,27 @@ def build_chain_sensors(jobs: dict) -> list:
         alerts.send(f"Run failed: job {run.job_name}, run {run.run_id[:8]}, failed steps {steps}")
 
     return [after_ingest, after_golden, run_failures]
+
+
+_IN_FLIGHT = (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+              dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
+
+
+def _after_group(context: dg.RunStatusSensorContext, tag: str, value: str, expected: int):
+    """build_golden once the whole group of loads has succeeded: every range of days it holds (a failed
+    range counts once it was re-executed with success), none still running, and as many ranges as the
+    launcher announced (``crm/rebuild_runs``; a UI backfill submits all of its runs at once)."""
+    runs = context.instance.get_runs(filters=dg.RunsFilter(tags={tag: value}))
+
+    def part(r) -> tuple:
+        return (r.tags.get("dagster/asset_partition_range_start"), r.tags.get("dagster/asset_partition_range_end"),
+                r.tags.get("dagster/partition"), tuple(sorted(k.to_user_string() for k in (r.asset_selection or ()))))
+
+    parts, done = {part(r) for r in runs}, {part(r) for r in runs if r.status == dg.DagsterRunStatus.SUCCESS}
+    if any(r.status in _IN_FLIGHT for r in runs) or done != parts or len(parts) < expected:
+        return dg.SkipReason(f"{tag}={value}: {len(done)} of {max(len(parts), expected)} load(s) done")
+    night = context.dagster_run.tags.get("crm/nightly") or f"{tag.split('/')[-1]}-{value}"
+    return dg.RunRequest(run_key=f"golden-after:{tag}:{value}", tags={"crm/nightly": night})
 
 
 # ---------------------------------------------------------------------------- lead scores, one step per contact range

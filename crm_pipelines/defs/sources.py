@@ -7,11 +7,13 @@ policy) and loads partition after partition, each in its own transaction.
 """
 
 
+import hashlib
+import json
 from collections import Counter
 
 import dagster as dg
 
-from ..core.ingest import PartitionReport, ingest_partition, partition_balance
+from ..core.ingest import PartitionReport, ingest_partition, outdated_partitions, partition_balance, partition_ranges
 from ..core.mapping import SourceMapping
 from ..core.masking import mask_text
 from .metadata import frame_markdown, markdown_table
@@ -19,6 +21,8 @@ from .auditing import audit_run
 from .resources import LandingZoneResource, PrivacyResource, WarehouseResource
 
 GROUP = "sources"
+MAPPING_CHECK = "mapping_version_current"
+REBUILD_COMMAND = "python -m crm_pipelines.nightly rebuild-outdated"
 DEFAULT_OWNER = "team:data-engineering"
 FORMAT_KIND = {"csv": "csv", "jsonl": "json", "json": "json", "fixed_width": "file"}
 
@@ -194,3 +198,64 @@ def _partition_metadata(rep: PartitionReport) -> dict:
 def build_source_assets(mappings: dict[str, SourceMapping], partitions_def: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
     return [build_source_asset(m, partitions_def) for m in mappings.values()]
 
+
+
+# ---------------------------------------------------------------------------- mapping changes
+
+def build_mapping_checks(mappings: dict[str, SourceMapping]) -> list[dg.AssetChecksDefinition]:
+    return [_mapping_check(m) for m in mappings.values()]
+
+
+def _mapping_check(mapping: SourceMapping) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=raw_asset_key(mapping.source), name=MAPPING_CHECK, blocking=False,
+                    description="Every loaded day was loaded with the current version of the mapping "
+                                f"`{mapping.file.name}`. Warns after a mapping edit, listing the days built with an "
+                                f"older version; `{REBUILD_COMMAND}` reloads exactly the days that have a delivery "
+                                "(then golden, scores and the CRM push follow).")
+    def _check(warehouse: WarehouseResource, landing: LandingZoneResource) -> dg.AssetCheckResult:
+        outdated = outdated_partitions(warehouse.get(), mapping, landing.path)
+        rebuild, pruned = outdated["rebuild"], outdated["pruned"]
+        ranges = partition_ranges(rebuild)
+        md = {"mapping_version": mapping.code_version, "outdated_partitions": len(rebuild) + len(pruned),
+              "to_rebuild": len(rebuild), "landing_pruned": len(pruned),
+              "outdated_ranges": dg.MetadataValue.md("\n".join(f"- {a} .. {b}" if a != b else f"- {a}"
+                                                               for a, b in ranges[:30]) or "none")}
+        if rebuild:
+            md["rebuild"] = dg.MetadataValue.md(f"`{REBUILD_COMMAND} --source {mapping.source}` (docs/operations.md, "
+                                                "After a mapping change)")
+        if pruned:
+            md["cannot_rebuild"] = dg.MetadataValue.md(
+                f"{len(pruned)} day(s) whose landing folder was pruned keep the old derivation: "
+                + ", ".join(pruned[:20]))
+        return dg.AssetCheckResult(passed=not rebuild and not pruned, severity=dg.AssetCheckSeverity.WARN, metadata=md)
+
+    return _check
+
+
+def build_mapping_defs(mappings: dict[str, SourceMapping]) -> dict:
+    """The mapping-version checks, a job that runs only them, and a sensor that runs that job whenever the
+    code location comes up with a mapping whose version changed: after an edit and a reload, the warning is
+    on the asset, in the catalog and on the lineage graph without anyone loading anything."""
+    checks = build_mapping_checks(mappings)
+    job = dg.define_asset_job(
+        "check_mapping_versions",
+        selection=dg.AssetSelection.checks(*[dg.AssetCheckKey(raw_asset_key(m.source), MAPPING_CHECK)
+                                             for m in mappings.values()]),
+        description="Which loaded days were built with an older version of their mapping (a check per source).")
+    versions = {m.source: m.code_version for m in mappings.values()}
+
+    @dg.sensor(name="mapping_versions", job=job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
+               description="When a mapping's version differs from the one this sensor last saw (a mapping edit, then "
+                           "a code location reload), runs check_mapping_versions once, so the outdated days show on "
+                           "the asset at once.")
+    def mapping_versions(context: dg.SensorEvaluationContext):
+        seen = json.loads(context.cursor) if context.cursor else {}
+        changed = sorted(s for s, v in versions.items() if seen.get(s) != v)
+        if not changed:
+            return dg.SkipReason("no mapping changed")
+        context.update_cursor(json.dumps(versions, sort_keys=True))
+        digest = hashlib.sha256(json.dumps(versions, sort_keys=True).encode()).hexdigest()[:16]
+        return dg.RunRequest(run_key=f"mapping-versions:{digest}",
+                             tags={"crm/mappings_changed": str(len(changed))})
+
+    return {"checks": checks, "jobs": [job], "sensors": [mapping_versions]}

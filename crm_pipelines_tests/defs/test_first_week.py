@@ -4,22 +4,32 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
 import threading
-from datetime import datetime, timedelta, timezone
+from dataclasses import replace
+from datetime import date, datetime, timedelta, timezone
 
 import dagster as dg
+import pytest
 import sqlalchemy as sa
 
 from crm_pipelines.core.privacy.erasure import erase
 from crm_pipelines.core.privacy.identity import IdentityHasher, load_or_create_salt
-from crm_pipelines.core.schema import ALERT_LEDGER, raw_table
+from crm_pipelines.core.mapping import load_mappings
+from crm_pipelines.core.schema import ALERT_LEDGER, GOLDEN_CONTACTS, LANDING_FILES, MATCH_RUNS, raw_table
 from crm_pipelines.core.warehouse import Warehouse
 from crm_pipelines.definitions import build_defs
 from crm_pipelines.defs import sources as sources_defs
 from crm_pipelines.defs.resources import LOCAL_CRM_URL, CrmResource, LandingZoneResource, WarehouseResource
-from crm_pipelines.devtools.crm_server import CrmServer
 from crm_pipelines.defs.sources import raw_asset_key
-from crm_pipelines_tests.conftest import put
+from crm_pipelines.devtools.crm_server import CrmServer
+from crm_pipelines.devtools.processes import wait_until
+from crm_pipelines.nightly.__main__ import rebuild_plan
+from crm_pipelines_tests.conftest import READY_PORTAL, copy_config, put
+from crm_pipelines_tests.defs.test_crm import TOKEN
 from crm_pipelines_tests.defs.test_sources import run_range, settings_for
 
 DAY = "2026-11-10"
@@ -136,3 +146,219 @@ def test_the_sla_sensor_is_quiet_until_a_hand_off_is_due_and_says_so_when_there_
         with CrmServer() as crm:
             requests_, _, _ = tick(crm.url)
         assert len(requests_) == 1 and requests_[0].tags["crm/sla_due"] == "1"
+
+
+# ---------------------------------------------------------------------------- a first week, end to end
+
+CHAIN_SENSORS = {"nightly_chain_golden": "ingest_sources", "nightly_chain_outlets": "build_golden"}  # -> job watched
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+class Daemon:
+    """What dagster-daemon does for the chain, through the same instance APIs: a finished run's status
+    sensors are evaluated, their run requests launched once per run key, until nothing follows."""
+
+    def __init__(self, defs, instance):
+        self.defs, self.instance, self.keys, self.results = defs, instance, set(), []
+
+    def launch(self, job: str, tags: dict, run_config: dict | None = None, selection=None):
+        result = self.defs.resolve_job_def(job).execute_in_process(
+            instance=self.instance, tags=tags, run_config={**QUIET, **(run_config or {})}, raise_on_error=False,
+            asset_selection=selection)
+        self.results.append(result)
+        return result
+
+    def follow(self, result) -> list:
+        queue, chain = [result], [result]
+        while queue:
+            done = queue.pop(0)
+            if not done.success:
+                continue
+            run = self.instance.get_run_by_id(done.run_id)
+            for name, watched in CHAIN_SENSORS.items():
+                sensor = self.defs.resolve_sensor_def(name)
+                if run.job_name != watched:
+                    continue
+                ctx = dg.build_run_status_sensor_context(sensor_name=name, dagster_instance=self.instance,
+                                                         dagster_run=run, dagster_event=done.get_run_success_event())
+                out = sensor(ctx)
+                single = out is None or isinstance(out, (dg.RunRequest, dg.SkipReason))
+                for request in ([out] if single else list(out)):
+                    if not isinstance(request, dg.RunRequest) or request.run_key in self.keys:
+                        continue
+                    self.keys.add(request.run_key)
+                    job = request.job_name or sensor.job_name
+                    nxt = self.launch(job, dict(request.tags), request.run_config)
+                    queue.append(nxt)
+                    chain.append(nxt)
+        return chain
+
+    def night(self, first: str, last: str | None = None) -> list:
+        label = first if last in (None, first) else f"{first}..{last}"
+        return self.follow(self.launch("ingest_sources", {
+            "dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last or first,
+            "crm/nightly": label}))
+
+
+def green(chain) -> list[str]:
+    """What is not green about a chain: failed runs and failed checks of error severity."""
+    bad = [f"run {r.dagster_run.job_name} failed" for r in chain if not r.success]
+    bad += [f"{e.asset_key.to_user_string()}:{e.check_name}" for r in chain for e in r.get_asset_check_evaluations()
+            if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR]
+    return bad
+
+
+@pytest.mark.postgres
+def test_a_first_week_on_postgres_runs_green_without_an_operator(tmp_path, demo_landing, postgres_url, postgres_server,
+                                                                 monkeypatch):
+    src, manifest = demo_landing
+    landing = tmp_path / "landing"
+    shutil.copytree(src, landing)
+    days = manifest["partitions"]
+    empty_night = (date.fromisoformat(days[0]) - timedelta(days=1)).isoformat()
+    config = copy_config(tmp_path)
+    instance_db = sa.engine.make_url(postgres_url).set(database=f"{sa.engine.make_url(postgres_url).database}_dagster")
+    admin = sa.create_engine(postgres_server.set(drivername="postgresql+psycopg2"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{instance_db.database}"')
+    monkeypatch.setenv("CRM_WAREHOUSE_URL", postgres_url)
+    monkeypatch.setenv("CRM_API_TOKEN", TOKEN)
+    with CrmServer(token=TOKEN, custom_properties=READY_PORTAL) as crm, dg.instance_for_test(overrides={
+            "storage": {"postgres": {"postgres_url": instance_db.render_as_string(hide_password=False)}}}) as instance:
+        crm.seed_from_landing(landing)
+        settings = replace(settings_for(tmp_path, landing, config=config, url=postgres_url), crm_url=crm.url)
+        daemon = Daemon(build_defs(settings), instance)
+        wh = Warehouse.for_url(postgres_url)
+
+        # Night 0: nothing delivered yet. Every step runs on empty input; no match-rate baseline is stored.
+        chain = daemon.night(empty_night)
+        assert [r.dagster_run.job_name for r in chain] == ["ingest_sources", "build_golden", "push_crm", "score_leads"]
+        assert green(chain) == []
+        assert wh.scalar(sa.select(sa.func.count()).select_from(MATCH_RUNS).where(MATCH_RUNS.c.accepted)) == 0
+
+        # Nights 1 and 2 with data; during night 2 an erasure request arrives while the load is in flight.
+        assert green(daemon.night(days[0])) == []
+        erased = json.loads((landing / "web_form_leads" / days[1]).glob("*.jsonl").__next__()
+                            .read_text(encoding="utf-8").splitlines()[0])["email"]
+        loaded, erasure_waiting = threading.Event(), threading.Event()
+        real = sources_defs.ingest_partition
+
+        def paused(mapping, partition, *args, **kwargs):
+            report = real(mapping, partition, *args, **kwargs)
+            if mapping.source == "web_form_leads" and not loaded.is_set():
+                loaded.set()
+                erasure_waiting.wait(120)
+            return report
+
+        monkeypatch.setattr(sources_defs, "ingest_partition", paused)
+        erasure: dict = {}
+        night = threading.Thread(target=lambda: erasure.update(chain=daemon.night(days[1])))
+        night.start()
+        assert loaded.wait(300)
+        watcher = threading.Thread(target=lambda: erasure.update(run=daemon.launch(
+            "erase_person", {"crm/privacy": "erasure"}, {"ops": {"erase_one": {"config": {"email": erased}}}})))
+        watcher.start()
+        # The erasure's step waits for the raw layer (it logs so): then the load may go on.
+        wait_until(lambda: any("waiting for the loads in flight" in (e.user_message or "")
+                               for e in instance.all_logs(_latest_run_id(instance, "erase_person") or "-")), 120,
+                   "the erasure waiting for the load")
+        erasure_waiting.set()
+        night.join(600)
+        watcher.join(300)
+        monkeypatch.setattr(sources_defs, "ingest_partition", real)
+        assert green(erasure["chain"]) == [] and erasure["run"].success
+        assert erased not in set(wh.read_frame(sa.select(GOLDEN_CONTACTS.c.email))["email"].dropna())
+
+        # Night 3: the load is killed mid-way (OOM kill, reboot), run monitoring marks it failed, and the
+        # night is run again: the partitions it had half written are replaced, the chain is green.
+        killed = _killed_ingest(tmp_path, instance_db, settings, days[2])
+        assert instance.get_run_by_id(killed).status == dg.DagsterRunStatus.FAILURE
+        assert green(daemon.night(days[2])) == []
+
+        # A mapping edit: the check names the days built with the old version, the rebuild reloads exactly
+        # the days with a delivery, and golden, scores and push follow once, after the last load.
+        mapping_file = config / "mappings" / "web_form_leads.yaml"
+        mapping_file.write_text(mapping_file.read_text(encoding="utf-8").replace(
+            "city: {target: city, transforms: [trim]}", "city: {target: city, transforms: [trim, collapse_whitespace]}"),
+            encoding="utf-8")
+        daemon.defs = build_defs(settings)
+        check_run = daemon.launch("check_mapping_versions", {})
+        (evaluation,) = [e for e in check_run.get_asset_check_evaluations()
+                         if e.asset_key == raw_asset_key("web_form_leads")]
+        assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
+        delivered = [d for d in days[:3] if any((landing / "web_form_leads" / d).glob("*.jsonl"))]
+        assert evaluation.metadata["to_rebuild"].value == len(delivered)
+        plan = rebuild_plan(wh, load_mappings(config), landing, ["web_form_leads"])
+        assert sorted(d for _, a, b in plan for d in _days(a, b)) == delivered  # not the empty night
+        group = "test-rebuild"
+        chain = []
+        for source, a, b in plan:
+            load = daemon.launch("ingest_sources", {
+                "dagster/asset_partition_range_start": a, "dagster/asset_partition_range_end": b,
+                "crm/rebuild": group, "crm/rebuild_runs": str(len(plan)), "crm/nightly": f"rebuild-{group}"},
+                selection=[raw_asset_key(source)])
+            chain += daemon.follow(load)
+        assert [r.dagster_run.job_name for r in chain].count("build_golden") == 1
+        assert green(chain) == []
+        after = daemon.launch("check_mapping_versions", {})
+        assert all(e.passed for e in after.get_asset_check_evaluations())
+
+    every = [f"{r.dagster_run.job_name}" for r in daemon.results if not r.success]
+    assert every == []
+
+
+def _days(first: str, last: str) -> list[str]:
+    a, b = date.fromisoformat(first), date.fromisoformat(last)
+    return [(a + timedelta(days=i)).isoformat() for i in range((b - a).days + 1)]
+
+
+def _latest_run_id(instance, job: str) -> str | None:
+    runs = instance.get_runs(filters=dg.RunsFilter(job_name=job), limit=1)
+    return runs[0].run_id if runs else None
+
+
+def _killed_ingest(tmp_path, instance_db, settings, day: str) -> str:
+    """An ingest run in its own process, killed once it has written a partition; then what run monitoring
+    does about a run whose process is gone: the run is marked failed."""
+    home = tmp_path / "dagster_home"
+    home.mkdir(exist_ok=True)
+    (home / "dagster.yaml").write_text(json.dumps({"storage": {"postgres": {
+        "postgres_url": instance_db.render_as_string(hide_password=False)}}, "telemetry": {"enabled": False}}))
+    env = {**os.environ, "DAGSTER_HOME": str(home), "CRM_LANDING_DIR": str(settings.landing_dir),
+           "CRM_DATA_DIR": str(settings.data_dir), "CRM_CONFIG_DIR": str(settings.config_dir),
+           "CRM_API_URL": settings.crm_url, "CRM_EXECUTOR": "in_process"}
+    wh = Warehouse.for_url(settings.warehouse_url)
+    proc = subprocess.Popen([sys.executable, "-m", "dagster", "job", "execute", "-m", "crm_pipelines.definitions",
+                             "-a", "defs", "-j", "ingest_sources", "--tags", json.dumps({
+                                 "dagster/asset_partition_range_start": day, "dagster/asset_partition_range_end": day,
+                                 "crm/nightly": day})], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        def wrote_a_partition() -> bool:
+            assert proc.poll() is None, "the load ended before it could be killed"
+            run_id = _run_of(instance_db, "ingest_sources", day)
+            return run_id is not None and bool(wh.scalar(sa.select(sa.func.count()).select_from(LANDING_FILES).where(
+                LANDING_FILES.c.partition == day, LANDING_FILES.c.run_id == run_id)))
+
+        wait_until(wrote_a_partition, 180, "the load writing its first partition")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    run_id = _run_of(instance_db, "ingest_sources", day)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        run = instance.get_run_by_id(run_id)
+        assert run.status == dg.DagsterRunStatus.STARTED  # nobody told the instance: the process just died
+        instance.report_run_failed(run)  # run monitoring's verdict on a run whose worker is gone
+    return run_id
+
+
+def _run_of(instance_db, job: str, day: str) -> str | None:
+    engine = sa.create_engine(instance_db)
+    try:
+        with engine.connect() as conn:
+            row = conn.exec_driver_sql(
+                "SELECT run_id FROM runs WHERE pipeline_name = %(job)s AND run_body LIKE %(day)s "
+                "ORDER BY create_timestamp DESC LIMIT 1", {"job": job, "day": f'%"crm/nightly": "{day}"%'}).first()
+    finally:
+        engine.dispose()
+    return row[0] if row else None

@@ -98,6 +98,7 @@ class MatchingConfig:
     survivorship: dict[str, SurvivorshipSpec]
     max_match_rate_change: float
     sha256: str
+    max_record_growth: float = 0.25  # the jump check compares runs whose record base grew by at most this
     generic_persons: EntityMatchSpec | None = None
 
 
@@ -232,10 +233,11 @@ def load_matching_config(path: str | Path) -> MatchingConfig:
         surv[entity] = SurvivorshipSpec(tuple(s["source_priority"]), rule, dict(fields),
                                         {g: tuple(m) for g, m in groups.items()})
     checks = require_mapping(doc, data.get("checks", {}) or {}, "checks")
-    check_keys(doc, checks, "checks", ("max_match_rate_change",))
+    check_keys(doc, checks, "checks", ("max_match_rate_change", "max_record_growth"))
     return MatchingConfig(
         persons=_entity(doc, "persons"), accounts=_entity(doc, "accounts"), survivorship=surv,
         max_match_rate_change=_float(doc, checks.get("max_match_rate_change", 0.1), "checks.max_match_rate_change"),
         sha256=doc.sha256,
+        max_record_growth=_float(doc, checks.get("max_record_growth", 0.25), "checks.max_record_growth", 0.0, 10.0),
         generic_persons=_entity(doc, "generic_persons") if "generic_persons" in data else None,
     )
