@@ -5,6 +5,7 @@
 #   make bench  run the benchmarks; results go to docs/benchmarks.md
 #   make crm-server  the local development CRM on http://127.0.0.1:8766 (for pushes from the UI)
 #   make prod-local  the production profile on one machine: PostgreSQL, dagster-daemon, dagster-webserver
+#                    (DEMO_DATA=1: demo data into an empty landing zone)
 #   make celery-worker  one Celery worker for CRM_EXECUTOR=celery (needs CRM_CELERY_BROKER, CRM_CELERY_BACKEND)
 #   make screenshots    refresh docs/screenshots/ from the UI test (headless Chromium)
 SHELL := /bin/bash
@@ -60,8 +61,9 @@ bench: install
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	$(PY) -m benchmarks.run
 
+# DEMO_DATA=1 fills an empty landing zone with generated demo data first (DEMO_DATA=5000: that many contacts).
 prod-local: install
-	$(PY) -m crm_pipelines.devtools.prod_local --port 3000
+	$(PY) -m crm_pipelines.devtools.prod_local --port 3000 $(if $(DEMO_DATA),--demo-data $(if $(filter 1,$(DEMO_DATA)),2000,$(DEMO_DATA)))
 
 # One worker process per call; start as many as there are cores to spare (docs/operations.md).
 celery-worker: install $(DAGSTER_HOME)/dagster.yaml

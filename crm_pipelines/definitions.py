@@ -47,7 +47,7 @@ def build_defs(settings: Settings | None = None) -> dg.Definitions:
         jobs=jobs,
         sensors=[*privacy["sensors"], *scoring["sensors"], *printing["sensors"], *maintenance["sensors"], *mapping["sensors"],
                  *build_chain_sensors(by_name)],
-        schedules=[*privacy["schedules"], *build_schedules(by_name), *printing["schedules"], *maintenance["schedules"]],
+        schedules=[*privacy["schedules"], *build_schedules(by_name, settings.schedules_running), *printing["schedules"], *maintenance["schedules"]],
         resources=build_resources(settings),
         executor=build_executor(settings),
     )

@@ -61,6 +61,10 @@ class Settings:
     # Records the record builders read, clean and write at a time (CRM_SLICE_RECORDS): their memory is
     # that of one slice, however long a source grows (docs/operations.md, Sizing).
     slice_records: int = 500_000
+    # Whether the schedules (nightly refresh, hourly behaviour and scoring, ...) start running when the code
+    # location loads (CRM_SCHEDULES=running, as `make prod-local` and a deployment set it), or wait to be
+    # switched on in the UI (stopped, the default: `make dev` on a laptop runs no nights by itself).
+    schedules_running: bool = False
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -85,6 +89,7 @@ class Settings:
             crm_web_url=env.get("CRM_WEB_URL") or None,
             executor=_choice(env, "CRM_EXECUTOR", EXECUTORS, "multiprocess"),
             slice_records=_positive(env, "CRM_SLICE_RECORDS", 500_000),
+            schedules_running=_choice(env, "CRM_SCHEDULES", ("running", "stopped"), "stopped") == "running",
         )
 
     @property

@@ -305,10 +305,12 @@ def _handoff_metadata(report) -> dict:
     return md
 
 
-def build_schedules(jobs: dict) -> list:
+def build_schedules(jobs: dict, running: bool = False) -> list:
     """The sync-frequency matrix (docs/operations.md): hourly behaviour, nightly refresh, daily newsletter,
-    weekly reactivation; near-real-time sources have their sensors instead."""
+    weekly reactivation; near-real-time sources have their sensors instead. ``running``: they start with
+    the code location (CRM_SCHEDULES=running), else each waits to be switched on in the UI."""
     berlin = "Europe/Berlin"
+    status = dg.DefaultScheduleStatus.RUNNING if running else dg.DefaultScheduleStatus.STOPPED
 
     def today(context) -> str:  # partition keys are days in Europe/Berlin
         return context.scheduled_execution_time.astimezone(ZoneInfo(berlin)).date().isoformat()
@@ -317,19 +319,19 @@ def build_schedules(jobs: dict) -> list:
         return (pd.Timestamp(today(context)) - pd.Timedelta(days=1)).date().isoformat()
 
     @dg.schedule(name="hourly_behaviour", job=jobs["hourly_behaviour_ingest"], cron_schedule="5 * * * *",
-                 execution_timezone=berlin, default_status=dg.DefaultScheduleStatus.STOPPED,
+                 execution_timezone=berlin, default_status=status,
                  description="Hourly: today's behaviour events (whitepaper downloads included) into raw.")
     def hourly_behaviour(context: dg.ScheduleEvaluationContext):
         return dg.RunRequest(partition_key=today(context), run_key=f"behaviour:{context.scheduled_execution_time:%Y%m%d%H}")
 
     @dg.schedule(name="hourly_scoring", job=jobs["score_leads"], cron_schedule="15 * * * *", execution_timezone=berlin,
-                 default_status=dg.DefaultScheduleStatus.STOPPED,
+                 default_status=status,
                  description="Hourly, after the behaviour load: scores, SQL crossings to sales, the funnel.")
     def hourly_scoring(context: dg.ScheduleEvaluationContext):
         return dg.RunRequest(run_key=f"scoring:{context.scheduled_execution_time:%Y%m%d%H}")
 
     @dg.schedule(name="nightly_refresh", job=jobs["ingest_sources"], cron_schedule="0 1 * * *", execution_timezone=berlin,
-                 default_status=dg.DefaultScheduleStatus.STOPPED,
+                 default_status=status,
                  description="Nightly 01:00: yesterday's deliveries of every source; the nightly_chain sensor then runs "
                              "build_golden, score_leads and push_crm in that order.")
     def nightly_refresh(context: dg.ScheduleEvaluationContext):
@@ -337,19 +339,19 @@ def build_schedules(jobs: dict) -> list:
                              run_key=f"nightly:{yesterday(context)}")
 
     @dg.schedule(name="daily_newsletter", job=jobs["newsletter_batch"], cron_schedule="0 6 * * *",
-                 execution_timezone=berlin, default_status=dg.DefaultScheduleStatus.STOPPED,
+                 execution_timezone=berlin, default_status=status,
                  description="Daily 06:00: yesterday's newsletter sign-ups and unsubscribes (the e-mail tool's batch).")
     def daily_newsletter(context: dg.ScheduleEvaluationContext):
         return dg.RunRequest(partition_key=yesterday(context), run_key=f"newsletter:{yesterday(context)}")
 
     @dg.schedule(name="weekly_reactivation", job=jobs["reactivation"], cron_schedule="0 5 * * 1",
-                 execution_timezone=berlin, default_status=dg.DefaultScheduleStatus.STOPPED,
+                 execution_timezone=berlin, default_status=status,
                  description="Mondays 05:00: the reactivation segment of inactive customers.")
     def weekly_reactivation(context: dg.ScheduleEvaluationContext):
         return dg.RunRequest(run_key=f"reactivation:{context.scheduled_execution_time:%Y%m%d}")
 
     @dg.schedule(name="hourly_crm_changes", job=jobs["pull_crm_changes"], cron_schedule="40 * * * *",
-                 execution_timezone=berlin, default_status=dg.DefaultScheduleStatus.STOPPED,
+                 execution_timezone=berlin, default_status=status,
                  description="Hourly: what sales edited, deleted or merged in the CRM since the last pull, into "
                              "ops.crm_remote and today's landing zone (the nightly push_crm pulls first as well).")
     def hourly_crm_changes(context: dg.ScheduleEvaluationContext):

@@ -14,16 +14,18 @@ from crm_pipelines_tests.ops.util import graphql, wait_http
 pytestmark = pytest.mark.postgres
 
 
-def test_prod_local_runs_daemon_and_webserver_on_postgres_with_queued_runs(tmp_path):
+def test_prod_local_runs_daemon_and_webserver_on_postgres_with_queued_runs(tmp_path, capsys):
     from crm_pipelines.devtools.prod_local import start
+    from crm_pipelines.nightly.__main__ import main as nightly
 
     port = free_port()
     stop, ready = threading.Event(), threading.Event()
     errors: list[BaseException] = []
+    said: list[str] = []
 
     def run():
         try:
-            start(port, tmp_path / "landing", tmp_path / "data", tmp_path / "home", stop, ready, log=lambda m: None)
+            start(port, tmp_path / "landing", tmp_path / "data", tmp_path / "home", stop, ready, log=said.append)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
             ready.set()
@@ -48,6 +50,23 @@ def test_prod_local_runs_daemon_and_webserver_on_postgres_with_queued_runs(tmp_p
                               "jobs { name } } } } }")["repositoriesOrError"]["nodes"]
         jobs = {j["name"] for r in repos for j in r["jobs"]}
         assert {"push_crm", "release_print_list", "build_golden"} <= jobs
+
+        # What a newcomer is told: the empty landing zone and what to do, the UI, the warehouse, the
+        # credentials, an environment file for the command-line tools.
+        text = "\n".join(said)
+        assert f"{tmp_path / 'landing'} is EMPTY" in text and "make prod-local DEMO_DATA=1" in text
+        assert f"http://127.0.0.1:{port}" in text and "warehouse:       postgresql://postgres:***@" in text
+        env_file = (tmp_path / "data" / "prod" / "env.sh").read_text()
+        assert "export CRM_WAREHOUSE_URL=postgresql://postgres:postgres@127.0.0.1:" in env_file
+        assert "export CRM_SCHEDULES=running" in env_file
+
+        # The nightly chain for a day, by hand, through the webserver and the daemon: an empty night is
+        # green from the load through golden to scores and the CRM push.
+        assert nightly(["--ui", base, "run", "--from", "2026-11-01", "--wait"]) == 0
+        out = capsys.readouterr().out
+        assert "chain 2026-11-01: every run succeeded" in out
+        for job in ("ingest_sources", "build_golden", "score_leads", "push_crm"):
+            assert job in out
     finally:
         stop.set()
         thread.join(60)
