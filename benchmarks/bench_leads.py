@@ -1,10 +1,12 @@
 """Lead alerts in near real time, and scoring at volume.
 
 1. Latency: a `dagster-daemon` with the sensors on (SQLite instance, the project's dagster.yaml),
-   a resolved warehouse of 2,000 generated contacts, the local CRM and a local Slack-style webhook.
-   50 trade-fair leads are dropped into today's landing folder one by one (one file each, the
-   next after the previous alert arrived); each is timed from the file landing to its alert
-   arriving at the webhook. p50 / p95 / max.
+   a resolved warehouse of 2,000 generated contacts, the local CRM answering after 0-300 ms (as
+   HubSpot's API does) and a local Slack-style webhook; 300 earlier hand-offs are open, a third of
+   them due within the SLA window, so the `sla` sensor launches its runs (batch reads of their tasks)
+   while the leads arrive. 50 trade-fair leads are dropped into today's landing folder one by one
+   (one file each, the next after the previous alert arrived); each is timed from the file landing
+   to its alert arriving at the webhook. p50 / p95 / max, and how many SLA runs overlapped.
 2. Throughput: 10,000,000 behaviour events over 1,000,000 golden contacts (generated in memory,
    the event mix and URLs of the demo), attributed to contacts and scored by the rules in
    config/scoring.yaml, in one process: wall time of attribution + scoring, and the process's
@@ -35,7 +37,7 @@ HEADER = "Scan-ID;Messe;Scan-Zeitpunkt;Anrede;Titel;Vorname;Nachname;Firma;Posit
 
 
 def alert_latency() -> None:
-    from crm_pipelines.devtools.crm_server import CrmServer
+    from crm_pipelines.devtools.crm_server import CrmServer, Faults
     from crm_pipelines.devtools.webhook_sink import WebhookSink
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-leads-"))
@@ -55,7 +57,9 @@ def alert_latency() -> None:
         home.mkdir()
         os.environ["DAGSTER_HOME"] = str(home)
         today = datetime.now(timezone.utc).astimezone().strftime("%Y-%m-%d")
-        with CrmServer(tmp / "crm.db", custom_properties=ready_portal()) as crm, WebhookSink() as slack:
+        faults = Faults(latency_min=0.0, latency_max=0.3)
+        with CrmServer(tmp / "crm.db", custom_properties=ready_portal(), faults=faults) as crm, WebhookSink() as slack:
+            _open_hand_offs(f"sqlite:///{tmp / 'data' / 'warehouse.db'}", crm.url, 300)
             env = dict(os.environ, DAGSTER_HOME=str(home), CRM_LANDING_DIR=str(landing),
                        CRM_DATA_DIR=str(tmp / "data"), CRM_API_URL=crm.url, CRM_SALES_SLACK_WEBHOOK_URL=slack.url,
                        GX_ANALYTICS_ENABLED="false", CRM_PARTITION_START="2026-01-01")
@@ -80,6 +84,7 @@ def alert_latency() -> None:
                         log(f"lead {i + 1}/{LEADS}: {arrived - landed:.1f} s from landing to the alert")
             finally:
                 stop_daemon(daemon)
+            sla_runs = _runs_of(home, "sla_escalation")
         latencies.sort()
         p95 = latencies[min(len(latencies) - 1, int(round(0.95 * len(latencies))) - 1)]
         figure("lead_alerts_timed", len(latencies))
@@ -87,8 +92,44 @@ def alert_latency() -> None:
         figure("lead_alert_latency_p95_seconds", p95, "s")
         figure("lead_alert_latency_max_seconds", max(latencies), "s")
         figure("lead_alert_sensor_interval_seconds", 5, "s (new_leads sensor)")
+        figure("lead_alert_sla_runs_meanwhile", sla_runs, "sla_escalation runs during the latency run")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _open_hand_offs(url: str, crm_url: str, n: int) -> None:
+    """Earlier hand-offs still open: their CRM tasks exist, a third are due within the SLA window."""
+    from datetime import timedelta
+
+    import sqlalchemy as sa
+
+    from crm_pipelines.core.crm.hubspot import HubSpotConnector
+    from crm_pipelines.core.crm.protocol import Task
+    from crm_pipelines.core.schema import ALERT_LEDGER
+    from crm_pipelines.core.warehouse import Warehouse
+
+    hub = HubSpotConnector.create(crm_url, None)
+    now = datetime.now(timezone.utc)
+    tasks = [Task(f"lead:bench:{i}", f"Bench {i} anrufen", "", (now + timedelta(hours=1)).isoformat()) for i in range(n)]
+    ids = [r.crm_id for k in range(0, n, 100) for r in hub.create_tasks(tasks[k:k + 100])]
+    wh = Warehouse(url)
+    wh.ensure_tables([ALERT_LEDGER])
+    with wh.engine.begin() as conn:
+        conn.execute(sa.insert(ALERT_LEDGER), [
+            {"alert_key": f"lead:bench:{i}", "kind": "trade_fair_lead", "created_at": now - timedelta(hours=2),
+             "due_at": now + (timedelta(minutes=5) if i % 3 == 0 else timedelta(hours=1)), "status": "notified",
+             "task_crm_id": ids[i], "owner_id": "rep-1", "team": "Süd"} for i in range(n)])
+    wh.engine.dispose()
+
+
+def _runs_of(home: Path, job: str) -> int:
+    import dagster as dg
+
+    instance = dg.DagsterInstance.from_config(str(home))
+    try:
+        return len(instance.get_run_records(filters=dg.RunsFilter(job_name=job)))
+    finally:
+        instance.dispose()
 
 
 def scoring_worker() -> None:
@@ -160,7 +201,8 @@ def main(argv: list[str]) -> int:
         scoring_worker()
         return 0
     alert_latency()
-    scoring_throughput()
+    if "--latency-only" not in argv:
+        scoring_throughput()
     return 0
 
 

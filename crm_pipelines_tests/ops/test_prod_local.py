@@ -14,9 +14,13 @@ from crm_pipelines_tests.ops.util import graphql, wait_http
 pytestmark = pytest.mark.postgres
 
 
-def test_prod_local_runs_daemon_and_webserver_on_postgres_with_queued_runs(tmp_path, capsys):
+def test_prod_local_runs_daemon_and_webserver_on_postgres_with_queued_runs(tmp_path, capsys, monkeypatch):
     from crm_pipelines.devtools.prod_local import start
     from crm_pipelines.nightly.__main__ import main as nightly
+
+    # Each run's steps in its run process: the chain below is about the daemon, the sensors and the CLI,
+    # and one process per step (22 in ingest_sources) would spend most of the suite's time starting them.
+    monkeypatch.setenv("CRM_EXECUTOR", "in_process")
 
     port = free_port()
     stop, ready = threading.Event(), threading.Event()
