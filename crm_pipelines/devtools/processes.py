@@ -52,8 +52,13 @@ def stop_groups(procs: list[subprocess.Popen], timeout: float = 60) -> None:
 
 
 def dagster_services(env: dict, port: int, output=subprocess.DEVNULL) -> list[subprocess.Popen]:
-    """dagster-daemon and dagster-webserver (127.0.0.1:``port``) on the project's workspace, as two processes."""
+    """dagster-daemon and dagster-webserver (127.0.0.1:``port``) on the project's workspace, as two processes.
+
+    The daemon logs warnings and errors only: at its default level it writes two lines per sensor tick
+    (the lead sensor ticks every 5 s) even while nothing happens; every tick, skip reason and launched
+    run is in the UI (Automation, Runs)."""
     workspace = str(ROOT / "workspace.yaml")
-    return [start_group([str(BIN / "dagster-daemon"), "run", "-w", workspace], env, output=output),
+    return [start_group([str(BIN / "dagster-daemon"), "run", "-w", workspace, "--log-level", "warning"], env,
+                        output=output),
             start_group([str(BIN / "dagster-webserver"), "-w", workspace, "-h", "127.0.0.1", "-p", str(port)], env,
                         output=output)]
