@@ -453,9 +453,8 @@ def outdated_partitions(warehouse: Warehouse, mapping: SourceMapping, landing_ro
     re-derived). Days without a delivery are in neither: a rebuild leaves them empty."""
     out: dict[str, list[str]] = {"rebuild": [], "pruned": []}
     t = LANDING_FILES
+    warehouse.ensure_tables([t])  # a ledger from before versions were recorded gets the column (days unknown: outdated)
     with warehouse.engine.connect() as conn:
-        if not sa.inspect(conn).has_table(t.name, schema=t.schema):
-            return out
         rows = conn.execute(sa.select(t.c.partition).where(
             t.c.source == mapping.source, t.c.status == "loaded",
             sa.or_(t.c.mapping_version.is_(None), t.c.mapping_version != mapping.code_version)).distinct()).all()

@@ -241,6 +241,8 @@ def build_mapping_defs(mappings: dict[str, SourceMapping]) -> dict:
         "check_mapping_versions",
         selection=dg.AssetSelection.checks(*[dg.AssetCheckKey(raw_asset_key(m.source), MAPPING_CHECK)
                                              for m in mappings.values()]),
+        # Eleven queries of a few milliseconds: one process, whatever executor the heavy jobs use.
+        executor_def=dg.in_process_executor,
         description="Which loaded days were built with an older version of their mapping (a check per source).")
     versions = {m.source: m.code_version for m in mappings.values()}
 
