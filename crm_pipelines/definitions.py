@@ -50,9 +50,6 @@ def build_defs(settings: Settings | None = None) -> dg.Definitions:
         schedules=[*privacy["schedules"], *build_schedules(by_name, settings.schedules_running), *printing["schedules"], *maintenance["schedules"]],
         resources=build_resources(settings),
         executor=build_executor(settings),
-        # A run's console (the daemon's stdout, where runs print) gets what the code logs at INFO and above,
-        # not Dagster's DEBUG line per step event: every event is in the run's event log in the UI anyway.
-        loggers={"console": dg.colored_console_logger.configured({"log_level": "INFO"})},
     )
 
 
