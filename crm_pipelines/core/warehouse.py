@@ -150,7 +150,7 @@ class Warehouse:
         if mode not in ("load", "privacy"):
             raise ValueError(f"raw_writes mode {mode!r}: load or privacy")
         shared = mode == "load"
-        waiting_for = "an erasure or retention run" if shared else "the loads in flight"
+        waiting_for = "an erasure or retention run" if shared else "the loads or privacy runs in flight"
         if self.is_postgres:
             suffix = "_shared" if shared else ""
             conn = self.engine.connect()

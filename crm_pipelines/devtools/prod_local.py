@@ -49,12 +49,21 @@ def environment(pg, home: Path, landing: Path, data_dir: Path, crm_url: str | No
     return {**os.environ, **profile_variables(pg, home, landing, data_dir, crm_url, port)}
 
 
-def write_env_file(path: Path, variables: dict[str, str]) -> None:
-    """``source`` it in another shell, and the command-line tools work on this profile's warehouse and
-    landing zone (without it they would stop: CRM_WAREHOUSE_URL unset). Local passwords only."""
+SECRETS = ("CRM_API_TOKEN", "CRM_PRIVACY_SALT", "CRM_REGISTER_API_KEY", "CRM_ALERT_WEBHOOK_URL",
+           "CRM_SALES_SLACK_WEBHOOK_URL", "CRM_SALES_TEAMS_WEBHOOK_URL", "CRM_TEAM_LEAD_WEBHOOK_URL")
+
+
+def write_env_file(path: Path, env: dict[str, str]) -> None:
+    """``source`` it in another shell, and the command-line tools see what the code location sees: this
+    profile's warehouse, landing zone, CRM and every other CRM_* setting of the shell that started it
+    (CRM_CONFIG_DIR included). Without it they would stop: CRM_WAREHOUSE_URL unset. Secrets are left
+    out (export them yourself); the passwords in it are the local server's."""
+    shared = {k: v for k, v in env.items()
+              if (k.startswith(("CRM_", "DAGSTER_")) or k == "GX_ANALYTICS_ENABLED") and k not in SECRETS}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("# written by `make prod-local`: source this file in another shell\n"
-                    + "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(variables.items())), encoding="utf-8")
+                    f"# not written here (secrets; export them yourself when set): {', '.join(SECRETS)}\n"
+                    + "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(shared.items())), encoding="utf-8")
     path.chmod(0o600)
 
 
@@ -112,7 +121,7 @@ def start(port: int, landing: Path, data_dir: Path, home: Path, stop: threading.
         variables = profile_variables(pg, home, landing, data_dir, crm.url, port)
         env = {**os.environ, **variables}
         env_file = data_dir / "prod" / "env.sh"
-        write_env_file(env_file, variables)
+        write_env_file(env_file, env)
         prepare_instance(pg, home, env)
         procs = dagster_services(env, port, output=None)
         log("")

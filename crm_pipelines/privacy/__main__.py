@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         report = erase(wh, hasher, mappings, emails=[args.email] if args.email else [],
                        crm_contact_ids=[args.crm_contact_id] if args.crm_contact_id else [],
                        request_id=f"cli:{uuid.uuid4().hex[:12]}", source="cli", actor=actor, targets=targets,
-                       landing_root=settings.landing_dir)
+                       landing_root=settings.landing_dir, log=lambda m: print(m, file=sys.stderr, flush=True))
         print(f"{report.request_id}: {report.status} for {report.subject}: {sum(report.tables.values())} row(s) in "
               f"{len(report.tables)} table(s), {report.suppression_added} suppression entr(y/ies) added")
         for name, counts in report.targets.items():

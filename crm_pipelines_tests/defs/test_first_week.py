@@ -73,7 +73,7 @@ def test_an_erasure_arriving_during_an_ingest_waits_for_it_and_the_night_stays_b
 
         def log(message: str) -> None:
             messages.append(message)
-            if message.startswith("waiting for the loads in flight"):
+            if message.startswith("waiting for the loads or privacy runs in flight"):
                 erasure_waiting.set()
 
         report = erase(wh, IdentityHasher(load_or_create_salt(settings.salt_file)), mappings, emails=[erased],
@@ -85,7 +85,7 @@ def test_an_erasure_arriving_during_an_ingest_waits_for_it_and_the_night_stays_b
     assert result.success
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks["rows_balance"] is True
-    assert messages[0] == "waiting for the loads in flight to finish (raw layer)"
+    assert messages[0] == "waiting for the loads or privacy runs in flight to finish (raw layer)"
     # The erasure ran after the load: it found the row the load wrote and took it out.
     assert report.tables.get("raw.web_form_leads") == 1
     t = raw_table("web_form_leads", mappings["web_form_leads"].entity)
@@ -259,7 +259,7 @@ def test_a_first_week_on_postgres_runs_green_without_an_operator(tmp_path, demo_
             "erase_person", {"crm/privacy": "erasure"}, {"ops": {"erase_one": {"config": {"email": erased}}}})))
         watcher.start()
         # The erasure's step waits for the raw layer (it logs so): then the load may go on.
-        wait_until(lambda: any("waiting for the loads in flight" in (e.user_message or "")
+        wait_until(lambda: any("waiting for the loads or privacy runs in flight" in (e.user_message or "")
                                for e in instance.all_logs(_latest_run_id(instance, "erase_person") or "-")), 120,
                    "the erasure waiting for the load")
         erasure_waiting.set()

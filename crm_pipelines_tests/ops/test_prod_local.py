@@ -21,6 +21,7 @@ def test_prod_local_runs_daemon_and_webserver_on_postgres_with_queued_runs(tmp_p
     # Each run's steps in its run process: the chain below is about the daemon, the sensors and the CLI,
     # and one process per step (22 in ingest_sources) would spend most of the suite's time starting them.
     monkeypatch.setenv("CRM_EXECUTOR", "in_process")
+    monkeypatch.setenv("CRM_ALERT_WEBHOOK_URL", "http://127.0.0.1:9/hooks/geheim")  # a secret: not in the env file
 
     port = free_port()
     stop, ready = threading.Event(), threading.Event()
@@ -62,7 +63,8 @@ def test_prod_local_runs_daemon_and_webserver_on_postgres_with_queued_runs(tmp_p
         assert f"http://127.0.0.1:{port}" in text and "warehouse:       postgresql://postgres:***@" in text
         env_file = (tmp_path / "data" / "prod" / "env.sh").read_text()
         assert "export CRM_WAREHOUSE_URL=postgresql://postgres:postgres@127.0.0.1:" in env_file
-        assert "export CRM_SCHEDULES=running" in env_file
+        assert "export CRM_SCHEDULES=running" in env_file and "export CRM_EXECUTOR=in_process" in env_file
+        assert "geheim" not in env_file
 
         # The nightly chain for a day, by hand, through the webserver and the daemon: an empty night is
         # green from the load through golden to scores and the CRM push.
