@@ -215,18 +215,25 @@ def build_scoring_defs(config_dir: Path, mappings: dict[str, SourceMapping], dat
             "sensors": sensors}
 
 
+FIRST_START_GRACE_SECONDS = 60
+
+
 def _landing_sensor(name: str, sources: tuple[str, ...], job, op_name: str, mappings, interval: int,
                     max_age: timedelta, description: str):
-    description += (f" Starts from now: on its first start, and for files that landed while it was not running, a "
-                    f"file older than {max_age.total_seconds() / 60:.0f} minutes (config/operations.yaml "
-                    "near_real_time_max_age_minutes) is left to the nightly load and counted in the tick.")
+    description += (" Starts from now: on its first start, files that landed more than a minute before are left to "
+                    "the nightly load; later, files older than "
+                    f"{max_age.total_seconds() / 60:.0f} minutes when first seen (they landed while it was not "
+                    "running; config/operations.yaml near_real_time_max_age_minutes). Both are counted in the tick.")
 
     @dg.sensor(name=name, job=job, minimum_interval_seconds=interval, default_status=dg.DefaultSensorStatus.RUNNING,
                description=description)
     def _sensor(context: dg.SensorEvaluationContext, landing: LandingZoneResource):
         first_start = not context.cursor
         seen = set(json.loads(context.cursor)) if context.cursor else set()
-        oldest = datetime.now(timezone.utc).timestamp() - max_age.total_seconds()
+        now = datetime.now(timezone.utc).timestamp()
+        # First start: what landed before it is the backlog; a file of the last minute (landing while the
+        # daemon came up) is a new lead all the same. Later: files older than max_age (downtime).
+        oldest = now - (FIRST_START_GRACE_SECONDS if first_start else max_age.total_seconds())
         new, left = [], []
         for source in sources:
             mapping = mappings[source]
@@ -236,7 +243,7 @@ def _landing_sensor(name: str, sources: tuple[str, ...], job, op_name: str, mapp
                     key = f"{source}/{day}/{path.name}:{_digest(path)}"
                     if key in seen:
                         continue
-                    (left if first_start or path.stat().st_mtime < oldest else new).append((key, source, day, path))
+                    (left if path.stat().st_mtime < oldest else new).append((key, source, day, path))
         for key, source, day, path in new:
             yield dg.RunRequest(run_key=key, tags={"crm/landing_file": f"{source}/{day}/{path.name}"},
                                 run_config={"ops": {op_name: {"config": {"source": source, "day": day,

@@ -102,7 +102,9 @@ def test_the_lead_sensor_starts_from_now_and_leaves_older_deliveries_to_the_nigh
     from crm_pipelines_tests.defs.test_scoring import HEADER, TODAY, scan
 
     for n in range(3):  # weeks-old scans already in the landing zone when the daemon first starts
-        put(landing, "trade_fair_leads", TODAY, f"sps_old_{n}.csv", HEADER + scan(f"TF-O-{n}", "Alt", "Scan", "a@b.de"))
+        old = put(landing, "trade_fair_leads", TODAY, f"sps_old_{n}.csv", HEADER + scan(f"TF-O-{n}", "Alt", "Scan", "a@b.de"))
+        weeks_ago = old.stat().st_mtime - 21 * 86400
+        os.utime(old, (weeks_ago, weeks_ago))
     defs = build_defs(settings_for(tmp_path, landing))
     resources = {"landing": LandingZoneResource(root=str(landing))}
     with dg.instance_for_test() as instance:
@@ -121,6 +123,15 @@ def test_the_lead_sensor_starts_from_now_and_leaves_older_deliveries_to_the_nigh
         requests_, cursor, skipped = _tick(defs, instance, "new_leads", resources, cursor)
         assert requests_ == [] and skipped.startswith("1 file(s) left to the nightly load (older than 60 minutes)")
         assert _tick(defs, instance, "new_leads", resources, cursor)[0] == []
+
+    # A scan that lands while the daemon comes up (seconds before the first tick) is a new lead all the same.
+    other = tmp_path / "landing2"
+    old = put(other, "trade_fair_leads", TODAY, "sps_old.csv", HEADER + scan("TF-O-9", "Alt", "Scan", "a@b.de"))
+    os.utime(old, (weeks_ago, weeks_ago))
+    just = put(other, "trade_fair_leads", TODAY, "sps_just.csv", HEADER + scan("TF-J-1", "Gerade", "Scan", "j@b.de"))
+    with dg.instance_for_test() as instance:
+        requests_, _, _ = _tick(defs, instance, "new_leads", {"landing": LandingZoneResource(root=str(other))})
+        assert [r.tags["crm/landing_file"] for r in requests_] == [f"trade_fair_leads/{TODAY}/{just.name}"]
 
 
 def test_the_sla_sensor_is_quiet_until_a_hand_off_is_due_and_says_so_when_there_is_no_crm(tmp_path, landing, sqlite_url):

@@ -30,18 +30,6 @@ def graphql(base: str, query: str, variables: dict | None = None) -> dict:
 
 def launch_run(base: str, job: str, asset_selection: list[list[str]] | None = None, tags: dict | None = None) -> str:
     """Launches a job the way the UI's "Materialize" button does (queued, then started by the daemon)."""
-    selector = {"repositoryLocationName": "crm_pipelines", "repositoryName": "__repository__", "pipelineName": job}
-    if asset_selection:
-        selector["assetSelection"] = [{"path": p} for p in asset_selection]
-    launched = graphql(base, """
-        mutation Launch($params: ExecutionParams!) {
-          launchPipelineExecution(executionParams: $params) {
-            __typename
-            ... on LaunchRunSuccess { run { runId } }
-            ... on PythonError { message }
-            ... on InvalidSubsetError { message }
-          }
-        }""", {"params": {"selector": selector, "mode": "default", "executionMetadata": {
-        "tags": [{"key": k, "value": v} for k, v in (tags or {}).items()]}}})["launchPipelineExecution"]
-    assert launched["__typename"] == "LaunchRunSuccess", launched
-    return launched["run"]["runId"]
+    from crm_pipelines.nightly.__main__ import Dagster
+
+    return Dagster(base).launch(job, tags or {}, asset_selection)
