@@ -56,9 +56,10 @@ def dagster_services(env: dict, port: int, output=subprocess.DEVNULL) -> list[su
 
     The daemon logs warnings and errors only: at its default level it writes two lines per sensor tick
     (the lead sensor ticks every 5 s) even while nothing happens; every tick, skip reason and launched
-    run is in the UI (Automation, Runs)."""
+    run is in the UI (Automation, Runs). Its code servers log errors only: the daemon replaces them every
+    minute, and each old one says so with a warning ("No heartbeat received ... shutting down")."""
     workspace = str(ROOT / "workspace.yaml")
-    return [start_group([str(BIN / "dagster-daemon"), "run", "-w", workspace, "--log-level", "warning"], env,
-                        output=output),
+    return [start_group([str(BIN / "dagster-daemon"), "run", "-w", workspace, "--log-level", "warning",
+                         "--code-server-log-level", "error"], env, output=output),
             start_group([str(BIN / "dagster-webserver"), "-w", workspace, "-h", "127.0.0.1", "-p", str(port)], env,
                         output=output)]

@@ -373,3 +373,42 @@ def _run_of(instance_db, job: str, day: str) -> str | None:
     finally:
         engine.dispose()
     return row[0] if row else None
+
+
+def test_golden_follows_a_group_of_loads_once_after_the_last_of_them(tmp_path, landing):
+    defs = build_defs(settings_for(tmp_path, landing))
+    sensor = defs.resolve_sensor_def("nightly_chain_golden")
+    job = defs.resolve_job_def("ingest_sources")
+
+    def load(first: str, last: str, tags: dict):
+        return job.execute_in_process(instance=instance, tags={
+            "dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last, **tags},
+            asset_selection=[raw_asset_key("web_form_leads")], run_config=QUIET)
+
+    def after(result):
+        ctx = dg.build_run_status_sensor_context(sensor_name="nightly_chain_golden", dagster_instance=instance,
+                                                 dagster_run=instance.get_run_by_id(result.run_id),
+                                                 dagster_event=result.get_run_success_event())
+        return sensor(ctx)
+
+    with dg.instance_for_test() as instance:
+        rebuild = {"crm/rebuild": "g1", "crm/rebuild_runs": "2", "crm/nightly": "rebuild-g1"}
+        first = after(load("2026-11-02", "2026-11-03", rebuild))
+        assert isinstance(first, dg.SkipReason) and "1 of 2 load(s) done" in first.skip_message
+        second = after(load("2026-11-05", "2026-11-05", rebuild))
+        assert isinstance(second, dg.RunRequest) and second.run_key == "golden-after:crm/rebuild:g1"
+        assert second.tags["crm/nightly"] == "rebuild-g1"
+
+        # A UI backfill: its runs are submitted together; golden waits while one is still to run.
+        ran = load("2026-11-02", "2026-11-02", {"dagster/backfill": "bf1"})
+        waiting = instance.create_run_for_job(job_def=job, run_config=QUIET,
+                                              asset_selection=frozenset([raw_asset_key("web_form_leads")]), tags={
+            "dagster/backfill": "bf1", "dagster/asset_partition_range_start": "2026-11-04",
+            "dagster/asset_partition_range_end": "2026-11-04"})
+        assert waiting.status == dg.DagsterRunStatus.NOT_STARTED
+        assert isinstance(after(ran), dg.SkipReason)
+        instance.report_run_failed(waiting)  # it failed: no golden until it is re-executed with success
+        assert isinstance(after(ran), dg.SkipReason)
+        again = load("2026-11-04", "2026-11-04", {"dagster/backfill": "bf1"})
+        request = after(again)
+        assert isinstance(request, dg.RunRequest) and request.tags["crm/nightly"] == "backfill-bf1"
