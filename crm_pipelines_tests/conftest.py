@@ -69,7 +69,7 @@ def warehouse_url(request, tmp_path):
 # The few tests that run real processes for one to two minutes each go first: pytest-xdist hands the
 # first tests out one per worker, so they start at once on different cores and the short ones fill
 # in around them, instead of two of them ending up last on one worker.
-LONG_RUNNING = ("test_killed_run.py", "test_celery.py", "test_ui.py", "test_prod_local.py", "test_first_week.py")
+LONG_RUNNING = ("test_killed_run.py", "test_celery.py", "test_ui.py", "test_prod_local.py")
 
 
 def pytest_collection_modifyitems(config, items):

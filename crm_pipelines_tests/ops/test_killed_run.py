@@ -96,7 +96,10 @@ def test_a_push_killed_mid_way_frees_its_slot_and_the_next_push_completes_on_its
                "DAGSTER_PG_USERNAME": wh_url.username, "DAGSTER_PG_PASSWORD": wh_url.password or "",
                "DAGSTER_PG_DB": instance_db, "CRM_WAREHOUSE_URL": postgres_url, "CRM_LANDING_DIR": str(landing),
                "CRM_DATA_DIR": str(tmp_path / "data"), "CRM_API_URL": crm.url, "CRM_API_TOKEN": TOKEN,
-               "CRM_PRIVACY_SALT": "killed-run-test-salt-0123456789", "GX_ANALYTICS_ENABLED": "false"}
+               "CRM_PRIVACY_SALT": "killed-run-test-salt-0123456789", "GX_ANALYTICS_ENABLED": "false",
+               # The push's steps in its run process: the kill takes the run's whole process tree either way,
+               # and the sensors' runs beside it (new leads, consent) then cost one process each, not one per step.
+               "CRM_EXECUTOR": "in_process"}
         for k, v in env.items():
             monkeypatch.setenv(k, v)
         full_env = dict(os.environ)

@@ -53,7 +53,9 @@ def test_the_ui_shows_every_group_and_the_blocking_checks_and_runs_what_it_launc
     home.mkdir()
     shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
     env = {"DAGSTER_HOME": str(home), "CRM_DATA_DIR": str(data), "CRM_LANDING_DIR": str(landing),
-           "CRM_PARTITION_START": "2026-01-01", "GX_ANALYTICS_ENABLED": "false"}
+           "CRM_PARTITION_START": "2026-01-01", "GX_ANALYTICS_ENABLED": "false",
+           # Runs the daemon starts (those the UI launches, the sensors') run their steps in their run process.
+           "CRM_EXECUTOR": "in_process"}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     settings = Settings.from_env()
