@@ -276,6 +276,30 @@ def test_colleagues_sharing_a_role_or_shared_mailbox_stay_two_contacts(wh):
     assert holders.tolist() == [min(a for a in contacts_of(wh, "crm_contacts:S-1", "crm_contacts:S-2"))]
 
 
+def test_namesakes_whose_company_numbered_their_mailboxes_stay_two_contacts(wh):
+    add_raw(wh, "crm_contacts", [
+        # Two Ellen Müllers at one company: its IT gave the second the mailbox ellen.mueller2@.
+        crm("N-1", "Ellen", "Müller", "ellen.mueller@ultraplan-foerdertechnik.de", "Ultraplan Fördertechnik GmbH",
+            "47051", "Duisburg"),
+        crm("N-2", "Ellen", "Müller", "ellen.mueller2@ultraplan-foerdertechnik.de", "Ultraplan Fördertechnik GmbH",
+            "47051", "Duisburg"),
+    ])
+    add_raw(wh, "web_form_leads", [
+        # Each of them again, with her own mailbox: one contact each.
+        lead("WN-1", "Ellen", "Mueller", "ellen.mueller@ultraplan-foerdertechnik.de", "Ultraplan Fördertechnik GmbH",
+             "47051", "Duisburg"),
+        lead("WN-2", "Ellen", "Müller", "ellen.mueller2@ultraplan-foerdertechnik.de", "Ultraplan Fördertechnik",
+             "47051", "Duisburg"),
+        # The same person writing from a private address as well is still one person.
+        lead("WN-3", "Ellen", "Müller", "ellen.mueller@web.de", "Ultraplan Fördertechnik GmbH", "47051", "Duisburg"),
+    ])
+    run_golden(wh)
+    one, two, one_again, two_again = contacts_of(wh, "crm_contacts:N-1", "crm_contacts:N-2", "web_form_leads:WN-1",
+                                                 "web_form_leads:WN-2")
+    assert one != two, "mailboxes numbered apart at one company are two people"
+    assert (one, two) == (one_again, two_again)
+
+
 def test_account_cases_same_name_different_company_and_gmbh_vs_gmbh_co_kg(wh):
     add_raw(wh, "crm_accounts", [
         {"source_record_id": "CA-1", "crm_company_id": "CA-1", "company_name": "Zettelmann Hydraulik GmbH & Co. KG",

@@ -78,3 +78,20 @@ def _same_person(f1: str, l1: str, f2: str, l2: str) -> bool:
         return not a or not b or JaroWinkler.similarity(a, b) >= DIFFERENT
     # The first name decides (a new surname after a marriage is the same person); swapped names count.
     return close(f1, f2) or (close(f1, l2) and close(l1, f2))
+
+
+def numbered_apart(email_norm: pd.Series, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Per candidate pair: two mailboxes at one domain whose names differ only in a trailing number
+    (``ellen.mueller@`` and ``ellen.mueller2@``). A company numbers the mailboxes of namesakes; one
+    person has one mailbox there. The pair is two people, whatever their names and company say."""
+    email = email_norm.astype(object).where(email_norm.notna(), None)
+    parts = email.str.rsplit("@", n=1)
+    local, domain = parts.str[0], parts.str[1]
+    stem = local.str.replace(r"[0-9]+$", "", regex=True)
+    numbered = local.str.contains(r"[0-9]$", regex=True).fillna(False).to_numpy(dtype=bool)
+    key = (stem.where(stem.str.len() > 0) + "@" + domain).to_numpy(dtype=object)
+    codes, _ = pd.factorize(key, use_na_sentinel=True)
+    local_codes, _ = pd.factorize(local.to_numpy(dtype=object), use_na_sentinel=True)
+    ca, cb = codes[left], codes[right]
+    return ((ca >= 0) & (ca == cb) & (local_codes[left] != local_codes[right])
+            & (numbered[left] | numbered[right]))

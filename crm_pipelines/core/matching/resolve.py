@@ -12,7 +12,7 @@ import pandas as pd
 
 from .cluster import ClusterResult, cluster
 from .engine import CandidatePairs, Columns, FSModel, block, comparison_levels, estimate_u, fit, score, term_frequencies
-from .mailboxes import shared_mailboxes
+from .mailboxes import numbered_apart, shared_mailboxes
 from .settings import EntityMatchSpec
 
 Log = Callable[[str], None]
@@ -97,6 +97,13 @@ def resolve(df: pd.DataFrame, spec: EntityMatchSpec, must_link: list[tuple[int, 
     # Evidence alone, as if the prior were even: below the contradiction band the records differ.
     evidence = weight - math.log2(model.prior / (1 - model.prior))
     contradiction = evidence < math.log2(spec.contradiction_threshold / (1 - spec.contradiction_threshold))
+    if shared is not None:
+        # Namesakes whose company numbered their mailboxes (mueller@ / mueller2@ at one domain) are two
+        # people: the pair is a contradiction that keeps their clusters apart.
+        apart = numbered_apart(df["email_norm"], pairs.left, pairs.right)
+        contradiction |= apart
+        prob = np.where(apart, 0.0, prob)
+        log(f"{spec.entity}: {int(apart.sum()):,} candidate pairs with numbered mailboxes at one domain kept apart")
     result = cluster(n, pairs.left, pairs.right, prob, spec.match_threshold, contradiction,
                      spec.max_cluster_size, must_link=list(must_link or []), cannot_link=list(cannot_link or []),
                      auto_link=auto)
