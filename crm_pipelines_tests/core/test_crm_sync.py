@@ -273,8 +273,11 @@ KILLED_PUSH = textwrap.dedent("""
     settings = load_sync_settings(DEFAULT_CONFIG_DIR / "sync.yaml")
     payload = pd.read_json(payload_file, orient="records", dtype=False)
 
-    def after_batch(b):
-        if b == int(kill_after):
+    done = []
+
+    def after_batch(b):  # b is the batch's index; they complete in any order: count them instead
+        done.append(b)
+        if len(done) == int(kill_after):
             os.kill(os.getpid(), signal.SIGKILL)
 
     push(Warehouse(url), HubSpotConnector.create(crm_url, token), payload, settings.objects["contacts"], settings,
