@@ -300,6 +300,24 @@ def test_namesakes_whose_company_numbered_their_mailboxes_stay_two_contacts(wh):
     assert (one, two) == (one_again, two_again)
 
 
+def test_the_same_mailbox_at_the_companys_renamed_or_foreign_domain_is_the_same_person(wh):
+    add_raw(wh, "crm_contacts", [
+        crm("G-1", "Miroslav", "Mielcarek", "miroslav.mielcarek@thies-trapp.de", "Thies Trapp GmbH", "34117", "Kassel"),
+        crm("G-2", "Arne", "Kowalczyk", "arne.kowalczyk@vogt-stahlbau.at", "Vogt Stahlbau GmbH", "5020", "Salzburg"),
+    ])
+    add_raw(wh, "web_form_leads", [
+        # The company moved its mail to a group domain; the form has no address.
+        lead("WG-1", "Miroslav", "Mielcarek", "miroslav.mielcarek@thies-trapp-group.com", "Thies Trapp Group", None,
+             None),
+        lead("WG-2", "Arne", "Kowalczyk", "arne.kowalczyk@vogt-stahlbau-group.com", "Vogt Stahlbau", None, None),
+    ])
+    run_golden(wh)
+    a, b = contacts_of(wh, "crm_contacts:G-1", "web_form_leads:WG-1")
+    assert a == b, "the same mailbox at the company's group domain is the same person"
+    a, b = contacts_of(wh, "crm_contacts:G-2", "web_form_leads:WG-2")
+    assert a == b, "x.at and x-group.com are one organisation's domains"
+
+
 def test_account_cases_same_name_different_company_and_gmbh_vs_gmbh_co_kg(wh):
     add_raw(wh, "crm_accounts", [
         {"source_record_id": "CA-1", "crm_company_id": "CA-1", "company_name": "Zettelmann Hydraulik GmbH & Co. KG",

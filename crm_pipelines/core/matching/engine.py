@@ -9,6 +9,7 @@ EM runs over the distinct comparison patterns (a few thousand) rather than the p
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -237,6 +238,16 @@ def _local_part(email: str) -> str:
     return email.rsplit("@", 1)[0]
 
 
+_ORG_SUFFIX = re.compile(r"[-_.]?(group|gruppe|holding)$")
+
+
+def _mail_org(email: str) -> str | None:
+    """The organisation a mail domain names: without its top-level domain (``x.de``, ``x.at`` and ``x.ch``
+    are one company's) and without a group suffix (``x-group.com`` is ``x.de`` renamed)."""
+    label = email.rsplit("@", 1)[-1].rsplit(".", 1)[0]
+    return _ORG_SUFFIX.sub("", label) or None
+
+
 def _levels_for(cols: Columns, left, right, comp: ComparisonSpec, spec: EntityMatchSpec, swap) -> np.ndarray:
     n = len(left)
     levels = np.full(n, NULL, dtype=np.int8)
@@ -278,8 +289,12 @@ def _levels_for(cols: Columns, left, right, comp: ComparisonSpec, spec: EntityMa
             # "hans.mueller@a.de" vs "hans.mueller@b.de" repeats what the name comparisons already
             # say; counted again it would merge every pair of namesakes. Such mailboxes carry no
             # evidence of their own.
+            # The same mailbox name at the same organisation's other domain (x.de / x-group.com / x.at)
+            # is the person's, though: that evidence is kept (a merely similar one is not).
             named = cols.df["mailbox_is_name"].to_numpy(dtype=bool)
-            levels[(levels >= 1) & (named[left] | named[right])] = NULL
+            org = cols.derived("mail_org", comp.column, _mail_org)
+            same_org = (org[left] >= 0) & (org[left] == org[right])
+            levels[(levels >= 1) & (named[left] | named[right]) & ~(same_org & (levels == 2))] = NULL
         levels[exact] = 3
         if "email_shared" in cols.df.columns:
             # A role or shared mailbox (info@, einkauf@) says "same company", not "same person".
