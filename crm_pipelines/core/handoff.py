@@ -232,13 +232,13 @@ def hand_off(wh: Warehouse, leads: Sequence[Lead], territories: Territories, cha
     wh.ensure_tables([ALERT_LEDGER, PRINT_QUEUE])
     report = HandoffReport(leads=len(leads))
     open_counts, assigned = _workload(wh)
-    tasks: list[tuple[Task, Lead]] = []
+    tasks: list[Task] = []
     for lead in leads:
         row = _ledger_row(wh, lead.alert_key)
         if row is not None and row["status"] in ("notified", "done", "suppressed", "no_consent"):
             report.already_done += 1
             if row["status"] == "notified" and not row.get("task_crm_id") and row.get("owner_id"):
-                tasks.append((_task(lead, row["owner_id"], _aware(row["due_at"])), lead))
+                tasks.append(_task(lead, row["owner_id"], _aware(row["due_at"])))
             continue
         if row is None:
             status = "suppressed" if lead.suppressed else ("no_consent" if not lead.may_contact else "open")
@@ -254,7 +254,7 @@ def hand_off(wh: Warehouse, leads: Sequence[Lead], territories: Territories, cha
         due_at = _aware(row["due_at"]) if row.get("due_at") is not None else now + timedelta(hours=territories.follow_up_hours)
         updates: dict = {"team": team.name, "owner_id": owner.id, "due_at": due_at}
         if not row.get("task_crm_id"):
-            tasks.append((_task(lead, owner.id, due_at), lead))
+            tasks.append(_task(lead, owner.id, due_at))
         notified = json.loads(row["notified"]) if row.get("notified") else {}
         link = channels.crm_link.format(crm=crm_url.rstrip("/"), id=lead.contact_crm_id) \
             if lead.contact_crm_id and crm_url else None
@@ -291,21 +291,22 @@ def _task(lead: Lead, owner_id: str, due_at: datetime) -> Task:
                 contact_crm_id=lead.contact_crm_id, owner_id=owner_id)
 
 
-def _create_tasks(wh: Warehouse, connector, tasks: list[tuple[Task, Lead]], report: HandoffReport, log: Log) -> None:
+def _create_tasks(wh: Warehouse, connector, tasks: list[Task], report: HandoffReport, log: Log) -> None:
     batch = getattr(connector, "max_batch", 100)
     for start in range(0, len(tasks), batch):
-        chunk = tasks[start:start + batch]
-        results = connector.create_tasks([t for t, _ in chunk])
-        for result in results:
-            if result.status == CREATED:
-                report.tasks_created += 1
-                with wh.engine.begin() as conn:
-                    conn.execute(sa.update(ALERT_LEDGER).where(ALERT_LEDGER.c.alert_key == result.key)
-                                 .values(task_crm_id=result.crm_id))
-            else:
-                report.tasks_pending += 1
-                log(f"{result.key}: CRM task not created ({result.message}); the alert went out, the task follows "
+        results = connector.create_tasks(tasks[start:start + batch])
+        created = [r for r in results if r.status == CREATED]
+        report.tasks_created += len(created)
+        report.tasks_pending += len(results) - len(created)
+        for r in results:
+            if r.status != CREATED:
+                log(f"{r.key}: CRM task not created ({r.message}); the alert went out, the task follows "
                     "with the next hand-off run")
+        if created:
+            with wh.engine.begin() as conn:  # one transaction per batch, not per task
+                for r in created:
+                    conn.execute(sa.update(ALERT_LEDGER).where(ALERT_LEDGER.c.alert_key == r.key)
+                                 .values(task_crm_id=r.crm_id))
 
 
 def _owner(territories: Territories, row: dict, lead: Lead, open_counts, assigned) -> tuple[Team, Rep]:

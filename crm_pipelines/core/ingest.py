@@ -15,7 +15,7 @@ import hashlib
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -466,14 +466,13 @@ def outdated_partitions(warehouse: Warehouse, mapping: SourceMapping, landing_ro
 
 def partition_ranges(partitions: list[str]) -> list[tuple[str, str]]:
     """Consecutive days as (first, last) ranges: one run each, so days between them stay untouched."""
-    days = sorted(datetime.strptime(p, "%Y-%m-%d").date() for p in partitions)
-    ranges: list[tuple[str, str]] = []
-    for day in days:
-        if ranges and (day - datetime.strptime(ranges[-1][1], "%Y-%m-%d").date()).days == 1:
-            ranges[-1] = (ranges[-1][0], day.isoformat())
+    ranges: list[list[date]] = []
+    for day in sorted(date.fromisoformat(p) for p in partitions):
+        if ranges and (day - ranges[-1][1]).days == 1:
+            ranges[-1][1] = day
         else:
-            ranges.append((day.isoformat(), day.isoformat()))
-    return ranges
+            ranges.append([day, day])
+    return [(a.isoformat(), b.isoformat()) for a, b in ranges]
 
 
 def partition_balance(warehouse: Warehouse, mapping: SourceMapping, partitions: list[str]) -> dict[str, dict[str, int]]:

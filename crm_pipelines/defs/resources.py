@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+from urllib.parse import urlparse
 from pathlib import Path
 
 import dagster as dg
@@ -86,7 +87,8 @@ class CrmResource(dg.ConfigurableResource):
         if self.base_url != LOCAL_CRM_URL:
             return None
         try:
-            with socket.create_connection(("127.0.0.1", 8766), timeout=1):
+            local = urlparse(LOCAL_CRM_URL)
+            with socket.create_connection((local.hostname, local.port), timeout=1):
                 return None
         except OSError:
             return ("no CRM: CRM_API_URL is not set and the local development CRM is not running on "
