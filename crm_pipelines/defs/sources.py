@@ -202,10 +202,6 @@ def build_source_assets(mappings: dict[str, SourceMapping], partitions_def: dg.P
 
 # ---------------------------------------------------------------------------- mapping changes
 
-def build_mapping_checks(mappings: dict[str, SourceMapping]) -> list[dg.AssetChecksDefinition]:
-    return [_mapping_check(m) for m in mappings.values()]
-
-
 def _mapping_check(mapping: SourceMapping) -> dg.AssetChecksDefinition:
     @dg.asset_check(asset=raw_asset_key(mapping.source), name=MAPPING_CHECK, blocking=False,
                     description="Every loaded day was loaded with the current version of the mapping "
@@ -236,7 +232,7 @@ def build_mapping_defs(mappings: dict[str, SourceMapping]) -> dict:
     """The mapping-version checks, a job that runs only them, and a sensor that runs that job whenever the
     code location comes up with a mapping whose version changed: after an edit and a reload, the warning is
     on the asset, in the catalog and on the lineage graph without anyone loading anything."""
-    checks = build_mapping_checks(mappings)
+    checks = [_mapping_check(m) for m in mappings.values()]
     job = dg.define_asset_job(
         "check_mapping_versions",
         selection=dg.AssetSelection.checks(*[dg.AssetCheckKey(raw_asset_key(m.source), MAPPING_CHECK)
