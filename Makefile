@@ -79,7 +79,7 @@ crm-server: install
 	$(PY) -m crm_pipelines.devtools.crm_server --db .crm_data/crm_server.db --port 8766
 
 sql: install
-	$(PY) -m crm_pipelines.core.ddl sql
+	$(PY) -m crm_pipelines.devtools.ddl sql
 
 clean:
 	rm -rf .crm_data .dagster_home data/landing .pytest_cache

@@ -101,9 +101,9 @@ def prepare(work: Path, n: int) -> tuple[Path, Path, pd.DataFrame, dict]:
     from crm_pipelines.core.crm.hubspot import HubSpotConnector
     from crm_pipelines.core.crm.payloads import build_payload
     from crm_pipelines.core.crm.settings import load_sync_settings
-    from crm_pipelines.core.mapping import load_mappings
-    from crm_pipelines.core.schema import CRM_SYNC_STATE
-    from crm_pipelines.core.warehouse import Warehouse
+    from crm_pipelines.core.platform.schema import CRM_SYNC_STATE
+    from crm_pipelines.core.platform.warehouse import Warehouse
+    from crm_pipelines.core.sources.mapping import load_mappings
     from crm_pipelines.devtools.crm_server import CrmServer
     from crm_pipelines.settings import DEFAULT_CONFIG_DIR
 
@@ -143,7 +143,7 @@ def run(label: str, base: Path, db: Path, wh_file: Path, payload: pd.DataFrame, 
     from crm_pipelines.core.crm.hubspot import HubSpotConnector
     from crm_pipelines.core.crm.settings import load_sync_settings
     from crm_pipelines.core.crm.sync import push
-    from crm_pipelines.core.warehouse import Warehouse
+    from crm_pipelines.core.platform.warehouse import Warehouse
     from crm_pipelines.devtools.crm_server import CrmServer
     from crm_pipelines.settings import DEFAULT_CONFIG_DIR
 

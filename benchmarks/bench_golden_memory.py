@@ -29,9 +29,9 @@ CONTACTS = int(os.environ.get("BENCH_GOLDEN_MEMORY_CONTACTS", "1000000"))
 
 # Each step's phases, in the order it calls them (replace_table is labelled by its table).
 PHASES = {
-    "contacts": ("load_person_records", "resolve", "assign_ids", "survive", "_account_of_contacts", "_register_ids",
+    "contacts": ("load_person_records", "resolve", "assign_ids", "survive", "account_of_contacts", "register_ids",
                  "replace_table", "_lineage_rows", "_persist"),
-    "accounts": ("load_account_records", "account_signatures", "resolve", "assign_ids", "survive", "_register_ids",
+    "accounts": ("load_account_records", "account_signatures", "resolve", "assign_ids", "survive", "register_ids",
                  "replace_table", "_lineage_rows", "_persist"),
 }
 
@@ -79,22 +79,24 @@ class PhaseMemory:
 
 
 def _worker(mode: str, url: str) -> None:
-    from crm_pipelines.core import golden as G
-    from crm_pipelines.core.matching.settings import load_matching_config
-    from crm_pipelines.core.warehouse import Warehouse
+    from crm_pipelines.core.golden import build as G
+    from crm_pipelines.core.golden.build import resolve_accounts, resolve_contacts
+    from crm_pipelines.core.golden.matching.settings import load_matching_config
+    from crm_pipelines.core.golden.staging import build_account_records, build_person_records
+    from crm_pipelines.core.platform.warehouse import Warehouse
     from crm_pipelines.settings import DEFAULT_CONFIG_DIR
 
     wh = Warehouse(url)
     cfg = load_matching_config(DEFAULT_CONFIG_DIR / "matching.yaml")
     if mode == "prepare":
-        G.build_person_records(wh)
-        G.build_account_records(wh)
+        build_person_records(wh)
+        build_account_records(wh)
         return
     phases = PhaseMemory()
     for name in PHASES[mode]:
         phases.wrap(G, name)
     started = time.monotonic()
-    (G.resolve_accounts if mode == "accounts" else G.resolve_contacts)(wh, cfg, "bench-golden-memory")
+    (resolve_accounts if mode == "accounts" else resolve_contacts)(wh, cfg, "bench-golden-memory")
     total = time.monotonic() - started
     phases.stop()
     print(json.dumps({"seconds": total, "rows": phases.rows}))

@@ -23,7 +23,7 @@ from benchmarks.common import ROOT, figure, landing_zone, log, run_measured
 
 
 def _count(url: str) -> tuple[int, int, int]:
-    from crm_pipelines.core.warehouse import Warehouse
+    from crm_pipelines.core.platform.warehouse import Warehouse
 
     wh = Warehouse(url)
     with wh.engine.connect() as conn:

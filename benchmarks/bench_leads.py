@@ -47,9 +47,9 @@ def alert_latency() -> None:
         for source in ("trade_fair_leads", "service_requests", "consent_changes"):
             shutil.rmtree(landing / source, ignore_errors=True)
         # Score once so lead_scores exists (as after a nightly run).
-        subprocess.run([sys.executable, "-c", "import sys; from crm_pipelines.core.leads import build_lead_scores; "
-                        "from crm_pipelines.core.scoring import load_scoring_rules; "
-                        "from crm_pipelines.core.warehouse import Warehouse; "
+        subprocess.run([sys.executable, "-c", "import sys; from crm_pipelines.core.scoring.leads import build_lead_scores; "
+                        "from crm_pipelines.core.scoring.rules import load_scoring_rules; "
+                        "from crm_pipelines.core.platform.warehouse import Warehouse; "
                         "from crm_pipelines.settings import DEFAULT_CONFIG_DIR; "
                         "build_lead_scores(Warehouse(sys.argv[1]), load_scoring_rules(DEFAULT_CONFIG_DIR / "
                         "'scoring.yaml'), 'bench')", f"sqlite:///{tmp / 'data' / 'warehouse.db'}"], check=True, cwd=ROOT)
@@ -105,8 +105,8 @@ def _open_hand_offs(url: str, crm_url: str, n: int) -> None:
 
     from crm_pipelines.core.crm.hubspot import HubSpotConnector
     from crm_pipelines.core.crm.protocol import Task
-    from crm_pipelines.core.schema import ALERT_LEDGER
-    from crm_pipelines.core.warehouse import Warehouse
+    from crm_pipelines.core.platform.schema import ALERT_LEDGER
+    from crm_pipelines.core.platform.warehouse import Warehouse
 
     hub = HubSpotConnector.create(crm_url, None)
     now = datetime.now(timezone.utc)
@@ -137,7 +137,7 @@ def scoring_worker() -> None:
     import numpy as np
     import pandas as pd
 
-    from crm_pipelines.core.scoring import attribute_events, load_scoring_rules, score_contacts
+    from crm_pipelines.core.scoring.rules import attribute_events, load_scoring_rules, score_contacts
     from crm_pipelines.settings import DEFAULT_CONFIG_DIR
 
     rng = np.random.default_rng(3)

@@ -24,9 +24,9 @@ from benchmarks.common import CACHE, figure, landing_zone, log, run_measured
 
 def warehouse(landing: Path, contacts: int) -> str:
     """A SQLite warehouse with the landing zone loaded, cached next to it."""
-    from crm_pipelines.core.ingest import ingest_partition, landed_partitions
-    from crm_pipelines.core.mapping import load_mappings
-    from crm_pipelines.core.warehouse import Warehouse
+    from crm_pipelines.core.platform.warehouse import Warehouse
+    from crm_pipelines.core.sources.ingest import ingest_partition, landed_partitions
+    from crm_pipelines.core.sources.mapping import load_mappings
     from crm_pipelines.settings import DEFAULT_CONFIG_DIR
 
     mappings = load_mappings(DEFAULT_CONFIG_DIR)

@@ -16,12 +16,12 @@ from benchmarks.common import figure, log, run_measured
 
 
 def worker(url: str) -> None:
-    from crm_pipelines.core.printing.lists import audience_frame, build_list
-    from crm_pipelines.core.printing.release import record_list
-    from crm_pipelines.core.printing.rules import load_campaign
-    from crm_pipelines.core.privacy.identity import IdentityHasher
-    from crm_pipelines.core.privacy.suppression import SuppressionList
-    from crm_pipelines.core.warehouse import Warehouse
+    from crm_pipelines.core.platform.warehouse import Warehouse
+    from crm_pipelines.core.print.lists import audience_frame, build_list
+    from crm_pipelines.core.print.release import record_list
+    from crm_pipelines.core.print.rules import load_campaign
+    from crm_pipelines.core.privacy_screen.identity import IdentityHasher
+    from crm_pipelines.core.privacy_screen.suppression import SuppressionList
     from crm_pipelines.settings import DEFAULT_CONFIG_DIR
 
     wh = Warehouse(url)

@@ -69,11 +69,12 @@ def erasure_latency() -> None:
 
 
 def erase_in_1m() -> None:
-    from crm_pipelines.core.mapping import load_mappings
+    from crm_pipelines.core.platform.warehouse import Warehouse
+    from crm_pipelines.core.print.release import remove_recipients
     from crm_pipelines.core.privacy.erasure import erase
-    from crm_pipelines.core.privacy.identity import IdentityHasher
-    from crm_pipelines.core.privacy.suppression import SuppressionList
-    from crm_pipelines.core.warehouse import Warehouse
+    from crm_pipelines.core.privacy_screen.identity import IdentityHasher
+    from crm_pipelines.core.privacy_screen.suppression import SuppressionList
+    from crm_pipelines.core.sources.mapping import load_mappings
     from crm_pipelines.settings import DEFAULT_CONFIG_DIR
 
     url = _golden_1m()
@@ -90,7 +91,8 @@ def erase_in_1m() -> None:
         if suppression.contains_email(email):
             continue  # erased by an earlier benchmark run on the cached warehouse
         t = time.monotonic()
-        report = erase(wh, hasher, mappings, emails=[email], request_id=f"bench:{time.time_ns()}", source="bench",
+        report = erase(wh, hasher, mappings, copies={"print_lists": remove_recipients}, emails=[email],
+                       request_id=f"bench:{time.time_ns()}", source="bench",
                        actor="bench")
         times.append(time.monotonic() - t)
         rows.append(sum(report.tables.values()))
@@ -109,9 +111,10 @@ def _golden_1m() -> str:
         log(f"reusing {folder}")
         return url
     from benchmarks.bench_matching import warehouse
-    from crm_pipelines.core import golden as G
-    from crm_pipelines.core.matching.settings import load_matching_config
-    from crm_pipelines.core.warehouse import Warehouse
+    from crm_pipelines.core.golden.build import ensure_golden_tables, resolve_accounts, resolve_contacts
+    from crm_pipelines.core.golden.matching.settings import load_matching_config
+    from crm_pipelines.core.golden.staging import build_account_records, build_person_records
+    from crm_pipelines.core.platform.warehouse import Warehouse
     from crm_pipelines.settings import DEFAULT_CONFIG_DIR
 
     src = Path(warehouse(landing_zone(1_000_000), 1_000_000).replace("sqlite:///", "")).parent
@@ -120,11 +123,11 @@ def _golden_1m() -> str:
     log(f"building the golden layer of 1,000,000 contacts in {folder}")
     wh = Warehouse(url)
     cfg = load_matching_config(DEFAULT_CONFIG_DIR / "matching.yaml")
-    G.ensure_golden_tables(wh)
-    G.build_person_records(wh)
-    G.build_account_records(wh)
-    G.resolve_accounts(wh, cfg, "bench", log=log)
-    G.resolve_contacts(wh, cfg, "bench", log=log)
+    ensure_golden_tables(wh)
+    build_person_records(wh)
+    build_account_records(wh)
+    resolve_accounts(wh, cfg, "bench", log=log)
+    resolve_contacts(wh, cfg, "bench", log=log)
     wh.engine.dispose()
     marker.write_text(json.dumps({"built": time.time()}))
     return url

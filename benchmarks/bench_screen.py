@@ -29,10 +29,10 @@ ERASED = int(os.environ.get("BENCH_SCREEN_ERASED", "1000"))
 
 
 def _ingest_all(landing: Path, url: str, hasher, suppressed: set[tuple[str, str]]) -> tuple[float, int, int]:
-    from crm_pipelines.core.ingest import ingest_partition, landed_partitions
-    from crm_pipelines.core.mapping import load_mappings
-    from crm_pipelines.core.privacy.suppression import SuppressionList
-    from crm_pipelines.core.warehouse import Warehouse
+    from crm_pipelines.core.platform.warehouse import Warehouse
+    from crm_pipelines.core.privacy_screen.suppression import SuppressionList
+    from crm_pipelines.core.sources.ingest import ingest_partition, landed_partitions
+    from crm_pipelines.core.sources.mapping import load_mappings
     from crm_pipelines.settings import DEFAULT_CONFIG_DIR
 
     wh = Warehouse(url)
@@ -56,7 +56,7 @@ def _ingest_all(landing: Path, url: str, hasher, suppressed: set[tuple[str, str]
 
 def _people(url: str, hasher, n: int) -> tuple[set[tuple[str, str]], list[str]]:
     """Every identity of n people with an e-mail from the web forms and trade fairs, and their e-mails."""
-    from crm_pipelines.core.warehouse import Warehouse
+    from crm_pipelines.core.platform.warehouse import Warehouse
 
     wh = Warehouse(url)
     frames = []
@@ -74,10 +74,11 @@ def _people(url: str, hasher, n: int) -> tuple[set[tuple[str, str]], list[str]]:
 
 
 def main() -> int:
-    from crm_pipelines.core.mapping import load_mappings
+    from crm_pipelines.core.platform.warehouse import Warehouse
+    from crm_pipelines.core.print.release import remove_recipients
     from crm_pipelines.core.privacy.erasure import erase
-    from crm_pipelines.core.privacy.identity import IdentityHasher
-    from crm_pipelines.core.warehouse import Warehouse
+    from crm_pipelines.core.privacy_screen.identity import IdentityHasher
+    from crm_pipelines.core.sources.mapping import load_mappings
     from crm_pipelines.settings import DEFAULT_CONFIG_DIR
 
     landing = landing_zone(CONTACTS)
@@ -103,7 +104,8 @@ def main() -> int:
         times, rewritten, checked = [], [], 0
         for email in emails[:3]:
             started = time.monotonic()
-            report = erase(wh, hasher, mappings, emails=[email], request_id=f"bench:{time.time_ns()}", source="bench",
+            report = erase(wh, hasher, mappings, copies={"print_lists": remove_recipients}, emails=[email],
+                           request_id=f"bench:{time.time_ns()}", source="bench",
                            actor="bench", landing_root=copy)
             times.append(time.monotonic() - started)
             rewritten.append(report.landing["files_rewritten"])

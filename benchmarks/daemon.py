@@ -14,11 +14,12 @@ from crm_pipelines.devtools.processes import BIN, start_group, stop_groups
 
 def small_warehouse(tmp: Path, n_emails: int = 4, contacts: int = 2000) -> tuple[Path, str, list[str]]:
     """A demo-sized landing zone loaded and resolved (no Dagster), and addresses to erase."""
-    from crm_pipelines.core import golden as G
-    from crm_pipelines.core.ingest import ingest_partition, landed_partitions
-    from crm_pipelines.core.mapping import load_mappings
-    from crm_pipelines.core.matching.settings import load_matching_config
-    from crm_pipelines.core.warehouse import Warehouse
+    from crm_pipelines.core.golden.build import ensure_golden_tables, resolve_accounts, resolve_contacts
+    from crm_pipelines.core.golden.matching.settings import load_matching_config
+    from crm_pipelines.core.golden.staging import build_account_records, build_person_records
+    from crm_pipelines.core.platform.warehouse import Warehouse
+    from crm_pipelines.core.sources.ingest import ingest_partition, landed_partitions
+    from crm_pipelines.core.sources.mapping import load_mappings
     from crm_pipelines.demo.generator import GeneratorConfig, generate
     from crm_pipelines.settings import DEFAULT_CONFIG_DIR
 
@@ -32,11 +33,11 @@ def small_warehouse(tmp: Path, n_emails: int = 4, contacts: int = 2000) -> tuple
         for day in landed_partitions(landing, m.source):
             ingest_partition(m, day, landing, wh, "bench")
     cfg = load_matching_config(DEFAULT_CONFIG_DIR / "matching.yaml")
-    G.ensure_golden_tables(wh)
-    G.build_person_records(wh)
-    G.build_account_records(wh)
-    G.resolve_accounts(wh, cfg, "bench")
-    G.resolve_contacts(wh, cfg, "bench")
+    ensure_golden_tables(wh)
+    build_person_records(wh)
+    build_account_records(wh)
+    resolve_accounts(wh, cfg, "bench")
+    resolve_contacts(wh, cfg, "bench")
     emails = wh.read_raw_sql("SELECT email FROM golden.contacts WHERE email IS NOT NULL ORDER BY golden_id LIMIT 50")
     wh.engine.dispose()
     return landing, url, emails["email"].tolist()[::7][:n_emails]

@@ -15,12 +15,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from crm_pipelines.core import golden as G
-from crm_pipelines.core.matching.evaluate import load_truth, pairwise_scores
-from crm_pipelines.core.matching.records import ACCOUNT_SOURCES, PERSON_SOURCES, account_records, account_signatures, person_records
-from crm_pipelines.core.matching.resolve import resolve
-from crm_pipelines.core.matching.settings import load_matching_config
-from crm_pipelines.core.warehouse import Warehouse
+from crm_pipelines.core.golden.build import ensure_golden_tables, resolve_accounts, resolve_contacts
+from crm_pipelines.core.golden.matching.evaluate import load_truth, pairwise_scores
+from crm_pipelines.core.golden.matching.resolve import resolve
+from crm_pipelines.core.golden.matching.settings import load_matching_config
+from crm_pipelines.core.golden.records import (ACCOUNT_SOURCES, PERSON_SOURCES, account_records, account_signatures,
+                                               person_records)
+from crm_pipelines.core.golden.review import build_review_queue
+from crm_pipelines.core.golden.staging import build_account_records, build_person_records, read_raw
+from crm_pipelines.core.platform.warehouse import Warehouse
 from crm_pipelines.settings import DEFAULT_CONFIG_DIR
 
 
@@ -35,8 +38,8 @@ def ours(wh: Warehouse, truth: pd.DataFrame) -> dict:
     """Cleaning and matching as the golden assets do it: each step keeps only what the next one needs."""
     cfg = load_matching_config(DEFAULT_CONFIG_DIR / "matching.yaml")
     t0 = time.monotonic()
-    persons = person_records(G.read_raw(wh, PERSON_SOURCES))
-    accounts = account_records(G.read_raw(wh, ACCOUNT_SOURCES), persons)
+    persons = person_records(read_raw(wh, PERSON_SOURCES))
+    accounts = account_records(read_raw(wh, ACCOUNT_SOURCES), persons)
     sig, codes = account_signatures(accounts)
     n_accounts, account_keys = len(accounts), accounts["record_key"].to_numpy()
     del accounts
@@ -59,7 +62,7 @@ def ours(wh: Warehouse, truth: pd.DataFrame) -> dict:
 def splink(wh: Warehouse, truth: pd.DataFrame) -> dict:
     from benchmarks.splink_runner import splink_accounts, splink_persons
 
-    raw = G.read_raw(wh, PERSON_SOURCES + ACCOUNT_SOURCES)
+    raw = read_raw(wh, PERSON_SOURCES + ACCOUNT_SOURCES)
     persons = person_records(raw)
     accounts = account_records(raw, persons)
     del raw
@@ -80,12 +83,12 @@ def golden(wh: Warehouse, truth: pd.DataFrame) -> dict:
     """The asset path: records written to staging, resolved, golden tables, crosswalk and lineage written."""
     cfg = load_matching_config(DEFAULT_CONFIG_DIR / "matching.yaml")
     t = time.monotonic()
-    G.ensure_golden_tables(wh)
-    G.build_person_records(wh)
-    G.build_account_records(wh)
-    G.resolve_accounts(wh, cfg, "bench")
-    G.resolve_contacts(wh, cfg, "bench")
-    G.build_review_queue(wh)
+    ensure_golden_tables(wh)
+    build_person_records(wh)
+    build_account_records(wh)
+    resolve_accounts(wh, cfg, "bench")
+    resolve_contacts(wh, cfg, "bench")
+    build_review_queue(wh)
     seconds = time.monotonic() - t
     pc = wh.read_raw_sql("SELECT record_key, golden_id FROM golden.person_crosswalk WHERE valid_to IS NULL")
     ac = wh.read_raw_sql("SELECT record_key, golden_id FROM golden.account_crosswalk WHERE valid_to IS NULL")

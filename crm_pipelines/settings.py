@@ -99,7 +99,7 @@ class Settings:
 
     @property
     def default_warehouse_url(self) -> str:
-        from .core.warehouse import default_url
+        from .core.platform.warehouse import default_url
 
         return default_url(self.data_dir.resolve())
 
@@ -118,7 +118,7 @@ def cli_warehouse(settings: Settings, out=None, create: bool = False):
     on stderr before anything is read or written. Without CRM_WAREHOUSE_URL and without the default SQLite
     files, the tool stops instead of creating empty ones: in a deployment that means the variable is
     missing from this shell, and the tool would otherwise answer about a warehouse nobody uses."""
-    from .core.warehouse import Warehouse, describe_url
+    from .core.platform.warehouse import Warehouse, describe_url
 
     out = out or sys.stderr
     url = settings.effective_warehouse_url

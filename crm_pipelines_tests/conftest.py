@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from crm_pipelines.core.mapping import load_mappings
-from crm_pipelines.core.warehouse import Warehouse
+from crm_pipelines.core.platform.warehouse import Warehouse
+from crm_pipelines.core.sources.mapping import load_mappings
 from crm_pipelines.settings import DEFAULT_CONFIG_DIR
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")

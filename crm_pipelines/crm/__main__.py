@@ -26,7 +26,7 @@ from ..core.crm.hubspot import HubSpotConnector
 from ..core.crm.properties import setup_portal
 from ..core.crm.protocol import CrmAuthError
 from ..core.crm.settings import load_sync_settings
-from ..core.mapping import load_mappings
+from ..core.sources.mapping import load_mappings
 from ..settings import Settings, cli_warehouse
 
 LOCAL_CRM_URL = "http://127.0.0.1:8766"

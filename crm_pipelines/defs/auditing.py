@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..core.privacy.audit import AuditEntry, append
-from ..core.warehouse import Warehouse
+from ..core.platform.audit import AuditEntry, append
+from ..core.platform.warehouse import Warehouse
 
 
 def audit_run(wh: Warehouse, context, action: str, details: dict, subject: str | None = None) -> None:

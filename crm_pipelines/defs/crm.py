@@ -19,18 +19,18 @@ import pandas as pd
 import sqlalchemy as sa
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
-from ..core import quality as Q
 from ..core.crm.changes import pull_changes
 from ..core.crm.payloads import build_payload
 from ..core.crm.properties import PortalNotReady, setup_portal
 from ..core.crm.settings import load_sync_settings
 from ..core.crm.snapshot import pull_snapshot
 from ..core.crm.sync import SyncBusy, SyncFailed, push
-from ..core.mapping import SourceMapping
-from ..core.masking import masked_preview
 from ..core.model import ENTITIES
-from ..core.privacy.suppression import Screen
-from ..core.schema import CRM_PAYLOADS, GOLDEN_ACCOUNTS, GOLDEN_CONTACTS, LEAD_SCORES
+from ..core.platform import quality as Q
+from ..core.platform.masking import masked_preview
+from ..core.platform.schema import CRM_PAYLOADS, GOLDEN_ACCOUNTS, GOLDEN_CONTACTS, LEAD_SCORES
+from ..core.privacy_screen.suppression import Screen
+from ..core.sources.mapping import SourceMapping
 from . import golden as golden_defs
 from .auditing import audit_run
 from .metadata import frame_markdown
@@ -114,7 +114,7 @@ class SnapshotConfig(dg.Config):
     """Landing-zone day folder (YYYY-MM-DD) to write into; empty: today in the project's time zone."""
 
 
-def build_crm_assets(config_dir, mappings: dict[str, SourceMapping], timezone: str = "Europe/Berlin") -> list:
+def build_crm_defs(config_dir, mappings: dict[str, SourceMapping], timezone: str = "Europe/Berlin") -> dg.Definitions:
     settings = load_sync_settings(config_dir / "sync.yaml", golden_columns={
         "companies": set(GOLDEN_ACCOUNTS.columns.keys()), "contacts": set(GOLDEN_CONTACTS.columns.keys())})
     version = f"crm-1-{settings.sha256[:12]}"
@@ -262,7 +262,7 @@ def build_crm_assets(config_dir, mappings: dict[str, SourceMapping], timezone: s
             "requests": connector.stats.requests, "throttled": connector.stats.throttled,
         })
 
-    return [
+    assets = [
         crm_portal,
         crm_changes,
         crm_snapshot,
@@ -270,6 +270,36 @@ def build_crm_assets(config_dir, mappings: dict[str, SourceMapping], timezone: s
         payload_asset("contacts", CONTACT_PAYLOAD_KEY, golden_defs.CONTACTS_KEY, GOLDEN_CONTACTS),
         push_asset("companies", PUSH_ACCOUNTS_KEY, ACCOUNT_PAYLOAD_KEY, []),
         push_asset("contacts", PUSH_CONTACTS_KEY, CONTACT_PAYLOAD_KEY, [PUSH_ACCOUNTS_KEY]),
+    ]
+    return dg.Definitions(assets=assets, jobs=_jobs())
+
+
+def _jobs() -> list:
+    return [
+        dg.define_asset_job(
+            "push_crm",
+            selection=dg.AssetSelection.groups(GROUP) - dg.AssetSelection.assets(SNAPSHOT_KEY, PORTAL_KEY),
+            tags={"crm/push": "crm"},  # the production run queue lets one push run at a time
+            description="Read the CRM's changes (what sales edited, deleted, merged), build the CRM payloads, check "
+                        "them (blocking GX suites), push what changed to the CRM.",
+        ),
+        dg.define_asset_job(
+            "pull_crm_snapshot",
+            selection=dg.AssetSelection.assets(SNAPSHOT_KEY),
+            description="Read the CRM's companies and contacts into today's landing zone for raw/crm_accounts and "
+                        "raw/crm_contacts (then run ingest_sources for that day).",
+        ),
+        dg.define_asset_job(
+            "pull_crm_changes",
+            selection=dg.AssetSelection.assets(CHANGES_KEY),
+            description="What changed in the CRM since the last pull, into ops.crm_remote and today's landing zone.",
+        ),
+        dg.define_asset_job(
+            "setup_crm_portal",
+            selection=dg.AssetSelection.assets(PORTAL_KEY),
+            description="Create the property group and every custom property the push needs in the CRM portal "
+                        "(idempotent).",
+        ),
     ]
 
 

@@ -9,14 +9,19 @@ import dagster as dg
 import pandas as pd
 import sqlalchemy as sa
 
-from ..core import golden as G
-from ..core.enrichment import enrich
-from ..core.masking import mask_value, masked_preview
-from ..core.matching.records import ACCOUNT_SOURCES, PERSON_SOURCES
-from ..core.matching.settings import MatchingConfig, load_matching_config
+from ..core.golden.build import GoldenResult, resolve_accounts, resolve_contacts
+from ..core.golden.crosswalk import build_crosswalk
+from ..core.golden.enrichment import enrich
+from ..core.golden.explain import explain
+from ..core.golden.matching.settings import MatchingConfig, load_matching_config
+from ..core.golden.review import build_review_queue
+from ..core.golden.staging import (ENRICHMENT_COLUMNS, SLICE_RECORDS, build_account_records,
+                                   drop_unmapped_person_sources, load_account_records, load_person_records_sample)
+from ..core.golden.staging import clean_person_source as clean_source
 from ..core.model import ENTITIES
-from ..core.schema import (ACCOUNT_CROSSWALK, ACCOUNT_RECORDS, GOLDEN_CONTACTS, PERSON_CROSSWALK,
-                           PERSON_RECORDS)
+from ..core.platform.masking import mask_value, masked_preview
+from ..core.platform.schema import ACCOUNT_CROSSWALK, ACCOUNT_RECORDS, GOLDEN_CONTACTS, PERSON_CROSSWALK, PERSON_RECORDS
+from ..core.sources.roles import ACCOUNT_SOURCES, PERSON_SOURCES
 from .auditing import audit_run
 from .metadata import frame_markdown, markdown_table
 from .resources import PrivacyResource, RegisterResource, WarehouseResource
@@ -37,7 +42,7 @@ REVIEW_KEY = dg.AssetKey(["golden", "review_queue"])
 CONSENT_KEY = dg.AssetKey(["staging", "consent_events"])  # built by the privacy group
 
 
-def build_golden_assets(config_dir, slice_records: int = G.SLICE_RECORDS) -> list[dg.AssetsDefinition]:
+def build_golden_defs(config_dir, slice_records: int = SLICE_RECORDS) -> dg.Definitions:
     cfg_path = config_dir / "matching.yaml"
     cfg: MatchingConfig = load_matching_config(cfg_path)
     version = f"{CODE_VERSION}-{cfg.sha256[:12]}"
@@ -51,7 +56,7 @@ def build_golden_assets(config_dir, slice_records: int = G.SLICE_RECORDS) -> lis
                           "Table `staging.account_records`.")
     def account_records(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         wh = warehouse.get()
-        written = G.build_account_records(wh, slice_records)
+        written = build_account_records(wh, slice_records)
         forms = sorted(written.values.get("legal_form", {}).items(), key=lambda kv: (-kv[1], str(kv[0])))[:12]
         preview = written.preview if written.preview is not None else pd.DataFrame()
         return dg.MaterializeResult(metadata={
@@ -70,7 +75,7 @@ def build_golden_assets(config_dir, slice_records: int = G.SLICE_RECORDS) -> lis
     def register_enrichment(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                             register: RegisterResource) -> dg.MaterializeResult:
         wh = warehouse.get()
-        accounts = G.load_account_records(wh, G.ENRICHMENT_COLUMNS)
+        accounts = load_account_records(wh, ENRICHMENT_COLUMNS)
         client = register.client()
         if client is None:
             context.log.info("CRM_REGISTER_URL is not set: no register lookups")
@@ -100,7 +105,7 @@ def build_golden_assets(config_dir, slice_records: int = G.SLICE_RECORDS) -> lis
                           "`golden.account_crosswalk` (with history), `golden.account_lineage`, `golden.match_edges`.")
     def golden_accounts(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
         wh = warehouse.get()
-        result = G.resolve_accounts(wh, cfg, context.run.run_id, log=context.log.info)
+        result = resolve_accounts(wh, cfg, context.run.run_id, log=context.log.info)
         yield from _golden_outputs(context, wh, result, cfg, ACCOUNTS_KEY, ACCOUNT_RECORDS, ACCOUNT_CROSSWALK)
 
     contact_checks = [
@@ -126,7 +131,7 @@ def build_golden_assets(config_dir, slice_records: int = G.SLICE_RECORDS) -> lis
                           "history), `golden.contact_lineage`, `golden.match_edges`.")
     def golden_contacts(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
         wh = warehouse.get()
-        result = G.resolve_contacts(wh, cfg, context.run.run_id, log=context.log.info)
+        result = resolve_contacts(wh, cfg, context.run.run_id, log=context.log.info)
         dupes = wh.read_frame(sa.select(GOLDEN_CONTACTS.c.email, sa.func.count().label("n"))
                               .where(GOLDEN_CONTACTS.c.email.is_not(None)).group_by(GOLDEN_CONTACTS.c.email)
                               .having(sa.func.count() > 1))
@@ -143,7 +148,7 @@ def build_golden_assets(config_dir, slice_records: int = G.SLICE_RECORDS) -> lis
                           "crosswalk tables.")
     def crosswalk(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         wh = warehouse.get()
-        counts = G.build_crosswalk(wh)
+        counts = build_crosswalk(wh)
         history = {t.name: int(wh.scalar(sa.select(sa.func.count()).select_from(t).where(t.c.valid_to.is_not(None))) or 0)
                    for t in (PERSON_CROSSWALK, ACCOUNT_CROSSWALK)}
         return dg.MaterializeResult(metadata={
@@ -160,7 +165,7 @@ def build_golden_assets(config_dir, slice_records: int = G.SLICE_RECORDS) -> lis
                           "crm_pipelines.matching decide ...`) and are honoured on the next run. Table `golden.review_queue`.")
     def review_queue(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         wh = warehouse.get()
-        queue = G.build_review_queue(wh)
+        queue = build_review_queue(wh)
         sample = queue.head(5)
         rows = [(r.entity, r.golden_a, r.golden_b, f"{r.probability:.3f}", r.reason,
                  ", ".join(f"{k}: {v[0]}" for k, v in json.loads(r.evidence).items())) for r in sample.itertuples()]
@@ -170,10 +175,16 @@ def build_golden_assets(config_dir, slice_records: int = G.SLICE_RECORDS) -> lis
             "top_pairs": dg.MetadataValue.md(markdown_table(["entity", "golden a", "golden b", "p", "reason", "evidence"], rows)),
         })
 
-    return [person_records, account_records, register_enrichment, golden_accounts, golden_contacts, crosswalk, review_queue]
+    build_golden = dg.define_asset_job(
+        "build_golden",
+        selection=dg.AssetSelection.groups(GROUP) | dg.AssetSelection.assets(CONSENT_KEY),
+        description="Clean, enrich and resolve everything loaded into golden contacts and accounts (with the "
+                    "consent ledger, whose verdict per channel is a field of the golden contact).")
+    return dg.Definitions(assets=[person_records, account_records, register_enrichment, golden_accounts, golden_contacts,
+                                  crosswalk, review_queue], jobs=[build_golden])
 
 
-def _golden_outputs(context, wh, result: G.GoldenResult, cfg: MatchingConfig, key, records_table, xw_table,
+def _golden_outputs(context, wh, result: GoldenResult, cfg: MatchingConfig, key, records_table, xw_table,
                     extra_checks=()):
     stats = result.stats
     audit_run(wh, context, f"golden.{result.entity}.resolved", {
@@ -191,7 +202,7 @@ def _golden_outputs(context, wh, result: G.GoldenResult, cfg: MatchingConfig, ke
     multi = golden[golden["record_count"] > 1]["golden_id"].head(3).tolist()
     explanations = {}
     for gid in multi:
-        ex = G.explain(wh, result.entity, gid)
+        ex = explain(wh, result.entity, gid)
         explanations[gid] = [{"a": m["record_a"], "b": m["record_b"], "p": m["probability"], "reason": m["reason"],
                               "evidence": {k: v[0] for k, v in m["evidence"].items()}} for m in ex["merges"][:5]]
     weights = result.resolution.model.describe(getattr(cfg, result.entity).comparisons)
@@ -234,7 +245,7 @@ def _person_records_asset(slice_records: int) -> dg.AssetsDefinition:
     @dg.op(name="person_sources", ins={name: dg.In(dg.Nothing) for name in inputs}, out=dg.DynamicOut(str),
            description="One cleaning step per person source.")
     def person_sources(warehouse: WarehouseResource):
-        G.drop_unmapped_person_sources(warehouse.get())
+        drop_unmapped_person_sources(warehouse.get())
         for source in PERSON_SOURCES:
             yield dg.DynamicOutput(source, mapping_key=source)
 
@@ -243,7 +254,7 @@ def _person_records_asset(slice_records: int) -> dg.AssetsDefinition:
     def clean_person_source(context: dg.OpExecutionContext, source: str, warehouse: WarehouseResource,
                             privacy: PrivacyResource) -> dict:
         wh = warehouse.get()
-        written = G.clean_person_source(wh, source, privacy.suppression(wh).screen(), slice_records)
+        written = clean_source(wh, source, privacy.suppression(wh).screen(), slice_records)
         context.log.info(f"{source}: {written.records:,} person records in {written.slices} slice(s)")
         return {"source": source, "records": written.records, "suppressed": written.suppressed,
                 "slices": written.slices, **written.counts}
@@ -263,7 +274,7 @@ def _person_records_asset(slice_records: int) -> dg.AssetsDefinition:
         if wrong or stray:
             raise dg.Failure(f"staging.person_records does not hold what the cleaning steps wrote: per source "
                              f"(stored, written) {wrong}; sources nobody wrote: {stray}")
-        sample = G.load_person_records_sample(wh, 5)
+        sample = load_person_records_sample(wh, 5)
         preview = masked_preview(sample, ENTITIES["contact"], ["source", "salutation", "first_name", "last_name", "email",
                                                                "phone", "company_name", "postal_code"])
         total = lambda key: sum(int(r.get(key, 0)) for r in per_source)  # noqa: E731

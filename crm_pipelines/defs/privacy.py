@@ -1,33 +1,40 @@
-"""The privacy group in Dagster: the consent ledger, erasure (sensor and jobs), access export,
-retention, audit verification. Thin: the work is in ``core/privacy``.
+"""The privacy group in Dagster: the consent ledger and consent changes, erasure (sensor and jobs), access
+export, retention, audit verification. Thin: the work is in ``core/privacy``.
 
+    landing/consent_changes --(consent_changes sensor, 15 s)--> apply_consent_changes (ledger + golden at once)
     landing/erasure_requests/<day>/*.jsonl --(erasure_requests sensor, every 15 s)--> handle_erasure_requests
     launchpad / CLI --> erase_person, export_person
     weekly schedule --> retention
 """
 
 
-import hashlib
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
 
-from ..core.golden import build_consent_events
-from ..core.ingest import landed_partitions, landing_files
-from ..core.mapping import SourceMapping
-from ..core.masking import mask_text
-from ..core.privacy import audit
+from ..core.golden.consent import refresh_golden_consent
+from ..core.platform import audit
+from ..core.platform.masking import mask_text
+from ..core.platform.operations import load_operations
+from ..core.print.release import remove_recipients
 from ..core.privacy.access import export_person, write_export
-from ..core.privacy.erasure import CrmErasureTarget, erase, request_done, requests_in_file, retry_pending
+from ..core.privacy.erasure import erase
 from ..core.privacy.landing import prune_landing, remove_request_file
+from ..core.privacy.ledger import build_consent_events
+from ..core.privacy.requests import CrmErasureTarget, request_done, requests_in_file, retry_pending
 from ..core.privacy.retention import retire_inactive
 from ..core.privacy.settings import load_privacy_settings
+from ..core.sources.ingest import ingest_partition, landed_partitions, landing_files
+from ..core.sources.mapping import SourceMapping
 from .auditing import audit_run
 from .golden import CONSENT_KEY, PERSON_KEY
 from .metadata import markdown_table
 from .resources import CrmResource, LandingZoneResource, PrivacyResource, WarehouseResource
-from .sources import raw_asset_key
+from .sources import LandingFileConfig, file_digest, landing_sensor, raw_asset_key
+
+ERASURE_COPIES = {"print_lists": remove_recipients}  # the copies an erasure reaches outside the warehouse
 
 GROUP = "privacy"
 OWNERS = ["team:data-protection", "team:data-engineering"]
@@ -63,8 +70,10 @@ class RetentionConfig(dg.Config):
     """Count what would be anonymised without changing anything."""
 
 
-def build_privacy_defs(config_dir: Path, mappings: dict[str, SourceMapping], data_dir: Path, crm_settings) -> dict:
+def build_privacy_defs(config_dir: Path, mappings: dict[str, SourceMapping], data_dir: Path,
+                       crm_settings) -> dg.Definitions:
     settings = load_privacy_settings(config_dir / "privacy.yaml")
+    operations = load_operations(config_dir / "operations.yaml")
 
     @dg.asset(key=CONSENT_KEY, group_name=GROUP, owners=OWNERS, kinds={"pandas", "sql"},
               deps=[raw_asset_key("newsletter_signups"), raw_asset_key("consent_changes"), PERSON_KEY],
@@ -94,7 +103,7 @@ def build_privacy_defs(config_dir: Path, mappings: dict[str, SourceMapping], dat
                   privacy: PrivacyResource, crm: CrmResource, landing: LandingZoneResource) -> dg.Output:
         if not (config.email or config.crm_contact_id):
             raise dg.Failure("give the person's e-mail address or CRM contact ID")
-        report = erase(warehouse.get(), privacy.hasher(), mappings, emails=[config.email] if config.email else [],
+        report = erase(warehouse.get(), privacy.hasher(), mappings, copies=ERASURE_COPIES, emails=[config.email] if config.email else [],
                        crm_contact_ids=[config.crm_contact_id] if config.crm_contact_id else [],
                        request_id=f"launchpad:{context.run.run_id}", source="launchpad",
                        actor=f"dagster:{context.run.tags.get('user', 'launchpad')}", run_id=context.run.run_id,
@@ -114,7 +123,7 @@ def build_privacy_defs(config_dir: Path, mappings: dict[str, SourceMapping], dat
                 if request_done(wh, req["request_id"]):
                     skipped += 1
                     continue
-                reports.append(erase(wh, hasher, mappings, emails=[req["email"]] if req["email"] else [],
+                reports.append(erase(wh, hasher, mappings, copies=ERASURE_COPIES, emails=[req["email"]] if req["email"] else [],
                                      crm_contact_ids=[req["crm_contact_id"]] if req["crm_contact_id"] else [],
                                      request_id=req["request_id"], source=req["requested_by"] or "crm-webhook",
                                      actor="sensor:erasure_requests", run_id=context.run.run_id,
@@ -212,7 +221,30 @@ def build_privacy_defs(config_dir: Path, mappings: dict[str, SourceMapping], dat
     def verify_audit_trail():
         verify_chain()
 
-    jobs = [erase_person, handle_erasure_requests, export_person_job, retention, prune_landing_job, verify_audit_trail]
+    @dg.op(description="Loads newly arrived consent changes (opt-outs, objections) and applies them to the consent "
+                       "ledger and the golden contacts at once, so no alert or push uses a withdrawn consent.")
+    def consent_now(context: dg.OpExecutionContext, config: LandingFileConfig, warehouse: WarehouseResource,
+                    landing: LandingZoneResource, privacy: PrivacyResource) -> dg.Output:
+        wh = warehouse.get()
+        with wh.raw_writes("load", log=context.log.info):
+            rep = ingest_partition(mappings[config.source], config.day, landing.path, wh, context.run.run_id,
+                                   suppression=privacy.suppression(wh))
+        context.log_event(dg.AssetMaterialization(
+            asset_key=raw_asset_key(config.source), partition=config.day,
+            metadata={"dagster/row_count": rep.rows_loaded, "rows_read": rep.rows_read, "rows_loaded": rep.rows_loaded,
+                      "rows_quarantined": rep.rows_quarantined, "rows_suppressed": rep.rows_suppressed}))
+        events = build_consent_events(wh, privacy.hasher())
+        changed = refresh_golden_consent(wh)
+        audit_run(wh, context, "consent.applied", {"events": len(events), "contacts_changed": changed})
+        return dg.Output(None, metadata={"events": len(events), "golden_contacts_changed": changed})
+
+    @dg.job(name="apply_consent_changes", tags={"crm/privacy": "consent"},
+            description="Consent webhooks: load them and apply them at once (launched by the consent_changes sensor).")
+    def apply_consent_changes():
+        consent_now()
+
+    jobs = [erase_person, handle_erasure_requests, export_person_job, retention, prune_landing_job, verify_audit_trail,
+            apply_consent_changes]
     by_name = {j.name: j for j in jobs}
 
     @dg.sensor(job=by_name["handle_erasure_requests"], minimum_interval_seconds=settings.sensor_interval_seconds,
@@ -226,7 +258,7 @@ def build_privacy_defs(config_dir: Path, mappings: dict[str, SourceMapping], dat
         new = []
         for day in landed_partitions(landing.path, ERASURE_SOURCE):
             for path in landing_files(landing.path, mapping, day):
-                key = f"{day}/{path.name}:{_digest(path)}"
+                key = f"{day}/{path.name}:{file_digest(path)}"
                 if key not in seen:
                     new.append((key, path))
         for key, path in new:
@@ -243,16 +275,13 @@ def build_privacy_defs(config_dir: Path, mappings: dict[str, SourceMapping], dat
         name="daily_landing_retention", job=by_name["prune_landing"], cron_schedule="15 4 * * *",
         execution_timezone="Europe/Berlin", default_status=dg.DefaultScheduleStatus.RUNNING,
         description=f"Daily 04:15: remove landing day folders older than {settings.landing_retention_days} days.")
-    return {"assets": [consent_events], "jobs": jobs, "sensors": [erasure_requests],
-            "schedules": [schedule, landing_schedule]}
-
-
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+    consent_changes = landing_sensor(
+        "consent_changes", ("consent_changes",), apply_consent_changes, "consent_now", mappings, 15,
+        timedelta(minutes=operations.near_real_time_max_age_minutes),
+        "Consent webhooks (opt-outs, objections) in the landing zone: applied at once, before the next alert or "
+        "push could use the old consent.")
+    return dg.Definitions(assets=[consent_events], jobs=jobs, sensors=[erasure_requests, consent_changes],
+                          schedules=[schedule, landing_schedule])
 
 
 def _erasure_metadata(reports) -> dict:

@@ -1,4 +1,4 @@
-"""Great Expectations suites (core/quality.py) as blocking Dagster asset checks on the golden tables.
+"""Great Expectations suites (core/platform/quality.py) as blocking Dagster asset checks on the golden tables.
 
 The payload suites run inside the payload assets (defs/crm.py), as check results of those assets.
 """
@@ -8,8 +8,8 @@ from __future__ import annotations
 import dagster as dg
 import sqlalchemy as sa
 
-from ..core import quality as Q
-from ..core.schema import GOLDEN_ACCOUNTS, GOLDEN_CONTACTS
+from ..core.platform import quality as Q
+from ..core.platform.schema import GOLDEN_ACCOUNTS, GOLDEN_CONTACTS
 from .golden import ACCOUNTS_KEY, CONTACTS_KEY
 from .metadata import frame_markdown
 from .resources import WarehouseResource
@@ -31,7 +31,7 @@ def check_result(result: Q.SuiteResult, **extra) -> dict:
     }
 
 
-def build_quality_checks() -> list[dg.AssetChecksDefinition]:
+def build_quality_defs() -> dg.Definitions:
     @dg.asset_check(asset=CONTACTS_KEY, name="gx_golden_contacts", blocking=True,
                     description="GX suite `golden_contacts`: golden IDs present and unique, e-mails valid and unique, "
                                 "PLZ five digits for DE (docs/quality.md). Blocks the CRM push when it fails.")
@@ -50,4 +50,4 @@ def build_quality_checks() -> list[dg.AssetChecksDefinition]:
         result = Q.validate(df, Q.golden_accounts_suite())
         return dg.AssetCheckResult(passed=result.success, metadata=check_result(result))
 
-    return [gx_golden_contacts, gx_golden_accounts]
+    return dg.Definitions(asset_checks=[gx_golden_contacts, gx_golden_accounts])

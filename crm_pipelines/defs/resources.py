@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import os
 import socket
-from urllib.parse import urlparse
 from pathlib import Path
+from urllib.parse import urlparse
 
 import dagster as dg
 
-from ..core.alerts import post_alert
 from ..core.crm.hubspot import HubSpotConnector
 from ..core.crm.settings import SyncSettings
-from ..core.enrichment import RegisterClient
-from ..core.handoff import Channels
-from ..core.notify import Delivery, SmtpChannel, WebhookChannel
-from ..core.privacy.identity import IdentityHasher, load_or_create_salt
-from ..core.privacy.suppression import SuppressionList
-from ..core.warehouse import Warehouse, describe_url
+from ..core.golden.enrichment import RegisterClient
+from ..core.platform.alerts import post_alert
+from ..core.platform.notify import Delivery, SmtpChannel, WebhookChannel
+from ..core.platform.warehouse import Warehouse, describe_url
+from ..core.privacy_screen.identity import IdentityHasher, load_or_create_salt
+from ..core.privacy_screen.suppression import SuppressionList
+from ..core.scoring.handoff import Channels
 from ..settings import Settings
 
 

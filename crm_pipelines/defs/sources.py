@@ -1,6 +1,7 @@
-"""Raw-source assets: one daily-partitioned asset per mapping file, group ``sources``.
+"""The sources group in Dagster: one daily-partitioned raw asset per mapping file, its checks, the load
+jobs, the mapping-version sensor, and the landing-file sensor the near-real-time paths use.
 
-Each asset loads its landing-zone partitions through ``core.ingest``; the mapping's
+Each asset loads its landing-zone partitions through ``core/sources/ingest.py``; the mapping's
 content hash is the asset's ``code_version``, so editing a mapping marks exactly
 that asset stale. A backfill over many days runs as one run (single-run backfill
 policy) and loads partition after partition, each in its own transaction.
@@ -10,14 +11,17 @@ policy) and loads partition after partition, each in its own transaction.
 import hashlib
 import json
 from collections import Counter
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import dagster as dg
 
-from ..core.ingest import PartitionReport, ingest_partition, outdated_partitions, partition_balance, partition_ranges
-from ..core.mapping import SourceMapping
-from ..core.masking import mask_text
-from .metadata import frame_markdown, markdown_table
+from ..core.platform.masking import mask_text
+from ..core.sources.ingest import (PartitionReport, ingest_partition, landed_partitions, landing_files,
+                                   outdated_partitions, partition_balance, partition_ranges)
+from ..core.sources.mapping import SourceMapping
 from .auditing import audit_run
+from .metadata import frame_markdown, markdown_table
 from .resources import LandingZoneResource, PrivacyResource, WarehouseResource
 
 GROUP = "sources"
@@ -74,7 +78,7 @@ def build_source_asset(mapping: SourceMapping, partitions_def: dg.PartitionsDefi
     def _raw_source(context: dg.AssetExecutionContext, warehouse: WarehouseResource, landing: LandingZoneResource,
                     privacy: PrivacyResource):
         wh = warehouse.get()
-        # Loads and erasures of the raw layer take turns (core.warehouse.raw_writes): the balance check
+        # Loads and erasures of the raw layer take turns (Warehouse.raw_writes): the balance check
         # below counts what this run loaded, and nothing is deleted under it.
         with wh.raw_writes("load", log=context.log.info):
             return _load(context, mapping, wh, privacy.suppression(wh), landing)
@@ -195,11 +199,6 @@ def _partition_metadata(rep: PartitionReport) -> dict:
     }
 
 
-def build_source_assets(mappings: dict[str, SourceMapping], partitions_def: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
-    return [build_source_asset(m, partitions_def) for m in mappings.values()]
-
-
-
 # ---------------------------------------------------------------------------- mapping changes
 
 def _mapping_check(mapping: SourceMapping) -> dg.AssetChecksDefinition:
@@ -228,12 +227,21 @@ def _mapping_check(mapping: SourceMapping) -> dg.AssetChecksDefinition:
     return _check
 
 
-def build_mapping_defs(mappings: dict[str, SourceMapping]) -> dict:
-    """The mapping-version checks, a job that runs only them, and a sensor that runs that job whenever the
-    code location comes up with a mapping whose version changed: after an edit and a reload, the warning is
-    on the asset, in the catalog and on the lineage graph without anyone loading anything."""
+def build_sources_defs(mappings: dict[str, SourceMapping], partitions_def: dg.PartitionsDefinition) -> dg.Definitions:
+    """One raw asset per mapping; the load jobs of the sync-frequency matrix; the mapping-version checks, a
+    job that runs only them, and a sensor that runs that job whenever the code location comes up with a
+    mapping whose version changed: after an edit and a reload, the warning is on the asset, in the catalog
+    and on the lineage graph without anyone loading anything."""
     checks = [_mapping_check(m) for m in mappings.values()]
-    job = dg.define_asset_job(
+    jobs = [
+        dg.define_asset_job("ingest_sources", selection=dg.AssetSelection.groups(GROUP),
+                            description="Load every raw source for the selected day(s) from the landing zone."),
+        dg.define_asset_job("hourly_behaviour_ingest", selection=dg.AssetSelection.assets(raw_asset_key("behaviour_events")),
+                            description="Today's behaviour events (page views, whitepaper downloads ...), hourly."),
+        dg.define_asset_job("newsletter_batch", selection=dg.AssetSelection.assets(raw_asset_key("newsletter_signups")),
+                            description="The e-mail tool's daily batch of sign-ups and unsubscribes."),
+    ]
+    check_job = dg.define_asset_job(
         "check_mapping_versions",
         selection=dg.AssetSelection.checks(*[dg.AssetCheckKey(raw_asset_key(m.source), MAPPING_CHECK)
                                              for m in mappings.values()]),
@@ -242,7 +250,7 @@ def build_mapping_defs(mappings: dict[str, SourceMapping]) -> dict:
         description="Which loaded days were built with an older version of their mapping (a check per source).")
     versions = {m.source: m.code_version for m in mappings.values()}
 
-    @dg.sensor(name="mapping_versions", job=job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
+    @dg.sensor(name="mapping_versions", job=check_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
                description="When a mapping's version differs from the one this sensor last saw (a mapping edit, then "
                            "a code location reload), runs check_mapping_versions once, so the outdated days show on "
                            "the asset at once.")
@@ -256,4 +264,75 @@ def build_mapping_defs(mappings: dict[str, SourceMapping]) -> dict:
         return dg.RunRequest(run_key=f"mapping-versions:{digest}",
                              tags={"crm/mappings_changed": str(len(changed))})
 
-    return {"checks": checks, "jobs": [job], "sensors": [mapping_versions]}
+    return dg.Definitions(assets=[build_source_asset(m, partitions_def) for m in mappings.values()],
+                          asset_checks=checks, jobs=[*jobs, check_job], sensors=[mapping_versions])
+
+
+# ---------------------------------------------------------------------------- near-real-time landing files
+
+class LandingFileConfig(dg.Config):
+    """Run config of the near-real-time paths: the landed file(s) of one source and day."""
+    source: str
+    day: str
+    files: list[str]
+
+
+FIRST_START_GRACE_SECONDS = 60
+
+
+def landing_sensor(name: str, sources: tuple[str, ...], job, op_name: str, mappings, interval: int,
+                   max_age: timedelta, description: str) -> dg.SensorDefinition:
+    """A sensor that launches ``job`` once per new file of ``sources`` in the landing zone (run key = file
+    content), with the file in the config of ``op_name``: the near-real-time paths of scoring (new leads)
+    and privacy (consent changes)."""
+    description += (" Starts from now: on its first start, files that landed more than a minute before are left to "
+                    "the nightly load; later, files older than "
+                    f"{max_age.total_seconds() / 60:.0f} minutes when first seen (they landed while it was not "
+                    "running; config/operations.yaml near_real_time_max_age_minutes). Both are counted in the tick.")
+
+    @dg.sensor(name=name, job=job, minimum_interval_seconds=interval, default_status=dg.DefaultSensorStatus.RUNNING,
+               description=description)
+    def _sensor(context: dg.SensorEvaluationContext, landing: LandingZoneResource):
+        first_start = not context.cursor
+        seen = set(json.loads(context.cursor)) if context.cursor else set()
+        now = datetime.now(timezone.utc).timestamp()
+        # First start: what landed before it is the backlog; a file of the last minute (landing while the
+        # daemon came up) is a new lead all the same. Later: files older than max_age (downtime).
+        oldest = now - (FIRST_START_GRACE_SECONDS if first_start else max_age.total_seconds())
+        new, left = [], []
+        for source in sources:
+            mapping = mappings[source]
+            # Only the last few days: near-real-time files land today; older days are the nightly job's.
+            for day in landed_partitions(landing.path, source)[-3:]:
+                for path in landing_files(landing.path, mapping, day):
+                    key = f"{source}/{day}/{path.name}:{file_digest(path)}"
+                    if key in seen:
+                        continue
+                    (left if path.stat().st_mtime < oldest else new).append((key, source, day, path))
+        for key, source, day, path in new:
+            yield dg.RunRequest(run_key=key, tags={"crm/landing_file": f"{source}/{day}/{path.name}"},
+                                run_config={"ops": {op_name: {"config": {"source": source, "day": day,
+                                                                         "files": [str(path)]}}}})
+        if new or left or first_start:
+            # Keys of the last week only (older days are not looked at): the cursor must not grow forever.
+            keys = seen | {k for k, *_ in new} | {k for k, *_ in left}
+            days = sorted({k.split("/")[1] for k in keys})[-7:]
+            context.update_cursor(json.dumps(sorted(k for k in keys if k.split("/")[1] in days)))
+        if left:
+            why = "first start" if first_start else f"older than {max_age.total_seconds() / 60:.0f} minutes"
+            context.log.info(f"{len(left)} landing file(s) left to the nightly load ({why}): "
+                             + ", ".join(sorted({f"{s}/{d}" for _, s, d, _ in left})))
+            if not new:
+                yield dg.SkipReason(f"{len(left)} file(s) left to the nightly load ({why}); watching from now")
+
+    return _sensor
+
+
+def file_digest(path: Path) -> str:
+    """The first 16 hex digits of a file's SHA-256: a landing file's identity in run keys and cursors
+    (a re-delivered file with the same content is the same file)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]

@@ -12,7 +12,8 @@ import sys
 from datetime import date
 from pathlib import Path
 
-from .generator import DEFAULT_START, GeneratorConfig, Progress, generate
+from .generator import GeneratorConfig, Progress, generate
+from .world import DEFAULT_START
 
 
 def _positive(text: str) -> int:

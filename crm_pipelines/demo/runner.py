@@ -15,8 +15,8 @@ from typing import Callable
 
 import dagster as dg
 
-from ..core.ingest import landed_partitions
-from ..core.warehouse import describe_url
+from ..core.platform.warehouse import describe_url
+from ..core.sources.ingest import landed_partitions
 from ..settings import Settings
 from .generator import GeneratorConfig, generate
 

@@ -69,7 +69,7 @@ def write_env_file(path: Path, env: dict[str, str]) -> None:
 
 def landing_days(landing: Path) -> tuple[int, str | None, str | None]:
     """(sources with deliveries, first day, last day) of a landing zone."""
-    from ..core.ingest import landed_partitions
+    from ..core.sources.ingest import landed_partitions
 
     days: set[str] = set()
     sources = 0
@@ -94,7 +94,7 @@ def prepare_instance(pg, home: Path, env: dict) -> None:
 
 def start(port: int, landing: Path, data_dir: Path, home: Path, stop: threading.Event,
           ready: threading.Event | None = None, log=print, demo_data: int = 0) -> int:
-    from ..core.warehouse import describe_url
+    from ..core.platform.warehouse import describe_url
     from .crm_server import CrmServer
     from .postgres import LocalPostgres
 
@@ -138,7 +138,7 @@ def start(port: int, landing: Path, data_dir: Path, home: Path, stop: threading.
             log("                 (or in the UI: Jobs > ingest_sources > Materialize all > a range of days)")
         else:
             log(f"landing zone:    {landing} is EMPTY: no night has anything to load. Deliveries go to "
-                f"{landing}/<source>/<YYYY-MM-DD>/ (docs/mappings.md); for demo data stop and run "
+                f"{landing}/<source>/<YYYY-MM-DD>/ (docs/sources.md); for demo data stop and run "
                 "`make prod-local DEMO_DATA=1`")
         log("schedules:       running: nightly_refresh 01:00 loads yesterday, golden/scores/push follow")
         log("Ctrl-C stops everything")

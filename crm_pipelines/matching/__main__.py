@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..core.matching.settings import load_matching_config
+from ..core.golden.matching.settings import load_matching_config
 from ..settings import Settings
 
 
@@ -58,22 +58,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {len(clusters):,} rows to {args.out}")
         return 0
 
-    from ..core import golden as G
+    from ..core.golden.build import accept_match_rate
+    from ..core.golden.explain import explain
+    from ..core.golden.review import record_decision
     from ..settings import cli_warehouse
 
     wh = cli_warehouse(settings)
     if args.command == "accept-match-rate":
-        rate = G.accept_match_rate(wh, args.entity)
+        rate = accept_match_rate(wh, args.entity)
         if rate is None:
             print(f"no matching run with records for {args.entity} in this warehouse: nothing to accept", file=sys.stderr)
             return 1
         print(f"accepted match rate {rate} for {args.entity}")
         return 0
     if args.command == "decide":
-        G.record_decision(wh, args.entity, args.a, args.b, args.decision, args.by, args.note)
+        record_decision(wh, args.entity, args.a, args.b, args.decision, args.by, args.note)
         print(f"recorded: {args.entity} {args.a} / {args.b} -> {args.decision}; applied on the next golden run")
         return 0
-    print(json.dumps(G.explain(wh, args.entity, args.golden_id), indent=2, ensure_ascii=False, default=str))
+    print(json.dumps(explain(wh, args.entity, args.golden_id), indent=2, ensure_ascii=False, default=str))
     return 0
 
 

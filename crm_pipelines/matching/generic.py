@@ -15,11 +15,11 @@ from ..core.cleaning.addresses import normalize_postcode, split_street, street_k
 from ..core.cleaning.emails import clean_emails
 from ..core.cleaning.names import clean_person_names
 from ..core.cleaning.phones import clean_phones
-from ..core.mapping import SourceMapping, apply_mapping, load_mapping
-from ..core.matching.resolve import Resolution, resolve
-from ..core.matching.settings import EntityMatchSpec
-from ..core.readers import RawChunk, read_file
-from ..core.transforms import split_full_name
+from ..core.golden.matching.resolve import Resolution, resolve
+from ..core.golden.matching.settings import EntityMatchSpec
+from ..core.sources.mapping import SourceMapping, apply_mapping, load_mapping
+from ..core.sources.readers import RawChunk, read_file
+from ..core.sources.transforms import split_full_name
 
 NEEDED = {"first_key", "last_key", "date_of_birth", "national_id", "email_norm", "phone_e164", "street_key",
           "house_number", "postal_code", "city_key", "phone_any", "first_initial", "last_kp", "name_kp_pair"}

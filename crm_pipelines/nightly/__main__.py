@@ -27,8 +27,8 @@ from datetime import date
 
 import requests
 
-from ..core.ingest import outdated_partitions, partition_ranges
-from ..core.mapping import load_mappings
+from ..core.sources.ingest import outdated_partitions, partition_ranges
+from ..core.sources.mapping import load_mappings
 from ..settings import Settings, cli_warehouse
 
 LOCATION = "crm_pipelines"

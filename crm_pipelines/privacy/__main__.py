@@ -22,16 +22,20 @@ from pathlib import Path
 
 from ..core.crm.hubspot import HubSpotConnector
 from ..core.crm.settings import load_sync_settings
-from ..core.mapping import load_mappings
-from ..core.privacy import audit
+from ..core.platform import audit
+from ..core.print.release import remove_recipients
 from ..core.privacy.access import export_person, write_export
-from ..core.privacy.erasure import CrmErasureTarget, erase
-from ..core.privacy.identity import IdentityHasher, load_or_create_salt
+from ..core.privacy.erasure import erase
 from ..core.privacy.landing import prune_landing
+from ..core.privacy.requests import CrmErasureTarget
 from ..core.privacy.retention import retire_inactive
 from ..core.privacy.settings import load_privacy_settings
-from ..core.privacy.suppression import SuppressionList, subject_of
+from ..core.privacy_screen.identity import IdentityHasher, load_or_create_salt
+from ..core.privacy_screen.suppression import SuppressionList, subject_of
+from ..core.sources.mapping import load_mappings
 from ..settings import Settings, cli_warehouse
+
+ERASURE_COPIES = {"print_lists": remove_recipients}  # the copies an erasure reaches outside the warehouse
 
 LOCAL_CRM_URL = "http://127.0.0.1:8766"
 
@@ -77,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                 os.environ.get("CRM_API_TOKEN") or None,
                                                                 max_requests=sync.max_requests,
                                                                 window_seconds=sync.window_seconds, max_attempts=3))]
-        report = erase(wh, hasher, mappings, emails=[args.email] if args.email else [],
+        report = erase(wh, hasher, mappings, copies=ERASURE_COPIES, emails=[args.email] if args.email else [],
                        crm_contact_ids=[args.crm_contact_id] if args.crm_contact_id else [],
                        request_id=f"cli:{uuid.uuid4().hex[:12]}", source="cli", actor=actor, targets=targets,
                        landing_root=settings.landing_dir, log=lambda m: print(m, file=sys.stderr, flush=True))

@@ -9,11 +9,11 @@ import dagster as dg
 import pandas as pd
 import sqlalchemy as sa
 
-from crm_pipelines_tests.conftest import READY_PORTAL
-from crm_pipelines.core.schema import CONTACT_LINEAGE, CRM_SYNC_LOG, GOLDEN_CONTACTS
-from crm_pipelines.core.warehouse import Warehouse
+from crm_pipelines.core.platform.schema import CONTACT_LINEAGE, CRM_SYNC_LOG, GOLDEN_CONTACTS
+from crm_pipelines.core.platform.warehouse import Warehouse
 from crm_pipelines.definitions import build_defs
 from crm_pipelines.devtools.crm_server import CrmServer
+from crm_pipelines_tests.conftest import READY_PORTAL
 from crm_pipelines_tests.defs.test_golden import checks_of, load_and_match, run_golden
 from crm_pipelines_tests.defs.test_sources import EMAIL, materialised, run_range, settings_for
 
@@ -164,8 +164,8 @@ def test_a_failing_gx_gate_blocks_the_push_in_that_run_and_in_later_runs(tmp_pat
 
 def test_a_suppressed_person_is_left_out_and_the_gate_catches_one_that_slips_through(tmp_path, demo_landing,
                                                                                    monkeypatch):
-    from crm_pipelines.core.privacy.identity import IdentityHasher, load_or_create_salt
-    from crm_pipelines.core.privacy.suppression import SuppressionList
+    from crm_pipelines.core.privacy_screen.identity import IdentityHasher, load_or_create_salt
+    from crm_pipelines.core.privacy_screen.suppression import SuppressionList
     from crm_pipelines.defs import crm as crm_defs
 
     root, manifest = demo_landing

@@ -16,11 +16,12 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
+from crm_pipelines.core.platform.schema import ALERT_LEDGER, GOLDEN_CONTACTS, LANDING_FILES, MATCH_RUNS, raw_table
+from crm_pipelines.core.platform.warehouse import Warehouse
+from crm_pipelines.core.print.release import remove_recipients
 from crm_pipelines.core.privacy.erasure import erase
-from crm_pipelines.core.privacy.identity import IdentityHasher, load_or_create_salt
-from crm_pipelines.core.mapping import load_mappings
-from crm_pipelines.core.schema import ALERT_LEDGER, GOLDEN_CONTACTS, LANDING_FILES, MATCH_RUNS, raw_table
-from crm_pipelines.core.warehouse import Warehouse
+from crm_pipelines.core.privacy_screen.identity import IdentityHasher, load_or_create_salt
+from crm_pipelines.core.sources.mapping import load_mappings
 from crm_pipelines.definitions import build_defs
 from crm_pipelines.defs import sources as sources_defs
 from crm_pipelines.defs.resources import LOCAL_CRM_URL, CrmResource, LandingZoneResource, WarehouseResource
@@ -31,6 +32,8 @@ from crm_pipelines.nightly.__main__ import rebuild_plan
 from crm_pipelines_tests.conftest import READY_PORTAL, copy_config, put
 from crm_pipelines_tests.defs.test_crm import TOKEN
 from crm_pipelines_tests.defs.test_sources import run_range, settings_for
+
+ERASURE_COPIES = {"print_lists": remove_recipients}  # the copies an erasure reaches outside the warehouse
 
 DAY = "2026-11-10"
 
@@ -76,7 +79,7 @@ def test_an_erasure_arriving_during_an_ingest_waits_for_it_and_the_night_stays_b
             if message.startswith("waiting for the loads or privacy runs in flight"):
                 erasure_waiting.set()
 
-        report = erase(wh, IdentityHasher(load_or_create_salt(settings.salt_file)), mappings, emails=[erased],
+        report = erase(wh, IdentityHasher(load_or_create_salt(settings.salt_file)), mappings, copies=ERASURE_COPIES, emails=[erased],
                        request_id="req-during-ingest", source="test", actor="test", log=log)
         erasure_waiting.set()  # should the erasure not have waited, the load must not hang the test
         ingest.join(120)

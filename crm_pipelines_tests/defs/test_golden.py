@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from crm_pipelines.core.schema import MATCH_RUNS
-from crm_pipelines.core.warehouse import Warehouse
+from crm_pipelines.core.platform.schema import MATCH_RUNS
+from crm_pipelines.core.platform.warehouse import Warehouse
 from crm_pipelines.definitions import build_defs
 from crm_pipelines.devtools.register_server import Faults, RegisterServer
 from crm_pipelines_tests.defs.test_sources import EMAIL, materialised, run_range, settings_for
@@ -121,7 +121,7 @@ def test_match_rate_jump_fails_the_blocking_check(tmp_path, demo_landing):
         assert checks_of(result)[("golden/contacts", "match_rate_stable")] is False
         # It stays flagged on the next run (compared with the last accepted run) until accepted.
         assert checks_of(run_golden(defs, instance, raise_on_error=False))[("golden/accounts", "match_rate_stable")] is False
-        from crm_pipelines.core.golden import accept_match_rate
+        from crm_pipelines.core.golden.build import accept_match_rate
 
         accept_match_rate(wh, "accounts")
         accept_match_rate(wh, "persons")
@@ -144,7 +144,7 @@ def test_register_outage_does_not_fail_the_run(tmp_path, demo_landing):
 
 
 def test_unique_email_check_catches_a_shared_address(tmp_path, demo_landing):
-    from crm_pipelines.core.schema import GOLDEN_CONTACTS
+    from crm_pipelines.core.platform.schema import GOLDEN_CONTACTS
 
     root, manifest = demo_landing
     settings = settings_for(tmp_path, root)
@@ -156,7 +156,7 @@ def test_unique_email_check_catches_a_shared_address(tmp_path, demo_landing):
         golden = wh.read_frame(sa.select(GOLDEN_CONTACTS.c.golden_id, GOLDEN_CONTACTS.c.email)
                                .where(GOLDEN_CONTACTS.c.email.is_not(None)).limit(2))
         # What the check reads is the table the asset wrote; corrupt it as a bug in survivorship would.
-        from crm_pipelines.defs import golden as golden_defs
+        from crm_pipelines.core.golden import build as golden_build
 
         def broken(wh_, table, frame, where=None):
             if table is GOLDEN_CONTACTS:
@@ -164,12 +164,12 @@ def test_unique_email_check_catches_a_shared_address(tmp_path, demo_landing):
                 frame.loc[frame["golden_id"] == golden["golden_id"].iloc[1], "email"] = golden["email"].iloc[0]
             return original(wh_, table, frame, where)
 
-        original = golden_defs.G.replace_table
-        golden_defs.G.replace_table = broken
+        original = golden_build.replace_table
+        golden_build.replace_table = broken
         try:
             result = defs.resolve_job_def("build_golden").execute_in_process(
                 instance=instance, raise_on_error=False, asset_selection=[dg.AssetKey(["golden", "contacts"])])
         finally:
-            golden_defs.G.replace_table = original
+            golden_build.replace_table = original
         assert checks_of(result)[("golden/contacts", "unique_email")] is False
         assert pd.notna(golden["email"].iloc[0])

@@ -15,7 +15,7 @@ from crm_pipelines.demo.generator import GeneratorConfig
 from crm_pipelines.demo.runner import run_demo
 from crm_pipelines.settings import Settings
 from crm_pipelines_tests.conftest import put
-from crm_pipelines_tests.core.test_ingest import lead
+from crm_pipelines_tests.core.sources.test_ingest import lead
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,11 +9,12 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from crm_pipelines.core import golden as G
-from crm_pipelines.core.leads import build_lead_scores, plan_scoring
-from crm_pipelines.core.matching.records import PERSON_SOURCES, person_records
-from crm_pipelines.core.scoring import load_scoring_rules
-from crm_pipelines.core.warehouse import Warehouse
+from crm_pipelines.core.golden.records import person_records
+from crm_pipelines.core.golden.staging import load_person_records, read_raw
+from crm_pipelines.core.platform.warehouse import Warehouse
+from crm_pipelines.core.scoring.leads import build_lead_scores, plan_scoring
+from crm_pipelines.core.scoring.rules import load_scoring_rules
+from crm_pipelines.core.sources.roles import PERSON_SOURCES
 from crm_pipelines.definitions import build_defs
 from crm_pipelines_tests.defs.test_golden import run_golden
 from crm_pipelines_tests.defs.test_sources import run_range, settings_for
@@ -42,9 +43,9 @@ def _frame(df: pd.DataFrame, key: str) -> pd.DataFrame:
 def test_person_records_cleaned_per_source_equal_one_pass_over_all_sources(built):
     wh, _settings, steps = built
     assert {f"staging__person_records.clean_person_source[{s}]" for s in PERSON_SOURCES} <= steps
-    stored = G.load_person_records(wh)[["record_key", "email_norm", "phone_e164", "first_kp", "last_kp", "org_key",
+    stored = load_person_records(wh)[["record_key", "email_norm", "phone_e164", "first_kp", "last_kp", "org_key",
                                         "postal_code", "leitregion"]]
-    at_once = person_records(G.read_raw(wh, PERSON_SOURCES))[list(stored.columns)]
+    at_once = person_records(read_raw(wh, PERSON_SOURCES))[list(stored.columns)]
     pd.testing.assert_frame_equal(_frame(stored, "record_key"), _frame(at_once, "record_key"))
 
 

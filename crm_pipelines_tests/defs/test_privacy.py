@@ -9,15 +9,15 @@ from dataclasses import replace
 import dagster as dg
 import sqlalchemy as sa
 
-from crm_pipelines_tests.conftest import READY_PORTAL
 from crm_pipelines.core.model import ENTITIES
-from crm_pipelines.core.privacy import audit
-from crm_pipelines.core.schema import (CONSENT_EVENTS, GOLDEN_CONTACTS, PERSON_RECORDS, QUARANTINE, metadata,
-                                       raw_table)
-from crm_pipelines.core.warehouse import Warehouse
+from crm_pipelines.core.platform import audit
+from crm_pipelines.core.platform.schema import (CONSENT_EVENTS, GOLDEN_CONTACTS, PERSON_RECORDS, QUARANTINE, metadata,
+                                                raw_table)
+from crm_pipelines.core.platform.warehouse import Warehouse
 from crm_pipelines.definitions import build_defs
 from crm_pipelines.defs.resources import LandingZoneResource
 from crm_pipelines.devtools.crm_server import CrmServer
+from crm_pipelines_tests.conftest import READY_PORTAL
 from crm_pipelines_tests.defs.test_crm import TOKEN, push_crm
 from crm_pipelines_tests.defs.test_golden import load_and_match, run_golden
 from crm_pipelines_tests.defs.test_sources import EMAIL, run_range, settings_for

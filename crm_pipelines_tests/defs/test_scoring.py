@@ -11,13 +11,13 @@ from datetime import datetime, timezone
 import dagster as dg
 import sqlalchemy as sa
 
-from crm_pipelines_tests.conftest import READY_PORTAL
-from crm_pipelines.core.schema import ALERT_LEDGER, GOLDEN_CONTACTS, LEAD_SCORE_HISTORY, LEAD_SCORES
-from crm_pipelines.core.warehouse import Warehouse
+from crm_pipelines.core.platform.schema import ALERT_LEDGER, GOLDEN_CONTACTS, LEAD_SCORE_HISTORY, LEAD_SCORES
+from crm_pipelines.core.platform.warehouse import Warehouse
 from crm_pipelines.definitions import build_defs
 from crm_pipelines.defs.resources import LandingZoneResource, WarehouseResource
 from crm_pipelines.devtools.crm_server import CrmServer
 from crm_pipelines.devtools.webhook_sink import WebhookSink
+from crm_pipelines_tests.conftest import READY_PORTAL
 from crm_pipelines_tests.defs.test_crm import TOKEN, push_crm
 from crm_pipelines_tests.defs.test_golden import load_and_match, run_golden
 from crm_pipelines_tests.defs.test_sources import EMAIL, run_range, settings_for
@@ -193,7 +193,7 @@ def _alerts(url):
 
 
 def test_a_channel_that_still_fails_shows_as_a_failed_check():
-    from crm_pipelines.core.handoff import HandoffReport
+    from crm_pipelines.core.scoring.handoff import HandoffReport
     from crm_pipelines.defs.scoring import _delivered
 
     assert _delivered(HandoffReport(notified={"slack": 2})).passed is True

@@ -14,13 +14,13 @@ import sqlalchemy as sa
 from dagster._core.definitions.data_version import StaleStatus
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
-from crm_pipelines.core.schema import QUARANTINE, raw_table
-from crm_pipelines.core.warehouse import Warehouse
+from crm_pipelines.core.platform.schema import QUARANTINE, raw_table
+from crm_pipelines.core.platform.warehouse import Warehouse
 from crm_pipelines.definitions import build_defs
 from crm_pipelines.settings import Settings
 from crm_pipelines_tests.conftest import copy_config, put
-from crm_pipelines_tests.core.test_ingest import lead
-from crm_pipelines_tests.core.test_readers import erp_order
+from crm_pipelines_tests.core.sources.test_ingest import lead
+from crm_pipelines_tests.core.sources.test_readers import erp_order
 
 ROOT = Path(__file__).resolve().parents[2]
 EMAIL = re.compile(r"[A-Za-z0-9._%+\-]{2,}@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
@@ -179,7 +179,7 @@ def test_an_unreadable_file_is_named_by_a_check_and_the_rest_of_the_day_loads(tm
 
 
 def build_defs_mappings():
-    from crm_pipelines.core.mapping import load_mappings
+    from crm_pipelines.core.sources.mapping import load_mappings
 
     return load_mappings(Settings.from_env({}).config_dir)
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from crm_pipelines.demo.generator import SOURCES, GeneratorConfig, generate, translit
+from crm_pipelines.demo.generator import SOURCES, GeneratorConfig, generate
+from crm_pipelines.demo.world import translit
 
 ROOT = Path(__file__).resolve().parents[2]
 

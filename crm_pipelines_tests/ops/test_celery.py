@@ -68,7 +68,7 @@ def _nightly(env: dict, first: str, last: str, log: Path) -> None:
 
 
 def _tables(data_dir: Path) -> dict[str, pd.DataFrame]:
-    from crm_pipelines.core.warehouse import Warehouse, default_url
+    from crm_pipelines.core.platform.warehouse import Warehouse, default_url
 
     wh = Warehouse.for_url(default_url(data_dir.resolve()))
     out = {}

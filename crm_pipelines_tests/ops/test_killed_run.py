@@ -64,13 +64,13 @@ def test_a_push_killed_mid_way_frees_its_slot_and_the_next_push_completes_on_its
     import psutil
     import sqlalchemy as sa
 
-    from crm_pipelines.core.schema import CRM_SYNC_STATE, GOLDEN_CONTACTS
-    from crm_pipelines.core.warehouse import Warehouse
+    from crm_pipelines.core.platform.schema import CRM_SYNC_STATE, GOLDEN_CONTACTS
+    from crm_pipelines.core.platform.warehouse import Warehouse
     from crm_pipelines.definitions import build_defs
     from crm_pipelines.devtools.crm_server import CrmServer
-    from crm_pipelines_tests.conftest import READY_PORTAL
     from crm_pipelines.devtools.processes import BIN, ROOT, dagster_services, free_port, stop_groups, wait_until
     from crm_pipelines.settings import Settings
+    from crm_pipelines_tests.conftest import READY_PORTAL
     from crm_pipelines_tests.defs.test_crm import TOKEN
     from crm_pipelines_tests.defs.test_golden import load_and_match
     from crm_pipelines_tests.ops.util import wait_http

@@ -8,10 +8,10 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 import sqlalchemy as sa
 
-from crm_pipelines.core.maintenance import vacuum, warehouse_sizes
-from crm_pipelines.core.warehouse import Warehouse
+from crm_pipelines.core.platform.maintenance import vacuum, warehouse_sizes
+from crm_pipelines.core.platform.warehouse import Warehouse
 from crm_pipelines.definitions import build_defs
-from crm_pipelines.defs.maintenance import prune_runs
+from crm_pipelines.defs.automation import prune_runs
 from crm_pipelines.defs.resources import AlertResource
 from crm_pipelines.devtools.webhook_sink import WebhookSink
 from crm_pipelines_tests.defs.test_sources import settings_for

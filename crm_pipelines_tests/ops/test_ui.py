@@ -42,8 +42,8 @@ def shot(base: str, path: str, out: Path, profile: Path) -> Path:
 
 
 def test_the_ui_shows_every_group_and_the_blocking_checks_and_runs_what_it_launches(tmp_path, monkeypatch):
-    from crm_pipelines.core.schema import MATCH_RUNS
-    from crm_pipelines.core.warehouse import Warehouse
+    from crm_pipelines.core.platform.schema import MATCH_RUNS
+    from crm_pipelines.core.platform.warehouse import Warehouse
     from crm_pipelines.definitions import build_defs
     from crm_pipelines.demo.generator import GeneratorConfig
     from crm_pipelines.demo.runner import run_demo

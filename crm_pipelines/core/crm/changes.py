@@ -32,9 +32,9 @@ from typing import Callable
 import pandas as pd
 import sqlalchemy as sa
 
-from ..mapping import SourceMapping
-from ..schema import CRM_PULL_STATE, CRM_REMOTE, CRM_SYNC_STATE
-from ..warehouse import Warehouse
+from ..platform.schema import CRM_PULL_STATE, CRM_REMOTE, CRM_SYNC_STATE
+from ..platform.warehouse import Warehouse
+from ..sources.mapping import SourceMapping
 from .hubspot import epoch_ms
 from .protocol import CrmConnector
 from .settings import SyncSettings

@@ -12,10 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterator, Protocol, Sequence
 
+from ..scoring.tasks import CREATED as CREATED  # the hand-off's task, a connector's to create
+from ..scoring.tasks import Task as Task
 from .http import CallStats
 
-CREATED, UPDATED, REJECTED, FAILED, ARCHIVED, DELETED, ABSENT = (
-    "created", "updated", "rejected", "failed", "archived", "deleted", "absent")
+UPDATED, REJECTED, FAILED, ARCHIVED, DELETED, ABSENT = ("updated", "rejected", "failed", "archived", "deleted", "absent")
 
 
 class CrmAuthError(Exception):
@@ -34,17 +35,6 @@ class RowResult:
     status: str                   # created / updated / rejected (4xx, never retried) / failed (retry next run)
     crm_id: str | None = None
     message: str | None = None
-
-
-@dataclass(frozen=True)
-class Task:
-    key: str                      # our idempotency key for the task
-    subject: str
-    body: str
-    due_at: str                   # ISO-8601 UTC
-    contact_crm_id: str | None = None
-    owner_id: str | None = None
-    priority: str = "HIGH"
 
 
 class CrmConnector(Protocol):

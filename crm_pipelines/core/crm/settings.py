@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..configfile import YamlDoc, check_keys, load_yaml, require_mapping
+from ..platform.configfile import YamlDoc, check_keys, load_yaml, require_mapping
 
 MODES = ("upsert", "update_only", "mirror")
 OBJECT_TYPES = ("companies", "contacts")

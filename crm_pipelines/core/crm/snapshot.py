@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..mapping import SourceMapping
+from ..sources.mapping import SourceMapping
 from .protocol import CrmConnector
 
 SNAPSHOT_SOURCES = {"companies": "crm_accounts", "contacts": "crm_contacts"}

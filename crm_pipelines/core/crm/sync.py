@@ -22,239 +22,33 @@ What reverse-ETL practice asks for, and where it lives here:
 - a failure rate (rows rejected, failed or invalid in this run over the rows of the model) above the
   threshold fails the run and alerts; the first good run after a failed one sends a recovery notice;
 - only one push per object type at a time (a lock that dies with its process).
+
+Here: the push itself (batches, senders, links, adoption of existing records); what it would send is
+:mod:`.plan`, what it did and remembers is :mod:`.state`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 import threading
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from typing import Callable
 
-import numpy as np
 import pandas as pd
-import sqlalchemy as sa
 
-from ..masking import mask_text
-from ..schema import CRM_SYNC_LOG, CRM_SYNC_RUNS, CRM_SYNC_STATE
-from ..warehouse import LockBusy, Warehouse
+from ..platform.schema import CRM_SYNC_LOG, CRM_SYNC_RUNS, CRM_SYNC_STATE
+from ..platform.warehouse import LockBusy, Warehouse
 from .changes import DELETED, VALUE_FIELDS, load_remote, mirror_properties
 from .hubspot import existing_id
-from .payloads import is_missing, property_columns
+from .payloads import property_columns
+from .plan import plan, shape_row
 from .properties import preflight, value_problem
-from .protocol import ARCHIVED, CREATED, FAILED, REJECTED, UPDATED, CrmConnector, RowResult, UpsertInput
-from .settings import LIFECYCLE_ORDER, ObjectSync, SyncSettings
+from .protocol import ARCHIVED, REJECTED, CrmConnector, RowResult, UpsertInput
+from .settings import ObjectSync, SyncSettings
+from .state import (INVALID, OK, SyncBusy, SyncFailed, SyncReport, account_crm_ids, commit_batch, commit_links,
+                    count_results, hold_rows, load_state, mark_gone, note_row, previous_status, record_run,
+                    top_messages, utc_now)
 
-OK = {CREATED, UPDATED}
-INVALID = "invalid"
-EMAIL_FORMAT = re.compile(r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$")
 Log = Callable[[str], None]
-
-
-class SyncFailed(Exception):
-    def __init__(self, message: str, report: "SyncReport"):
-        super().__init__(message)
-        self.report = report
-
-
-class SyncBusy(Exception):
-    """Another run is pushing this object type right now."""
-
-
-@dataclass
-class SyncReport:
-    object_type: str
-    mode: str
-    dry_run: bool
-    rows_in: int = 0
-    unchanged: int = 0
-    to_create: int = 0
-    to_update: int = 0
-    to_archive: int = 0
-    skipped_not_in_crm: int = 0
-    invalid: int = 0
-    retried: int = 0
-    sent: int = 0
-    created: int = 0
-    updated: int = 0
-    archived: int = 0
-    rejected: int = 0
-    failed: int = 0
-    associated: int = 0
-    association_failures: int = 0
-    adopted: int = 0              # "already exists" answers resolved by taking over the CRM's record
-    deleted_in_crm: int = 0       # rows whose CRM object a user deleted (left alone under keep_deleted)
-    held: int = 0                 # changed only in fields the CRM owns: nothing sent
-    recreated: int = 0            # ... or created anew under recreate_and_flag
-    batches: int = 0
-    requests: int = 0
-    throttled: int = 0
-    retries: int = 0
-    status: str = "ok"
-    failure_rate: float = 0.0
-    messages: dict = field(default_factory=dict)  # masked message -> count, the most frequent few
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-def plan(payload: pd.DataFrame, state: pd.DataFrame, spec: ObjectSync, required: tuple[str, ...],
-         remote: pd.DataFrame | None = None, on_crm_delete: str = "keep_deleted") -> pd.DataFrame:
-    """Per payload row: the operation (create / update / unchanged / skip / invalid / deleted_in_crm), why,
-    and ``_send``: the properties that go out once the field policies have been applied.
-
-    ``state`` is this object type's rows of ``ops.crm_sync_state``; ``remote`` its rows of ``ops.crm_remote``
-    (what the CRM holds, as the last pull saw it).
-    """
-    df = payload.copy()
-    st = state.set_index("golden_id") if len(state) else pd.DataFrame(
-        columns=["crm_id", "payload_hash", "last_status", "associated_crm_id"])
-    prev_hash = df["golden_id"].map(st["payload_hash"]) if len(st) else pd.Series(None, index=df.index, dtype=object)
-    prev_status = df["golden_id"].map(st["last_status"]) if len(st) else pd.Series(None, index=df.index, dtype=object)
-    prev_crm = df["golden_id"].map(st["crm_id"]) if len(st) else pd.Series(None, index=df.index, dtype=object)
-    df["prev_status"] = prev_status
-    df["associated_crm_id"] = df["golden_id"].map(st["associated_crm_id"]) if len(st) else None
-    # The CRM ID we learnt by pushing wins over the one the golden record brought from the CRM snapshot.
-    df["crm_id"] = prev_crm.where(prev_crm.notna(), df["crm_id"])
-    remote = remote if remote is not None else pd.DataFrame(columns=["crm_id", "golden_id", "properties", "archived",
-                                                                      "merged_into"])
-    merged = {str(a): str(s) for a, s in zip(remote["crm_id"], remote["merged_into"]) if isinstance(s, str) and s}
-    archived = {str(c) for c, a in zip(remote["crm_id"], remote["archived"]) if bool(a)}
-    live = {str(c): p for c, p, a in zip(remote["crm_id"], remote["properties"], remote["archived"]) if not bool(a)}
-    # A merged-away ID is followed to its survivor (chains too), whoever brought it.
-    df["crm_id"] = [_survivor(c, merged) if isinstance(c, str) else c for c in df["crm_id"]]
-    deleted = df["crm_id"].isin(archived) | (prev_status == DELETED)
-    recreate = deleted & (on_crm_delete == "recreate_and_flag")
-    df.loc[recreate, "crm_id"] = None
-    if spec.associate_with:
-        # What the CRM already links counts as linked: no request for it.
-        known = [(live.get(c) or {}).get("associatedcompanyid") if isinstance(c, str) else None for c in df["crm_id"]]
-        df["associated_crm_id"] = df["associated_crm_id"].where(df["associated_crm_id"].notna(),
-                                                                pd.Series(known, index=df.index, dtype=object))
-    props = property_columns(payload)
-    frame = df[props].astype(object)
-    frame = frame.where(frame.notna(), None)
-    values = frame.to_numpy(dtype=object)
-    shaper = _Shaper(spec, props)
-    sends = [shaper.shape(row, live.get(c) if isinstance(c, str) else None) if isinstance(c, str) else shaper.create(row)
-             for row, c in zip(values, df["crm_id"])]
-    df["_send"] = sends
-    # The hash is of our values, not of what the policies let through against the CRM's current values:
-    # a change sales made in the CRM does not make a row "changed" on our side. Fields the CRM owns once
-    # the object exists are left out: a change of ours there has nothing to send.
-    hashed = [p for p in props if spec.policy(p) != "crm"]
-    df["payload_hash"] = _hashes(frame[hashed])
-    ok_before = prev_status.isin(list(OK))
-    unchanged = ok_before & (prev_hash == df["payload_hash"]) & ~recreate
-    invalid = pd.Series(False, index=df.index)
-    reason = pd.Series(None, index=df.index, dtype=object)
-    for prop in required:
-        miss = df[prop].isna()
-        reason = reason.where(~(miss & reason.isna()), f"required property '{prop}' is empty")
-        invalid |= miss
-    if "email" in df.columns:
-        bad = df["email"].notna() & ~df["email"].fillna("").str.match(EMAIL_FORMAT)
-        reason = reason.where(~(bad & reason.isna()), "e-mail address is malformed")
-        invalid |= bad
-    # One CRM object, one golden record: when several golden records claim the same CRM ID (a
-    # contact's stale company association, a split the steward has not confirmed, a merge in the CRM),
-    # the one already synced to it, else the oldest golden ID, keeps it; the others wait for a steward.
-    # (The mask applies to both sides: assigning a Series to an empty frame would adopt its index.)
-    has_id = df["crm_id"].notna()
-    claimed = df[has_id].assign(_synced=ok_before[has_id]).sort_values(["crm_id", "_synced", "golden_id"],
-                                                                             ascending=[True, False, True])
-    losers = claimed[claimed.duplicated("crm_id", keep="first")]
-    if len(losers):
-        owner = claimed.drop_duplicates("crm_id").set_index("crm_id")["golden_id"]
-        conflict = df.index.isin(losers.index) & ~unchanged
-        reason = reason.where(~(conflict & reason.isna()),
-                              "CRM ID " + df["crm_id"].astype(str) + " also belongs to " + df["crm_id"].map(owner).astype(str)
-                              + ": a steward decides whether they are one")
-        invalid |= conflict
-    has_crm = df["crm_id"].notna()
-    op = np.where(unchanged, "unchanged", np.where(invalid, INVALID, np.where(has_crm, "update", "create")))
-    op = np.where(deleted & ~recreate & (op != INVALID), DELETED, op)
-    # Changed only in fields the CRM owns now: nothing to send; the new hash is kept (see _hold).
-    nothing = np.array([op_ == "update" and not send for op_, send in zip(op, sends)], dtype=bool)
-    op = np.where(nothing, "held", op)
-    if spec.mode == "update_only":
-        op = np.where(op == "create", "skip", op)
-    df["operation"] = op
-    df["reason"] = reason
-    df["recreated"] = recreate & (op == "create")
-    df["retry"] = prev_status.isin([REJECTED, FAILED, INVALID]) & np.isin(op, ["create", "update"])
-    return df
-
-
-def _survivor(crm_id: str, merged: dict[str, str]) -> str:
-    seen = set()
-    while crm_id in merged and crm_id not in seen:
-        seen.add(crm_id)
-        crm_id = merged[crm_id]
-    return crm_id
-
-
-class _Shaper:
-    """The properties one row sends. A create sends every value it has. An update leaves out CRM-owned
-    fields, fill-when-empty fields the CRM has filled (or whose CRM value we do not know), and a lifecycle
-    stage that would not move the CRM's stage forward. An empty value is never sent: we do not clear
-    what somebody typed into the CRM because we know nothing of it (erasure goes through the GDPR delete).
-    Values come in with None for empty."""
-
-    def __init__(self, spec: ObjectSync, props: list[str]):
-        self.props = props
-        self.always = [i for i, p in enumerate(props) if p != "lifecyclestage" and spec.policy(p) == "warehouse"]
-        self.fill = [i for i, p in enumerate(props) if p != "lifecyclestage" and spec.policy(p) == "fill_empty"]
-        self.stage = props.index("lifecyclestage") if "lifecyclestage" in props else None
-
-    def create(self, row) -> dict:
-        return {p: v for p, v in zip(self.props, row) if v is not None}
-
-    def shape(self, row, remote: dict | None) -> dict:
-        props = self.props
-        out = {props[i]: row[i] for i in self.always if row[i] is not None}
-        if remote is None:
-            return out
-        for i in self.fill:
-            if row[i] is not None and remote.get(props[i]) in (None, ""):
-                out[props[i]] = row[i]
-        if self.stage is not None and row[self.stage] is not None and _forward(remote.get("lifecyclestage"),
-                                                                                row[self.stage]):
-            out["lifecyclestage"] = row[self.stage]
-        return out
-
-
-def _shape(spec: ObjectSync, props: list[str], row, remote: dict | None, update: bool) -> dict:
-    values = [None if is_missing(v) else v for v in row]
-    shaper = _Shaper(spec, props)
-    return shaper.shape(values, remote) if update else shaper.create(values)
-
-
-def _hashes(frame: pd.DataFrame) -> list[str]:
-    """A stable hash of each row's values (pandas' SipHash with its fixed key: the same values give the
-    same hash in every run), with the column names, so a changed mapping changes every hash."""
-    if not len(frame):
-        return []
-    text = frame.astype(str).where(frame.notna(), "\x00")  # None and "None" must differ
-    rows = pd.util.hash_pandas_object(text, index=False).to_numpy()
-    salt = int(hashlib.sha256(",".join(frame.columns).encode()).hexdigest()[:15], 16)
-    return [f"{(int(h) ^ salt):016x}" for h in rows]
-
-
-def _forward(current, new: str) -> bool:
-    """Whether setting ``new`` moves the stage forward from ``current`` (HubSpot never moves it back;
-    a stage outside the order, such as "other", was set by a person and stays)."""
-    if new not in LIFECYCLE_ORDER:
-        return False
-    if current in (None, ""):
-        return True
-    if current not in LIFECYCLE_ORDER:
-        return False
-    return LIFECYCLE_ORDER.index(new) > LIFECYCLE_ORDER.index(current)
 
 
 def push(wh: Warehouse, connector: CrmConnector, payload: pd.DataFrame, spec: ObjectSync, settings: SyncSettings,
@@ -274,7 +68,7 @@ def push(wh: Warehouse, connector: CrmConnector, payload: pd.DataFrame, spec: Ob
 
 
 def _push_locked(wh, connector, payload, spec, settings, run_id, dry_run, log, alert, after_batch, remote) -> SyncReport:
-    started = _now()
+    started = utc_now()
     report = SyncReport(spec.object_type, spec.mode, dry_run, rows_in=len(payload))
     definitions = connector.properties(spec.object_type)
     props = property_columns(payload)
@@ -304,29 +98,29 @@ def _push_locked(wh, connector, payload, spec, settings, run_id, dry_run, log, a
         f"{' (dry run: nothing is sent)' if dry_run else ''}")
     if dry_run:
         report.status = "dry_run"
-        _record_run(wh, run_id, report, started)
+        record_run(wh, run_id, report, started)
         return report
 
     before = connector.stats.as_dict()
-    now = _now()
-    _hold(wh, spec.object_type, planned[planned["operation"] == "held"])
+    now = utc_now()
+    hold_rows(wh, spec.object_type, planned[planned["operation"] == "held"])
     invalid = planned[planned["operation"] == INVALID]
     if len(invalid):
-        _commit(wh, spec.object_type, run_id, invalid, [RowResult(g, INVALID, message=r) for g, r in
+        commit_batch(wh, spec.object_type, run_id, invalid, [RowResult(g, INVALID, message=r) for g, r in
                                                         zip(invalid["golden_id"], invalid["reason"])], state, now)
     # Creates and updates go out in batches of their own: one request per batch, never two half-full ones.
     batches = []
     for op in ("create", "update"):
         part = planned[planned["operation"] == op]
         batches += [part.iloc[i:i + connector.max_batch] for i in range(0, len(part), connector.max_batch)]
-    linker = _Linker(connector, spec, _account_crm_ids(wh, spec))
+    linker = _Linker(connector, spec, account_crm_ids(wh, spec))
     # Links of records whose CRM ID we know need no write result: queued now, sent once the creates are done.
     linker.queue(_known_links(planned, linker))
     adopter = _Adopter(connector, settings, spec, planned, props, state, linker)
     dead = _run_batches(wh, connector, settings, spec, batches, linker, adopter, report, state, run_id, log,
                         after_batch)
     _follow_dead(wh, connector, settings, spec, dead, adopter, report, run_id)
-    _commit_links(wh, spec.object_type, linker.drain(), report)
+    commit_links(wh, spec.object_type, linker.drain(), report)
     if adopter.adopted or adopter.left or dead:
         log(f"{spec.object_type}: {adopter.adopted:,} existing CRM records adopted, {adopter.left:,} left to a "
             f"steward, {report.deleted_in_crm:,} deleted in the CRM")
@@ -338,8 +132,8 @@ def _push_locked(wh, connector, payload, spec, settings, run_id, dry_run, log, a
                 report.archived += 1
             else:
                 report.failed += 1
-        _commit(wh, spec.object_type, run_id, chunk.assign(payload_hash=None, operation="archive"), results, state,
-                _now())
+        commit_batch(wh, spec.object_type, run_id, chunk.assign(payload_hash=None, operation="archive"), results, state,
+                utc_now())
     after = connector.stats.as_dict()
     report.requests = after["requests"] - before["requests"]
     report.throttled = after["throttled"] - before["throttled"]
@@ -348,18 +142,18 @@ def _push_locked(wh, connector, payload, spec, settings, run_id, dry_run, log, a
     # 100 % of that run's rows but no sign of a broken sync; a CRM outage or a bad mapping still is.
     attempted = report.rows_in + report.to_archive
     report.failure_rate = round((report.rejected + report.failed + report.invalid) / attempted, 4) if attempted else 0.0
-    report.messages = _top_messages(wh, run_id, spec.object_type)
-    previous = _previous_status(wh, spec.object_type)
+    report.messages = top_messages(wh, run_id, spec.object_type)
+    previous = previous_status(wh, spec.object_type)
     if report.failure_rate > settings.failure_rate_threshold:
         report.status = "failed"
-        _record_run(wh, run_id, report, started)
+        record_run(wh, run_id, report, started)
         message = (f"CRM push of {spec.object_type} failed: {report.rejected + report.failed + report.invalid:,} of "
                    f"{attempted:,} rows rejected, failed or invalid ({report.failure_rate:.1%} > threshold "
                    f"{settings.failure_rate_threshold:.1%}); they are retried on the next run. See ops.crm_sync_log, "
                    f"run {run_id}.")
         alert(message)
         raise SyncFailed(message, report)
-    _record_run(wh, run_id, report, started)
+    record_run(wh, run_id, report, started)
     if previous == "failed":
         alert(f"CRM push of {spec.object_type} recovered: {report.sent:,} rows sent, failure rate {report.failure_rate:.1%}.")
     return report
@@ -479,7 +273,7 @@ def _run_batches(wh, connector, settings, spec, batches, linker, adopter, report
             for future in finished:
                 kind, b, chunk = waiting.pop(future)
                 if kind == "links":
-                    _commit_links(wh, spec.object_type, future.result(), report)
+                    commit_links(wh, spec.object_type, future.result(), report)
                     continue
                 if kind == "adopt":
                     _commit_adopted(wh, spec.object_type, run_id, future.result(), adopter, report)
@@ -493,9 +287,9 @@ def _run_batches(wh, connector, settings, spec, batches, linker, adopter, report
                         conflicts.append(r)
                     elif isinstance(c, str) and ("object_not_found" in message or "not found" in message):
                         dead[r.key] = c
-                _count(report, results)
-                _commit(wh, spec.object_type, run_id, chunk, results, state, _now())
-                _commit_links(wh, spec.object_type, links, report)
+                count_results(report, results)
+                commit_batch(wh, spec.object_type, run_id, chunk, results, state, utc_now())
+                commit_links(wh, spec.object_type, links, report)
                 report.batches += 1
                 done_batches += 1
                 if chunk["operation"].iloc[0] == "create":
@@ -591,7 +385,7 @@ class _Adopter:
             rows["operation"] = "update"
             # The CRM's record was somebody's before it was ours: the field policies apply as to any update.
             remote = [_flags((owners[c].get("properties") or {}), mirrored) for _, c in adopt]
-            rows["_send"] = [_shape(self.spec, self.props, v, r, True)
+            rows["_send"] = [shape_row(self.spec, self.props, v, r, True)
                              for v, r in zip(rows[self.props].to_numpy(dtype=object), remote)]
             for start in range(0, len(rows), self.connector.max_batch):
                 chunk = rows.iloc[start:start + self.connector.max_batch]
@@ -606,11 +400,11 @@ def _commit_adopted(wh, object_type: str, run_id: str, outcome: dict, adopter: _
         report.adopted += fixed
         report.rejected -= fixed
         report.updated += fixed
-        _commit(wh, object_type, run_id, chunk.assign(operation="adopt"), results, load_state(wh, object_type), _now())
+        commit_batch(wh, object_type, run_id, chunk.assign(operation="adopt"), results, load_state(wh, object_type), utc_now())
         adopter.linker.queue(adopter.linker.wanted(chunk, results))
     for g, message in outcome["left"]:
         adopter.left += 1
-        _note(wh, object_type, g, message)
+        note_row(wh, object_type, g, message)
 
 
 def _follow_dead(wh, connector, settings, spec, dead: dict[str, str], adopter: _Adopter, report, run_id) -> None:
@@ -631,7 +425,7 @@ def _follow_dead(wh, connector, settings, spec, dead: dict[str, str], adopter: _
         else:
             gone.append(g)
     if gone:
-        _mark_gone(wh, spec.object_type, gone)
+        mark_gone(wh, spec.object_type, gone)
         report.deleted_in_crm += len(gone)
     _commit_adopted(wh, spec.object_type, run_id, adopter.take_over(targets), adopter, report)
 
@@ -639,135 +433,3 @@ def _follow_dead(wh, connector, settings, spec, dead: dict[str, str], adopter: _
 def _flags(props: dict, names: list[str]) -> dict:
     return {n: (props[n] if n in VALUE_FIELDS else True) for n in names if props.get(n) not in (None, "")}
 
-
-def _hold(wh, object_type: str, rows: pd.DataFrame) -> None:
-    """Rows changed only where the CRM owns the field: their new hash is remembered, nothing is sent."""
-    if not len(rows):
-        return
-    t = CRM_SYNC_STATE
-    with wh.engine.begin() as conn:
-        conn.execute(sa.update(t).where(t.c.object_type == object_type, t.c.golden_id == sa.bindparam("g"))
-                     .values(payload_hash=sa.bindparam("h")),
-                     [{"g": g, "h": h} for g, h in zip(rows["golden_id"], rows["payload_hash"])])
-
-
-def _mark_gone(wh, object_type: str, golden_ids: list[str]) -> None:
-    t = CRM_SYNC_STATE
-    with wh.engine.begin() as conn:
-        conn.execute(sa.update(t).where(t.c.object_type == object_type, t.c.golden_id.in_(golden_ids))
-                     .values(last_status=DELETED, payload_hash=None, last_message="the CRM no longer has this object"))
-
-
-def _note(wh, object_type: str, golden_id: str, message: str) -> None:
-    t = CRM_SYNC_STATE
-    with wh.engine.begin() as conn:
-        conn.execute(sa.update(t).where(t.c.object_type == object_type, t.c.golden_id == golden_id)
-                     .values(last_message=mask_text(message)))
-
-
-def _count(report: SyncReport, results: list[RowResult]) -> None:
-    for r in results:
-        report.sent += 1
-        if r.status == CREATED:
-            report.created += 1
-        elif r.status == UPDATED:
-            report.updated += 1
-        elif r.status == REJECTED:
-            report.rejected += 1
-        else:
-            report.failed += 1
-
-
-def _account_crm_ids(wh: Warehouse, spec: ObjectSync) -> dict[str, str]:
-    if not spec.associate_with:
-        return {}
-    st = load_state(wh, spec.associate_with)
-    st = st[st["crm_id"].notna() & st["last_status"].isin(list(OK))]
-    return dict(zip(st["golden_id"], st["crm_id"]))
-
-
-def _commit_links(wh: Warehouse, object_type: str, sent: list[tuple[list, list[RowResult]]], report: SyncReport) -> None:
-    linked = {}
-    for batch, results in sent:
-        target = {k: t for k, _, t in batch}
-        for r in results:
-            if r.status in OK:
-                report.associated += 1
-                linked[r.key] = target[r.key]
-            else:
-                report.association_failures += 1
-    if not linked:
-        return
-    t = CRM_SYNC_STATE
-    with wh.engine.begin() as conn:
-        conn.execute(sa.update(t).where(t.c.object_type == object_type, t.c.golden_id == sa.bindparam("g"))
-                     .values(associated_crm_id=sa.bindparam("a")), [{"g": g, "a": a} for g, a in linked.items()])
-
-
-def _commit(wh: Warehouse, object_type: str, run_id: str, chunk: pd.DataFrame, results: list[RowResult],
-            state: pd.DataFrame, at: datetime) -> None:
-    """One transaction per batch: the new state of its rows and their log lines."""
-    prev = state.set_index("golden_id") if len(state) else None
-    state_rows, log_rows = [], []
-    for r, (_, row) in zip(results, chunk.iterrows()):
-        ok = r.status in OK or r.status == ARCHIVED
-        crm_id = r.crm_id or (row.get("crm_id") if pd.notna(row.get("crm_id")) else None)
-        attempts = 1
-        if prev is not None and r.key in prev.index and not ok:
-            attempts = int(prev.at[r.key, "attempts"] or 0) + 1
-        message = mask_text(r.message) if r.message else None
-        if ok and row.get("recreated"):
-            message = "re-created after a user deleted it in the CRM (on_crm_delete: recreate_and_flag)"
-        assoc = row.get("associated_crm_id")
-        state_rows.append({
-            "object_type": object_type, "golden_id": r.key, "crm_id": crm_id,
-            # A row that did not arrive keeps no hash: the next run sends it again, whatever changed.
-            "payload_hash": row.get("payload_hash") if ok else None, "last_status": r.status,
-            "last_message": message, "last_synced_at": at, "last_run_id": run_id, "attempts": attempts,
-            "associated_crm_id": assoc if isinstance(assoc, str) else None,
-        })
-        log_rows.append({"at": at, "run_id": run_id, "object_type": object_type, "golden_id": r.key, "crm_id": crm_id,
-                         "operation": row.get("operation"), "status": r.status, "message": message})
-    states = pd.DataFrame(state_rows)
-    t = CRM_SYNC_STATE
-    with wh.engine.begin() as conn:
-        keys = states["golden_id"].tolist()
-        for start in range(0, len(keys), 500):
-            conn.execute(sa.delete(t).where(t.c.object_type == object_type, t.c.golden_id.in_(keys[start:start + 500])))
-        wh.bulk_insert(conn, t, states)
-        wh.bulk_insert(conn, CRM_SYNC_LOG, pd.DataFrame(log_rows))
-
-
-def load_state(wh: Warehouse, object_type: str) -> pd.DataFrame:
-    wh.ensure_tables([CRM_SYNC_STATE])
-    t = CRM_SYNC_STATE
-    return wh.read_frame(sa.select(t.c.golden_id, t.c.crm_id, t.c.payload_hash, t.c.last_status, t.c.attempts,
-                                   t.c.associated_crm_id).where(t.c.object_type == object_type))
-
-
-def _record_run(wh: Warehouse, run_id: str, report: SyncReport, started: datetime) -> None:
-    with wh.engine.begin() as conn:
-        wh.bulk_insert(conn, CRM_SYNC_RUNS, pd.DataFrame([{
-            "run_id": run_id, "object_type": report.object_type, "mode": report.mode, "dry_run": report.dry_run,
-            "started_at": started, "finished_at": _now(), "status": report.status,
-            "counts": json.dumps({k: v for k, v in report.as_dict().items() if isinstance(v, (int, float))}),
-        }]))
-
-
-def _previous_status(wh: Warehouse, object_type: str) -> str | None:
-    t = CRM_SYNC_RUNS
-    return wh.scalar(sa.select(t.c.status).where(t.c.object_type == object_type, t.c.dry_run.is_(False))
-                     .order_by(t.c.started_at.desc()).limit(1))
-
-
-def _top_messages(wh: Warehouse, run_id: str, object_type: str, n: int = 5) -> dict:
-    t = CRM_SYNC_LOG
-    rows = wh.read_frame(sa.select(t.c.message, sa.func.count().label("n"))
-                         .where(t.c.run_id == run_id, t.c.object_type == object_type, t.c.message.is_not(None))
-                         .group_by(t.c.message).order_by(sa.func.count().desc()).limit(n))
-    # Messages can still name a value; strip long specifics so the metadata stays a summary.
-    return {str(m)[:200]: int(c) for m, c in zip(rows["message"], rows["n"])}
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)

@@ -15,14 +15,15 @@ from typing import Sequence
 
 import sqlalchemy as sa
 
-from ..mapping import SourceMapping
-from ..schema import CRM_SYNC_LOG
-from ..warehouse import Warehouse, tables_present
-from .audit import AuditEntry, append, history
-from .erasure import _request, find_person
-from .identity import IdentityHasher
+from ..platform.audit import AuditEntry, append, history
+from ..platform.schema import CRM_SYNC_LOG
+from ..platform.warehouse import Warehouse, tables_present
+from ..privacy_screen.identity import IdentityHasher
+from ..privacy_screen.suppression import SuppressionList
+from ..sources.mapping import SourceMapping
+from .erasure import find_person
 from .inventory import build_inventory, locate, to_records
-from .suppression import SuppressionList
+from .requests import record_request
 
 FORMAT = "crm_pipelines.access_export/1"
 
@@ -58,7 +59,7 @@ def export_person(wh: Warehouse, hasher: IdentityHasher, mappings: dict[str, Sou
         "sent_to_crm": sent,
         "processing_history": history(wh, [person.subject, *sorted(person.golden_ids)]),
     }
-    _request(wh, request_id, "export", person.subject, source, "completed",
+    record_request(wh, request_id, "export", person.subject, source, "completed",
              {"tables": {k: len(v) for k, v in data.items()}})
     append(wh, [AuditEntry("access.exported", actor, person.subject,
                            {"request_id": request_id, "tables": {k: len(v) for k, v in data.items()}}, run_id)])

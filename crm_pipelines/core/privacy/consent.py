@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ..cleaning.emails import normalize_email
-from .identity import IdentityHasher
+from ..privacy_screen.identity import IdentityHasher
 
 CHANNELS = ("email", "phone", "post")
 EVENT_COLUMNS = ["event_key", "source", "person_record_key", "email_hash", "channel", "status", "legal_basis", "purpose",

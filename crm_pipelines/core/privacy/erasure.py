@@ -22,53 +22,35 @@ already done, and running the erasure again is harmless.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Mapping, Sequence
 
 import pandas as pd
 import sqlalchemy as sa
 
 from ..cleaning.emails import normalize_email
-from ..mapping import SourceMapping
-from ..masking import mask_text
 from ..cleaning.names import name_key
 from ..cleaning.phones import to_e164
-from ..matching.records import PERSON_SOURCES
-from ..schema import (ACCOUNT_RECORDS, ERASURE_OUTBOX, LANDING_FILES, PERSON_CROSSWALK, PERSON_RECORDS, PRIVACY_REQUESTS,
-                      QUARANTINE, raw_table)
-from ..warehouse import Warehouse, tables_present
-from .audit import AuditEntry, append
-from .identity import IdentityHasher, any_suppressed, company_value, entries, split_name
+from ..platform.audit import AuditEntry, append
+from ..platform.schema import ACCOUNT_RECORDS, LANDING_FILES, PERSON_CROSSWALK, PERSON_RECORDS, QUARANTINE, raw_table
+from ..platform.warehouse import Warehouse, tables_present
+from ..privacy_screen.identity import IdentityHasher, any_suppressed, company_value, entries, split_name
+from ..privacy_screen.suppression import SuppressionList, subject_of
+from ..sources.mapping import SourceMapping
+from ..sources.roles import PERSON_SOURCES
 from .inventory import Locator, Person, build_inventory, digits_tail, family_plz_of, locate, stripped_phone
-from .suppression import SuppressionList, subject_of
+from .requests import ErasureTarget, propagate, record_request
 
 Log = Callable[[str], None]
 
 
-class ErasureTarget(Protocol):
-    """A connected system the project writes personal data to."""
-
-    name: str
-
-    def erase(self, kind: str, identifier: str) -> tuple[str, str | None]:
-        """Erases one identifier (kind ``email`` or ``crm_contact_id``) there; returns (status, message)
-        with status ``deleted``, ``absent`` (nothing there), ``failed`` (try again later) or ``rejected``."""
-
-
-@dataclass
-class CrmErasureTarget:
-    """The CRM: a permanent GDPR delete by e-mail (which blocklists the address) and by contact ID."""
-
-    connector: object
-    name: str = "crm"
-
-    def erase(self, kind: str, identifier: str) -> tuple[str, str | None]:
-        r = self.connector.gdpr_delete(identifier, by="email" if kind == "email" else "id")
-        return r.status, r.message
+# An outlet that keeps copies of golden contacts outside the warehouse tables (the print lists on disk
+# and in the print shop's outbox): called with the person's golden IDs, it removes them and returns
+# how many rows left each copy. Passed in by the caller (defs/privacy.py, the privacy command line),
+# because the outlets stand above privacy: erasure names what it needs, the outlets provide it.
+RemoveCopies = Callable[[Warehouse, set[str], str, str | None], dict[str, int]]
 
 
 @dataclass
@@ -84,7 +66,7 @@ class ErasureReport:
     targets: dict[str, dict] = field(default_factory=dict)   # system -> outcome counts (deleted / absent / failed)
     seconds: float = 0.0
     target_seconds: dict[str, float] = field(default_factory=dict)
-    print_lists: dict[str, int] = field(default_factory=dict)  # list -> recipients removed from its files
+    copies: dict[str, dict[str, int]] = field(default_factory=dict)  # outlet -> copy -> rows removed
     landing: dict[str, int] = field(default_factory=dict)      # landing files checked / rewritten, records changed
 
 
@@ -300,26 +282,30 @@ def _person_records_with(wh: Warehouse, hasher: IdentityHasher, person: Person) 
 
 def erase(wh: Warehouse, hasher: IdentityHasher, mappings: dict[str, SourceMapping], *, emails: Sequence[str] = (),
           crm_contact_ids: Sequence[str] = (), request_id: str, source: str, actor: str, run_id: str | None = None,
-          targets: Sequence[ErasureTarget] = (), log: Log | None = None,
+          copies: Mapping[str, RemoveCopies], targets: Sequence[ErasureTarget] = (), log: Log | None = None,
           locators: list[Locator] | None = None, landing_root: Path | None = None) -> ErasureReport:
     """Erases one person everywhere; idempotent (a second call finds nothing left and re-checks the targets).
-    ``landing_root``: also rewrite the kept landing files that name the person (:mod:`.landing`).
+    ``copies``: the outlets' copies outside the warehouse (``{"print_lists": print.release.remove_recipients}``);
+    required, so no caller forgets one. ``landing_root``: also rewrite the kept landing files that name the
+    person (:mod:`.landing`).
 
     Holds the raw layer against loads (:meth:`Warehouse.raw_writes`): a load in flight is finished first,
     so its rows are found and erased, and its balance check never sees rows vanish under it."""
     log = log or (lambda _m: None)
     with wh.raw_writes("privacy", log=log):
         return _erase(wh, hasher, mappings, emails=emails, crm_contact_ids=crm_contact_ids, request_id=request_id,
-                      source=source, actor=actor, run_id=run_id, targets=targets, log=log, locators=locators,
+                      source=source, actor=actor, run_id=run_id, copies=copies, targets=targets, log=log,
+                      locators=locators,
                       landing_root=landing_root)
 
 
 def _erase(wh: Warehouse, hasher: IdentityHasher, mappings: dict[str, SourceMapping], *, emails, crm_contact_ids,
-           request_id: str, source: str, actor: str, run_id, targets, log: Log, locators, landing_root) -> ErasureReport:
+           request_id: str, source: str, actor: str, run_id, copies, targets, log: Log, locators,
+           landing_root) -> ErasureReport:
     started = time.monotonic()
     person = find_person(wh, hasher, emails, crm_contact_ids, mappings=mappings)
     report = ErasureReport(request_id, person.subject)
-    _request(wh, request_id, "erasure", person.subject, source, "received")
+    record_request(wh, request_id, "erasure", person.subject, source, "received")
     append(wh, [AuditEntry("erasure.received", actor, person.subject, {"request_id": request_id, "source": source},
                            run_id)])
 
@@ -332,20 +318,18 @@ def _erase(wh: Warehouse, hasher: IdentityHasher, mappings: dict[str, SourceMapp
     append(wh, [AuditEntry("erasure.suppressed", actor, person.subject,
                            {"identities": report.identities, "new_entries": report.suppression_added}, run_id)])
 
-    # Print lists on disk (and in the outbox) first: the scrub removes the recipient table that finds them.
-    from ..printing.release import remove_recipients
-
-    report.print_lists = remove_recipients(wh, person.golden_ids, actor, run_id)
+    # Copies on disk (print lists, the print outbox) first: the scrub removes the tables that find them.
+    report.copies = {name: remove(wh, set(person.golden_ids), actor, run_id) for name, remove in copies.items()}
     report.tables = scrub(wh, hasher, person, locators if locators is not None else build_inventory(mappings))
     log(f"erasure {request_id}: {sum(report.tables.values())} row(s) in {len(report.tables)} table(s)")
     append(wh, [AuditEntry("erasure.warehouse", actor, person.subject,
-                           {"tables": report.tables, "print_lists": report.print_lists}, run_id)])
+                           {"tables": report.tables, **report.copies}, run_id)])
 
     identifiers = [("email", e) for e in sorted(person.emails)] + [("crm_contact_id", c)
                                                                       for c in sorted(person.crm_contact_ids)]
     for target in targets:
         t0 = time.monotonic()
-        report.targets[target.name] = _propagate(wh, target, request_id, person.subject, identifiers, actor, run_id)
+        report.targets[target.name] = propagate(wh, target, request_id, person.subject, identifiers, actor, run_id)
         report.target_seconds[target.name] = round(time.monotonic() - t0, 3)
     if landing_root is not None:
         from .landing import scrub_landing
@@ -356,7 +340,7 @@ def _erase(wh: Warehouse, hasher: IdentityHasher, mappings: dict[str, SourceMapp
         append(wh, [AuditEntry("erasure.landing", actor, person.subject, report.landing, run_id)])
     failed = any(o.get("failed") for o in report.targets.values())
     report.status = "pending" if failed else "completed"
-    _request(wh, request_id, "erasure", person.subject, source, report.status,
+    record_request(wh, request_id, "erasure", person.subject, source, report.status,
              {"tables": report.tables, "targets": report.targets})
     append(wh, [AuditEntry(f"erasure.{report.status}", actor, person.subject, {"request_id": request_id}, run_id)])
     report.seconds = time.monotonic() - started
@@ -459,103 +443,3 @@ def _update_rows(conn, t: sa.Table, rows: pd.DataFrame, values: dict) -> int:
         n += conn.execute(sa.update(t).where(_row_filter(t, row)).values(**values)).rowcount or 0
     return n
 
-
-def _request(wh: Warehouse, request_id: str, kind: str, subject: str, source: str, status: str,
-             details: dict | None = None) -> None:
-    wh.ensure_tables([PRIVACY_REQUESTS])
-    t = PRIVACY_REQUESTS
-    now = datetime.now(timezone.utc)
-    with wh.engine.begin() as conn:
-        exists = conn.execute(sa.select(t.c.request_id).where(t.c.request_id == request_id)).first()
-        done = now if status == "completed" else None
-        if exists is None:
-            conn.execute(sa.insert(t).values(request_id=request_id, kind=kind, subject=subject, source=source,
-                                             received_at=now, completed_at=done, status=status,
-                                             details=json.dumps(details, default=str) if details else None))
-        else:
-            conn.execute(sa.update(t).where(t.c.request_id == request_id).values(
-                status=status, completed_at=done, details=json.dumps(details, default=str) if details else None))
-
-
-def _propagate(wh: Warehouse, target: ErasureTarget, request_id: str, subject: str,
-               identifiers: list[tuple[str, str]], actor: str, run_id: str | None) -> dict[str, int]:
-    """Erases in one target; what it could not confirm waits in the outbox for the next attempt."""
-    counts: dict[str, int] = {}
-    waiting, done = [], []
-    for kind, identifier in identifiers:
-        try:
-            status, message = target.erase(kind, identifier)
-        except Exception as exc:  # noqa: BLE001 - the system is unreachable: retried from the outbox
-            status, message = "failed", type(exc).__name__
-        counts[status] = counts.get(status, 0) + 1
-        (waiting if status == "failed" else done).append((kind, identifier, message))
-    wh.ensure_tables([ERASURE_OUTBOX])
-    t = ERASURE_OUTBOX
-    now = datetime.now(timezone.utc)
-    with wh.engine.begin() as conn:
-        for kind, identifier, _ in done:
-            conn.execute(sa.delete(t).where(t.c.request_id == request_id, t.c.target == target.name, t.c.kind == kind,
-                                            t.c.identifier == identifier))
-        for kind, identifier, message in waiting:
-            key = (t.c.request_id == request_id, t.c.target == target.name, t.c.kind == kind, t.c.identifier == identifier)
-            if conn.execute(sa.select(t.c.attempts).where(*key)).first() is None:
-                conn.execute(sa.insert(t).values(request_id=request_id, target=target.name, kind=kind,
-                                                 identifier=identifier, subject=subject, added_at=now, attempts=1,
-                                                 last_error=mask_text(message or "")[:500]))
-            else:
-                conn.execute(sa.update(t).where(*key).values(attempts=t.c.attempts + 1,
-                                                             last_error=mask_text(message or "")[:500]))
-    append(wh, [AuditEntry(f"erasure.{target.name}", actor, subject, counts, run_id)])
-    return counts
-
-
-def retry_pending(wh: Warehouse, targets: Sequence[ErasureTarget], actor: str, run_id: str | None = None) -> dict:
-    """Sends the erasures a system could not confirm earlier; completes their requests when nothing waits."""
-    if not tables_present(wh, [ERASURE_OUTBOX]):
-        return {}
-    t = ERASURE_OUTBOX
-    waiting = wh.read_frame(sa.select(t))
-    out: dict[str, dict] = {}
-    by_name = {tg.name: tg for tg in targets}
-    for (request_id, target_name, subject), rows in waiting.groupby(["request_id", "target", "subject"]):
-        target = by_name.get(target_name)
-        if target is None:
-            continue
-        out[request_id] = _propagate(wh, target, request_id, subject, list(zip(rows["kind"], rows["identifier"])),
-                                     actor, run_id)
-        still = wh.scalar(sa.select(sa.func.count()).select_from(t).where(t.c.request_id == request_id))
-        if not still:
-            _request(wh, request_id, "erasure", subject, "retry", "completed")
-            append(wh, [AuditEntry("erasure.completed", actor, subject, {"request_id": request_id}, run_id)])
-    return out
-
-
-def pending_requests(wh: Warehouse) -> pd.DataFrame:
-    if not tables_present(wh, [PRIVACY_REQUESTS]):
-        return pd.DataFrame(columns=["request_id", "subject", "source"])
-    t = PRIVACY_REQUESTS
-    return wh.read_frame(sa.select(t.c.request_id, t.c.subject, t.c.source).where(t.c.kind == "erasure",
-                                                                                    t.c.status == "pending"))
-
-
-def request_done(wh: Warehouse, request_id: str) -> bool:
-    if not tables_present(wh, [PRIVACY_REQUESTS]):
-        return False
-    t = PRIVACY_REQUESTS
-    return wh.scalar(sa.select(t.c.status).where(t.c.request_id == request_id)) == "completed"
-
-
-def requests_in_file(path, mapping: SourceMapping) -> tuple[list[dict], int]:
-    """The valid erasure requests of a landing file (the webhook's JSON lines), and how many lines
-    were not usable (ingestion quarantines those with their reason)."""
-    from ..mapping import apply_mapping
-    from ..readers import read_file
-
-    out, bad = [], 0
-    for chunk in read_file(path, mapping):
-        mapped = apply_mapping(mapping, chunk.frame, chunk.problems)
-        bad += len(mapped.bad_positions)
-        for row in mapped.good.itertuples(index=False):
-            out.append({"request_id": f"{mapping.source}:{row.source_record_id}", "email": row.email,
-                        "crm_contact_id": row.crm_contact_id, "requested_by": row.requested_by})
-    return out, bad

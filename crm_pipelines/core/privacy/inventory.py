@@ -22,12 +22,12 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from .. import schema as S
-from ..mapping import SourceMapping
-from ..warehouse import Warehouse, tables_present
 from ..cleaning.text import clean_text
-from .identity import (KINDS, MENTION_KINDS, PERSON_KINDS, IdentityHasher, any_suppressed, company_value,
-                       family_name_of, names_any, parse_hash_list)
+from ..platform import schema as S
+from ..platform.warehouse import Warehouse, tables_present
+from ..privacy_screen.identity import (KINDS, MENTION_KINDS, PERSON_KINDS, IdentityHasher, any_suppressed,
+                                       company_value, family_name_of, names_any, parse_hash_list)
+from ..sources.mapping import SourceMapping
 
 
 @dataclass

@@ -34,12 +34,12 @@ from typing import Callable
 import sqlalchemy as sa
 
 from ..cleaning.text import clean_text
-from ..ingest import landed_partitions, landing_files, sha256_file
-from ..mapping import SourceMapping
-from ..readers import canonical_values, read_file
-from ..schema import LANDING_ALIASES
-from ..warehouse import Warehouse
-from .identity import MENTION_KINDS, PERSON_KINDS, IdentityHasher, company_value, entries, names_any
+from ..platform.schema import LANDING_ALIASES
+from ..platform.warehouse import Warehouse
+from ..privacy_screen.identity import MENTION_KINDS, PERSON_KINDS, IdentityHasher, company_value, entries, names_any
+from ..sources.ingest import landed_partitions, landing_files, sha256_file
+from ..sources.mapping import SourceMapping
+from ..sources.readers import canonical_values, read_file
 from .inventory import Person, digits_tail, name_fragment
 
 Log = Callable[[str], None]

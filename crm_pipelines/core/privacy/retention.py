@@ -23,14 +23,14 @@ import pandas as pd
 import sqlalchemy as sa
 
 from ..cleaning.emails import normalize_email
-from ..mapping import SourceMapping
 from ..model import ENTITIES
-from ..schema import GOLDEN_CONTACTS, PERSON_CROSSWALK, PERSON_RECORDS, RETIRED_CONTACTS, raw_table
-from ..warehouse import Warehouse, tables_present
-from .audit import AuditEntry, append
+from ..platform.audit import AuditEntry, append
+from ..platform.schema import GOLDEN_CONTACTS, PERSON_CROSSWALK, PERSON_RECORDS, RETIRED_CONTACTS, raw_table
+from ..platform.warehouse import Warehouse, tables_present
+from ..privacy_screen.identity import IdentityHasher, entries
+from ..privacy_screen.suppression import SuppressionList
+from ..sources.mapping import SourceMapping
 from .erasure import find_person, scrub, shared_phones
-from .suppression import SuppressionList
-from .identity import IdentityHasher, entries
 from .inventory import build_inventory
 
 
@@ -127,7 +127,7 @@ def _suppress(wh: Warehouse, hasher: IdentityHasher, golden_ids: list[str], mont
 def _accounts_with_orders(wh: Warehouse) -> set[str]:
     """Golden accounts whose ERP customer number placed an order (a customer relationship)."""
     orders = raw_table("erp_orders", ENTITIES["order"])
-    from ..schema import GOLDEN_ACCOUNTS
+    from ..platform.schema import GOLDEN_ACCOUNTS
 
     if not tables_present(wh, [orders, GOLDEN_ACCOUNTS]):
         return set()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..configfile import check_keys, load_yaml, require_mapping
+from ..platform.configfile import check_keys, load_yaml, require_mapping
 
 
 @dataclass(frozen=True)

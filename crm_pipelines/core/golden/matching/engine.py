@@ -1,0 +1,499 @@
+"""The matching engine: blocking, comparison levels, Fellegi-Sunter weights by EM, match probabilities.
+
+Works on a DataFrame of cleaned records (row position = record number) and an
+:class:`EntityMatchSpec`. Everything is column-wise: candidate pairs are numpy index
+arrays, string similarities come from rapidfuzz's ``cpdist`` over the pairs, and the
+EM runs over the distinct comparison patterns (a few thousand) rather than the pairs.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from rapidfuzz import distance, fuzz, process
+
+from .settings import ComparisonSpec, EntityMatchSpec
+
+NULL = -1
+_SCORERS = {
+    "jaro_winkler": (distance.JaroWinkler.normalized_similarity, 1.0),
+    "ratio": (distance.Indel.normalized_similarity, 1.0),
+    "token_set": (fuzz.token_set_ratio, 100.0),
+}
+_FLOOR = 1e-6
+
+
+# ============================================================================ blocking
+
+@dataclass
+class CandidatePairs:
+    left: np.ndarray   # record positions, left < right
+    right: np.ndarray
+    rule: np.ndarray   # index of the first blocking rule that produced the pair
+    stats: list[dict] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.left)
+
+
+def _key_table(df: pd.DataFrame, rule: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(record positions, key codes) for a blocking rule; 'a|b' columns contribute either value.
+
+    Keys are integer codes, never strings: a column's values are factorized (the alternatives of an
+    'a|b' column in one code space, so a phone in "phone" meets the same phone in "mobile"), and the
+    codes of a rule's columns are combined and factorized again column by column."""
+    n = len(df)
+    base: pd.DataFrame | None = None
+    for col in rule:
+        alts = col.split("|")
+        stacked = pd.concat([df[alt] for alt in alts], ignore_index=True) if len(alts) > 1 else df[alts[0]]
+        codes, uniques = pd.factorize(stacked)  # -1 for missing
+        ok = codes >= 0
+        frame = pd.DataFrame({"pos": np.tile(np.arange(n, dtype=np.int64), len(alts))[ok], "v": codes[ok].astype(np.int64)})
+        if len(alts) > 1:  # a record with the same value in both alternatives counts once
+            frame = frame.drop_duplicates()
+        if base is None:
+            base = frame.rename(columns={"v": "key"})
+        else:
+            # The rows where every column has a value; several alternatives explode rows.
+            base = base.merge(frame, on="pos")
+            base["key"] = pd.factorize(base["key"].to_numpy() * max(len(uniques), 1) + base["v"].to_numpy())[0]
+            base = base.drop(columns="v")
+    assert base is not None
+    return base["pos"].to_numpy(np.int64), base["key"].to_numpy(np.int64)
+
+
+_TRIU_CACHE: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _pairs_within_blocks(pos: np.ndarray, keys: np.ndarray, max_block: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+    if len(pos) < 2:
+        return np.empty(0, np.int64), np.empty(0, np.int64), 0, 0
+    codes, _ = pd.factorize(keys)
+    order = np.argsort(codes, kind="stable")
+    codes_s, pos_s = codes[order], pos[order]
+    cut = np.flatnonzero(np.diff(codes_s)) + 1
+    starts = np.r_[0, cut]
+    sizes = np.diff(np.r_[starts, len(codes_s)])
+    too_big = sizes > max_block
+    lefts, rights = [], []
+    for size in np.unique(sizes[(sizes >= 2) & ~too_big]):
+        group_starts = starts[sizes == size]
+        if size not in _TRIU_CACHE:
+            _TRIU_CACHE[size] = np.triu_indices(size, 1)
+        a, b = _TRIU_CACHE[size]
+        lefts.append(pos_s[(group_starts[:, None] + a[None, :]).ravel()])
+        rights.append(pos_s[(group_starts[:, None] + b[None, :]).ravel()])
+    if not lefts:
+        return np.empty(0, np.int64), np.empty(0, np.int64), int(too_big.sum()), int(sizes[too_big].sum())
+    return np.concatenate(lefts), np.concatenate(rights), int(too_big.sum()), int(sizes[too_big].sum())
+
+
+def block(df: pd.DataFrame, spec: EntityMatchSpec) -> CandidatePairs:
+    n = len(df)
+    codes_all, rules_all, stats = [], [], []
+    for r, rule in enumerate(spec.blocking):
+        started = time.monotonic()
+        pos, keys = _key_table(df, rule)
+        a, b, big_blocks, big_records = _pairs_within_blocks(pos, keys, spec.max_block_size)
+        keep = a != b
+        lo, hi = np.minimum(a[keep], b[keep]), np.maximum(a[keep], b[keep])
+        code = lo * n + hi
+        codes_all.append(code)
+        rules_all.append(np.full(len(code), r, dtype=np.int16))
+        stats.append({"rule": "+".join(rule), "pairs": int(len(code)), "skipped_blocks": big_blocks,
+                      "records_in_skipped_blocks": big_records, "seconds": round(time.monotonic() - started, 3)})
+    if not codes_all:
+        return CandidatePairs(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int16), stats)
+    code = np.concatenate(codes_all)
+    rule = np.concatenate(rules_all)
+    uniq, first = np.unique(code, return_index=True)
+    return CandidatePairs(uniq // n, uniq % n, rule[first], stats)
+
+
+# ============================================================================ comparisons
+
+# Derived values a record loader already holds as columns of their own (core/golden.load_person_records):
+# taken from there instead of being computed again, one new string per record.
+LOADED_DERIVATIONS = {"local(email_norm)": "email_local"}
+
+
+class Columns:
+    """Per-column arrays computed once: values (None for missing) and integer codes (-1 for missing).
+
+    Codes make exact comparisons integer compares; columns listed together (first and
+    last name) share one code space so a swapped pair can be compared across them.
+    Codes are 32-bit and values are the frame's own arrays where they already hold None for
+    missing: at 13 million records every extra array of a column is a hundred megabytes.
+    """
+
+    def __init__(self, df: pd.DataFrame, shared: tuple[str, ...] = ()):
+        self.df = df
+        self._values: dict[str, np.ndarray] = {}
+        self._codes: dict[str, np.ndarray] = {}
+        if shared:
+            stacked = pd.concat([df[c] for c in shared], ignore_index=True)
+            codes, _ = pd.factorize(stacked)
+            n = len(df)
+            for i, c in enumerate(shared):
+                self._codes[c] = codes[i * n:(i + 1) * n].astype(np.int32)
+
+    def values(self, col: str) -> np.ndarray:
+        if col not in self._values:  # derived columns are stored by derived()
+            self._values[col] = _strings(self.df, col)
+        return self._values[col]
+
+    def codes(self, col: str) -> np.ndarray:
+        if col not in self._codes:
+            self._codes[col] = pd.factorize(self.df[col])[0].astype(np.int32)
+        return self._codes[col]
+
+    def derived(self, name: str, col: str, fn) -> np.ndarray:
+        """Codes of ``fn`` of a column's values (its values under ``values(f"{name}({col})")``). ``fn`` runs
+        once per distinct value, and records with the same value share the result."""
+        key = f"{name}({col})"
+        if key not in self._codes:
+            loaded = LOADED_DERIVATIONS.get(key)
+            if loaded is not None and loaded in self.df.columns:
+                self._values[key] = _strings(self.df, loaded)
+                self._codes[key] = pd.factorize(self._values[key])[0].astype(np.int32)
+                return self._codes[key]
+            codes, uniques = pd.factorize(self.df[col])
+            mapped = np.empty(len(uniques) + 1, dtype=object)  # the last one, None, is where code -1 points
+            mapped[:-1] = [fn(v) for v in uniques.tolist()]
+            self._values[key] = mapped[codes]
+            self._codes[key] = pd.factorize(mapped)[0].astype(np.int32)[codes]
+        return self._codes[key]
+
+
+def _strings(df: pd.DataFrame, col: str) -> np.ndarray:
+    """A column as an object array with None for missing: the frame's own array when it is one already."""
+    values = df[col].to_numpy(dtype=object)
+    missing = pd.isna(values)
+    if missing.any() and any(v is not None for v in values[missing]):
+        values = values.copy()
+        values[missing] = None
+    return values
+
+
+# Pairs whose strings are handed to rapidfuzz at a time: its input lists and their conversion for
+# the tens of millions of candidate pairs of 10 million contacts at once took 8 GB.
+SIMILARITY_CHUNK = 1_000_000
+
+
+def _similarity(a: np.ndarray, b: np.ndarray, scorer: str, only: np.ndarray | None = None) -> np.ndarray:
+    """Similarity in 0..1 for the pairs of strings (a[i], b[i]), computed where ``only`` is set (both present)."""
+    fn, scale = _SCORERS[scorer]
+    ok = (pd.notna(a) & pd.notna(b)) if only is None else only
+    out = np.zeros(len(a), dtype=np.float32)
+    todo = np.flatnonzero(ok)
+    for start in range(0, len(todo), SIMILARITY_CHUNK):
+        part = todo[start:start + SIMILARITY_CHUNK]
+        out[part] = process.cpdist(a[part].tolist(), b[part].tolist(), scorer=fn, workers=-1, dtype=np.float32) / scale
+    return out
+
+
+def comparison_levels(df: pd.DataFrame, left: np.ndarray, right: np.ndarray, spec: EntityMatchSpec,
+                      cols: Columns | None = None) -> dict[str, np.ndarray]:
+    """Level codes per comparison for each pair: -1 no information, 0 disagreement, higher = closer."""
+    cols = cols or Columns(df, spec.name_swap or ())
+    swap = None
+    if spec.name_swap:
+        f, l = spec.name_swap
+        fv, lv = cols.values(f), cols.values(l)
+        fc, lc = cols.codes(f), cols.codes(l)
+        direct_exact = (fc[left] == fc[right]) & (lc[left] == lc[right]) & (fc[left] >= 0)
+        crossed_exact = (fc[left] == lc[right]) & (lc[left] == fc[right]) & (fc[left] >= 0) & (lc[left] >= 0)
+        # Only pairs that are not already identical need the (costlier) similarity check.
+        todo = ~direct_exact
+        fl, fr, ll, lr = fc[left] >= 0, fc[right] >= 0, lc[left] >= 0, lc[right] >= 0
+        direct = (_similarity(fv[left], fv[right], "jaro_winkler", todo & fl & fr)
+                  + _similarity(lv[left], lv[right], "jaro_winkler", todo & ll & lr))
+        crossed = (_similarity(fv[left], lv[right], "jaro_winkler", todo & fl & lr)
+                   + _similarity(lv[left], fv[right], "jaro_winkler", todo & ll & fr))
+        swap = (crossed > direct + 0.2) | (crossed_exact & ~direct_exact)
+    out: dict[str, np.ndarray] = {}
+    for comp in spec.comparisons:
+        out[comp.name] = _levels_for(cols, left, right, comp, spec, swap)
+    return out
+
+
+def _pair_codes(cols: Columns, left, right, col, spec, swap):
+    ca, cb = cols.codes(col)[left], cols.codes(col)[right]
+    va, vb = cols.values(col)[left], cols.values(col)[right]
+    if swap is not None and spec.name_swap and col in spec.name_swap and swap.any():
+        other = spec.name_swap[1] if col == spec.name_swap[0] else spec.name_swap[0]
+        cb, vb = cb.copy(), vb.copy()
+        cb[swap] = cols.codes(other)[right][swap]
+        vb[swap] = cols.values(other)[right][swap]
+    return ca, cb, va, vb
+
+
+def _local_part(email: str) -> str:
+    return email.rsplit("@", 1)[0]
+
+
+_ORG_SUFFIX = re.compile(r"[-_.]?(group|gruppe|holding)$")
+
+
+def _mail_org(email: str) -> str | None:
+    """The organisation a mail domain names: without its top-level domain (``x.de``, ``x.at`` and ``x.ch``
+    are one company's) and without a group suffix (``x-group.com`` is ``x.de`` renamed)."""
+    label = email.rsplit("@", 1)[-1].rsplit(".", 1)[0]
+    return _ORG_SUFFIX.sub("", label) or None
+
+
+def _levels_for(cols: Columns, left, right, comp: ComparisonSpec, spec: EntityMatchSpec, swap) -> np.ndarray:
+    n = len(left)
+    levels = np.full(n, NULL, dtype=np.int8)
+    if comp.kind == "exact_any":
+        codes_l = [cols.values(c)[left] for c in comp.columns]
+        codes_r = [cols.values(c)[right] for c in comp.columns]
+        # Compare values, not per-column codes: a phone may sit in "phone" on one side, "mobile" on the other.
+        known = np.logical_or.reduce([pd.notna(v) for v in codes_l]) & np.logical_or.reduce([pd.notna(v) for v in codes_r])
+        same = np.zeros(n, dtype=bool)
+        for x in codes_l:
+            for y in codes_r:
+                same |= pd.notna(x) & (x == y)
+        levels[known] = 0
+        levels[known & same] = 1
+        return levels
+    ca, cb, va, vb = _pair_codes(cols, left, right, comp.column, spec, swap)
+    known = (ca >= 0) & (cb >= 0)
+    if not known.any():
+        return levels
+    exact = known & (ca == cb)
+    levels[known] = 0
+    if comp.kind == "exact":
+        levels[exact] = 1
+    elif comp.kind == "string":
+        sim = _similarity(va, vb, comp.scorer, known & ~exact)
+        k = len(comp.thresholds)
+        for i, t in enumerate(reversed(comp.thresholds)):  # lowest threshold first, so higher ones overwrite
+            levels[known & (sim >= t)] = i + 1
+        levels[exact] = k + 1
+    elif comp.kind == "email":
+        local = cols.derived("local", comp.column, _local_part)
+        la, lb = local[left], local[right]
+        same_local = known & (la == lb) & ~exact
+        local_values = cols.values(f"local({comp.column})")
+        sim = _similarity(local_values[left], local_values[right], "jaro_winkler", known & ~exact & ~same_local)
+        levels[known & (sim >= 0.88)] = 1
+        levels[same_local] = 2
+        if spec.name_swap and "mailbox_is_name" in cols.df.columns:
+            # "hans.mueller@a.de" vs "hans.mueller@b.de" repeats what the name comparisons already
+            # say; counted again it would merge every pair of namesakes. Such mailboxes carry no
+            # evidence of their own.
+            # The same mailbox name at the same organisation's other domain (x.de / x-group.com / x.at)
+            # is the person's, though: that evidence is kept (a merely similar one is not).
+            named = cols.df["mailbox_is_name"].to_numpy(dtype=bool)
+            org = cols.derived("mail_org", comp.column, _mail_org)
+            same_org = (org[left] >= 0) & (org[left] == org[right])
+            levels[(levels >= 1) & (named[left] | named[right]) & ~(same_org & (levels == 2))] = NULL
+        levels[exact] = 3
+        if "email_shared" in cols.df.columns:
+            # A role or shared mailbox (info@, einkauf@) says "same company", not "same person".
+            shared = cols.df["email_shared"].to_numpy(dtype=bool)
+            levels[exact & (shared[left] | shared[right])] = 1
+    elif comp.kind == "postcode":
+        prefix = cols.derived("prefix2", comp.column, lambda v: v[:2])
+        levels[known & (prefix[left] == prefix[right])] = 1
+        levels[exact] = 2
+    elif comp.kind == "legal_form":
+        from ...cleaning.companies import forms_compatible
+
+        uniques = pd.unique(pd.Series([v for v in cols.values(comp.column) if v is not None], dtype=object))
+        index = {v: i for i, v in enumerate(uniques)}
+        verdicts = {"same": 2, "compatible": 1, "conflict": 0, "unknown": NULL}
+        table = np.array([[verdicts[forms_compatible(x, y)] for y in uniques] for x in uniques], dtype=np.int8).reshape(
+            len(uniques), len(uniques))
+        ia = np.array([index.get(v, -1) if v is not None else -1 for v in va])
+        ib = np.array([index.get(v, -1) if v is not None else -1 for v in vb])
+        ok = (ia >= 0) & (ib >= 0)
+        levels[:] = NULL
+        levels[ok] = table[ia[ok], ib[ok]]
+    return levels
+
+
+def name_mailboxes(local: pd.Series, first: pd.Series, last: pd.Series) -> np.ndarray:
+    """Vectorised :func:`name_mailbox` over whole columns."""
+    letters = local.astype(object).where(local.notna(), None).str.replace(r"[^a-z]", "", regex=True)
+    f = first.astype(object).where(first.notna(), "").str.replace(" ", "", regex=False).fillna("")
+    l = last.astype(object).where(last.notna(), None).str.replace(" ", "", regex=False)
+    ok = letters.notna() & l.notna() & (letters != "")
+    hit = pd.Series(False, index=local.index)
+    for candidate in (f + l, l + f, l, f.str[:1] + l, f.where(f != ""), l + f.str[:1]):
+        hit |= ok & (letters == candidate).fillna(False).astype(bool)
+    return hit.to_numpy(dtype=bool)
+
+
+def name_mailbox(local: str | None, first: str | None, last: str | None) -> bool:
+    """True when the mailbox is just the person's name ('hans.mueller', 'h.mueller', 'mueller')."""
+    if not local or not last:
+        return False
+    letters = "".join(ch for ch in local if ch.isalpha())
+    f = (first or "").replace(" ", "")
+    l = last.replace(" ", "")
+    return letters in {f + l, l + f, l, f[:1] + l, f, l + f[:1]} - {""}
+
+
+# ============================================================================ Fellegi-Sunter
+
+@dataclass
+class FSModel:
+    """m and u probabilities per comparison level, the prior, and term frequencies."""
+
+    names: list[str]
+    n_levels: list[int]
+    m: list[np.ndarray]
+    u: list[np.ndarray]
+    prior: float
+    tf: dict[str, dict[str, float]] = field(default_factory=dict)
+    iterations: int = 0
+    u_random: list[np.ndarray] = field(default_factory=list)
+
+    def weights(self) -> list[np.ndarray]:
+        return [np.log2(np.maximum(m, _FLOOR) / np.maximum(u, _FLOOR)) for m, u in zip(self.m, self.u)]
+
+    def describe(self, specs: tuple[ComparisonSpec, ...]) -> list[dict]:
+        out = []
+        for spec, m, u, w in zip(specs, self.m, self.u, self.weights()):
+            for lvl, name in enumerate(spec.level_names()):
+                out.append({"comparison": spec.name, "level": name, "m": round(float(m[lvl]), 5),
+                            "u": round(float(u[lvl]), 7), "weight": round(float(w[lvl]), 2)})
+        return out
+
+
+def _unique_rows(mat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(axis=0) for small level codes, via one packed integer per row (much faster)."""
+    packed = np.zeros(len(mat), dtype=np.int64)
+    for c in range(mat.shape[1]):
+        packed = packed * 16 + (mat[:, c].astype(np.int64) + 1)
+    uniq, first, counts = np.unique(packed, return_index=True, return_counts=True)
+    return mat[first], counts
+
+
+def _level_matrix(levels: dict[str, np.ndarray], names: list[str]) -> np.ndarray:
+    return np.stack([levels[n] for n in names], axis=1) if names else np.zeros((0, 0), np.int8)
+
+
+def estimate_u(df: pd.DataFrame, spec: EntityMatchSpec, sample: int, seed: int = 0,
+               cols: Columns | None = None) -> list[np.ndarray]:
+    """u: how often two random records agree at each level (random pairs are almost never matches)."""
+    n = len(df)
+    rng = np.random.default_rng(seed)
+    size = min(sample, max(1, n * (n - 1) // 2)) if n >= 2 else 0  # a first run may have nothing to compare
+    a = rng.integers(0, max(n, 1), size=size)
+    b = rng.integers(0, max(n, 1), size=size)
+    keep = a != b
+    levels = comparison_levels(df, a[keep], b[keep], spec, cols)
+    out = []
+    for comp in spec.comparisons:
+        lv = levels[comp.name]
+        k = comp.top_level + 1
+        counts = np.bincount(lv[lv >= 0], minlength=k).astype(float)[:k]
+        # Add-one smoothing: a level never seen among random pairs is rare, not impossible.
+        out.append((counts + 1) / (counts.sum() + k))
+    return out
+
+
+def term_frequencies(df: pd.DataFrame, spec: EntityMatchSpec) -> dict[str, dict[str, float]]:
+    tf = {}
+    for comp in spec.comparisons:
+        if comp.term_frequency:
+            s = df[comp.column].dropna()
+            if len(s):
+                tf[comp.name] = (s.value_counts() / len(s)).to_dict()
+    return tf
+
+
+def fit(levels: dict[str, np.ndarray], spec: EntityMatchSpec, u_random: list[np.ndarray],
+        tf: dict[str, dict[str, float]], n_records: int) -> FSModel:
+    """m from high-confidence pairs, u from random pairs, the prior from the first training rule.
+
+    u is the chance that two random records agree at a level (estimate_u). m, the chance
+    that two records of the same entity do, is counted among candidate pairs that a
+    deterministic training rule marks as near-certain matches (e.g. the same e-mail),
+    for every comparison the rule does not itself use, and then refined by EM over all
+    candidate pairs with u and the prior held fixed (a free prior collapses: pairs that
+    share a block agree far more often than random pairs do). The prior is the number
+    of pairs the first rule finds, divided by its assumed recall, over all possible pairs.
+    """
+    names = [c.name for c in spec.comparisons]
+    n_levels = [c.top_level + 1 for c in spec.comparisons]
+    top = {c.name: c.top_level for c in spec.comparisons}
+    m: list[np.ndarray] = []
+    n_pairs = len(next(iter(levels.values()))) if levels else 0
+    rule_masks = []
+    for rule in spec.training_rules:
+        mask = np.ones(n_pairs, dtype=bool)
+        for name in rule:
+            mask &= levels[name] == top[name]
+        rule_masks.append((set(rule), mask))
+    for c, comp in enumerate(spec.comparisons):
+        k = n_levels[c]
+        counts = np.zeros(k)
+        for used, mask in rule_masks:
+            if comp.name in used:
+                continue
+            lv = levels[comp.name][mask]
+            counts += np.bincount(lv[lv >= 0], minlength=k)[:k]
+        if counts.sum() == 0:  # nothing to learn from: agreement is typical of a match
+            counts = np.r_[np.full(k - 1, 0.05), 0.9] * 100
+        m.append((counts + 1.0) / (counts.sum() + k))
+    possible = max(n_records * (n_records - 1) / 2, 1.0)
+    found = float(rule_masks[0][1].sum()) if rule_masks else 0.0
+    # (Bounded away from 0: an empty first run has no pairs, and log(0) has no meaning.)
+    prior = max(min(max(found / spec.training_recall, n_records / 2) / possible, 0.5), 1e-12)
+    iterations = 0
+    mat = _level_matrix(levels, names)
+    if len(mat):
+        patterns, counts = _unique_rows(mat)
+        counts = counts.astype(float)
+        logit_prior = math.log(prior / (1 - prior))
+        for iterations in range(1, spec.em_iterations + 1):
+            log_ratio = np.full(len(patterns), logit_prior)
+            for c in range(len(names)):
+                lv = patterns[:, c]
+                ok = lv >= 0
+                log_ratio[ok] += np.log(m[c][lv[ok]]) - np.log(np.maximum(u_random[c][lv[ok]], _FLOOR))
+            post = 1.0 / (1.0 + np.exp(-np.clip(log_ratio, -50, 50)))
+            wm = post * counts
+            new_m = []
+            for c, k in enumerate(n_levels):
+                lv = patterns[:, c]
+                ok = lv >= 0
+                tm = np.bincount(lv[ok], weights=wm[ok], minlength=k)[:k]
+                new_m.append((tm + 1.0) / (tm.sum() + k))
+            delta = max(float(np.abs(a - b).max()) for a, b in zip(new_m, m))
+            m = new_m
+            if delta < 1e-5:
+                break
+    return FSModel(names, n_levels, m, u_random, prior, tf, iterations, u_random)
+
+
+def score(df: pd.DataFrame, left: np.ndarray, right: np.ndarray, levels: dict[str, np.ndarray], model: FSModel,
+          spec: EntityMatchSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Match weight (log2 Bayes factor incl. prior) and probability per pair."""
+    weights = model.weights()
+    total = np.full(len(left), math.log2(model.prior / (1 - model.prior)), dtype=np.float64)
+    for c, comp in enumerate(spec.comparisons):
+        lv = levels[comp.name]
+        ok = lv >= 0
+        total[ok] += weights[c][lv[ok]]
+        if comp.name in model.tf:
+            # A shared rare surname says more than a shared "Müller": adjust exact agreements by
+            # how common the value is, relative to the average chance agreement u.
+            top = lv == comp.top_level
+            if top.any():
+                values = _strings(df, comp.column)[left[top]]
+                freq = np.array([model.tf[comp.name].get(v, _FLOOR) for v in values], dtype=np.float64)
+                u_exact = float((model.u_random or model.u)[c][comp.top_level])
+                total[top] += np.log2(np.maximum(u_exact, _FLOOR) / np.maximum(freq, _FLOOR))
+    prob = 1.0 / (1.0 + np.power(2.0, -np.clip(total, -60, 60)))
+    return total, prob

@@ -1,0 +1,37 @@
+"""The consent ledger in the warehouse: every opt-in, unsubscribe, opt-out and objection of the sign-up
+and consent sources, tied to person records (``staging.consent_events``), and read back for the verdicts
+(:func:`.consent.current`)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import sqlalchemy as sa
+
+from ..model import ENTITIES
+from ..platform.schema import CONSENT_EVENTS, PERSON_RECORDS, raw_table
+from ..platform.warehouse import Warehouse, replace_table, tables_present
+from ..privacy_screen.identity import IdentityHasher
+from ..sources.roles import CONSENT_SOURCES
+from . import consent
+
+
+def load_consent_events(wh: Warehouse) -> pd.DataFrame:
+    if not tables_present(wh, [CONSENT_EVENTS]):
+        return pd.DataFrame(columns=consent.EVENT_COLUMNS)
+    df = wh.read_select(sa.select(CONSENT_EVENTS))
+    df["occurred_at"] = pd.to_datetime(df["occurred_at"], utc=True)
+    df["double_opt_in_at"] = pd.to_datetime(df["double_opt_in_at"], utc=True)
+    return df
+
+
+def build_consent_events(wh: Warehouse, hasher: IdentityHasher) -> pd.DataFrame:
+    wh.ensure_tables([CONSENT_EVENTS])
+    raw = {s: wh.read_select(sa.select(raw_table(s, ENTITIES["consent_event"]))) for s in CONSENT_SOURCES
+           if tables_present(wh, [raw_table(s, ENTITIES["consent_event"])])}
+    pr = PERSON_RECORDS
+    person_keys = sa.select(pr.c.record_key, pr.c.source, pr.c.crm_contact_id, pr.c.email_norm)
+    persons = wh.read_select(person_keys) if tables_present(wh, [pr]) \
+        else pd.DataFrame(columns=[c.name for c in person_keys.selected_columns])
+    events = consent.build_events(raw, persons, hasher)
+    replace_table(wh, CONSENT_EVENTS, events)
+    return events

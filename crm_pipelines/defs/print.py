@@ -1,0 +1,178 @@
+"""The print group in Dagster: one asset per campaign file (list, manifest, proof), blocking checks,
+approval and release, the outbox's retention, and the campaigns' schedules.
+
+    golden + scores + orders + consent -> print/<campaign> [no_suppressed_recipient, rows_balance] (built)
+    approve_print_list (run config) or <approvals>/<list id>.approved (print_approvals sensor)
+        -> release_print_list -> outbox (where the print shop picks up)
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+import dagster as dg
+import sqlalchemy as sa
+
+from ..core.platform.schema import GOLDEN_CONTACTS, PRINT_RECIPIENTS
+from ..core.print.lists import audience_frame, build_list, load_robinson
+from ..core.print.release import ReleaseRefused, approve, expire_outbox, load_print_settings, record_list, release
+from ..core.print.rules import load_campaigns
+from .golden import CONSENT_KEY, CONTACTS_KEY
+from .metadata import frame_markdown, markdown_table
+from .resources import PrivacyResource, WarehouseResource
+from .scoring import REACTIVATION_KEY, SCORES_KEY
+from .sources import raw_asset_key
+
+GROUP = "print"
+OWNERS = ["team:marketing-ops"]
+
+
+class ApprovalConfig(dg.Config):
+    list_id: str
+    approver: str = ""
+    """Who approves (required for approve_print_list; release_print_list uses the recorded approval)."""
+
+
+def print_key(campaign: str) -> dg.AssetKey:
+    return dg.AssetKey(["print", campaign])
+
+
+def build_print_defs(config_dir: Path, data_dir: Path) -> dg.Definitions:
+    campaigns = load_campaigns(config_dir / "campaigns")
+    settings = load_print_settings(config_dir / "print.yaml", data_dir.resolve())
+    lists_root = data_dir.resolve() / "print" / "lists"
+
+    def campaign_asset(campaign):
+        deps = [CONTACTS_KEY, SCORES_KEY, CONSENT_KEY, raw_asset_key("erp_orders")]
+        if campaign.source == "reactivation_segment":
+            deps.append(REACTIVATION_KEY)
+        checks = [dg.AssetCheckSpec("no_suppressed_recipient", asset=print_key(campaign.name), blocking=True,
+                                    description="No recipient of the list is on the suppression list (recomputed "
+                                                "from the recipients' golden records, not from the build's filter)."),
+                  dg.AssetCheckSpec("rows_balance", asset=print_key(campaign.name), blocking=True,
+                                    description="Every recipient the audience named is listed or excluded with a "
+                                                "reason; the CSV matches its manifest checksum.")]
+
+        @dg.asset(key=print_key(campaign.name), group_name=GROUP, owners=OWNERS, kinds={"csv", "pdf"},
+                  code_version=f"print-1-{campaign.sha256[:12]}", deps=deps, check_specs=checks,
+                  description=f"{campaign.description or campaign.name}. Rules `config/campaigns/{campaign.path.name}`: "
+                              f"audience, eligibility (postal consent, Robinson list for prospects, suppression, "
+                              f"complete address, {campaign.dedupe} de-duplication), content variants "
+                              f"{', '.join(b.variant for b in campaign.branches)}. Writes CSV, manifest and proof PDF; "
+                              "the list waits for an approval before it is released to the outbox.")
+        def _asset(context: dg.AssetExecutionContext, warehouse: WarehouseResource, privacy: PrivacyResource):
+            wh = warehouse.get()
+            screen = privacy.suppression(wh).screen()
+            pl = build_list(audience_frame(wh, campaign), campaign, screen, load_robinson(settings.robinson_list))
+            doc = record_list(wh, pl, campaign, context.run.run_id, lists_root, f"dagster:{context.job_name}")
+            folder = lists_root / campaign.name / doc["list_id"]
+            listed = wh.read_frame(sa.select(GOLDEN_CONTACTS).where(GOLDEN_CONTACTS.c.golden_id.in_(
+                sa.select(PRINT_RECIPIENTS.c.golden_id).where(PRINT_RECIPIENTS.c.list_id == doc["list_id"]))))
+            leaked = int(screen.suppressed(listed).sum()) if len(listed) else 0
+            csv_ok = hashlib.sha256((folder / "list.csv").read_bytes()).hexdigest() == doc["csv_sha256"]
+            yield dg.MaterializeResult(metadata={
+                "dagster/row_count": doc["recipients"], "list_id": doc["list_id"], "status": "built, awaiting approval",
+                "audience": doc["audience"], "excluded": dg.MetadataValue.json(doc["excluded"]),
+                "variants": dg.MetadataValue.json(doc["variants"]),
+                "excluded_by_reason": dg.MetadataValue.md(markdown_table(["reason", "recipients"],
+                                                                         sorted(doc["excluded"].items()))),
+                "dialogpost_eligible": doc["dialogpost"]["eligible"],
+                "dialogpost": dg.MetadataValue.json(doc["dialogpost"]),
+                "csv": dg.MetadataValue.path(str(folder / "list.csv")), "csv_sha256": doc["csv_sha256"],
+                "proof_pdf": dg.MetadataValue.path(str(folder / "proof.pdf")), "proof_pages": doc["proof_pages"],
+                "rules_sha256": doc["rules_sha256"],
+                "preview": dg.MetadataValue.md(frame_markdown(pl.rows[["recipient_id", "postal_code", "leitregion",
+                                                                       "variant"]].head(5))),
+            })
+            yield dg.AssetCheckResult(check_name="no_suppressed_recipient", passed=leaked == 0,
+                                      metadata={"recipients_checked": len(listed), "suppressed_found": leaked})
+            yield dg.AssetCheckResult(check_name="rows_balance", passed=bool(doc["balance_ok"]) and csv_ok,
+                                      metadata={"audience": doc["audience"], "listed": doc["recipients"],
+                                                "excluded": sum(doc["excluded"].values()), "csv_checksum_ok": csv_ok})
+
+        return _asset
+
+    assets = [campaign_asset(c) for c in campaigns.values()]
+
+    @dg.op(description="Records who approved a built print list, and when (audited).")
+    def approve_op(context: dg.OpExecutionContext, config: ApprovalConfig, warehouse: WarehouseResource) -> dg.Output:
+        try:
+            approve(warehouse.get(), config.list_id, config.approver, context.run.run_id)
+        except ReleaseRefused as exc:
+            raise dg.Failure(str(exc)) from exc
+        return dg.Output(None, metadata={"list_id": config.list_id, "approved_by": config.approver})
+
+    @dg.op(description="Copies an approved list and its manifest into the outbox for the print shop (audited); "
+                       "refuses a list without approval or one changed since it was built.")
+    def release_op(context: dg.OpExecutionContext, config: ApprovalConfig, warehouse: WarehouseResource) -> dg.Output:
+        wh = warehouse.get()
+        try:
+            if config.approver:
+                approve(wh, config.list_id, config.approver, context.run.run_id)
+            target = release(wh, config.list_id, settings, f"dagster:{context.job_name}", context.run.run_id)
+        except ReleaseRefused as exc:
+            raise dg.Failure(str(exc)) from exc
+        return dg.Output(None, metadata={"list_id": config.list_id, "released_file": dg.MetadataValue.path(str(target))})
+
+    @dg.op(description="Deletes released lists older than the retention period from the outbox (audited).")
+    def expire_op(context: dg.OpExecutionContext, warehouse: WarehouseResource) -> dg.Output:
+        removed = expire_outbox(warehouse.get(), settings, f"dagster:{context.job_name}", run_id=context.run.run_id)
+        return dg.Output(None, metadata={"removed": len(removed), "files": dg.MetadataValue.json(removed)})
+
+    @dg.job(name="approve_print_list", description="Approve a built print list (run config: list_id, approver).")
+    def approve_print_list():
+        approve_op()
+
+    @dg.job(name="release_print_list", tags={"crm/print-release": "print"}, description="Release an approved print list to the outbox (run config: "
+                                                   "list_id; with approver: approve and release in one).")
+    def release_print_list():
+        release_op()
+
+    @dg.job(name="outbox_retention", description="Delete released print lists past the retention period.")
+    def outbox_retention():
+        expire_op()
+
+    build = dg.define_asset_job("build_print_lists", selection=dg.AssetSelection.groups(GROUP),
+                                description="Build every campaign's print list (each then waits for its approval).")
+    jobs = [approve_print_list, release_print_list, outbox_retention, build,
+            dg.define_asset_job("build_brochure_list", selection=[print_key("broschuere")]) if "broschuere" in campaigns
+            else None,
+            dg.define_asset_job("build_reactivation_list", selection=[print_key("reaktivierung")])
+            if "reaktivierung" in campaigns else None]
+    jobs = [j for j in jobs if j is not None]
+
+    @dg.sensor(name="print_approvals", job=release_print_list, minimum_interval_seconds=30,
+               default_status=dg.DefaultSensorStatus.RUNNING,
+               description=f"An approval file `<list id>.approved` (first line: who approved) in {settings.approvals} "
+                           "approves and releases that list, once per file content.")
+    def print_approvals(context: dg.SensorEvaluationContext):
+        seen = set(json.loads(context.cursor)) if context.cursor else set()
+        if not settings.approvals.is_dir():
+            return dg.SkipReason(f"no approvals folder yet ({settings.approvals})")
+        new = []
+        for f in sorted(settings.approvals.glob("*.approved")):
+            approver = (f.read_text(encoding="utf-8").splitlines() or [""])[0].strip()
+            key = f"{f.name}:{approver}"
+            if key in seen or not approver:
+                continue
+            new.append(key)
+            yield dg.RunRequest(run_key=f"approval:{key}", run_config={"ops": {"release_op": {"config": {
+                "list_id": f.name[: -len(".approved")], "approver": approver}}}})
+        if new:
+            context.update_cursor(json.dumps(sorted(seen | set(new))))
+
+    schedules = [
+        dg.ScheduleDefinition(name="daily_brochures", job_name="build_brochure_list", cron_schedule="0 7 * * *",
+                              execution_timezone="Europe/Berlin", default_status=dg.DefaultScheduleStatus.STOPPED,
+                              description="Daily 07:00: the brochures queued by yesterday's hand-offs, one list."),
+        dg.ScheduleDefinition(name="weekly_reactivation_print", job_name="build_reactivation_list",
+                              cron_schedule="0 6 * * 1", execution_timezone="Europe/Berlin",
+                              default_status=dg.DefaultScheduleStatus.STOPPED,
+                              description="Mondays 06:00, after the reactivation segment: the win-back list."),
+        dg.ScheduleDefinition(name="daily_outbox_retention", job=outbox_retention, cron_schedule="30 2 * * *",
+                              execution_timezone="Europe/Berlin", default_status=dg.DefaultScheduleStatus.RUNNING,
+                              description=f"Daily: released lists older than {settings.retention_days} days leave "
+                                          "the outbox."),
+    ]
+    return dg.Definitions(assets=assets, jobs=jobs, sensors=[print_approvals], schedules=schedules)
+

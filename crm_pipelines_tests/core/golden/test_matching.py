@@ -1,0 +1,444 @@
+"""Entity resolution: engine pieces, the hard cases (Müller/Mueller, swapped names, moved addresses,
+namesakes, same name different company), chaining protection, stable IDs, steward decisions, lineage."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from crm_pipelines.core.golden.build import resolve_accounts, resolve_contacts
+from crm_pipelines.core.golden.explain import explain
+from crm_pipelines.core.golden.matching.cluster import cluster
+from crm_pipelines.core.golden.matching.engine import Columns, block, comparison_levels
+from crm_pipelines.core.golden.matching.evaluate import load_truth, pairwise_scores
+from crm_pipelines.core.golden.matching.ids import assign_ids
+from crm_pipelines.core.golden.matching.settings import load_matching_config
+from crm_pipelines.core.golden.review import build_review_queue, record_decision
+from crm_pipelines.core.golden.staging import build_account_records, build_person_records
+from crm_pipelines.core.golden.survivorship import survive
+from crm_pipelines.core.platform.schema import ID_EVENTS, ID_REGISTRY, PERSON_CROSSWALK, raw_table
+from crm_pipelines.core.platform.warehouse import Warehouse
+from crm_pipelines.core.sources.ingest import ingest_partition, landed_partitions
+from crm_pipelines.core.sources.mapping import load_mappings
+from crm_pipelines.settings import DEFAULT_CONFIG_DIR
+
+CFG = load_matching_config(DEFAULT_CONFIG_DIR / "matching.yaml")
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="session")
+def loaded_warehouse(demo_landing, tmp_path_factory):
+    """The demo landing zone loaded into a SQLite warehouse once; tests copy it."""
+    root, _ = demo_landing
+    folder = tmp_path_factory.mktemp("loaded")
+    wh = Warehouse(f"sqlite:///{folder / 'warehouse.db'}")
+    for source, mapping in load_mappings(DEFAULT_CONFIG_DIR).items():
+        for p in landed_partitions(root, source):
+            ingest_partition(mapping, p, root, wh, "load")
+    wh.engine.dispose()
+    return folder
+
+
+@pytest.fixture
+def wh(loaded_warehouse, tmp_path):
+    dst = tmp_path / "wh"
+    shutil.copytree(loaded_warehouse, dst)
+    w = Warehouse(f"sqlite:///{dst / 'warehouse.db'}")
+    yield w
+    w.engine.dispose()
+
+
+def add_raw(wh: Warehouse, source: str, rows: list[dict]) -> None:
+    mapping = load_mappings(DEFAULT_CONFIG_DIR)[source]
+    table = raw_table(source, mapping.entity)
+    frame = pd.DataFrame(rows)
+    frame["_partition"] = "2026-11-30"
+    frame["_file"] = "test.json"
+    frame["_record_no"] = range(1, len(rows) + 1)
+    frame["_run_id"] = "test"
+    frame["_loaded_at"] = pd.Timestamp(datetime.now(timezone.utc))
+    for c in ("created_at", "updated_at", "occurred_at"):
+        if c in frame:
+            frame[c] = pd.to_datetime(frame[c], utc=True)
+    with wh.engine.begin() as conn:
+        wh.bulk_insert(conn, table, frame)
+
+
+NOW = "2026-11-30T10:00:00Z"
+
+
+def crm(rid, first, last, email, company, plz, city="Dresden", phone=None, **kw):
+    return {"source_record_id": rid, "crm_contact_id": rid, "first_name": first, "last_name": last, "email": email,
+            "company_name": company, "postal_code": plz, "city": city, "country": "DE", "phone": phone,
+            "created_at": NOW, "updated_at": NOW, **kw}
+
+
+def lead(rid, first, last, email, company, plz, city="Dresden", phone=None, **kw):
+    return {"source_record_id": rid, "first_name": first, "last_name": last, "email": email, "company_name": company,
+            "postal_code": plz, "city": city, "country": "DE", "phone": phone, "created_at": NOW, **kw}
+
+
+def contacts_of(wh: Warehouse, *keys: str) -> list[str]:
+    cw = wh.read_frame(sa.select(PERSON_CROSSWALK.c.record_key, PERSON_CROSSWALK.c.golden_id)
+                       .where(PERSON_CROSSWALK.c.valid_to.is_(None)))
+    m = dict(zip(cw["record_key"], cw["golden_id"]))
+    return [m[k] for k in keys]
+
+
+def accounts_of(wh: Warehouse, *keys: str) -> list[str]:
+    from crm_pipelines.core.platform.schema import ACCOUNT_CROSSWALK
+
+    cw = wh.read_frame(sa.select(ACCOUNT_CROSSWALK.c.record_key, ACCOUNT_CROSSWALK.c.golden_id)
+                       .where(ACCOUNT_CROSSWALK.c.valid_to.is_(None)))
+    m = dict(zip(cw["record_key"], cw["golden_id"]))
+    return [m[k] for k in keys]
+
+
+def run_golden(wh: Warehouse, run_id: str = "r1"):
+    build_person_records(wh)
+    build_account_records(wh)
+    accounts = resolve_accounts(wh, CFG, run_id)
+    contacts = resolve_contacts(wh, CFG, run_id)
+    return accounts, contacts
+
+
+# ----------------------------------------------------------------------------- engine pieces
+
+def test_blocking_unions_rules_and_skips_oversized_blocks():
+    from dataclasses import replace
+
+    df = pd.DataFrame({"a": ["x", "x", "x", "y", "y", None], "b": ["1", "2", "1", "3", "3", "3"]})
+    spec = replace(CFG.persons, blocking=(("a",), ("b",)), max_block_size=2)
+    pairs = block(df, spec)
+    got = sorted(zip(pairs.left.tolist(), pairs.right.tolist()))
+    # block a=x has 3 records > 2: skipped; a=y -> (3,4); b=1 -> (0,2); b=3 has 3 records: skipped
+    assert got == [(0, 2), (3, 4)]
+    assert pairs.stats[0]["skipped_blocks"] == 1 and pairs.stats[1]["records_in_skipped_blocks"] == 3
+
+
+def test_comparison_levels_detect_swapped_names_and_mailboxes():
+    df = pd.DataFrame({
+        "first_key": ["annegret", "kowalczyk", "hans"], "last_key": ["kowalczyk", "annegret", "mueller"],
+        "email_norm": ["a.k@x.de", None, "hans.mueller@y.de"], "phone_e164": [None] * 3, "mobile_e164": [None] * 3,
+        "org_key": ["beta", "beta", None], "postal_code": ["01067", "01069", None], "crm_contact_id": [None] * 3,
+        "mailbox_is_name": [False, False, True],
+    })
+    levels = comparison_levels(df, np.array([0]), np.array([1]), CFG.persons, Columns(df, ("first_key", "last_key")))
+    assert levels["first_name"][0] == 3 and levels["last_name"][0] == 3  # exact once swapped back
+    assert levels["postal_code"][0] == 1 and levels["company"][0] == 3 and levels["email"][0] == -1
+
+
+def test_clustering_refuses_chains_that_a_compared_pair_contradicts():
+    # A~B and B~C are strong, but A and C were compared and differ: C must not join A and B.
+    left, right = np.array([0, 1, 0]), np.array([1, 2, 2])
+    prob = np.array([0.999, 0.99, 0.0001])
+    contradiction = np.array([False, False, True])
+    res = cluster(3, left, right, prob, 0.95, contradiction, 50)
+    assert res.labels[0] == res.labels[1] != res.labels[2]
+    assert res.stats["vetoed"] == 1 and res.refused[0][3].startswith("contradicted")
+    # A pair that merely lacks evidence is no contradiction: the chain closes.
+    res = cluster(3, left, right, prob, 0.95, np.array([False, False, False]), 50)
+    assert len(set(res.labels.tolist())) == 1
+
+
+def test_steward_cannot_link_beats_a_shared_email_but_not_a_steward_same():
+    res = cluster(3, np.array([], dtype=np.int64), np.array([], dtype=np.int64), np.array([]), 0.95, np.array([], bool), 50,
+                  must_link=[(1, 2, "steward: same")], cannot_link=[(0, 1)], auto_link=[(0, 1, "same email_norm")])
+    assert res.labels[1] == res.labels[2] != res.labels[0]
+
+
+def test_cluster_size_limit():
+    left, right = np.array([0, 1, 2]), np.array([1, 2, 3])
+    res = cluster(4, left, right, np.array([0.99, 0.99, 0.99]), 0.95, np.zeros(3, bool), 3)
+    assert max(np.bincount(res.labels)) == 3 and res.stats["size_limited"] == 1
+
+
+# ----------------------------------------------------------------------------- stable IDs
+
+def test_ids_survive_merge_older_wins_and_split_larger_part_keeps():
+    keys = np.array(["a", "b", "c", "d", "e"])
+    first = assign_ids(keys, np.array([0, 0, 1, 2, 2]), {}, "GC", 1)
+    prev = dict(zip(keys, [first.cluster_ids[l] for l in [0, 0, 1, 2, 2]]))
+    assert first.cluster_ids == ["GC-00000001", "GC-00000002", "GC-00000003"]
+    same = assign_ids(keys, np.array([2, 2, 0, 1, 1]), prev, "GC", first.next_seq)  # labels renumbered, same groups
+    assert same.cluster_ids == ["GC-00000002", "GC-00000003", "GC-00000001"] and same.events == []
+    merged = assign_ids(keys, np.array([0, 0, 0, 1, 1]), prev, "GC", first.next_seq)  # {a,b} + {c}
+    assert merged.cluster_ids[0] == "GC-00000001"
+    assert {"event": "merged", "golden_id": "GC-00000002", "into": "GC-00000001"} in merged.events
+    split = assign_ids(keys, np.array([0, 0, 1, 2, 3]), prev, "GC", first.next_seq)  # {d,e} -> {d} + {e}
+    assert split.cluster_ids[:3] == ["GC-00000001", "GC-00000002", "GC-00000003"]
+    assert split.cluster_ids[3] == "GC-00000004" or split.cluster_ids[2] == "GC-00000004"
+    assert any(e["event"] == "split" and e["golden_id"] == "GC-00000003" for e in split.events)
+
+
+def test_survivorship_rules_and_lineage():
+    records = pd.DataFrame({
+        "record_key": ["crm:1", "web:1", "web:2"], "source": ["crm_contacts", "web_form_leads", "web_form_leads"],
+        "record_ts": pd.to_datetime(["2026-01-01", "2026-11-01", "2026-11-02"], utc=True),
+        "first_name": ["Jörg", "Joerg", "Jörg"], "phone": ["+491", "+492", None], "email_norm": ["a@x.de", "b@x.de", "b@x.de"],
+    })
+    from crm_pipelines.core.golden.matching.settings import SurvivorshipSpec
+
+    spec = SurvivorshipSpec(("crm_contacts", "web_form_leads"), "source_priority", {"phone": "most_recent", "email_norm": "most_frequent"})
+    golden, lineage = survive(records, np.array([0, 0, 0]), ["first_name", "phone", "email_norm"], spec)
+    assert golden.loc[0].tolist() == ["Jörg", "+492", "b@x.de"]
+    got = {(r.field, r.record_key, r.rule) for r in lineage.itertuples()}
+    assert got == {("first_name", "crm:1", "source_priority"), ("phone", "web:1", "most_recent"),
+                   ("email_norm", "web:2", "most_frequent")}
+
+
+def test_an_address_group_comes_from_one_record_never_stitched():
+    # The CRM knows a Swiss postcode but no country; a newsletter sign-up says DE and no postcode.
+    # Field by field that would make "9000 St. Gallen, DE", an address that exists nowhere.
+    records = pd.DataFrame({
+        "record_key": ["crm:1", "nl:1"], "source": ["crm_contacts", "newsletter_signups"],
+        "record_ts": pd.to_datetime(["2026-11-02", "2026-11-01"], utc=True),
+        "postal_code": ["9000", None], "city": ["St. Gallen", None], "country": [None, "DE"],
+    })
+    from crm_pipelines.core.golden.matching.settings import SurvivorshipSpec
+
+    fields = ["postal_code", "city", "country"]
+    loose = SurvivorshipSpec(("crm_contacts", "newsletter_signups"), "source_priority", {"postal_code": "most_recent"})
+    assert survive(records, np.array([0, 0]), fields, loose)[0].loc[0].tolist() == ["9000", "St. Gallen", "DE"]
+    grouped = SurvivorshipSpec(("crm_contacts", "newsletter_signups"), "source_priority", {"postal_code": "most_recent"},
+                               {"address": ("postal_code", "city", "country")})
+    golden, lineage = survive(records, np.array([0, 0]), fields, grouped)
+    assert golden.loc[0].tolist() == ["9000", "St. Gallen", None]
+    assert {(r.field, r.record_key, r.rule) for r in lineage.itertuples()} == {
+        ("postal_code", "crm:1", "most_recent"), ("city", "crm:1", "with postal_code")}
+
+
+# ----------------------------------------------------------------------------- the hard cases, end to end
+
+def test_hard_person_cases(wh):
+    add_raw(wh, "crm_contacts", [
+        crm("T-1", "Jörg", "Müller", "j.mueller@testfirma-alpha.de", "Testfirma Alpha GmbH", "01067", phone="0351 4711-23"),
+        crm("T-2", "Annegret", "Kowalczyk", "a.kowalczyk@testfirma-beta.de", "Testfirma Beta GmbH", "04109", "Leipzig",
+            phone="0341 998877"),
+        crm("T-3", "Hubertus", "Brandt", "h.brandt@testfirma-gamma.de", "Testfirma Gamma AG", "80331", "München",
+            phone="089 123456-7"),
+        crm("T-4", "Thomas", "Müller", "thomas.mueller@alpha-werke.de", "Alpha Werke GmbH", "80331", "München"),
+    ])
+    add_raw(wh, "web_form_leads", [
+        lead("WT-1", "Joerg", "Mueller", "J.Mueller@Testfirma-Alpha.de", "Testfirma Alpha GmbH", "01067"),
+        lead("WT-3", "Hubertus", "Brandt", "h.brandt@testfirma-gamma.de", "Testfirma Gamma AG", "10115", "Berlin"),
+        lead("WT-4", "Thomas", "Müller", "thomas.mueller@omega-bau.de", "Omega Bau AG", "20095", "Hamburg"),
+    ])
+    add_raw(wh, "trade_fair_leads", [
+        lead("FT-1", "Jörg", "Mueller", "joerg.mueller@gmx.de", "Testfirma Alpha GmbH", "01067", phone="+49 351 471123"),
+        lead("FT-2", "Kowalczyk", "Annegret", None, "Testfirma Beta", "04109", "Leipzig", phone="0341/998877"),
+        lead("FT-3", "Hubertus", "Brandt", None, "Testfirma Gamma AG", "10115", "Berlin", phone="+49 89 1234567"),
+    ])
+    run_golden(wh)
+    a, b, c = contacts_of(wh, "crm_contacts:T-1", "web_form_leads:WT-1", "trade_fair_leads:FT-1")
+    assert a == b == c, "Müller / Mueller with a private address and the same phone is one person"
+    a, b = contacts_of(wh, "crm_contacts:T-2", "trade_fair_leads:FT-2")
+    assert a == b, "swapped first and last name"
+    a, b, c = contacts_of(wh, "crm_contacts:T-3", "web_form_leads:WT-3", "trade_fair_leads:FT-3")
+    assert a == b == c, "moved from München to Berlin"
+    a, b = contacts_of(wh, "crm_contacts:T-4", "web_form_leads:WT-4")
+    assert a != b, "two Thomas Müller at two companies are two people"
+
+
+def test_colleagues_sharing_a_role_or_shared_mailbox_stay_two_contacts(wh):
+    from crm_pipelines.core.platform.schema import GOLDEN_CONTACTS
+
+    add_raw(wh, "crm_contacts", [
+        # Two buyers at one company, both writing from its info@ address (a role mailbox by name) ...
+        crm("S-1", "Birgit", "Lehmann", "info@stanzwerk-delta.de", "Stanzwerk Delta GmbH", "09111", "Chemnitz"),
+        crm("S-2", "Oliver", "Krause", "info@stanzwerk-delta.de", "Stanzwerk Delta GmbH", "09111", "Chemnitz"),
+        # ... two more sharing a personal-looking address the data shows to be shared ...
+        crm("S-3", "Petra", "Voigt", "technik@drehteile-epsilon.de", "Drehteile Epsilon KG", "08056", "Zwickau"),
+        crm("S-4", "Marcel", "Hofmann", "technik@drehteile-epsilon.de", "Drehteile Epsilon KG", "08056", "Zwickau"),
+    ])
+    add_raw(wh, "web_form_leads", [
+        # ... and the same person as S-1 again, from info@ too: still one person by name and company.
+        lead("WS-1", "Birgit", "Lehmann", "info@stanzwerk-delta.de", "Stanzwerk Delta GmbH", "09111", "Chemnitz"),
+        # One person whose surname changed (a marriage) at the same address: still one person.
+        lead("WS-5", "Sandra", "Richter", "s.richter@guss-zeta.de", "Gießerei Zeta GmbH", "02625", "Bautzen"),
+        lead("WS-6", "Sandra", "Wolf", "s.richter@guss-zeta.de", "Gießerei Zeta GmbH", "02625", "Bautzen"),
+    ])
+    run_golden(wh)
+    a, b, c = contacts_of(wh, "crm_contacts:S-1", "crm_contacts:S-2", "web_form_leads:WS-1")
+    assert a != b, "two colleagues with the same info@ address are two contacts"
+    assert a == c, "the same person at the role mailbox, by name and company, is still one"
+    a, b = contacts_of(wh, "crm_contacts:S-3", "crm_contacts:S-4")
+    assert a != b, "an address used by two clearly different people is shared"
+    a, b = contacts_of(wh, "web_form_leads:WS-5", "web_form_leads:WS-6")
+    assert a == b, "a new surname alone does not make a second person"
+    # The address stays with the older golden contact only (golden e-mails are unique, as the CRM's are).
+    g = GOLDEN_CONTACTS
+    holders = wh.read_frame(sa.select(g.c.golden_id).where(g.c.email == "info@stanzwerk-delta.de"))["golden_id"]
+    assert holders.tolist() == [min(a for a in contacts_of(wh, "crm_contacts:S-1", "crm_contacts:S-2"))]
+
+
+def test_namesakes_whose_company_numbered_their_mailboxes_stay_two_contacts(wh):
+    add_raw(wh, "crm_contacts", [
+        # Two Ellen Müllers at one company: its IT gave the second the mailbox ellen.mueller2@.
+        crm("N-1", "Ellen", "Müller", "ellen.mueller@ultraplan-foerdertechnik.de", "Ultraplan Fördertechnik GmbH",
+            "47051", "Duisburg"),
+        crm("N-2", "Ellen", "Müller", "ellen.mueller2@ultraplan-foerdertechnik.de", "Ultraplan Fördertechnik GmbH",
+            "47051", "Duisburg"),
+    ])
+    add_raw(wh, "web_form_leads", [
+        # Each of them again, with her own mailbox: one contact each.
+        lead("WN-1", "Ellen", "Mueller", "ellen.mueller@ultraplan-foerdertechnik.de", "Ultraplan Fördertechnik GmbH",
+             "47051", "Duisburg"),
+        lead("WN-2", "Ellen", "Müller", "ellen.mueller2@ultraplan-foerdertechnik.de", "Ultraplan Fördertechnik",
+             "47051", "Duisburg"),
+        # The same person writing from a private address as well is still one person.
+        lead("WN-3", "Ellen", "Müller", "ellen.mueller@web.de", "Ultraplan Fördertechnik GmbH", "47051", "Duisburg"),
+    ])
+    run_golden(wh)
+    one, two, one_again, two_again = contacts_of(wh, "crm_contacts:N-1", "crm_contacts:N-2", "web_form_leads:WN-1",
+                                                 "web_form_leads:WN-2")
+    assert one != two, "mailboxes numbered apart at one company are two people"
+    assert (one, two) == (one_again, two_again)
+
+
+def test_the_same_mailbox_at_the_companys_renamed_or_foreign_domain_is_the_same_person(wh):
+    add_raw(wh, "crm_contacts", [
+        crm("G-1", "Miroslav", "Mielcarek", "miroslav.mielcarek@thies-trapp.de", "Thies Trapp GmbH", "34117", "Kassel"),
+        crm("G-2", "Arne", "Kowalczyk", "arne.kowalczyk@vogt-stahlbau.at", "Vogt Stahlbau GmbH", "5020", "Salzburg"),
+    ])
+    add_raw(wh, "web_form_leads", [
+        # The company moved its mail to a group domain; the form has no address.
+        lead("WG-1", "Miroslav", "Mielcarek", "miroslav.mielcarek@thies-trapp-group.com", "Thies Trapp Group", None,
+             None),
+        lead("WG-2", "Arne", "Kowalczyk", "arne.kowalczyk@vogt-stahlbau-group.com", "Vogt Stahlbau", None, None),
+    ])
+    run_golden(wh)
+    a, b = contacts_of(wh, "crm_contacts:G-1", "web_form_leads:WG-1")
+    assert a == b, "the same mailbox at the company's group domain is the same person"
+    a, b = contacts_of(wh, "crm_contacts:G-2", "web_form_leads:WG-2")
+    assert a == b, "x.at and x-group.com are one organisation's domains"
+
+
+def test_account_cases_same_name_different_company_and_gmbh_vs_gmbh_co_kg(wh):
+    add_raw(wh, "crm_accounts", [
+        {"source_record_id": "CA-1", "crm_company_id": "CA-1", "company_name": "Zettelmann Hydraulik GmbH & Co. KG",
+         "website": "zettelmann-hydraulik.de", "street": "Gerberstraße 5", "postal_code": "04109", "city": "Leipzig",
+         "country": "DE", "created_at": NOW, "updated_at": NOW},
+        {"source_record_id": "CA-2", "crm_company_id": "CA-2", "company_name": "Testmann Antriebstechnik GmbH",
+         "website": "testmann-antriebe.de", "postal_code": "80331", "city": "München", "country": "DE",
+         "created_at": NOW, "updated_at": NOW},
+    ])
+    add_raw(wh, "erp_customers", [
+        {"source_record_id": "0009990001", "erp_customer_number": "0009990001", "company_name": "Testmann Antriebstechnik GmbH",
+         "street": "Am Markt 1", "postal_code": "01067", "city": "Dresden", "country": "DE", "email": "info@testmann-dresden.de"},
+    ])
+    add_raw(wh, "web_form_leads", [
+        lead("WZ-1", "Erika", "Zettel", "e.zettel@zettelmann-hydraulik.de", "Zettelmann Hydraulik GmbH", "04109", "Leipzig"),
+    ])
+    run_golden(wh)
+    crm_z, lead_z = accounts_of(wh, "crm_accounts:CA-1", "mention:web_form_leads:WZ-1")
+    assert crm_z == lead_z, "the web form's 'GmbH' joins the CRM's 'GmbH & Co. KG'"
+    munich, dresden = accounts_of(wh, "crm_accounts:CA-2", "erp_customers:0009990001")
+    assert munich != dresden, "same name, other town, other domain: two companies"
+    contact = wh.read_frame("SELECT account_id FROM golden.contacts WHERE email = 'e.zettel@zettelmann-hydraulik.de'")
+    assert contact["account_id"].tolist() == [crm_z], "the lead's contact belongs to the existing CRM account"
+
+
+def test_demo_quality_against_ground_truth(wh, demo_landing):
+    run_golden(wh)
+    truth = load_truth(demo_landing[0] / "_ground_truth" / "records.csv").set_index("record_key")
+    cw = wh.read_frame("SELECT record_key, golden_id FROM golden.person_crosswalk WHERE valid_to IS NULL").set_index("record_key")
+    persons = pairwise_scores(cw["golden_id"], truth["person_id"])
+    aw = wh.read_frame("SELECT record_key, golden_id FROM golden.account_crosswalk WHERE valid_to IS NULL")
+    aw["record_key"] = aw["record_key"].str.replace("^mention:", "", regex=True)
+    accounts = pairwise_scores(aw.set_index("record_key")["golden_id"], truth["account_id"])
+    assert persons.f1 >= 0.97 and accounts.f1 >= 0.97, (persons, accounts)
+
+
+# ----------------------------------------------------------------------------- IDs, decisions, lineage end to end
+
+def test_ids_are_stable_and_steward_decisions_split_and_merge(wh):
+    add_raw(wh, "crm_contacts", [crm("S-1", "Renate", "Quast", "r.quast@stabil-gmbh.de", "Stabil GmbH", "01067", phone="0351 5550-1")])
+    add_raw(wh, "web_form_leads", [lead("SW-1", "Renate", "Quast", "r.quast@stabil-gmbh.de", "Stabil GmbH", "01067")])
+    add_raw(wh, "trade_fair_leads", [lead("SF-1", "Renate", "Quast", None, "Stabil GmbH", "01067", phone="0351 5550-1")])
+    add_raw(wh, "newsletter_signups", [{"source_record_id": "SN-1", "email": "quast.privat@posteo.de", "last_name": "Quast",
+                                        "channel": "email", "status": "granted", "occurred_at": NOW}])
+    run_golden(wh, "r1")
+    first = contacts_of(wh, "crm_contacts:S-1", "web_form_leads:SW-1", "trade_fair_leads:SF-1", "newsletter_signups:SN-1")
+    assert first[0] == first[1] == first[2] != first[3]
+    before = wh.read_frame("SELECT record_key, golden_id FROM golden.person_crosswalk WHERE valid_to IS NULL")
+
+    _, contacts = run_golden(wh, "r2")
+    after = wh.read_frame("SELECT record_key, golden_id FROM golden.person_crosswalk WHERE valid_to IS NULL")
+    assert before.sort_values("record_key").reset_index(drop=True).equals(after.sort_values("record_key").reset_index(drop=True))
+    assert contacts.stats["crosswalk_changes"] == 0
+
+    # Split: the steward says the trade-fair scan is someone else. The larger part keeps the ID.
+    record_decision(wh, "persons", "crm_contacts:S-1", "trade_fair_leads:SF-1", "different", "steward@test")
+    record_decision(wh, "persons", "web_form_leads:SW-1", "trade_fair_leads:SF-1", "different", "steward@test")
+    run_golden(wh, "r3")
+    split = contacts_of(wh, "crm_contacts:S-1", "web_form_leads:SW-1", "trade_fair_leads:SF-1")
+    assert split[0] == split[1] == first[0] and split[2] != first[0]
+    closed = wh.read_frame("SELECT record_key FROM golden.person_crosswalk WHERE valid_to IS NOT NULL")
+    assert "trade_fair_leads:SF-1" in set(closed["record_key"])  # history kept
+
+    # Merge: the private newsletter sign-up is the same person. The older ID wins.
+    record_decision(wh, "persons", "crm_contacts:S-1", "newsletter_signups:SN-1", "same", "steward@test")
+    run_golden(wh, "r4")
+    merged = contacts_of(wh, "crm_contacts:S-1", "newsletter_signups:SN-1")
+    older = min(first[0], first[3])
+    assert merged == [older, older]
+    registry = wh.read_frame(sa.select(ID_REGISTRY).where(ID_REGISTRY.c.golden_id == max(first[0], first[3])))
+    assert registry["status"].tolist() == ["merged"] and registry["merged_into"].tolist() == [older]
+    events = wh.read_frame(sa.select(ID_EVENTS.c.event, ID_EVENTS.c.run_id))
+    assert {("split", "r3"), ("merged", "r4")} <= set(zip(events["event"], events["run_id"]))
+    # Decided pairs leave the review queue and survive re-runs.
+    queue = build_review_queue(wh)
+    pairs = {tuple(sorted(p)) for p in zip(queue["record_a"], queue["record_b"])}
+    assert tuple(sorted(("crm_contacts:S-1", "newsletter_signups:SN-1"))) not in pairs
+    run_golden(wh, "r5")
+    assert contacts_of(wh, "newsletter_signups:SN-1") == [older]
+
+
+def test_steward_decisions_on_accounts_reach_the_signatures_of_their_records(wh):
+    # Accounts are resolved over distinct signatures; a decision names records, so it must reach them.
+    add_raw(wh, "crm_accounts", [
+        {"source_record_id": "CD-1", "crm_company_id": "CD-1", "company_name": "Dachsberg Fördertechnik GmbH",
+         "website": "dachsberg-foerdertechnik.de", "postal_code": "04109", "city": "Leipzig", "country": "DE",
+         "created_at": NOW, "updated_at": NOW},
+        {"source_record_id": "CD-2", "crm_company_id": "CD-2", "company_name": "Zwirnhuber Logistik AG",
+         "website": "zwirnhuber.de", "postal_code": "80331", "city": "München", "country": "DE",
+         "created_at": NOW, "updated_at": NOW},
+    ])
+    add_raw(wh, "web_form_leads", [
+        lead("WD-1", "Olaf", "Dachs", "o.dachs@dachsberg-foerdertechnik.de", "Dachsberg Fördertechnik GmbH", "04109",
+             "Leipzig"),
+    ])
+    run_golden(wh, "a1")
+    crm_d, lead_d, other = accounts_of(wh, "crm_accounts:CD-1", "mention:web_form_leads:WD-1", "crm_accounts:CD-2")
+    assert crm_d == lead_d != other
+
+    record_decision(wh, "accounts", "crm_accounts:CD-1", "mention:web_form_leads:WD-1", "different", "steward@test")
+    record_decision(wh, "accounts", "crm_accounts:CD-1", "crm_accounts:CD-2", "same", "steward@test")
+    record_decision(wh, "accounts", "crm_accounts:CD-1", "crm_accounts:GONE", "same", "steward@test")
+    accounts, _ = run_golden(wh, "a2")
+    crm_d, lead_d, other = accounts_of(wh, "crm_accounts:CD-1", "mention:web_form_leads:WD-1", "crm_accounts:CD-2")
+    assert crm_d == other != lead_d
+    assert accounts.stats["decisions_applied"] == 2 and accounts.stats["decisions_unknown_records"] == 1
+
+
+def test_explanation_and_lineage(wh):
+    _, contacts = run_golden(wh)
+    multi = contacts.golden[contacts.golden["record_count"] >= 2].iloc[0]
+    ex = explain(wh, "persons", multi["golden_id"])
+    assert len(ex["records"]) == multi["record_count"] and ex["merges"]
+    assert all("@" not in (r["email_norm"] or "") or "***" in r["email_norm"] for r in ex["records"])
+    evidence = ex["merges"][0]["evidence"]
+    assert evidence and all(isinstance(v[1], float) for v in evidence.values())
+    lineage = wh.read_frame(f"SELECT * FROM golden.contact_lineage WHERE golden_id = '{multi['golden_id']}'")
+    fields = {f for row in lineage["fields"] for f in row.split(",")}
+    assert {"first_name", "last_name"} <= fields
+    assert set(lineage["record_key"]) <= {r["record_key"] for r in ex["records"]}
+    assert json.dumps(ex)  # serialisable for the CLI

@@ -1,0 +1,269 @@
+"""How the golden steps read and write at scale: the records read twice (matching columns, then golden
+fields) and refused when they changed in between, the mention accounts and the crosswalk joined in the
+database, bulk inserts in chunks inside one transaction. On SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from crm_pipelines.core.golden import build as G
+from crm_pipelines.core.golden.build import _lineage_rows, ensure_golden_tables, resolve_accounts, resolve_contacts
+from crm_pipelines.core.golden.crosswalk import _mention_accounts, build_crosswalk, current_map
+from crm_pipelines.core.golden.matching.settings import load_matching_config
+from crm_pipelines.core.golden.staging import (build_account_records, build_person_records, load_account_records,
+                                               load_person_records)
+from crm_pipelines.core.platform.schema import (ACCOUNT_CROSSWALK, ACCOUNT_RECORDS, CROSSWALK, PERSON_CROSSWALK,
+                                                PERSON_RECORDS)
+from crm_pipelines.core.platform.warehouse import Warehouse
+from crm_pipelines.core.sources.ingest import ingest_partition, landed_partitions
+from crm_pipelines.settings import DEFAULT_CONFIG_DIR
+
+CFG = load_matching_config(DEFAULT_CONFIG_DIR / "matching.yaml")
+
+
+@pytest.fixture
+def records_wh(warehouse_url, demo_landing, mappings) -> Warehouse:
+    """The demo landing zone ingested and its person and account records built."""
+    root, _ = demo_landing
+    wh = Warehouse.for_url(warehouse_url)
+    for mapping in mappings.values():
+        for day in landed_partitions(root, mapping.source):
+            ingest_partition(mapping, day, root, wh, "load")
+    ensure_golden_tables(wh)
+    build_person_records(wh)
+    build_account_records(wh)
+    return wh
+
+
+def _delete_first_record(wh: Warehouse, table: sa.Table) -> None:
+    first = wh.scalar(sa.select(sa.func.min(table.c.record_key)))
+    with wh.engine.begin() as conn:
+        conn.execute(sa.delete(table).where(table.c.record_key == first))
+
+
+@pytest.mark.parametrize("entity", ["accounts", "contacts"])
+def test_records_changed_between_the_two_reads_stop_the_step(records_wh, monkeypatch, entity):
+    """The second read lines the golden fields up with the matching's labels by position: if another run
+    rebuilt the records meanwhile, the step must fail, not give people each other's fields."""
+    wh = records_wh
+    if entity == "contacts":
+        resolve_accounts(wh, CFG, "r0")
+    table = PERSON_RECORDS if entity == "contacts" else ACCOUNT_RECORDS
+    real_resolve = G.resolve
+
+    def resolve_then_rebuild(*args, **kwargs):
+        result = real_resolve(*args, **kwargs)
+        _delete_first_record(wh, table)  # what a concurrent rebuild of the records could do
+        return result
+
+    monkeypatch.setattr(G, "resolve", resolve_then_rebuild)
+    step = resolve_contacts if entity == "contacts" else resolve_accounts
+    with pytest.raises(RuntimeError, match=rf"staging\.{table.name} changed while the golden step was reading it"):
+        step(wh, CFG, "r1")
+
+
+def test_mention_accounts_joined_in_the_database_are_the_crosswalks(records_wh):
+    wh = records_wh
+    resolve_accounts(wh, CFG, "r1")
+    persons = load_person_records(wh, {"record_key", "record_ts"})
+    by_map = ("mention:" + persons["record_key"]).map(current_map(wh, ACCOUNT_CROSSWALK)).to_numpy()
+
+    joined = _mention_accounts(wh, persons)
+
+    assert len(joined) == len(persons)
+    assert pd.notna(joined).sum() > len(persons) // 3  # most demo people name their company
+    assert list(joined) == [None if pd.isna(v) else v for v in by_map]
+
+    # Two current rows for one mention (never written so, not enforced): the join would add a row and
+    # shift every later person by one; the step falls back to the map, which keeps the last.
+    mentioned = persons["record_key"][pd.notna(joined)].iloc[0]
+    extra = wh.read_frame(sa.select(ACCOUNT_CROSSWALK).where(ACCOUNT_CROSSWALK.c.record_key == f"mention:{mentioned}"))
+    with wh.engine.begin() as conn:
+        wh.bulk_insert(conn, ACCOUNT_CROSSWALK, extra.assign(golden_id="GA-EXTRA", valid_from=pd.Timestamp.now(tz="UTC")))
+    fallback = _mention_accounts(wh, persons)
+    assert len(fallback) == len(persons)
+    position = int(persons.index[persons["record_key"] == mentioned][0])
+    assert fallback[position] in ("GA-EXTRA", joined[position])
+    others = [i for i in range(len(persons)) if i != position]
+    assert [fallback[i] for i in others] == [joined[i] for i in others]
+
+
+def test_crosswalk_built_in_the_database_holds_every_record_once(records_wh):
+    wh = records_wh
+    resolve_accounts(wh, CFG, "r1")
+    resolve_contacts(wh, CFG, "r1")
+
+    counts = build_crosswalk(wh)
+
+    table = wh.read_frame(sa.select(CROSSWALK))
+    persons = wh.read_frame(sa.select(PERSON_CROSSWALK).where(PERSON_CROSSWALK.c.valid_to.is_(None)))
+    accounts = wh.read_frame(sa.select(ACCOUNT_CROSSWALK).where(ACCOUNT_CROSSWALK.c.valid_to.is_(None)))
+    mentions = accounts[accounts["record_key"].str.startswith("mention:")]
+    companies = accounts[~accounts["record_key"].str.startswith("mention:")]
+    assert counts == {"rows": len(persons) + len(companies), "person_records": len(persons),
+                      "account_records": len(companies), "person_records_with_account": len(mentions)}
+    assert len(table) == counts["rows"] and table["record_key"].is_unique
+    by_key = table.set_index("record_key")
+    assert (by_key.loc[persons["record_key"], "contact_id"].to_numpy() == persons["golden_id"].to_numpy()).all()
+    mention_of = mentions.assign(record_key=mentions["record_key"].str.removeprefix("mention:")).set_index("record_key")
+    assert (by_key.loc[mention_of.index, "account_id"].to_numpy() == mention_of["golden_id"].to_numpy()).all()
+    assert by_key.loc[companies["record_key"], "contact_id"].isna().all()
+    assert (by_key.loc[companies["record_key"], "account_id"].to_numpy() == companies["golden_id"].to_numpy()).all()
+    # Built again, it replaces itself.
+    assert build_crosswalk(wh) == counts and wh.scalar(sa.select(sa.func.count()).select_from(CROSSWALK)) == counts["rows"]
+
+
+def test_bulk_insert_sends_chunks_in_the_callers_transaction(warehouse_url):
+    wh = Warehouse.for_url(warehouse_url)
+    wh.ensure_tables([CROSSWALK])
+    frame = pd.DataFrame({"record_key": [f"k{i:02d}" for i in range(25)], "source": "s",
+                          "source_record_id": [str(i) for i in range(25)], "contact_id": None, "account_id": "GA-1"})
+    with wh.engine.begin() as conn:
+        assert wh.bulk_insert(conn, CROSSWALK, frame, chunk_rows=7) == 25
+    stored = wh.read_frame(sa.select(CROSSWALK).order_by(CROSSWALK.c.record_key))
+    assert stored["record_key"].tolist() == frame["record_key"].tolist()
+    assert stored["source_record_id"].tolist() == frame["source_record_id"].tolist()
+
+    # A key that is already there, in the fourth chunk: the chunks before it are rolled back with it.
+    more = frame.assign(record_key=[f"m{i:02d}" for i in range(25)])
+    more.loc[22, "record_key"] = "k03"
+    # The driver's own error: the bulk path writes through the driver's cursor.
+    with pytest.raises(wh.engine.dialect.loaded_dbapi.IntegrityError):
+        with wh.engine.begin() as conn:
+            wh.bulk_insert(conn, CROSSWALK, more, chunk_rows=7)
+    assert wh.scalar(sa.select(sa.func.count()).select_from(CROSSWALK)) == 25
+
+
+def test_lineage_rows_name_every_field_a_record_supplied_once_per_golden_record():
+    """The lineage of a few hundred random clusters against a plain reference: per (golden ID, record)
+    the fields it supplied in field order and their rules, each pair once."""
+    rng = np.random.default_rng(3)
+    fields = [f"f{i}" for i in range(17)]
+    rows = [(c, f, f"R{int(rng.integers(0, 4))}-{c % 7}", f"rule_{f}")
+            for f in fields for c in rng.choice(300, size=int(rng.integers(0, 300)), replace=False).tolist()]
+    lineage = pd.DataFrame(rows, columns=["cluster", "field", "record_key", "rule"])
+    ids = pd.Series([f"GC-{x:08d}" for x in rng.permutation(300).tolist()])
+
+    out = _lineage_rows(lineage, ids, fields)
+
+    supplied: dict[tuple[str, str], list[str]] = {}
+    for c, f, key, _ in rows:
+        supplied.setdefault((ids[c], key), []).append(f)
+    expected = sorted((gid, key, ",".join(sorted(fs, key=fields.index)),
+                       ",".join(f"rule_{f}" for f in sorted(fs, key=fields.index))) for (gid, key), fs in supplied.items())
+    assert sorted(out.itertuples(index=False, name=None)) == expected
+    assert _lineage_rows(lineage.iloc[0:0], ids, fields).empty
+
+
+def test_survivorship_ties_go_to_the_smaller_record_key_in_any_row_order():
+    """Records come sorted by key from the golden steps, and survive() then ranks them by position; in any
+    other order (a database collation that sorts otherwise) the ranks come from the keys themselves."""
+    from crm_pipelines.core.golden.matching.settings import SurvivorshipSpec
+    from crm_pipelines.core.golden.survivorship import survive
+
+    # Same source, same time: only the record key breaks the ties, for every rule.
+    records = pd.DataFrame({
+        "record_key": ["k:03", "k:10", "k:02", "k:01", "k:11"], "source": "web_form_leads",
+        "record_ts": pd.Timestamp("2026-11-01", tz="UTC"),
+        "first_name": ["C", "X", "B", "A", "Y"], "phone": ["+3", "+10", "+2", "+1", "+11"],
+        "email_norm": ["c@x.de", "x@x.de", "b@x.de", "a@x.de", "y@x.de"],
+    })
+    labels = np.array([0, 1, 0, 0, 1])
+    spec = SurvivorshipSpec(("web_form_leads",), "source_priority", {"phone": "most_recent", "email_norm": "most_frequent"})
+    fields = ["first_name", "phone", "email_norm"]
+
+    shuffled, _ = survive(records, labels, fields, spec)
+    order = np.argsort(records["record_key"].to_numpy())
+    in_key_order, _ = survive(records.iloc[order].reset_index(drop=True), labels[order], fields, spec)
+
+    assert shuffled.values.tolist() == in_key_order.values.tolist() == [["A", "+1", "a@x.de"], ["X", "+10", "x@x.de"]]
+
+
+def test_match_edges_written_in_slices_are_the_edges_written_at_once(records_wh, monkeypatch):
+    wh = records_wh
+    edges = lambda: wh.read_frame("SELECT entity, golden_id, record_a, record_b, probability, reason, evidence "  # noqa: E731
+                                  "FROM golden.match_edges").sort_values(["entity", "record_a", "record_b"]).reset_index(drop=True)
+    resolve_accounts(wh, CFG, "r1")
+    resolve_contacts(wh, CFG, "r1")
+    at_once = edges()
+    assert len(at_once) > 20
+
+    monkeypatch.setattr(G, "_EDGE_ROWS", 7)
+    resolve_accounts(wh, CFG, "r2")
+    resolve_contacts(wh, CFG, "r2")
+
+    pd.testing.assert_frame_equal(edges(), at_once)
+
+
+def test_similarities_computed_in_chunks_are_those_computed_at_once(monkeypatch):
+    from crm_pipelines.core.golden.matching import engine
+
+    rng = np.random.default_rng(5)
+    words = np.array(["müller", "mueller", "schmidt", "schmitt", "meier", "mayer", None, "lehmann"], dtype=object)
+    a, b = words[rng.integers(0, len(words), 500)], words[rng.integers(0, len(words), 500)]
+    at_once = {s: engine._similarity(a, b, s) for s in ("jaro_winkler", "ratio", "token_set")}
+    monkeypatch.setattr(engine, "SIMILARITY_CHUNK", 7)
+    for scorer, expected in at_once.items():
+        assert np.array_equal(engine._similarity(a, b, scorer), expected)
+    assert (at_once["jaro_winkler"] > 0).sum() > 100  # not a comparison of zeros
+
+
+@pytest.mark.postgres
+def test_a_read_through_copy_gives_the_drivers_values(postgres_url):
+    """The golden steps read their records through COPY's CSV on PostgreSQL: every value must be what the
+    driver gives (NULL as None, an empty string as itself, quotes, commas, line breaks, "NA" and umlauts
+    as written; booleans and integers as Python values), timestamps as the same instants."""
+    wh = Warehouse(postgres_url)
+    table = sa.Table("copy_read", sa.MetaData(), sa.Column("k", sa.Text()), sa.Column("t", sa.Text()),
+                     sa.Column("b", sa.Boolean()), sa.Column("n", sa.BigInteger()), sa.Column("f", sa.Float()),
+                     sa.Column("ts", sa.DateTime(timezone=True)), sa.Column("d", sa.Date()))
+    table.metadata.create_all(wh.engine)
+    texts = [None, "", "NA", "null", 'Müller, "Jupp"', "zwei\nZeilen", " Leerzeichen ", "Straße 1;2", "n/a"]
+    rows = [{"k": f"k{i:02d}", "t": t, "b": [True, False, None][i % 3], "n": [None, 0, -7, 2**62][i % 4],
+             "f": [None, 1.5, -0.25][i % 3], "ts": None if i % 4 == 0 else pd.Timestamp("2026-03-29 01:30:00.123456", tz="UTC")
+             + pd.Timedelta(hours=i), "d": None if i % 2 else pd.Timestamp("2026-02-28").date() + pd.Timedelta(days=i)}
+            for i, t in enumerate(texts)]
+    with wh.engine.begin() as conn:
+        conn.execute(table.insert(), rows)
+    sql = "SELECT k, t, b, n, f, ts, d FROM copy_read ORDER BY k"
+    copied = wh.read_raw_sql(sql, chunk_rows=4, types={c.name: c.type for c in table.columns})
+    driver = wh.read_raw_sql(sql)
+    assert list(copied.columns) == list(driver.columns) and len(copied) == len(texts)
+    for col in ("k", "t", "b", "n", "f", "d"):
+        assert copied[col].tolist() == driver[col].tolist(), col
+        assert [type(v) for v in copied[col]] == [type(v) for v in driver[col]], col
+    assert copied["t"].tolist() == texts
+    assert pd.to_datetime(copied["ts"], utc=True).equals(pd.to_datetime(driver["ts"], utc=True))
+    with pytest.raises(ValueError, match="types name"):
+        wh.read_raw_sql("SELECT k, t FROM copy_read", types={"k": sa.Text()})
+
+
+def test_person_and_account_records_read_the_same_on_both_paths(records_wh, monkeypatch):
+    """load_person_records and load_account_records give the same frame whether the records come
+    through COPY (PostgreSQL) or the driver."""
+    via_copy = (load_person_records(records_wh), load_account_records(records_wh))
+    real = Warehouse.read_raw_sql
+    monkeypatch.setattr(Warehouse, "read_raw_sql", lambda self, sql, chunk_rows=100_000, types=None: real(self, sql, chunk_rows))
+    via_driver = (load_person_records(records_wh), load_account_records(records_wh))
+    for a, b in zip(via_copy, via_driver):
+        pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.mark.postgres
+def test_a_select_read_through_copy_keeps_its_bound_values(postgres_url):
+    """read_select writes the bound values into the statement for COPY: quotes and percent signs must
+    select what the driver's bound parameters select."""
+    wh = Warehouse(postgres_url)
+    table = sa.Table("bound", sa.MetaData(), sa.Column("k", sa.Text()), sa.Column("n", sa.BigInteger()))
+    table.metadata.create_all(wh.engine)
+    keys = ["a", "b'%", "b'%x", "c%%", "d"]
+    with wh.engine.begin() as conn:
+        conn.execute(table.insert(), [{"k": k, "n": i} for i, k in enumerate(keys)])
+    query = sa.select(table.c.k, table.c.n).where(table.c.k >= "b'%", table.c.k < "c%%z", table.c.k.like("%'%")) \
+        .order_by(table.c.k)
+    got = wh.read_select(query)
+    assert got["k"].tolist() == ["b'%", "b'%x"] and got["n"].tolist() == [1, 2]
+    assert got.equals(wh.read_frame(query))

@@ -1,0 +1,75 @@
+"""The print group in Dagster: lists built behind blocking checks, released only after approval
+(job or approval file through the sensor), brochures from the hand-off queue."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import dagster as dg
+import sqlalchemy as sa
+
+from crm_pipelines.core.platform.schema import PRINT_LISTS, PRINT_QUEUE
+from crm_pipelines.core.platform.warehouse import Warehouse
+from crm_pipelines_tests.defs.test_golden import checks_of, golden_world
+
+
+def test_a_campaign_list_is_built_approved_by_file_and_released(tmp_path, demo_landing):
+    with golden_world(tmp_path, demo_landing) as (settings, defs, instance):
+        assert defs.resolve_job_def("score_leads").execute_in_process(instance=instance).success
+        built = defs.resolve_job_def("build_print_lists").execute_in_process(instance=instance)
+        assert built.success and all(checks_of(built).values())
+        md = {e.materialization.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
+              for e in built.get_asset_materialization_events()}
+        herbst = md["print/herbst-bayern"]
+        assert herbst["dagster/row_count"] > 0 and herbst["audience"] == herbst["dagster/row_count"] + sum(
+            herbst["excluded"].values())
+        list_id = herbst["list_id"]
+
+        # Releasing without an approval fails, and nothing reaches the outbox.
+        outbox = settings.data_dir.resolve() / "print" / "outbox"
+        refused = defs.resolve_job_def("release_print_list").execute_in_process(
+            instance=instance, raise_on_error=False, run_config={"ops": {"release_op": {"config": {"list_id": list_id}}}})
+        assert not refused.success
+        assert not outbox.exists() or not list(outbox.iterdir())
+
+        # The approver drops an approval file; the sensor releases the list once.
+        approvals = settings.data_dir.resolve() / "print" / "approvals"
+        approvals.mkdir(parents=True)
+        (approvals / f"{list_id}.approved").write_text("Katrin Berger\nfreigegeben nach Probedruck\n", encoding="utf-8")
+        sensor = defs.resolve_sensor_def("print_approvals")
+        tick = sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
+        assert len(tick.run_requests) == 1
+        released = defs.resolve_job_def("release_print_list").execute_in_process(
+            instance=instance, run_config=tick.run_requests[0].run_config)
+        assert released.success
+        assert sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=tick.cursor)).run_requests == []
+        files = sorted(p.name for p in outbox.iterdir())
+        assert len(files) == 2 and files[0].startswith("herbst-bayern_") and files[1].endswith(".manifest.json")
+        wh = Warehouse.for_url(settings.default_warehouse_url)
+        row = wh.read_frame(sa.select(PRINT_LISTS).where(PRINT_LISTS.c.list_id == list_id)).iloc[0]
+        assert (row["status"], row["approved_by"]) == ("released", "Katrin Berger")
+
+
+def test_queued_brochures_become_one_daily_list_each_recipient_once(tmp_path, demo_landing):
+    with golden_world(tmp_path, demo_landing) as (settings, defs, instance):
+        wh = Warehouse.for_url(settings.default_warehouse_url)
+        # Customers with a full address, queued by the hand-off (a hot lead: a brochure).
+        customers = wh.read_raw_sql("SELECT golden_id FROM golden.contacts WHERE erp_customer_number IS NOT NULL "
+                                    "AND street IS NOT NULL AND postal_code IS NOT NULL AND city IS NOT NULL "
+                                    "ORDER BY golden_id LIMIT 3")["golden_id"].tolist()
+        wh.ensure_tables([PRINT_QUEUE])
+        with wh.engine.begin() as conn:
+            for i, gid in enumerate(customers):
+                conn.execute(sa.insert(PRINT_QUEUE).values(alert_key=f"sql:{gid}:{i}", golden_id=gid,
+                                                           campaign="brochure", queued_at=datetime.now(timezone.utc),
+                                                           status="queued"))
+        job = defs.resolve_job_def("build_brochure_list")
+        first = job.execute_in_process(instance=instance)
+        md = {k: v.value for e in first.get_asset_materialization_events() for k, v in e.materialization.metadata.items()}
+        assert md["audience"] == 3 and md["dagster/row_count"] + sum(md["excluded"].values()) == 3
+        assert md["dagster/row_count"] >= 1
+        statuses = wh.read_frame(sa.select(PRINT_QUEUE.c.status))["status"].tolist()
+        assert statuses.count("listed") == md["dagster/row_count"]
+        second = job.execute_in_process(instance=instance)
+        md2 = {k: v.value for e in second.get_asset_materialization_events() for k, v in e.materialization.metadata.items()}
+        assert md2["dagster/row_count"] == 0  # listed once, not again the next day
