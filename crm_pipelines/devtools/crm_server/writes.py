@@ -52,49 +52,59 @@ class WritesMixin:
                          "errors": [{"message": p["message"], "code": p["error"], "context": {"propertyName": [p["name"]]}}
                                     for p in problems]}
         now = now_iso()
-        results, errors, done = [], [], Counter()
         with self._lock:
             self.db.execute("BEGIN")
-            for i, ident in zip(inputs, ids):
-                props = {k: (None if v is None else str(v)) for k, v in (i.get("properties") or {}).items()}
-                if by_external_id:
-                    props[id_property] = ident
-                    row = self._find(object_type, id_property, ident)
-                else:
-                    row = self.db.execute("SELECT id, properties FROM objects WHERE type = ? AND id = ? AND archived = 0",
-                                          (object_type, as_int(ident))).fetchone()
-                    if not row:
-                        self.writes_to_dead_ids.append(ident)
-                        errors.append({"status": "error", "category": "OBJECT_NOT_FOUND",
-                                       "message": "Object not found.  objectId are usually numeric.",
-                                       "context": {"ids": [ident]}})
-                        continue
-                problem = self._invalid(object_type, row[0] if row else None, props)
-                if problem and problem["category"] == "CONFLICT" and self.faults.conflict_as_409:
+            try:
+                return self._write_rows(object_type, inputs, ids, by_external_id, id_property, now)
+            except BaseException:
+                # Whatever went wrong (a unique index the rows collide on), the next request must not find
+                # this batch's transaction still open.
+                if self.db.in_transaction:
                     self.db.execute("ROLLBACK")
-                    self.counts["409_batch"] += 1
-                    return 409, {"status": "error", "category": "CONFLICT", "message": problem["message"],
-                                 "correlationId": correlation_id()}
-                if problem:
-                    errors.append({**problem, "context": {"ids": [ident]}})
+                raise
+
+    def _write_rows(self, object_type: str, inputs: list, ids: list[str], by_external_id: bool, id_property, now: str):
+        results, errors, done = [], [], Counter()
+        for i, ident in zip(inputs, ids):
+            props = {k: (None if v is None else str(v)) for k, v in (i.get("properties") or {}).items()}
+            if by_external_id:
+                props[id_property] = ident
+                row = self._find(object_type, id_property, ident)
+            else:
+                row = self.db.execute("SELECT id, properties FROM objects WHERE type = ? AND id = ? AND archived = 0",
+                                      (object_type, as_int(ident))).fetchone()
+                if not row:
+                    self.writes_to_dead_ids.append(ident)
+                    errors.append({"status": "error", "category": "OBJECT_NOT_FOUND",
+                                   "message": "Object not found.  objectId are usually numeric.",
+                                   "context": {"ids": [ident]}})
                     continue
-                if row:
-                    old = json.loads(row[1])
-                    props = self._keep_stage(object_type, row[0], old, props)
-                    merged = {k: v for k, v in {**old, **props}.items() if v is not None}
-                    self.db.execute("UPDATE objects SET properties = ?, ext_id = ?, email = ?, updated_at = ? "
-                                    "WHERE id = ?", (json.dumps(merged), merged.get(ID_PROPERTY), email_of(merged), now, row[0]))
-                    results.append(object_body(row[0], merged, now, new=False))
-                    done[f"{object_type}_updated"] += 1
-                else:
-                    props = {k: v for k, v in props.items() if v is not None}
-                    cur = self.db.execute(
-                        "INSERT INTO objects (type, ext_id, email, properties, created_at, updated_at) VALUES (?,?,?,?,?,?)",
-                        (object_type, props.get(ID_PROPERTY), email_of(props), json.dumps(props), now, now))
-                    results.append(object_body(cur.lastrowid, props, now, new=True))
-                    done[f"{object_type}_created"] += 1
-            self.db.execute("COMMIT")
-            self.counts.update(done)
+            problem = self._invalid(object_type, row[0] if row else None, props)
+            if problem and problem["category"] == "CONFLICT" and self.faults.conflict_as_409:
+                self.db.execute("ROLLBACK")
+                self.counts["409_batch"] += 1
+                return 409, {"status": "error", "category": "CONFLICT", "message": problem["message"],
+                             "correlationId": correlation_id()}
+            if problem:
+                errors.append({**problem, "context": {"ids": [ident]}})
+                continue
+            if row:
+                old = json.loads(row[1])
+                props = self._keep_stage(object_type, row[0], old, props)
+                merged = {k: v for k, v in {**old, **props}.items() if v is not None}
+                self.db.execute("UPDATE objects SET properties = ?, ext_id = ?, email = ?, updated_at = ? "
+                                "WHERE id = ?", (json.dumps(merged), merged.get(ID_PROPERTY), email_of(merged), now, row[0]))
+                results.append(object_body(row[0], merged, now, new=False))
+                done[f"{object_type}_updated"] += 1
+            else:
+                props = {k: v for k, v in props.items() if v is not None}
+                cur = self.db.execute(
+                    "INSERT INTO objects (type, ext_id, email, properties, created_at, updated_at) VALUES (?,?,?,?,?,?)",
+                    (object_type, props.get(ID_PROPERTY), email_of(props), json.dumps(props), now, now))
+                results.append(object_body(cur.lastrowid, props, now, new=True))
+                done[f"{object_type}_created"] += 1
+        self.db.execute("COMMIT")
+        self.counts.update(done)
         body_out = {"status": "COMPLETE", "results": results, "startedAt": now, "completedAt": now_iso()}
         if errors:
             body_out.update(errors=errors, numErrors=len(errors))

@@ -203,3 +203,18 @@ def test_associations_fall_back_to_the_batch_size_a_stricter_server_takes(crm, m
     linked = hub.associate("contacts", "companies", [(p.key, p.crm_id, company.crm_id) for p in people])
     assert [r.status for r in linked] == [UPDATED] * 60 and hub.max_association_batch == 25
     assert sum(1 for a in crm.associations() if a[0] == "contacts") == 60
+
+
+def test_a_batch_the_server_fails_on_leaves_no_transaction_open():
+    """A write that breaks the local CRM's own unique index (the external ID of another object, as a CRM
+    kept from an earlier warehouse can get) fails that request alone: the next one is answered."""
+    import sqlite3
+
+    with CrmServer(custom_properties=READY_PORTAL) as server:
+        server.seed("contacts", [{"id": "1", "properties": {"crm_golden_id": "GC-1", "email": "a@beispiel.de"}},
+                                 {"id": "2", "properties": {"crm_golden_id": "GC-2", "email": "b@beispiel.de"}}])
+        with pytest.raises(sqlite3.IntegrityError):
+            server.update("contacts", {"inputs": [{"id": "1", "properties": {"crm_golden_id": "GC-2"}}]})
+        status, body = server.update("contacts", {"inputs": [{"id": "1", "properties": {"firstname": "Anna"}}]})
+        assert status == 200 and body["results"][0]["properties"]["firstname"] == "Anna"
+        assert server.objects("contacts")[0]["properties"]["crm_golden_id"] == "GC-1"
