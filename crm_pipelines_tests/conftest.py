@@ -66,6 +66,69 @@ def warehouse_url(request, tmp_path):
         yield request.getfixturevalue("postgres_url")
 
 
+class WarehouseTemplates:
+    """Warehouses built once, copied for each test that starts from them: tests that need the same loaded
+    state share its set-up, never its data (each gets a copy to change). SQLite templates are built once
+    for the whole run, by whichever pytest-xdist worker asks first (the others wait for it); PostgreSQL
+    templates once per worker, on that worker's server."""
+
+    def __init__(self, tmp_path_factory, request):
+        self._tmp, self._request = tmp_path_factory, request
+        # The folder all workers of a pytest-xdist run share (a worker's base temp is one below it).
+        shared = tmp_path_factory.getbasetemp()
+        self._shared = shared.parent if os.environ.get("PYTEST_XDIST_WORKER") else shared
+        self._postgres: dict[str, str] = {}
+
+    def sqlite(self, name: str, build, into: Path) -> str:
+        """A copy of template ``name`` (built by ``build(warehouse)`` on first use) in ``into``; its URL."""
+        import fcntl
+
+        folder = self._shared / f"warehouse-template-{name}"
+        with open(self._shared / f"warehouse-template-{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (folder / "built").exists():
+                shutil.rmtree(folder, ignore_errors=True)  # a half-built one from a worker that died
+                wh = Warehouse(f"sqlite:///{folder / 'warehouse.db'}")
+                build(wh)
+                wh.engine.dispose()  # closes the files, so the copies are complete
+                (folder / "built").touch()
+        shutil.copytree(folder, into, ignore=shutil.ignore_patterns("built"))
+        return f"sqlite:///{into / 'warehouse.db'}"
+
+    def postgres(self, name: str, build, server: sa.engine.URL) -> str:
+        """A new database created from template database ``name`` (built on first use); its URL. The
+        caller drops it (``drop``)."""
+        admin = sa.create_engine(server.set(drivername="postgresql+psycopg2"), isolation_level="AUTOCOMMIT")
+        if name not in self._postgres:
+            template = f"crm_tpl_{uuid.uuid4().hex[:10]}"
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f'CREATE DATABASE "{template}"')
+            url = server.set(drivername="postgresql+psycopg2", database=template).render_as_string(hide_password=False)
+            wh = Warehouse(url)
+            build(wh)
+            wh.engine.dispose()  # CREATE DATABASE ... TEMPLATE needs the template without connections
+            self._postgres[name] = template
+        copy = f"crm_test_{uuid.uuid4().hex[:10]}"
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{copy}" TEMPLATE "{self._postgres[name]}"')
+        admin.dispose()
+        return server.set(drivername="postgresql+psycopg2", database=copy).render_as_string(hide_password=False)
+
+    @staticmethod
+    def drop(url: str) -> None:
+        Warehouse.dispose_all()
+        parsed = sa.engine.make_url(url)
+        admin = sa.create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def warehouse_templates(tmp_path_factory, request):
+    return WarehouseTemplates(tmp_path_factory, request)
+
+
 # The few tests that run real processes for one to two minutes each go first: pytest-xdist hands the
 # first tests out one per worker, so they start at once on different cores and the short ones fill
 # in around them, instead of two of them ending up last on one worker.

@@ -24,18 +24,27 @@ from crm_pipelines.settings import DEFAULT_CONFIG_DIR
 CFG = load_matching_config(DEFAULT_CONFIG_DIR / "matching.yaml")
 
 
-@pytest.fixture
-def records_wh(warehouse_url, demo_landing, mappings) -> Warehouse:
-    """The demo landing zone ingested and its person and account records built."""
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def records_wh(request, tmp_path, warehouse_templates, demo_landing, mappings) -> Warehouse:
+    """The demo landing zone ingested and its person and account records built (once per test process
+    and backend; each test gets its own copy)."""
     root, _ = demo_landing
-    wh = Warehouse.for_url(warehouse_url)
-    for mapping in mappings.values():
-        for day in landed_partitions(root, mapping.source):
-            ingest_partition(mapping, day, root, wh, "load")
-    ensure_golden_tables(wh)
-    build_person_records(wh)
-    build_account_records(wh)
-    return wh
+
+    def build(wh: Warehouse) -> None:
+        for mapping in mappings.values():
+            for day in landed_partitions(root, mapping.source):
+                ingest_partition(mapping, day, root, wh, "load")
+        ensure_golden_tables(wh)
+        build_person_records(wh)
+        build_account_records(wh)
+
+    if request.param == "sqlite":
+        yield Warehouse.for_url(warehouse_templates.sqlite("records", build, tmp_path / "wh"))
+        Warehouse.dispose_all()
+    else:
+        url = warehouse_templates.postgres("records", build, request.getfixturevalue("postgres_server"))
+        yield Warehouse.for_url(url)
+        warehouse_templates.drop(url)
 
 
 def _delete_first_record(wh: Warehouse, table: sa.Table) -> None:

@@ -223,25 +223,28 @@ def test_every_table_that_can_hold_a_person_has_a_locator(mappings):
 
 
 @pytest.fixture
-def golden_wh(tmp_path_factory, demo_landing, mappings):
-    """A warehouse with the demo landing zone loaded and resolved (no Dagster)."""
+def golden_wh(tmp_path, warehouse_templates, demo_landing, mappings):
+    """A warehouse with the demo landing zone loaded and resolved (no Dagster); built once per test
+    process, each test gets its own copy."""
     from crm_pipelines.core.golden.matching.settings import load_matching_config
     from crm_pipelines.settings import DEFAULT_CONFIG_DIR
 
     root, manifest = demo_landing
-    wh = Warehouse(f"sqlite:///{tmp_path_factory.mktemp('wh') / 'warehouse.db'}")
-    for mapping in mappings.values():
-        for day in manifest["partitions"]:
-            ingest_partition(mapping, day, root, wh, "load")
     cfg = load_matching_config(DEFAULT_CONFIG_DIR / "matching.yaml")
-    ensure_golden_tables(wh)
-    build_person_records(wh)
-    build_account_records(wh)
-    build_consent_events(wh, HASHER)
-    resolve_accounts(wh, cfg, "golden")
-    resolve_contacts(wh, cfg, "golden")
-    build_review_queue(wh)
-    yield wh, cfg
+
+    def build(wh: Warehouse) -> None:
+        for mapping in mappings.values():
+            for day in manifest["partitions"]:
+                ingest_partition(mapping, day, root, wh, "load")
+        ensure_golden_tables(wh)
+        build_person_records(wh)
+        build_account_records(wh)
+        build_consent_events(wh, HASHER)
+        resolve_accounts(wh, cfg, "golden")
+        resolve_contacts(wh, cfg, "golden")
+        build_review_queue(wh)
+
+    yield Warehouse(warehouse_templates.sqlite("golden", build, tmp_path / "wh")), cfg
     Warehouse.dispose_all()
 
 
