@@ -6,7 +6,8 @@ For each size: the landing zone is generated (cached) and loaded into a SQLite w
 * ours: cleaning + blocking + scoring + clustering of persons and accounts, from the raw
   tables to cluster labels (what Splink does too), scored against the generator's ground
   truth (pairwise precision, recall, F1);
-* splink: Splink 5 (DuckDB) on the same prepared records (BENCH_SPLINK_SIZES, default 100k);
+* splink: Splink 5 (DuckDB) on the same prepared records, at both sizes (BENCH_SPLINK_SIZES), with
+  the ratios of time and peak memory to ours;
 * golden: the full asset path with every warehouse write (staging, golden tables,
   crosswalk with history, lineage, match edges, review queue).
 """
@@ -83,7 +84,7 @@ def report(prefix: str, r: dict) -> None:
 
 def main() -> int:
     sizes = [int(x) for x in os.environ.get("BENCH_MATCHING_SIZES", "100000,1000000").split(",")]
-    splink_sizes = {int(x) for x in os.environ.get("BENCH_SPLINK_SIZES", "100000").split(",") if x}
+    splink_sizes = {int(x) for x in os.environ.get("BENCH_SPLINK_SIZES", "100000,1000000").split(",") if x}
     ok = True
     for n in sizes:
         landing = landing_zone(n)
@@ -112,6 +113,8 @@ def main() -> int:
                 figure(f"{tag}_f1_ours_minus_splink_persons", round(ours["persons"]["f1"] - spl["persons"]["f1"], 4))
                 figure(f"{tag}_f1_ours_minus_splink_accounts", round(ours["accounts"]["f1"] - spl["accounts"]["f1"], 4))
                 figure(f"{tag}_resolve_time_ratio_splink_to_ours", round(spl["seconds_resolve"] / ours["seconds_resolve"], 2))
+                figure(f"{tag}_wall_time_ratio_splink_to_ours", round(spl["wall_seconds"] / ours["wall_seconds"], 2))
+                figure(f"{tag}_peak_memory_ratio_splink_to_ours", round(spl["peak_rss_mb"] / ours["peak_rss_mb"], 2))
         gold = measure("golden", url, landing, tag)
         if gold is None:
             ok = False
