@@ -65,7 +65,11 @@ def measure(mode: str, url: str, landing: Path, label: str) -> dict | None:
     if proc.returncode != 0:
         print(proc.stdout[-4000:], file=sys.stderr)
         log(f"{label}: {mode} failed")
-        return None
+        errors = [line for line in proc.stdout.splitlines() if "Error" in line]
+        return {"failed": f"exit code {proc.returncode} after {seconds:.0f} s"
+                          + (f": {errors[-1].strip()[:160]}" if errors
+                             else f", killed by signal {-proc.returncode}" if proc.returncode < 0 else ""),
+                "peak_rss_mb": mem.peak_total / 2**20}
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["wall_seconds"] = seconds
     result["peak_rss_mb"] = mem.peak_total / 2**20
@@ -91,7 +95,7 @@ def main() -> int:
         url = warehouse(landing, n)
         tag = f"match_{n // 1000}k"
         ours = measure("ours", url, landing, tag)
-        if ours is None:
+        if ours is None or "failed" in ours:
             ok = False
             continue
         figure(f"{tag}_person_records", ours["person_records"])
@@ -105,9 +109,12 @@ def main() -> int:
         report(f"{tag}_ours", ours)
         if n in splink_sizes:
             spl = measure("splink", url, landing, tag)
-            if spl is None:
-                ok = False
+            if spl is None or "failed" in spl:
+                # Splink not finishing is a figure about Splink on this machine, not a failure of ours.
+                figure(f"{tag}_splink_finished", 0, f"({spl['failed'] if spl else 'no result'}; peak RSS "
+                                                     f"{spl['peak_rss_mb'] if spl else 0:.0f} MB)")
             else:
+                figure(f"{tag}_splink_finished", 1)
                 figure(f"{tag}_splink_seconds_resolve", spl["seconds_resolve"], "s")
                 report(f"{tag}_splink", spl)
                 figure(f"{tag}_f1_ours_minus_splink_persons", round(ours["persons"]["f1"] - spl["persons"]["f1"], 4))
@@ -116,7 +123,7 @@ def main() -> int:
                 figure(f"{tag}_wall_time_ratio_splink_to_ours", round(spl["wall_seconds"] / ours["wall_seconds"], 2))
                 figure(f"{tag}_peak_memory_ratio_splink_to_ours", round(spl["peak_rss_mb"] / ours["peak_rss_mb"], 2))
         gold = measure("golden", url, landing, tag)
-        if gold is None:
+        if gold is None or "failed" in gold:
             ok = False
         else:
             figure(f"{tag}_golden_asset_path_wall_seconds", gold["wall_seconds"], "s")
