@@ -70,7 +70,7 @@ def erasure_latency() -> None:
 
 def erase_in_1m() -> None:
     from crm_pipelines.core.platform.warehouse import Warehouse
-    from crm_pipelines.core.print.release import remove_recipients
+    from crm_pipelines.core.print.release import ERASURE_COPIES
     from crm_pipelines.core.privacy.erasure import erase
     from crm_pipelines.core.privacy_screen.identity import IdentityHasher
     from crm_pipelines.core.privacy_screen.suppression import SuppressionList
@@ -91,7 +91,7 @@ def erase_in_1m() -> None:
         if suppression.contains_email(email):
             continue  # erased by an earlier benchmark run on the cached warehouse
         t = time.monotonic()
-        report = erase(wh, hasher, mappings, copies={"print_lists": remove_recipients}, emails=[email],
+        report = erase(wh, hasher, mappings, copies=ERASURE_COPIES, emails=[email],
                        request_id=f"bench:{time.time_ns()}", source="bench",
                        actor="bench")
         times.append(time.monotonic() - t)

@@ -75,7 +75,7 @@ def _people(url: str, hasher, n: int) -> tuple[set[tuple[str, str]], list[str]]:
 
 def main() -> int:
     from crm_pipelines.core.platform.warehouse import Warehouse
-    from crm_pipelines.core.print.release import remove_recipients
+    from crm_pipelines.core.print.release import ERASURE_COPIES
     from crm_pipelines.core.privacy.erasure import erase
     from crm_pipelines.core.privacy_screen.identity import IdentityHasher
     from crm_pipelines.core.sources.mapping import load_mappings
@@ -104,7 +104,7 @@ def main() -> int:
         times, rewritten, checked = [], [], 0
         for email in emails[:3]:
             started = time.monotonic()
-            report = erase(wh, hasher, mappings, copies={"print_lists": remove_recipients}, emails=[email],
+            report = erase(wh, hasher, mappings, copies=ERASURE_COPIES, emails=[email],
                            request_id=f"bench:{time.time_ns()}", source="bench",
                            actor="bench", landing_root=copy)
             times.append(time.monotonic() - started)

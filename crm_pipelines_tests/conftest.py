@@ -72,8 +72,7 @@ class WarehouseTemplates:
     for the whole run, by whichever pytest-xdist worker asks first (the others wait for it); PostgreSQL
     templates once per worker, on that worker's server."""
 
-    def __init__(self, tmp_path_factory, request):
-        self._tmp, self._request = tmp_path_factory, request
+    def __init__(self, tmp_path_factory):
         # The folder all workers of a pytest-xdist run share (a worker's base temp is one below it).
         shared = tmp_path_factory.getbasetemp()
         self._shared = shared.parent if os.environ.get("PYTEST_XDIST_WORKER") else shared
@@ -125,8 +124,8 @@ class WarehouseTemplates:
 
 
 @pytest.fixture(scope="session")
-def warehouse_templates(tmp_path_factory, request):
-    return WarehouseTemplates(tmp_path_factory, request)
+def warehouse_templates(tmp_path_factory):
+    return WarehouseTemplates(tmp_path_factory)
 
 
 # The few tests that run real processes for one to two minutes each go first: pytest-xdist hands the

@@ -18,7 +18,7 @@ from ..core.golden.consent import refresh_golden_consent
 from ..core.platform import audit
 from ..core.platform.masking import mask_text
 from ..core.platform.operations import load_operations
-from ..core.print.release import remove_recipients
+from ..core.print.release import ERASURE_COPIES
 from ..core.privacy.access import export_person, write_export
 from ..core.privacy.erasure import erase
 from ..core.privacy.landing import prune_landing, remove_request_file
@@ -34,7 +34,6 @@ from .metadata import markdown_table
 from .resources import CrmResource, LandingZoneResource, PrivacyResource, WarehouseResource
 from .sources import LandingFileConfig, file_digest, landing_sensor, raw_asset_key
 
-ERASURE_COPIES = {"print_lists": remove_recipients}  # the copies an erasure reaches outside the warehouse
 
 GROUP = "privacy"
 OWNERS = ["team:data-protection", "team:data-engineering"]
@@ -103,7 +102,8 @@ def build_privacy_defs(config_dir: Path, mappings: dict[str, SourceMapping], dat
                   privacy: PrivacyResource, crm: CrmResource, landing: LandingZoneResource) -> dg.Output:
         if not (config.email or config.crm_contact_id):
             raise dg.Failure("give the person's e-mail address or CRM contact ID")
-        report = erase(warehouse.get(), privacy.hasher(), mappings, copies=ERASURE_COPIES, emails=[config.email] if config.email else [],
+        report = erase(warehouse.get(), privacy.hasher(), mappings,
+                       copies=ERASURE_COPIES, emails=[config.email] if config.email else [],
                        crm_contact_ids=[config.crm_contact_id] if config.crm_contact_id else [],
                        request_id=f"launchpad:{context.run.run_id}", source="launchpad",
                        actor=f"dagster:{context.run.tags.get('user', 'launchpad')}", run_id=context.run.run_id,
@@ -123,7 +123,8 @@ def build_privacy_defs(config_dir: Path, mappings: dict[str, SourceMapping], dat
                 if request_done(wh, req["request_id"]):
                     skipped += 1
                     continue
-                reports.append(erase(wh, hasher, mappings, copies=ERASURE_COPIES, emails=[req["email"]] if req["email"] else [],
+                reports.append(erase(wh, hasher, mappings,
+                                     copies=ERASURE_COPIES, emails=[req["email"]] if req["email"] else [],
                                      crm_contact_ids=[req["crm_contact_id"]] if req["crm_contact_id"] else [],
                                      request_id=req["request_id"], source=req["requested_by"] or "crm-webhook",
                                      actor="sensor:erasure_requests", run_id=context.run.run_id,

@@ -23,7 +23,7 @@ from pathlib import Path
 from ..core.crm.hubspot import HubSpotConnector
 from ..core.crm.settings import load_sync_settings
 from ..core.platform import audit
-from ..core.print.release import remove_recipients
+from ..core.print.release import ERASURE_COPIES
 from ..core.privacy.access import export_person, write_export
 from ..core.privacy.erasure import erase
 from ..core.privacy.landing import prune_landing
@@ -35,7 +35,6 @@ from ..core.privacy_screen.suppression import SuppressionList, subject_of
 from ..core.sources.mapping import load_mappings
 from ..settings import Settings, cli_warehouse
 
-ERASURE_COPIES = {"print_lists": remove_recipients}  # the copies an erasure reaches outside the warehouse
 
 LOCAL_CRM_URL = "http://127.0.0.1:8766"
 

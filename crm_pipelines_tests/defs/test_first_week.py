@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from crm_pipelines.core.platform.schema import ALERT_LEDGER, GOLDEN_CONTACTS, LANDING_FILES, MATCH_RUNS, raw_table
 from crm_pipelines.core.platform.warehouse import Warehouse
-from crm_pipelines.core.print.release import remove_recipients
+from crm_pipelines.core.print.release import ERASURE_COPIES
 from crm_pipelines.core.privacy.erasure import erase
 from crm_pipelines.core.privacy_screen.identity import IdentityHasher, load_or_create_salt
 from crm_pipelines.core.sources.mapping import load_mappings
@@ -33,7 +33,6 @@ from crm_pipelines_tests.conftest import READY_PORTAL, copy_config, put
 from crm_pipelines_tests.defs.test_crm import TOKEN
 from crm_pipelines_tests.defs.test_sources import run_range, settings_for
 
-ERASURE_COPIES = {"print_lists": remove_recipients}  # the copies an erasure reaches outside the warehouse
 
 DAY = "2026-11-10"
 
@@ -79,7 +78,8 @@ def test_an_erasure_arriving_during_an_ingest_waits_for_it_and_the_night_stays_b
             if message.startswith("waiting for the loads or privacy runs in flight"):
                 erasure_waiting.set()
 
-        report = erase(wh, IdentityHasher(load_or_create_salt(settings.salt_file)), mappings, copies=ERASURE_COPIES, emails=[erased],
+        report = erase(wh, IdentityHasher(load_or_create_salt(settings.salt_file)), mappings,
+                       copies=ERASURE_COPIES, emails=[erased],
                        request_id="req-during-ingest", source="test", actor="test", log=log)
         erasure_waiting.set()  # should the erasure not have waited, the load must not hang the test
         ingest.join(120)

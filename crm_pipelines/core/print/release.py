@@ -207,3 +207,8 @@ def remove_recipients(wh: Warehouse, golden_ids, actor: str, run_id: str | None 
                                {"recipients_removed": len(gone), "status_before": info["status"]}, run_id)])
         out[list_id] = len(gone)
     return out
+
+
+# What an erasure must reach in this outlet besides the warehouse tables: the callers of
+# ``privacy.erasure.erase`` pass it as ``copies`` (erasure stands below the outlets and cannot import them).
+ERASURE_COPIES = {"print_lists": remove_recipients}

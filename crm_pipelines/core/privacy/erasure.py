@@ -285,7 +285,7 @@ def erase(wh: Warehouse, hasher: IdentityHasher, mappings: dict[str, SourceMappi
           copies: Mapping[str, RemoveCopies], targets: Sequence[ErasureTarget] = (), log: Log | None = None,
           locators: list[Locator] | None = None, landing_root: Path | None = None) -> ErasureReport:
     """Erases one person everywhere; idempotent (a second call finds nothing left and re-checks the targets).
-    ``copies``: the outlets' copies outside the warehouse (``{"print_lists": print.release.remove_recipients}``);
+    ``copies``: the outlets' copies outside the warehouse (``print.release.ERASURE_COPIES``);
     required, so no caller forgets one. ``landing_root``: also rewrite the kept landing files that name the
     person (:mod:`.landing`).
 

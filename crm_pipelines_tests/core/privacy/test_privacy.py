@@ -20,7 +20,7 @@ from crm_pipelines.core.platform import audit
 from crm_pipelines.core.platform.schema import (AUDIT_LOG, GOLDEN_CONTACTS, QUARANTINE, RETIRED_CONTACTS, metadata,
                                                 raw_table)
 from crm_pipelines.core.platform.warehouse import Warehouse
-from crm_pipelines.core.print.release import remove_recipients
+from crm_pipelines.core.print.release import ERASURE_COPIES
 from crm_pipelines.core.privacy.access import export_person
 from crm_pipelines.core.privacy.consent import CHANNELS, allows, current, verdict
 from crm_pipelines.core.privacy.erasure import erase
@@ -32,7 +32,6 @@ from crm_pipelines.core.privacy_screen.suppression import SuppressionList
 from crm_pipelines.core.sources.ingest import ingest_partition, partition_balance
 from crm_pipelines_tests.conftest import READY_PORTAL, put
 
-ERASURE_COPIES = {"print_lists": remove_recipients}  # the copies an erasure reaches outside the warehouse
 
 HASHER = IdentityHasher("test-salt-0123456789abcdef")
 
@@ -281,7 +280,8 @@ def test_export_lists_every_table_that_holds_the_person(golden_wh, mappings):
 def test_erasure_removes_the_person_from_every_table_and_keeps_only_hashes(golden_wh, mappings):
     wh, _ = golden_wh
     gid, email = _a_person_with_many_records(wh)
-    report = erase(wh, HASHER, mappings, copies=ERASURE_COPIES, emails=[email], request_id="e1", source="test", actor="pytest")
+    report = erase(wh, HASHER, mappings,
+                   copies=ERASURE_COPIES, emails=[email], request_id="e1", source="test", actor="pytest")
     assert report.status == "completed" and report.golden_ids == 1 and report.record_keys >= 3
     with wh.engine.connect() as conn:
         for table in metadata.tables.values():
@@ -297,7 +297,8 @@ def test_erasure_removes_the_person_from_every_table_and_keeps_only_hashes(golde
     assert {"erasure.received", "erasure.suppressed", "erasure.warehouse", "erasure.completed"} <= actions
     assert audit.verify(wh).ok
     # Idempotent: a second request finds nothing left.
-    again = erase(wh, HASHER, mappings, copies=ERASURE_COPIES, emails=[email], request_id="e2", source="test", actor="pytest")
+    again = erase(wh, HASHER, mappings,
+                  copies=ERASURE_COPIES, emails=[email], request_id="e2", source="test", actor="pytest")
     assert again.tables == {} and again.suppression_added == 0
 
 
@@ -337,7 +338,8 @@ def test_a_crm_outage_leaves_the_erasure_pending_and_a_retry_completes_it(golden
     _, email = _a_person_with_many_records(wh)
     with CrmServer(custom_properties=READY_PORTAL, faults=Faults(error_rate=1.0)) as crm:
         target = CrmErasureTarget(HubSpotConnector.create(crm.url, None, max_attempts=2, backoff_base=0.001))
-        report = erase(wh, HASHER, mappings, copies=ERASURE_COPIES, emails=[email], request_id="down-1", source="test", actor="pytest",
+        report = erase(wh, HASHER, mappings,
+                       copies=ERASURE_COPIES, emails=[email], request_id="down-1", source="test", actor="pytest",
                        targets=[target])
         assert report.status == "pending" and report.targets["crm"]["failed"] >= 1
         assert report.tables  # the warehouse part is done regardless

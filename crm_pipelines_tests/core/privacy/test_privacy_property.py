@@ -20,7 +20,7 @@ from crm_pipelines.core.golden.matching.settings import load_matching_config
 from crm_pipelines.core.golden.staging import build_account_records, build_person_records
 from crm_pipelines.core.platform.schema import GOLDEN_CONTACTS, PERSON_RECORDS
 from crm_pipelines.core.platform.warehouse import Warehouse
-from crm_pipelines.core.print.release import remove_recipients
+from crm_pipelines.core.print.release import ERASURE_COPIES
 from crm_pipelines.core.privacy.erasure import erase
 from crm_pipelines.core.privacy.ledger import build_consent_events
 from crm_pipelines.core.privacy_screen.identity import IdentityHasher
@@ -30,7 +30,6 @@ from crm_pipelines.core.sources.roles import PERSON_SOURCES
 from crm_pipelines.defs.crm import drop_suppressed, payload_identities
 from crm_pipelines.settings import DEFAULT_CONFIG_DIR
 
-ERASURE_COPIES = {"print_lists": remove_recipients}  # the copies an erasure reaches outside the warehouse
 
 HASHER = IdentityHasher("property-test-salt-0123456789")
 SOURCES = (*PERSON_SOURCES, "erp_customers")
@@ -96,7 +95,8 @@ def test_no_suppressed_identity_ever_reaches_an_outgoing_dataset(world, mappings
             if op == "ingest":
                 ingest(days[arg])
             elif op == "erase":
-                erase(wh, HASHER, mappings, copies=ERASURE_COPIES, emails=[emails[arg]], request_id=f"r{arg}", source="property",
+                erase(wh, HASHER, mappings,
+                      copies=ERASURE_COPIES, emails=[emails[arg]], request_id=f"r{arg}", source="property",
                       actor="hypothesis")
                 erased.add(emails[arg])
             elif op == "replay":

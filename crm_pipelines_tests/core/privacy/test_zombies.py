@@ -22,7 +22,7 @@ from crm_pipelines.core.golden.staging import build_person_records
 from crm_pipelines.core.platform.schema import (GOLDEN_CONTACTS, PERSON_RECORDS, QUARANTINE, SUPPRESSION, metadata,
                                                 raw_table)
 from crm_pipelines.core.platform.warehouse import Warehouse
-from crm_pipelines.core.print.release import remove_recipients
+from crm_pipelines.core.print.release import ERASURE_COPIES
 from crm_pipelines.core.privacy.erasure import erase
 from crm_pipelines.core.privacy_screen.identity import IdentityHasher
 from crm_pipelines.core.privacy_screen.suppression import SuppressionList
@@ -31,7 +31,6 @@ from crm_pipelines_tests.conftest import put
 from crm_pipelines_tests.core.sources.test_malformed_deliveries import erp_customer
 from crm_pipelines_tests.core.sources.test_readers import TRADE_FAIR_HEADER, TRADE_FAIR_ROW
 
-ERASURE_COPIES = {"print_lists": remove_recipients}  # the copies an erasure reaches outside the warehouse
 
 HASHER = IdentityHasher("zombie-test-salt-0123456789")
 DAY1, DAY2 = "2026-11-02", "2026-11-10"
@@ -121,7 +120,8 @@ def test_an_erased_person_stays_out_under_every_identity(landing, mappings, sqli
     deliver_day1(landing)
     load(landing, mappings, wh, DAY1)
     # Erased before the first golden build (the demo's order): identities come from the raw tables.
-    report = erase(wh, HASHER, mappings, copies=ERASURE_COPIES, emails=[EMAIL], request_id="r-1", source="test", actor="test")
+    report = erase(wh, HASHER, mappings,
+                   copies=ERASURE_COPIES, emails=[EMAIL], request_id="r-1", source="test", actor="test")
     assert report.identities["phone"] >= 1 and report.identities["name_company"] >= 1
     assert report.identities["postal"] >= 1 and report.identities["record"] >= 1
     assert "römer" not in all_text(wh) and "roemer" not in all_text(wh)
@@ -259,7 +259,8 @@ def test_erasure_rewrites_the_kept_landing_files_and_a_redelivery_stays_a_duplic
     original = (landing / "web_form_leads" / DAY1 / "leads_1000.jsonl").read_bytes()
     original_hash = sha256_file(landing / "web_form_leads" / DAY1 / "leads_1000.jsonl")
     load(landing, mappings, wh, DAY1)
-    report = erase(wh, HASHER, mappings, copies=ERASURE_COPIES, emails=[EMAIL], request_id="r-1", source="test", actor="test",
+    report = erase(wh, HASHER, mappings,
+                   copies=ERASURE_COPIES, emails=[EMAIL], request_id="r-1", source="test", actor="test",
                    landing_root=landing)
     assert report.landing["files_rewritten"] == 5 and report.landing["records_removed"] == 4, report.landing
     assert report.landing["values_blanked"] == 2  # the ERP line's Ansprechpartner, the colleague's ticket
@@ -307,7 +308,8 @@ def test_old_landing_days_are_pruned_and_a_backfill_keeps_what_they_loaded(landi
     assert not (landing / "web_form_leads" / "2026-01-05").exists()
     assert (landing / "web_form_leads" / "2026-11-30").is_dir()
     # An erasure in the pruned day, then a backfill of it: the other row stays, the balance holds.
-    erase(wh, HASHER, mappings, copies=ERASURE_COPIES, emails=[EMAIL], request_id="r-1", source="test", actor="test", landing_root=landing)
+    erase(wh, HASHER, mappings,
+          copies=ERASURE_COPIES, emails=[EMAIL], request_id="r-1", source="test", actor="test", landing_root=landing)
     backfill = load(landing, mappings, wh, "2026-01-05")["web_form_leads"]
     assert backfill.pruned and backfill.rows_loaded == 1 and backfill.rows_suppressed == 1
     t = raw_table("web_form_leads", mappings["web_form_leads"].entity)
