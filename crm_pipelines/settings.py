@@ -45,6 +45,7 @@ class Settings:
     register_url: str | None = None  # company register REST endpoint; None: no enrichment
     register_calls_per_hour: int = 60
     crm_url: str | None = None  # the CRM's API; None: the local development CRM on 127.0.0.1:8766
+    marketing_url: str | None = None  # the marketing tool's API (Brevo); None: the local development tool on 127.0.0.1:8767
     alert_webhook_kind: str = "slack"       # slack | teams
     privacy_salt_set: bool = False  # CRM_PRIVACY_SALT is set (read through EnvVar); else a local salt file
     # Sales notifications (each read through EnvVar when set; the URLs are secrets)
@@ -78,6 +79,7 @@ class Settings:
             register_url=env.get("CRM_REGISTER_URL") or None,
             register_calls_per_hour=int(env.get("CRM_REGISTER_CALLS_PER_HOUR") or 60),
             crm_url=env.get("CRM_API_URL") or None,
+            marketing_url=env.get("CRM_MARKETING_API_URL") or None,
             alert_webhook_kind=env.get("CRM_ALERT_WEBHOOK_KIND") or "slack",
             privacy_salt_set=bool(env.get("CRM_PRIVACY_SALT")),
             sales_slack_set=bool(env.get("CRM_SALES_SLACK_WEBHOOK_URL")),

@@ -25,11 +25,13 @@ CORE_FLOORS = [
     {"golden"},
     {"scoring"},
     {"crm", "print"},
+    # Journeys use the CRM (segment lists) and print (single-recipient brochures) as channels.
+    {"activation"},
 ]
 # Above core: the code location's settings (environment), the Dagster wiring, the table of contents. Beside the floors: command lines, the
 # demo, local servers and project tools, which may use any floor but are used by none.
 WIRING = ["settings", "defs", "definitions"]
-BESIDE = {"demo", "devtools", "matching", "nightly", "crm", "privacy"}
+BESIDE = {"demo", "devtools", "matching", "nightly", "crm", "privacy", "activation"}
 
 
 def floor_of(module: str) -> tuple[int, str] | None:

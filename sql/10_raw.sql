@@ -114,6 +114,26 @@ CREATE TABLE IF NOT EXISTS raw.crm_contacts (
 
 CREATE INDEX IF NOT EXISTS ix_crm_contacts_partition ON raw.crm_contacts (_partition);
 
+CREATE TABLE IF NOT EXISTS raw.email_engagement (
+	_partition TEXT NOT NULL, 
+	_file TEXT NOT NULL, 
+	_line BIGINT, 
+	_record_no BIGINT NOT NULL, 
+	_run_id TEXT NOT NULL, 
+	_loaded_at TIMESTAMP WITH TIME ZONE NOT NULL, 
+	source_record_id TEXT, 
+	event_type TEXT, 
+	occurred_at TIMESTAMP WITH TIME ZONE, 
+	anonymous_id TEXT, 
+	email TEXT, 
+	crm_contact_id TEXT, 
+	url TEXT, 
+	content_id TEXT, 
+	campaign TEXT
+);
+
+CREATE INDEX IF NOT EXISTS ix_email_engagement_partition ON raw.email_engagement (_partition);
+
 CREATE TABLE IF NOT EXISTS raw.erasure_requests (
 	_partition TEXT NOT NULL, 
 	_file TEXT NOT NULL, 

@@ -77,3 +77,13 @@ CREATE TABLE IF NOT EXISTS marts.reactivation_segment (
 	segment_date TEXT NOT NULL, 
 	PRIMARY KEY (golden_id)
 );
+
+CREATE TABLE IF NOT EXISTS marts.segment_members (
+	segment TEXT NOT NULL, 
+	golden_id TEXT NOT NULL, 
+	since TIMESTAMP WITH TIME ZONE NOT NULL, 
+	reason TEXT NOT NULL, 
+	PRIMARY KEY (segment, golden_id)
+);
+
+CREATE INDEX IF NOT EXISTS ix_segment_members_golden_id ON marts.segment_members (golden_id);

@@ -21,7 +21,7 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from ..core.crm.changes import pull_changes
-from ..core.crm.http import CrmUnavailable
+from ..core.platform.http import ServiceUnavailable
 from ..core.crm.hubspot import HubSpotConnector
 from ..core.crm.properties import setup_portal
 from ..core.crm.protocol import CrmAuthError
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                               day, f"cli-{uuid.uuid4().hex[:8]}", log=lambda m: print(m, flush=True))
         print(f"landed {sum(report.landed.values()):,} changed records in {len(report.files)} file(s) for {day}")
         return 0
-    except (CrmAuthError, CrmUnavailable) as exc:
+    except (CrmAuthError, ServiceUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 
 import dagster as dg
 
+from ..core.activation.brevo import BrevoConnector
 from ..core.crm.hubspot import HubSpotConnector
 from ..core.crm.settings import SyncSettings
 from ..core.golden.enrichment import RegisterClient
@@ -101,6 +102,36 @@ class CrmResource(dg.ConfigurableResource):
                                        timeout=self.timeout_seconds, max_attempts=self.max_attempts)
 
 
+LOCAL_MARKETING_URL = "http://127.0.0.1:8767"
+
+
+class MarketingToolResource(dg.ConfigurableResource):
+    """The marketing-automation tool's API (Brevo v3: CRM_MARKETING_API_URL, key from CRM_MARKETING_API_KEY via
+    EnvVar). The default URL is the local development tool (``python -m crm_pipelines.devtools.brevo_server``)."""
+
+    base_url: str = LOCAL_MARKETING_URL
+    api_key: str = ""
+    timeout_seconds: float = 30.0
+    max_attempts: int = 6
+    requests_per_second: int = 10
+
+    def unavailable(self) -> str | None:
+        """Why there is no tool to talk to, or None (only the unconfigured local default can be missing)."""
+        if self.base_url != LOCAL_MARKETING_URL:
+            return None
+        try:
+            local = urlparse(LOCAL_MARKETING_URL)
+            with socket.create_connection((local.hostname, local.port), timeout=1):
+                return None
+        except OSError:
+            return ("no marketing tool: CRM_MARKETING_API_URL is not set and the local development tool is not running "
+                    f"on {LOCAL_MARKETING_URL} (start it with `make brevo-server`, or set CRM_MARKETING_API_URL)")
+
+    def connector(self) -> BrevoConnector:
+        return BrevoConnector.connect(self.base_url, self.api_key or None, timeout=self.timeout_seconds,
+                                      max_attempts=self.max_attempts, per_second=self.requests_per_second)
+
+
 class AlertResource(dg.ConfigurableResource):
     """Where operational alerts go (CRM_ALERT_WEBHOOK_URL: a Slack incoming webhook or a Teams workflow)."""
 
@@ -164,6 +195,9 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
                                      calls_per_hour=settings.register_calls_per_hour),
         "crm": CrmResource(base_url=settings.crm_url or LOCAL_CRM_URL,
                            token=dg.EnvVar("CRM_API_TOKEN") if os.environ.get("CRM_API_TOKEN") else ""),
+        "marketing": MarketingToolResource(
+            base_url=settings.marketing_url or LOCAL_MARKETING_URL,
+            api_key=dg.EnvVar("CRM_MARKETING_API_KEY") if os.environ.get("CRM_MARKETING_API_KEY") else ""),
         "privacy": PrivacyResource(salt=dg.EnvVar("CRM_PRIVACY_SALT") if settings.privacy_salt_set else "",
                                    salt_file=str(settings.salt_file)),
         "notify": NotifyResource(slack_url=_env_or_empty("CRM_SALES_SLACK_WEBHOOK_URL", settings.sales_slack_set),

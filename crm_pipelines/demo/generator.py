@@ -36,7 +36,7 @@ from .writing import SourceStats
 
 SOURCES = ("web_form_leads", "trade_fair_leads", "erp_customers", "erp_orders", "newsletter_signups",
            "behaviour_events", "service_requests", "crm_accounts", "crm_contacts", "erasure_requests",
-           "consent_changes")
+           "consent_changes", "email_engagement")
 
 
 class Progress:

@@ -1,6 +1,6 @@
 """The sources other systems export: the ERP's customers and orders (fixed width, cp850), the CRM's
-companies and contacts (API pages), erasure requests and consent changes (webhooks) (methods of the
-:class:`.generator.Generator`)."""
+companies and contacts (API pages), erasure requests, consent changes and the e-mail tool's engagement
+(webhooks) (methods of the :class:`.generator.Generator`)."""
 
 from __future__ import annotations
 
@@ -269,3 +269,53 @@ class SystemSources:
                 st.records += 1
             if lines:
                 wr.write_lines(day, f"webhook_{day:%Y%m%d}.jsonl", lines)
+
+    def _gen_email_engagement(self, out: Path, mess: Mess) -> None:
+        """What the marketing tool's webhooks reported, as the webhook receiver lands it: one file per request,
+        one event per line, a receipt ID per event. Malformed: an event type Brevo does not send, a missing
+        timestamp, a body the receiver could not parse."""
+        src = "email_engagement"
+        st, wr = self.stats[src], Writer(out, src, self.stats[src])
+        w = self.w
+        rng = np.random.default_rng(self.cfg.seed + 91)
+        people = self._sample(0.06, 17)
+        days = self._days_for(len(people), 18)
+        bad = malformed_positions(mess, len(people), self.cfg.malformed_rate)
+        for d_idx, day in enumerate(self.days):
+            lines = []
+            for pos in np.flatnonzero(days == d_idx):
+                i = int(people[pos])
+                if not w.p_email[i]:
+                    continue
+                camp = "newsletter-" + day.strftime("%Y-%m")
+                sent = local_dt(day, mess.r)
+                chain = ["delivered"]
+                roll = rng.random()
+                if roll < 0.01:
+                    chain = ["hard_bounce"]
+                elif roll < 0.45:
+                    chain += ["opened"] + (["click"] if rng.random() < 0.3 else [])
+                if rng.random() < 0.01:
+                    chain.append("unsubscribed")
+                for k, event in enumerate(chain):
+                    rec = {"event": event, "email": w.p_email[i], "id": 1, "date_event": None,
+                           "ts_event": int(sent.timestamp()) + 60 * k, "message-id": f"<{self.cfg.seed}.{pos}@brevo>",
+                           "tag": camp, "camp_id": 7000 + d_idx, **({"URL": P.SITE + "/preise"} if event == "click" else {})}
+                    rec["receipt_id"] = f"{self.cfg.seed:04d}{int(pos):09d}{k}"
+                    line = json.dumps(rec, ensure_ascii=False)
+                    malformed = k == 0 and int(pos) in bad
+                    if malformed:
+                        kind = ("unknown_event", "missing_ts", "unparsable_body")[int(pos) % 3]
+                        self._bad(src, kind)
+                        if kind == "unknown_event":
+                            line = json.dumps({**rec, "event": "proxy_open"}, ensure_ascii=False)
+                        elif kind == "missing_ts":
+                            line = json.dumps({k2: v for k2, v in rec.items() if k2 != "ts_event"}, ensure_ascii=False)
+                        else:
+                            line = json.dumps({"receipt_id": rec["receipt_id"], "unparsable_body": "event=opened&email="},
+                                              ensure_ascii=False)
+                    lines.append(line)
+                    self._truth(src, rec["receipt_id"], i, int(w.p_company[i]), malformed)
+                    st.records += 1
+            if lines:
+                wr.write_lines(day, f"webhooks_{day:%Y%m%d}.jsonl", lines)

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
-from .http import CallStats, CrmUnavailable, HttpTransport, RateLimiter, Response
+from ..platform.http import CallStats, ServiceUnavailable, HttpTransport, RateLimiter, Response
 from .protocol import (ABSENT, ARCHIVED, CREATED, DELETED, FAILED, REJECTED, UPDATED, CrmAuthError, RowResult, Task,
                        UpsertInput)
 
@@ -108,7 +108,7 @@ class HubSpotConnector:
                 if after + SEARCH_PAGE > self.search_cap:
                     break
             if not fresh or last_ms is None:
-                raise CrmUnavailable(f"searching {object_type}: more than {self.search_cap:,} objects share one "
+                raise ServiceUnavailable(f"searching {object_type}: more than {self.search_cap:,} objects share one "
                                      "modification stamp; read them with a full pull instead")
             # The next query starts at the newest stamp seen; what was already read at that stamp is skipped.
             seen_at_lower = (seen_at_lower | seen) if last_ms == lower else seen
@@ -131,7 +131,7 @@ class HubSpotConnector:
             resp = self.transport.request("POST", f"/crm/v3/objects/{object_type}/batch/read", json=body)
             self._auth(resp)
             if resp.status not in (200, 207):
-                raise CrmUnavailable(f"reading {object_type}: HTTP {resp.status}: {_message(resp)}")
+                raise ServiceUnavailable(f"reading {object_type}: HTTP {resp.status}: {_message(resp)}")
             results = resp.body.get("results", [])
             if id_property:
                 by_value = {str((r.get("properties") or {}).get(id_property) or "").strip().lower(): r for r in results}
@@ -178,7 +178,7 @@ class HubSpotConnector:
             return "created"
         if resp.status == 409:
             return "exists"
-        raise CrmUnavailable(f"creating {what}: HTTP {resp.status}: {_message(resp)}")
+        raise ServiceUnavailable(f"creating {what}: HTTP {resp.status}: {_message(resp)}")
 
     # ------------------------------------------------------------------ writes
 
@@ -187,7 +187,7 @@ class HubSpotConnector:
         body = {"inputs": [{"id": i.key, "idProperty": id_property, "properties": i.properties} for i in inputs]}
         try:
             resp = self.transport.request("POST", f"/crm/v3/objects/{object_type}/batch/upsert", json=body)
-        except CrmUnavailable as exc:
+        except ServiceUnavailable as exc:
             return [RowResult(i.key, FAILED, message=str(exc)) for i in inputs]
         self._auth(resp)
         keys = [i.key for i in inputs]
@@ -224,7 +224,7 @@ class HubSpotConnector:
         body = {"inputs": [{"id": c, "properties": i.properties} for i, c in zip(inputs, crm_ids)]}
         try:
             resp = self.transport.request("POST", f"/crm/v3/objects/{object_type}/batch/update", json=body)
-        except CrmUnavailable as exc:
+        except ServiceUnavailable as exc:
             return [RowResult(i.key, FAILED, crm_id=c, message=str(exc)) for i, c in zip(inputs, crm_ids)]
         self._auth(resp)
         if resp.status in (200, 207):
@@ -246,7 +246,7 @@ class HubSpotConnector:
         body = {"inputs": [{"id": crm_id} for _, crm_id in keys_and_ids]}
         try:
             resp = self.transport.request("POST", f"/crm/v3/objects/{object_type}/batch/archive", json=body)
-        except CrmUnavailable as exc:
+        except ServiceUnavailable as exc:
             return [RowResult(k, FAILED, crm_id=c, message=str(exc)) for k, c in keys_and_ids]
         self._auth(resp)
         status, message = (ARCHIVED, None) if resp.status in (200, 204) else (REJECTED, _message(resp))
@@ -260,7 +260,7 @@ class HubSpotConnector:
         try:
             resp = self.transport.request("POST", f"/crm/v4/associations/{from_type}/{to_type}/batch/associate/default",
                                           json=body)
-        except CrmUnavailable as exc:
+        except ServiceUnavailable as exc:
             return [RowResult(k, FAILED, crm_id=a, message=str(exc)) for k, a, _ in pairs]
         self._auth(resp)
         if resp.status in (200, 201, 204, 207):
@@ -293,7 +293,7 @@ class HubSpotConnector:
             inputs.append(item)
         try:
             resp = self.transport.request("POST", "/crm/v3/objects/tasks/batch/create", json={"inputs": inputs})
-        except CrmUnavailable as exc:
+        except ServiceUnavailable as exc:
             return [RowResult(t.key, FAILED, message=str(exc)) for t in tasks]
         self._auth(resp)
         if resp.status in (200, 201):
@@ -306,7 +306,7 @@ class HubSpotConnector:
         body = {"objectId": identifier, "idProperty": "email"} if by == "email" else {"objectId": identifier}
         try:
             resp = self.transport.request("POST", "/crm/v3/objects/contacts/gdpr-delete", json=body)
-        except CrmUnavailable as exc:
+        except ServiceUnavailable as exc:
             return RowResult(identifier, FAILED, message=str(exc))
         self._auth(resp)
         if resp.status in (200, 204):
@@ -329,7 +329,7 @@ class HubSpotConnector:
     def _ok(self, resp: Response, what: str) -> Response:
         self._auth(resp)
         if resp.status != 200:
-            raise CrmUnavailable(f"{what}: HTTP {resp.status}: {_message(resp)}")
+            raise ServiceUnavailable(f"{what}: HTTP {resp.status}: {_message(resp)}")
         return resp
 
 

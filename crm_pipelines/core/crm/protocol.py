@@ -14,7 +14,7 @@ from typing import Any, Iterator, Protocol, Sequence
 
 from ..scoring.tasks import CREATED as CREATED  # the hand-off's task, a connector's to create
 from ..scoring.tasks import Task as Task
-from .http import CallStats
+from ..platform.http import CallStats
 
 UPDATED, REJECTED, FAILED, ARCHIVED, DELETED, ABSENT = ("updated", "rejected", "failed", "archived", "deleted", "absent")
 

@@ -468,3 +468,72 @@ PRINT_RECIPIENTS = _t(
     sa.Column("golden_id", sa.Text(), nullable=False), sa.Column("variant", sa.Text(), nullable=False),
     indexes=(("golden_id",),),
 )
+
+
+# ---------------------------------------------------------------------------- activation
+
+SEGMENT_MEMBERS = _t(
+    "segment_members", "marts", "Who is in each segment now (config/segments), since when and why.",
+    sa.Column("segment", sa.Text(), primary_key=True), sa.Column("golden_id", sa.Text(), primary_key=True),
+    sa.Column("since", _TS, nullable=False), sa.Column("reason", sa.Text(), nullable=False),
+    indexes=(("golden_id",),),
+)
+SEGMENT_HISTORY = _t(
+    "segment_history", "ops", "Every entry into and exit from a segment: who, when, why, by which run.",
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("segment", sa.Text(), nullable=False), sa.Column("golden_id", sa.Text(), nullable=False),
+    sa.Column("change", sa.Text(), nullable=False, comment="entered | left"), sa.Column("at", _TS, nullable=False),
+    sa.Column("reason", sa.Text(), nullable=False), sa.Column("run_id", sa.Text()),
+    indexes=(("segment", "at"), ("golden_id",)),
+)
+ACTIVATION_STATE = _t(
+    "activation_state", "ops", "Watermarks of the activation: what the incremental segment update and the tool pull have seen.",
+    sa.Column("key", sa.Text(), primary_key=True), sa.Column("value", sa.Text(), nullable=False),
+)
+ACTIVATION_LISTS = _t(
+    "activation_lists", "ops", "Lists the project created (and so owns) in each destination: the only ones it ever removes from.",
+    sa.Column("destination", sa.Text(), primary_key=True), sa.Column("list_name", sa.Text(), primary_key=True),
+    sa.Column("remote_id", sa.Text(), nullable=False), sa.Column("created_at", _TS, nullable=False),
+)
+ACTIVATION_MEMBERS = _t(
+    "activation_members", "ops",
+    "Memberships the project added to a destination's list: the only memberships it may remove. No address, its hash.",
+    sa.Column("destination", sa.Text(), primary_key=True), sa.Column("list_name", sa.Text(), primary_key=True),
+    sa.Column("golden_id", sa.Text(), primary_key=True), sa.Column("email_hash", sa.Text(), nullable=False),
+    sa.Column("added_at", _TS, nullable=False),
+    indexes=(("golden_id",),),
+)
+ACTIVATION_CONTACTS = _t(
+    "activation_contacts", "ops", "Contacts upserted into a destination: the attributes' hash last sent (unchanged: not sent again).",
+    sa.Column("destination", sa.Text(), primary_key=True), sa.Column("golden_id", sa.Text(), primary_key=True),
+    sa.Column("email_hash", sa.Text(), nullable=False), sa.Column("attributes_sha", sa.Text(), nullable=False),
+    sa.Column("synced_at", _TS, nullable=False),
+)
+ACTIVATION_BLOCKED = _t(
+    "activation_blocked", "ops",
+    "Addresses a destination reports unsubscribed, complained, hard-bounced or blocklisted: never (re-)subscribed by us.",
+    sa.Column("destination", sa.Text(), primary_key=True), sa.Column("email_hash", sa.Text(), primary_key=True),
+    sa.Column("reason", sa.Text(), nullable=False), sa.Column("reported_at", _TS, nullable=False),
+)
+JOURNEY_ENROLLMENTS = _t(
+    "journey_enrollments", "ops",
+    "Each contact's state in each journey (config/journeys): enrolled, holdout (never enrolled), capped, exited.",
+    sa.Column("journey", sa.Text(), primary_key=True), sa.Column("golden_id", sa.Text(), primary_key=True),
+    sa.Column("status", sa.Text(), nullable=False, comment="enrolled | holdout | capped | exited"),
+    sa.Column("arm", sa.Text(), nullable=False, comment="treatment | holdout: kept when the contact exits"),
+    sa.Column("entries", sa.Integer(), nullable=False), sa.Column("entered_at", _TS, nullable=False),
+    sa.Column("exited_at", _TS), sa.Column("exit_reason", sa.Text()), sa.Column("updated_at", _TS, nullable=False),
+    indexes=(("golden_id",), ("journey", "status")),
+)
+CONTACT_TOUCHES = _t(
+    "contact_touches", "ops",
+    "Every marketing or sales touch of a contact on any channel (journey e-mails, print mailings, sales hand-offs): "
+    "what the weekly frequency cap counts.",
+    sa.Column("touch_key", sa.Text(), primary_key=True), sa.Column("golden_id", sa.Text(), nullable=False),
+    sa.Column("channel", sa.Text(), nullable=False, comment="email | print | sales"),
+    sa.Column("source", sa.Text(), nullable=False, comment="journey, print list or hand-off"),
+    sa.Column("at", _TS, nullable=False),
+    indexes=(("golden_id", "at"),),
+)
+ACTIVATION_TABLES = (SEGMENT_MEMBERS, SEGMENT_HISTORY, ACTIVATION_STATE, ACTIVATION_LISTS, ACTIVATION_MEMBERS,
+                     ACTIVATION_CONTACTS, ACTIVATION_BLOCKED, JOURNEY_ENROLLMENTS, CONTACT_TOUCHES)

@@ -1,8 +1,10 @@
 """The consent ledger: every consent event per person and channel, and the current verdict.
 
-Events come from the newsletter tool (sign-ups with their double-opt-in time, unsubscribes) and
+Events come from the newsletter tool (sign-ups with their double-opt-in time, unsubscribes),
 the CRM's preference centre (opt-in, opt-out, objection per channel: ``email``, ``phone``,
-``post``). Each event is linked to a person record (by CRM contact ID, else by e-mail), so the
+``post``), the opt-in boxes of the web forms and the trade-fair scanner (an e-mail consent pending
+its double opt-in), and the marketing tool's webhooks (an unsubscribe withdraws, a spam complaint
+objects, a confirmed double opt-in grants). Each event is linked to a person record (by CRM contact ID, else by e-mail), so the
 golden contact sees the events of all its records. The ledger holds no e-mail address: the link
 is the record key, and a salted e-mail hash for events of people not (yet) known.
 
@@ -12,7 +14,8 @@ The verdict per golden contact and channel walks the events oldest first:
 * an **objection** (Art. 21 DSGVO) blocks the channel for marketing and is only lifted by a later
   explicit consent (legal basis ``consent``), never by legitimate interest or contract;
 * a withdrawal after an objection leaves it objected;
-* e-mail consent needs the double opt-in: a sign-up without its confirmation is ``unconfirmed``.
+* e-mail consent needs the double opt-in: a sign-up without its confirmation is ``unconfirmed``;
+* ``pending`` (an opt-in box awaiting its double opt-in) is recorded and passed over.
 
 Activations ask :func:`allows` (here: marketing by the channel, with what the contact's verdict
 and their customer relationship say).
@@ -37,8 +40,42 @@ def _latest_delivery(raw: pd.DataFrame) -> pd.DataFrame:
     return raw.sort_values(["_partition", "_record_no"]).drop_duplicates("source_record_id", keep="last")
 
 
+# What an engagement event says about e-mail consent. A spam complaint is an objection: only an explicit new
+# consent lifts it, never a sign-up box ticked long ago.
+ENGAGEMENT_CONSENT = {"unsubscribe": "withdrawn", "email_spam": "objected", "email_confirmed": "granted"}
+
+
+def opt_in_events(source: str, df: pd.DataFrame) -> pd.DataFrame:
+    """Consent-event rows from a person source's opt-in box (``marketing_opt_in`` true), status ``pending``:
+    the box alone is no e-mail consent (no double opt-in), so the verdict passes over it and a consent
+    confirmed earlier stays confirmed; the activation asks the marketing tool for the double opt-in, whose
+    confirmation comes back as an engagement event and grants."""
+    df = _latest_delivery(df)
+    df = df[df["marketing_opt_in"].fillna(False).astype(bool) & df["email"].notna()]
+    return pd.DataFrame({"source_record_id": "optin:" + df["source_record_id"].astype(str), "email": df["email"],
+                         "crm_contact_id": None, "channel": "email", "status": "pending", "legal_basis": "consent",
+                         "purpose": "newsletter", "occurred_at": df["created_at"], "double_opt_in_at": pd.NaT,
+                         "opt_in_source": source, "_partition": df["_partition"], "_record_no": df["_record_no"],
+                         "_person_record_key": source + ":" + df["source_record_id"].astype(str)})
+
+
+def engagement_events(df: pd.DataFrame) -> pd.DataFrame:
+    """Consent-event rows from the marketing tool's reports: unsubscribes, complaints, confirmations."""
+    df = _latest_delivery(df)
+    df = df[df["event_type"].isin(list(ENGAGEMENT_CONSENT)) & df["email"].notna()]
+    status = df["event_type"].map(ENGAGEMENT_CONSENT)
+    occurred = pd.to_datetime(df["occurred_at"], utc=True)
+    return pd.DataFrame({"source_record_id": df["source_record_id"].astype(str), "email": df["email"],
+                         "crm_contact_id": None, "channel": "email", "status": status.to_numpy(),
+                         "legal_basis": "consent", "purpose": "newsletter", "occurred_at": occurred,
+                         "double_opt_in_at": occurred.where(status == "granted"), "opt_in_source": "email tool",
+                         "_partition": df["_partition"], "_record_no": df["_record_no"]})
+
+
 def build_events(raw: dict[str, pd.DataFrame], persons: pd.DataFrame, hasher: IdentityHasher) -> pd.DataFrame:
-    """The ledger rows from ``raw.newsletter_signups`` and ``raw.consent_changes``."""
+    """The ledger rows from ``raw.newsletter_signups``, ``raw.consent_changes``, the opt-ins of the lead
+    sources and the engagement (already in consent-event shape: :func:`opt_in_events`,
+    :func:`engagement_events`; an ``_person_record_key`` column names the record an opt-in came with)."""
     frames = []
     by_crm = {}
     by_email = {}
@@ -55,6 +92,8 @@ def build_events(raw: dict[str, pd.DataFrame], persons: pd.DataFrame, hasher: Id
         email_norm = df["email"].map(lambda e: normalize_email(e) if isinstance(e, str) else None)
         if source == "newsletter_signups":
             key = "newsletter_signups:" + df["source_record_id"].astype(str)
+        elif "_person_record_key" in df.columns:
+            key = df["_person_record_key"].astype(object)
         else:
             crm_ids = df["crm_contact_id"].astype(object).where(df["crm_contact_id"].notna(), None)
             key = pd.Series([by_crm.get(str(c)) if c is not None else None for c in crm_ids], index=df.index, dtype=object)

@@ -307,6 +307,20 @@ def build_inventory(mappings: dict[str, SourceMapping]) -> list[Locator]:
                 _by(lambda t: t.c.golden_id, lambda p: p.golden_ids)(g.PRINT_RECIPIENTS)),
         Locator(g.RETIRED_CONTACTS, "statistics row of a retired golden ID (no personal data)", "delete",
                 _by(lambda t: t.c.golden_id, lambda p: p.golden_ids)(g.RETIRED_CONTACTS)),
+        Locator(g.SEGMENT_MEMBERS, "the person's segment memberships", "delete",
+                _by(lambda t: t.c.golden_id, lambda p: p.golden_ids)(g.SEGMENT_MEMBERS)),
+        Locator(g.SEGMENT_HISTORY, "the person's entries into and exits from segments", "delete",
+                _by(lambda t: t.c.golden_id, lambda p: p.golden_ids)(g.SEGMENT_HISTORY)),
+        Locator(g.ACTIVATION_MEMBERS, "the person's memberships in the marketing tool's lists (the tool deletes the contact)", "delete",
+                _by(lambda t: t.c.golden_id, lambda p: p.golden_ids)(g.ACTIVATION_MEMBERS)),
+        Locator(g.ACTIVATION_CONTACTS, "what was last sent to the marketing tool for the person (a hash)", "delete",
+                _by(lambda t: t.c.golden_id, lambda p: p.golden_ids)(g.ACTIVATION_CONTACTS)),
+        Locator(g.JOURNEY_ENROLLMENTS, "the person's journeys (enrolled, holdout, exited)", "delete",
+                _by(lambda t: t.c.golden_id, lambda p: p.golden_ids)(g.JOURNEY_ENROLLMENTS)),
+        Locator(g.CONTACT_TOUCHES, "the person's marketing and sales touches", "delete",
+                _by(lambda t: t.c.golden_id, lambda p: p.golden_ids)(g.CONTACT_TOUCHES)),
+        Locator(g.ACTIVATION_BLOCKED, "the person's address as the marketing tool reported it blocked (a hash)", "delete",
+                _by(lambda t: t.c.email_hash, lambda p: p.email_hashes)(g.ACTIVATION_BLOCKED)),
     ]
     return locators
 
@@ -321,7 +335,7 @@ NOT_PERSONAL = {"golden.accounts", "golden.account_lineage", "golden.id_events",
                 "ops.register_calls", "ops.landing_files", "ops.landing_aliases", "ops.crm_sync_log", "ops.crm_sync_runs",
                 "ops.crm_pull_state",
                 "ops.suppression_list", "ops.audit_log", "ops.privacy_requests", "marts.crm_companies_payload", "ops.print_lists",
-                "raw.erp_orders"}
+                "raw.erp_orders", "ops.activation_state", "ops.activation_lists"}
 
 
 def locate(wh: Warehouse, locators: list[Locator], person: Person, hasher: IdentityHasher) -> dict[str, pd.DataFrame]:

@@ -11,7 +11,7 @@ from ..model import ENTITIES
 from ..platform.schema import CONSENT_EVENTS, PERSON_RECORDS, raw_table
 from ..platform.warehouse import Warehouse, replace_table, tables_present
 from ..privacy_screen.identity import IdentityHasher
-from ..sources.roles import CONSENT_SOURCES
+from ..sources.roles import CONSENT_SOURCES, ENGAGEMENT_SOURCES, OPT_IN_SOURCES
 from . import consent
 
 
@@ -28,6 +28,17 @@ def build_consent_events(wh: Warehouse, hasher: IdentityHasher) -> pd.DataFrame:
     wh.ensure_tables([CONSENT_EVENTS])
     raw = {s: wh.read_select(sa.select(raw_table(s, ENTITIES["consent_event"]))) for s in CONSENT_SOURCES
            if tables_present(wh, [raw_table(s, ENTITIES["consent_event"])])}
+    for s in OPT_IN_SOURCES:
+        t = raw_table(s, ENTITIES["contact"])
+        if tables_present(wh, [t]):
+            cols = [t.c[c] for c in ("source_record_id", "email", "marketing_opt_in", "created_at", "_partition", "_record_no")]
+            raw[s] = consent.opt_in_events(s, wh.read_select(sa.select(*cols).where(t.c.marketing_opt_in.is_(True))))
+    for s in ENGAGEMENT_SOURCES:
+        t = raw_table(s, ENTITIES["behaviour_event"])
+        if tables_present(wh, [t]):
+            cols = [t.c[c] for c in ("source_record_id", "email", "event_type", "occurred_at", "_partition", "_record_no")]
+            raw[s] = consent.engagement_events(wh.read_select(
+                sa.select(*cols).where(t.c.event_type.in_(list(consent.ENGAGEMENT_CONSENT)))))
     pr = PERSON_RECORDS
     person_keys = sa.select(pr.c.record_key, pr.c.source, pr.c.crm_contact_id, pr.c.email_norm)
     persons = wh.read_select(person_keys) if tables_present(wh, [pr]) \

@@ -21,6 +21,7 @@ from ..platform.schema import (ALERT_LEDGER, CRM_SYNC_STATE, GOLDEN_ACCOUNTS, GO
                                LEAD_SCORES, PERSON_CROSSWALK, PERSON_RECORDS, raw_table)
 from ..platform.warehouse import Warehouse, tables_present
 from ..privacy_screen.suppression import Screen
+from ..sources.roles import ENGAGEMENT_SOURCES
 from .handoff import Lead, may_alert, wants_brochure
 from .rules import ScoreResult, ScoringRules, attribute_events, score_contacts, update_stage_times
 
@@ -47,15 +48,22 @@ def identity_maps(wh: Warehouse) -> tuple[pd.Series, pd.Series]:
 
 
 def load_events(wh: Warehouse) -> pd.DataFrame:
-    t = raw_table("behaviour_events", ENTITIES["behaviour_event"])
-    if not tables_present(wh, [t]):
-        return pd.DataFrame(columns=["event_type", "occurred_at", "url", "email", "crm_contact_id", "anonymous_id"])
+    """Behaviour events and the marketing tool's engagement reports (opens, clicks, bounces, unsubscribes:
+    the same event types, so the same rules score them)."""
     cols = ["source_record_id", "event_type", "occurred_at", "url", "email", "crm_contact_id", "anonymous_id", "_partition"]
-    events = wh.read_raw_sql(f"SELECT {', '.join(cols)} FROM {wh.qualified(t)}", types={c: t.c[c].type for c in cols})
+    frames = []
+    for source in ("behaviour_events", *ENGAGEMENT_SOURCES):
+        t = raw_table(source, ENTITIES["behaviour_event"])
+        if tables_present(wh, [t]):
+            frames.append(wh.read_raw_sql(f"SELECT {', '.join(cols)} FROM {wh.qualified(t)}",
+                                          types={c: t.c[c].type for c in cols}).assign(_source=source))
+    if not frames:
+        return pd.DataFrame(columns=["event_type", "occurred_at", "url", "email", "crm_contact_id", "anonymous_id"])
+    events = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     # The same event delivered on two days counts once.
-    events = events.sort_values("_partition").drop_duplicates("source_record_id", keep="last")
+    events = events.sort_values("_partition").drop_duplicates(["_source", "source_record_id"], keep="last")
     events["occurred_at"] = pd.to_datetime(events["occurred_at"], utc=True, format="mixed")
-    return events.drop(columns=["_partition"])
+    return events.drop(columns=["_partition", "_source"])
 
 
 @dataclass

@@ -6,7 +6,7 @@ import pytest
 import requests
 
 from crm_pipelines_tests.conftest import READY_PORTAL
-from crm_pipelines.core.crm.http import CrmUnavailable, HttpTransport, RateLimiter
+from crm_pipelines.core.platform.http import ServiceUnavailable, HttpTransport, RateLimiter
 from crm_pipelines.core.crm.hubspot import HubSpotConnector
 from crm_pipelines.core.crm.protocol import CREATED, FAILED, REJECTED, UPDATED, CrmAuthError, Task, UpsertInput
 from crm_pipelines.devtools.crm_server import CrmServer, Faults
@@ -166,7 +166,7 @@ def test_an_unreachable_crm_is_reported_after_the_retries():
     port = sock.getsockname()[1]
     sock.close()  # nothing listens there any more
     transport = HttpTransport(f"http://127.0.0.1:{port}", TOKEN, max_attempts=3, backoff_base=0.001, timeout=1)
-    with pytest.raises(CrmUnavailable, match="after 3 attempts"):
+    with pytest.raises(ServiceUnavailable, match="after 3 attempts"):
         transport.request("GET", "/crm/v3/objects/contacts")
     assert transport.stats.connection_errors == 3
 

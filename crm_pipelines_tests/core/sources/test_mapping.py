@@ -43,7 +43,7 @@ def test_shipped_mappings_load_and_cover_every_source():
     mappings = load_mappings(DEFAULT_CONFIG_DIR)
     assert set(mappings) == {"web_form_leads", "trade_fair_leads", "erp_customers", "erp_orders", "newsletter_signups",
                              "behaviour_events", "service_requests", "crm_accounts", "crm_contacts",
-                             "erasure_requests", "consent_changes"}
+                             "erasure_requests", "consent_changes", "email_engagement"}
     for m in mappings.values():
         assert len(m.code_version) == 16
 

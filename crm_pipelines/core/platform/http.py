@@ -1,13 +1,16 @@
-"""HTTP plumbing shared by CRM connectors: a rate limiter, retries with backoff, Retry-After.
+"""HTTP plumbing shared by the connectors (CRM, marketing tool): a rate limiter, retries with
+backoff, Retry-After, the vendor's rate-limit headers.
 
 Rules, from the vendors' documentation and reverse-ETL practice:
 - never more than ``max_requests`` in any rolling ``window_seconds`` (HubSpot counts a rolling
   10-second window; a classic token bucket that starts full could send twice the limit inside
   one window, so the limiter keeps the times of the last window's requests instead, each from its
   sending until its answer, since the server counted it somewhere in between);
-- 429: wait ``Retry-After`` (or the window the rate-limit headers announce), then try again;
-- an answer with ``X-HubSpot-RateLimit-Remaining: 0`` (the app's budget may be shared with other
-  integrations): hold back until our oldest request leaves the window, instead of running into 429s;
+- 429: wait ``Retry-After``, or, where the vendor sends none (Brevo), the reset its rate-limit
+  headers announce (``x-sib-ratelimit-reset``: seconds until the window resets), then try again;
+- an answer saying the window has no request left (``X-HubSpot-RateLimit-Remaining: 0``,
+  ``x-sib-ratelimit-remaining: 0``; the budget may be shared with other integrations): hold back
+  until the announced reset or until our oldest request leaves the window, instead of running into 429s;
 - 5xx, timeouts and dropped connections: exponential backoff with full jitter, then again;
 - any other 4xx is a validation error of *this* request: never retried, handed back to be recorded;
 - the token goes into the Authorization header and nowhere else (not in errors, not in logs).
@@ -26,8 +29,22 @@ import requests
 RETRYABLE_STATUS = {500, 502, 503, 504}
 
 
-class CrmUnavailable(Exception):
-    """The CRM did not answer usefully after every retry (outage, timeouts, server errors)."""
+@dataclass(frozen=True)
+class RateLimitHeaders:
+    """Where a vendor announces its rate-limit state. ``reset`` counts seconds until the window resets;
+    ``interval_ms`` is the window's length in milliseconds (HubSpot)."""
+
+    remaining: str
+    reset: str | None = None
+    interval_ms: str | None = None
+
+
+HUBSPOT_HEADERS = RateLimitHeaders("X-HubSpot-RateLimit-Remaining", interval_ms="X-HubSpot-RateLimit-Interval-Milliseconds")
+BREVO_HEADERS = RateLimitHeaders("x-sib-ratelimit-remaining", reset="x-sib-ratelimit-reset")
+
+
+class ServiceUnavailable(Exception):
+    """The service did not answer usefully after every retry (outage, timeouts, server errors)."""
 
 
 @dataclass
@@ -141,37 +158,43 @@ class HttpTransport:
     sleep: Callable[[float], None] = time.sleep
     rng: random.Random = field(default_factory=random.Random)
     stats: CallStats = field(default_factory=CallStats)
+    headers: RateLimitHeaders = HUBSPOT_HEADERS
+    # HubSpot takes "Authorization: Bearer <token>"; Brevo an "api-key: <key>" header.
+    auth_header: str = "Authorization"
+    auth_prefix: str = "Bearer "
 
     def __repr__(self) -> str:  # never show the token
         return f"HttpTransport(base_url={self.base_url!r})"
 
     def request(self, method: str, path: str, *, json: Any = None, params: dict | None = None,
-                also: RateLimiter | None = None) -> Response:
+                also: RateLimiter | tuple[RateLimiter, ...] | None = None) -> Response:
         """Sends with rate limiting and retries; returns the final answer (2xx or a non-retryable 4xx).
-        ``also`` is an endpoint's own limit on top of the general one (HubSpot's search: per second).
+        ``also`` is an endpoint's own limit (or limits) on top of the general one (HubSpot's search: per
+        second; Brevo's contacts and events: per second and per hour).
 
-        Raises :class:`CrmUnavailable` when every attempt met a 5xx, a timeout or a dropped connection.
+        Raises :class:`ServiceUnavailable` when every attempt met a 5xx, a timeout or a dropped connection.
         """
         url = f"{self.base_url.rstrip('/')}/{path.lstrip('/')}"
         headers = {"Accept": "application/json"}
         if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
+            headers[self.auth_header] = f"{self.auth_prefix}{self.token}"
         last = "no attempt"
+        extras = () if also is None else (also,) if isinstance(also, RateLimiter) else tuple(also)
         for attempt in range(self.max_attempts):
             if attempt:
                 self.stats.bump("retries")
-            extra = also.acquire() if also is not None else None
+            extra = [(lim, lim.acquire()) for lim in extras]
             slot = self.limiter.acquire()
             self.stats.bump("requests")
             try:
                 resp = self._session().request(method, url, json=json, params=params, headers=headers, timeout=self.timeout)
             except (requests.ConnectionError, requests.Timeout) as exc:
-                self._done(slot, also, extra)
+                self._done(slot, extra)
                 self.stats.bump("connection_errors")
                 last = type(exc).__name__
                 self.sleep(self._backoff(attempt))
                 continue
-            self._done(slot, also, extra)
+            self._done(slot, extra)
             if resp.status_code == 429:
                 self.stats.bump("throttled")
                 last = "429 Too Many Requests"
@@ -184,16 +207,20 @@ class HttpTransport:
                 continue
             if 400 <= resp.status_code < 500:
                 self.stats.bump("client_errors")
-            if resp.headers.get("X-HubSpot-RateLimit-Remaining") == "0":
+            if resp.headers.get(self.headers.remaining) == "0":
                 self.stats.bump("window_exhausted")
-                self.limiter.exhausted()
+                reset = self._header_seconds(resp, self.headers.reset)
+                if reset is not None:
+                    self.limiter.pause(reset)
+                else:
+                    self.limiter.exhausted()
             return Response(resp.status_code, _json(resp), dict(resp.headers))
-        raise CrmUnavailable(f"{method} {path}: no usable answer after {self.max_attempts} attempts (last: {last})")
+        raise ServiceUnavailable(f"{method} {path}: no usable answer after {self.max_attempts} attempts (last: {last})")
 
-    def _done(self, slot: list, also: RateLimiter | None, extra: list | None) -> None:
+    def _done(self, slot: list, extra: list[tuple[RateLimiter, list]]) -> None:
         self.limiter.done(slot)
-        if also is not None and extra is not None:
-            also.done(extra)
+        for lim, entry in extra:
+            lim.done(entry)
 
     def _session(self) -> requests.Session:
         session = getattr(self._sessions, "session", None)
@@ -211,10 +238,21 @@ class HttpTransport:
                 return min(max(float(value), 0.0), self.max_retry_after)
             except ValueError:
                 pass
-        interval = resp.headers.get("X-HubSpot-RateLimit-Interval-Milliseconds")
+        reset = self._header_seconds(resp, self.headers.reset)
+        if reset is not None:
+            return reset
+        interval = resp.headers.get(self.headers.interval_ms) if self.headers.interval_ms else None
         if interval and interval.isdigit():
             return min(int(interval) / 1000.0, self.max_retry_after)
         return self._backoff(attempt) + 1.0
+
+    def _header_seconds(self, resp: requests.Response, name: str | None) -> float | None:
+        """A header counting seconds, capped; None when absent or unreadable."""
+        value = resp.headers.get(name) if name else None
+        try:
+            return min(max(float(value), 0.0), self.max_retry_after) if value is not None else None
+        except ValueError:
+            return None
 
 
 def _json(resp: requests.Response) -> Any:
