@@ -340,6 +340,36 @@ def sync_audiences(wh: Warehouse, tool: MarketingTool, settings: ActivationSetti
     return report
 
 
+def ensure_in_tool(wh: Warehouse, tool: MarketingTool, settings: ActivationSettings, inputs: SegmentInputs,
+                   golden_ids: list[str], hasher: IdentityHasher, now: datetime) -> int:
+    """Imports the contacts among ``golden_ids`` the tool does not have from us yet (with their attributes, onto
+    the all-contacts list), so a journey can put them on its list. The gate has passed them. Returns how many."""
+    c = ACTIVATION_CONTACTS
+    wh.ensure_tables([c, ACTIVATION_MEMBERS])
+    have = set(wh.read_select(sa.select(c.c.golden_id).where(c.c.destination == tool.name))["golden_id"])
+    missing = [g for g in golden_ids if g not in have]
+    if not missing:
+        return 0
+    sub = SegmentInputs(inputs.profile.loc[missing], inputs.events, inputs.orders, inputs.service_requests)
+    attrs = attributes_frame(sub, settings, now)
+    emails = sub.profile["contact.email"].map(normalize_email)
+    master_id = owned_list(wh, tool, settings, settings.all_contacts_list)
+    records = attrs.to_dict("records")
+    tool.upsert([ToolContact(emails[g], rec) for g, rec in zip(attrs.index, records)], master_id)
+    hashes = [hasher.email(emails[g]) for g in attrs.index]
+    with wh.engine.begin() as conn:
+        wh.bulk_insert(conn, c, pd.DataFrame({"destination": tool.name, "golden_id": list(attrs.index), "email_hash": hashes,
+                                              "attributes_sha": [_sha({"email": emails[g], **r}) for g, r in
+                                                                 zip(attrs.index, records)], "synced_at": now}))
+        m = ACTIVATION_MEMBERS
+        for part in _chunks(list(attrs.index)):
+            conn.execute(sa.delete(m).where(m.c.destination == tool.name, m.c.list_name == settings.all_contacts_list,
+                                            m.c.golden_id.in_(part)))
+        wh.bulk_insert(conn, m, pd.DataFrame({"destination": tool.name, "list_name": settings.all_contacts_list,
+                                              "golden_id": list(attrs.index), "email_hash": hashes, "added_at": now}))
+    return len(missing)
+
+
 def forget_contact(wh: Warehouse, destination: str, golden_ids: list[str]) -> None:
     """After the tool deleted a contact (erasure): nothing of ours points at it any more."""
     for t in (ACTIVATION_MEMBERS, ACTIVATION_CONTACTS):

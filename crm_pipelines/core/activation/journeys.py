@@ -35,7 +35,7 @@ from ..platform.schema import (ALERT_LEDGER, CONTACT_TOUCHES, JOURNEY_ENROLLMENT
 from ..platform.warehouse import Warehouse, tables_present
 from ..privacy_screen.identity import IdentityHasher
 from ..privacy_screen.suppression import Screen
-from .audience import blocked_hashes, gate
+from .audience import blocked_hashes, ensure_in_tool, gate
 from .membership import _chunks, _select_in, read_inputs
 from .protocol import MarketingTool, ToolEvent
 from .segments import SegmentInputs
@@ -161,7 +161,6 @@ def _exit_reasons(journey: Journey, rows: pd.DataFrame, inputs: SegmentInputs, c
     """Per active enrollment (enrolled or holdout) its exit reason, or None."""
     reason = pd.Series(None, index=rows["golden_id"].to_numpy(), dtype=object)
     profile = inputs.profile
-    entered = pd.to_datetime(rows["entered_at"], utc=True).to_numpy()
     gids = rows["golden_id"].to_numpy()
     checks = []
     if "erased" in journey.exits:
@@ -169,9 +168,10 @@ def _exit_reasons(journey: Journey, rows: pd.DataFrame, inputs: SegmentInputs, c
     if "converted" in journey.exits and len(inputs.orders):
         o = inputs.orders.assign(d=pd.to_datetime(inputs.orders["order_date"], utc=True))
         latest = o.groupby("golden_id")["d"].max()
-        after = pd.Series(gids).map(latest).to_numpy()
-        checks.append(("converted", pd.notna(after) & (after.astype("datetime64[ns]") >= entered.astype("datetime64[ns]")
-                                                         - np.timedelta64(0, "ns"))))
+        after = pd.Series(gids).map(latest)
+        # Orders carry a date: one placed on the day of entry counts as after it.
+        entry_day = pd.to_datetime(rows["entered_at"], utc=True).dt.normalize().reset_index(drop=True)
+        checks.append(("converted", (after.notna() & (after >= entry_day)).to_numpy()))
     if "became_sql" in journey.exits and "lead.stage" in profile:
         stage = pd.Series(gids).map(profile["lead.stage"]).to_numpy()
         checks.append(("became_sql", stage == "sql"))
@@ -250,7 +250,7 @@ def run_journeys(wh: Warehouse, tool: MarketingTool | None, journeys: dict[str, 
                 holdout.append(gid)
                 continue
             why = stop.get(gid) if gid in stop.index else "erased"
-            if why is not None:
+            if not pd.isna(why):
                 rep.stopped[why] = rep.stopped.get(why, 0) + 1
                 continue
             if int(touches.get(gid, 0)) >= settings.touches_per_week:
@@ -262,6 +262,7 @@ def run_journeys(wh: Warehouse, tool: MarketingTool | None, journeys: dict[str, 
                    else int(known.loc[g]["entries"]) if g in known.index else 1 for g in enroll + holdout + capped}
         if enroll:
             if journey.channel == "email":
+                ensure_in_tool(wh, tool, settings, inputs, enroll, hasher, now)
                 rep.events_sent = _enroll_email(wh, tool, journey, list_id, enroll, inputs, hasher, entries, now)
             else:
                 rep.print_jobs = _enroll_print(wh, journey, enroll, entries, now)
