@@ -4,6 +4,7 @@
 #   make dev    open the Dagster UI at http://127.0.0.1:3000
 #   make bench  run the benchmarks; results go to docs/benchmarks.md
 #   make crm-server  the local development CRM on http://127.0.0.1:8766 (for pushes from the UI)
+#   make brevo-server  the local development marketing tool (Brevo v3) on http://127.0.0.1:8767
 #   make prod-local  the production profile on one machine: PostgreSQL, dagster-daemon, dagster-webserver
 #                    (DEMO_DATA=1: demo data into an empty landing zone)
 #   make celery-worker  one Celery worker for CRM_EXECUTOR=celery (needs CRM_CELERY_BROKER, CRM_CELERY_BACKEND)
@@ -19,7 +20,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export GX_ANALYTICS_ENABLED := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo dev test bench sql clean crm-server prod-local system-deps celery-worker screenshots
+.PHONY: install demo dev test bench sql clean crm-server brevo-server prod-local system-deps celery-worker screenshots
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || \
@@ -77,6 +78,9 @@ screenshots: install system-deps
 
 crm-server: install
 	$(PY) -m crm_pipelines.devtools.crm_server --db .crm_data/crm_server.db --port 8766
+
+brevo-server: install
+	$(PY) -m crm_pipelines.devtools.brevo_server --port 8767 --state .crm_data/brevo_server.json
 
 sql: install
 	$(PY) -m crm_pipelines.devtools.ddl sql

@@ -13,6 +13,7 @@ import dagster as dg
 
 from .core.crm.settings import load_sync_settings
 from .core.sources.mapping import load_mappings
+from .defs.activation import build_activation_defs
 from .defs.automation import build_automation_defs
 from .defs.crm import build_crm_defs
 from .defs.executors import build_executor
@@ -39,6 +40,7 @@ def build_defs(settings: Settings | None = None) -> dg.Definitions:
         build_scoring_defs(config, mappings, settings.data_dir),                   # scores, hand-off, funnel
         build_crm_defs(config, mappings, settings.timezone),                       # payloads, checks, push, pull
         build_print_defs(config, settings.data_dir),                               # print lists, approval, release
+        build_activation_defs(config),                                             # segments, lists, journeys
         build_quality_defs(),                                                      # GX suites on the golden tables
     )
     return dg.Definitions.merge(

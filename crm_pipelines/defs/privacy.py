@@ -14,6 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from ..core.activation.erasure import MarketingToolErasureTarget
 from ..core.golden.consent import refresh_golden_consent
 from ..core.platform import audit
 from ..core.platform.masking import mask_text
@@ -31,7 +32,7 @@ from ..core.sources.mapping import SourceMapping
 from .auditing import audit_run
 from .golden import CONSENT_KEY, PERSON_KEY
 from .metadata import markdown_table
-from .resources import CrmResource, LandingZoneResource, PrivacyResource, WarehouseResource
+from .resources import CrmResource, LandingZoneResource, MarketingToolResource, PrivacyResource, WarehouseResource
 from .sources import LandingFileConfig, file_digest, landing_sensor, raw_asset_key
 
 
@@ -94,12 +95,18 @@ def build_privacy_defs(config_dir: Path, mappings: dict[str, SourceMapping], dat
                 ["channel", "status", "events"], by.itertuples(index=False) if by is not None else [])),
         })
 
-    def targets(crm: CrmResource):
-        return [CrmErasureTarget(crm.connector(crm_settings))]
+    def targets(crm: CrmResource, marketing: MarketingToolResource):
+        """Every system we write personal data to: the CRM, and the marketing tool when one is configured
+        (or the local one runs); a configured tool that is down gets its erasures from the outbox later."""
+        out = [CrmErasureTarget(crm.connector(crm_settings))]
+        if marketing.unavailable() is None:
+            out.append(MarketingToolErasureTarget(marketing.connector()))
+        return out
 
     @dg.op(description="Erases one person everywhere (warehouse, CRM), suppresses their identities, audits each step.")
     def erase_one(context: dg.OpExecutionContext, config: ErasureConfig, warehouse: WarehouseResource,
-                  privacy: PrivacyResource, crm: CrmResource, landing: LandingZoneResource) -> dg.Output:
+                  privacy: PrivacyResource, crm: CrmResource, marketing: MarketingToolResource,
+                  landing: LandingZoneResource) -> dg.Output:
         if not (config.email or config.crm_contact_id):
             raise dg.Failure("give the person's e-mail address or CRM contact ID")
         report = erase(warehouse.get(), privacy.hasher(), mappings,
@@ -107,13 +114,14 @@ def build_privacy_defs(config_dir: Path, mappings: dict[str, SourceMapping], dat
                        crm_contact_ids=[config.crm_contact_id] if config.crm_contact_id else [],
                        request_id=f"launchpad:{context.run.run_id}", source="launchpad",
                        actor=f"dagster:{context.run.tags.get('user', 'launchpad')}", run_id=context.run.run_id,
-                       targets=targets(crm), log=lambda m: context.log.info(mask_text(m)), landing_root=landing.path)
+                       targets=targets(crm, marketing), log=lambda m: context.log.info(mask_text(m)), landing_root=landing.path)
         return dg.Output(None, metadata=_erasure_metadata([report]))
 
     @dg.op(description="Handles the erasure requests of new landing files (the CRM's privacy webhook), and retries "
                        "erasures a connected system has not confirmed yet.")
     def erase_requested(context: dg.OpExecutionContext, config: ErasureFilesConfig, warehouse: WarehouseResource,
-                        privacy: PrivacyResource, crm: CrmResource, landing: LandingZoneResource) -> dg.Output:
+                        privacy: PrivacyResource, crm: CrmResource, marketing: MarketingToolResource,
+                  landing: LandingZoneResource) -> dg.Output:
         wh, hasher, mapping = warehouse.get(), privacy.hasher(), mappings[ERASURE_SOURCE]
         reports, unusable, skipped, removed = [], 0, 0, 0
         for f in config.files:
@@ -128,7 +136,7 @@ def build_privacy_defs(config_dir: Path, mappings: dict[str, SourceMapping], dat
                                      crm_contact_ids=[req["crm_contact_id"]] if req["crm_contact_id"] else [],
                                      request_id=req["request_id"], source=req["requested_by"] or "crm-webhook",
                                      actor="sensor:erasure_requests", run_id=context.run.run_id,
-                                     targets=targets(crm), log=lambda m: context.log.info(mask_text(m)),
+                                     targets=targets(crm, marketing), log=lambda m: context.log.info(mask_text(m)),
                                      landing_root=landing.path))
             # Handled: the request lives on as hashes and request rows, not as a clear-text file. A
             # file with unusable lines stays for the data protection officer to look at.
@@ -137,7 +145,7 @@ def build_privacy_defs(config_dir: Path, mappings: dict[str, SourceMapping], dat
                                   "landing zone (see the quarantine of raw/erasure_requests)")
             elif remove_request_file(Path(f)):
                 removed += 1
-        retried = retry_pending(wh, targets(crm), actor="sensor:erasure_requests", run_id=context.run.run_id)
+        retried = retry_pending(wh, targets(crm, marketing), actor="sensor:erasure_requests", run_id=context.run.run_id)
         md = _erasure_metadata(reports)
         md.update(files=len(config.files), unusable_lines=unusable, already_done=skipped, retried=len(retried),
                   request_files_removed=removed)
@@ -277,10 +285,11 @@ def build_privacy_defs(config_dir: Path, mappings: dict[str, SourceMapping], dat
         execution_timezone="Europe/Berlin", default_status=dg.DefaultScheduleStatus.RUNNING,
         description=f"Daily 04:15: remove landing day folders older than {settings.landing_retention_days} days.")
     consent_changes = landing_sensor(
-        "consent_changes", ("consent_changes",), apply_consent_changes, "consent_now", mappings, 15,
+        "consent_changes", ("consent_changes", "email_engagement"), apply_consent_changes, "consent_now", mappings, 15,
         timedelta(minutes=operations.near_real_time_max_age_minutes),
-        "Consent webhooks (opt-outs, objections) in the landing zone: applied at once, before the next alert or "
-        "push could use the old consent.")
+        "Consent webhooks (opt-outs, objections) and the marketing tool's engagement webhooks (unsubscribes, spam "
+        "complaints, double-opt-in confirmations) in the landing zone: applied at once, before the next alert, push "
+        "or activation could use the old consent.")
     return dg.Definitions(assets=[consent_events], jobs=jobs, sensors=[erasure_requests, consent_changes],
                           schedules=[schedule, landing_schedule])
 

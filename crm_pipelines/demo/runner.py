@@ -24,7 +24,8 @@ from .generator import GeneratorConfig, generate
 # each later capability adds its job here.
 DEMO_JOBS: tuple[tuple[str, bool], ...] = (("ingest_sources", True), ("handle_erasure_requests", False),
                                             ("build_golden", False), ("setup_crm_portal", False), ("push_crm", False), ("score_leads", False),
-                                            ("reactivation", False), ("build_print_lists", False))
+                                            ("reactivation", False), ("build_print_lists", False),
+                                            ("activation_nightly", False))
 
 
 def _needs_generation(landing: Path, cfg: GeneratorConfig) -> bool:
@@ -69,6 +70,11 @@ def run_demo(cfg: GeneratorConfig, regenerate: bool = False, progress: Callable[
         settings = replace(settings, crm_url=crm.url)
         progress(f"local CRM on {crm.url} with {seeded['companies']:,} companies and {seeded['contacts']:,} contacts "
                  f"from the CRM snapshot")
+    brevo = receiver = None
+    if settings.marketing_url is None:
+        brevo, receiver = _local_marketing_tool(settings, landing)
+        settings = replace(settings, marketing_url=brevo.url)
+        progress(f"local marketing tool (Brevo v3) on {brevo.url}, its webhooks into {receiver.url().split('?')[0]}")
     sinks = []
     if not settings.sales_slack_set and not settings.smtp_host:
         from ..devtools.smtp_sink import SmtpSink
@@ -84,6 +90,11 @@ def run_demo(cfg: GeneratorConfig, regenerate: bool = False, progress: Callable[
     try:
         defs = build_defs(settings)
         partitions = sorted({p for m in _sources(defs) for p in landed_partitions(landing, m)})
+        generated = landing / "_ground_truth" / "manifest.json"
+        if generated.is_file():
+            # Webhooks of an earlier demo run landed under the day they arrived; they were applied then.
+            last = json.loads(generated.read_text(encoding="utf-8"))["partitions"][-1]
+            partitions = [p for p in partitions if p <= last]
         if not partitions:
             progress("the landing zone has no partitions")
             return 1
@@ -119,7 +130,16 @@ def run_demo(cfg: GeneratorConfig, regenerate: bool = False, progress: Callable[
             # What the new_leads sensor does when a trade-fair file lands: the last day's scans go
             # to their reps at once (one small run per file).
             results += _fast_leads(defs, instance, landing, progress)
+            if brevo is not None:
+                results += _engagement_back(defs, instance, brevo, receiver, progress)
     finally:
+        if brevo is not None:
+            st = brevo.stats()
+            progress(f"local marketing tool: {st['contacts']:,} contacts on {st['lists']} lists, {st['sent']:,} journey "
+                     f"e-mails sent, {st.get('webhooks_sent', 0):,} webhooks, {st['blocklisted']} blocklisted; "
+                     f"re-subscribed {st.get('resubscribed', 0)}, foreign removals {st.get('foreign_removals', 0)}")
+            receiver.stop()
+            brevo.stop()
         if register is not None:
             register.stop()
         if sinks:
@@ -153,6 +173,52 @@ def _fast_leads(defs: dg.Definitions, instance, landing: Path, progress: Callabl
             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}},
                         "ops": {"fast_lead": {"config": {"source": "trade_fair_leads", "day": days[-1],
                                                          "files": [str(f)]}}}}))
+    return results
+
+
+# What the demo tool's workflows send when a contact enters a journey (list or event) and how recipients react.
+DEMO_AUTOMATIONS = {"Journey: Willkommensserie": 4, "journey_welcome": 0, "Journey: Lead-Nurturing": 1,
+                    "journey_mql_nurture": 2, "Journey: Reaktivierung": 2, "journey_quote_abandoned": 1,
+                    "journey_retention_offer": 1}
+
+
+def _local_marketing_tool(settings: Settings, landing: Path):
+    from ..activation.receiver import WebhookReceiver
+    from ..devtools.brevo_server import Behaviour, BrevoServer
+
+    brevo = BrevoServer(seed=7, automations=DEMO_AUTOMATIONS, state_file=settings.data_dir / "brevo_server.json",
+                        behaviour=Behaviour(open_rate=0.35, click_rate=0.25, unsubscribe_rate=0.02, hard_bounce_rate=0.01,
+                                            spam_rate=0.002)).start()
+    receiver = WebhookReceiver(landing, token="demo-webhook-token").start()
+    brevo.register_webhook({"url": receiver.url(), "type": "marketing", "batched": True,
+                            "events": ["delivered", "opened", "click", "unsubscribed", "hardBounce", "spam", "listAddition"]})
+    return brevo, receiver
+
+
+def _engagement_back(defs: dg.Definitions, instance, brevo, receiver, progress: Callable[[str], None]) -> list:
+    """What the consent_changes and segment_updates sensors do when the daemon runs: the journeys' e-mails came
+    back as engagement webhooks; each landed file is loaded and applied to the consent ledger, then one
+    incremental activation run takes whoever unsubscribed off every list."""
+    import time
+    deadline = time.monotonic() + 30
+    while brevo.webhooks_pending() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    files = list(receiver.files)
+    progress(f"engagement: {len(files)} webhook request(s) landed; applying them")
+    results = []
+    job = defs.resolve_job_def("apply_consent_changes")
+    for path in files:
+        config = {"source": "email_engagement", "day": path.parent.name, "files": [str(path)]}
+        results.append(job.execute_in_process(
+            instance=instance, raise_on_error=False, tags={"crm/launched_by": "make-demo"},
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}},
+                        "ops": {"consent_now": {"config": config}}}))
+    if files:
+        progress("running activation_realtime")
+        results.append(defs.resolve_job_def("activation_realtime").execute_in_process(
+            instance=instance, raise_on_error=False, tags={"crm/launched_by": "make-demo"},
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}},
+                        "ops": {"activation__segment_membership": {"config": {"incremental": True}}}}))
     return results
 
 

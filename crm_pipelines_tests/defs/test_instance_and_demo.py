@@ -76,8 +76,12 @@ def test_demo_runner_generates_materialises_and_summarises(tmp_path, capsys):
         assert "All runs succeeded" in out
         jobs = {r.dagster_run.job_name for r in instance.get_run_records()}
         assert jobs == {"ingest_sources", "handle_erasure_requests", "build_golden", "setup_crm_portal", "push_crm", "score_leads",
-                        "reactivation", "build_print_lists", "fast_lead_path"}
+                        "reactivation", "build_print_lists", "fast_lead_path", "activation_nightly",
+                        "apply_consent_changes", "activation_realtime"}
         assert "print/herbst-bayern" in out
+        # The journeys ran against the local marketing tool and its webhooks came back.
+        for asset in ("activation/segment_membership", "activation/brevo_lists", "activation/journeys"):
+            assert asset in out
         # A second run reuses the landing zone and replaces the partitions: nothing doubles, and the
         # people the first run erased stay out (the same files now load fewer rows).
         def totals(text: str) -> tuple[int, int]:

@@ -48,7 +48,7 @@ def test_definitions_describe_every_source_for_the_ui():
     defs = build_defs()
     graph = defs.resolve_asset_graph()
     keys = sorted(k.to_user_string() for k in graph.get_all_asset_keys() if k.path[0] == "raw")
-    assert len(keys) == 11
+    assert len(keys) == 12
     for key in (k for k in graph.get_all_asset_keys() if k.path[0] == "raw"):
         node = graph.get(key)
         assert node.group_name == "sources"
@@ -95,7 +95,7 @@ def test_materialising_a_day_range_loads_every_source(tmp_path, demo_landing, wa
         result = run_range(defs, instance, manifest["partitions"][0], manifest["partitions"][-1])
         assert result.success
         mats = result.get_asset_materialization_events()
-        assert len(mats) == 11 * len(manifest["partitions"])
+        assert len(mats) == 12 * len(manifest["partitions"])
         per_source: dict[str, list[int]] = {}
         for ev in mats:
             md = {k: v.value for k, v in ev.materialization.metadata.items()}

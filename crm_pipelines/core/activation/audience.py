@@ -30,13 +30,13 @@ import sqlalchemy as sa
 
 from ..cleaning.emails import normalize_email
 from ..model import ENTITIES
-from ..platform.schema import (ACTIVATION_BLOCKED, ACTIVATION_CONTACTS, ACTIVATION_LISTS, ACTIVATION_MEMBERS,
-                               SEGMENT_MEMBERS, raw_table)
-from ..platform.warehouse import Warehouse, tables_present
+from ..platform.schema import (ACTIVATION_AUDIENCE, ACTIVATION_BLOCKED, ACTIVATION_CONTACTS, ACTIVATION_LISTS,
+                               ACTIVATION_MEMBERS, SEGMENT_MEMBERS, raw_table)
+from ..platform.warehouse import Warehouse, replace_table, tables_present
 from ..privacy_screen.identity import IdentityHasher
 from ..privacy_screen.suppression import Screen
 from ..sources.roles import ENGAGEMENT_SOURCES
-from .membership import _chunks, read_inputs, read_state, write_state
+from .membership import _chunks, read_inputs, read_profile, read_state, write_state
 from .protocol import MarketingTool, ToolContact
 from .segments import Segment, SegmentInputs
 from .settings import ActivationSettings
@@ -277,6 +277,29 @@ def desired_lists(wh: Warehouse, segments: dict[str, Segment], extra: dict[str, 
     return out
 
 
+def plan_audience(wh: Warehouse, destination: str, wanted: dict[str, set[str]], screen: Screen,
+                  hasher: IdentityHasher) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The activation as planned: (destination, list_name, golden_id) of the wanted contacts the gate passes,
+    written to ``marts.activation_audience`` for the blocking checks; and how many the gate stopped, by reason."""
+    everyone = set().union(*wanted.values()) if wanted else set()
+    profile = read_profile(wh, sorted(everyone))
+    reasons = gate(profile, screen, hasher, blocked_hashes(wh, destination))
+    ok = set(profile.index[reasons.isna()])
+    plan = pd.DataFrame([(destination, name, g) for name, ids in sorted(wanted.items()) for g in sorted(ids & ok)],
+                        columns=["destination", "list_name", "golden_id"])
+    replace_table(wh, ACTIVATION_AUDIENCE, plan, where={"destination": destination})
+    stopped = {r: int((reasons == r).sum()) for r in GATE_REASONS if (reasons == r).any()}
+    return plan, stopped
+
+
+def planned_lists(wh: Warehouse, destination: str) -> dict[str, set[str]]:
+    t = ACTIVATION_AUDIENCE
+    if not tables_present(wh, [t]):
+        return {}
+    rows = wh.read_select(sa.select(t.c.list_name, t.c.golden_id).where(t.c.destination == destination))
+    return {name: set(g["golden_id"]) for name, g in rows.groupby("list_name")}
+
+
 def sync_audiences(wh: Warehouse, tool: MarketingTool, settings: ActivationSettings, wanted: dict[str, set[str]],
                    screen: Screen, hasher: IdentityHasher, now: datetime | None = None) -> AudienceReport:
     """Brings the tool's lists (ours) to ``wanted`` (list name -> golden IDs) for the contacts that pass the gate."""
@@ -368,6 +391,46 @@ def ensure_in_tool(wh: Warehouse, tool: MarketingTool, settings: ActivationSetti
         wh.bulk_insert(conn, m, pd.DataFrame({"destination": tool.name, "list_name": settings.all_contacts_list,
                                               "golden_id": list(attrs.index), "email_hash": hashes, "added_at": now}))
     return len(missing)
+
+
+def request_double_opt_ins(wh: Warehouse, tool: MarketingTool, settings: ActivationSettings, screen: Screen,
+                           hasher: IdentityHasher, limit: int = 500) -> dict[str, int]:
+    """Asks the tool to send its confirmation mail to people whose opt-in box is the only e-mail consent they gave
+    (ledger status ``pending``, no verdict yet), once per person, not suppressed, not blocked. The confirmation
+    comes back as a webhook (``listAddition``) and grants the consent. At most ``limit`` per run: the endpoint
+    takes one address per call."""
+    from ..platform.schema import CONSENT_EVENTS, PERSON_CROSSWALK
+    if not tables_present(wh, [CONSENT_EVENTS, PERSON_CROSSWALK]):
+        return {"requested": 0, "waiting": 0}
+    ce, xw = CONSENT_EVENTS, PERSON_CROSSWALK
+    pending = wh.read_select(sa.select(xw.c.golden_id).join(ce, ce.c.person_record_key == xw.c.record_key)
+                             .where(ce.c.status == "pending", ce.c.channel == "email", xw.c.valid_to.is_(None))
+                             .distinct())["golden_id"]
+    m = ACTIVATION_MEMBERS
+    wh.ensure_tables([m])
+    asked = set(wh.read_select(sa.select(m.c.golden_id).where(m.c.destination == tool.name,
+                                                              m.c.list_name == settings.doi_list))["golden_id"])
+    todo = sorted(set(pending) - asked)
+    profile = read_profile(wh, todo)
+    if profile.empty:
+        return {"requested": 0, "waiting": 0}
+    undecided = profile[profile.get("contact.email_consent", pd.Series(None, index=profile.index)).isna()]
+    reasons = gate(undecided.assign(**{"contact.email_consent": "granted"}), screen, hasher, blocked_hashes(wh, tool.name))
+    ready = list(undecided.index[reasons.isna()])
+    doi_list = owned_list(wh, tool, settings, settings.doi_list)
+    now = _now()
+    done = []
+    for gid in ready[:limit]:
+        email = normalize_email(undecided.loc[gid, "contact.email"])
+        tool.request_double_opt_in(email, doi_list, {"FIRSTNAME": undecided.loc[gid].get("contact.first_name"),
+                                                     "LASTNAME": undecided.loc[gid].get("contact.last_name")},
+                                   template_id=settings.doi_template_id, redirection_url=settings.doi_redirect_url)
+        done.append({"destination": tool.name, "list_name": settings.doi_list, "golden_id": gid,
+                     "email_hash": hasher.email(email), "added_at": now})
+    if done:
+        with wh.engine.begin() as conn:
+            wh.bulk_insert(conn, m, pd.DataFrame(done))
+    return {"requested": len(done), "waiting": max(0, len(ready) - limit)}
 
 
 def forget_contact(wh: Warehouse, destination: str, golden_ids: list[str]) -> None:

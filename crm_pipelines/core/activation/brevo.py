@@ -180,11 +180,12 @@ class BrevoConnector:
         resp = self._call("DELETE", f"/v3/contacts/{quote(email, safe='')}", allow=(404,))
         return "absent" if resp.status == 404 else "deleted"
 
-    def request_double_opt_in(self, email: str, list_id: int, attributes: dict, *, template_id: int = 1,
-                              redirection_url: str = "https://example.invalid/bestaetigt") -> None:
+    def request_double_opt_in(self, email: str, list_id: int, attributes: dict, *, template_id: int,
+                              redirection_url: str) -> None:
         self._call("POST", "/v3/contacts/doubleOptinConfirmation",
                    json_body={"email": email, "includeListIds": [list_id], "templateId": template_id,
-                              "redirectionUrl": redirection_url, "attributes": attributes})
+                              "redirectionUrl": redirection_url,
+                              "attributes": {k: v for k, v in attributes.items() if v is not None}})
 
 
 def _by_size(rows: list[dict], limit: int) -> Iterator[list[dict]]:

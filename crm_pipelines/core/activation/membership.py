@@ -107,14 +107,12 @@ def _by_erp(frame: pd.DataFrame, erp_to_golden: pd.DataFrame, ts: str) -> pd.Dat
     return out[["golden_id", ts]]
 
 
-def read_inputs(wh: Warehouse, only: list[str] | None = None) -> SegmentInputs:
-    """The conditions' inputs for the golden contacts in ``only`` (all when None)."""
+def read_profile(wh: Warehouse, only: list[str] | None = None) -> pd.DataFrame:
+    """Golden contacts in ``only`` (all when None) with their account and lead score: the profile the
+    conditions and the activation gate read, indexed by golden_id (``contact.*``, ``account.*``, ``lead.*``)."""
     c = GOLDEN_CONTACTS
     if not tables_present(wh, [c]):
-        empty = pd.DataFrame(columns=["golden_id"]).set_index("golden_id")
-        return SegmentInputs(empty, pd.DataFrame(columns=["golden_id", "event_type", "occurred_at"]),
-                             pd.DataFrame(columns=["golden_id", "order_date"]),
-                             pd.DataFrame(columns=["golden_id", "created_at"]))
+        return pd.DataFrame(columns=["golden_id"]).set_index("golden_id")
     q = sa.select(*[c.c[n] for n in CONTACT_COLUMNS])
     contacts = wh.read_select(q) if only is None else _select_in(wh, q, c.c.golden_id, only)
     profile = contacts.set_index("golden_id").add_prefix("contact.")
@@ -127,6 +125,18 @@ def read_inputs(wh: Warehouse, only: list[str] | None = None) -> SegmentInputs:
         s = LEAD_SCORES
         scores = _select_in(wh, sa.select(s.c.golden_id, s.c.score, s.c.stage), s.c.golden_id, contacts["golden_id"])
         profile = profile.join(scores.set_index("golden_id").rename(columns={"score": "lead.score", "stage": "lead.stage"}))
+    return profile
+
+
+def read_inputs(wh: Warehouse, only: list[str] | None = None) -> SegmentInputs:
+    """The conditions' inputs for the golden contacts in ``only`` (all when None)."""
+    profile = read_profile(wh, only)
+    if profile.empty and not tables_present(wh, [GOLDEN_CONTACTS]):
+        return SegmentInputs(profile, pd.DataFrame(columns=["golden_id", "event_type", "occurred_at"]),
+                             pd.DataFrame(columns=["golden_id", "order_date"]),
+                             pd.DataFrame(columns=["golden_id", "created_at"]))
+    contacts = profile.reset_index()[["golden_id", "contact.erp_customer_number"]].rename(
+        columns={"contact.erp_customer_number": "erp_customer_number"})
     ids = _identities(wh, None if only is None else list(contacts["golden_id"]))
     events = _events(wh, ids, only)
     # An order or a service request belongs to the contacts of the customer number: the contact's own or its account's.
@@ -259,7 +269,8 @@ def update_segments(wh: Warehouse, segments: dict[str, Segment], run_id: str, on
                 conn.execute(sa.delete(SEGMENT_MEMBERS).where(SEGMENT_MEMBERS.c.segment == seg.name,
                                                                SEGMENT_MEMBERS.c.golden_id.in_(part)))
             if len(diff.entered):
-                new = diff.members[diff.members["golden_id"].isin(diff.entered["golden_id"])]
+                new = diff.members[diff.members["golden_id"].isin(diff.entered["golden_id"])].copy()
+                new["since"] = pd.to_datetime(new["since"], utc=True, format="mixed")
                 wh.bulk_insert(conn, SEGMENT_MEMBERS, new[["segment", "golden_id", "since", "reason"]])
             hist = pd.concat([diff.entered.assign(change="entered"), diff.left.assign(change="left")], ignore_index=True)
             if len(hist):

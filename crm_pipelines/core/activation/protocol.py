@@ -78,5 +78,6 @@ class MarketingTool(Protocol):
     def delete_contact(self, email: str) -> str:
         """``deleted`` or ``absent`` (an erasure: the tool keeps nothing)."""
 
-    def request_double_opt_in(self, email: str, list_id: int, attributes: dict) -> None:
+    def request_double_opt_in(self, email: str, list_id: int, attributes: dict, *, template_id: int,
+                              redirection_url: str) -> None:
         """Asks the tool to send its confirmation mail; the contact enters ``list_id`` when confirmed."""

@@ -21,8 +21,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
+from urllib.parse import quote
 
-from ..platform.http import CallStats, ServiceUnavailable, HttpTransport, RateLimiter, Response
+from ..platform.http import CallStats, HttpTransport, RateLimiter, Response, ServiceUnavailable
 from .protocol import (ABSENT, ARCHIVED, CREATED, DELETED, FAILED, REJECTED, UPDATED, CrmAuthError, RowResult, Task,
                        UpsertInput)
 
@@ -40,6 +41,7 @@ class HubSpotConnector:
     max_batch: int = 100
     page_size: int = 100
     max_association_batch: int = 1000
+    max_list_batch: int = 1000   # record IDs per membership call (HubSpot takes up to 100,000)
     search_cap: int = SEARCH_CAP       # results one search query can page through
     # The search endpoints allow 5 requests per second per account; one in reserve for other clients.
     search_limiter: RateLimiter = field(default_factory=lambda: RateLimiter(max_requests=4, window_seconds=1.0))
@@ -314,6 +316,44 @@ class HubSpotConnector:
         if resp.status == 404:
             return RowResult(identifier, ABSENT, message="no such contact in the CRM")
         return RowResult(identifier, REJECTED, message=_message(resp))
+
+    # ------------------------------------------------------------------ lists (segments)
+
+    def ensure_list(self, name: str) -> str:
+        """The ID of the MANUAL contact list of this name, created if missing (HubSpot list names are unique)."""
+        path = f"/crm/v3/lists/object-type-id/0-1/name/{quote(name, safe='')}"
+        resp = self.transport.request("GET", path)
+        self._auth(resp)
+        if resp.status == 200:
+            return str(resp.body["list"]["listId"])
+        if resp.status != 404:
+            raise ServiceUnavailable(f"looking up list {name!r}: HTTP {resp.status}: {_message(resp)}")
+        created = self._ok(self.transport.request("POST", "/crm/v3/lists", json={
+            "name": name, "objectTypeId": "0-1", "processingType": "MANUAL"}), f"creating list {name!r}")
+        return str(created.body["list"]["listId"])
+
+    def change_list(self, list_id: str, record_ids: Sequence[str], add: bool) -> tuple[list[str], list[str]]:
+        """(changed, missing) record IDs; at most ``max_list_batch`` per request, split here."""
+        done, missing = [], []
+        verb = "add" if add else "remove"
+        for i in range(0, len(record_ids), self.max_list_batch):
+            part = [str(r) for r in record_ids[i:i + self.max_list_batch]]
+            body = self._ok(self.transport.request("PUT", f"/crm/v3/lists/{list_id}/memberships/{verb}", json=part),
+                            f"list {list_id} memberships/{verb}").body or {}
+            done += [str(r) for r in body.get("recordIdsAdded" if add else "recordIdsRemoved") or []]
+            missing += [str(r) for r in body.get("recordIdsMissing") or []]
+        return done, missing
+
+    def list_members(self, list_id: str) -> list[str]:
+        out, after = [], None
+        while True:
+            params = {"limit": 250, **({"after": after} if after else {})}
+            body = self._ok(self.transport.request("GET", f"/crm/v3/lists/{list_id}/memberships", params=params),
+                            f"reading list {list_id}").body or {}
+            out += [str(r["recordId"]) for r in body.get("results") or []]
+            after = ((body.get("paging") or {}).get("next") or {}).get("after")
+            if not after:
+                return out
 
     # ------------------------------------------------------------------ helpers
 

@@ -85,5 +85,14 @@ class CrmConnector(Protocol):
     def create_tasks(self, tasks: Sequence[Task]) -> list[RowResult]:
         """Creates follow-up tasks, associated with their contact."""
 
+    def ensure_list(self, name: str) -> str:
+        """The ID of the static (manual) contact list of this name, created if missing."""
+
+    def change_list(self, list_id: str, record_ids: Sequence[str], add: bool) -> tuple[list[str], list[str]]:
+        """Adds or removes contacts (CRM IDs): (changed, missing)."""
+
+    def list_members(self, list_id: str) -> list[str]:
+        """The CRM IDs on a list."""
+
     def gdpr_delete(self, identifier: str, by: str = "email") -> RowResult:
         """Deletes a contact permanently (by e-mail, which also blocks the address, or by CRM ID)."""

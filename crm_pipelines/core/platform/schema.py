@@ -535,5 +535,12 @@ CONTACT_TOUCHES = _t(
     sa.Column("at", _TS, nullable=False),
     indexes=(("golden_id", "at"),),
 )
-ACTIVATION_TABLES = (SEGMENT_MEMBERS, SEGMENT_HISTORY, ACTIVATION_STATE, ACTIVATION_LISTS, ACTIVATION_MEMBERS,
+ACTIVATION_AUDIENCE = _t(
+    "activation_audience", "marts",
+    "The planned activation: who goes onto which of our lists in the marketing tool after the gate (consent, "
+    "suppression, the tool's blocklist). The blocking checks read it before anything is sent.",
+    sa.Column("destination", sa.Text(), primary_key=True), sa.Column("list_name", sa.Text(), primary_key=True),
+    sa.Column("golden_id", sa.Text(), primary_key=True),
+)
+ACTIVATION_TABLES = (ACTIVATION_AUDIENCE, SEGMENT_MEMBERS, SEGMENT_HISTORY, ACTIVATION_STATE, ACTIVATION_LISTS, ACTIVATION_MEMBERS,
                      ACTIVATION_CONTACTS, ACTIVATION_BLOCKED, JOURNEY_ENROLLMENTS, CONTACT_TOUCHES)

@@ -307,6 +307,8 @@ def build_inventory(mappings: dict[str, SourceMapping]) -> list[Locator]:
                 _by(lambda t: t.c.golden_id, lambda p: p.golden_ids)(g.PRINT_RECIPIENTS)),
         Locator(g.RETIRED_CONTACTS, "statistics row of a retired golden ID (no personal data)", "delete",
                 _by(lambda t: t.c.golden_id, lambda p: p.golden_ids)(g.RETIRED_CONTACTS)),
+        Locator(g.ACTIVATION_AUDIENCE, "the person's planned lists in the marketing tool", "delete",
+                _by(lambda t: t.c.golden_id, lambda p: p.golden_ids)(g.ACTIVATION_AUDIENCE)),
         Locator(g.SEGMENT_MEMBERS, "the person's segment memberships", "delete",
                 _by(lambda t: t.c.golden_id, lambda p: p.golden_ids)(g.SEGMENT_MEMBERS)),
         Locator(g.SEGMENT_HISTORY, "the person's entries into and exits from segments", "delete",

@@ -48,6 +48,7 @@ from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from http.server import ThreadingHTTPServer
+from pathlib import Path
 
 import requests
 
@@ -122,9 +123,11 @@ class Contact:
 class BrevoServer:
     def __init__(self, port: int = 0, api_key: str | None = None, faults: Faults | None = None, seed: int = 0,
                  import_delay: float = 0.2, limits: dict | None = None, behaviour: Behaviour | None = None,
-                 automations: dict | None = None):
-        """``automations``: event name or list ID -> the number of e-mails its workflow sends (the tool's
-        side of a journey; each one "sent" gets a simulated reaction by ``behaviour``)."""
+                 automations: dict | None = None, state_file: str | Path | None = None):
+        """``automations``: event name, list ID or list name -> the number of e-mails its workflow sends (the
+        tool's side of a journey; each one "sent" gets a simulated reaction by ``behaviour``). ``state_file``:
+        the account (attributes, folders, lists, contacts) is read from it at start and written at stop, so a
+        second demo run finds what the first one sent, as a real account would."""
         self.api_key = api_key
         self.faults = faults or Faults()
         self.behaviour = behaviour or Behaviour()
@@ -156,6 +159,31 @@ class BrevoServer:
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self._threads: list[threading.Thread] = []
+        self.state_file = Path(state_file) if state_file else None
+        if self.state_file and self.state_file.is_file():
+            self._load(json.loads(self.state_file.read_text(encoding="utf-8")))
+
+    def _load(self, state: dict) -> None:
+        self.attributes.update(state["attributes"])
+        self.folders = {int(k): v for k, v in state["folders"].items()}
+        self.lists = {int(k): v for k, v in state["lists"].items()}
+        for c in state["contacts"]:
+            contact = Contact(c["id"], c["email"], c["attributes"], set(c["list_ids"]), c["blocklisted"], c["blocked_reason"],
+                              c["created_at"], c["modified_at"], c["modified_ts"])
+            self.contacts[contact.id] = contact
+            self.by_email[contact.email] = contact.id
+        self._next.update(state["next"])
+
+    def save(self) -> None:
+        if self.state_file is None:
+            return
+        with self._lock:
+            state = {"attributes": self.attributes, "folders": self.folders, "lists": self.lists, "next": self._next,
+                     "contacts": [{**asdict(c), "list_ids": sorted(c.list_ids)} for c in self.contacts.values()]}
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state), encoding="utf-8")
+        tmp.replace(self.state_file)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -171,6 +199,7 @@ class BrevoServer:
         return self
 
     def stop(self) -> None:
+        self.save()
         self._worker_stop.set()
         self.httpd.shutdown()
         self.httpd.server_close()
@@ -580,6 +609,8 @@ class BrevoServer:
     def _automation(self, c: Contact, trigger) -> None:
         """An automation listening to this list or event sends its e-mails (called under the lock)."""
         mails = self.automations.get(trigger)
+        if mails is None and isinstance(trigger, int) and trigger in self.lists:
+            mails = self.automations.get(self.lists[trigger]["name"])
         if not mails or c.blocklisted:
             return
         for step in range(int(mails)):

@@ -13,6 +13,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--port", type=int, default=8767)
     p.add_argument("--api-key", default=None, help="require the 'api-key' header")
+    p.add_argument("--state", default=None, help="JSON file holding the account between runs")
     p.add_argument("--error-rate", type=float, default=0.0)
     p.add_argument("--throttle-rate", type=float, default=0.0)
     p.add_argument("--latency", type=float, nargs=2, metavar=("MIN", "MAX"), default=(0.0, 0.0))
@@ -27,7 +28,7 @@ def main() -> None:
                                        latency_min=args.latency[0], latency_max=args.latency[1]),
                          behaviour=Behaviour(open_rate=args.open_rate, click_rate=args.click_rate,
                                              unsubscribe_rate=args.unsubscribe_rate, hard_bounce_rate=args.hard_bounce_rate),
-                         automations=json.loads(args.automations))
+                         automations=json.loads(args.automations), state_file=args.state)
     print(f"local Brevo on {server.url}; Ctrl-C stops", flush=True)
     try:
         server.start()

@@ -13,6 +13,8 @@ Implements the part of HubSpot's CRM v3 API that crm_pipelines uses, as HubSpot 
 - 207 multi-status for rows that fail alone (malformed or blocklisted e-mail, "Contact already
   exists. Existing ID: …", an unknown ID); a lifecycle stage never moves backwards;
 - v4 default associations, 1,000 pairs per call;
+- Lists v3: create (``MANUAL``, ``DYNAMIC``, ``SNAPSHOT``; names unique), look up by name, membership
+  ``PUT .../memberships/add|remove`` (record IDs; only on MANUAL and SNAPSHOT lists) and reads;
 - at most 100 inputs per batch, a rolling 10-second rate limit answered with 429, ``Retry-After``
   and the ``X-HubSpot-RateLimit-*`` headers; 401 without the token.
 
@@ -40,6 +42,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 from .handler import handler_for
+from .lists import ListsMixin
 from .portal import PortalMixin
 from .protocol import (DEFAULT_GROUPS, ID_PROPERTY, READ_ONLY, SEARCH_RESULT_CAP, SEARCHES_PER_SECOND, as_int,
                        default_properties, email_of, now_iso, rate_limit_body, validation_error)
@@ -63,7 +66,7 @@ class Faults:
     conflict_as_409: bool = False
 
 
-class CrmServer(PortalMixin, WritesMixin, ReadsMixin):
+class CrmServer(PortalMixin, WritesMixin, ReadsMixin, ListsMixin):
     def __init__(self, db: str | Path = ":memory:", port: int = 0, token: str | None = None,
                  max_requests: int = 190, window_seconds: float = 10.0, faults: Faults | None = None, seed: int = 0,
                  custom_properties: dict[str, list[dict]] | None = None, search_cap: int = SEARCH_RESULT_CAP):
@@ -106,6 +109,7 @@ class CrmServer(PortalMixin, WritesMixin, ReadsMixin):
             CREATE TABLE IF NOT EXISTS property_defs (type TEXT, name TEXT, definition TEXT, PRIMARY KEY (type, name));
             CREATE TABLE IF NOT EXISTS property_groups (type TEXT, name TEXT, definition TEXT, PRIMARY KEY (type, name));
         """)
+        self._lists_schema()
         self.definitions = default_properties()
         self.groups = {t: {g: {"name": g, "label": g, "displayOrder": -1, "archived": False} for g in gs}
                        for t, gs in DEFAULT_GROUPS.items()}

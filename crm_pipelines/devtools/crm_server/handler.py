@@ -8,7 +8,7 @@ import time
 from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 from .protocol import not_found, validation_error
 
@@ -62,7 +62,7 @@ def handler_for(server: CrmServer):
             if write and f.error_rate and server._rng.random() < f.error_rate:
                 server.counts["500_injected"] += 1
                 return self._send(500, {"status": "error", "message": "internal error"})
-            if body.get("_invalid"):
+            if isinstance(body, dict) and body.get("_invalid"):
                 return self._send(400, validation_error("the body is not valid JSON"))
             status, out = self._dispatch(method, parts, parse_qs(url.query), body)
             if write and f.drop_rate and server._rng.random() < f.drop_rate:
@@ -108,6 +108,16 @@ def handler_for(server: CrmServer):
                     return server.create_property(kind, body)
                 if method == "POST" and rest == ["groups"]:
                     return server.create_group(kind, body)
+            if parts[:3] == ["crm", "v3", "lists"]:
+                rest = parts[3:]
+                if method == "POST" and not rest:
+                    return server.create_list(body)
+                if method == "GET" and len(rest) == 4 and rest[0] == "object-type-id" and rest[2] == "name":
+                    return server.list_by_name(rest[1], unquote(rest[3]))
+                if method == "PUT" and len(rest) == 3 and rest[1] == "memberships" and rest[2] in ("add", "remove"):
+                    return server.change_members(rest[0], body, add=rest[2] == "add")
+                if method == "GET" and len(rest) == 2 and rest[1] == "memberships":
+                    return server.read_members(rest[0], query)
             if method == "POST" and parts[:3] == ["crm", "v4", "associations"] and parts[5:] == ["batch", "associate",
                                                                                                    "default"]:
                 return server.associate(parts[3], parts[4], body)

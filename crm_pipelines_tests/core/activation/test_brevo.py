@@ -199,3 +199,36 @@ def test_contacts_without_consent_or_suppressed_are_never_sent(brevo, sqlite_url
     assert on_list(brevo, LIST) == {email(1)}
     assert report.stopped == {"suppressed": 1, "no_consent": 2}
     assert all(brevo.emails_received[email(i)] == 0 for i in (2, 3, 4))
+
+
+def test_an_opt_in_box_waits_for_the_double_opt_in_the_tool_reports(brevo, sqlite_url, tmp_path, mappings):
+    from crm_pipelines.core.activation.audience import request_double_opt_ins
+    wh = Warehouse(sqlite_url)
+    add_contacts(wh, [1, 2], consent=None)
+    # Both ticked the web form's newsletter box; nobody confirmed yet.
+    _raw(wh, "web_form_leads", "contact", [{"source_record_id": str(i), "email": email(i), "marketing_opt_in": True,
+                                            "created_at": NOW - timedelta(days=1)} for i in (1, 2)], NOW)
+    build_consent_events(wh, HASHER)
+    refresh_golden_consent(wh)
+    assert set(wh.read_select(sa.select(GOLDEN_CONTACTS.c.email_consent))["email_consent"].fillna("none")) == {"none"}
+    tool = connect(brevo)
+    screen = SuppressionList(wh, HASHER).screen()
+    assert request_double_opt_ins(wh, tool, SETTINGS, screen, HASHER) == {"requested": 2, "waiting": 0}
+    assert request_double_opt_ins(wh, tool, SETTINGS, screen, HASHER)["requested"] == 0     # once per person
+    assert set(brevo.doi_pending) == {email(1), email(2)}
+    assert sync(wh, tool, [1, 2]).stopped == {"no_consent": 2}                              # a box is no consent
+    landing = tmp_path / "landing"
+    with WebhookReceiver(landing, token="t0ken") as receiver:
+        brevo.register_webhook({"url": receiver.url(), "events": ["listAddition"], "type": "marketing"})
+        assert brevo.confirm_double_opt_in(email(1))
+        deadline = pd.Timestamp.now() + pd.Timedelta(seconds=10)
+        while not receiver.files and pd.Timestamp.now() < deadline:
+            brevo._worker_stop.wait(0.02)
+    for d in sorted(p.name for p in (landing / "email_engagement").iterdir()):
+        ingest_partition(mappings["email_engagement"], d, landing, wh, "webhooks")
+    build_consent_events(wh, HASHER)
+    refresh_golden_consent(wh)
+    consent = dict(wh.read_select(sa.select(GOLDEN_CONTACTS.c.golden_id, GOLDEN_CONTACTS.c.email_consent)).values)
+    assert consent[gid(1)] == "granted" and consent[gid(2)] is None
+    sync(wh, tool, [1, 2])
+    assert on_list(brevo, LIST) == {email(1)}

@@ -1,0 +1,114 @@
+"""The activation group in Dagster against the local Brevo-compatible tool: the nightly pass (segments,
+audience behind blocking checks, lists, journeys with charts), an unsubscribe webhook taking a contact off
+every list through the consent and segment sensors, a segment jump held back until acknowledged."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from datetime import datetime, timezone
+
+import dagster as dg
+import sqlalchemy as sa
+
+from crm_pipelines.core.activation.membership import write_state
+from crm_pipelines.core.activation.segments import load_segments
+from crm_pipelines.core.activation.webhooks import land_events
+from crm_pipelines.core.platform.schema import ACTIVATION_MEMBERS, GOLDEN_CONTACTS
+from crm_pipelines.core.platform.warehouse import Warehouse
+from crm_pipelines.definitions import build_defs
+from crm_pipelines.devtools.brevo_server import BrevoServer
+from crm_pipelines.devtools.crm_server import CrmServer
+from crm_pipelines_tests.conftest import copy_config
+from crm_pipelines_tests.defs.test_golden import checks_of, golden_world
+
+EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.]+")
+
+
+def materialised(result) -> dict[str, dict]:
+    return {e.materialization.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
+            for e in result.get_asset_materialization_events()}
+
+
+def test_activation_night_then_an_unsubscribe_by_webhook_within_the_sensors(tmp_path, demo_landing):
+    with golden_world(tmp_path, demo_landing) as (settings, _defs, instance), BrevoServer(import_delay=0.02) as brevo, \
+            CrmServer() as crm:
+        defs = build_defs(replace(settings, marketing_url=brevo.url, crm_url=crm.url))
+        assert defs.resolve_job_def("score_leads").execute_in_process(instance=instance).success
+        night = defs.resolve_job_def("activation_nightly").execute_in_process(instance=instance)
+        assert night.success and all(checks_of(night).values()), checks_of(night)
+        mats = materialised(night)
+        assert {"activation/segment_membership", "activation/audience", "activation/brevo_lists",
+                "activation/journeys", "activation/crm_lists"} <= set(mats)
+        assert mats["activation/segment_membership"]["dagster/row_count"] > 0
+        assert "data:image/png;base64," in mats["activation/segment_membership"]["chart_sizes"]
+        assert any(k.startswith("funnel_") and "data:image/png;base64," in v for k, v in mats["activation/journeys"].items())
+        # Metadata names nobody.
+        blob = "\n".join(str(v) for m in mats.values() for k, v in m.items() if not k.startswith(("chart", "funnel")))
+        assert EMAIL.findall(blob) == []
+
+        wh = Warehouse.for_url(settings.default_warehouse_url)
+        consent = dict(wh.read_select(sa.select(GOLDEN_CONTACTS.c.email, GOLDEN_CONTACTS.c.email_consent)).values)
+        in_tool = {c.email for c in brevo.contacts.values()}
+        assert in_tool and all(consent.get(e) == "granted" for e in in_tool)   # only consented contacts reached it
+        assert brevo.stats().get("resubscribed", 0) == 0
+
+        # One of them unsubscribes; the tool's webhook lands in the landing zone.
+        m = ACTIVATION_MEMBERS
+        member = wh.read_select(sa.select(m.c.golden_id).where(m.c.list_name != "crm_pipelines: aktivierte Kontakte")
+                                .order_by(m.c.golden_id).limit(1))["golden_id"].iloc[0]
+        address = wh.scalar(sa.select(GOLDEN_CONTACTS.c.email).where(GOLDEN_CONTACTS.c.golden_id == member))
+        now = datetime.now(timezone.utc)
+        land_events(settings.landing_dir, {"event": "unsubscribed", "email": address, "id": 1,
+                                           "ts_event": int(now.timestamp()), "tag": "welcome#1"}, now)
+        consent_sensor = defs.resolve_sensor_def("consent_changes")
+        tick = consent_sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources=defs.resources))
+        # (The demo's landing files were copied a moment ago, so the first tick sees them as new too.)
+        mine = [r for r in tick.run_requests if r.tags["crm/landing_file"].startswith(
+            f"email_engagement/{now:%Y-%m-%d}/")]
+        assert len(mine) == 1
+        applied = defs.resolve_job_def("apply_consent_changes").execute_in_process(
+            instance=instance, run_config=mine[0].run_config)
+        assert applied.success
+        assert wh.scalar(sa.select(GOLDEN_CONTACTS.c.email_consent).where(GOLDEN_CONTACTS.c.golden_id == member)) == "withdrawn"
+
+        sensor = defs.resolve_sensor_def("segment_updates")
+        tick = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources=defs.resources))
+        assert len(tick.run_requests) == 1
+        realtime = defs.resolve_job_def("activation_realtime").execute_in_process(instance=instance)
+        assert realtime.success
+        rt = materialised(realtime)["activation/segment_membership"]
+        assert rt["mode"] == "incremental" and 1 <= rt["contacts_evaluated"] < 20
+        lists_of = {c.email: c.list_ids for c in brevo.contacts.values()}
+        ours = {int(i) for i, v in brevo.lists.items() if v["created_by_api"]}
+        assert not (lists_of.get(address, set()) & ours)
+        assert wh.read_select(sa.select(m).where(m.c.golden_id == member)).empty
+        # Nothing new: the sensor skips.
+        again = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources=defs.resources,
+                                                             cursor=tick.cursor))
+        assert again.run_requests == []
+
+
+def test_a_segment_jump_is_held_back_until_acknowledged(tmp_path, demo_landing):
+    config = copy_config(tmp_path)
+    for path in (config / "segments").glob("*.yaml"):   # the demo's segments are small: any change counts
+        path.write_text(path.read_text(encoding="utf-8") + "min_size_change: 1\n", encoding="utf-8")
+    with golden_world(tmp_path, demo_landing) as (settings, _defs, instance), BrevoServer(import_delay=0.02) as brevo, \
+            CrmServer() as crm:
+        defs = build_defs(replace(settings, config_dir=config, marketing_url=brevo.url, crm_url=crm.url))
+        assert defs.resolve_job_def("score_leads").execute_in_process(instance=instance).success
+        wh = Warehouse.for_url(settings.default_warehouse_url)
+        # The last activation had no contact on any list; now there are some.
+        names = [seg.destinations["brevo"] for seg in load_segments(settings.config_dir / "segments").values()
+                 if "brevo" in seg.destinations]
+        write_state(wh, "activation.sizes", json.dumps({n: 0 for n in names}))
+        held = defs.resolve_job_def("activation_nightly").execute_in_process(instance=instance, raise_on_error=False)
+        evaluation = next(c for c in held.get_asset_check_evaluations() if c.check_name == "segment_size_within_bound")
+        jumps = evaluation.metadata["jumps"].value
+        assert evaluation.passed is False and jumps
+        assert "activation/brevo_lists" not in materialised(held) and not brevo.contacts
+        ok = defs.resolve_job_def("activation_nightly").execute_in_process(
+            instance=instance, run_config={"ops": {"activation__audience": {"config": {
+                "acknowledged_segments": sorted(jumps)}}}})
+        assert ok.success and "activation/brevo_lists" in materialised(ok) and brevo.contacts
