@@ -40,7 +40,7 @@ def build_defs(settings: Settings | None = None) -> dg.Definitions:
         build_scoring_defs(config, mappings, settings.data_dir),                   # scores, hand-off, funnel
         build_crm_defs(config, mappings, settings.timezone),                       # payloads, checks, push, pull
         build_print_defs(config, settings.data_dir),                               # print lists, approval, release
-        build_activation_defs(config),                                             # segments, lists, journeys
+        build_activation_defs(config, mappings),                                   # segments, lists, journeys
         build_quality_defs(),                                                      # GX suites on the golden tables
     )
     return dg.Definitions.merge(

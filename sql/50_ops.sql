@@ -245,6 +245,10 @@ CREATE TABLE IF NOT EXISTS ops.print_lists (
 	status TEXT NOT NULL, 
 	approved_by TEXT, 
 	approved_at TIMESTAMP WITH TIME ZONE, 
+	approved_csv_sha256 TEXT, 
+	proof_sha256 TEXT, 
+	prospects BIGINT, 
+	robinson_checked BOOLEAN, 
 	released_at TIMESTAMP WITH TIME ZONE, 
 	released_file TEXT, 
 	PRIMARY KEY (list_id)
@@ -256,6 +260,7 @@ CREATE TABLE IF NOT EXISTS ops.print_queue (
 	campaign TEXT NOT NULL, 
 	queued_at TIMESTAMP WITH TIME ZONE NOT NULL, 
 	status TEXT NOT NULL, 
+	list_id TEXT, 
 	PRIMARY KEY (alert_key)
 );
 

@@ -31,14 +31,17 @@ from ..core.crm.settings import load_sync_settings
 from ..core.model import ENTITIES
 from ..core.platform.chart import grouped_bar_png, line_chart_png, markdown_image
 from ..core.platform.schema import ACTIVATION_AUDIENCE, GOLDEN_CONTACTS, SEGMENT_MEMBERS, raw_table
+from ..core.platform.operations import load_operations
 from ..core.platform.warehouse import tables_present
+from ..core.sources.ingest import ingest_partition
+from ..core.sources.mapping import SourceMapping
 from .auditing import audit_run
 from .crm import PUSH_CONTACTS_KEY
 from .golden import CONSENT_KEY, CONTACTS_KEY
 from .metadata import markdown_table
-from .resources import CrmResource, MarketingToolResource, PrivacyResource, WarehouseResource
+from .resources import CrmResource, LandingZoneResource, MarketingToolResource, PrivacyResource, WarehouseResource
 from .scoring import SCORES_KEY
-from .sources import raw_asset_key
+from .sources import LandingFileConfig, landing_sensor, raw_asset_key
 
 GROUP = "activation"
 OWNERS = ["team:marketing-ops"]
@@ -48,6 +51,9 @@ LISTS_KEY = dg.AssetKey(["activation", "brevo_lists"])
 JOURNEYS_KEY = dg.AssetKey(["activation", "journeys"])
 CRM_LISTS_KEY = dg.AssetKey(["activation", "crm_lists"])
 SENSOR_SECONDS = 10
+# One activation step at a time across runs: a realtime run the sensor starts while the night's pass (or an
+# earlier realtime run) is still writing memberships waits for it instead of writing the same rows.
+POOL = "activation"
 
 
 class SegmentRunConfig(dg.Config):
@@ -60,14 +66,14 @@ class AudienceConfig(dg.Config):
     """Segments whose size jump beyond their bound is acknowledged for this run (audited)."""
 
 
-def build_activation_defs(config_dir: Path) -> dg.Definitions:
+def build_activation_defs(config_dir: Path, mappings: dict[str, SourceMapping]) -> dg.Definitions:
     segments = load_segments(config_dir / "segments")
     settings = load_activation_settings(config_dir / "activation.yaml")
     journeys = load_journeys(config_dir / "journeys", set(segments))
     segment_lists = {s.destinations["brevo"] for s in segments.values() if "brevo" in s.destinations}
     version = "-".join(s.sha256[:6] for s in segments.values())
 
-    @dg.asset(key=SEGMENTS_KEY, group_name=GROUP, owners=OWNERS, kinds={"sql", "pandas"}, code_version=f"seg-{version}"[:60],
+    @dg.asset(key=SEGMENTS_KEY, group_name=GROUP, pool=POOL, owners=OWNERS, kinds={"sql", "pandas"}, code_version=f"seg-{version}"[:60],
               deps=[CONTACTS_KEY, SCORES_KEY, CONSENT_KEY, raw_asset_key("behaviour_events"),
                     raw_asset_key("email_engagement"), raw_asset_key("erp_orders"), raw_asset_key("service_requests")],
               description="Who is in each segment of `config/segments/` (profile, behaviour, orders, consent) and the "
@@ -112,7 +118,7 @@ def build_activation_defs(config_dir: Path) -> dg.Definitions:
                                       "run config (`acknowledged_segments`)."),
     ]
 
-    @dg.asset(key=AUDIENCE_KEY, group_name=GROUP, owners=OWNERS, kinds={"sql"}, deps=[SEGMENTS_KEY],
+    @dg.asset(key=AUDIENCE_KEY, group_name=GROUP, pool=POOL, owners=OWNERS, kinds={"sql"}, deps=[SEGMENTS_KEY],
               check_specs=audience_checks,
               description="The planned activation in the marketing tool: per list of ours, the segment members that "
                           "pass the gate (address, e-mail consent, suppression, the tool's blocklist). "
@@ -144,7 +150,7 @@ def build_activation_defs(config_dir: Path) -> dg.Definitions:
                                   metadata={"jumps": dg.MetadataValue.json(jumps),
                                             "acknowledged": dg.MetadataValue.json(sorted(config.acknowledged_segments))})
 
-    @dg.asset(key=LISTS_KEY, group_name=GROUP, owners=OWNERS, kinds={"brevo"}, deps=[AUDIENCE_KEY],
+    @dg.asset(key=LISTS_KEY, group_name=GROUP, pool=POOL, owners=OWNERS, kinds={"brevo"}, deps=[AUDIENCE_KEY],
               description="The planned audience pushed to the marketing tool (Brevo v3): attributes through the bulk "
                           "import, memberships of our lists (folder in config/activation.yaml) added and removed. Only "
                           "our memberships are ever removed; nobody the tool reports blocked is added again.")
@@ -174,7 +180,7 @@ def build_activation_defs(config_dir: Path) -> dg.Definitions:
             "api_calls": dg.MetadataValue.json(report.calls),
         })
 
-    @dg.asset(key=JOURNEYS_KEY, group_name=GROUP, owners=OWNERS, kinds={"brevo"}, deps=[LISTS_KEY, SEGMENTS_KEY],
+    @dg.asset(key=JOURNEYS_KEY, group_name=GROUP, pool=POOL, owners=OWNERS, kinds={"brevo"}, deps=[LISTS_KEY, SEGMENTS_KEY],
               description="One pass of every journey in `config/journeys/`: entries (holdout first, then the gate and "
                           "the weekly frequency cap across e-mail, print and sales), the tool's lists and events, "
                           "single-recipient print jobs, exits. Funnels against the holdout as charts.")
@@ -209,7 +215,7 @@ def build_activation_defs(config_dir: Path) -> dg.Definitions:
 
     crm_settings = load_sync_settings(config_dir / "sync.yaml")
 
-    @dg.asset(key=CRM_LISTS_KEY, group_name=GROUP, owners=["team:sales"], kinds={"hubspot"},
+    @dg.asset(key=CRM_LISTS_KEY, group_name=GROUP, pool=POOL, owners=["team:sales"], kinds={"hubspot"},
               deps=[SEGMENTS_KEY, PUSH_CONTACTS_KEY],
               description="Segments with `destinations.crm` as static contact lists in the CRM (HubSpot Lists v3), so "
                           "sales sees the hot segment where it works: entries added, exits removed, and nothing a "
@@ -259,13 +265,40 @@ def build_activation_defs(config_dir: Path) -> dg.Definitions:
         key = f"{(newest or watermark).isoformat()}|{closing or ''}"
         return dg.RunRequest(run_key=key, tags={"crm/activation": "realtime"})
 
+    @dg.op(description="Loads a newly landed behaviour-event file (its day's partition) at once, so the segments "
+                       "and the journeys' triggers see it within the minute instead of with the hourly load.")
+    def behaviour_now(context: dg.OpExecutionContext, config: LandingFileConfig, warehouse: WarehouseResource,
+                      landing: LandingZoneResource, privacy: PrivacyResource) -> dg.Output:
+        wh = warehouse.get()
+        with wh.raw_writes("load", log=context.log.info):
+            rep = ingest_partition(mappings[config.source], config.day, landing.path, wh, context.run.run_id,
+                                   suppression=privacy.suppression(wh))
+        context.log_event(dg.AssetMaterialization(
+            asset_key=raw_asset_key(config.source), partition=config.day,
+            metadata={"dagster/row_count": rep.rows_loaded, "rows_read": rep.rows_read, "rows_loaded": rep.rows_loaded,
+                      "rows_quarantined": rep.rows_quarantined, "rows_suppressed": rep.rows_suppressed,
+                      "loaded_by": "load_behaviour_now"}))
+        return dg.Output(None, metadata={"rows_loaded": rep.rows_loaded, "rows_quarantined": rep.rows_quarantined})
+
+    @dg.job(name="load_behaviour_now", tags={"crm/path": "near-real-time"},
+            description="A behaviour-event file loaded as it lands (launched by the behaviour_events_now sensor).")
+    def load_behaviour_now():
+        behaviour_now()
+
+    operations = load_operations(config_dir / "operations.yaml")
+    behaviour_sensor = landing_sensor(
+        "behaviour_events_now", ("behaviour_events",), load_behaviour_now, "behaviour_now", mappings, SENSOR_SECONDS,
+        timedelta(minutes=operations.near_real_time_max_age_minutes),
+        "Behaviour events in the landing zone, loaded as they land: the segment_updates sensor then moves the "
+        "contacts they name within seconds.")
+
     schedule = dg.ScheduleDefinition(name="nightly_activation", job=nightly, cron_schedule="30 6 * * *",
                                      execution_timezone="Europe/Berlin", default_status=dg.DefaultScheduleStatus.STOPPED,
                                      description="Daily 06:30, after the nightly scoring: every segment in full, the "
                                                  "audience, the lists, the journeys.")
     return dg.Definitions(assets=[segment_membership, audience, brevo_lists, journeys_asset, crm_lists],
-                          jobs=[nightly, realtime],
-                          sensors=[segment_updates], schedules=[schedule])
+                          jobs=[nightly, realtime, load_behaviour_now],
+                          sensors=[segment_updates, behaviour_sensor], schedules=[schedule])
 
 
 def _newest_load(wh) -> datetime | None:

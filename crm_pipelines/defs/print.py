@@ -31,6 +31,9 @@ class ApprovalConfig(dg.Config):
     list_id: str
     approver: str = ""
     """Who approves (required for approve_print_list; release_print_list uses the recorded approval)."""
+    csv_sha256: str = ""
+    """The list's SHA-256 as the proof and the manifest show it (at least 12 hex digits): the approval names the
+    exact list its approver saw."""
 
 
 def print_key(campaign: str) -> dg.AssetKey:
@@ -97,7 +100,7 @@ def build_print_defs(config_dir: Path, data_dir: Path) -> dg.Definitions:
     @dg.op(description="Records who approved a built print list, and when (audited).")
     def approve_op(context: dg.OpExecutionContext, config: ApprovalConfig, warehouse: WarehouseResource) -> dg.Output:
         try:
-            approve(warehouse.get(), config.list_id, config.approver, context.run.run_id)
+            approve(warehouse.get(), config.list_id, config.approver, config.csv_sha256, context.run.run_id)
         except ReleaseRefused as exc:
             raise dg.Failure(str(exc)) from exc
         return dg.Output(None, metadata={"list_id": config.list_id, "approved_by": config.approver})
@@ -108,7 +111,7 @@ def build_print_defs(config_dir: Path, data_dir: Path) -> dg.Definitions:
         wh = warehouse.get()
         try:
             if config.approver:
-                approve(wh, config.list_id, config.approver, context.run.run_id)
+                approve(wh, config.list_id, config.approver, config.csv_sha256, context.run.run_id)
             target = release(wh, config.list_id, settings, f"dagster:{context.job_name}", context.run.run_id)
         except ReleaseRefused as exc:
             raise dg.Failure(str(exc)) from exc
@@ -119,7 +122,8 @@ def build_print_defs(config_dir: Path, data_dir: Path) -> dg.Definitions:
         removed = expire_outbox(warehouse.get(), settings, f"dagster:{context.job_name}", run_id=context.run.run_id)
         return dg.Output(None, metadata={"removed": len(removed), "files": dg.MetadataValue.json(removed)})
 
-    @dg.job(name="approve_print_list", description="Approve a built print list (run config: list_id, approver).")
+    @dg.job(name="approve_print_list",
+            description="Approve a built print list (run config: list_id, approver, csv_sha256 from its proof).")
     def approve_print_list():
         approve_op()
 
@@ -143,21 +147,23 @@ def build_print_defs(config_dir: Path, data_dir: Path) -> dg.Definitions:
 
     @dg.sensor(name="print_approvals", job=release_print_list, minimum_interval_seconds=30,
                default_status=dg.DefaultSensorStatus.RUNNING,
-               description=f"An approval file `<list id>.approved` (first line: who approved) in {settings.approvals} "
-                           "approves and releases that list, once per file content.")
+               description=f"An approval file `<list id>.approved` in {settings.approvals} (first line: who approved; "
+                           "second line: the list's SHA-256 as the proof shows it) approves and releases exactly that "
+                           "list, once per file content.")
     def print_approvals(context: dg.SensorEvaluationContext):
         seen = set(json.loads(context.cursor)) if context.cursor else set()
         if not settings.approvals.is_dir():
             return dg.SkipReason(f"no approvals folder yet ({settings.approvals})")
         new = []
         for f in sorted(settings.approvals.glob("*.approved")):
-            approver = (f.read_text(encoding="utf-8").splitlines() or [""])[0].strip()
-            key = f"{f.name}:{approver}"
+            lines = [line.strip() for line in f.read_text(encoding="utf-8").splitlines()] + ["", ""]
+            approver, quoted = lines[0], lines[1].removeprefix("sha256:").strip()
+            key = f"{f.name}:{approver}:{quoted}"
             if key in seen or not approver:
                 continue
             new.append(key)
             yield dg.RunRequest(run_key=f"approval:{key}", run_config={"ops": {"release_op": {"config": {
-                "list_id": f.name[: -len(".approved")], "approver": approver}}}})
+                "list_id": f.name[: -len(".approved")], "approver": approver, "csv_sha256": quoted}}}})
         if new:
             context.update_cursor(json.dumps(sorted(seen | set(new))))
 

@@ -35,7 +35,10 @@ def test_a_campaign_list_is_built_approved_by_file_and_released(tmp_path, demo_l
         # The approver drops an approval file; the sensor releases the list once.
         approvals = settings.data_dir.resolve() / "print" / "approvals"
         approvals.mkdir(parents=True)
-        (approvals / f"{list_id}.approved").write_text("Katrin Berger\nfreigegeben nach Probedruck\n", encoding="utf-8")
+        wh = Warehouse.for_url(settings.default_warehouse_url)
+        sha = wh.scalar(sa.select(PRINT_LISTS.c.csv_sha256).where(PRINT_LISTS.c.list_id == list_id))
+        (approvals / f"{list_id}.approved").write_text(f"Katrin Berger\nsha256: {sha[:16]}\nfreigegeben nach Probedruck\n",
+                                                        encoding="utf-8")
         sensor = defs.resolve_sensor_def("print_approvals")
         tick = sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
         assert len(tick.run_requests) == 1
@@ -70,6 +73,16 @@ def test_queued_brochures_become_one_daily_list_each_recipient_once(tmp_path, de
         assert md["dagster/row_count"] >= 1
         statuses = wh.read_frame(sa.select(PRINT_QUEUE.c.status))["status"].tolist()
         assert statuses.count("listed") == md["dagster/row_count"]
+        # Nobody released it: the next day's list supersedes it and takes the same hot leads again.
         second = job.execute_in_process(instance=instance)
         md2 = {k: v.value for e in second.get_asset_materialization_events() for k, v in e.materialization.metadata.items()}
-        assert md2["dagster/row_count"] == 0  # listed once, not again the next day
+        assert md2["dagster/row_count"] == md["dagster/row_count"]
+        sha = wh.scalar(sa.select(PRINT_LISTS.c.csv_sha256).where(PRINT_LISTS.c.list_id == md2["list_id"]))
+        released = defs.resolve_job_def("release_print_list").execute_in_process(
+            instance=instance, run_config={"ops": {"release_op": {"config": {
+                "list_id": md2["list_id"], "approver": "Katrin Berger", "csv_sha256": sha}}}})
+        assert released.success
+        assert wh.read_frame(sa.select(PRINT_QUEUE.c.status))["status"].tolist().count("printed") == md2["dagster/row_count"]
+        third = job.execute_in_process(instance=instance)
+        md3 = {k: v.value for e in third.get_asset_materialization_events() for k, v in e.materialization.metadata.items()}
+        assert md3["dagster/row_count"] == 0  # printed once, not again the next day

@@ -440,10 +440,13 @@ ALERT_LEDGER = _t(
     indexes=(("golden_id",), ("status",), ("due_at",)),
 )
 PRINT_QUEUE = _t(
-    "print_queue", "ops", "Single-recipient print jobs queued by the hand-off (hot lead: a printed brochure).",
+    "print_queue", "ops", "Single-recipient print jobs queued by the hand-off and the print journeys (hot lead: a "
+                          "printed brochure).",
     sa.Column("alert_key", sa.Text(), primary_key=True), sa.Column("golden_id", sa.Text(), nullable=False),
     sa.Column("campaign", sa.Text(), nullable=False), sa.Column("queued_at", _TS, nullable=False),
-    sa.Column("status", sa.Text(), nullable=False, comment="queued | printed | dropped"),
+    sa.Column("status", sa.Text(), nullable=False,
+              comment="queued | listed (on a list not yet released) | printed (its list released) | dropped"),
+    sa.Column("list_id", sa.Text(), comment="the list it is on while listed; a superseded list's entries are listed again"),
 )
 REACTIVATION_SEGMENT = _t(
     "reactivation_segment", "marts",
@@ -460,6 +463,10 @@ PRINT_LISTS = _t(
     sa.Column("rules_sha256", sa.Text(), nullable=False), sa.Column("recipients", sa.BigInteger(), nullable=False),
     sa.Column("status", sa.Text(), nullable=False, comment="built | approved | released | expired | superseded"),
     sa.Column("approved_by", sa.Text()), sa.Column("approved_at", _TS),
+    sa.Column("approved_csv_sha256", sa.Text(), comment="the checksum the approval quoted: the list the approver saw"),
+    sa.Column("proof_sha256", sa.Text(), comment="the proof PDF the list was approved on"),
+    sa.Column("prospects", sa.BigInteger(), comment="listed recipients without a customer relationship"),
+    sa.Column("robinson_checked", sa.Boolean(), comment="checked against a Robinson list when built"),
     sa.Column("released_at", _TS), sa.Column("released_file", sa.Text()),
 )
 PRINT_RECIPIENTS = _t(

@@ -54,6 +54,8 @@ class PrintList:
     audience: int
     variants: dict[str, int]
     golden_ids: list[str] = field(default_factory=list)   # kept inside the warehouse, never in the CSV
+    prospects: int = 0                      # listed recipients without a customer relationship
+    robinson_checked: bool = False          # the list was checked against a Robinson list
 
 
 def load_robinson(path: str | Path | None) -> set[str]:
@@ -87,7 +89,9 @@ def audience_frame(wh: Warehouse, campaign: Campaign, now: datetime | None = Non
         query = query.where(g.c.golden_id.in_(sa.select(REACTIVATION_SEGMENT.c.golden_id))
                             if tables_present(wh, [REACTIVATION_SEGMENT]) else sa.false())
     elif campaign.source == "print_queue":
-        query = query.where(g.c.golden_id.in_(sa.select(PRINT_QUEUE.c.golden_id).where(PRINT_QUEUE.c.status == "queued"))
+        # Queued, or listed on a list that was never released (superseded by a newer build): not printed yet.
+        query = query.where(g.c.golden_id.in_(sa.select(PRINT_QUEUE.c.golden_id).where(
+            PRINT_QUEUE.c.status.in_(["queued", "listed"])))
                             if tables_present(wh, [PRINT_QUEUE]) else sa.false())
     df = wh.read_frame(query)
     plz = df["postal_code"].astype(object).where(df["postal_code"].notna(), None)
@@ -180,7 +184,8 @@ def build_list(frame: pd.DataFrame, campaign: Campaign, screen: Screen, robinson
     mark(~complete, "incomplete_address")
     mark(_duplicates(audience, reason, campaign.dedupe), "household_duplicate")
 
-    keep = audience[reason.isna().to_numpy()]
+    kept = reason.isna().to_numpy()
+    keep = audience[kept]
     rows = _rows(keep, campaign)
     too_long = pd.Series(None, index=rows.index, dtype=object)
     for col, limit in campaign.max_lengths.items():
@@ -191,12 +196,13 @@ def build_list(frame: pd.DataFrame, campaign: Campaign, screen: Screen, robinson
     for k, v in too_long.dropna().value_counts().items():
         excluded[k] = int(v)
     ok = too_long.isna().to_numpy()
+    prospects = int((~customer[kept])[ok].sum()) if n else 0
     rows, golden_ids = rows[ok], keep["golden_id"].to_numpy()[ok]
     order = np.lexsort((rows["name_line"].to_numpy(dtype=str), rows["postal_code"].to_numpy(dtype=str)))
     rows, golden_ids = rows.iloc[order].reset_index(drop=True), golden_ids[order]
     variants = rows["variant"].value_counts().to_dict()
     return PrintList(campaign.name, rows, {k: int(v) for k, v in excluded.items()}, n,
-                     {k: int(v) for k, v in variants.items()}, list(golden_ids))
+                     {k: int(v) for k, v in variants.items()}, list(golden_ids), prospects, bool(robinson))
 
 
 def _audience_mask(frame: pd.DataFrame, campaign: Campaign) -> np.ndarray:
@@ -293,5 +299,6 @@ def manifest(pl: PrintList, campaign: Campaign, csv_sha256: str, run_id: str, cr
         "excluded": dict(sorted(pl.excluded.items())), "variants": dict(sorted(pl.variants.items())),
         "balance_ok": pl.audience == len(pl.rows) + sum(pl.excluded.values()),
         "dialogpost": dialogpost(pl.rows), "proof_pages": proof_pages,
+        "prospects": pl.prospects, "robinson_checked": pl.robinson_checked,
         "columns": CSV_COLUMNS, "encoding": "utf-8", "delimiter": ";",
     }

@@ -40,8 +40,9 @@ def latin1(text: str) -> str:
     return "".join(out)
 
 
-def render_proof(rows: pd.DataFrame, campaign_name: str, path: Path, n: int = 12) -> int:
-    """Writes the proof PDF; returns its number of pages."""
+def render_proof(rows: pd.DataFrame, campaign_name: str, path: Path, n: int = 12, csv_sha256: str = "") -> int:
+    """Writes the proof PDF; returns its number of pages. Each page names the list's checksum: the approval
+    quotes it, so an approval names the exact list its approver saw."""
     from fpdf import FPDF
 
     pages = sample(rows, n)
@@ -75,7 +76,8 @@ def render_proof(rows: pd.DataFrame, campaign_name: str, path: Path, n: int = 12
         pdf.set_xy(20, 277)
         pdf.set_font("Helvetica", size=7)
         pdf.cell(170, 4, latin1(f"PROBEDRUCK · Kampagne {campaign_name} · Variante {r['variant']} · "
-                                f"Empfänger {r['recipient_id']} · Leitregion {r['leitregion'] or '-'}"))
+                                f"Empfänger {r['recipient_id']} · Leitregion {r['leitregion'] or '-'}"
+                                + (f" · Liste SHA-256 {csv_sha256[:16]}" if csv_sha256 else "")))
     if not len(pages):
         pdf.add_page()
         pdf.set_font("Helvetica", size=11)

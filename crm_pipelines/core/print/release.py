@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from ..platform.audit import AuditEntry, append
 from ..platform.configfile import check_keys, load_yaml, require_mapping
 from ..platform.schema import PRINT_LISTS, PRINT_QUEUE, PRINT_RECIPIENTS
-from ..platform.warehouse import Warehouse
+from ..platform.warehouse import Warehouse, tables_present
 from .lists import PrintList, manifest, write_csv
 from .proof import render_proof
 from .rules import Campaign
@@ -65,10 +65,11 @@ def record_list(wh: Warehouse, pl: PrintList, campaign: Campaign, run_id: str, r
     list_id = f"{campaign.name}-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
     folder = root / campaign.name / list_id
     csv_sha = write_csv(pl.rows, folder / "list.csv")
-    pages = render_proof(pl.rows, campaign.name, folder / "proof.pdf", proof_samples or campaign.proof_samples)
-    doc = {"list_id": list_id, **manifest(pl, campaign, csv_sha, run_id, now, pages)}
+    pages = render_proof(pl.rows, campaign.name, folder / "proof.pdf", proof_samples or campaign.proof_samples, csv_sha)
+    proof_sha = hashlib.sha256((folder / "proof.pdf").read_bytes()).hexdigest()
+    doc = {"list_id": list_id, **manifest(pl, campaign, csv_sha, run_id, now, pages), "proof_sha256": proof_sha}
     (folder / "manifest.json").write_text(json.dumps(doc, ensure_ascii=False, indent=2), encoding="utf-8")
-    wh.ensure_tables([PRINT_LISTS, PRINT_RECIPIENTS])
+    wh.ensure_tables([PRINT_LISTS, PRINT_RECIPIENTS, *([PRINT_QUEUE] if campaign.source == "print_queue" else [])])
     with wh.engine.begin() as conn:
         # An earlier list of the campaign that was never released is superseded by this one.
         conn.execute(sa.update(PRINT_LISTS).where(PRINT_LISTS.c.campaign == campaign.name,
@@ -76,14 +77,16 @@ def record_list(wh: Warehouse, pl: PrintList, campaign: Campaign, run_id: str, r
                      .values(status="superseded"))
         conn.execute(sa.insert(PRINT_LISTS).values(
             list_id=list_id, campaign=campaign.name, run_id=run_id, created_at=now, folder=str(folder),
-            csv_sha256=csv_sha, rules_sha256=campaign.sha256, recipients=len(pl.rows), status="built"))
+            csv_sha256=csv_sha, rules_sha256=campaign.sha256, recipients=len(pl.rows), status="built",
+            proof_sha256=proof_sha, prospects=pl.prospects, robinson_checked=pl.robinson_checked))
         wh.bulk_insert(conn, PRINT_RECIPIENTS, pd.DataFrame({
             "list_id": list_id, "recipient_id": pl.rows["recipient_id"], "golden_id": pl.golden_ids,
             "variant": pl.rows["variant"]}))
         if campaign.source == "print_queue" and pl.golden_ids:
-            conn.execute(sa.update(PRINT_QUEUE).where(PRINT_QUEUE.c.status == "queued",
+            # Queued jobs, and jobs on a superseded list, go onto this one; they are printed when it is released.
+            conn.execute(sa.update(PRINT_QUEUE).where(PRINT_QUEUE.c.status.in_(["queued", "listed"]),
                                                       PRINT_QUEUE.c.golden_id.in_(pl.golden_ids))
-                         .values(status="listed"))
+                         .values(status="listed", list_id=list_id))
     append(wh, [AuditEntry("print.built", actor, list_id, {"campaign": campaign.name, "recipients": len(pl.rows),
                                                            "excluded": pl.excluded, "csv_sha256": csv_sha}, run_id)])
     return doc
@@ -97,17 +100,34 @@ def _row(wh: Warehouse, list_id: str) -> dict:
     return frame.iloc[0].to_dict()
 
 
-def approve(wh: Warehouse, list_id: str, approver: str, run_id: str | None = None) -> None:
+MIN_QUOTED_HEX = 12
+
+
+def approve(wh: Warehouse, list_id: str, approver: str, csv_sha256: str, run_id: str | None = None) -> None:
+    """Records an approval of exactly the list its approver saw: ``csv_sha256`` is the checksum printed on the proof
+    and in the manifest (at least its first 12 hex digits). A list that changed since (rebuilt, or an erasure
+    took a recipient out) has another checksum: its approval is refused and it needs a new look."""
     if not approver or not approver.strip():
         raise ReleaseRefused("an approval needs the approver's name")
+    quoted = (csv_sha256 or "").strip().lower()
+    if len(quoted) < MIN_QUOTED_HEX or any(ch not in "0123456789abcdef" for ch in quoted):
+        raise ReleaseRefused(f"an approval names the list it approves: quote its SHA-256 from the proof or the manifest "
+                             f"(at least {MIN_QUOTED_HEX} hex digits)")
     row = _row(wh, list_id)
     if row["status"] != "built":
         raise ReleaseRefused(f"list {list_id} is {row['status']}; only a built list can be approved")
+    if not row["csv_sha256"].startswith(quoted):
+        append(wh, [AuditEntry("print.approval_refused", f"person:{approver.strip()}", list_id,
+                               {"quoted": quoted, "csv_sha256": row["csv_sha256"]}, run_id)])
+        raise ReleaseRefused(f"list {list_id} is not the list that was approved: its SHA-256 is "
+                             f"{row['csv_sha256'][:16]}..., the approval quotes {quoted[:16]}...; it changed after the "
+                             "proof was seen, so look at the new proof and approve that")
     with wh.engine.begin() as conn:
         conn.execute(sa.update(PRINT_LISTS).where(PRINT_LISTS.c.list_id == list_id).values(
-            status="approved", approved_by=approver.strip(), approved_at=datetime.now(timezone.utc)))
-    append(wh, [AuditEntry("print.approved", f"person:{approver.strip()}", list_id, {"csv_sha256": row["csv_sha256"]},
-                           run_id)])
+            status="approved", approved_by=approver.strip(), approved_at=datetime.now(timezone.utc),
+            approved_csv_sha256=row["csv_sha256"]))
+    append(wh, [AuditEntry("print.approved", f"person:{approver.strip()}", list_id,
+                           {"csv_sha256": row["csv_sha256"], "proof_sha256": row.get("proof_sha256")}, run_id)])
 
 
 def release(wh: Warehouse, list_id: str, settings: PrintSettings, actor: str, run_id: str | None = None) -> Path:
@@ -116,10 +136,18 @@ def release(wh: Warehouse, list_id: str, settings: PrintSettings, actor: str, ru
         append(wh, [AuditEntry("print.release_refused", actor, list_id, {"status": row["status"]}, run_id)])
         raise ReleaseRefused(f"list {list_id} is {row['status']}: it needs an approval (approver and time) before "
                              "it may go to the print shop")
+    if int(row.get("prospects") or 0) and settings.robinson_list is None:
+        append(wh, [AuditEntry("print.release_refused", actor, list_id, {"reason": "no_robinson_list",
+                                                                         "prospects": int(row["prospects"])}, run_id)])
+        raise ReleaseRefused(f"list {list_id} addresses {int(row['prospects'])} prospect(s) (no customer relationship): "
+                             "set the DDV Robinson list in config/print.yaml (robinson_list), rebuild and approve again")
+    if int(row.get("prospects") or 0) and not row.get("robinson_checked"):
+        append(wh, [AuditEntry("print.release_refused", actor, list_id, {"reason": "robinson_not_checked"}, run_id)])
+        raise ReleaseRefused(f"list {list_id} addresses prospects and was built without a Robinson list: rebuild it")
     folder = Path(row["folder"])
     csv_path = folder / "list.csv"
     actual = hashlib.sha256(csv_path.read_bytes()).hexdigest()
-    if actual != row["csv_sha256"]:
+    if actual != row["csv_sha256"] or (row.get("approved_csv_sha256") and actual != row["approved_csv_sha256"]):
         append(wh, [AuditEntry("print.release_refused", actor, list_id, {"reason": "checksum"}, run_id)])
         raise ReleaseRefused(f"list {list_id}: the CSV changed after it was built (SHA-256 {actual[:12]}... instead of "
                              f"{row['csv_sha256'][:12]}...); build and approve it again")
@@ -131,9 +159,15 @@ def release(wh: Warehouse, list_id: str, settings: PrintSettings, actor: str, ru
     shutil.copyfile(folder / "manifest.json", settings.outbox / f"{stem}.manifest.json")
     tmp.replace(target)  # the pick-up never sees half a file
     now = datetime.now(timezone.utc)
+    queue = tables_present(wh, [PRINT_QUEUE])
+    if queue:
+        wh.ensure_tables([PRINT_QUEUE])   # an older warehouse gains the list_id column
     with wh.engine.begin() as conn:
         conn.execute(sa.update(PRINT_LISTS).where(PRINT_LISTS.c.list_id == list_id).values(
             status="released", released_at=now, released_file=str(target)))
+        if queue:
+            conn.execute(sa.update(PRINT_QUEUE).where(PRINT_QUEUE.c.list_id == list_id, PRINT_QUEUE.c.status == "listed")
+                         .values(status="printed"))
     append(wh, [AuditEntry("print.released", actor, list_id, {"file": target.name, "approved_by": row["approved_by"],
                                                               "csv_sha256": row["csv_sha256"]}, run_id)])
     return target
@@ -200,7 +234,8 @@ def remove_recipients(wh: Warehouse, golden_ids, actor: str, run_id: str | None 
                     released_manifest.write_text(json.dumps(doc, ensure_ascii=False, indent=2), encoding="utf-8")
         values = {"csv_sha256": sha, "recipients": int(info["recipients"]) - len(gone)}
         if info["status"] == "approved":
-            values.update(status="built", approved_by=None, approved_at=None)  # checked again before release
+            # checked again before release
+            values.update(status="built", approved_by=None, approved_at=None, approved_csv_sha256=None)
         with wh.engine.begin() as conn:
             conn.execute(sa.update(PRINT_LISTS).where(PRINT_LISTS.c.list_id == list_id).values(**values))
         append(wh, [AuditEntry("print.recipient_erased", actor, list_id,

@@ -149,6 +149,8 @@ class BrevoServer:
         self.doi_pending: dict[str, dict] = {}
         self.counts: Counter = Counter()
         self.emails_received: Counter = Counter()     # every address any write carried, accepted or not
+        self.first_received: dict[str, float] = {}   # address -> time.time() of the first write carrying it
+        self.event_times: list[tuple[str, str, float]] = []   # (event name, address, time.time()) per event accepted
         self.deleted: list[str] = []                  # addresses of contacts deleted through the API
         self.peak_per_second: Counter = Counter()     # family -> most requests seen in one second
         self._event_ids: set[str] = set()
@@ -360,7 +362,7 @@ class BrevoServer:
             success, failure = [], []
             for item in items:
                 if emails is not None:
-                    self.emails_received[str(item).lower()] += 1
+                    self._saw(str(item))
                 cid = self.by_email.get(str(item).lower()) if emails is not None else (item if item in self.contacts else None)
                 contact = self.contacts.get(cid) if cid is not None else None
                 if contact is None:
@@ -387,6 +389,11 @@ class BrevoServer:
         return 201, {"contacts": {"success": success, "failure": failure}}
 
     # ------------------------------------------------------------------ contacts
+
+    def _saw(self, email: str) -> None:
+        email = email.lower()
+        self.emails_received[email] += 1
+        self.first_received.setdefault(email, time.time())
 
     def _touch(self, c: Contact) -> None:
         c.modified_at, c.modified_ts = now_iso(), time.time()
@@ -492,7 +499,7 @@ class BrevoServer:
             self.processes[pid] = {"id": pid, "status": "queued", "name": "import", "rows": len(rows), "invalid": 0}
             for r in rows:
                 if isinstance(r, dict) and isinstance(r.get("email"), str):
-                    self.emails_received[r["email"].lower()] += 1
+                    self._saw(r["email"])
         timer = threading.Timer(self.import_delay, self._run_import, args=(pid, body))
         timer.daemon = True
         timer.start()
@@ -571,7 +578,8 @@ class BrevoServer:
                 ident = ev["identifiers"]
                 email = (ident.get("email_id") or "").lower()
                 if email:
-                    self.emails_received[email] += 1
+                    self._saw(email)
+                    self.event_times.append((ev["event_name"], email, time.time()))
                 event_id = str((ev.get("event_properties") or {}).get("event_id") or "")
                 if event_id:
                     if event_id in self._event_ids:

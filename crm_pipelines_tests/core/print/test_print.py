@@ -186,17 +186,19 @@ def test_release_needs_an_approval_and_an_unchanged_file(sqlite_url, tmp_path):
         release(wh, doc["list_id"], settings, "pytest")
     assert not settings.outbox.exists() or not any(settings.outbox.iterdir())
     with pytest.raises(ReleaseRefused, match="approver"):
-        approve(wh, doc["list_id"], "  ")
-    approve(wh, doc["list_id"], "Katrin Berger")
+        approve(wh, doc["list_id"], "  ", doc["csv_sha256"])
+    with pytest.raises(ReleaseRefused, match="quote its SHA-256"):
+        approve(wh, doc["list_id"], "Katrin Berger", "")
+    approve(wh, doc["list_id"], "Katrin Berger", doc["csv_sha256"][:16])
     target = release(wh, doc["list_id"], settings, "pytest")
     assert target.read_bytes() == (tmp_path / "lists" / CAMPAIGN.name / doc["list_id"] / "list.csv").read_bytes()
     assert target.with_suffix("").with_suffix(".manifest.json").exists()
     with pytest.raises(ReleaseRefused, match="released"):
-        approve(wh, doc["list_id"], "Katrin Berger")
+        approve(wh, doc["list_id"], "Katrin Berger", doc["csv_sha256"])
     # A list edited after it was built is refused, approval or not.
     pl2 = build_list(frame(person(3)), CAMPAIGN, no_screen(), set())
     doc2 = record_list(wh, pl2, CAMPAIGN, "run-0000004", tmp_path / "lists", "pytest", proof_samples=1)
-    approve(wh, doc2["list_id"], "Katrin Berger")
+    approve(wh, doc2["list_id"], "Katrin Berger", doc2["csv_sha256"])
     (tmp_path / "lists" / CAMPAIGN.name / doc2["list_id"] / "list.csv").write_text("verändert", encoding="utf-8")
     with pytest.raises(ReleaseRefused, match="changed after it was built"):
         release(wh, doc2["list_id"], settings, "pytest")
@@ -235,14 +237,14 @@ def test_an_erasure_takes_the_person_out_of_built_and_released_lists(sqlite_url,
     people = frame(person(1), person(2, postal_code="01067"), person(3, postal_code="04109"))
     released_doc = record_list(wh, build_list(people, CAMPAIGN, no_screen(), set()), CAMPAIGN, "r1",
                                tmp_path / "lists", "pytest", proof_samples=1)
-    approve(wh, released_doc["list_id"], "K. Berger")
+    approve(wh, released_doc["list_id"], "K. Berger", released_doc["csv_sha256"])
     outbox_file = release(wh, released_doc["list_id"], settings, "pytest")
     from dataclasses import replace
 
     other = replace(CAMPAIGN, name="zweite")
     approved_doc = record_list(wh, build_list(people, other, no_screen(), set()), other, "r2", tmp_path / "lists",
                                "pytest", proof_samples=1)
-    approve(wh, approved_doc["list_id"], "K. Berger")
+    approve(wh, approved_doc["list_id"], "K. Berger", approved_doc["csv_sha256"])
 
     removed = remove_recipients(wh, ["GC-00000002"], "pytest")
     assert removed == {released_doc["list_id"]: 1, approved_doc["list_id"]: 1}
@@ -254,8 +256,75 @@ def test_an_erasure_takes_the_person_out_of_built_and_released_lists(sqlite_url,
     assert rows.loc[approved_doc["list_id"], "recipients"] == 2
     with pytest.raises(ReleaseRefused, match="needs an approval"):
         release(wh, approved_doc["list_id"], settings, "pytest")
-    approve(wh, approved_doc["list_id"], "K. Berger")
+    # The approval of the old proof does not carry over: the list changed.
+    with pytest.raises(ReleaseRefused, match="changed after the proof"):
+        approve(wh, approved_doc["list_id"], "K. Berger", approved_doc["csv_sha256"])
+    approve(wh, approved_doc["list_id"], "K. Berger", rows.loc[approved_doc["list_id"], "csv_sha256"])
     assert "Weiß2" not in release(wh, approved_doc["list_id"], settings, "pytest").read_text(encoding="utf-8")
     manifest = json.loads(outbox_file.with_suffix("").with_suffix(".manifest.json").read_text(encoding="utf-8"))
     assert manifest["csv_sha256"] == hashlib.sha256(outbox_file.read_bytes()).hexdigest()
     assert manifest["changed_by_erasure"] == 1
+
+
+def test_an_approval_names_the_list_and_prospects_need_a_robinson_list(sqlite_url, tmp_path):
+    import sqlalchemy as sa
+
+    from crm_pipelines.core.platform.schema import PRINT_LISTS
+
+    wh = Warehouse(sqlite_url)
+    no_robinson = PrintSettings(tmp_path / "outbox", 30, tmp_path / "approvals", None)
+    prospect = person(2, is_customer=False, stage="mql", post_consent="granted", post_consent_basis="consent")
+    first = record_list(wh, build_list(frame(person(1), prospect), CAMPAIGN, no_screen(), set()), CAMPAIGN, "r1",
+                        tmp_path / "lists", "pytest", proof_samples=1)
+    assert first["prospects"] == 1 and first["robinson_checked"] is False
+    # The proof shows the list's checksum, which the approval quotes.
+    import pypdfium2
+    pdf = pypdfium2.PdfDocument(str(tmp_path / "lists" / CAMPAIGN.name / first["list_id"] / "proof.pdf"))
+    text = "".join(page.get_textpage().get_text_range() for page in pdf)
+    assert first["csv_sha256"][:16] in text
+    approve(wh, first["list_id"], "K. Berger", first["csv_sha256"])
+    with pytest.raises(ReleaseRefused, match="Robinson"):
+        release(wh, first["list_id"], no_robinson, "pytest")
+    # Built again with a Robinson list: a new list (the first is superseded), its own checksum.
+    robinson = tmp_path / "robinson.csv"
+    robinson.write_text("last_name;street;house_number;postal_code\nNiemand;Weg;1;10115\n", encoding="utf-8")
+    second = record_list(wh, build_list(frame(person(1), prospect), CAMPAIGN, no_screen(), load_robinson(robinson)),
+                         CAMPAIGN, "r2", tmp_path / "lists", "pytest", proof_samples=1)
+    with_robinson = PrintSettings(tmp_path / "outbox", 30, tmp_path / "approvals", robinson)
+    with pytest.raises(ReleaseRefused, match="changed after the proof"):
+        approve(wh, second["list_id"], "K. Berger", "0" * 16)     # an approval of another list
+    approve(wh, second["list_id"], "K. Berger", second["csv_sha256"])
+    assert release(wh, second["list_id"], with_robinson, "pytest").exists()
+    rows = wh.read_frame(sa.select(PRINT_LISTS)).set_index("list_id")
+    assert rows.loc[first["list_id"], "status"] == "superseded"
+    assert rows.loc[second["list_id"], "approved_csv_sha256"] == second["csv_sha256"]
+
+
+def test_a_superseded_brochure_list_keeps_its_hot_leads_queued(sqlite_url, tmp_path):
+    import sqlalchemy as sa
+
+    from crm_pipelines.core.platform.schema import PRINT_QUEUE
+    from crm_pipelines.core.print.rules import load_campaign
+
+    wh = Warehouse(sqlite_url)
+    brochure = load_campaign(DEFAULT_CONFIG_DIR / "campaigns" / "broschuere.yaml")
+    settings = PrintSettings(tmp_path / "outbox", 30, tmp_path / "approvals", None)
+    wh.ensure_tables([PRINT_QUEUE])
+    with wh.engine.begin() as conn:
+        conn.execute(sa.insert(PRINT_QUEUE), [{"alert_key": f"sql:{i}", "golden_id": f"GC-{i:08d}", "campaign": "brochure",
+                                               "queued_at": datetime.now(timezone.utc), "status": "queued"} for i in (1, 2)])
+    monday = record_list(wh, build_list(frame(person(1), person(2)), brochure, no_screen(), set()), brochure, "r1",
+                         tmp_path / "lists", "pytest", proof_samples=1)
+    status = dict(wh.read_select(sa.select(PRINT_QUEUE.c.golden_id, PRINT_QUEUE.c.status)).values)
+    assert set(status.values()) == {"listed"}
+    # Nobody released Monday's list; Tuesday's build supersedes it. The hot leads are still waiting for a brochure.
+    assert {"GC-00000001", "GC-00000002"} <= set(wh.read_select(
+        sa.select(PRINT_QUEUE.c.golden_id).where(PRINT_QUEUE.c.status.in_(["queued", "listed"])))["golden_id"])
+    tuesday = record_list(wh, build_list(frame(person(1), person(2), person(3)), brochure, no_screen(), set()), brochure,
+                          "r2", tmp_path / "lists", "pytest", proof_samples=1)
+    queue = wh.read_select(sa.select(PRINT_QUEUE)).set_index("golden_id")
+    assert set(queue["list_id"]) == {tuesday["list_id"]} and monday["list_id"] != tuesday["list_id"]
+    approve(wh, tuesday["list_id"], "K. Berger", tuesday["csv_sha256"])
+    release(wh, tuesday["list_id"], settings, "pytest")
+    queue = wh.read_select(sa.select(PRINT_QUEUE)).set_index("golden_id")
+    assert set(queue["status"]) == {"printed"}
