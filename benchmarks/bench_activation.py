@@ -77,6 +77,7 @@ def _event_file(folder: Path, name: str, events: list[dict]) -> None:
 
 def latency() -> None:
     from crm_pipelines.devtools.brevo_server import BrevoServer, Faults
+    from crm_pipelines.devtools.crm_server import CrmServer
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-activation-"))
     landing, url, _ = small_warehouse(tmp, 0)
@@ -88,9 +89,11 @@ def latency() -> None:
     (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text(encoding="utf-8"), encoding="utf-8")
     os.environ["DAGSTER_HOME"] = str(home)
     faults = Faults(latency_min=0.0, latency_max=0.3, error_rate=0.02)
-    with BrevoServer(faults=faults, import_delay=0.5, automations={"journey_quote_abandoned": 1}) as brevo:
+    with BrevoServer(faults=faults, import_delay=0.5, automations={"journey_quote_abandoned": 1}) as brevo, \
+            CrmServer(tmp / "crm.db") as crm:
         env = dict(os.environ, DAGSTER_HOME=str(home), CRM_LANDING_DIR=str(landing), CRM_DATA_DIR=str(tmp / "data"),
-                   CRM_MARKETING_API_URL=brevo.url, GX_ANALYTICS_ENABLED="false", CRM_PARTITION_START="2026-01-01")
+                   CRM_MARKETING_API_URL=brevo.url, CRM_API_URL=crm.url, GX_ANALYTICS_ENABLED="false",
+                   CRM_PARTITION_START="2026-01-01")
         log("one full activation pass (activation_nightly, in-process)")
         subprocess.run([sys.executable, "-c", "from crm_pipelines.definitions import build_defs; import dagster as dg; "
                         "r = build_defs().resolve_job_def('activation_nightly').execute_in_process("

@@ -372,7 +372,7 @@ def _history_charts(wh) -> dict:
     days = sorted(hist["day"].unique())
     sizes, flows = {}, {}
     for seg, g in hist.groupby("segment"):
-        g = g.set_index("day").reindex(days, fill_value=0)
+        g = g.set_index("day")[["entered", "left"]].reindex(days, fill_value=0)
         sizes[seg] = (g["entered"] - g["left"]).cumsum().tolist()
         flows[f"{seg} +"] = g["entered"].tolist()
         flows[f"{seg} -"] = (-g["left"]).tolist()

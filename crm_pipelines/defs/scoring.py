@@ -18,6 +18,7 @@ import dagster as dg
 import pandas as pd
 
 from ..core.crm.settings import load_sync_settings
+from ..core.golden.matching.settings import load_matching_config
 from ..core.platform.chart import bar_chart_png
 from ..core.platform.operations import load_operations
 from ..core.platform.schema import ALERT_LEDGER
@@ -53,6 +54,7 @@ def build_scoring_defs(config_dir: Path, mappings: dict[str, SourceMapping], dat
     version = f"scoring-1-{rules.sha256[:12]}"
 
     operations = load_operations(config_dir / "operations.yaml")
+    matching = load_matching_config(config_dir / "matching.yaml")
     sla_timing = SlaTiming(before_due=timedelta(minutes=operations.sla_check_before_due_minutes),
                            recheck=timedelta(minutes=operations.sla_recheck_minutes))
     lead_scores = _lead_scores_asset(rules, version, operations.scoring_ranges)
@@ -135,7 +137,8 @@ def build_scoring_defs(config_dir: Path, mappings: dict[str, SourceMapping], dat
             metadata={"dagster/row_count": rep.rows_loaded, "rows_read": rep.rows_read, "rows_loaded": rep.rows_loaded,
                       "rows_quarantined": rep.rows_quarantined, "rows_suppressed": rep.rows_suppressed,
                       "loaded_by": "fast_lead_path"}))
-        leads = landed_leads(wh, config.source, config.day, [Path(f) for f in config.files], rules, suppression.screen())
+        leads = landed_leads(wh, config.source, config.day, [Path(f) for f in config.files], rules, suppression.screen(),
+                             matching.persons)
         report = hand_off(wh, leads, territories, notify.channels(), crm.connector(sync), context.run.run_id,
                           crm_url=notify.crm_web_url, log=context.log.warning)
         audit_run(wh, context, f"handoff.{config.source}", _handoff_details(report))

@@ -112,3 +112,17 @@ def test_a_segment_jump_is_held_back_until_acknowledged(tmp_path, demo_landing):
             instance=instance, run_config={"ops": {"activation__audience": {"config": {
                 "acknowledged_segments": sorted(jumps)}}}})
         assert ok.success and "activation/brevo_lists" in materialised(ok) and brevo.contacts
+
+
+def test_history_charts_with_segments_on_different_days(monkeypatch):
+    """Segments whose entries fall on different days: every segment's line covers every day."""
+    import pandas as pd
+
+    import crm_pipelines.defs.activation as module
+    hist = pd.DataFrame({"segment": pd.Series(["a", "b"], dtype="str"), "day": ["2026-12-01", "2026-12-02"],
+                         "entered": [3, 2], "left": [0, 1]})
+    monkeypatch.setattr(module, "segment_history", lambda wh: hist)
+    monkeypatch.setattr(module, "tables_present", lambda wh, tables: True)
+    charts = module._history_charts(None)
+    assert set(charts) == {"chart_sizes", "chart_entries_exits"}
+    assert all("data:image/png;base64," in v.value for v in charts.values())

@@ -60,13 +60,15 @@ def test_a_trade_fair_lead_reaches_its_rep_once_through_the_sensor(tmp_path, dem
             assert run_golden(defs, instance).success
             _, cursor = _sensor(defs, instance, "new_leads", landing)  # what had landed before: seen once
             wh = Warehouse.for_url(settings.default_warehouse_url)
-            known = wh.scalar(sa.select(GOLDEN_CONTACTS.c.email).where(GOLDEN_CONTACTS.c.email.is_not(None),
-                                                                      GOLDEN_CONTACTS.c.postal_code.like("8%")).limit(1))
+            g = GOLDEN_CONTACTS
+            known = wh.execute_first(sa.select(g.c.email, g.c.first_name, g.c.last_name).where(
+                g.c.email.is_not(None), g.c.first_name.is_not(None), g.c.last_name.is_not(None),
+                g.c.postal_code.like("8%")).order_by(g.c.golden_id).limit(1))
             folder = landing / "trade_fair_leads" / TODAY
             folder.mkdir(parents=True)
             (folder / "sps_20261121_1015.csv").write_text(
                 "\ufeff" + HEADER + scan("TF-X-1", "Lea", "Sommer", "lea.sommer@neukunde.de")
-                + scan("TF-X-2", "Bekannt", "Person", known), encoding="utf-8")
+                + scan("TF-X-2", known.first_name, known.last_name, known.email), encoding="utf-8")
 
             requests_, cursor = _sensor(defs, instance, "new_leads", landing, cursor)
             assert [r.tags["crm/landing_file"] for r in requests_] == [f"trade_fair_leads/{TODAY}/sps_20261121_1015.csv"]

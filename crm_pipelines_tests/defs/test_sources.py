@@ -105,7 +105,7 @@ def test_materialising_a_day_range_loads_every_source(tmp_path, demo_landing, wa
         for source, counts in per_source.items():
             assert sum(counts) == manifest["sources"][source]["records"], source  # per-day figures, not run totals
         checks = result.get_asset_check_evaluations()
-        assert len(checks) == 66  # six checks on each of the eleven sources (with the mapping version)
+        assert len(checks) == 72  # six checks on each of the twelve sources (with the mapping version)
         failed = [(c.asset_key.to_user_string(), c.check_name) for c in checks if not c.passed]
         assert failed == []
     url = warehouse_url if postgres else settings_for(tmp_path, root).default_warehouse_url

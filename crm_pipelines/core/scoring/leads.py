@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from ..golden.incremental import match_new_persons
+from ..golden.matching.settings import EntityMatchSpec
 from ..golden.records import person_records
 from ..model import ENTITIES
 from ..platform.schema import (ALERT_LEDGER, CRM_SYNC_STATE, GOLDEN_ACCOUNTS, GOLDEN_CONTACTS, LEAD_SCORE_HISTORY,
@@ -251,9 +253,11 @@ def _leads_for(wh: Warehouse, rows: pd.DataFrame, kind: str, rules: ScoringRules
 
 
 def landed_leads(wh: Warehouse, source: str, day: str, files: list[Path], rules: ScoringRules,
-                 screen: Screen) -> list[Lead]:
-    """The records of newly landed trade-fair / service-request files, matched to golden contacts by
-    e-mail (a lead that is not yet one arrives as itself; the nightly build gives it a golden ID)."""
+                 screen: Screen, persons: EntityMatchSpec | None = None) -> list[Lead]:
+    """The records of newly landed trade-fair / service-request files, matched to golden contacts by the
+    nightly build's rules (``persons``: e-mail, phone and name, name and company, with typos; see
+    ``golden.incremental``), else by e-mail alone. A lead that is not yet a contact arrives as itself;
+    the nightly build gives it a golden ID."""
     kind = {"trade_fair_leads": "trade_fair_lead", "service_requests": "service_request"}[source]
     t = raw_table(source, ENTITIES["contact" if source == "trade_fair_leads" else "service_request"])
     names = [f.name for f in files]
@@ -261,10 +265,15 @@ def landed_leads(wh: Warehouse, source: str, day: str, files: list[Path], rules:
     if raw.empty:
         return []
     landed = {f.name: datetime.fromtimestamp(f.stat().st_mtime, timezone.utc) for f in files}
-    persons = person_records({source: raw})
-    by_email, _ = identity_maps(wh)
-    persons["golden_id"] = persons["email_norm"].map(by_email)
-    rows = persons.rename(columns={"source_record_id": "record_id"})
+    records = person_records({source: raw})
+    if persons is not None:
+        found = match_new_persons(wh, records, persons)
+        records["golden_id"] = records["record_key"].map(dict(zip(found["record_key"], found["golden_id"])))
+        records["matched_by"] = records["record_key"].map(dict(zip(found["record_key"], found["rule"])))
+    else:
+        by_email, _ = identity_maps(wh)
+        records["golden_id"] = records["email_norm"].map(by_email)
+    rows = records.rename(columns={"source_record_id": "record_id"})
     g = GOLDEN_CONTACTS
     known = rows["golden_id"].dropna().tolist()
     golden = wh.read_frame(sa.select(g.c.golden_id, g.c.email_consent, g.c.email_consent_basis, g.c.phone_consent,

@@ -75,7 +75,11 @@ def _distinct_people(names) -> int:
 
 def _same_person(f1: str, l1: str, f2: str, l2: str) -> bool:
     def close(a: str, b: str) -> bool:
-        return not a or not b or JaroWinkler.similarity(a, b) >= DIFFERENT
+        if not a or not b:
+            return True
+        if min(len(a), len(b)) == 1:   # an initial ("J.") fits every name it begins
+            return a[0] == b[0]
+        return JaroWinkler.similarity(a, b) >= DIFFERENT
     # The first name decides (a new surname after a marriage is the same person); swapped names count.
     return close(f1, f2) or (close(f1, l2) and close(l1, f2))
 
