@@ -32,9 +32,12 @@ def materialised(result) -> dict[str, dict]:
 
 
 def test_activation_night_then_an_unsubscribe_by_webhook_within_the_sensors(tmp_path, demo_landing):
+    config = copy_config(tmp_path)
+    for path in (config / "segments").glob("*.yaml"):   # the demo's segments are small: any change counts
+        path.write_text(path.read_text(encoding="utf-8") + "min_size_change: 1\n", encoding="utf-8")
     with golden_world(tmp_path, demo_landing) as (settings, _defs, instance), BrevoServer(import_delay=0.02) as brevo, \
             CrmServer() as crm:
-        defs = build_defs(replace(settings, marketing_url=brevo.url, crm_url=crm.url))
+        defs = build_defs(replace(settings, config_dir=config, marketing_url=brevo.url, crm_url=crm.url))
         assert defs.resolve_job_def("score_leads").execute_in_process(instance=instance).success
         night = defs.resolve_job_def("activation_nightly").execute_in_process(instance=instance)
         assert night.success and all(checks_of(night).values()), checks_of(night)
@@ -53,6 +56,23 @@ def test_activation_night_then_an_unsubscribe_by_webhook_within_the_sensors(tmp_
         in_tool = {c.email for c in brevo.contacts.values()}
         assert in_tool and all(consent.get(e) == "granted" for e in in_tool)   # only consented contacts reached it
         assert brevo.stats().get("resubscribed", 0) == 0
+
+        # A list that jumps beyond its segment's bound since the last activation is held back until acknowledged.
+        sizes = mats["activation/audience"]["lists"]
+        jumping = max(sizes, key=sizes.get)
+        assert sizes[jumping] >= 2
+        segment = next(s.name for s in load_segments(settings.config_dir / "segments").values()
+                       if s.destinations.get("brevo") == jumping)
+        write_state(wh, "activation.sizes", json.dumps({**sizes, jumping: 0}))
+        calls = brevo.stats()["contacts"], brevo.stats().get("list_adds", 0)
+        held = defs.resolve_job_def("activation_nightly").execute_in_process(instance=instance, raise_on_error=False)
+        evaluation = next(c for c in held.get_asset_check_evaluations() if c.check_name == "segment_size_within_bound")
+        assert evaluation.passed is False and list(evaluation.metadata["jumps"].value) == [segment]
+        assert "activation/brevo_lists" not in materialised(held)
+        assert (brevo.stats()["contacts"], brevo.stats().get("list_adds", 0)) == calls   # nothing was sent
+        acknowledged = defs.resolve_job_def("activation_nightly").execute_in_process(
+            instance=instance, run_config={"ops": {"activation__audience": {"config": {"acknowledged_segments": [segment]}}}})
+        assert acknowledged.success and "activation/brevo_lists" in materialised(acknowledged)
 
         # One of them unsubscribes; the tool's webhook lands in the landing zone.
         m = ACTIVATION_MEMBERS
@@ -88,30 +108,6 @@ def test_activation_night_then_an_unsubscribe_by_webhook_within_the_sensors(tmp_
         again = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources=defs.resources,
                                                              cursor=tick.cursor))
         assert again.run_requests == []
-
-
-def test_a_segment_jump_is_held_back_until_acknowledged(tmp_path, demo_landing):
-    config = copy_config(tmp_path)
-    for path in (config / "segments").glob("*.yaml"):   # the demo's segments are small: any change counts
-        path.write_text(path.read_text(encoding="utf-8") + "min_size_change: 1\n", encoding="utf-8")
-    with golden_world(tmp_path, demo_landing) as (settings, _defs, instance), BrevoServer(import_delay=0.02) as brevo, \
-            CrmServer() as crm:
-        defs = build_defs(replace(settings, config_dir=config, marketing_url=brevo.url, crm_url=crm.url))
-        assert defs.resolve_job_def("score_leads").execute_in_process(instance=instance).success
-        wh = Warehouse.for_url(settings.default_warehouse_url)
-        # The last activation had no contact on any list; now there are some.
-        names = [seg.destinations["brevo"] for seg in load_segments(settings.config_dir / "segments").values()
-                 if "brevo" in seg.destinations]
-        write_state(wh, "activation.sizes", json.dumps({n: 0 for n in names}))
-        held = defs.resolve_job_def("activation_nightly").execute_in_process(instance=instance, raise_on_error=False)
-        evaluation = next(c for c in held.get_asset_check_evaluations() if c.check_name == "segment_size_within_bound")
-        jumps = evaluation.metadata["jumps"].value
-        assert evaluation.passed is False and jumps
-        assert "activation/brevo_lists" not in materialised(held) and not brevo.contacts
-        ok = defs.resolve_job_def("activation_nightly").execute_in_process(
-            instance=instance, run_config={"ops": {"activation__audience": {"config": {
-                "acknowledged_segments": sorted(jumps)}}}})
-        assert ok.success and "activation/brevo_lists" in materialised(ok) and brevo.contacts
 
 
 def test_history_charts_with_segments_on_different_days(monkeypatch):
