@@ -290,7 +290,8 @@ def build_activation_defs(config_dir: Path, mappings: dict[str, SourceMapping]) 
         "behaviour_events_now", ("behaviour_events",), load_behaviour_now, "behaviour_now", mappings, SENSOR_SECONDS,
         timedelta(minutes=operations.near_real_time_max_age_minutes),
         "Behaviour events in the landing zone, loaded as they land: the segment_updates sensor then moves the "
-        "contacts they name within seconds.")
+        "contacts they name within seconds. Today's and yesterday's day folders only (tracking files land under "
+        "the day they arrive).", recent_days=1)
 
     schedule = dg.ScheduleDefinition(name="nightly_activation", job=nightly, cron_schedule="30 6 * * *",
                                      execution_timezone="Europe/Berlin", default_status=dg.DefaultScheduleStatus.STOPPED,

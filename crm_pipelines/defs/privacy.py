@@ -285,12 +285,17 @@ def build_privacy_defs(config_dir: Path, mappings: dict[str, SourceMapping], dat
         execution_timezone="Europe/Berlin", default_status=dg.DefaultScheduleStatus.RUNNING,
         description=f"Daily 04:15: remove landing day folders older than {settings.landing_retention_days} days.")
     consent_changes = landing_sensor(
-        "consent_changes", ("consent_changes", "email_engagement"), apply_consent_changes, "consent_now", mappings, 15,
+        "consent_changes", ("consent_changes",), apply_consent_changes, "consent_now", mappings, 15,
         timedelta(minutes=operations.near_real_time_max_age_minutes),
-        "Consent webhooks (opt-outs, objections) and the marketing tool's engagement webhooks (unsubscribes, spam "
-        "complaints, double-opt-in confirmations) in the landing zone: applied at once, before the next alert, push "
-        "or activation could use the old consent.")
-    return dg.Definitions(assets=[consent_events], jobs=jobs, sensors=[erasure_requests, consent_changes],
+        "Consent webhooks (opt-outs, objections) in the landing zone: applied at once, before the next alert or "
+        "push could use the old consent.")
+    engagement_changes = landing_sensor(
+        "engagement_changes", ("email_engagement",), apply_consent_changes, "consent_now", mappings, 15,
+        timedelta(minutes=operations.near_real_time_max_age_minutes),
+        "The marketing tool's engagement webhooks (unsubscribes, spam complaints, double-opt-in confirmations, "
+        "opens, clicks) as the receiver lands them under the day they arrive: applied to the consent ledger at once, "
+        "before the next activation could use the old consent.", recent_days=1)
+    return dg.Definitions(assets=[consent_events], jobs=jobs, sensors=[erasure_requests, consent_changes, engagement_changes],
                           schedules=[schedule, landing_schedule])
 
 

@@ -281,10 +281,12 @@ FIRST_START_GRACE_SECONDS = 60
 
 
 def landing_sensor(name: str, sources: tuple[str, ...], job, op_name: str, mappings, interval: int,
-                   max_age: timedelta, description: str) -> dg.SensorDefinition:
+                   max_age: timedelta, description: str, recent_days: int | None = None) -> dg.SensorDefinition:
     """A sensor that launches ``job`` once per new file of ``sources`` in the landing zone (run key = file
     content), with the file in the config of ``op_name``: the near-real-time paths of scoring (new leads)
-    and privacy (consent changes)."""
+    and privacy (consent changes). ``recent_days``: only day folders of the last so many days by the
+    calendar (sources whose files are written under the day they arrive: webhooks, tracking), so a landing
+    zone restored from a backup does not start a run per old file."""
     description += (" Starts from now: on its first start, files that landed more than a minute before are left to "
                     "the nightly load; later, files older than "
                     f"{max_age.total_seconds() / 60:.0f} minutes when first seen (they landed while it was not "
@@ -303,7 +305,11 @@ def landing_sensor(name: str, sources: tuple[str, ...], job, op_name: str, mappi
         for source in sources:
             mapping = mappings[source]
             # Only the last few days: near-real-time files land today; older days are the nightly job's.
-            for day in landed_partitions(landing.path, source)[-3:]:
+            days = landed_partitions(landing.path, source)[-3:]
+            if recent_days is not None:
+                since = (datetime.now(timezone.utc) - timedelta(days=recent_days)).strftime("%Y-%m-%d")
+                days = [d for d in days if d >= since]
+            for day in days:
                 for path in landing_files(landing.path, mapping, day):
                     key = f"{source}/{day}/{path.name}:{file_digest(path)}"
                     if key in seen:

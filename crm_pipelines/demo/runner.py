@@ -196,7 +196,7 @@ def _local_marketing_tool(settings: Settings, landing: Path):
 
 
 def _engagement_back(defs: dg.Definitions, instance, brevo, receiver, progress: Callable[[str], None]) -> list:
-    """What the consent_changes and segment_updates sensors do when the daemon runs: the journeys' e-mails came
+    """What the engagement_changes and segment_updates sensors do when the daemon runs: the journeys' e-mails came
     back as engagement webhooks; each landed file is loaded and applied to the consent ledger, then one
     incremental activation run takes whoever unsubscribed off every list."""
     import time
