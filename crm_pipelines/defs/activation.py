@@ -33,7 +33,6 @@ from ..core.platform.chart import grouped_bar_png, line_chart_png, markdown_imag
 from ..core.platform.schema import ACTIVATION_AUDIENCE, GOLDEN_CONTACTS, SEGMENT_MEMBERS, raw_table
 from ..core.platform.operations import load_operations
 from ..core.platform.warehouse import tables_present
-from ..core.sources.ingest import ingest_partition
 from ..core.sources.mapping import SourceMapping
 from .auditing import audit_run
 from .crm import PUSH_CONTACTS_KEY
@@ -41,7 +40,7 @@ from .golden import CONSENT_KEY, CONTACTS_KEY
 from .metadata import markdown_table
 from .resources import CrmResource, LandingZoneResource, MarketingToolResource, PrivacyResource, WarehouseResource
 from .scoring import SCORES_KEY
-from .sources import LandingFileConfig, landing_sensor, raw_asset_key
+from .sources import LandingFileConfig, landing_sensor, load_landed, raw_asset_key
 
 GROUP = "activation"
 OWNERS = ["team:marketing-ops"]
@@ -270,14 +269,8 @@ def build_activation_defs(config_dir: Path, mappings: dict[str, SourceMapping]) 
     def behaviour_now(context: dg.OpExecutionContext, config: LandingFileConfig, warehouse: WarehouseResource,
                       landing: LandingZoneResource, privacy: PrivacyResource) -> dg.Output:
         wh = warehouse.get()
-        with wh.raw_writes("load", log=context.log.info):
-            rep = ingest_partition(mappings[config.source], config.day, landing.path, wh, context.run.run_id,
-                                   suppression=privacy.suppression(wh))
-        context.log_event(dg.AssetMaterialization(
-            asset_key=raw_asset_key(config.source), partition=config.day,
-            metadata={"dagster/row_count": rep.rows_loaded, "rows_read": rep.rows_read, "rows_loaded": rep.rows_loaded,
-                      "rows_quarantined": rep.rows_quarantined, "rows_suppressed": rep.rows_suppressed,
-                      "loaded_by": "load_behaviour_now"}))
+        rep = load_landed(context, config, mappings[config.source], wh, landing.path, privacy.suppression(wh),
+                          "load_behaviour_now")
         return dg.Output(None, metadata={"rows_loaded": rep.rows_loaded, "rows_quarantined": rep.rows_quarantined})
 
     @dg.job(name="load_behaviour_now", tags={"crm/path": "near-real-time"},

@@ -27,13 +27,14 @@ from ..core.privacy.ledger import build_consent_events
 from ..core.privacy.requests import CrmErasureTarget, request_done, requests_in_file, retry_pending
 from ..core.privacy.retention import retire_inactive
 from ..core.privacy.settings import load_privacy_settings
-from ..core.sources.ingest import ingest_partition, landed_partitions, landing_files
+from ..core.sources.ingest import landed_partitions, landing_files
 from ..core.sources.mapping import SourceMapping
+from ..core.sources.roles import CONSENT_SOURCES, ENGAGEMENT_SOURCES, OPT_IN_SOURCES
 from .auditing import audit_run
 from .golden import CONSENT_KEY, PERSON_KEY
 from .metadata import markdown_table
 from .resources import CrmResource, LandingZoneResource, MarketingToolResource, PrivacyResource, WarehouseResource
-from .sources import LandingFileConfig, file_digest, landing_sensor, raw_asset_key
+from .sources import LandingFileConfig, file_digest, landing_sensor, load_landed, raw_asset_key
 
 
 GROUP = "privacy"
@@ -76,9 +77,11 @@ def build_privacy_defs(config_dir: Path, mappings: dict[str, SourceMapping], dat
     operations = load_operations(config_dir / "operations.yaml")
 
     @dg.asset(key=CONSENT_KEY, group_name=GROUP, owners=OWNERS, kinds={"pandas", "sql"},
-              deps=[raw_asset_key("newsletter_signups"), raw_asset_key("consent_changes"), PERSON_KEY],
+              deps=[*(raw_asset_key(s) for s in (*CONSENT_SOURCES, *OPT_IN_SOURCES, *ENGAGEMENT_SOURCES)), PERSON_KEY],
               description="The consent ledger: every opt-in, unsubscribe, opt-out and objection per person and channel "
-                          "(e-mail, phone, post) with legal basis, time, source and double-opt-in time, linked to a person "
+                          "(e-mail, phone, post) with legal basis, time, source and double-opt-in time, from the sign-ups, "
+                          "the CRM's preference centre, the lead forms' opt-in boxes (pending until the double opt-in) and "
+                          "the marketing tool's unsubscribes, complaints and confirmations, linked to a person "
                           "record by CRM ID or e-mail. No e-mail address is stored: the link is the record key and a "
                           "salted hash. `golden/contacts` turns it into the current consent per channel. Table "
                           "`staging.consent_events`.")
@@ -235,13 +238,8 @@ def build_privacy_defs(config_dir: Path, mappings: dict[str, SourceMapping], dat
     def consent_now(context: dg.OpExecutionContext, config: LandingFileConfig, warehouse: WarehouseResource,
                     landing: LandingZoneResource, privacy: PrivacyResource) -> dg.Output:
         wh = warehouse.get()
-        with wh.raw_writes("load", log=context.log.info):
-            rep = ingest_partition(mappings[config.source], config.day, landing.path, wh, context.run.run_id,
-                                   suppression=privacy.suppression(wh))
-        context.log_event(dg.AssetMaterialization(
-            asset_key=raw_asset_key(config.source), partition=config.day,
-            metadata={"dagster/row_count": rep.rows_loaded, "rows_read": rep.rows_read, "rows_loaded": rep.rows_loaded,
-                      "rows_quarantined": rep.rows_quarantined, "rows_suppressed": rep.rows_suppressed}))
+        load_landed(context, config, mappings[config.source], wh, landing.path, privacy.suppression(wh),
+                    "apply_consent_changes")
         events = build_consent_events(wh, privacy.hasher())
         changed = refresh_golden_consent(wh)
         audit_run(wh, context, "consent.applied", {"events": len(events), "contacts_changed": changed})

@@ -28,14 +28,13 @@ from ..core.scoring.handoff import SlaTiming, check_sla, hand_off, load_territor
 from ..core.scoring.leads import (ScoringPlan, landed_leads, plan_scoring, reactivation_segment, score_range,
                                   snapshot_history, sql_crossings, write_lead_scores)
 from ..core.scoring.rules import ScoreResult, ScoringRules, load_scoring_rules
-from ..core.sources.ingest import ingest_partition
 from ..core.sources.mapping import SourceMapping
 from .auditing import audit_run
 from .crm import PUSH_CONTACTS_KEY
 from .golden import ACCOUNTS_KEY, CONSENT_KEY, CONTACTS_KEY
 from .metadata import frame_markdown
 from .resources import CrmResource, LandingZoneResource, NotifyResource, PrivacyResource, WarehouseResource
-from .sources import LandingFileConfig, landing_sensor, raw_asset_key
+from .sources import LandingFileConfig, landing_sensor, load_landed, raw_asset_key
 
 GROUP = "scoring"
 OWNERS = ["team:marketing-ops", "team:sales-ops"]
@@ -128,15 +127,8 @@ def build_scoring_defs(config_dir: Path, mappings: dict[str, SourceMapping], dat
                   landing: LandingZoneResource, privacy: PrivacyResource, notify: NotifyResource,
                   crm: CrmResource) -> dg.Output:
         wh = warehouse.get()
-        with wh.raw_writes("load", log=context.log.info):  # never under an erasure (Warehouse.raw_writes)
-            suppression = privacy.suppression(wh)
-            rep = ingest_partition(mappings[config.source], config.day, landing.path, wh, context.run.run_id,
-                                   suppression=suppression)
-        context.log_event(dg.AssetMaterialization(
-            asset_key=raw_asset_key(config.source), partition=config.day,
-            metadata={"dagster/row_count": rep.rows_loaded, "rows_read": rep.rows_read, "rows_loaded": rep.rows_loaded,
-                      "rows_quarantined": rep.rows_quarantined, "rows_suppressed": rep.rows_suppressed,
-                      "loaded_by": "fast_lead_path"}))
+        suppression = privacy.suppression(wh)
+        load_landed(context, config, mappings[config.source], wh, landing.path, suppression, "fast_lead_path")
         leads = landed_leads(wh, config.source, config.day, [Path(f) for f in config.files], rules, suppression.screen(),
                              matching.persons)
         report = hand_off(wh, leads, territories, notify.channels(), crm.connector(sync), context.run.run_id,

@@ -334,6 +334,19 @@ def landing_sensor(name: str, sources: tuple[str, ...], job, op_name: str, mappi
     return _sensor
 
 
+def load_landed(context, config: LandingFileConfig, mapping, wh, landing_root, suppression, loaded_by: str):
+    """The near-real-time paths' load: the landed file's day partition into raw (never under an erasure), recorded
+    as a materialization of its raw asset. Returns the partition report."""
+    with wh.raw_writes("load", log=context.log.info):
+        rep = ingest_partition(mapping, config.day, landing_root, wh, context.run.run_id, suppression=suppression)
+    context.log_event(dg.AssetMaterialization(
+        asset_key=raw_asset_key(config.source), partition=config.day,
+        metadata={"dagster/row_count": rep.rows_loaded, "rows_read": rep.rows_read, "rows_loaded": rep.rows_loaded,
+                  "rows_quarantined": rep.rows_quarantined, "rows_suppressed": rep.rows_suppressed,
+                  "loaded_by": loaded_by}))
+    return rep
+
+
 def file_digest(path: Path) -> str:
     """The first 16 hex digits of a file's SHA-256: a landing file's identity in run keys and cursors
     (a re-delivered file with the same content is the same file)."""

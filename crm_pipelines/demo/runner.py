@@ -207,8 +207,12 @@ def _engagement_back(defs: dg.Definitions, instance, brevo, receiver, progress: 
     progress(f"engagement: {len(files)} webhook request(s) landed; applying them")
     results = []
     job = defs.resolve_job_def("apply_consent_changes")
+    by_day: dict[str, list[str]] = {}
     for path in files:
-        config = {"source": "email_engagement", "day": path.parent.name, "files": [str(path)]}
+        by_day.setdefault(path.parent.name, []).append(str(path))
+    # One run per day: the load takes the day's partition whole, so the day's files go in together.
+    for day, paths in sorted(by_day.items()):
+        config = {"source": "email_engagement", "day": day, "files": paths}
         results.append(job.execute_in_process(
             instance=instance, raise_on_error=False, tags={"crm/launched_by": "make-demo"},
             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}},
