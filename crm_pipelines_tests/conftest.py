@@ -131,9 +131,7 @@ def warehouse_templates(tmp_path_factory):
 # The few tests that run real processes for one to two minutes each go first: pytest-xdist hands the
 # first tests out one per worker, so they start at once on different cores and the short ones fill
 # in around them, instead of two of them ending up last on one worker.
-# Started first, longest first, so that the short tests fill the workers' tails.
-LONG_RUNNING = ("test_celery.py", "test_killed_run.py", "test_ui.py", "test_first_week.py", "test_instance_and_demo.py",
-                "test_activation.py", "test_privacy_property.py", "test_prod_local.py")
+LONG_RUNNING = ("test_killed_run.py", "test_celery.py", "test_ui.py", "test_prod_local.py")
 
 
 def pytest_collection_modifyitems(config, items):
