@@ -62,8 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                  *[j.list_name for j in journeys.values() if j.list_name]]
         lists = {n: tool.ensure_list(n, activation.folder) for n in dict.fromkeys(names)}
         if args.webhook_url:
-            tool._call("POST", "/v3/webhooks", json_body={"url": args.webhook_url, "events": ENGAGEMENT_EVENTS,
-                                                          "type": "marketing", "batched": True})
+            tool.register_webhook(args.webhook_url, ENGAGEMENT_EVENTS)
     except (ToolAuthError, ToolRejected, ServiceUnavailable) as exc:
         print(f"setup failed: {exc}", file=sys.stderr)
         return 1

@@ -44,9 +44,10 @@ class BrevoConnector:
     events_limits: tuple[RateLimiter, ...] = field(default_factory=lambda: _family_limits(10, 36_000))
     other_limits: tuple[RateLimiter, ...] = field(default_factory=lambda: (RateLimiter(max_requests=100, window_seconds=3600.0),))
     import_timeout: float = 600.0
-    poll_seconds: float = 0.25
+    poll_seconds: float = 0.5
     sleep: Callable[[float], None] = time.sleep
-    _lists: dict = field(default_factory=dict, init=False, repr=False)
+    _lists: dict = field(default_factory=dict, init=False, repr=False)      # (folder, name) -> list ID
+    _folders: dict = field(default_factory=dict, init=False, repr=False)    # folder name -> ID
 
     @classmethod
     def connect(cls, base_url: str, api_key: str | None, *, timeout: float = 30.0, max_attempts: int = 6,
@@ -101,17 +102,31 @@ class BrevoConnector:
                 return
 
     def ensure_list(self, name: str, folder: str) -> int:
+        if not self._lists:
+            # One read of the account's folders and lists for all the lists a sync names (read again when
+            # one is missing: someone may have created it since).
+            self._read_lists()
+        if (folder, name) not in self._lists:
+            self._read_lists()
         if (folder, name) in self._lists:
             return self._lists[(folder, name)]
-        folder_id = next((f["id"] for f in self._paged("/v3/contacts/folders", "folders") if f["name"] == folder), None)
+        folder_id = self._folders.get(folder)
         if folder_id is None:
-            folder_id = self._call("POST", "/v3/contacts/folders", json_body={"name": folder}).body["id"]
-        list_id = next((lst["id"] for lst in self._paged("/v3/contacts/lists", "lists")
-                        if lst["name"] == name and lst.get("folderId") == folder_id), None)
-        if list_id is None:
-            list_id = self._call("POST", "/v3/contacts/lists", json_body={"name": name, "folderId": folder_id}).body["id"]
+            folder_id = self._folders[folder] = int(
+                self._call("POST", "/v3/contacts/folders", json_body={"name": folder}).body["id"])
+        list_id = self._call("POST", "/v3/contacts/lists", json_body={"name": name, "folderId": folder_id}).body["id"]
         self._lists[(folder, name)] = int(list_id)
         return int(list_id)
+
+    def _read_lists(self) -> None:
+        names = {}
+        for f in self._paged("/v3/contacts/folders", "folders"):
+            names.setdefault(int(f["id"]), f["name"])
+            self._folders.setdefault(f["name"], int(f["id"]))
+        for lst in self._paged("/v3/contacts/lists", "lists"):
+            folder = names.get(int(lst.get("folderId") or -1))
+            if folder is not None:
+                self._lists.setdefault((folder, lst["name"]), int(lst["id"]))
 
     # ------------------------------------------------------------------ contacts and lists
 
@@ -126,14 +141,19 @@ class BrevoConnector:
         return accepted
 
     def _wait(self, pid: int) -> None:
+        """Until the import's process completed. ``/v3/processes`` is one of Brevo's unlisted endpoints (100 requests
+        an hour for the account): the polls back off (``poll_seconds``, doubling, at most 30 s apart), so an import
+        of a few seconds costs a handful of them."""
         deadline = time.monotonic() + self.import_timeout
+        wait = self.poll_seconds
         while True:
+            self.sleep(wait)
             status = (self._call("GET", f"/v3/processes/{pid}").body or {}).get("status")
             if status == "completed":
                 return
             if time.monotonic() > deadline:
                 raise ServiceUnavailable(f"{self.name} import {pid} not completed after {self.import_timeout:.0f} s (status {status})")
-            self.sleep(self.poll_seconds)
+            wait = min(wait * 2, 30.0)
 
     def _membership(self, list_id: int, emails: Sequence[str], verb: str) -> tuple[list[str], list[str]]:
         done, failed = [], []
@@ -179,6 +199,11 @@ class BrevoConnector:
     def delete_contact(self, email: str) -> str:
         resp = self._call("DELETE", f"/v3/contacts/{quote(email, safe='')}", allow=(404,))
         return "absent" if resp.status == 404 else "deleted"
+
+    def register_webhook(self, url: str, events: Sequence[str], batched: bool = True) -> int:
+        """A marketing webhook calling ``url`` for ``events`` (batched: up to 500 events per call)."""
+        body = {"url": url, "events": list(events), "type": "marketing", "batched": batched}
+        return int(self._call("POST", "/v3/webhooks", json_body=body).body["id"])
 
     def request_double_opt_in(self, email: str, list_id: int, attributes: dict, *, template_id: int,
                               redirection_url: str) -> None:

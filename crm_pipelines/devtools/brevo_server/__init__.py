@@ -263,7 +263,9 @@ class BrevoServer:
                        "x-sib-ratelimit-reset": str(max(1, int(reset + 0.999)))}
             return None, headers
 
-    def fault(self) -> tuple[int, dict] | None:
+    def fault(self, path: str = "") -> tuple[int, dict] | None:
+        """An injected error, or None. Injected 429s hit the per-second families (contacts, events) only, as a
+        shared account's other clients would cause them; an hourly endpoint's 429 would mean an hour's wait."""
         f = self.faults
         with self._lock:
             if f.fail_next > 0:
@@ -274,7 +276,7 @@ class BrevoServer:
             if r < f.error_rate:
                 self.counts["injected_errors"] += 1
                 return error(500, "internal_error", "Internal server error")
-            if self._rng.random() < f.throttle_rate:
+            if self._rng.random() < f.throttle_rate and self.limits[self.family(path)][0] is not None:
                 self.counts["throttled"] += 1
                 return error(429, "too_many_requests", "The expected rate limit is exceeded.")
         return None

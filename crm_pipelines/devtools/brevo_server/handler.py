@@ -76,7 +76,7 @@ def handler_for(server: BrevoServer):
             delay = server.delay()
             if delay:
                 time.sleep(delay)
-            faulted = server.fault()
+            faulted = server.fault(url.path)
             if faulted:
                 return self._send(*faulted, headers)
             params = {k: v[-1] for k, v in parse_qs(url.query).items()}

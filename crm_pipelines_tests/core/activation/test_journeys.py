@@ -38,7 +38,7 @@ def brevo():
 
 
 def _tool(server):
-    tool = BrevoConnector.connect(server.url, KEY, poll_seconds=0.02)
+    tool = BrevoConnector.connect(server.url, KEY, poll_seconds=0.05)
     tool.transport.backoff_base = 0.01
     return tool
 
