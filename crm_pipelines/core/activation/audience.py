@@ -32,11 +32,11 @@ from ..cleaning.emails import normalize_email
 from ..model import ENTITIES
 from ..platform.schema import (ACTIVATION_AUDIENCE, ACTIVATION_BLOCKED, ACTIVATION_CONTACTS, ACTIVATION_LISTS,
                                ACTIVATION_MEMBERS, SEGMENT_MEMBERS, raw_table)
-from ..platform.warehouse import Warehouse, replace_table, tables_present
+from ..platform.warehouse import Warehouse, chunks, replace_table, tables_present
 from ..privacy_screen.identity import IdentityHasher
 from ..privacy_screen.suppression import Screen
 from ..sources.roles import ENGAGEMENT_SOURCES
-from .membership import _chunks, read_inputs, read_profile, read_state, write_state
+from .membership import read_inputs, read_profile, read_state, write_state
 from .protocol import MarketingTool, ToolContact
 from .segments import Segment, SegmentInputs
 from .settings import ActivationSettings
@@ -82,7 +82,7 @@ def pull_blocked(wh: Warehouse, tool: MarketingTool, hasher: IdentityHasher) -> 
                     released.discard(h)
     b = ACTIVATION_BLOCKED
     with wh.engine.begin() as conn:
-        for part in _chunks(sorted(set(blocked) | released)):
+        for part in chunks(sorted(set(blocked) | released)):
             conn.execute(sa.delete(b).where(b.c.destination == tool.name, b.c.email_hash.in_(part)))
         if blocked:
             wh.bulk_insert(conn, b, pd.DataFrame({"destination": tool.name, "email_hash": list(blocked),
@@ -240,7 +240,7 @@ def sync_list(wh: Warehouse, tool: MarketingTool, settings: ActivationSettings, 
     m = ACTIVATION_MEMBERS
     with wh.engine.begin() as conn:
         gone = [g for g, _ in removable] + stale
-        for part in _chunks(gone):
+        for part in chunks(gone):
             conn.execute(sa.delete(m).where(m.c.destination == tool.name, m.c.list_name == list_name, m.c.golden_id.in_(part)))
         if added_rows:
             wh.bulk_insert(conn, m, pd.DataFrame(added_rows))
@@ -341,7 +341,7 @@ def sync_audiences(wh: Warehouse, tool: MarketingTool, settings: ActivationSetti
     if rows:
         report.upserted = tool.upsert(rows, master_id)
         with wh.engine.begin() as conn:
-            for part in _chunks(upsert_ids):
+            for part in chunks(upsert_ids):
                 conn.execute(sa.delete(c).where(c.c.destination == tool.name, c.c.golden_id.in_(part)))
             wh.bulk_insert(conn, c, pd.DataFrame({"destination": tool.name, "golden_id": upsert_ids,
                                                   "email_hash": [hasher.email(emails[g]) for g in upsert_ids],
@@ -356,7 +356,7 @@ def sync_audiences(wh: Warehouse, tool: MarketingTool, settings: ActivationSetti
     gone = sorted(set(last_sha) - set(eligible_in_lists))
     if gone:
         with wh.engine.begin() as conn:
-            for part in _chunks(gone):
+            for part in chunks(gone):
                 conn.execute(sa.delete(c).where(c.c.destination == tool.name, c.c.golden_id.in_(part)))
     report.calls = tool.stats.as_dict()
     report.seconds = time.perf_counter() - started
@@ -385,7 +385,7 @@ def ensure_in_tool(wh: Warehouse, tool: MarketingTool, settings: ActivationSetti
                                               "attributes_sha": [_sha({"email": emails[g], **r}) for g, r in
                                                                  zip(attrs.index, records)], "synced_at": now}))
         m = ACTIVATION_MEMBERS
-        for part in _chunks(list(attrs.index)):
+        for part in chunks(list(attrs.index)):
             conn.execute(sa.delete(m).where(m.c.destination == tool.name, m.c.list_name == settings.all_contacts_list,
                                             m.c.golden_id.in_(part)))
         wh.bulk_insert(conn, m, pd.DataFrame({"destination": tool.name, "list_name": settings.all_contacts_list,
@@ -438,6 +438,6 @@ def forget_contact(wh: Warehouse, destination: str, golden_ids: list[str]) -> No
     for t in (ACTIVATION_MEMBERS, ACTIVATION_CONTACTS):
         if tables_present(wh, [t]):
             with wh.engine.begin() as conn:
-                for part in _chunks(golden_ids):
+                for part in chunks(golden_ids):
                     conn.execute(sa.delete(t).where(t.c.destination == destination, t.c.golden_id.in_(part)))
 

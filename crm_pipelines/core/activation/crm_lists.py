@@ -17,10 +17,10 @@ import sqlalchemy as sa
 
 from ..crm.protocol import CrmConnector
 from ..platform.schema import ACTIVATION_LISTS, ACTIVATION_MEMBERS, CRM_SYNC_STATE, SEGMENT_MEMBERS
-from ..platform.warehouse import Warehouse, tables_present
+from ..platform.warehouse import Warehouse, chunks, select_in, tables_present
 from ..privacy_screen.identity import IdentityHasher
 from ..privacy_screen.suppression import Screen
-from .membership import _chunks, _select_in, read_profile
+from .membership import read_profile
 from .segments import Segment
 
 DESTINATION = "crm"
@@ -43,7 +43,7 @@ def _crm_ids(wh: Warehouse, golden_ids) -> pd.Series:
     t = CRM_SYNC_STATE
     if not tables_present(wh, [t]):
         return pd.Series(dtype=object)
-    rows = _select_in(wh, sa.select(t.c.golden_id, t.c.crm_id).where(t.c.object_type == "contacts", t.c.crm_id.is_not(None)),
+    rows = select_in(wh, sa.select(t.c.golden_id, t.c.crm_id).where(t.c.object_type == "contacts", t.c.crm_id.is_not(None)),
                       t.c.golden_id, golden_ids)
     return pd.Series(rows["crm_id"].astype(str).to_numpy(), index=rows["golden_id"].to_numpy(), dtype=object)
 
@@ -105,7 +105,7 @@ def sync_crm_lists(wh: Warehouse, crm: CrmConnector, segments: dict[str, Segment
             crm.change_list(list_id, [c for _, c in removable], add=False)
         res.removed = len(removable)
         with wh.engine.begin() as conn:
-            for part in _chunks(list(to_remove["golden_id"])):
+            for part in chunks(list(to_remove["golden_id"])):
                 conn.execute(sa.delete(m).where(m.c.destination == DESTINATION, m.c.list_name == name,
                                                 m.c.golden_id.in_(part)))
             if added_rows:

@@ -30,13 +30,13 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from ..platform.schema import (ALERT_LEDGER, CONTACT_TOUCHES, JOURNEY_ENROLLMENTS, PRINT_LISTS, PRINT_QUEUE,
-                               PRINT_RECIPIENTS, SEGMENT_MEMBERS)
-from ..platform.warehouse import Warehouse, tables_present
+from ..platform.schema import (ACTIVATION_MEMBERS, ALERT_LEDGER, CONTACT_TOUCHES, JOURNEY_ENROLLMENTS, PRINT_LISTS,
+                               PRINT_QUEUE, PRINT_RECIPIENTS, SEGMENT_MEMBERS)
+from ..platform.warehouse import Warehouse, chunks, select_in, tables_present
 from ..privacy_screen.identity import IdentityHasher
 from ..privacy_screen.suppression import Screen
-from .audience import blocked_hashes, ensure_in_tool, gate
-from .membership import _chunks, _select_in, read_inputs
+from .audience import blocked_hashes, ensure_in_tool, gate, owned_list
+from .membership import read_inputs
 from .protocol import MarketingTool, ToolEvent
 from .segments import SegmentInputs
 from .settings import ActivationSettings, Journey
@@ -61,7 +61,7 @@ def record_touches(wh: Warehouse, rows: list[dict]) -> int:
     wh.ensure_tables([CONTACT_TOUCHES])
     t = CONTACT_TOUCHES
     frame = pd.DataFrame(rows).drop_duplicates("touch_key")
-    known = set(_select_in(wh, sa.select(t.c.touch_key), t.c.touch_key, frame["touch_key"])["touch_key"])
+    known = set(select_in(wh, sa.select(t.c.touch_key), t.c.touch_key, frame["touch_key"])["touch_key"])
     frame = frame[~frame["touch_key"].isin(known)]
     if len(frame):
         with wh.engine.begin() as conn:
@@ -93,7 +93,7 @@ def touches_last_week(wh: Warehouse, golden_ids, now: datetime) -> pd.Series:
     t = CONTACT_TOUCHES
     if not tables_present(wh, [t]):
         return pd.Series(dtype=np.int64)
-    rows = _select_in(wh, sa.select(t.c.golden_id, t.c.at).where(t.c.at > now - WEEK, t.c.at <= now), t.c.golden_id, golden_ids)
+    rows = select_in(wh, sa.select(t.c.golden_id, t.c.at).where(t.c.at > now - WEEK, t.c.at <= now), t.c.golden_id, golden_ids)
     return rows.groupby("golden_id").size()
 
 
@@ -190,9 +190,6 @@ def run_journeys(wh: Warehouse, tool: MarketingTool | None, journeys: dict[str, 
                  list_ids: dict[str, int] | None = None) -> list[JourneyReport]:
     """One pass of every journey. ``list_ids``: our list name -> the tool's ID (the audience sync owns the lists;
     journeys add and remove their members directly, and record them as ours)."""
-    from .audience import owned_list  # the same list registry as the segment lists
-    from ..platform.schema import ACTIVATION_MEMBERS
-
     now = now or datetime.now(timezone.utc)
     wh.ensure_tables([JOURNEY_ENROLLMENTS, CONTACT_TOUCHES, ACTIVATION_MEMBERS])
     collect_outlet_touches(wh, now - WEEK)
@@ -294,16 +291,16 @@ def _print_gate(profile: pd.DataFrame, screen: Screen) -> pd.Series:
 
 
 def _forget_members(wh: Warehouse, destination: str, list_name: str, golden_ids: list[str]) -> None:
-    from ..platform.schema import ACTIVATION_MEMBERS as m
+    m = ACTIVATION_MEMBERS
     with wh.engine.begin() as conn:
-        for part in _chunks(golden_ids):
+        for part in chunks(golden_ids):
             conn.execute(sa.delete(m).where(m.c.destination == destination, m.c.list_name == list_name,
                                             m.c.golden_id.in_(part)))
 
 
 def _enroll_email(wh: Warehouse, tool: MarketingTool, journey: Journey, list_id: int | None, enroll: list[str],
                   inputs: SegmentInputs, hasher: IdentityHasher, entries: dict[str, int], now: datetime) -> int:
-    from ..platform.schema import ACTIVATION_MEMBERS as m
+    m = ACTIVATION_MEMBERS
     emails = inputs.profile["contact.email"].map(lambda e: str(e).strip().lower())
     sent = 0
     if list_id is not None:
@@ -329,7 +326,7 @@ def _enroll_print(wh: Warehouse, journey: Journey, enroll: list[str], entries: d
     wh.ensure_tables([PRINT_QUEUE])
     q = PRINT_QUEUE
     keys = {g: f"journey:{journey.name}:{g}:{entries[g]}" for g in enroll}
-    known = set(_select_in(wh, sa.select(q.c.alert_key), q.c.alert_key, keys.values())["alert_key"])
+    known = set(select_in(wh, sa.select(q.c.alert_key), q.c.alert_key, keys.values())["alert_key"])
     rows = [{"alert_key": k, "golden_id": g, "campaign": journey.print_campaign, "queued_at": now, "status": "queued"}
             for g, k in keys.items() if k not in known]
     if rows:
@@ -355,7 +352,7 @@ def _write(wh: Warehouse, journey: str, updates: list[dict], known: pd.DataFrame
     frame["entered_at"] = pd.to_datetime(frame["entered_at"], utc=True).fillna(pd.Timestamp(now))
     frame = frame.assign(journey=journey, updated_at=now)
     with wh.engine.begin() as conn:
-        for part in _chunks(list(frame["golden_id"])):
+        for part in chunks(list(frame["golden_id"])):
             conn.execute(sa.delete(e).where(e.c.journey == journey, e.c.golden_id.in_(part)))
         wh.bulk_insert(conn, e, frame[["journey", "golden_id", "status", "arm", "entries", "entered_at", "exited_at",
                                        "exit_reason", "updated_at"]])

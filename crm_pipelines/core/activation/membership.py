@@ -20,12 +20,11 @@ import sqlalchemy as sa
 from ..model import ENTITIES
 from ..platform.schema import (ACTIVATION_STATE, GOLDEN_ACCOUNTS, GOLDEN_CONTACTS, LEAD_SCORES, PERSON_CROSSWALK,
                                PERSON_RECORDS, SEGMENT_HISTORY, SEGMENT_MEMBERS, raw_table)
-from ..platform.warehouse import Warehouse, tables_present
+from ..platform.warehouse import Warehouse, chunks, select_in, tables_present
 from ..scoring.rules import attribute_events
 from ..sources.roles import CONSENT_SOURCES, ENGAGEMENT_SOURCES, OPT_IN_SOURCES
 from .segments import Segment, SegmentInputs, diff_members, evaluate
 
-CHUNK = 2_000
 EVENT_SOURCES = ("behaviour_events", *ENGAGEMENT_SOURCES)
 WATERMARK_KEY = "segments.loaded_at"
 # Rows are stamped when their load starts and committed when it ends: a load running while the last
@@ -37,18 +36,6 @@ ACCOUNT_COLUMNS = ["golden_id", "company_name", "legal_form", "postal_code", "ci
                    "employee_count", "erp_customer_number"]
 
 
-def _chunks(values: list, n: int = CHUNK):
-    for i in range(0, len(values), n):
-        yield values[i:i + n]
-
-
-def _select_in(wh: Warehouse, query: sa.Select, column: sa.ColumnElement, values) -> pd.DataFrame:
-    values = sorted({str(v) for v in values if v is not None and v == v})
-    if not values:
-        return wh.read_select(query.where(sa.false()))
-    return pd.concat([wh.read_select(query.where(column.in_(part))) for part in _chunks(values)], ignore_index=True)
-
-
 def _identities(wh: Warehouse, only: list[str] | None) -> pd.DataFrame:
     """email_norm, crm_contact_id, erp_customer_number -> golden_id of every current person record."""
     pr, xw = PERSON_RECORDS, PERSON_CROSSWALK
@@ -56,7 +43,7 @@ def _identities(wh: Warehouse, only: list[str] | None) -> pd.DataFrame:
         return pd.DataFrame(columns=["email_norm", "crm_contact_id", "erp_customer_number", "golden_id"])
     q = sa.select(pr.c.email_norm, pr.c.crm_contact_id, pr.c.erp_customer_number, xw.c.golden_id) \
         .join(xw, xw.c.record_key == pr.c.record_key).where(xw.c.valid_to.is_(None))
-    return wh.read_select(q) if only is None else _select_in(wh, q, xw.c.golden_id, only)
+    return wh.read_select(q) if only is None else select_in(wh, q, xw.c.golden_id, only)
 
 
 def _maps(ids: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
@@ -77,17 +64,17 @@ def _events(wh: Warehouse, ids: pd.DataFrame, only: list[str] | None) -> pd.Data
         if only is None:
             frames.append(wh.read_select(q))
             continue
-        found = [_select_in(wh, q, t.c.email, ids["email_norm"].dropna()),
-                 _select_in(wh, q, t.c.crm_contact_id, ids["crm_contact_id"].dropna())]
+        found = [select_in(wh, q, t.c.email, ids["email_norm"].dropna()),
+                 select_in(wh, q, t.c.crm_contact_id, ids["crm_contact_id"].dropna())]
         # The same visitors' anonymous events (before they identified themselves) belong to them too.
         anon = pd.concat(found)["anonymous_id"].dropna()
-        found.append(_select_in(wh, q, t.c.anonymous_id, anon))
+        found.append(select_in(wh, q, t.c.anonymous_id, anon))
         frames.append(pd.concat(found, ignore_index=True))
     # A web-form lead is an event too (a trigger's cancelling "web_form_lead": the prospect asked after all).
     wf = raw_table("web_form_leads", ENTITIES["contact"])
     if tables_present(wh, [wf]):
         q = sa.select(wf.c.source_record_id, wf.c.email, wf.c.created_at.label("occurred_at"))
-        leads = wh.read_select(q) if only is None else _select_in(wh, q, wf.c.email, ids["email_norm"].dropna())
+        leads = wh.read_select(q) if only is None else select_in(wh, q, wf.c.email, ids["email_norm"].dropna())
         frames.append(leads.assign(source_record_id="web_form_leads:" + leads["source_record_id"].astype(str),
                                    event_type="web_form_lead", crm_contact_id=None, anonymous_id=None))
     if not frames:
@@ -114,16 +101,16 @@ def read_profile(wh: Warehouse, only: list[str] | None = None) -> pd.DataFrame:
     if not tables_present(wh, [c]):
         return pd.DataFrame(columns=["golden_id"]).set_index("golden_id")
     q = sa.select(*[c.c[n] for n in CONTACT_COLUMNS])
-    contacts = wh.read_select(q) if only is None else _select_in(wh, q, c.c.golden_id, only)
+    contacts = wh.read_select(q) if only is None else select_in(wh, q, c.c.golden_id, only)
     profile = contacts.set_index("golden_id").add_prefix("contact.")
     if tables_present(wh, [GOLDEN_ACCOUNTS]) and contacts["account_id"].notna().any():
         a = GOLDEN_ACCOUNTS
-        accounts = _select_in(wh, sa.select(*[a.c[n] for n in ACCOUNT_COLUMNS]), a.c.golden_id, contacts["account_id"].dropna())
+        accounts = select_in(wh, sa.select(*[a.c[n] for n in ACCOUNT_COLUMNS]), a.c.golden_id, contacts["account_id"].dropna())
         acc = accounts.set_index("golden_id").add_prefix("account.")
         profile = profile.join(acc, on="contact.account_id")
     if tables_present(wh, [LEAD_SCORES]):
         s = LEAD_SCORES
-        scores = _select_in(wh, sa.select(s.c.golden_id, s.c.score, s.c.stage), s.c.golden_id, contacts["golden_id"])
+        scores = select_in(wh, sa.select(s.c.golden_id, s.c.score, s.c.stage), s.c.golden_id, contacts["golden_id"])
         profile = profile.join(scores.set_index("golden_id").rename(columns={"score": "lead.score", "stage": "lead.stage"}))
     return profile
 
@@ -148,14 +135,14 @@ def read_inputs(wh: Warehouse, only: list[str] | None = None) -> SegmentInputs:
     ot = raw_table("erp_orders", ENTITIES["order"])
     if tables_present(wh, [ot]):
         q = sa.select(ot.c.erp_customer_number, ot.c.order_date).where(sa.or_(ot.c.status.is_(None), ot.c.status != "cancelled"))
-        orders = wh.read_select(q) if only is None else _select_in(wh, q, ot.c.erp_customer_number, erp["erp_customer_number"])
+        orders = wh.read_select(q) if only is None else select_in(wh, q, ot.c.erp_customer_number, erp["erp_customer_number"])
     service = pd.DataFrame(columns=["golden_id", "created_at"])
     st = raw_table("service_requests", ENTITIES["service_request"])
     if tables_present(wh, [st]):
         q = sa.select(st.c.source_record_id, st.c.email, st.c.erp_customer_number, st.c.created_at)
         rows = wh.read_select(q) if only is None else pd.concat(
-            [_select_in(wh, q, st.c.email, ids["email_norm"].dropna()),
-             _select_in(wh, q, st.c.erp_customer_number, erp["erp_customer_number"])], ignore_index=True)
+            [select_in(wh, q, st.c.email, ids["email_norm"].dropna()),
+             select_in(wh, q, st.c.erp_customer_number, erp["erp_customer_number"])], ignore_index=True)
         rows = rows.drop_duplicates("source_record_id")
         by_email, _ = _maps(ids)
         via_email = pd.DataFrame({"golden_id": rows["email"].map(by_email), "created_at": rows["created_at"]}).dropna()
@@ -218,12 +205,12 @@ def affected_since(wh: Warehouse, watermark: datetime) -> tuple[set[str], dateti
         q = sa.select(xw.c.golden_id).join(pr, pr.c.record_key == xw.c.record_key).where(xw.c.valid_to.is_(None))
         for col, values in ((pr.c.email_norm, emails), (pr.c.crm_contact_id, crm_ids), (pr.c.erp_customer_number, erp_numbers)):
             if values:
-                affected |= set(_select_in(wh, q, col, values)["golden_id"])
+                affected |= set(select_in(wh, q, col, values)["golden_id"])
     c = GOLDEN_CONTACTS
     if erp_numbers and tables_present(wh, [c]):  # the contacts of an ordering account
-        accounts = _select_in(wh, sa.select(GOLDEN_ACCOUNTS.c.golden_id), GOLDEN_ACCOUNTS.c.erp_customer_number, erp_numbers) \
+        accounts = select_in(wh, sa.select(GOLDEN_ACCOUNTS.c.golden_id), GOLDEN_ACCOUNTS.c.erp_customer_number, erp_numbers) \
             if tables_present(wh, [GOLDEN_ACCOUNTS]) else pd.DataFrame(columns=["golden_id"])
-        affected |= set(_select_in(wh, sa.select(c.c.golden_id), c.c.account_id, accounts["golden_id"])["golden_id"])
+        affected |= set(select_in(wh, sa.select(c.c.golden_id), c.c.account_id, accounts["golden_id"])["golden_id"])
     return affected, newest, rows_read
 
 
@@ -234,7 +221,7 @@ def current_members(wh: Warehouse, segment: str, only: list[str] | None = None) 
     if not tables_present(wh, [m]):
         return pd.DataFrame(columns=["golden_id", "since", "reason"])
     q = sa.select(m.c.golden_id, m.c.since, m.c.reason).where(m.c.segment == segment)
-    return wh.read_select(q) if only is None else _select_in(wh, q, m.c.golden_id, only)
+    return wh.read_select(q) if only is None else select_in(wh, q, m.c.golden_id, only)
 
 
 @dataclass
@@ -265,7 +252,7 @@ def update_segments(wh: Warehouse, segments: dict[str, Segment], run_id: str, on
         diffs.append((seg, diff_members(seg, evaluate(seg, inputs, now), current, now, evaluated_all=only is None)))
     with wh.engine.begin() as conn:
         for seg, diff in diffs:
-            for part in _chunks(list(diff.left["golden_id"])):
+            for part in chunks(list(diff.left["golden_id"])):
                 conn.execute(sa.delete(SEGMENT_MEMBERS).where(SEGMENT_MEMBERS.c.segment == seg.name,
                                                                SEGMENT_MEMBERS.c.golden_id.in_(part)))
             if len(diff.entered):

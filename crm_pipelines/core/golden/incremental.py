@@ -19,22 +19,11 @@ import pandas as pd
 import sqlalchemy as sa
 
 from ..platform.schema import PERSON_CROSSWALK, PERSON_RECORDS
-from ..platform.warehouse import Warehouse, tables_present
+from ..platform.warehouse import Warehouse, select_in, tables_present
 from .matching.engine import block, comparison_levels
 from .matching.mailboxes import shared_mailboxes
 from .matching.settings import EntityMatchSpec
 from .staging import _DERIVED_PERSON_COLUMNS, _person_keys
-
-CHUNK = 2_000
-
-
-def _in(wh: Warehouse, query: sa.Select, column: sa.ColumnElement, values) -> pd.DataFrame:
-    values = sorted({str(v) for v in values if isinstance(v, str) and v})
-    if not values:
-        return pd.DataFrame()
-    return pd.concat([wh.read_select(query.where(column.in_(values[i:i + CHUNK]))) for i in range(0, len(values), CHUNK)],
-                     ignore_index=True)
-
 
 def candidates(wh: Warehouse, new: pd.DataFrame) -> pd.DataFrame:
     """Existing current person records that could share a blocking key with ``new``, with their golden ID."""
@@ -46,12 +35,12 @@ def candidates(wh: Warehouse, new: pd.DataFrame) -> pd.DataFrame:
     phones = set(new["phone_e164"].dropna()) | set(new["mobile_e164"].dropna())
     domains = set(new.loc[~new["is_free_mail"].fillna(False).astype(bool), "email_domain"].dropna())
     parts = [
-        _in(wh, q, pr.c.email_norm, new["email_norm"]),
-        _in(wh, q, pr.c.phone_e164, phones), _in(wh, q, pr.c.mobile_e164, phones),
-        _in(wh, q, pr.c.crm_contact_id, new["crm_contact_id"]),
+        select_in(wh, q, pr.c.email_norm, new["email_norm"]),
+        select_in(wh, q, pr.c.phone_e164, phones), select_in(wh, q, pr.c.mobile_e164, phones),
+        select_in(wh, q, pr.c.crm_contact_id, new["crm_contact_id"]),
         # Both names' phonetic codes (in either order): a frequent family name alone would bring thousands.
-        _in(wh, q.where(pr.c.first_kp.in_(sorted(kps)) if kps else sa.false()), pr.c.last_kp, kps),
-        _in(wh, q.where(pr.c.first_kp.in_(sorted(set(new["first_kp"].dropna()))) if new["first_kp"].notna().any()
+        select_in(wh, q.where(pr.c.first_kp.in_(sorted(kps)) if kps else sa.false()), pr.c.last_kp, kps),
+        select_in(wh, q.where(pr.c.first_kp.in_(sorted(set(new["first_kp"].dropna()))) if new["first_kp"].notna().any()
                         else sa.false()), pr.c.email_domain, domains),
     ]
     parts = [p for p in parts if len(p)]

@@ -442,3 +442,21 @@ def replace_table(wh: Warehouse, table: sa.Table, frame: pd.DataFrame, where: di
             conn.execute(sa.delete(table))
         wh.bulk_insert(conn, table, frame[cols])
 
+
+
+IN_CHUNK = 2_000
+
+
+def chunks(values: list, n: int = IN_CHUNK):
+    """``values`` in slices of ``n``: the parameters of one ``IN (...)`` (SQLite and PostgreSQL both cap them)."""
+    for i in range(0, len(values), n):
+        yield values[i:i + n]
+
+
+def select_in(wh: Warehouse, query: sa.Select, column: sa.ColumnElement, values) -> pd.DataFrame:
+    """``query`` restricted to rows whose ``column`` is one of ``values`` (as text, missing ones dropped), read a
+    slice of values at a time; no values: no rows (with the query's columns)."""
+    values = sorted({str(v) for v in values if v is not None and v == v and v != ""})
+    if not values:
+        return wh.read_select(query.where(sa.false()))
+    return pd.concat([wh.read_select(query.where(column.in_(part))) for part in chunks(values)], ignore_index=True)
