@@ -6,8 +6,8 @@ as strict as the real service where it matters to a connector:
 - authentication by the ``api-key`` header (401 ``unauthorized`` without it);
 - contact attributes (``GET /v3/contacts/attributes``, ``POST /v3/contacts/attributes/{category}/{name}``;
   a second creation is ``duplicate_parameter``), folders and lists (``GET`` at most 50 per page);
-- ``POST /v3/contacts/import`` (JSON rows, at most 10 MB, ``listIds`` or ``newList`` required, unknown
-  keys refused): asynchronous, answered 202 with a ``processId``, applied later by a worker, status at
+- every write refuses a parameter it does not know (400 ``invalid_parameter``), as Brevo does;
+- ``POST /v3/contacts/import`` (JSON rows, at most 10 MB, ``listIds`` or ``newList`` required): asynchronous, answered 202 with a ``processId``, applied later by a worker, status at
   ``GET /v3/processes/{id}``, the ``notifyUrl`` called when done; attributes the account does not define
   are dropped, as Brevo does; a blocklisted contact stays blocklisted;
 - ``POST /v3/contacts/batch`` answers 410: deprecated since 30 October 2026;
@@ -81,6 +81,12 @@ def now_iso() -> str:
 
 def error(status: int, code: str, message: str) -> tuple[int, dict]:
     return status, {"code": code, "message": message}
+
+
+def unknown_keys(body: dict, allowed: set[str]) -> tuple[int, dict] | None:
+    """Brevo refuses a parameter it does not know (400 invalid_parameter): so does this server."""
+    extra = sorted(set(body) - allowed)
+    return error(400, "invalid_parameter", f"Unknown parameter: {extra[0]}") if extra else None
 
 
 @dataclass
@@ -292,6 +298,9 @@ class BrevoServer:
             return error(400, "invalid_parameter", f"Invalid attribute category: {category}")
         if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
             return error(400, "invalid_parameter", "Attribute name must start with a letter and hold letters, digits, _")
+        refused = unknown_keys(body, {"type", "value", "enumeration", "isRecurring", "multiCategoryOptions"})
+        if refused:
+            return refused
         kind = body.get("type", "text")
         if kind not in ATTRIBUTE_TYPES:
             return error(400, "invalid_parameter", f"Invalid attribute type: {kind}")
@@ -302,6 +311,9 @@ class BrevoServer:
         return 201, None
 
     def create_folder(self, body: dict) -> tuple[int, dict]:
+        refused = unknown_keys(body, {"name"})
+        if refused:
+            return refused
         name = body.get("name")
         if not isinstance(name, str) or not name.strip():
             return error(400, "missing_parameter", "name is missing")
@@ -311,6 +323,9 @@ class BrevoServer:
         return 201, {"id": fid}
 
     def create_list(self, body: dict) -> tuple[int, dict]:
+        refused = unknown_keys(body, {"name", "folderId"})
+        if refused:
+            return refused
         name, folder = body.get("name"), body.get("folderId")
         if not isinstance(name, str) or not name.strip():
             return error(400, "missing_parameter", "name is missing")
@@ -351,6 +366,9 @@ class BrevoServer:
         with self._lock:
             if list_id not in self.lists:
                 return error(404, "document_not_found", "List ID does not exist")
+            refused = unknown_keys(body, {"emails", "ids", "extIds"} | (set() if add else {"all"}))
+            if refused:
+                return refused
             if not add and body.get("all") is True:
                 return error(400, "invalid_parameter", "removing all contacts is not offered by this local tool")
             emails, ids = body.get("emails"), body.get("ids")
@@ -542,6 +560,9 @@ class BrevoServer:
             return 200, {"id": p["id"], "status": p["status"], "name": p["name"]}
 
     def double_opt_in(self, body: dict) -> tuple[int, dict]:
+        refused = unknown_keys(body, {"email", "includeListIds", "templateId", "redirectionUrl", "attributes"})
+        if refused:
+            return refused
         for key in ("email", "includeListIds", "templateId", "redirectionUrl"):
             if body.get(key) in (None, "", []):
                 return error(400, "missing_parameter", f"{key} is missing")
@@ -658,6 +679,10 @@ class BrevoServer:
         return events
 
     def register_webhook(self, body: dict) -> tuple[int, dict]:
+        refused = unknown_keys(body, {"url", "events", "type", "batched", "description", "domain", "auth", "headers",
+                                      "channel"})
+        if refused:
+            return refused
         url, events = body.get("url"), body.get("events")
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             return error(400, "invalid_parameter", "url is not valid")

@@ -248,3 +248,20 @@ def test_setup_creates_attributes_lists_and_the_webhook_once(brevo, monkeypatch,
     lists = len(brevo.lists)
     assert main(["setup"]) == 0 and len(brevo.lists) == lists     # run again: nothing twice
     assert "attributes created: none" in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_the_local_tool_is_as_strict_as_brevo(brevo):
+    import requests
+    h = {"api-key": KEY}
+    assert requests.post(f"{brevo.url}/v3/contacts/batch", json={"contacts": []}, headers=h).status_code == 410
+    r = requests.post(f"{brevo.url}/v3/contacts/folders", json={"name": "x", "colour": "red"}, headers=h)
+    assert (r.status_code, r.json()["code"]) == (400, "invalid_parameter") and "x-sib-ratelimit-remaining" in r.headers
+    r = requests.post(f"{brevo.url}/v3/contacts/lists/1/contacts/add", json={"emails": ["a@b.de"] * 151}, headers=h)
+    assert r.status_code == 404      # no such list yet; with one, more than 150 is out_of_range
+    fid = requests.post(f"{brevo.url}/v3/contacts/folders", json={"name": "f"}, headers=h).json()["id"]
+    lid = requests.post(f"{brevo.url}/v3/contacts/lists", json={"name": "l", "folderId": fid}, headers=h).json()["id"]
+    r = requests.post(f"{brevo.url}/v3/contacts/lists/{lid}/contacts/add", json={"emails": ["a@b.de"] * 151}, headers=h)
+    assert (r.status_code, r.json()["code"]) == (400, "out_of_range")
+    r = requests.post(f"{brevo.url}/v3/events", json={"event_name": "a b", "identifiers": {"email_id": "a@b.de"}}, headers=h)
+    assert r.status_code == 400
+    assert requests.get(f"{brevo.url}/v3/contacts/lists", headers={"api-key": "wrong"}).json()["code"] == "unauthorized"
