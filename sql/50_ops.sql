@@ -261,8 +261,12 @@ CREATE TABLE IF NOT EXISTS ops.print_queue (
 	queued_at TIMESTAMP WITH TIME ZONE NOT NULL, 
 	status TEXT NOT NULL, 
 	list_id TEXT, 
+	reason TEXT, 
+	printed_at TIMESTAMP WITH TIME ZONE, 
 	PRIMARY KEY (alert_key)
 );
+
+CREATE INDEX IF NOT EXISTS ix_print_queue_status ON ops.print_queue (status);
 
 CREATE TABLE IF NOT EXISTS ops.print_recipients (
 	list_id TEXT NOT NULL, 
@@ -273,6 +277,15 @@ CREATE TABLE IF NOT EXISTS ops.print_recipients (
 );
 
 CREATE INDEX IF NOT EXISTS ix_print_recipients_golden_id ON ops.print_recipients (golden_id);
+
+CREATE TABLE IF NOT EXISTS ops.print_template_approvals (
+	campaign TEXT NOT NULL, 
+	rules_sha256 TEXT NOT NULL, 
+	proof_sha256 TEXT, 
+	approved_by TEXT NOT NULL, 
+	approved_at TIMESTAMP WITH TIME ZONE NOT NULL, 
+	PRIMARY KEY (campaign, rules_sha256)
+);
 
 CREATE TABLE IF NOT EXISTS ops.privacy_requests (
 	request_id TEXT NOT NULL, 

@@ -29,6 +29,7 @@ from ..core.model import ENTITIES
 from ..core.platform import quality as Q
 from ..core.platform.masking import masked_preview
 from ..core.platform.schema import CRM_PAYLOADS, GOLDEN_ACCOUNTS, GOLDEN_CONTACTS, LEAD_SCORES
+from ..core.platform.warehouse import select_in
 from ..core.privacy_screen.suppression import Screen
 from ..core.sources.mapping import SourceMapping
 from . import golden as golden_defs
@@ -95,6 +96,19 @@ def require_passed_checks(instance: dg.DagsterInstance, checks: list[dg.AssetChe
                          metadata={"gates": dg.MetadataValue.json(problems)})
 
 
+def read_contacts(wh, golden_ids: list[str] | None = None) -> pd.DataFrame:
+    """Golden contacts (all, or ``golden_ids``) with ``score_stage``: the funnel stage (mql / sql) decides the
+    lifecycle stage the payload proposes."""
+    g = GOLDEN_CONTACTS
+    golden = wh.read_frame(sa.select(g)) if golden_ids is None else select_in(wh, sa.select(g), g.c.golden_id, golden_ids)
+    wh.ensure_tables([LEAD_SCORES])
+    ls = LEAD_SCORES
+    stages = wh.read_frame(sa.select(ls.c.golden_id, ls.c.stage)) if golden_ids is None else \
+        select_in(wh, sa.select(ls.c.golden_id, ls.c.stage), ls.c.golden_id, golden_ids)
+    golden["score_stage"] = golden["golden_id"].map(dict(zip(stages["golden_id"], stages["stage"])))
+    return golden
+
+
 def drop_suppressed(golden: pd.DataFrame, screen: Screen) -> pd.DataFrame:
     """Golden contacts without suppressed people: the CRM never hears of them again."""
     return golden[~screen.suppressed(golden)].reset_index(drop=True)
@@ -112,6 +126,57 @@ def payload_identities(payload: pd.DataFrame) -> pd.DataFrame:
 class SnapshotConfig(dg.Config):
     day: str = ""
     """Landing-zone day folder (YYYY-MM-DD) to write into; empty: today in the project's time zone."""
+
+
+def build_consent_push_op(config_dir) -> dg.OpDefinition:
+    """The CRM side of a consent change: the contacts whose consent verdict just changed, pushed at once (only they,
+    only where the CRM has them; the same payload, quality suite and suppression as the full push), so a
+    withdrawal reaches the CRM within the minute instead of with the next scheduled push."""
+    settings = load_sync_settings(config_dir / "sync.yaml", golden_columns={
+        "companies": set(GOLDEN_ACCOUNTS.columns.keys()), "contacts": set(GOLDEN_CONTACTS.columns.keys())})
+    spec = settings.objects["contacts"]
+
+    @dg.op(name="push_consent_to_crm", pool=POOL,
+           description="Pushes the contacts whose consent just changed to the CRM (partial push: updates only, "
+                       "nothing archived); waits for a running full push.")
+    def push_consent_to_crm(context: dg.OpExecutionContext, changed: list, warehouse: WarehouseResource,
+                            crm: CrmResource, privacy: PrivacyResource, alerts: AlertResource) -> dg.Output:
+        if not changed:
+            return dg.Output(None, metadata={"contacts": 0, "sent": 0})
+        why = crm.unavailable()
+        if why:
+            context.log.warning(f"{len(changed)} consent change(s) not pushed: {why}; the next push carries them")
+            return dg.Output(None, metadata={"contacts": len(changed), "sent": 0, "crm": why})
+        wh = warehouse.get()
+        screen = privacy.suppression(wh).screen()
+        golden = read_contacts(wh, changed)
+        payload = build_payload(drop_suppressed(golden, screen), spec)
+        checked = payload.assign(_suppressed=screen.suppressed(payload_identities(payload)))
+        result = Q.validate(checked, Q.payload_suite("contacts", spec.required, settings.lifecycle_stages))
+        if not result.success:
+            # The scheduled push's gate would stop the same rows: it reports them; the consent is in the golden record.
+            raise dg.Failure(description="consent push refused: the payload failed its quality suite",
+                             metadata=check_result(result))
+
+        def alert(text: str) -> None:
+            context.log.error(text)
+            alerts.send(text)
+
+        try:
+            report = push(wh, crm.connector(settings), payload, spec, settings, context.run.run_id, log=context.log.info,
+                          alert=alert, partial=True)
+        except SyncBusy as exc:
+            # The scheduled push holds the lock for a while; the rows are small, so wait and try again.
+            raise dg.RetryRequested(max_retries=30, seconds_to_wait=10) from exc
+        except SyncFailed as exc:
+            raise dg.Failure(description=str(exc), metadata=_metadata(exc.report)) from exc
+        except PortalNotReady as exc:
+            raise dg.Failure(description=str(exc)) from exc
+        audit_run(wh, context, "crm.push.consent", {"contacts": len(changed), "updated": report.updated,
+                                                      "skipped_not_in_crm": report.skipped_not_in_crm})
+        return dg.Output(None, metadata={"contacts": len(changed), **_metadata(report)})
+
+    return push_consent_to_crm
 
 
 def build_crm_defs(config_dir, mappings: dict[str, SourceMapping], timezone: str = "Europe/Berlin") -> dg.Definitions:
@@ -133,12 +198,7 @@ def build_crm_defs(config_dir, mappings: dict[str, SourceMapping], timezone: str
                               f"`marts.crm_{object_type}_payload`.")
         def _payload(context: dg.AssetExecutionContext, warehouse: WarehouseResource, privacy: PrivacyResource):
             wh = warehouse.get()
-            golden = wh.read_frame(sa.select(golden_table))
-            if object_type == "contacts":
-                # The funnel stage (mql / sql) decides the lifecycle stage the payload proposes.
-                wh.ensure_tables([LEAD_SCORES])
-                stages = wh.read_frame(sa.select(LEAD_SCORES.c.golden_id, LEAD_SCORES.c.stage))
-                golden["score_stage"] = golden["golden_id"].map(dict(zip(stages["golden_id"], stages["stage"])))
+            golden = read_contacts(wh) if object_type == "contacts" else wh.read_frame(sa.select(golden_table))
             screen = privacy.suppression(wh).screen()
             kept = drop_suppressed(golden, screen) if object_type == "contacts" else golden
             payload = build_payload(kept, spec)

@@ -31,6 +31,7 @@ from ..core.sources.ingest import landed_partitions, landing_files
 from ..core.sources.mapping import SourceMapping
 from ..core.sources.roles import CONSENT_SOURCES, ENGAGEMENT_SOURCES, OPT_IN_SOURCES
 from .auditing import audit_run
+from .crm import build_consent_push_op
 from .golden import CONSENT_KEY, PERSON_KEY
 from .metadata import markdown_table
 from .resources import CrmResource, LandingZoneResource, MarketingToolResource, PrivacyResource, WarehouseResource
@@ -242,13 +243,17 @@ def build_privacy_defs(config_dir: Path, mappings: dict[str, SourceMapping], dat
                     "apply_consent_changes")
         events = build_consent_events(wh, privacy.hasher())
         changed = refresh_golden_consent(wh)
-        audit_run(wh, context, "consent.applied", {"events": len(events), "contacts_changed": changed})
-        return dg.Output(None, metadata={"events": len(events), "golden_contacts_changed": changed})
+        audit_run(wh, context, "consent.applied", {"events": len(events), "contacts_changed": len(changed)})
+        return dg.Output(changed, metadata={"events": len(events), "golden_contacts_changed": len(changed)})
+
+    push_consent_to_crm = build_consent_push_op(config_dir)
 
     @dg.job(name="apply_consent_changes", tags={"crm/privacy": "consent"},
-            description="Consent webhooks: load them and apply them at once (launched by the consent_changes sensor).")
+            description="Consent webhooks: load them, apply them to the ledger and the golden contacts at once, and "
+                        "push the contacts whose consent changed to the CRM (launched by the consent_changes and "
+                        "engagement_changes sensors).")
     def apply_consent_changes():
-        consent_now()
+        push_consent_to_crm(consent_now())
 
     jobs = [erase_person, handle_erasure_requests, export_person_job, retention, prune_landing_job, verify_audit_trail,
             apply_consent_changes]

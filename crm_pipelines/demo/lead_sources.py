@@ -7,7 +7,7 @@ import csv
 import io
 import json
 import shutil
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -256,6 +256,41 @@ class LeadSources:
             for h, lines in files.items():
                 if lines:
                     wr.write_lines(day, f"events_{day:%Y%m%d}_{h:02d}.jsonl", lines)
+        self._hot_prospects(wr, st)
+
+    def _hot_prospects(self, wr: Writer, st) -> None:
+        """A few prospects in a buying phase: in the last two days pricing page, demo videos, a webinar and a
+        whitepaper (as the articles' hot lead looks). They cross the SQL threshold, so the hand-off, the hot-leads
+        segment and the brochure journey have someone to act on. A file of their own (evening), clean, so the
+        other files stay as they were."""
+        w = self.w
+        rng = np.random.default_rng(self.cfg.seed + 78)
+        n = self.cfg.contacts
+        size = max(4, n // 100)
+        # Half of them existing customers in an upsell (the CRM knows them, their company buys through the ERP):
+        # post may reach them without a separate consent, so the brochure has someone to print for.
+        customers = np.flatnonzero(w.p_in_crm & w.c_is_erp[w.p_company])
+        some = rng.choice(customers, size=min(size // 2, len(customers)), replace=False)
+        rest = np.setdiff1d(np.arange(n), some)
+        hot = np.concatenate([some, rng.choice(rest, size=size - len(some), replace=False)])
+        burst = ("pricing_view", "pricing_view", "pricing_view", "video_play", "video_play", "webinar_attended",
+                 "whitepaper_download", "pageview", "pageview")
+        for d_idx, day in enumerate(self.days[-2:]):
+            lines = []
+            for k, i in enumerate(sorted(int(x) for x in hot)):
+                for j, kind in enumerate(burst[d_idx::2]):
+                    ts = datetime(day.year, day.month, day.day, 19, (k * 7 + j * 3) % 60, j, tzinfo=timezone.utc)
+                    url = {"pricing_view": "/preise", "pageview": "/produkte/servo-pressen"}.get(kind)
+                    content = {"video_play": "demo-servo-presse", "webinar_attended": "webinar-retrofit",
+                               "whitepaper_download": "whitepaper-tco"}.get(kind)
+                    lines.append(json.dumps({
+                        "event_id": f"ev-{self.cfg.seed}-hot-{day:%Y%m%d}-{i:07d}-{j}", "type": kind, "ts": epoch_ms(ts),
+                        "anonymous_id": f"anon-{i * 2654435761 % (1 << 32):08x}", "email": w.p_email[i],
+                        "contact_id": None, "page": {"url": P.SITE + url, "title": None} if url else None,
+                        "content_id": content, "utm": {"campaign": "herbst-2026", "source": "linkedin"}},
+                        ensure_ascii=False))
+                    st.records += 1
+            wr.write_lines(day, f"events_{day:%Y%m%d}_21.jsonl", lines)
 
     # ------------------------------------------------------------------------ service desk
     def _gen_service_requests(self, out: Path, mess: Mess) -> None:

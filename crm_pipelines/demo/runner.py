@@ -132,6 +132,7 @@ def run_demo(cfg: GeneratorConfig, regenerate: bool = False, progress: Callable[
             results += _fast_leads(defs, instance, landing, progress)
             if brevo is not None:
                 results += _engagement_back(defs, instance, brevo, receiver, progress)
+            results += _single_print_jobs(defs, instance, settings, progress)
     finally:
         if brevo is not None:
             st = brevo.stats()
@@ -173,6 +174,28 @@ def _fast_leads(defs: dg.Definitions, instance, landing: Path, progress: Callabl
             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}},
                         "ops": {"fast_lead": {"config": {"source": "trade_fair_leads", "day": days[-1],
                                                          "files": [str(f)]}}}}))
+    return results
+
+
+def _single_print_jobs(defs: dg.Definitions, instance, settings: Settings, progress: Callable[[str], None]) -> list:
+    """What marketing does once (approve the brochure's template after its proof) and the print_jobs_queue sensor
+    then does within a minute of each hot lead: a brochure printed for that one person."""
+    from ..core.print.rules import load_campaigns
+
+    single = [c for c in load_campaigns(settings.config_dir / "campaigns").values() if c.delivery == "single"]
+    if not single:
+        return []
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    results = []
+    for campaign in single:
+        progress(f"approving the template of {campaign.name} (rules {campaign.sha256[:12]}) as the demo's marketing lead")
+        results.append(defs.resolve_job_def("approve_print_template").execute_in_process(
+            instance=instance, raise_on_error=False, tags={"crm/launched_by": "make-demo"},
+            run_config={**quiet, "ops": {"approve_template_op": {"config": {
+                "campaign": campaign.name, "approver": "Demo Marketing-Leitung", "rules_sha256": campaign.sha256}}}}))
+    progress("running print_single_jobs")
+    results.append(defs.resolve_job_def("print_single_jobs").execute_in_process(
+        instance=instance, raise_on_error=False, tags={"crm/launched_by": "make-demo"}, run_config=quiet))
     return results
 
 

@@ -25,7 +25,7 @@ class SmtpSink:
         class Handler(socketserver.StreamRequestHandler):
             def handle(self):
                 self._say("220 localhost crm_pipelines smtp sink")
-                sender, rcpts = None, []
+                rcpts = []
                 while True:
                     line = self.rfile.readline()
                     if not line:
@@ -35,7 +35,7 @@ class SmtpSink:
                     if verb in ("EHLO", "HELO"):
                         self._say("250 localhost" if verb == "HELO" else "250-localhost\r\n250 8BITMIME")
                     elif verb == "MAIL":
-                        sender, rcpts = cmd.split(":", 1)[1].strip(), []
+                        rcpts = []
                         self._say("250 OK")
                     elif verb == "RCPT":
                         rcpts.append(cmd.split(":", 1)[1].strip())

@@ -74,11 +74,18 @@ def test_activation_night_then_an_unsubscribe_by_webhook_within_the_sensors(tmp_
             instance=instance, run_config={"ops": {"activation__audience": {"config": {"acknowledged_segments": [segment]}}}})
         assert acknowledged.success and "activation/brevo_lists" in materialised(acknowledged)
 
-        # One of them unsubscribes; the tool's webhook lands in the landing zone.
-        m = ACTIVATION_MEMBERS
-        member = wh.read_select(sa.select(m.c.golden_id).where(m.c.list_name != "crm_pipelines: aktivierte Kontakte")
-                                .order_by(m.c.golden_id).limit(1))["golden_id"].iloc[0]
+        # One of them, a contact the CRM has, unsubscribes; the tool's webhook lands in the landing zone.
+        m, g = ACTIVATION_MEMBERS, GOLDEN_CONTACTS
+        member, crm_id = wh.read_select(
+            sa.select(m.c.golden_id, g.c.crm_contact_id).join(g, g.c.golden_id == m.c.golden_id)
+            .where(m.c.list_name != "crm_pipelines: aktivierte Kontakte", g.c.crm_contact_id.is_not(None))
+            .order_by(m.c.golden_id).limit(1)).iloc[0]
         address = wh.scalar(sa.select(GOLDEN_CONTACTS.c.email).where(GOLDEN_CONTACTS.c.golden_id == member))
+        crm.seed_from_landing(settings.landing_dir)
+        assert defs.resolve_job_def("setup_crm_portal").execute_in_process(instance=instance).success
+        in_crm = {o["id"]: o["properties"] for o in crm.objects("contacts")}
+        assert in_crm[crm_id].get("crm_email_consent") != "withdrawn"
+        live_before = crm.count("contacts")["objects"]
         now = datetime.now(timezone.utc)
         land_events(settings.landing_dir, {"event": "unsubscribed", "email": address, "id": 1,
                                            "ts_event": int(now.timestamp()), "tag": "welcome#1"}, now)
@@ -90,6 +97,13 @@ def test_activation_night_then_an_unsubscribe_by_webhook_within_the_sensors(tmp_
             instance=instance, run_config=tick.run_requests[0].run_config)
         assert applied.success
         assert wh.scalar(sa.select(GOLDEN_CONTACTS.c.email_consent).where(GOLDEN_CONTACTS.c.golden_id == member)) == "withdrawn"
+        # The same run pushed the withdrawal to the CRM: that one contact, no create, nothing archived.
+        in_crm = {o["id"]: o["properties"] for o in crm.objects("contacts")}
+        assert in_crm[crm_id]["crm_email_consent"] == "withdrawn"
+        push_md = {k: v.value for e in applied.all_events if e.step_key == "push_consent_to_crm" and e.is_successful_output
+                   for k, v in e.event_specific_data.metadata.items()}
+        assert (push_md["contacts"], push_md["updated"], push_md["created"], push_md["archived"]) == (1, 1, 0, 0)
+        assert crm.count("contacts")["objects"] == live_before
 
         sensor = defs.resolve_sensor_def("segment_updates")
         tick = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources=defs.resources))

@@ -53,7 +53,7 @@ def test_a_campaign_list_is_built_approved_by_file_and_released(tmp_path, demo_l
         assert (row["status"], row["approved_by"]) == ("released", "Katrin Berger")
 
 
-def test_queued_brochures_become_one_daily_list_each_recipient_once(tmp_path, demo_landing):
+def test_queued_brochures_are_printed_one_person_each_under_the_approved_template(tmp_path, demo_landing):
     with golden_world(tmp_path, demo_landing) as (settings, defs, instance):
         wh = Warehouse.for_url(settings.default_warehouse_url)
         # Customers with a full address, queued by the hand-off (a hot lead: a brochure).
@@ -64,25 +64,48 @@ def test_queued_brochures_become_one_daily_list_each_recipient_once(tmp_path, de
         with wh.engine.begin() as conn:
             for i, gid in enumerate(customers):
                 conn.execute(sa.insert(PRINT_QUEUE).values(alert_key=f"sql:{gid}:{i}", golden_id=gid,
-                                                           campaign="brochure", queued_at=datetime.now(timezone.utc),
+                                                           campaign="broschuere", queued_at=datetime.now(timezone.utc),
                                                            status="queued"))
-        job = defs.resolve_job_def("build_brochure_list")
+        sensor = defs.resolve_sensor_def("print_jobs_queue")
+        job = defs.resolve_job_def("print_single_jobs")
+        tick = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources=defs.resources))
+        assert len(tick.run_requests) == 1
         first = job.execute_in_process(instance=instance)
         md = {k: v.value for e in first.get_asset_materialization_events() for k, v in e.materialization.metadata.items()}
-        assert md["audience"] == 3 and md["dagster/row_count"] + sum(md["excluded"].values()) == 3
-        assert md["dagster/row_count"] >= 1
-        statuses = wh.read_frame(sa.select(PRINT_QUEUE.c.status))["status"].tolist()
-        assert statuses.count("listed") == md["dagster/row_count"]
-        # Nobody released it: the next day's list supersedes it and takes the same hot leads again.
+        assert first.success and all(checks_of(first).values())
+        # Nobody approved the template yet: every eligible job waits on its own built list, none is printed.
+        assert md["jobs"] == 3 and md["printed"] == 0 and md["waiting_for_template_approval"] >= 1
+        assert md["waiting"] + sum(md["dropped"].values()) == 3
+        outbox = settings.data_dir.resolve() / "print" / "outbox"
+        assert not outbox.exists() or not list(outbox.glob("*.csv"))
+        # The same waiting jobs do not ask for another run.
+        again = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=tick.cursor,
+                                                             resources=defs.resources))
+        assert again.run_requests == []
+
+        # Marketing approves the template by file (the rules' SHA-256 from the template proof).
+        approvals = settings.data_dir.resolve() / "print" / "approvals"
+        approvals.mkdir(parents=True)
+        sha = md["rules_sha256"]
+        (approvals / "broschuere.template.approved").write_text(f"Katrin Berger\nsha256: {sha[:16]}\n", encoding="utf-8")
+        approval_tick = defs.resolve_sensor_def("print_approvals").evaluate_tick(dg.build_sensor_context(instance=instance))
+        [request] = approval_tick.run_requests
+        assert request.job_name == "approve_print_template"
+        assert defs.resolve_job_def("approve_print_template").execute_in_process(
+            instance=instance, run_config=request.run_config).success
+        # Now the waiting jobs are worth a run; it prints each one for its one person.
+        tick = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=tick.cursor,
+                                                            resources=defs.resources))
+        assert len(tick.run_requests) == 1
         second = job.execute_in_process(instance=instance)
         md2 = {k: v.value for e in second.get_asset_materialization_events() for k, v in e.materialization.metadata.items()}
-        assert md2["dagster/row_count"] == md["dagster/row_count"]
-        sha = wh.scalar(sa.select(PRINT_LISTS.c.csv_sha256).where(PRINT_LISTS.c.list_id == md2["list_id"]))
-        released = defs.resolve_job_def("release_print_list").execute_in_process(
-            instance=instance, run_config={"ops": {"release_op": {"config": {
-                "list_id": md2["list_id"], "approver": "Katrin Berger", "csv_sha256": sha}}}})
-        assert released.success
-        assert wh.read_frame(sa.select(PRINT_QUEUE.c.status))["status"].tolist().count("printed") == md2["dagster/row_count"]
+        assert second.success and all(checks_of(second).values())
+        assert md2["printed"] == md["waiting"] >= 1
+        files = sorted(outbox.glob("*.csv"))
+        assert len(files) == md2["printed"]
+        assert all(len(f.read_text(encoding="utf-8").splitlines()) == 2 for f in files)   # header + one recipient
+        status = wh.read_frame(sa.select(PRINT_QUEUE.c.status))["status"].tolist()
+        assert status.count("printed") == md2["printed"]
         third = job.execute_in_process(instance=instance)
         md3 = {k: v.value for e in third.get_asset_materialization_events() for k, v in e.materialization.metadata.items()}
-        assert md3["dagster/row_count"] == 0  # printed once, not again the next day
+        assert md3["printed"] == 0 and len(list(outbox.glob("*.csv"))) == len(files)   # printed once, not again

@@ -33,6 +33,7 @@ import sqlalchemy as sa
 from ..platform.schema import (ACTIVATION_MEMBERS, ALERT_LEDGER, CONTACT_TOUCHES, JOURNEY_ENROLLMENTS, PRINT_LISTS,
                                PRINT_QUEUE, PRINT_RECIPIENTS, SEGMENT_MEMBERS)
 from ..platform.warehouse import Warehouse, chunks, select_in, tables_present
+from ..privacy.consent import allows
 from ..privacy_screen.identity import IdentityHasher
 from ..privacy_screen.suppression import Screen
 from .audience import blocked_hashes, ensure_in_tool, gate, owned_list
@@ -277,16 +278,23 @@ def run_journeys(wh: Warehouse, tool: MarketingTool | None, journeys: dict[str, 
 
 
 def _print_gate(profile: pd.DataFrame, screen: Screen) -> pd.Series:
-    """Print journeys ask for postal consent (not objected, not withdrawn) and an address instead."""
+    """Print journeys ask what a print list asks (so nobody is enrolled, and counted as touched, whose brochure the
+    print job would drop): post allowed (consent, or a customer relationship; never objected or withdrawn) and a
+    complete address; the first reason that applies wins."""
     reason = pd.Series(None, index=profile.index, dtype=object)
-    people = pd.DataFrame({c: profile.get(f"contact.{c}") for c in ("email", "first_name", "last_name", "street",
-                                                                      "house_number", "postal_code", "crm_contact_id")},
-                          index=profile.index)
+
+    def col(name: str) -> pd.Series:
+        return profile[f"contact.{name}"] if f"contact.{name}" in profile else pd.Series(None, index=profile.index)
+
+    people = pd.DataFrame({c: col(c) for c in ("email", "first_name", "last_name", "street", "house_number",
+                                               "postal_code", "crm_contact_id")}, index=profile.index)
+    complete = people[["last_name", "street", "postal_code"]].notna().all(axis=1) & col("city").notna()
+    reason[~complete.to_numpy()] = "incomplete_address"
+    post = np.array([allows("post", c, b, bool(k)) for c, b, k in zip(
+        col("post_consent"), col("post_consent_basis"), col("erp_customer_number").notna())], dtype=bool)
+    reason[~post] = "no_consent"
     if len(people) and not screen.empty:
         reason[screen.suppressed(people)] = "suppressed"
-    post = profile.get("contact.post_consent", pd.Series(None, index=profile.index))
-    reason[post.isin(["withdrawn", "objected"]).to_numpy()] = "no_consent"
-    reason[profile.get("contact.postal_code", pd.Series(None, index=profile.index)).isna().to_numpy()] = "incomplete_address"
     return reason
 
 

@@ -53,23 +53,30 @@ Log = Callable[[str], None]
 
 def push(wh: Warehouse, connector: CrmConnector, payload: pd.DataFrame, spec: ObjectSync, settings: SyncSettings,
          run_id: str, dry_run: bool = False, log: Log | None = None, alert: Log | None = None,
-         after_batch: Callable[[int], None] | None = None, remote: pd.DataFrame | None = None) -> SyncReport:
+         after_batch: Callable[[int], None] | None = None, remote: pd.DataFrame | None = None,
+         partial: bool = False) -> SyncReport:
     """Pushes one object type. Raises :class:`~.properties.PortalNotReady` before any write when the portal
     lacks a property, :class:`SyncFailed` (after recording everything) above the failure threshold,
-    :class:`SyncBusy` when another run pushes the same type."""
+    :class:`SyncBusy` when another run pushes the same type.
+
+    ``partial``: the payload holds only some objects (a consent change pushed at once): objects missing from it are
+    not archived, and objects the CRM does not have yet are left to the next full push (no creates)."""
     log = log or (lambda _m: None)
     alert = alert or (lambda _m: None)
     wh.ensure_tables([CRM_SYNC_STATE, CRM_SYNC_LOG, CRM_SYNC_RUNS])
     try:
         with wh.exclusive(f"crm_push_{spec.object_type}"):
-            return _push_locked(wh, connector, payload, spec, settings, run_id, dry_run, log, alert, after_batch, remote)
+            return _push_locked(wh, connector, payload, spec, settings, run_id, dry_run, log, alert, after_batch, remote,
+                                partial)
     except LockBusy as exc:
         raise SyncBusy(f"another run is pushing {spec.object_type} to the CRM right now; try again when it is done") from exc
 
 
-def _push_locked(wh, connector, payload, spec, settings, run_id, dry_run, log, alert, after_batch, remote) -> SyncReport:
+def _push_locked(wh, connector, payload, spec, settings, run_id, dry_run, log, alert, after_batch, remote,
+                 partial=False) -> SyncReport:
     started = utc_now()
-    report = SyncReport(spec.object_type, spec.mode, dry_run, rows_in=len(payload))
+    report = SyncReport(spec.object_type, f"{spec.mode} (partial)" if partial else spec.mode, dry_run,
+                        rows_in=len(payload))
     definitions = connector.properties(spec.object_type)
     props = property_columns(payload)
     preflight(definitions, spec.object_type, settings.id_property, props)
@@ -77,6 +84,8 @@ def _push_locked(wh, connector, payload, spec, settings, run_id, dry_run, log, a
     remote = load_remote(wh, spec.object_type) if remote is None else remote
     planned = plan(payload, state, spec, spec.required, remote, settings.on_crm_delete)
     _refuse_values(planned, definitions, spec.object_type)
+    if partial:
+        planned.loc[planned["operation"] == "create", "operation"] = "skip"
     counts = planned["operation"].value_counts()
     report.unchanged = int(counts.get("unchanged", 0))
     report.to_create = int(counts.get("create", 0))
@@ -88,7 +97,7 @@ def _push_locked(wh, connector, payload, spec, settings, run_id, dry_run, log, a
     report.held = int(counts.get("held", 0))
     report.retried = int(planned["retry"].sum())
     gone = pd.DataFrame(columns=state.columns)
-    if spec.mode == "mirror" and len(state):
+    if spec.mode == "mirror" and len(state) and not partial:
         gone = state[~state["golden_id"].isin(payload["golden_id"]) & state["crm_id"].notna()
                      & ~state["last_status"].isin([ARCHIVED, DELETED])]
     report.to_archive = len(gone)

@@ -13,11 +13,11 @@ from ..privacy import consent
 from ..privacy.ledger import load_consent_events
 
 
-def refresh_golden_consent(wh: Warehouse) -> int:
+def refresh_golden_consent(wh: Warehouse) -> list[str]:
     """Re-applies the consent ledger to the golden contacts between golden builds (a consent change
-    or objection arriving by webhook takes effect at once); returns how many contacts changed."""
+    or objection arriving by webhook takes effect at once); returns the golden IDs that changed."""
     if not tables_present(wh, [GOLDEN_CONTACTS, PERSON_CROSSWALK]):
-        return 0
+        return []
     xw = PERSON_CROSSWALK
     members = wh.read_frame(sa.select(xw.c.record_key, xw.c.golden_id).where(xw.c.valid_to.is_(None)))
     ids = pd.Index(sorted(set(members["golden_id"])))
@@ -33,5 +33,5 @@ def refresh_golden_consent(wh: Warehouse) -> int:
         for row in changed.itertuples(index=False):
             conn.execute(sa.update(g).where(g.c.golden_id == row.golden_id).values(
                 **{c: getattr(row, f"{c}_new") for c in cols}))
-    return len(changed)
+    return list(changed["golden_id"])
 

@@ -447,6 +447,17 @@ PRINT_QUEUE = _t(
     sa.Column("status", sa.Text(), nullable=False,
               comment="queued | listed (on a list not yet released) | printed (its list released) | dropped"),
     sa.Column("list_id", sa.Text(), comment="the list it is on while listed; a superseded list's entries are listed again"),
+    sa.Column("reason", sa.Text(), comment="why a job was dropped (the print list's exclusion reason) or merged"),
+    sa.Column("printed_at", _TS, comment="when its list went to the print shop's outbox"),
+    indexes=(("status",),),
+)
+PRINT_TEMPLATE_APPROVALS = _t(
+    "print_template_approvals", "ops",
+    "Standing approvals of a single-recipient campaign's template: the rules file (by its SHA-256) and the template "
+    "proof a person saw; jobs built under exactly these rules are released without a look at each one.",
+    sa.Column("campaign", sa.Text(), primary_key=True), sa.Column("rules_sha256", sa.Text(), primary_key=True),
+    sa.Column("proof_sha256", sa.Text()), sa.Column("approved_by", sa.Text(), nullable=False),
+    sa.Column("approved_at", _TS, nullable=False),
 )
 REACTIVATION_SEGMENT = _t(
     "reactivation_segment", "marts",

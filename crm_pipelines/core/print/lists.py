@@ -29,7 +29,7 @@ from ..cleaning.names import name_key
 from ..model import ENTITIES
 from ..platform.schema import (GOLDEN_ACCOUNTS, GOLDEN_CONTACTS, LEAD_SCORES, PRINT_QUEUE, REACTIVATION_SEGMENT,
                                raw_table)
-from ..platform.warehouse import Warehouse, tables_present
+from ..platform.warehouse import Warehouse, select_in, tables_present
 from ..privacy.consent import allows
 from ..privacy_screen.identity import postal_value
 from ..privacy_screen.suppression import Screen
@@ -78,8 +78,10 @@ def load_robinson(path: str | Path | None) -> set[str]:
     return out
 
 
-def audience_frame(wh: Warehouse, campaign: Campaign, now: datetime | None = None) -> pd.DataFrame:
-    """Every golden contact the campaign's source names, with the fields conditions may use."""
+def audience_frame(wh: Warehouse, campaign: Campaign, now: datetime | None = None,
+                   golden_ids: list[str] | None = None) -> pd.DataFrame:
+    """Every golden contact the campaign's source names (only ``golden_ids`` if given: the single-recipient jobs),
+    with the fields conditions may use."""
     now = now or datetime.now(timezone.utc)
     g = GOLDEN_CONTACTS
     if not tables_present(wh, [g]):
@@ -88,12 +90,13 @@ def audience_frame(wh: Warehouse, campaign: Campaign, now: datetime | None = Non
     if campaign.source == "reactivation_segment":
         query = query.where(g.c.golden_id.in_(sa.select(REACTIVATION_SEGMENT.c.golden_id))
                             if tables_present(wh, [REACTIVATION_SEGMENT]) else sa.false())
-    elif campaign.source == "print_queue":
+    elif campaign.source == "print_queue" and golden_ids is None:
         # Queued, or listed on a list that was never released (superseded by a newer build): not printed yet.
-        query = query.where(g.c.golden_id.in_(sa.select(PRINT_QUEUE.c.golden_id).where(
-            PRINT_QUEUE.c.status.in_(["queued", "listed"])))
-                            if tables_present(wh, [PRINT_QUEUE]) else sa.false())
-    df = wh.read_frame(query)
+        q = PRINT_QUEUE
+        query = query.where(g.c.golden_id.in_(sa.select(q.c.golden_id).where(
+            q.c.status.in_(["queued", "listed"]), q.c.campaign == campaign.name))
+                            if tables_present(wh, [q]) else sa.false())
+    df = wh.read_frame(query) if golden_ids is None else select_in(wh, query, g.c.golden_id, golden_ids)
     plz = df["postal_code"].astype(object).where(df["postal_code"].notna(), None)
     de = (df["country"].fillna("DE") == "DE").to_numpy()
     df["plz_area"] = plz.str[:1].where(de, None)
@@ -265,11 +268,17 @@ def _rows(keep: pd.DataFrame, campaign: Campaign) -> pd.DataFrame:
     return rows[CSV_COLUMNS]
 
 
+def csv_bytes(rows: pd.DataFrame) -> bytes:
+    """UTF-8 (no BOM), ';'-separated, every field quoted where needed, a header row."""
+    return rows.to_csv(sep=";", index=False, lineterminator="\n", quoting=csv.QUOTE_MINIMAL).encode("utf-8")
+
+
 def write_csv(rows: pd.DataFrame, path: Path) -> str:
-    """UTF-8 (no BOM), ';'-separated, every field quoted where needed, a header row; returns its SHA-256."""
+    """Writes :func:`csv_bytes`; returns its SHA-256."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows.to_csv(path, sep=";", index=False, encoding="utf-8", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    data = csv_bytes(rows)
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def dialogpost(rows: pd.DataFrame) -> dict:

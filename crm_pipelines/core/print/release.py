@@ -59,8 +59,10 @@ def load_print_settings(path: str | Path, data_dir: Path) -> PrintSettings:
 
 
 def record_list(wh: Warehouse, pl: PrintList, campaign: Campaign, run_id: str, root: Path, actor: str,
-                proof_samples: int | None = None) -> dict:
-    """Writes CSV, proof and manifest; records the list as built; returns the manifest."""
+                proof_samples: int | None = None, jobs: list[str] | None = None) -> dict:
+    """Writes CSV, proof and manifest; records the list as built; returns the manifest. ``jobs``: a single-recipient
+    list of these queued jobs (it supersedes nothing); otherwise the campaign's list, which supersedes the
+    campaign's earlier list that was never released and takes over its queued jobs."""
     now = datetime.now(timezone.utc)
     list_id = f"{campaign.name}-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
     folder = root / campaign.name / list_id
@@ -71,10 +73,11 @@ def record_list(wh: Warehouse, pl: PrintList, campaign: Campaign, run_id: str, r
     (folder / "manifest.json").write_text(json.dumps(doc, ensure_ascii=False, indent=2), encoding="utf-8")
     wh.ensure_tables([PRINT_LISTS, PRINT_RECIPIENTS, *([PRINT_QUEUE] if campaign.source == "print_queue" else [])])
     with wh.engine.begin() as conn:
-        # An earlier list of the campaign that was never released is superseded by this one.
-        conn.execute(sa.update(PRINT_LISTS).where(PRINT_LISTS.c.campaign == campaign.name,
-                                                  PRINT_LISTS.c.status.in_(["built", "approved"]))
-                     .values(status="superseded"))
+        if jobs is None:
+            # An earlier list of the campaign that was never released is superseded by this one.
+            conn.execute(sa.update(PRINT_LISTS).where(PRINT_LISTS.c.campaign == campaign.name,
+                                                      PRINT_LISTS.c.status.in_(["built", "approved"]))
+                         .values(status="superseded"))
         conn.execute(sa.insert(PRINT_LISTS).values(
             list_id=list_id, campaign=campaign.name, run_id=run_id, created_at=now, folder=str(folder),
             csv_sha256=csv_sha, rules_sha256=campaign.sha256, recipients=len(pl.rows), status="built",
@@ -82,9 +85,13 @@ def record_list(wh: Warehouse, pl: PrintList, campaign: Campaign, run_id: str, r
         wh.bulk_insert(conn, PRINT_RECIPIENTS, pd.DataFrame({
             "list_id": list_id, "recipient_id": pl.rows["recipient_id"], "golden_id": pl.golden_ids,
             "variant": pl.rows["variant"]}))
-        if campaign.source == "print_queue" and pl.golden_ids:
+        if jobs:
+            conn.execute(sa.update(PRINT_QUEUE).where(PRINT_QUEUE.c.alert_key.in_(jobs))
+                         .values(status="listed", list_id=list_id, reason=None))
+        elif campaign.source == "print_queue" and pl.golden_ids:
             # Queued jobs, and jobs on a superseded list, go onto this one; they are printed when it is released.
             conn.execute(sa.update(PRINT_QUEUE).where(PRINT_QUEUE.c.status.in_(["queued", "listed"]),
+                                                      PRINT_QUEUE.c.campaign == campaign.name,
                                                       PRINT_QUEUE.c.golden_id.in_(pl.golden_ids))
                          .values(status="listed", list_id=list_id))
     append(wh, [AuditEntry("print.built", actor, list_id, {"campaign": campaign.name, "recipients": len(pl.rows),
@@ -167,7 +174,7 @@ def release(wh: Warehouse, list_id: str, settings: PrintSettings, actor: str, ru
             status="released", released_at=now, released_file=str(target)))
         if queue:
             conn.execute(sa.update(PRINT_QUEUE).where(PRINT_QUEUE.c.list_id == list_id, PRINT_QUEUE.c.status == "listed")
-                         .values(status="printed"))
+                         .values(status="printed", printed_at=now))
     append(wh, [AuditEntry("print.released", actor, list_id, {"file": target.name, "approved_by": row["approved_by"],
                                                               "csv_sha256": row["csv_sha256"]}, run_id)])
     return target

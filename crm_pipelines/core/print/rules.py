@@ -32,6 +32,9 @@ OPERATORS = ("equals", "not_equals", "in", "not_in", "at_least", "at_most", "is_
 TOKENS = ("salutation_line", "first_name", "last_name", "company_name", "city")
 SOURCES = ("golden_contacts", "reactivation_segment", "print_queue")
 DEDUPE = ("household", "account", "none")
+# batch: one list per build, approved by a person after its proof. single: every queued job is its own one-recipient
+# list, released as soon as it is built under a standing approval of the campaign's rules (the template).
+DELIVERY = ("batch", "single")
 DEFAULT_LIMITS = {"salutation_line": 60, "name_line": 50, "company_line": 50, "street_line": 50, "city_line": 40,
                   "country_line": 30, "text": 600}
 
@@ -57,13 +60,14 @@ class Campaign:
     max_lengths: dict[str, int]
     image_root: str
     proof_samples: int
+    delivery: str = "batch"
 
 
 def load_campaign(path: str | Path) -> Campaign:
     doc = load_yaml(path)
     data = require_mapping(doc, doc.data, "")
     check_keys(doc, data, "", ("name", "description", "source", "audience", "content", "dedupe", "template",
-                               "proof_samples"), required=("name", "content"))
+                               "proof_samples", "delivery"), required=("name", "content"))
     name = data["name"]
     if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
         raise doc.error("name", "must be lower-case letters, digits, '-' or '_' (it names files and assets)")
@@ -115,8 +119,13 @@ def load_campaign(path: str | Path) -> Campaign:
     samples = data.get("proof_samples", 12)
     if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= 500:
         raise doc.error("proof_samples", "must be between 1 and 500")
+    delivery = data.get("delivery", "batch")
+    if delivery not in DELIVERY:
+        raise doc.error("delivery", f"must be one of: {', '.join(DELIVERY)}")
+    if delivery == "single" and source != "print_queue":
+        raise doc.error("delivery", "single-recipient jobs come from the queue: set `source: print_queue`")
     return Campaign(name, Path(path), doc.sha256, str(data.get("description", "")), source, audience, tuple(branches),
-                    dedupe, limits, str(template.get("image_root", "")), samples)
+                    dedupe, limits, str(template.get("image_root", "")), samples, delivery)
 
 
 def load_campaigns(folder: str | Path) -> dict[str, Campaign]:

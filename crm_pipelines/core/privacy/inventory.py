@@ -337,7 +337,7 @@ NOT_PERSONAL = {"golden.accounts", "golden.account_lineage", "golden.id_events",
                 "ops.register_calls", "ops.landing_files", "ops.landing_aliases", "ops.crm_sync_log", "ops.crm_sync_runs",
                 "ops.crm_pull_state",
                 "ops.suppression_list", "ops.audit_log", "ops.privacy_requests", "marts.crm_companies_payload", "ops.print_lists",
-                "raw.erp_orders", "ops.activation_state", "ops.activation_lists"}
+                "raw.erp_orders", "ops.activation_state", "ops.activation_lists", "ops.print_template_approvals"}
 
 
 def locate(wh: Warehouse, locators: list[Locator], person: Person, hasher: IdentityHasher) -> dict[str, pd.DataFrame]:

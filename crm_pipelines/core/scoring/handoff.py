@@ -168,6 +168,7 @@ class Lead:
     may_contact: bool = True
     suppressed: bool = False
     brochure: bool = False              # queue a printed brochure (the hybrid workflow)
+    brochure_campaign: str = "broschuere"   # the print campaign whose single-recipient job it becomes
 
 
 @dataclass
@@ -347,7 +348,7 @@ def _queue_brochure(wh: Warehouse, lead: Lead, now: datetime) -> bool:
     try:
         with wh.engine.begin() as conn:
             conn.execute(sa.insert(PRINT_QUEUE).values(alert_key=lead.alert_key, golden_id=lead.golden_id,
-                                                       campaign="brochure", queued_at=now, status="queued"))
+                                                       campaign=lead.brochure_campaign, queued_at=now, status="queued"))
         return True
     except sa.exc.IntegrityError:
         return False

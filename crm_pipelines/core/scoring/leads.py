@@ -248,7 +248,8 @@ def _leads_for(wh: Warehouse, rows: pd.DataFrame, kind: str, rules: ScoringRules
                                   r.get("phone_consent"), r.get("phone_consent_basis"), customer),
             suppressed=bool(sup),
             brochure=wants_brochure(r.get("score"), r.get("stage"), r.get("post_consent"), r.get("post_consent_basis"),
-                                    customer, has_address, rules.brochure_min_score, rules.brochure_stages)))
+                                    customer, has_address, rules.brochure_min_score, rules.brochure_stages),
+            brochure_campaign=rules.brochure_campaign))
     return leads
 
 

@@ -52,6 +52,7 @@ class ScoringRules:
     bounced: float
     brochure_min_score: float
     brochure_stages: tuple[str, ...]
+    brochure_campaign: str = "broschuere"
 
 
 def load_scoring_rules(path: str | Path) -> ScoringRules:
@@ -125,7 +126,10 @@ def load_scoring_rules(path: str | Path) -> ScoringRules:
         if k in neg and _num(doc, neg[k], f"negative.{k}") > 0:
             raise doc.error(f"negative.{k}", "negative points must be 0 or below")
     brochure = require_mapping(doc, data.get("print_brochure") or {}, "print_brochure")
-    check_keys(doc, brochure, "print_brochure", ("min_score", "stages"))
+    check_keys(doc, brochure, "print_brochure", ("min_score", "stages", "campaign"))
+    b_campaign = brochure.get("campaign", "broschuere")
+    if not isinstance(b_campaign, str) or not b_campaign:
+        raise doc.error("print_brochure.campaign", "must name a print campaign (config/campaigns/<name>.yaml)")
     b_stages = brochure.get("stages") or ["sql"]
     if not isinstance(b_stages, list) or any(s not in STAGES for s in b_stages):
         raise doc.error("print_brochure.stages", f"must list stages of: {', '.join(STAGES)}")
@@ -136,7 +140,7 @@ def load_scoring_rules(path: str | Path) -> ScoringRules:
         _num(doc, comp.get("points", 0), "negative.competitor_domains.points"),
         _num(doc, neg.get("unsubscribed", 0), "negative.unsubscribed"),
         _num(doc, neg.get("bounced", 0), "negative.bounced"),
-        _num(doc, brochure.get("min_score", sql), "print_brochure.min_score"), tuple(b_stages))
+        _num(doc, brochure.get("min_score", sql), "print_brochure.min_score"), tuple(b_stages), b_campaign)
 
 
 def _num(doc: YamlDoc, value, key: str) -> float:

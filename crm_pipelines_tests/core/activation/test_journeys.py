@@ -136,7 +136,8 @@ def test_exit_takes_the_contact_off_the_journey_list(tmp_path, sqlite_url, brevo
 
 def test_the_frequency_cap_holds_across_email_print_and_sales(tmp_path, sqlite_url, brevo):
     wh = Warehouse(sqlite_url)
-    add_contacts(wh, [1, 2, 3])
+    add_contacts(wh, [1, 2, 3], erp={1: "K1", 2: "K2", 3: "K3"})   # customers: post is allowed
+    add_contacts(wh, [4])                                          # a prospect without postal consent
     # Contact 1: a print mailing and a sales hand-off this week; 2: one print mailing; 3: none.
     wh.ensure_tables([PRINT_LISTS, PRINT_RECIPIENTS, ALERT_LEDGER])
     with wh.engine.begin() as conn:
@@ -155,8 +156,10 @@ def test_the_frequency_cap_holds_across_email_print_and_sales(tmp_path, sqlite_u
     reps = run(wh, _tool(brevo), journeys, settings)
     # 1 has 2 touches already: capped in both. 2 has 1: the mail journey takes its second, print is capped.
     # 3: mail and print (2 touches).
-    assert (reps["a_mail"].enrolled, reps["a_mail"].capped) == (2, 1)
+    assert (reps["a_mail"].enrolled, reps["a_mail"].capped) == (3, 1)
     assert (reps["b_print"].enrolled, reps["b_print"].capped) == (1, 2)
+    # 4 got its e-mail but no brochure: a print job would drop it, so it is not enrolled (nor counted as touched).
+    assert reps["b_print"].stopped == {"no_consent": 1}
     queued = wh.read_select(sa.select(PRINT_QUEUE))
     assert list(queued["golden_id"]) == [gid(3)] and queued["alert_key"].iloc[0] == f"journey:b_print:{gid(3)}:1"
     assert email(1) not in {e["identifiers"]["email_id"] for e in brevo.events}

@@ -307,11 +307,14 @@ def test_a_superseded_brochure_list_keeps_its_hot_leads_queued(sqlite_url, tmp_p
     from crm_pipelines.core.print.rules import load_campaign
 
     wh = Warehouse(sqlite_url)
-    brochure = load_campaign(DEFAULT_CONFIG_DIR / "campaigns" / "broschuere.yaml")
+    from dataclasses import replace
+
+    # A campaign of queued jobs printed as one daily list (delivery: batch).
+    brochure = replace(load_campaign(DEFAULT_CONFIG_DIR / "campaigns" / "broschuere.yaml"), delivery="batch")
     settings = PrintSettings(tmp_path / "outbox", 30, tmp_path / "approvals", None)
     wh.ensure_tables([PRINT_QUEUE])
     with wh.engine.begin() as conn:
-        conn.execute(sa.insert(PRINT_QUEUE), [{"alert_key": f"sql:{i}", "golden_id": f"GC-{i:08d}", "campaign": "brochure",
+        conn.execute(sa.insert(PRINT_QUEUE), [{"alert_key": f"sql:{i}", "golden_id": f"GC-{i:08d}", "campaign": "broschuere",
                                                "queued_at": datetime.now(timezone.utc), "status": "queued"} for i in (1, 2)])
     monday = record_list(wh, build_list(frame(person(1), person(2)), brochure, no_screen(), set()), brochure, "r1",
                          tmp_path / "lists", "pytest", proof_samples=1)
