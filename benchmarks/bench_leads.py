@@ -69,6 +69,7 @@ def alert_latency() -> None:
                 folder = landing / "trade_fair_leads" / today
                 folder.mkdir(parents=True, exist_ok=True)
                 latencies = []
+                timeline: dict[str, tuple[float, float]] = {}   # file name -> (landed, alert arrived)
                 for i in range(LEADS):
                     before = len(slack.received)
                     landed = time.time()
@@ -80,11 +81,13 @@ def alert_latency() -> None:
                     wait_until(lambda: any(name in t for t in slack.texts()[before:]), 120, f"the alert of lead {i + 1}")
                     arrived = time.time()
                     latencies.append(arrived - landed)
+                    timeline[f"scan_{i:03d}.csv"] = (landed, arrived)
                     if i % 10 == 0 or i == LEADS - 1:
                         log(f"lead {i + 1}/{LEADS}: {arrived - landed:.1f} s from landing to the alert")
             finally:
                 stop_daemon(daemon)
             sla_runs = _runs_of(home, "sla_escalation")
+            phases = _phases(home, timeline)
         latencies.sort()
         p95 = latencies[min(len(latencies) - 1, int(round(0.95 * len(latencies))) - 1)]
         figure("lead_alerts_timed", len(latencies))
@@ -93,6 +96,10 @@ def alert_latency() -> None:
         figure("lead_alert_latency_max_seconds", max(latencies), "s")
         figure("lead_alert_sensor_interval_seconds", 5, "s (new_leads sensor)")
         figure("lead_alert_sla_runs_meanwhile", sla_runs, "sla_escalation runs during the latency run")
+        for phase, values in phases.items():
+            values.sort()
+            figure(f"lead_alert_{phase}_p50_seconds", statistics.median(values), "s")
+            figure(f"lead_alert_{phase}_p95_seconds", values[min(len(values) - 1, int(round(0.95 * len(values))) - 1)], "s")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -120,6 +127,31 @@ def _open_hand_offs(url: str, crm_url: str, n: int) -> None:
              "due_at": now + (timedelta(minutes=5) if i % 3 == 0 else timedelta(hours=1)), "status": "notified",
              "task_crm_id": ids[i], "owner_id": "rep-1", "team": "Süd"} for i in range(n)])
     wh.engine.dispose()
+
+
+def _phases(home: Path, timeline: dict[str, tuple[float, float]]) -> dict[str, list[float]]:
+    """Where each alert's time went, from the runs' records: landing -> run created (the sensor's tick), created ->
+    started (launch: queue, a new process loading the code location), started -> the step's start (the executor),
+    step start -> the alert arriving (load, match, notify)."""
+    import dagster as dg
+
+    instance = dg.DagsterInstance.from_config(str(home))
+    out: dict[str, list[float]] = {"sensor": [], "launch": [], "executor": [], "work": []}
+    try:
+        for record in instance.get_run_records(filters=dg.RunsFilter(job_name="fast_lead_path")):
+            name = (record.dagster_run.tags.get("crm/landing_file") or "").rsplit("/", 1)[-1]
+            if name not in timeline or record.start_time is None:
+                continue
+            landed, arrived = timeline[name]
+            steps = instance.all_logs(record.dagster_run.run_id, of_type=dg.DagsterEventType.STEP_START)
+            step = min((e.timestamp for e in steps), default=record.start_time)
+            out["sensor"].append(record.create_timestamp.timestamp() - landed)
+            out["launch"].append(record.start_time - record.create_timestamp.timestamp())
+            out["executor"].append(step - record.start_time)
+            out["work"].append(arrived - step)
+    finally:
+        instance.dispose()
+    return {k: v for k, v in out.items() if v}
 
 
 def _runs_of(home: Path, job: str) -> int:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 from ..core.activation.webhooks import land_events, token_ok
+from ..core.platform.http import LocalHTTPServer
 
 MAX_BODY = 5 * 1024 * 1024   # Brevo's batches: up to 500 events
 
@@ -59,7 +60,7 @@ class WebhookReceiver:
                     receiver.files.append(path)
                 return self._answer(200, {"landed": path.name if path else None})
 
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd = LocalHTTPServer((host, port), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
 

@@ -35,6 +35,7 @@ from ..core.platform.operations import load_operations
 from ..core.platform.warehouse import tables_present
 from ..core.sources.mapping import SourceMapping
 from .auditing import audit_run
+from .executors import NEAR_REAL_TIME_EXECUTOR
 from .crm import PUSH_CONTACTS_KEY
 from .golden import CONSENT_KEY, CONTACTS_KEY
 from .metadata import markdown_table
@@ -241,6 +242,7 @@ def build_activation_defs(config_dir: Path, mappings: dict[str, SourceMapping]) 
                                   description="Every segment recomputed, the audience checked and pushed, the journeys run.")
     realtime = dg.define_asset_job(
         "activation_realtime", selection=dg.AssetSelection.groups(GROUP) - dg.AssetSelection.assets(CRM_LISTS_KEY),
+        executor_def=NEAR_REAL_TIME_EXECUTOR,
         config={"ops": {"activation__segment_membership": {"config": {"incremental": True}}}},
         description="The contacts new data names: segments, audience, lists, journeys (launched by segment_updates); "
                     "the CRM lists follow with the nightly pass.")
@@ -273,7 +275,7 @@ def build_activation_defs(config_dir: Path, mappings: dict[str, SourceMapping]) 
                           "load_behaviour_now")
         return dg.Output(None, metadata={"rows_loaded": rep.rows_loaded, "rows_quarantined": rep.rows_quarantined})
 
-    @dg.job(name="load_behaviour_now", tags={"crm/path": "near-real-time"},
+    @dg.job(name="load_behaviour_now", tags={"crm/path": "near-real-time"}, executor_def=NEAR_REAL_TIME_EXECUTOR,
             description="A behaviour-event file loaded as it lands (launched by the behaviour_events_now sensor).")
     def load_behaviour_now():
         behaviour_now()

@@ -13,6 +13,13 @@ CELERY_BROKER_ENV = "CRM_CELERY_BROKER"
 CELERY_BACKEND_ENV = "CRM_CELERY_BACKEND"
 
 
+# The near-real-time jobs (a lead's alert, a consent change, a segment update, a brochure job) are a few small
+# steps: one process per step would start (and load the code location) again for each of them, seconds on top of
+# the run's own start, measured in bench_leads (docs/benchmarks.md). They run in the run's process, whatever
+# CRM_EXECUTOR says; the concurrency pools hold all the same.
+NEAR_REAL_TIME_EXECUTOR = dg.in_process_executor
+
+
 def build_executor(settings: Settings) -> dg.ExecutorDefinition:
     if settings.executor == "in_process":
         return dg.in_process_executor

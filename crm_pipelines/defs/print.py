@@ -19,6 +19,7 @@ from ..core.print.lists import audience_frame, build_list, load_robinson
 from ..core.print.release import ReleaseRefused, approve, expire_outbox, load_print_settings, record_list, release
 from ..core.print.rules import load_campaigns
 from .golden import CONSENT_KEY, CONTACTS_KEY
+from .executors import NEAR_REAL_TIME_EXECUTOR
 from .metadata import frame_markdown, markdown_table
 from .resources import PrivacyResource, WarehouseResource
 from .scoring import REACTIVATION_KEY, SCORES_KEY
@@ -211,6 +212,7 @@ def build_print_defs(config_dir: Path, data_dir: Path) -> dg.Definitions:
     build = dg.define_asset_job("build_print_lists", selection=[print_key(n) for n in campaigns if n not in single],
                                 description="Build every campaign's print list (each then waits for its approval).")
     print_single_jobs = dg.define_asset_job("print_single_jobs", selection=[print_key(n) for n in single],
+                                            executor_def=NEAR_REAL_TIME_EXECUTOR,
                                             description="Print the queued single-recipient jobs.") if single else None
     jobs = [approve_print_list, release_print_list, approve_print_template, outbox_retention, build, print_single_jobs,
             dg.define_asset_job("build_brochure_list", selection=[print_key("broschuere")])

@@ -31,6 +31,7 @@ from ..core.sources.ingest import landed_partitions, landing_files
 from ..core.sources.mapping import SourceMapping
 from ..core.sources.roles import CONSENT_SOURCES, ENGAGEMENT_SOURCES, OPT_IN_SOURCES
 from .auditing import audit_run
+from .executors import NEAR_REAL_TIME_EXECUTOR
 from .crm import build_consent_push_op
 from .golden import CONSENT_KEY, PERSON_KEY
 from .metadata import markdown_table
@@ -248,7 +249,7 @@ def build_privacy_defs(config_dir: Path, mappings: dict[str, SourceMapping], dat
 
     push_consent_to_crm = build_consent_push_op(config_dir)
 
-    @dg.job(name="apply_consent_changes", tags={"crm/privacy": "consent"},
+    @dg.job(name="apply_consent_changes", tags={"crm/privacy": "consent"}, executor_def=NEAR_REAL_TIME_EXECUTOR,
             description="Consent webhooks: load them, apply them to the ledger and the golden contacts at once, and "
                         "push the contacts whose consent changed to the CRM (launched by the consent_changes and "
                         "engagement_changes sensors).")

@@ -30,6 +30,7 @@ from ..core.scoring.leads import (ScoringPlan, landed_leads, plan_scoring, react
 from ..core.scoring.rules import ScoreResult, ScoringRules, load_scoring_rules
 from ..core.sources.mapping import SourceMapping
 from .auditing import audit_run
+from .executors import NEAR_REAL_TIME_EXECUTOR
 from .crm import PUSH_CONTACTS_KEY
 from .golden import ACCOUNTS_KEY, CONSENT_KEY, CONTACTS_KEY
 from .metadata import frame_markdown
@@ -136,7 +137,7 @@ def build_scoring_defs(config_dir: Path, mappings: dict[str, SourceMapping], dat
         audit_run(wh, context, f"handoff.{config.source}", _handoff_details(report))
         return dg.Output(None, metadata=_handoff_metadata(report))
 
-    @dg.job(name="fast_lead_path", tags={"crm/path": "near-real-time"},
+    @dg.job(name="fast_lead_path", tags={"crm/path": "near-real-time"}, executor_def=NEAR_REAL_TIME_EXECUTOR,
             description="Trade-fair leads and service requests: load, match, alert (launched by the new_leads sensor).")
     def fast_lead_path():
         fast_lead()

@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -26,6 +26,7 @@ from rapidfuzz import fuzz
 
 from ..core.cleaning.addresses import street_key
 from ..core.cleaning.companies import parse_company_name
+from ..core.platform.http import LocalHTTPServer
 
 
 @dataclass
@@ -108,7 +109,7 @@ class RegisterServer:
                     return self._send(400, {"error": "name is required"})
                 self._send(200, {"results": server.search(name, city)})
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.httpd = LocalHTTPServer(("127.0.0.1", port), Handler)
         self.port = self.httpd.server_address[1]
         self._thread: threading.Thread | None = None
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from ..core.platform.http import LocalHTTPServer
 
 
 class WebhookSink:
@@ -23,7 +25,7 @@ class WebhookSink:
         self.refused = 0
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
+        self.httpd = LocalHTTPServer(("127.0.0.1", port), _handler(self))
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
 

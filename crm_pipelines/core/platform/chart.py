@@ -8,15 +8,25 @@ from __future__ import annotations
 
 import base64
 import io
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 
 
-def _png(fig: Figure) -> bytes:
+def _figure(width: float, height: float) -> "Figure":
+    # Imported when a chart is drawn: matplotlib takes 0.4 s to import, and every run's process loads this module
+    # with the code location, also the near-real-time runs that draw nothing.
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height))
+
+
+def _png(fig: "Figure") -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
@@ -25,7 +35,7 @@ def _png(fig: Figure) -> bytes:
 
 def bar_chart_png(title: str, bars: list[tuple[str, float]], width: int = 640, color: str = PALETTE[0]) -> bytes:
     """Horizontal bars, first on top, each labelled with its value."""
-    fig = Figure(figsize=(width / 100, 0.45 * max(len(bars), 1) + 0.9))
+    fig = _figure(width / 100, 0.45 * max(len(bars), 1) + 0.9)
     ax = fig.add_subplot()
     labels = [label for label, _ in bars][::-1]
     values = [float(v) for _, v in bars][::-1]
@@ -40,7 +50,7 @@ def bar_chart_png(title: str, bars: list[tuple[str, float]], width: int = 640, c
 def grouped_bar_png(title: str, categories: Sequence[str], groups: dict[str, Sequence[float]], ylabel: str = "",
                     width: int = 720) -> bytes:
     """Vertical bars per category, one bar per group side by side (e.g. a funnel against its holdout)."""
-    fig = Figure(figsize=(width / 100, 3.6))
+    fig = _figure(width / 100, 3.6)
     ax = fig.add_subplot()
     n = max(len(groups), 1)
     step = 0.8 / n
@@ -59,7 +69,7 @@ def grouped_bar_png(title: str, categories: Sequence[str], groups: dict[str, Seq
 def line_chart_png(title: str, x: Sequence, series: dict[str, Sequence[float]], ylabel: str = "",
                    width: int = 720) -> bytes:
     """One line per series over a shared x axis (days, weeks)."""
-    fig = Figure(figsize=(width / 100, 3.4))
+    fig = _figure(width / 100, 3.4)
     ax = fig.add_subplot()
     for k, (name, values) in enumerate(series.items()):
         ax.plot(list(x), [float(v) for v in values], marker="o", markersize=3, label=name, color=PALETTE[k % len(PALETTE)])

@@ -36,6 +36,11 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+# libyaml's parser where PyYAML has it (its wheels do): every process of a run loads some 40 config files
+# with the code location, and the pure-Python parser took half a second of that.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 @dataclass(frozen=True)
 class YamlDoc:
     """A parsed YAML file that can tell which line a key path came from."""
@@ -43,14 +48,14 @@ class YamlDoc:
     path: Path
     data: Any
     raw: bytes
-    _root: Any  # yaml node tree, for line lookups
 
     @property
     def sha256(self) -> str:
         return hashlib.sha256(self.raw).hexdigest()
 
     def line_of(self, key_path: str) -> int | None:
-        node = self._root
+        # The node tree (with line marks) is composed only when an error needs a line.
+        node = yaml.compose(self.raw.decode("utf-8"), Loader=_LOADER) if key_path else None
         if node is None or not key_path:
             return None
         parts = _split_key_path(key_path)
@@ -105,13 +110,12 @@ def load_yaml(path: str | Path) -> YamlDoc:
         line = raw[: exc.start].count(b"\n") + 1
         raise ConfigError(path, "", "file is not UTF-8 encoded", line) from exc
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(path, "", f"invalid YAML: {problem}", mark.line + 1 if mark else None) from exc
-    return YamlDoc(path=path, data=data, raw=raw, _root=root)
+    return YamlDoc(path=path, data=data, raw=raw)
 
 
 def require_mapping(doc: YamlDoc, value: Any, key: str) -> dict:

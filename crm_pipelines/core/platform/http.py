@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import requests
+from http.server import ThreadingHTTPServer
 
 RETRYABLE_STATUS = {500, 502, 503, 504}
 
@@ -262,3 +263,18 @@ def _json(resp: requests.Response) -> Any:
         return resp.json()
     except ValueError:
         return {"message": resp.text[:500]}
+
+
+class LocalHTTPServer(ThreadingHTTPServer):
+    """The threading HTTP server of our own endpoints (the webhook receiver, the local vendor servers): a client
+    that hangs up before its answer (its timeout, a test that is done) is normal for a server; it is not printed
+    as a traceback on stderr like a bug in a handler, which still is."""
+
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        import sys
+
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)):
+            return
+        super().handle_error(request, client_address)

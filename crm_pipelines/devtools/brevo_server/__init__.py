@@ -47,11 +47,11 @@ import zlib
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import requests
 
+from ...core.platform.http import LocalHTTPServer
 from .handler import handler_for
 
 MAX_LIST_CALL = 150
@@ -163,7 +163,7 @@ class BrevoServer:
         self._next = {"contact": 1, "list": 1, "folder": 1, "process": 1, "webhook": 1}
         self._webhook_queue: deque = deque()
         self._worker_stop = threading.Event()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), handler_for(self))
+        self.httpd = LocalHTTPServer(("127.0.0.1", port), handler_for(self))
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self._threads: list[threading.Thread] = []

@@ -38,9 +38,9 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import asdict, dataclass
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
+from ...core.platform.http import LocalHTTPServer
 from .handler import handler_for
 from .lists import ListsMixin
 from .portal import PortalMixin
@@ -126,7 +126,7 @@ class CrmServer(PortalMixin, WritesMixin, ReadsMixin, ListsMixin):
                     status, body = self.create_property(object_type, d)
                     if status != 201:
                         raise ValueError(f"custom property {object_type}.{d['name']}: {body['message']}")
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), handler_for(self))
+        self.httpd = LocalHTTPServer(("127.0.0.1", port), handler_for(self))
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self._thread: threading.Thread | None = None
