@@ -14,7 +14,7 @@ from crm_pipelines.core.platform.warehouse import Warehouse
 from crm_pipelines.definitions import build_defs
 from crm_pipelines.devtools.crm_server import CrmServer
 from crm_pipelines_tests.conftest import READY_PORTAL
-from crm_pipelines_tests.defs.test_golden import checks_of, load_and_match, run_golden
+from crm_pipelines_tests.defs.test_golden import checks_of, restore_golden, run_golden
 from crm_pipelines_tests.defs.test_sources import EMAIL, materialised, run_range, settings_for
 
 TOKEN = "dagster-test-token-91b2"
@@ -51,8 +51,7 @@ def test_dry_run_then_push_then_nothing_left_to_send_then_a_sales_edit_comes_bac
     with CrmServer(token=TOKEN, custom_properties=READY_PORTAL) as crm:
         seeded = crm.seed_from_landing(root)
         settings, defs = built(tmp_path, root, manifest, crm, monkeypatch)
-        with dg.instance_for_test() as instance:
-            load_and_match(defs, instance, manifest)
+        with dg.instance_for_test(temp_dir=restore_golden(tmp_path, demo_landing)) as instance:
 
             dry = push_crm(defs, instance, dry_run=True)
             md = materialised(dry)
@@ -124,8 +123,7 @@ def test_a_failing_gx_gate_blocks_the_push_in_that_run_and_in_later_runs(tmp_pat
         crm.seed_from_landing(root)
         untouched = crm.objects("contacts")
         settings, defs = built(tmp_path, root, manifest, crm, monkeypatch)
-        with dg.instance_for_test() as instance:
-            load_and_match(defs, instance, manifest)
+        with dg.instance_for_test(temp_dir=restore_golden(tmp_path, demo_landing)) as instance:
             wh = Warehouse.for_url(settings.default_warehouse_url)
             g = GOLDEN_CONTACTS
             victim = wh.scalar(sa.select(g.c.golden_id).where(g.c.country == "DE", g.c.postal_code.is_not(None)).limit(1))
@@ -172,8 +170,7 @@ def test_a_suppressed_person_is_left_out_and_the_gate_catches_one_that_slips_thr
     with CrmServer(token=TOKEN, custom_properties=READY_PORTAL) as crm:
         crm.seed_from_landing(root)
         settings, defs = built(tmp_path, root, manifest, crm, monkeypatch)
-        with dg.instance_for_test() as instance:
-            load_and_match(defs, instance, manifest)
+        with dg.instance_for_test(temp_dir=restore_golden(tmp_path, demo_landing)) as instance:
             wh = Warehouse.for_url(settings.default_warehouse_url)
             g = GOLDEN_CONTACTS
             gid, email = wh.execute_first(sa.select(g.c.golden_id, g.c.email)

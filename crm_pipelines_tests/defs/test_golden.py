@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from contextlib import contextmanager
 from dataclasses import replace
 
@@ -28,14 +29,35 @@ def load_and_match(defs, instance, manifest) -> None:
     assert run_golden(defs, instance).success
 
 
+def restore_golden(tmp_path, demo_landing) -> str:
+    """The state after :func:`load_and_match` with the default configuration, copied into ``tmp_path``: the data
+    folder (warehouse, salt) into ``data/`` and the Dagster instance's history (runs, materialisations, passed
+    checks) into ``home/``; returns the instance folder for ``instance_for_test(temp_dir=...)``. Built once per
+    pytest worker and landing zone, then copied: the tests share the set-up, never the data. The warehouse names
+    landing files relative to the landing zone, so a test may use a copy of the landing zone with it."""
+    root, manifest = demo_landing
+    template = root.parent / f"golden-world-{root.name}"
+    if not (template / "built").exists():
+        shutil.rmtree(template, ignore_errors=True)
+        (template / "home").mkdir(parents=True)
+        settings = settings_for(template, root)
+        with dg.instance_for_test(temp_dir=str(template / "home")) as instance:
+            load_and_match(build_defs(settings), instance, manifest)
+        Warehouse.dispose_all()   # closes the SQLite files, so the copies are complete
+        (template / "built").touch()
+    shutil.copytree(template / "data", tmp_path / "data")
+    shutil.copytree(template / "home", tmp_path / "home")
+    return str(tmp_path / "home")
+
+
 @contextmanager
 def golden_world(tmp_path, demo_landing):
     """Settings, definitions and a test instance with every demo day ingested and the golden layer built."""
-    root, manifest = demo_landing
+    root, _ = demo_landing
+    home = restore_golden(tmp_path, demo_landing)
     settings = settings_for(tmp_path, root)
     defs = build_defs(settings)
-    with dg.instance_for_test() as instance:
-        load_and_match(defs, instance, manifest)
+    with dg.instance_for_test(temp_dir=home) as instance:
         yield settings, defs, instance
 
 

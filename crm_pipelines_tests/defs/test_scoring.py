@@ -19,7 +19,7 @@ from crm_pipelines.devtools.crm_server import CrmServer
 from crm_pipelines.devtools.webhook_sink import WebhookSink
 from crm_pipelines_tests.conftest import READY_PORTAL
 from crm_pipelines_tests.defs.test_crm import TOKEN, push_crm
-from crm_pipelines_tests.defs.test_golden import load_and_match, run_golden
+from crm_pipelines_tests.defs.test_golden import restore_golden
 from crm_pipelines_tests.defs.test_sources import EMAIL, run_range, settings_for
 
 TODAY = "2026-11-21"
@@ -55,9 +55,7 @@ def test_a_trade_fair_lead_reaches_its_rep_once_through_the_sensor(tmp_path, dem
     with CrmServer(token=TOKEN, custom_properties=READY_PORTAL) as crm, WebhookSink() as slack:
         crm.seed_from_landing(demo_landing[0])
         landing, manifest, settings, defs = _world(tmp_path, demo_landing, monkeypatch, crm, slack)
-        with dg.instance_for_test() as instance:
-            assert run_range(defs, instance, manifest["partitions"][0], manifest["partitions"][-1]).success
-            assert run_golden(defs, instance).success
+        with dg.instance_for_test(temp_dir=restore_golden(tmp_path, demo_landing)) as instance:
             _, cursor = _sensor(defs, instance, "new_leads", landing)  # what had landed before: seen once
             wh = Warehouse.for_url(settings.default_warehouse_url)
             g = GOLDEN_CONTACTS
@@ -102,8 +100,7 @@ def test_an_sql_crossing_is_alerted_once_and_scores_have_history(tmp_path, demo_
     with CrmServer(token=TOKEN, custom_properties=READY_PORTAL) as crm, WebhookSink() as slack:
         crm.seed_from_landing(demo_landing[0])
         landing, manifest, settings, defs = _world(tmp_path, demo_landing, monkeypatch, crm, slack)
-        with dg.instance_for_test() as instance:
-            load_and_match(defs, instance, manifest)
+        with dg.instance_for_test(temp_dir=restore_golden(tmp_path, demo_landing)) as instance:
             assert push_crm(defs, instance).success
             wh = Warehouse.for_url(settings.default_warehouse_url)
             g = GOLDEN_CONTACTS
