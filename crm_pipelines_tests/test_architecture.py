@@ -27,6 +27,8 @@ CORE_FLOORS = [
     {"crm", "print"},
     # Journeys use the CRM (segment lists) and print (single-recipient brochures) as channels.
     {"activation"},
+    # The closed loop reads every channel's touches (journeys, print, sales) and the CRM's deals.
+    {"reporting"},
 ]
 # Above core: the code location's settings (environment), the Dagster wiring, the table of contents. Beside the floors: command lines, the
 # demo, local servers and project tools, which may use any floor but are used by none.

@@ -1,0 +1,103 @@
+"""Attribution at volume: every model over 10,000,000 touchpoints and 100,000 won deals.
+
+1,000,000 journeys (``BENCH_JOURNEYS``) with 10 touches on average (``BENCH_TOUCHPOINTS`` in all, a geometric
+number per journey: many short journeys, a few long ones) over 180 days on the channels the project knows, with
+the mix of a B2B company (web visits most, sales and print few), 60 campaigns; 10 % of the journeys won
+(``BENCH_DEALS``: 100,000) with a log-normal revenue, a lead date and a deal date between their touches, the rest
+not converted (they count for the Markov chain). Generated in memory in the worker process, then timed: all models
+by channel, then all models by channel and campaign. Peak RSS of the process (the touchpoints included).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from benchmarks.common import figure, log, run_measured
+
+TOUCHPOINTS = int(os.environ.get("BENCH_TOUCHPOINTS", "10000000"))
+JOURNEYS = int(os.environ.get("BENCH_JOURNEYS", "1000000"))
+DEALS = int(os.environ.get("BENCH_DEALS", "100000"))
+CHANNELS = {"web": 0.42, "email": 0.2, "newsletter": 0.12, "web_form": 0.06, "trade_fair": 0.05, "print": 0.04,
+            "service": 0.04, "sales": 0.05, "webinar": 0.02}
+
+
+def worker() -> None:
+    import numpy as np
+    import pandas as pd
+
+    from crm_pipelines.core.reporting.attribution import attribute
+
+    rng = np.random.default_rng(22)
+    started = time.monotonic()
+    # Touches per journey: geometric around the mean, adjusted to the total.
+    per = rng.geometric(JOURNEYS / TOUCHPOINTS, JOURNEYS)
+    per = np.maximum(1, np.round(per * TOUCHPOINTS / per.sum()).astype(np.int64))
+    journey = np.repeat(np.arange(JOURNEYS, dtype=np.int64), per)[:TOUCHPOINTS]
+    n = len(journey)
+    names = np.array(list(CHANNELS), dtype=object)
+    p = np.array(list(CHANNELS.values()))
+    channel = pd.Categorical.from_codes(rng.choice(len(names), n, p=p / p.sum()), categories=names)
+    campaign = pd.Categorical.from_codes(rng.integers(0, 60, n), categories=[f"k{i:02d}" for i in range(60)])
+    t0 = pd.Timestamp("2026-06-01", tz="UTC").value // 10**9
+    at = pd.to_datetime(t0 + rng.integers(0, 180 * 86400, n), unit="s", utc=True)
+    touches = pd.DataFrame({"journey": journey, "channel": channel, "campaign": campaign, "at": at})
+    won = rng.choice(JOURNEYS, DEALS, replace=False)
+    closed = pd.to_datetime(t0 + 180 * 86400 - rng.integers(0, 20 * 86400, DEALS), unit="s", utc=True)
+    lead = closed - pd.to_timedelta(rng.integers(30, 150, DEALS), unit="D")
+    deal = closed - pd.to_timedelta(rng.integers(5, 30, DEALS), unit="D")
+    outcomes = pd.DataFrame({"journey": won, "revenue": np.round(rng.lognormal(9.5, 1.0, DEALS), 2),
+                             "closed_at": closed, "lead_at": lead, "deal_at": deal})
+    generated = time.monotonic() - started
+    print(f"# generated {n:,} touchpoints of {JOURNEYS:,} journeys, {DEALS:,} won, in {generated:.1f} s",
+          file=sys.stderr, flush=True)
+
+    started = time.monotonic()
+    by_channel = attribute(touches, outcomes)
+    channel_seconds = time.monotonic() - started
+    print(f"# all models by channel in {channel_seconds:.1f} s", file=sys.stderr, flush=True)
+    started = time.monotonic()
+    by_campaign = attribute(touches, outcomes, by=("channel", "campaign"))
+    campaign_seconds = time.monotonic() - started
+    sums = {m: float(by_channel.credits[m].sum()) for m in by_channel.credits.columns if m != "channel"}
+    print(json.dumps({
+        "touchpoints": n, "journeys": JOURNEYS, "won": DEALS, "credited_touches": by_channel.touches,
+        "revenue": by_channel.revenue, "unattributed": by_channel.unattributed,
+        "by_channel_seconds": channel_seconds, "by_channel_campaign_seconds": campaign_seconds,
+        "groups": len(by_campaign.credits), "max_sum_error": max(abs(v - by_channel.revenue) for v in sums.values()),
+        "markov_conversion_probability": by_channel.conversion_probability,
+        "markov_print_share": float(by_channel.credits.set_index("channel").loc["print", "markov"] / by_channel.revenue),
+    }))
+
+
+def main(argv: list[str]) -> int:
+    if "--worker" in argv:
+        worker()
+        return 0
+    log(f"attribution over {TOUCHPOINTS:,} touchpoints, {DEALS:,} won journeys (in its own process)")
+    seconds, mem, proc = run_measured([sys.executable, "-m", "benchmarks.bench_attribution", "--worker"],
+                                      dict(os.environ))
+    if proc.returncode != 0:
+        print(proc.stdout[-3000:], file=sys.stderr)
+        raise RuntimeError("the attribution worker failed")
+    for line in proc.stdout.splitlines():
+        if line.startswith("#"):
+            print(line, file=sys.stderr)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    figure("attribution_touchpoints", out["touchpoints"])
+    figure("attribution_won_journeys", out["won"])
+    figure("attribution_credited_touches", out["credited_touches"], "(touches of won journeys up to their close)")
+    figure("attribution_all_models_by_channel_seconds", out["by_channel_seconds"], "s (8 models)")
+    figure("attribution_all_models_by_channel_and_campaign_seconds", out["by_channel_campaign_seconds"],
+           f"s ({out['groups']} groups)")
+    figure("attribution_peak_rss_mb", mem.peak_total / 2**20, "MB (the touchpoints in memory included)")
+    figure("attribution_process_wall_seconds", seconds, "s (generating the touchpoints included)")
+    figure("attribution_credit_sum_max_error", out["max_sum_error"], "EUR (each model's credits against the revenue)")
+    figure("attribution_markov_conversion_probability", out["markov_conversion_probability"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
