@@ -33,7 +33,7 @@ from ..platform.warehouse import Warehouse, select_in, tables_present
 from ..privacy_screen.suppression import Screen
 from .lists import CSV_COLUMNS, _rows, audience_frame, build_list, csv_bytes
 from .proof import render_proof
-from .release import MIN_QUOTED_HEX, PrintSettings, ReleaseRefused, record_list, release
+from .release import PrintSettings, ReleaseRefused, quoted_checksum, record_list, release
 from .rules import Campaign
 
 # A person the campaign printed for within this time is not printed for again (a second job is merged into it).
@@ -91,12 +91,8 @@ def approve_template(wh: Warehouse, campaign: Campaign, approver: str, rules_sha
     least 12 hex digits). Approving a rules version that is not the current file's is refused."""
     if campaign.delivery != "single":
         raise ReleaseRefused(f"campaign {campaign.name} prints lists, not single jobs: approve each list instead")
-    if not approver or not approver.strip():
-        raise ReleaseRefused("an approval needs the approver's name")
-    quoted = (rules_sha256 or "").strip().lower()
-    if len(quoted) < MIN_QUOTED_HEX or any(ch not in "0123456789abcdef" for ch in quoted):
-        raise ReleaseRefused(f"a template approval quotes the rules' SHA-256 from the template proof (at least "
-                             f"{MIN_QUOTED_HEX} hex digits)")
+    quoted = quoted_checksum(approver, rules_sha256, "a template approval quotes the rules' SHA-256 from the "
+                                                     "template proof")
     if not campaign.sha256.startswith(quoted):
         append(wh, [AuditEntry("print.template_approval_refused", f"person:{approver.strip()}", campaign.name,
                                {"quoted": quoted, "rules_sha256": campaign.sha256}, run_id)])

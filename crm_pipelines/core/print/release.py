@@ -110,16 +110,23 @@ def _row(wh: Warehouse, list_id: str) -> dict:
 MIN_QUOTED_HEX = 12
 
 
+def quoted_checksum(approver: str, quoted: str, what: str) -> str:
+    """The checksum an approval quotes (lower case), after checking that it names an approver and quotes enough of
+    a SHA-256; ``what`` says what it must quote."""
+    if not approver or not approver.strip():
+        raise ReleaseRefused("an approval needs the approver's name")
+    quoted = (quoted or "").strip().lower()
+    if len(quoted) < MIN_QUOTED_HEX or any(ch not in "0123456789abcdef" for ch in quoted):
+        raise ReleaseRefused(f"{what} (at least {MIN_QUOTED_HEX} hex digits)")
+    return quoted
+
+
 def approve(wh: Warehouse, list_id: str, approver: str, csv_sha256: str, run_id: str | None = None) -> None:
     """Records an approval of exactly the list its approver saw: ``csv_sha256`` is the checksum printed on the proof
     and in the manifest (at least its first 12 hex digits). A list that changed since (rebuilt, or an erasure
     took a recipient out) has another checksum: its approval is refused and it needs a new look."""
-    if not approver or not approver.strip():
-        raise ReleaseRefused("an approval needs the approver's name")
-    quoted = (csv_sha256 or "").strip().lower()
-    if len(quoted) < MIN_QUOTED_HEX or any(ch not in "0123456789abcdef" for ch in quoted):
-        raise ReleaseRefused(f"an approval names the list it approves: quote its SHA-256 from the proof or the manifest "
-                             f"(at least {MIN_QUOTED_HEX} hex digits)")
+    quoted = quoted_checksum(approver, csv_sha256, "an approval names the list it approves: quote its SHA-256 from "
+                                                   "the proof or the manifest")
     row = _row(wh, list_id)
     if row["status"] != "built":
         raise ReleaseRefused(f"list {list_id} is {row['status']}; only a built list can be approved")
