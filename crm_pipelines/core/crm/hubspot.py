@@ -30,6 +30,8 @@ from .protocol import (ABSENT, ARCHIVED, CREATED, DELETED, FAILED, REJECTED, UPD
 TASK_TO_CONTACT = 204  # HubSpot-defined association type id "task to contact"
 MODIFIED = {"contacts": "lastmodifieddate"}  # the search's modification stamp; hs_lastmodifieddate elsewhere
 SEARCH_PAGE = 200
+HISTORY_BATCH = 50          # records per batch read with propertiesWithHistory
+ASSOCIATION_BATCH = 1000    # objects per v4 association batch read
 SEARCH_CAP = 10_000
 EXISTING_ID = re.compile(r"Existing ID: (\d+)")
 
@@ -148,6 +150,48 @@ class HubSpotConnector:
                     for alias in str((r.get("properties") or {}).get("hs_merged_object_ids") or "").split(";"):
                         if alias in chunk and alias not in out:
                             out[alias] = r
+        return out
+
+    # ------------------------------------------------------------------ deals (the closed loop)
+
+    def pipelines(self, object_type: str = "deals") -> list[dict]:
+        """The object type's pipelines with their stages (``metadata.probability``, ``metadata.isClosed``)."""
+        resp = self._ok(self.transport.request("GET", f"/crm/v3/pipelines/{object_type}"),
+                        f"reading the {object_type} pipelines")
+        return list(resp.body.get("results", []))
+
+    def read_with_history(self, object_type: str, ids: Sequence[str], properties: Sequence[str],
+                          history_of: Sequence[str]) -> dict[str, dict]:
+        """Objects by ID with the full history of ``history_of`` (``propertiesWithHistory``: newest first); HubSpot
+        takes at most 50 records per such read. ID -> object; absent ones left out."""
+        out: dict[str, dict] = {}
+        ids = list(dict.fromkeys(str(i) for i in ids))
+        for start in range(0, len(ids), HISTORY_BATCH):
+            chunk = ids[start:start + HISTORY_BATCH]
+            body = {"inputs": [{"id": i} for i in chunk], "properties": sorted(set(properties)),
+                    "propertiesWithHistory": sorted(set(history_of))}
+            resp = self.transport.request("POST", f"/crm/v3/objects/{object_type}/batch/read", json=body)
+            self._auth(resp)
+            if resp.status not in (200, 207):
+                raise ServiceUnavailable(f"reading {object_type} with history: HTTP {resp.status}: {_message(resp)}")
+            for r in resp.body.get("results", []):
+                out[str(r["id"])] = r
+        return out
+
+    def associations(self, from_type: str, to_type: str, ids: Sequence[str]) -> dict[str, list[str]]:
+        """The v4 associations of each object: ID -> the associated objects' IDs (objects without any left out)."""
+        out: dict[str, list[str]] = {}
+        ids = list(dict.fromkeys(str(i) for i in ids))
+        for start in range(0, len(ids), ASSOCIATION_BATCH):
+            chunk = ids[start:start + ASSOCIATION_BATCH]
+            resp = self.transport.request("POST", f"/crm/v4/associations/{from_type}/{to_type}/batch/read",
+                                          json={"inputs": [{"id": i} for i in chunk]})
+            self._auth(resp)
+            if resp.status not in (200, 207):
+                raise ServiceUnavailable(f"reading {from_type} -> {to_type} associations: HTTP {resp.status}: "
+                                         f"{_message(resp)}")
+            for r in resp.body.get("results", []):
+                out[str(r["from"]["id"])] = [str(t["toObjectId"]) for t in r.get("to") or []]
         return out
 
     # ------------------------------------------------------------------ the portal's properties

@@ -42,6 +42,7 @@ from pathlib import Path
 
 from ...core.platform.http import LocalHTTPServer
 from .handler import handler_for
+from .deals import DealsMixin
 from .lists import ListsMixin
 from .portal import PortalMixin
 from .protocol import (DEFAULT_GROUPS, ID_PROPERTY, READ_ONLY, SEARCH_RESULT_CAP, SEARCHES_PER_SECOND, as_int,
@@ -66,7 +67,7 @@ class Faults:
     conflict_as_409: bool = False
 
 
-class CrmServer(PortalMixin, WritesMixin, ReadsMixin, ListsMixin):
+class CrmServer(PortalMixin, WritesMixin, ReadsMixin, ListsMixin, DealsMixin):
     def __init__(self, db: str | Path = ":memory:", port: int = 0, token: str | None = None,
                  max_requests: int = 190, window_seconds: float = 10.0, faults: Faults | None = None, seed: int = 0,
                  custom_properties: dict[str, list[dict]] | None = None, search_cap: int = SEARCH_RESULT_CAP):
@@ -108,8 +109,12 @@ class CrmServer(PortalMixin, WritesMixin, ReadsMixin, ListsMixin):
             CREATE TABLE IF NOT EXISTS merged (type TEXT, id INTEGER, into_id INTEGER, PRIMARY KEY (type, id));
             CREATE TABLE IF NOT EXISTS property_defs (type TEXT, name TEXT, definition TEXT, PRIMARY KEY (type, name));
             CREATE TABLE IF NOT EXISTS property_groups (type TEXT, name TEXT, definition TEXT, PRIMARY KEY (type, name));
+            CREATE TABLE IF NOT EXISTS history (type TEXT, id INTEGER, property TEXT, value TEXT, timestamp TEXT,
+                source TEXT);
+            CREATE INDEX IF NOT EXISTS history_object ON history(type, id, property);
         """)
         self._lists_schema()
+        self.started_at = now_iso()
         self.definitions = default_properties()
         self.groups = {t: {g: {"name": g, "label": g, "displayOrder": -1, "archived": False} for g in gs}
                        for t, gs in DEFAULT_GROUPS.items()}

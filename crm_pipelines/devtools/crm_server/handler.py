@@ -121,6 +121,10 @@ def handler_for(server: CrmServer):
             if method == "POST" and parts[:3] == ["crm", "v4", "associations"] and parts[5:] == ["batch", "associate",
                                                                                                    "default"]:
                 return server.associate(parts[3], parts[4], body)
+            if method == "POST" and parts[:3] == ["crm", "v4", "associations"] and parts[5:] == ["batch", "read"]:
+                return server.read_associations(parts[3], parts[4], body)
+            if method == "GET" and parts[:3] == ["crm", "v3", "pipelines"] and len(parts) == 4:
+                return server.pipelines(parts[3])
             return 404, not_found(f"no route for {method} /{'/'.join(parts)}")
 
         def _control(self, method: str, path: str, body: dict) -> None:

@@ -71,10 +71,22 @@ def default_properties() -> dict[str, dict[str, dict]]:
                                                                          "COMPLETED", "DEFERRED")),
               _prop("hs_task_priority", "enumeration", "select", "task", ("NONE", "LOW", "MEDIUM", "HIGH")),
               {**_prop("hubspot_owner_id", "enumeration", "select", "task"), "externalOptions": True}]
-    return {t: {p["name"]: p for p in props} for t, props in
-            (("contacts", contacts), ("companies", companies), ("tasks", tasks))}
+    from .deals import STAGES
 
-DEFAULT_GROUPS = {"contacts": ["contactinformation"], "companies": ["companyinformation"], "tasks": ["task"]}
+    deals = [_prop("hs_object_id", "number", "number", "dealinformation", read_only=True),
+             _prop("createdate", "datetime", "date", "dealinformation", read_only=True),
+             _prop("hs_lastmodifieddate", "datetime", "date", "dealinformation", read_only=True),
+             {**_prop("hubspot_owner_id", "enumeration", "select", "dealinformation"), "externalOptions": True},
+             _prop("dealname", group="dealinformation"), _prop("amount", "number", "number", "dealinformation"),
+             _prop("closedate", "datetime", "date", "dealinformation"),
+             _prop("pipeline", "enumeration", "select", "dealinformation", ("default",)),
+             _prop("dealstage", "enumeration", "radio", "dealinformation", tuple(s[0] for s in STAGES)),
+             _prop("deal_currency_code", "enumeration", "select", "dealinformation", ("EUR", "CHF", "USD"))]
+    return {t: {p["name"]: p for p in props} for t, props in
+            (("contacts", contacts), ("companies", companies), ("tasks", tasks), ("deals", deals))}
+
+DEFAULT_GROUPS = {"contacts": ["contactinformation"], "companies": ["companyinformation"], "tasks": ["task"],
+                  "deals": ["dealinformation"]}
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$")
 

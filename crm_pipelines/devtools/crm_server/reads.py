@@ -7,7 +7,12 @@ import json
 import re
 from datetime import datetime
 
+from .deals import HISTORY_BATCH
 from .protocol import MAX_BATCH, MAX_SEARCH_PAGE, READ_ONLY, as_int, not_found, validation_error
+
+# What a search returns without a ``properties`` list.
+SEARCH_DEFAULTS = {"contacts": ["email", "firstname", "lastname"], "companies": ["name", "domain"],
+                   "deals": ["dealname", "amount", "dealstage", "pipeline", "closedate"]}
 
 
 class ReadsMixin:
@@ -67,8 +72,12 @@ class ReadsMixin:
 
     def batch_read(self, object_type: str, body: dict) -> tuple[int, dict]:
         inputs = body.get("inputs") or []
-        if len(inputs) > MAX_BATCH:
-            return 400, validation_error(f"Batch input limit is {MAX_BATCH}, got {len(inputs)}")
+        with_history = body.get("propertiesWithHistory") or []
+        # A read with property histories takes at most 50 records (HubSpot's limit), else 100.
+        cap = HISTORY_BATCH if with_history else MAX_BATCH
+        if len(inputs) > cap:
+            return 400, validation_error(f"Batch input limit is {cap}, got {len(inputs)}"
+                                         + (" (with propertiesWithHistory)" if with_history else ""))
         prop = body.get("idProperty") or "hs_object_id"
         d = self.definitions.get(object_type, {}).get(prop)
         if prop != "hs_object_id" and (d is None or not d.get("hasUniqueValue")):
@@ -89,7 +98,10 @@ class ReadsMixin:
                 if row is None:
                     missing.append(ident)
                     continue
-                results.append(self._shown(object_type, row[0], json.loads(row[1]), row[2], row[3], wanted))
+                shown = self._shown(object_type, row[0], json.loads(row[1]), row[2], row[3], wanted)
+                if with_history:
+                    shown["propertiesWithHistory"] = {p: self.history_of(object_type, row[0], p) for p in with_history}
+                results.append(shown)
         out: dict = {"status": "COMPLETE", "results": results}
         if missing:
             out.update(numErrors=1, errors=[{"status": "error", "category": "OBJECT_NOT_FOUND",
@@ -99,7 +111,7 @@ class ReadsMixin:
         return 200, out
 
     def search(self, object_type: str, body: dict) -> tuple[int, dict]:
-        if object_type not in ("contacts", "companies"):
+        if object_type not in ("contacts", "companies", "deals"):
             return 404, not_found(f"unknown object type {object_type}")
         limit = body.get("limit", 10)
         if not isinstance(limit, int) or not 1 <= limit <= MAX_SEARCH_PAGE:
@@ -128,8 +140,7 @@ class ReadsMixin:
             desc = (s.get("direction") == "DESCENDING") if isinstance(s, dict) else str(s).startswith("-")
             records.sort(key=lambda r: _sort_key(r[1].get(name)), reverse=desc)
         page = records[offset:offset + limit]
-        wanted = body.get("properties") or ["email", "firstname", "lastname"] if object_type == "contacts" else \
-            body.get("properties") or ["name", "domain"]
+        wanted = body.get("properties") or SEARCH_DEFAULTS[object_type]
         out: dict = {"total": len(records), "results": [self._shown(object_type, oid, p, c, u, wanted)
                                                          for oid, p, c, u in page]}
         if offset + limit < len(records):
