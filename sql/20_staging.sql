@@ -53,6 +53,43 @@ CREATE INDEX IF NOT EXISTS ix_consent_events_email_hash ON staging.consent_event
 
 CREATE INDEX IF NOT EXISTS ix_consent_events_person_record_key ON staging.consent_events (person_record_key);
 
+CREATE TABLE IF NOT EXISTS staging.crm_deal_links (
+	deal_id TEXT NOT NULL, 
+	object_type TEXT NOT NULL, 
+	object_id TEXT NOT NULL, 
+	PRIMARY KEY (deal_id, object_type, object_id)
+);
+
+CREATE INDEX IF NOT EXISTS ix_crm_deal_links_object_id ON staging.crm_deal_links (object_id);
+
+CREATE TABLE IF NOT EXISTS staging.crm_deal_stages (
+	deal_id TEXT NOT NULL, 
+	stage TEXT NOT NULL, 
+	entered_at TIMESTAMP WITH TIME ZONE NOT NULL, 
+	source_type TEXT, 
+	PRIMARY KEY (deal_id, stage, entered_at)
+);
+
+CREATE TABLE IF NOT EXISTS staging.crm_deals (
+	deal_id TEXT NOT NULL, 
+	deal_name TEXT, 
+	pipeline TEXT, 
+	stage TEXT, 
+	stage_label TEXT, 
+	probability FLOAT, 
+	is_closed BOOLEAN, 
+	is_won BOOLEAN, 
+	amount FLOAT, 
+	currency TEXT, 
+	close_date TIMESTAMP WITH TIME ZONE, 
+	created_at TIMESTAMP WITH TIME ZONE, 
+	modified_at TIMESTAMP WITH TIME ZONE, 
+	owner_id TEXT, 
+	pulled_at TIMESTAMP WITH TIME ZONE NOT NULL, 
+	run_id TEXT, 
+	PRIMARY KEY (deal_id)
+);
+
 CREATE TABLE IF NOT EXISTS staging.person_records (
 	record_key TEXT NOT NULL, 
 	source TEXT NOT NULL, 

@@ -57,6 +57,16 @@ class CrmConnector(Protocol):
     def properties(self, object_type: str) -> dict[str, dict]:
         """The portal's property definitions: name -> {"type", "options", "hasUniqueValue", ...}."""
 
+    def pipelines(self, object_type: str = "deals") -> list[dict]:
+        """The type's pipelines with their stages (``metadata``: ``probability``, ``isClosed``)."""
+
+    def read_with_history(self, object_type: str, ids: Sequence[str], properties: Sequence[str],
+                          history_of: Sequence[str]) -> dict[str, dict]:
+        """Objects by ID with the history of some properties (``propertiesWithHistory``, newest first)."""
+
+    def associations(self, from_type: str, to_type: str, ids: Sequence[str]) -> dict[str, list[str]]:
+        """Each object's associated objects of ``to_type``: ID -> their IDs."""
+
     def property_groups(self, object_type: str) -> set[str]:
         """Names of the portal's property groups."""
 

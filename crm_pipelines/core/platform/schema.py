@@ -329,6 +329,28 @@ CRM_PULL_STATE = _t(
     sa.Column("object_type", sa.Text(), primary_key=True), sa.Column("watermark_ms", sa.BigInteger()),
     sa.Column("pulled_at", _TS, nullable=False), sa.Column("run_id", sa.Text()),
 )
+CRM_DEALS = _t(
+    "crm_deals", "staging", "Deals as the CRM holds them (pulled incrementally): current stage with its probability, "
+                            "amount, currency, close date, owner.",
+    sa.Column("deal_id", sa.Text(), primary_key=True), sa.Column("deal_name", sa.Text()),
+    sa.Column("pipeline", sa.Text()), sa.Column("stage", sa.Text()), sa.Column("stage_label", sa.Text()),
+    sa.Column("probability", sa.Float()), sa.Column("is_closed", sa.Boolean()), sa.Column("is_won", sa.Boolean()),
+    sa.Column("amount", sa.Float()), sa.Column("currency", sa.Text()), sa.Column("close_date", _TS),
+    sa.Column("created_at", _TS), sa.Column("modified_at", _TS), sa.Column("owner_id", sa.Text()),
+    sa.Column("pulled_at", _TS, nullable=False), sa.Column("run_id", sa.Text()),
+)
+CRM_DEAL_STAGES = _t(
+    "crm_deal_stages", "staging", "Every stage a deal entered and when (the CRM's dealstage history): time in stage.",
+    sa.Column("deal_id", sa.Text(), primary_key=True), sa.Column("stage", sa.Text(), primary_key=True),
+    sa.Column("entered_at", _TS, primary_key=True), sa.Column("source_type", sa.Text()),
+)
+CRM_DEAL_LINKS = _t(
+    "crm_deal_links", "staging", "The CRM contacts and companies a deal is associated with.",
+    sa.Column("deal_id", sa.Text(), primary_key=True), sa.Column("object_type", sa.Text(), primary_key=True,
+                                                                   comment="contacts | companies"),
+    sa.Column("object_id", sa.Text(), primary_key=True, comment="the CRM's ID of the contact or company"),
+    indexes=(("object_id",),),
+)
 SUPPRESSION = _t(
     "suppression_list", "ops",
     "Identities that must never come back (erasure) or be contacted (objection): salted SHA-256 of the normalised "

@@ -303,6 +303,9 @@ def build_inventory(mappings: dict[str, SourceMapping]) -> list[Locator]:
                 _by(lambda t: t.c.golden_id, lambda p: p.golden_ids)(g.PRINT_QUEUE)),
         Locator(g.REACTIVATION_SEGMENT, "the person in the reactivation segment", "delete",
                 _by(lambda t: t.c.golden_id, lambda p: p.golden_ids)(g.REACTIVATION_SEGMENT)),
+        Locator(g.CRM_DEAL_LINKS, "the person's link to CRM deals (the deal stays: it is the company's)", "delete",
+                _by(lambda t: t.c.object_id, lambda p: p.crm_contact_ids,
+                    lambda t: t.c.object_type == "contacts")(g.CRM_DEAL_LINKS)),
         Locator(g.PRINT_RECIPIENTS, "the person's place in print lists (pseudonymous recipient IDs)", "delete",
                 _by(lambda t: t.c.golden_id, lambda p: p.golden_ids)(g.PRINT_RECIPIENTS)),
         Locator(g.RETIRED_CONTACTS, "statistics row of a retired golden ID (no personal data)", "delete",
@@ -337,7 +340,8 @@ NOT_PERSONAL = {"golden.accounts", "golden.account_lineage", "golden.id_events",
                 "ops.register_calls", "ops.landing_files", "ops.landing_aliases", "ops.crm_sync_log", "ops.crm_sync_runs",
                 "ops.crm_pull_state",
                 "ops.suppression_list", "ops.audit_log", "ops.privacy_requests", "marts.crm_companies_payload", "ops.print_lists",
-                "raw.erp_orders", "ops.activation_state", "ops.activation_lists", "ops.print_template_approvals"}
+                "raw.erp_orders", "ops.activation_state", "ops.activation_lists", "ops.print_template_approvals",
+                "staging.crm_deals", "staging.crm_deal_stages"}
 
 
 def locate(wh: Warehouse, locators: list[Locator], person: Person, hasher: IdentityHasher) -> dict[str, pd.DataFrame]:

@@ -4,7 +4,7 @@
 |---|---|---|---|
 | ``web_form`` | web-form leads (their person records) | submitted | the form's campaign field |
 | ``trade_fair`` | trade-fair scans | scanned | the fair |
-| ``newsletter`` | newsletter sign-ups | signed up | the campaign field |
+| ``newsletter`` | newsletter sign-ups | signed up | the list signed up to |
 | ``service`` | service requests | created | |
 | ``web``, ``webinar`` | behaviour events (page views, prices, demo videos, whitepapers; webinars) | occurred | UTM campaign |
 | ``email`` | the marketing tool's opens and clicks | occurred | UTM campaign or the mailing's tag |
@@ -33,6 +33,9 @@ from ..sources.roles import ENGAGEMENT_SOURCES
 COLUMNS = ["touch_key", "golden_id", "channel", "campaign", "source", "at"]
 PERSON_CHANNELS = {"web_form_leads": "web_form", "trade_fair_leads": "trade_fair",
                    "newsletter_signups": "newsletter", "service_requests": "service"}
+# Where a person source keeps its campaign: (the entity its mapping loads, the field).
+CAMPAIGN_FIELDS = {"web_form_leads": ("contact", "campaign"), "trade_fair_leads": ("contact", "campaign"),
+                   "newsletter_signups": ("consent_event", "purpose")}
 EVENT_CHANNELS = {"page_view": "web", "pricing_page": "web", "demo_video": "web", "whitepaper_download": "web",
                   "webinar_attended": "webinar", "email_open": "email", "email_click": "email"}
 
@@ -58,11 +61,11 @@ def _person_touches(wh: Warehouse) -> pd.DataFrame:
                           .join(xw, xw.c.record_key == pr.c.record_key)
                           .where(xw.c.valid_to.is_(None), pr.c.source.in_(list(PERSON_CHANNELS))))
     rows["campaign"] = None
-    for source in ("web_form_leads", "trade_fair_leads", "newsletter_signups"):
-        t = raw_table(source, ENTITIES["contact"])
+    for source, (entity, column) in CAMPAIGN_FIELDS.items():
+        t = raw_table(source, ENTITIES[entity])
         if not tables_present(wh, [t]):
             continue
-        raw = wh.read_select(sa.select(t.c.source_record_id, t.c.campaign, t.c._partition))
+        raw = wh.read_select(sa.select(t.c.source_record_id, t.c[column].label("campaign"), t.c._partition))
         raw = raw.sort_values("_partition").drop_duplicates("source_record_id", keep="last")
         mine = rows["source"] == source
         rows.loc[mine, "campaign"] = rows.loc[mine, "source_record_id"].map(
