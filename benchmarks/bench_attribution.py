@@ -1,4 +1,4 @@
-"""Attribution at volume: every model over 10,000,000 touchpoints and 100,000 won deals.
+"""Attribution at volume: every model over 10,000,000 touchpoints and 100,000 won deals; and the deal pull.
 
 1,000,000 journeys (``BENCH_JOURNEYS``) with 10 touches on average (``BENCH_TOUCHPOINTS`` in all, a geometric
 number per journey: many short journeys, a few long ones) over 180 days on the channels the project knows, with
@@ -6,6 +6,11 @@ the mix of a B2B company (web visits most, sales and print few), 60 campaigns; 1
 (``BENCH_DEALS``: 100,000) with a log-normal revenue, a lead date and a deal date between their touches, the rest
 not converted (they count for the Markov chain). Generated in memory in the worker process, then timed: all models
 by channel, then all models by channel and campaign. Peak RSS of the process (the touchpoints included).
+
+The deal pull: the local HubSpot-compatible CRM (its own process, answering after 0-300 ms, HubSpot's 190 requests
+per 10 s and 5 searches per second) holding ``BENCH_CRM_DEALS`` (20,000) deals with a stage history of two to
+four stages and a contact and a company each; the first pull (every deal, its history 50 a time, its links), then
+reps move 1,000 deals and the incremental pull reads them: seconds and requests of each.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from benchmarks.common import figure, log, run_measured
 TOUCHPOINTS = int(os.environ.get("BENCH_TOUCHPOINTS", "10000000"))
 JOURNEYS = int(os.environ.get("BENCH_JOURNEYS", "1000000"))
 DEALS = int(os.environ.get("BENCH_DEALS", "100000"))
+CRM_DEALS = int(os.environ.get("BENCH_CRM_DEALS", "20000"))
+MOVED = int(os.environ.get("BENCH_CRM_MOVED", "1000"))
 CHANNELS = {"web": 0.42, "email": 0.2, "newsletter": 0.12, "web_form": 0.06, "trade_fair": 0.05, "print": 0.04,
             "service": 0.04, "sales": 0.05, "webinar": 0.02}
 
@@ -72,9 +79,94 @@ def worker() -> None:
     }))
 
 
+def deal_pull() -> None:
+    import random
+    import subprocess
+    import tempfile
+    from datetime import datetime, timedelta, timezone
+    from pathlib import Path
+
+    import requests
+
+    from benchmarks.common import ROOT
+    from crm_pipelines.core.crm.hubspot import HubSpotConnector
+    from crm_pipelines.core.platform.warehouse import Warehouse
+    from crm_pipelines.core.reporting.deals import pull_deals
+    from crm_pipelines.devtools.crm_server import CrmServer
+    from crm_pipelines.devtools.crm_server.deals import STAGES
+    from crm_pipelines.devtools.processes import free_port, wait_until
+
+    rng = random.Random(5)
+    start = datetime(2026, 1, 5, 9, tzinfo=timezone.utc)
+
+    def iso(t: datetime) -> str:
+        return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    with tempfile.TemporaryDirectory(prefix="bench-deals-") as tmp:
+        db = Path(tmp) / "crm.db"
+        log(f"seeding {CRM_DEALS:,} deals into the local CRM")
+        seeder = CrmServer(db)
+        open_stages = [s[0] for s in STAGES if not s[3]]
+        deals = []
+        for i in range(CRM_DEALS):
+            t = start + timedelta(hours=rng.randint(0, 300 * 24))
+            steps = rng.randint(1, 3)
+            history = [(open_stages[k], iso(t + timedelta(days=6 * k))) for k in range(steps)]
+            if rng.random() < 0.4:
+                history.append((rng.choice(("closedwon", "closedlost")), iso(t + timedelta(days=6 * steps + 3))))
+            deals.append({"id": str(1_000_000 + i), "history": history, "contacts": [100_000 + i % 50_000],
+                          "companies": [9_000_000 + i % 8_000],
+                          "properties": {"dealname": f"Deal {i}", "amount": str(rng.randint(5, 400) * 500),
+                                         "pipeline": "default", "deal_currency_code": "EUR",
+                                         "closedate": history[-1][1]}})
+        seeder.seed_deals(deals)
+        seeder.db.close()
+        seeder.httpd.server_close()
+        port = free_port()
+        server = subprocess.Popen([sys.executable, "-m", "crm_pipelines.devtools.crm_server", "--db", str(db), "--port",
+                                   str(port), "--latency", "0", "0.3"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            def up() -> bool:
+                try:
+                    return requests.get(url + "/_stats", timeout=2).ok
+                except requests.RequestException:
+                    return False
+
+            wait_until(up, 60, "the local CRM")
+            hub = HubSpotConnector.create(url, None)
+            wh = Warehouse(f"sqlite:///{Path(tmp) / 'warehouse.db'}")
+            started = time.monotonic()
+            first = pull_deals(wh, hub, "bench-full")
+            full_seconds, full_requests = time.monotonic() - started, hub.stats.requests
+            figure("deal_pull_full_deals", first.loaded)
+            figure("deal_pull_full_seconds", full_seconds, "s")
+            figure("deal_pull_full_requests", full_requests)
+            figure("deal_pull_full_stage_changes", first.stage_changes)
+            # Reps move deals: stage changes a day after the newest seeded change.
+            moved = rng.sample(range(CRM_DEALS), MOVED)
+            later = start + timedelta(days=400)
+            for n, i in enumerate(moved):
+                requests.post(f"{url}/_move_deal", json={"id": str(1_000_000 + i), "stage": "closedwon",
+                                                        "at": iso(later + timedelta(seconds=n))}, timeout=10)
+            before = hub.stats.requests
+            started = time.monotonic()
+            again = pull_deals(wh, hub, "bench-incremental")
+            figure("deal_pull_incremental_read", again.read, f"({MOVED:,} moved, plus the deal at the watermark)")
+            figure("deal_pull_incremental_seconds", time.monotonic() - started, "s")
+            figure("deal_pull_incremental_requests", hub.stats.requests - before)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
 def main(argv: list[str]) -> int:
     if "--worker" in argv:
         worker()
+        return 0
+    if "--deals-only" in argv:
+        deal_pull()
         return 0
     log(f"attribution over {TOUCHPOINTS:,} touchpoints, {DEALS:,} won journeys (in its own process)")
     seconds, mem, proc = run_measured([sys.executable, "-m", "benchmarks.bench_attribution", "--worker"],
@@ -96,6 +188,7 @@ def main(argv: list[str]) -> int:
     figure("attribution_process_wall_seconds", seconds, "s (generating the touchpoints included)")
     figure("attribution_credit_sum_max_error", out["max_sum_error"], "EUR (each model's credits against the revenue)")
     figure("attribution_markov_conversion_probability", out["markov_conversion_probability"])
+    deal_pull()
     return 0
 
 

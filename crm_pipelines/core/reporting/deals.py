@@ -1,5 +1,5 @@
-"""Deals from the CRM, pulled incrementally: what changed since the watermark (the search on
-``hs_lastmodifieddate``), read again with the full ``dealstage`` history (50 a time), the contacts and companies
+"""Deals from the CRM, pulled incrementally: the first pull pages through every deal, later ones read what changed
+since the watermark (the search on ``hs_lastmodifieddate``), read again with the full ``dealstage`` history (50 a time), the contacts and companies
 each deal is associated with, and the pipeline's stages (probability, closed, won).
 
 Tables (``staging``): ``crm_deals`` (one row per deal, its current stage, amount, currency, close date, owner),
@@ -67,7 +67,10 @@ def pull_deals(wh: Warehouse, connector: CrmConnector, run_id: str, full: bool =
     since = None if full else watermark(wh)
     report = DealPullReport(full=since is None)
     stages = stage_table(connector.pipelines("deals")).set_index("stage")
-    changed = list(connector.changed_since("deals", since or 0, DEAL_PROPERTIES))
+    # The first pull pages through every deal (the search stops at 10,000 per query and allows 5 requests a
+    # second); later ones search what changed since the watermark.
+    changed = list(connector.read_objects("deals", DEAL_PROPERTIES)) if since is None else \
+        list(connector.changed_since("deals", since, DEAL_PROPERTIES))
     report.read = len(changed)
     if not changed:
         report.watermark_ms = since

@@ -133,6 +133,10 @@ def handler_for(server: CrmServer):
                 return self._send(200, asdict(server.faults))
             if path == "/_stats":
                 return self._send(200, server.stats())
+            if path == "/_move_deal" and method == "POST":
+                # What a rep does in the CRM (benchmarks drive a server in another process this way).
+                server.move_deal(str(body.get("id")), str(body.get("stage")), at=body.get("at"))
+                return self._send(200, {"moved": body.get("id")})
             if path.startswith("/_count"):
                 return self._send(200, server.count(parse_qs(urlparse(self.path).query).get("type", ["contacts"])[0]))
             return self._send(404, {"status": "error", "message": "unknown control path"})
