@@ -128,12 +128,17 @@ class SnapshotConfig(dg.Config):
     """Landing-zone day folder (YYYY-MM-DD) to write into; empty: today in the project's time zone."""
 
 
+def sync_settings(config_dir):
+    """config/sync.yaml, its mapped columns checked against the golden tables."""
+    return load_sync_settings(config_dir / "sync.yaml", golden_columns={
+        "companies": set(GOLDEN_ACCOUNTS.columns.keys()), "contacts": set(GOLDEN_CONTACTS.columns.keys())})
+
+
 def build_consent_push_op(config_dir) -> dg.OpDefinition:
     """The CRM side of a consent change: the contacts whose consent verdict just changed, pushed at once (only they,
     only where the CRM has them; the same payload, quality suite and suppression as the full push), so a
     withdrawal reaches the CRM within the minute instead of with the next scheduled push."""
-    settings = load_sync_settings(config_dir / "sync.yaml", golden_columns={
-        "companies": set(GOLDEN_ACCOUNTS.columns.keys()), "contacts": set(GOLDEN_CONTACTS.columns.keys())})
+    settings = sync_settings(config_dir)
     spec = settings.objects["contacts"]
 
     @dg.op(name="push_consent_to_crm", pool=POOL,
@@ -180,8 +185,7 @@ def build_consent_push_op(config_dir) -> dg.OpDefinition:
 
 
 def build_crm_defs(config_dir, mappings: dict[str, SourceMapping], timezone: str = "Europe/Berlin") -> dg.Definitions:
-    settings = load_sync_settings(config_dir / "sync.yaml", golden_columns={
-        "companies": set(GOLDEN_ACCOUNTS.columns.keys()), "contacts": set(GOLDEN_CONTACTS.columns.keys())})
+    settings = sync_settings(config_dir)
     version = f"crm-1-{settings.sha256[:12]}"
 
     def payload_asset(object_type: str, key: dg.AssetKey, golden_key: dg.AssetKey, golden_table: sa.Table):
