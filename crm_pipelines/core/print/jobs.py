@@ -31,7 +31,7 @@ from ..platform.audit import AuditEntry, append
 from ..platform.schema import PRINT_LISTS, PRINT_QUEUE, PRINT_RECIPIENTS, PRINT_TEMPLATE_APPROVALS
 from ..platform.warehouse import Warehouse, select_in, tables_present
 from ..privacy_screen.suppression import Screen
-from .lists import CSV_COLUMNS, _rows, audience_frame, build_list, csv_bytes
+from .lists import CSV_COLUMNS, audience_frame, build_list, csv_bytes, letter_rows
 from .proof import render_proof
 from .release import PrintSettings, ReleaseRefused, quoted_checksum, record_list, release
 from .rules import Campaign
@@ -77,7 +77,7 @@ def template_proof(campaign: Campaign, root: Path) -> Path:
         return path
     # One specimen per branch: each branch is shown whatever its condition would choose for the specimen.
     specimen = pd.DataFrame([SPECIMEN])
-    rows = [_rows(specimen.assign(golden_id=f"SPECIMEN-{i}"),
+    rows = [letter_rows(specimen.assign(golden_id=f"SPECIMEN-{i}"),
                   replace(campaign, audience=None, branches=(replace(branch, when=None),), dedupe="none"))
             for i, branch in enumerate(campaign.branches)]
     frame = pd.concat(rows, ignore_index=True)[CSV_COLUMNS] if rows else pd.DataFrame(columns=CSV_COLUMNS)

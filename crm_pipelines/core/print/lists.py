@@ -189,7 +189,7 @@ def build_list(frame: pd.DataFrame, campaign: Campaign, screen: Screen, robinson
 
     kept = reason.isna().to_numpy()
     keep = audience[kept]
-    rows = _rows(keep, campaign)
+    rows = letter_rows(keep, campaign)
     too_long = pd.Series(None, index=rows.index, dtype=object)
     for col, limit in campaign.max_lengths.items():
         if col in rows.columns:
@@ -240,7 +240,9 @@ def _one_line(s: pd.Series) -> pd.Series:
     return s.astype(object).where(s.notna(), "").astype(str).str.replace(r"\s+", " ", regex=True).str.strip()
 
 
-def _rows(keep: pd.DataFrame, campaign: Campaign) -> pd.DataFrame:
+def letter_rows(keep: pd.DataFrame, campaign: Campaign) -> pd.DataFrame:
+    """The CSV rows (CSV_COLUMNS) of the recipients kept: salutation and address lines, the chosen variant, its
+    text with the tokens filled in, its image path."""
     sal, name = salutations(keep)
     chosen = choose_content(campaign, keep)
     branches = campaign.branches
