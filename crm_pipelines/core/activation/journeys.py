@@ -33,7 +33,7 @@ import sqlalchemy as sa
 from ..platform.schema import (ACTIVATION_MEMBERS, ALERT_LEDGER, CONTACT_TOUCHES, JOURNEY_ENROLLMENTS, PRINT_LISTS,
                                PRINT_QUEUE, PRINT_RECIPIENTS, SEGMENT_MEMBERS)
 from ..platform.warehouse import Warehouse, chunks, select_in, tables_present
-from ..privacy.consent import allows
+from ..privacy.consent import allows_frame
 from ..privacy_screen.identity import IdentityHasher
 from ..privacy_screen.suppression import Screen
 from .audience import blocked_hashes, ensure_in_tool, gate, owned_list
@@ -290,8 +290,8 @@ def _print_gate(profile: pd.DataFrame, screen: Screen) -> pd.Series:
                                                "postal_code", "crm_contact_id")}, index=profile.index)
     complete = people[["last_name", "street", "postal_code"]].notna().all(axis=1) & col("city").notna()
     reason[~complete.to_numpy()] = "incomplete_address"
-    post = np.array([allows("post", c, b, bool(k)) for c, b, k in zip(
-        col("post_consent"), col("post_consent_basis"), col("erp_customer_number").notna())], dtype=bool)
+    post = allows_frame(pd.DataFrame({c: col(c) for c in ("post_consent", "post_consent_basis",
+                                                           "erp_customer_number")}), "post")
     reason[~post] = "no_consent"
     if len(people) and not screen.empty:
         reason[screen.suppressed(people)] = "suppressed"

@@ -63,6 +63,20 @@ class ChangesReport:
     files: list[str] = field(default_factory=list)
 
 
+def pull_watermark(wh: Warehouse, object_type: str) -> int | None:
+    """Up to which modification time (epoch ms) the incremental pull of ``object_type`` has read; None: never."""
+    wh.ensure_tables([CRM_PULL_STATE])
+    t = CRM_PULL_STATE
+    return wh.scalar(sa.select(t.c.watermark_ms).where(t.c.object_type == object_type))
+
+
+def set_pull_watermark(conn, object_type: str, watermark_ms: int, now: datetime, run_id: str) -> None:
+    """Moves the watermark, in the transaction that wrote what was read."""
+    t = CRM_PULL_STATE
+    conn.execute(sa.delete(t).where(t.c.object_type == object_type))
+    conn.execute(sa.insert(t).values(object_type=object_type, watermark_ms=watermark_ms, pulled_at=now, run_id=run_id))
+
+
 def mirror_properties(settings: SyncSettings, object_type: str) -> list[str]:
     """The CRM fields the push policies read."""
     spec = settings.objects.get(object_type)
@@ -91,7 +105,7 @@ def pull_changes(wh: Warehouse, connector: CrmConnector, settings: SyncSettings,
         source = SNAPSHOT_SOURCES[object_type]
         mirrored = mirror_properties(settings, object_type)
         wanted = sorted(set(mapped_properties(mappings[source])) | set(mirrored))
-        watermark = wh.scalar(sa.select(CRM_PULL_STATE.c.watermark_ms).where(CRM_PULL_STATE.c.object_type == object_type))
+        watermark = pull_watermark(wh, object_type)
         started_ms = int(datetime.now(timezone.utc).timestamp() * 1000)
         full = watermark is None
         report.full[object_type] = full
@@ -125,9 +139,7 @@ def pull_changes(wh: Warehouse, connector: CrmConnector, settings: SyncSettings,
             report.restored[object_type] = _mark_restored(conn, object_type, [str(o["id"]) for o in objs])
             # Nothing read: the next pull starts where this one started (an empty CRM is not read in full again).
             new_mark = max(stamps) if stamps else (watermark if watermark is not None else started_ms)
-            conn.execute(sa.delete(CRM_PULL_STATE).where(CRM_PULL_STATE.c.object_type == object_type))
-            conn.execute(sa.insert(CRM_PULL_STATE).values(object_type=object_type, watermark_ms=new_mark, pulled_at=now,
-                                                          run_id=run_id))
+            set_pull_watermark(conn, object_type, new_mark, now, run_id)
         if landed:
             report.files += _land(Path(landing) / source / day, landed, now, set(mapped_properties(mappings[source])))
         report.landed[object_type] = len(landed)

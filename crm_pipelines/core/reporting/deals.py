@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 import pandas as pd
 import sqlalchemy as sa
 
+from ..crm.changes import pull_watermark, set_pull_watermark
 from ..crm.hubspot import epoch_ms
 from ..crm.protocol import CrmConnector
 from ..platform.schema import CRM_DEAL_LINKS, CRM_DEAL_STAGES, CRM_DEALS, CRM_PULL_STATE, QUARANTINE
@@ -55,16 +56,11 @@ def stage_table(pipelines: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["stage", "pipeline", "label", "order", "probability", "is_closed", "is_won"])
 
 
-def watermark(wh: Warehouse) -> int | None:
-    wh.ensure_tables([CRM_PULL_STATE])
-    return wh.scalar(sa.select(CRM_PULL_STATE.c.watermark_ms).where(CRM_PULL_STATE.c.object_type == "deals"))
-
-
 def pull_deals(wh: Warehouse, connector: CrmConnector, run_id: str, full: bool = False,
                now: datetime | None = None) -> DealPullReport:
     now = now or datetime.now(timezone.utc)
     wh.ensure_tables([CRM_DEALS, CRM_DEAL_STAGES, CRM_DEAL_LINKS, CRM_PULL_STATE, QUARANTINE])
-    since = None if full else watermark(wh)
+    since = None if full else pull_watermark(wh, "deals")
     report = DealPullReport(full=since is None)
     stages = stage_table(connector.pipelines("deals")).set_index("stage")
     # The first pull pages through every deal (the search stops at 10,000 per query and allows 5 requests a
@@ -108,9 +104,7 @@ def pull_deals(wh: Warehouse, connector: CrmConnector, run_id: str, full: bool =
         newest = max((epoch_ms((o.get("properties") or {}).get("hs_lastmodifieddate") or o.get("updatedAt")) or 0)
                      for o in changed)
         mark = max(newest, since or 0)
-        conn.execute(sa.delete(CRM_PULL_STATE).where(CRM_PULL_STATE.c.object_type == "deals"))
-        conn.execute(sa.insert(CRM_PULL_STATE).values(object_type="deals", watermark_ms=mark, pulled_at=now,
-                                                      run_id=run_id))
+        set_pull_watermark(conn, "deals", mark, now, run_id)
     report.loaded, report.quarantined = len(frame), len(problems)
     report.stage_changes, report.links, report.watermark_ms = len(history), len(link_rows), mark
     report.by_stage = frame["stage"].value_counts().to_dict()
