@@ -54,6 +54,7 @@ from .writes import WritesMixin
 @dataclass
 class Faults:
     error_rate: float = 0.0      # share of write requests answered 500 before anything is applied
+    read_error_rate: float = 0.0  # share of reads and searches answered 503 (the API's bad minutes hit reads too)
     throttle_rate: float = 0.0   # share of requests answered 429 (with Retry-After) although under the limit
     drop_rate: float = 0.0       # share of write requests applied, then the connection closed unanswered
     fail_next: int = 0           # the next N requests answer 503

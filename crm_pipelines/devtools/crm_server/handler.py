@@ -62,6 +62,9 @@ def handler_for(server: CrmServer):
             if write and f.error_rate and server._rng.random() < f.error_rate:
                 server.counts["500_injected"] += 1
                 return self._send(500, {"status": "error", "message": "internal error"})
+            if not write and f.read_error_rate and server._rng.random() < f.read_error_rate:
+                server.counts["503_injected"] += 1
+                return self._send(503, {"status": "error", "message": "Service Unavailable"})
             if isinstance(body, dict) and body.get("_invalid"):
                 return self._send(400, validation_error("the body is not valid JSON"))
             status, out = self._dispatch(method, parts, parse_qs(url.query), body)

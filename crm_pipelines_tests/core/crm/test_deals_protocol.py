@@ -74,3 +74,12 @@ def test_deals_pipelines_history_and_associations_through_the_protocol():
                                 json={"inputs": [{"id": d["id"]} for d in deals[:51]], "properties": ["dealname"],
                                       "propertiesWithHistory": ["dealstage"]})
         assert refused.status_code == 400 and refused.json()["category"] == "VALIDATION_ERROR"
+
+
+def test_reads_answered_503_are_retried_and_nothing_is_lost():
+    with CrmServer(token=TOKEN, seed=4) as crm:
+        crm.seed_deals([deal(i, [("appointmentscheduled", iso(i))]) for i in range(1, 121)])
+        crm.set_faults(read_error_rate=0.3)
+        hub = HubSpotConnector.create(crm.url, TOKEN, max_attempts=12)
+        read = hub.read_with_history("deals", [str(5000 + i) for i in range(1, 121)], ["dealname"], ["dealstage"])
+        assert len(read) == 120 and crm.stats()["counts"]["503_injected"] > 0
