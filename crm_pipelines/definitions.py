@@ -22,6 +22,7 @@ from .defs.partitions import daily_partitions
 from .defs.print import build_print_defs
 from .defs.privacy import build_privacy_defs
 from .defs.quality import build_quality_defs
+from .defs.reporting import build_reporting_defs
 from .defs.resources import build_resources
 from .defs.scoring import build_scoring_defs
 from .defs.sources import build_sources_defs
@@ -41,6 +42,7 @@ def build_defs(settings: Settings | None = None) -> dg.Definitions:
         build_crm_defs(config, mappings, settings.timezone),                       # payloads, checks, push, pull
         build_print_defs(config, settings.data_dir),                               # print lists, approval, release
         build_activation_defs(config, mappings),                                   # segments, lists, journeys
+        build_reporting_defs(config),                                              # deals, revenue, funnel, attribution
         build_quality_defs(),                                                      # GX suites on the golden tables
     )
     return dg.Definitions.merge(

@@ -85,6 +85,7 @@ CREATE TABLE IF NOT EXISTS staging.crm_deals (
 	created_at TIMESTAMP WITH TIME ZONE, 
 	modified_at TIMESTAMP WITH TIME ZONE, 
 	owner_id TEXT, 
+	erp_order_number TEXT, 
 	pulled_at TIMESTAMP WITH TIME ZONE NOT NULL, 
 	run_id TEXT, 
 	PRIMARY KEY (deal_id)

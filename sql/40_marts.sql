@@ -6,6 +6,25 @@ CREATE TABLE IF NOT EXISTS marts.activation_audience (
 	PRIMARY KEY (destination, list_name, golden_id)
 );
 
+CREATE TABLE IF NOT EXISTS marts.attribution (
+	model TEXT NOT NULL, 
+	channel TEXT NOT NULL, 
+	campaign TEXT NOT NULL, 
+	revenue FLOAT NOT NULL, 
+	PRIMARY KEY (model, channel, campaign)
+);
+
+CREATE TABLE IF NOT EXISTS marts.campaign_economics (
+	level TEXT NOT NULL, 
+	name TEXT NOT NULL, 
+	revenue FLOAT, 
+	customers FLOAT, 
+	cost FLOAT, 
+	cac FLOAT, 
+	romi FLOAT, 
+	PRIMARY KEY (level, name)
+);
+
 CREATE TABLE IF NOT EXISTS marts.crm_companies_payload (
 	golden_id TEXT NOT NULL, 
 	crm_id TEXT, 
@@ -51,6 +70,47 @@ CREATE TABLE IF NOT EXISTS marts.crm_contacts_payload (
 	PRIMARY KEY (golden_id)
 );
 
+CREATE TABLE IF NOT EXISTS marts.deal_stage_times (
+	stage TEXT NOT NULL, 
+	entered BIGINT, 
+	"left" BIGINT, 
+	median_days FLOAT, 
+	p90_days FLOAT, 
+	PRIMARY KEY (stage)
+);
+
+CREATE TABLE IF NOT EXISTS marts.funnel (
+	dimension TEXT NOT NULL, 
+	value TEXT NOT NULL, 
+	lead BIGINT NOT NULL, 
+	mql BIGINT NOT NULL, 
+	sql BIGINT NOT NULL, 
+	opportunity BIGINT NOT NULL, 
+	closed_won BIGINT NOT NULL, 
+	closed_lost BIGINT NOT NULL, 
+	mql_rate FLOAT, 
+	sql_rate FLOAT, 
+	opportunity_rate FLOAT, 
+	won_rate FLOAT, 
+	win_rate FLOAT, 
+	days_to_mql FLOAT, 
+	days_to_sql FLOAT, 
+	days_to_opportunity FLOAT, 
+	days_to_close FLOAT, 
+	PRIMARY KEY (dimension, value)
+);
+
+CREATE TABLE IF NOT EXISTS marts.lead_response (
+	handoff_key TEXT NOT NULL, 
+	kind TEXT, 
+	minutes FLOAT, 
+	handoff_month TEXT, 
+	source TEXT, 
+	campaign TEXT, 
+	territory TEXT, 
+	PRIMARY KEY (handoff_key)
+);
+
 CREATE TABLE IF NOT EXISTS marts.lead_score_history (
 	day TEXT NOT NULL, 
 	golden_id TEXT NOT NULL, 
@@ -76,6 +136,20 @@ CREATE TABLE IF NOT EXISTS marts.lead_scores (
 
 CREATE INDEX IF NOT EXISTS ix_lead_scores_stage ON marts.lead_scores (stage);
 
+CREATE TABLE IF NOT EXISTS marts.print_response (
+	list_id TEXT NOT NULL, 
+	campaign TEXT NOT NULL, 
+	dropped_at TIMESTAMP WITH TIME ZONE, 
+	mailed BIGINT, 
+	mailed_responded BIGINT, 
+	holdout BIGINT, 
+	holdout_responded BIGINT, 
+	response_rate FLOAT, 
+	holdout_rate FLOAT, 
+	uplift FLOAT, 
+	PRIMARY KEY (list_id)
+);
+
 CREATE TABLE IF NOT EXISTS marts.reactivation_segment (
 	golden_id TEXT NOT NULL, 
 	account_id TEXT, 
@@ -84,6 +158,26 @@ CREATE TABLE IF NOT EXISTS marts.reactivation_segment (
 	segment_date TEXT NOT NULL, 
 	PRIMARY KEY (golden_id)
 );
+
+CREATE TABLE IF NOT EXISTS marts.revenue_lines (
+	revenue_key TEXT NOT NULL, 
+	kind TEXT NOT NULL, 
+	order_id TEXT, 
+	erp_customer_number TEXT, 
+	account_id TEXT, 
+	contact_id TEXT, 
+	deal_id TEXT, 
+	link TEXT NOT NULL, 
+	booked_at TIMESTAMP WITH TIME ZONE, 
+	amount FLOAT, 
+	currency TEXT, 
+	net FLOAT, 
+	PRIMARY KEY (revenue_key)
+);
+
+CREATE INDEX IF NOT EXISTS ix_revenue_lines_account_id ON marts.revenue_lines (account_id);
+
+CREATE INDEX IF NOT EXISTS ix_revenue_lines_contact_id ON marts.revenue_lines (contact_id);
 
 CREATE TABLE IF NOT EXISTS marts.segment_members (
 	segment TEXT NOT NULL, 
@@ -94,3 +188,16 @@ CREATE TABLE IF NOT EXISTS marts.segment_members (
 );
 
 CREATE INDEX IF NOT EXISTS ix_segment_members_golden_id ON marts.segment_members (golden_id);
+
+CREATE TABLE IF NOT EXISTS marts.touchpoints (
+	touch_key TEXT NOT NULL, 
+	golden_id TEXT NOT NULL, 
+	channel TEXT NOT NULL, 
+	campaign TEXT, 
+	source TEXT, 
+	detail TEXT, 
+	at TIMESTAMP WITH TIME ZONE NOT NULL, 
+	PRIMARY KEY (touch_key)
+);
+
+CREATE INDEX IF NOT EXISTS ix_touchpoints_golden_id ON marts.touchpoints (golden_id);

@@ -233,6 +233,15 @@ CREATE TABLE IF NOT EXISTS ops.match_runs (
 	accepted BOOLEAN NOT NULL
 );
 
+CREATE TABLE IF NOT EXISTS ops.print_holdouts (
+	list_id TEXT NOT NULL, 
+	golden_id TEXT NOT NULL, 
+	campaign TEXT NOT NULL, 
+	PRIMARY KEY (list_id, golden_id)
+);
+
+CREATE INDEX IF NOT EXISTS ix_print_holdouts_golden_id ON ops.print_holdouts (golden_id);
+
 CREATE TABLE IF NOT EXISTS ops.print_lists (
 	list_id TEXT NOT NULL, 
 	campaign TEXT NOT NULL, 

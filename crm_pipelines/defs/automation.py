@@ -114,7 +114,7 @@ def _schedules(jobs: dict, running: bool = False) -> list:
 
     @dg.schedule(name="hourly_scoring", job=jobs["score_leads"], cron_schedule="15 * * * *", execution_timezone=berlin,
                  default_status=status,
-                 description="Hourly, after the behaviour load: scores, SQL crossings to sales, the funnel.")
+                 description="Hourly, after the behaviour load: scores, SQL crossings to sales.")
     def hourly_scoring(context: dg.ScheduleEvaluationContext):
         return dg.RunRequest(run_key=f"scoring:{context.scheduled_execution_time:%Y%m%d%H}")
 
@@ -145,7 +145,15 @@ def _schedules(jobs: dict, running: bool = False) -> list:
     def hourly_crm_changes(context: dg.ScheduleEvaluationContext):
         return dg.RunRequest(run_key=f"crm-changes:{context.scheduled_execution_time:%Y%m%d%H}")
 
-    return [hourly_behaviour, hourly_scoring, nightly_refresh, daily_newsletter, weekly_reactivation, hourly_crm_changes]
+    @dg.schedule(name="daily_reporting", job=jobs["report_closed_loop"], cron_schedule="30 6 * * *",
+                 execution_timezone=berlin, default_status=status,
+                 description="Daily 06:30, after the night: deals pulled from the CRM, revenue, touchpoints, the funnel, "
+                             "attribution and the campaigns' economics.")
+    def daily_reporting(context: dg.ScheduleEvaluationContext):
+        return dg.RunRequest(run_key=f"reporting:{context.scheduled_execution_time:%Y%m%d}")
+
+    return [hourly_behaviour, hourly_scoring, nightly_refresh, daily_newsletter, weekly_reactivation, hourly_crm_changes,
+            daily_reporting]
 
 
 def _chain_sensors(jobs: dict) -> list:

@@ -1,16 +1,14 @@
-"""The scoring group in Dagster: scores, their history, the sales hand-off, the funnel, the weekly
+"""The scoring group in Dagster: scores, their history, the sales hand-off, the weekly
 reactivation segment; the near-real-time lead path and the SLA (schedules: ``defs/automation.py``).
 
     raw/behaviour_events + golden -> lead_scores -> lead_score_history
                                               \\-> lead_alerts (SQL crossings: owner, CRM task, Slack/Teams/e-mail)
-                                               -> funnel_report
     landing/trade_fair_leads, service_requests --(new_leads sensor, 5 s)--> fast_lead_path (load, match, alert)
     ops.alert_ledger --(sla sensor)--> sla_escalation (first CRM activity, overdue -> team lead)
 
-Thin: the work is in ``core/scoring/`` (rules, leads, handoff, funnel).
+Thin: the work is in ``core/scoring/`` (rules, leads, handoff); the funnel is the reporting group's.
 """
 
-import base64
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -19,11 +17,9 @@ import pandas as pd
 
 from ..core.crm.settings import load_sync_settings
 from ..core.golden.matching.settings import load_matching_config
-from ..core.platform.chart import bar_chart_png
 from ..core.platform.operations import load_operations
 from ..core.platform.schema import ALERT_LEDGER
 from ..core.platform.warehouse import tables_present
-from ..core.scoring.funnel import STAGE_COLUMNS, funnel
 from ..core.scoring.handoff import SlaTiming, check_sla, hand_off, load_territories, sla_due
 from ..core.scoring.leads import (ScoringPlan, landed_leads, plan_scoring, reactivation_segment, score_range,
                                   snapshot_history, sql_crossings, write_lead_scores)
@@ -42,7 +38,6 @@ OWNERS = ["team:marketing-ops", "team:sales-ops"]
 SCORES_KEY = dg.AssetKey("lead_scores")
 HISTORY_KEY = dg.AssetKey("lead_score_history")
 ALERTS_KEY = dg.AssetKey("lead_alerts")
-FUNNEL_KEY = dg.AssetKey("funnel_report")
 REACTIVATION_KEY = dg.AssetKey("reactivation_segment")
 FAST_SOURCES = ("trade_fair_leads", "service_requests")
 
@@ -86,30 +81,6 @@ def build_scoring_defs(config_dir: Path, mappings: dict[str, SourceMapping], dat
                           crm_url=notify.crm_web_url, log=context.log.warning)
         audit_run(wh, context, "handoff.sql_crossings", _handoff_details(report))
         return dg.MaterializeResult(metadata=_handoff_metadata(report), check_results=[_delivered(report)])
-
-    @dg.asset(key=FUNNEL_KEY, group_name=GROUP, owners=OWNERS, kinds={"pandas", "csv"}, deps=[SCORES_KEY, ALERTS_KEY],
-              description="Lead -> MQL -> SQL -> Opportunity -> Closed-won per week first seen and source, the "
-                          "median time to qualification and the median lead-response time (landing -> first CRM "
-                          "activity). A chart in the metadata; the table as CSV in <CRM_DATA_DIR>/reports/.")
-    def funnel_report(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
-        table, stats = funnel(warehouse.get())
-        out = data_dir.resolve() / "reports" / "funnel_report.csv"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(out, index=False)
-        totals = stats.get("totals", {})
-        labels = {"lead": "Lead", "mql": "MQL", "sql": "SQL", "opportunity": "Opportunity", "closed_won": "Closed-won"}
-        png = bar_chart_png("Funnel, all weeks", [(labels[s], totals.get(s, 0)) for s in STAGE_COLUMNS])
-        chart = out.with_suffix(".png")
-        chart.write_bytes(png)
-        recent = table.sort_values("week").groupby("week")[list(STAGE_COLUMNS)].sum().tail(8).reset_index()
-        return dg.MaterializeResult(metadata={
-            "dagster/row_count": len(table), "csv": str(out), "chart_file": str(chart),
-            "chart": dg.MetadataValue.md(f"![funnel](data:image/png;base64,{base64.b64encode(png).decode()})"),
-            "last_weeks": dg.MetadataValue.md(frame_markdown(recent)),
-            "median_days_to_qualification": stats.get("median_days_to_qualification") or -1.0,
-            "median_lead_response_minutes": stats.get("median_lead_response_minutes") or -1.0,
-            **{f"total_{s}": int(totals.get(s, 0)) for s in STAGE_COLUMNS},
-        })
 
     @dg.asset(key=REACTIVATION_KEY, group_name=GROUP, owners=OWNERS, kinds={"sql"},
               deps=[CONTACTS_KEY, raw_asset_key("erp_orders"), raw_asset_key("behaviour_events"), CONSENT_KEY],
@@ -159,9 +130,8 @@ def build_scoring_defs(config_dir: Path, mappings: dict[str, SourceMapping], dat
         sla()
 
     jobs = [fast_lead_path, sla_escalation,
-            dg.define_asset_job("score_leads", selection=[SCORES_KEY, HISTORY_KEY, ALERTS_KEY, FUNNEL_KEY],
-                                description="Score every contact, snapshot the day, hand SQL crossings to sales, "
-                                            "update the funnel."),
+            dg.define_asset_job("score_leads", selection=[SCORES_KEY, HISTORY_KEY, ALERTS_KEY],
+                                description="Score every contact, snapshot the day, hand SQL crossings to sales."),
             dg.define_asset_job("reactivation", selection=[REACTIVATION_KEY],
                                 description="The weekly win-back segment of inactive customers.")]
 
@@ -170,7 +140,7 @@ def build_scoring_defs(config_dir: Path, mappings: dict[str, SourceMapping], dat
                               "New trade-fair leads and service requests in the landing zone: one small run per file "
                               "(run key = file content), so a lead reaches its rep within seconds."),
                _sla_sensor(sla_escalation, sla_timing)]
-    return dg.Definitions(assets=[lead_scores, lead_score_history, lead_alerts, funnel_report, reactivation], jobs=jobs,
+    return dg.Definitions(assets=[lead_scores, lead_score_history, lead_alerts, reactivation], jobs=jobs,
                           sensors=sensors)
 
 

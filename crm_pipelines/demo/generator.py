@@ -28,6 +28,7 @@ from typing import Callable
 import numpy as np
 
 from . import places as P
+from .deals import Deals
 from .lead_sources import LeadSources
 from .mess import Mess
 from .system_sources import SystemSources
@@ -49,7 +50,7 @@ class Progress:
             print(f"[{time.monotonic() - self.started:7.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
-class Generator(LeadSources, SystemSources):
+class Generator(LeadSources, SystemSources, Deals):
     def __init__(self, cfg: GeneratorConfig, progress: Callable[[str], None] | None = None):
         self.cfg = cfg
         self.log = progress or (lambda m: None)
@@ -61,7 +62,7 @@ class Generator(LeadSources, SystemSources):
     def run(self) -> dict:
         cfg = self.cfg
         out = Path(cfg.out)
-        for s in SOURCES:
+        for s in (*SOURCES, "_crm_deals"):
             if (out / s).exists():
                 shutil.rmtree(out / s)
         truth_dir = out / "_ground_truth"
@@ -74,6 +75,9 @@ class Generator(LeadSources, SystemSources):
         self.truth_fh = open(truth_dir / "records.csv", "w", encoding="utf-8", newline="")
         self.truth = csv.writer(self.truth_fh)
         self.truth.writerow(["source", "source_record_id", "person_id", "account_id", "malformed"])
+        self._draw_deals(out)
+        self.log(f"deals: {len(self.deals):,} in the CRM ({sum(d['outcome'] == 'won' for d in self.deals):,} won, "
+                 f"{sum(d['outcome'] == 'lost' for d in self.deals):,} lost)")
         try:
             for source in SOURCES:
                 t0 = time.monotonic()
@@ -89,6 +93,7 @@ class Generator(LeadSources, SystemSources):
             "start": cfg.start.isoformat(), "days": cfg.days,
             "partitions": [d.isoformat() for d in self.days],
             "sources": {s: vars(st) for s, st in self.stats.items()},
+            "deals": {o: sum(d["outcome"] == o for d in self.deals) for o in ("open", "won", "lost")},
         }
         (truth_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
         self.log(f"done: {sum(s.records for s in self.stats.values()):,} records, ground truth in {truth_dir}")

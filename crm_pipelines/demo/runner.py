@@ -133,6 +133,11 @@ def run_demo(cfg: GeneratorConfig, regenerate: bool = False, progress: Callable[
             if brevo is not None:
                 results += _engagement_back(defs, instance, brevo, receiver, progress)
             results += _single_print_jobs(defs, instance, settings, progress)
+            results += _release_lists(defs, instance, settings, progress)
+            progress("running report_closed_loop")
+            results.append(defs.resolve_job_def("report_closed_loop").execute_in_process(
+                instance=instance, raise_on_error=False, tags={"crm/launched_by": "make-demo"},
+                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}}))
     finally:
         if brevo is not None:
             st = brevo.stats()
@@ -196,6 +201,28 @@ def _single_print_jobs(defs: dg.Definitions, instance, settings: Settings, progr
     progress("running print_single_jobs")
     results.append(defs.resolve_job_def("print_single_jobs").execute_in_process(
         instance=instance, raise_on_error=False, tags={"crm/launched_by": "make-demo"}, run_config=quiet))
+    return results
+
+
+def _release_lists(defs: dg.Definitions, instance, settings: Settings, progress: Callable[[str], None]) -> list:
+    """What the marketing lead does after reading a campaign list's proof: approve it (quoting its checksum) and
+    release it to the print shop; the drop starts the Rücklaufquote's window."""
+    import sqlalchemy as sa
+
+    from ..core.platform.schema import PRINT_LISTS
+    from ..core.platform.warehouse import Warehouse
+
+    wh = Warehouse.for_url(settings.warehouse_url or settings.default_warehouse_url)
+    built = wh.read_select(sa.select(PRINT_LISTS.c.list_id, PRINT_LISTS.c.campaign, PRINT_LISTS.c.csv_sha256)
+                           .where(PRINT_LISTS.c.status == "built", PRINT_LISTS.c.recipients > 0))
+    results = []
+    for _, row in built.iterrows():
+        progress(f"approving and releasing the print list {row['list_id']} ({row['campaign']})")
+        results.append(defs.resolve_job_def("release_print_list").execute_in_process(
+            instance=instance, raise_on_error=False, tags={"crm/launched_by": "make-demo"},
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}},
+                        "ops": {"release_op": {"config": {"list_id": row["list_id"], "approver": "Demo Marketing-Leitung",
+                                                          "csv_sha256": row["csv_sha256"]}}}}))
     return results
 
 

@@ -115,6 +115,9 @@ class SystemSources:
                     fields[7] = ("Q", 5)
             by_day.setdefault(d, []).append(self._erp_line(fields))
             st.records += 1
+        for d, lines in self._deal_order_lines().items():
+            by_day.setdefault(d, []).extend(lines)
+            st.records += len(lines)
         for d, lines in sorted(by_day.items()):
             day = self.days[d]
             wr.write_lines(day, f"AUFTRAG_{day:%Y%m%d}.txt", lines, encoding="cp850", eol="\r\n")

@@ -84,3 +84,24 @@ def line_chart_png(title: str, x: Sequence, series: dict[str, Sequence[float]], 
 
 def markdown_image(png: bytes, alt: str) -> str:
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
+def funnel_png(title: str, stages: Sequence[str], counts: Sequence[float], width: int = 720) -> bytes:
+    """A funnel: one centred bar per stage, widest first, each with its count and the conversion from the stage
+    before."""
+    fig = _figure(width / 100, 0.55 * max(len(stages), 1) + 1.0)
+    ax = fig.add_subplot()
+    values = [float(v) for v in counts]
+    top = max(values) if values and max(values) > 0 else 1.0
+    ys = list(range(len(stages)))[::-1]
+    ax.barh(ys, values, left=[(top - v) / 2 for v in values], color=[PALETTE[i % len(PALETTE)] for i in range(len(values))],
+            height=0.8)
+    for i, (y, v) in enumerate(zip(ys, values)):
+        rate = "" if i == 0 or values[i - 1] <= 0 else f"  ({v / values[i - 1]:.0%} of {stages[i - 1]})"
+        ax.text(top / 2, y, f"{v:,.0f}{rate}", ha="center", va="center", fontsize=9, color="black",
+                bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none", "pad": 1})
+    ax.set_yticks(ys, list(stages))
+    ax.set_xticks([])
+    ax.set_title(title, loc="left")
+    ax.spines[["top", "right", "bottom"]].set_visible(False)
+    return _png(fig)

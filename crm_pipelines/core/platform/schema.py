@@ -337,6 +337,7 @@ CRM_DEALS = _t(
     sa.Column("probability", sa.Float()), sa.Column("is_closed", sa.Boolean()), sa.Column("is_won", sa.Boolean()),
     sa.Column("amount", sa.Float()), sa.Column("currency", sa.Text()), sa.Column("close_date", _TS),
     sa.Column("created_at", _TS), sa.Column("modified_at", _TS), sa.Column("owner_id", sa.Text()),
+    sa.Column("erp_order_number", sa.Text(), comment="the ERP order the rep linked to the deal (Auftragsnummer)"),
     sa.Column("pulled_at", _TS, nullable=False), sa.Column("run_id", sa.Text()),
 )
 CRM_DEAL_STAGES = _t(
@@ -351,6 +352,70 @@ CRM_DEAL_LINKS = _t(
     sa.Column("object_id", sa.Text(), primary_key=True, comment="the CRM's ID of the contact or company"),
     indexes=(("object_id",),),
 )
+
+# ---------------------------------------------------------------------------- reporting (docs/reporting.md)
+
+TOUCHPOINTS = _t(
+    "touchpoints", "marts", "Every touch of a known contact on every channel (web, forms, fairs, newsletters, e-mail, "
+                            "print, service, sales): the input of attribution.",
+    sa.Column("touch_key", sa.Text(), primary_key=True), sa.Column("golden_id", sa.Text(), nullable=False),
+    sa.Column("channel", sa.Text(), nullable=False), sa.Column("campaign", sa.Text()), sa.Column("source", sa.Text()),
+    sa.Column("detail", sa.Text(), comment="an event's type (page_view, pricing_page ...)"),
+    sa.Column("at", _TS, nullable=False),
+    indexes=(("golden_id",),),
+)
+REVENUE_LINES = _t(
+    "revenue_lines", "marts", "Revenue: ERP order lines (not cancelled) and won deals without an order, in the "
+                              "reporting currency, linked to deals by the documented rule.",
+    sa.Column("revenue_key", sa.Text(), primary_key=True), sa.Column("kind", sa.Text(), nullable=False,
+                                                                     comment="order | deal"),
+    *_text("order_id", "erp_customer_number", "account_id", "contact_id", "deal_id"),
+    sa.Column("link", sa.Text(), nullable=False, comment="crm | account_time | account | deal_amount"),
+    sa.Column("booked_at", _TS), sa.Column("amount", sa.Float()), sa.Column("currency", sa.Text()),
+    sa.Column("net", sa.Float(), comment="in the reporting currency (NaN: no exchange rate)"),
+    indexes=(("contact_id",), ("account_id",)),
+)
+FUNNEL = _t(
+    "funnel", "marts", "The funnel per dimension value: contacts reaching each stage, conversion rates, median days.",
+    sa.Column("dimension", sa.Text(), primary_key=True), sa.Column("value", sa.Text(), primary_key=True),
+    *[sa.Column(c, sa.BigInteger(), nullable=False) for c in ("lead", "mql", "sql", "opportunity", "closed_won",
+                                                              "closed_lost")],
+    *[sa.Column(c, sa.Float()) for c in ("mql_rate", "sql_rate", "opportunity_rate", "won_rate", "win_rate",
+                                         "days_to_mql", "days_to_sql", "days_to_opportunity", "days_to_close")],
+)
+LEAD_RESPONSE = _t(
+    "lead_response", "marts", "Lead response time per hand-off (minutes from landing to the first CRM activity), with "
+                              "the dimensions of its contact.",
+    sa.Column("handoff_key", sa.Text(), primary_key=True, comment="a hash of the hand-off (no golden ID)"),
+    sa.Column("kind", sa.Text()), sa.Column("minutes", sa.Float()),
+    *_text("handoff_month", "source", "campaign", "territory"),
+)
+DEAL_STAGE_TIMES = _t(
+    "deal_stage_times", "marts", "Time in each deal stage from the stage history.",
+    sa.Column("stage", sa.Text(), primary_key=True), sa.Column("entered", sa.BigInteger()),
+    sa.Column("left", sa.BigInteger()), sa.Column("median_days", sa.Float()), sa.Column("p90_days", sa.Float()),
+)
+ATTRIBUTION = _t(
+    "attribution", "marts", "Revenue credited per model to each channel and campaign.",
+    sa.Column("model", sa.Text(), primary_key=True), sa.Column("channel", sa.Text(), primary_key=True),
+    sa.Column("campaign", sa.Text(), primary_key=True), sa.Column("revenue", sa.Float(), nullable=False),
+)
+CAMPAIGN_ECONOMICS = _t(
+    "campaign_economics", "marts", "Revenue, customers, cost, CAC and ROMI per campaign, channel and segment.",
+    sa.Column("level", sa.Text(), primary_key=True, comment="campaign | channel | segment"),
+    sa.Column("name", sa.Text(), primary_key=True), sa.Column("revenue", sa.Float()),
+    sa.Column("customers", sa.Float()), sa.Column("cost", sa.Float()), sa.Column("cac", sa.Float()),
+    sa.Column("romi", sa.Float()),
+)
+PRINT_RESPONSE = _t(
+    "print_response", "marts", "Rücklaufquote per released print list against its holdout.",
+    sa.Column("list_id", sa.Text(), primary_key=True), sa.Column("campaign", sa.Text(), nullable=False),
+    sa.Column("dropped_at", _TS), *[sa.Column(c, sa.BigInteger()) for c in ("mailed", "mailed_responded", "holdout",
+                                                                              "holdout_responded")],
+    *[sa.Column(c, sa.Float()) for c in ("response_rate", "holdout_rate", "uplift")],
+)
+REPORTING_TABLES = (TOUCHPOINTS, REVENUE_LINES, FUNNEL, LEAD_RESPONSE, DEAL_STAGE_TIMES, ATTRIBUTION,
+                    CAMPAIGN_ECONOMICS, PRINT_RESPONSE)
 SUPPRESSION = _t(
     "suppression_list", "ops",
     "Identities that must never come back (erasure) or be contacted (objection): salted SHA-256 of the normalised "
@@ -506,6 +571,14 @@ PRINT_RECIPIENTS = _t(
     "print_recipients", "ops", "Which golden contact each pseudonymous recipient ID of a list stands for (never in the CSV).",
     sa.Column("list_id", sa.Text(), primary_key=True), sa.Column("recipient_id", sa.Text(), primary_key=True),
     sa.Column("golden_id", sa.Text(), nullable=False), sa.Column("variant", sa.Text(), nullable=False),
+    indexes=(("golden_id",),),
+)
+
+PRINT_HOLDOUTS = _t(
+    "print_holdouts", "ops", "Eligible recipients of a print list kept out on purpose (the campaign's holdout): the "
+                             "baseline of the Rücklaufquote.",
+    sa.Column("list_id", sa.Text(), primary_key=True), sa.Column("golden_id", sa.Text(), primary_key=True),
+    sa.Column("campaign", sa.Text(), nullable=False),
     indexes=(("golden_id",),),
 )
 

@@ -39,7 +39,8 @@ from .rules import Campaign, choose_content
 from .salutation import salutations
 
 COUNTRY_LINE = {"DE": "", "AT": "ÖSTERREICH", "CH": "SCHWEIZ"}
-REASONS = ("suppressed", "objection", "no_postal_consent", "robinson", "incomplete_address", "household_duplicate")
+REASONS = ("suppressed", "objection", "no_postal_consent", "robinson", "incomplete_address", "household_duplicate",
+           "holdout")
 CSV_COLUMNS = ["recipient_id", "salutation_line", "name_line", "company_line", "street_line", "postal_code",
                "city_line", "country_line", "leitregion", "variant", "text", "@image"]
 # Deutsche Post Dialogpost: the discount needs at least this many pieces (DOMAIN.md).
@@ -56,6 +57,7 @@ class PrintList:
     golden_ids: list[str] = field(default_factory=list)   # kept inside the warehouse, never in the CSV
     prospects: int = 0                      # listed recipients without a customer relationship
     robinson_checked: bool = False          # the list was checked against a Robinson list
+    holdout_ids: list[str] = field(default_factory=list)  # eligible, kept out on purpose: the response baseline
 
 
 def load_robinson(path: str | Path | None) -> set[str]:
@@ -186,6 +188,10 @@ def build_list(frame: pd.DataFrame, campaign: Campaign, screen: Screen, robinson
         complete = complete & plz_ok & has_number
     mark(~complete, "incomplete_address")
     mark(_duplicates(audience, reason, campaign.dedupe), "household_duplicate")
+    if campaign.holdout and n:
+        mark(audience["golden_id"].map(lambda g: in_print_holdout(campaign.name, g, campaign.holdout)).to_numpy(),
+             "holdout")
+    holdout_ids = audience.loc[(reason == "holdout").to_numpy(), "golden_id"].astype(str).tolist()
 
     kept = reason.isna().to_numpy()
     keep = audience[kept]
@@ -205,7 +211,14 @@ def build_list(frame: pd.DataFrame, campaign: Campaign, screen: Screen, robinson
     rows, golden_ids = rows.iloc[order].reset_index(drop=True), golden_ids[order]
     variants = rows["variant"].value_counts().to_dict()
     return PrintList(campaign.name, rows, {k: int(v) for k, v in excluded.items()}, n,
-                     {k: int(v) for k, v in variants.items()}, list(golden_ids), prospects, bool(robinson))
+                     {k: int(v) for k, v in variants.items()}, list(golden_ids), prospects, bool(robinson), holdout_ids)
+
+
+def in_print_holdout(campaign: str, golden_id: str, share: float) -> bool:
+    """Stable: a contact eligible for a campaign is in its holdout on every run (the campaign's name salts the hash,
+    so it is not always the same people who get no post)."""
+    digest = hashlib.sha256(f"print-holdout:{campaign}:{golden_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < share
 
 
 def _audience_mask(frame: pd.DataFrame, campaign: Campaign) -> np.ndarray:

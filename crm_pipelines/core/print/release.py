@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from ..platform.audit import AuditEntry, append
 from ..platform.configfile import check_keys, load_yaml, require_mapping
-from ..platform.schema import PRINT_LISTS, PRINT_QUEUE, PRINT_RECIPIENTS
+from ..platform.schema import PRINT_HOLDOUTS, PRINT_LISTS, PRINT_QUEUE, PRINT_RECIPIENTS
 from ..platform.warehouse import Warehouse, tables_present
 from .lists import PrintList, manifest, write_csv
 from .proof import render_proof
@@ -71,7 +71,8 @@ def record_list(wh: Warehouse, pl: PrintList, campaign: Campaign, run_id: str, r
     proof_sha = hashlib.sha256((folder / "proof.pdf").read_bytes()).hexdigest()
     doc = {"list_id": list_id, **manifest(pl, campaign, csv_sha, run_id, now, pages), "proof_sha256": proof_sha}
     (folder / "manifest.json").write_text(json.dumps(doc, ensure_ascii=False, indent=2), encoding="utf-8")
-    wh.ensure_tables([PRINT_LISTS, PRINT_RECIPIENTS, *([PRINT_QUEUE] if campaign.source == "print_queue" else [])])
+    wh.ensure_tables([PRINT_LISTS, PRINT_RECIPIENTS, PRINT_HOLDOUTS,
+                      *([PRINT_QUEUE] if campaign.source == "print_queue" else [])])
     with wh.engine.begin() as conn:
         if jobs is None:
             # An earlier list of the campaign that was never released is superseded by this one.
@@ -85,6 +86,9 @@ def record_list(wh: Warehouse, pl: PrintList, campaign: Campaign, run_id: str, r
         wh.bulk_insert(conn, PRINT_RECIPIENTS, pd.DataFrame({
             "list_id": list_id, "recipient_id": pl.rows["recipient_id"], "golden_id": pl.golden_ids,
             "variant": pl.rows["variant"]}))
+        if pl.holdout_ids:
+            wh.bulk_insert(conn, PRINT_HOLDOUTS, pd.DataFrame({"list_id": list_id, "golden_id": pl.holdout_ids,
+                                                               "campaign": campaign.name}))
         if jobs:
             conn.execute(sa.update(PRINT_QUEUE).where(PRINT_QUEUE.c.alert_key.in_(jobs))
                          .values(status="listed", list_id=list_id, reason=None))

@@ -61,13 +61,14 @@ class Campaign:
     image_root: str
     proof_samples: int
     delivery: str = "batch"
+    holdout: float = 0.0        # share of the eligible recipients kept out, to measure the Rücklaufquote against
 
 
 def load_campaign(path: str | Path) -> Campaign:
     doc = load_yaml(path)
     data = require_mapping(doc, doc.data, "")
     check_keys(doc, data, "", ("name", "description", "source", "audience", "content", "dedupe", "template",
-                               "proof_samples", "delivery"), required=("name", "content"))
+                               "proof_samples", "delivery", "holdout"), required=("name", "content"))
     name = data["name"]
     if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
         raise doc.error("name", "must be lower-case letters, digits, '-' or '_' (it names files and assets)")
@@ -124,13 +125,24 @@ def load_campaign(path: str | Path) -> Campaign:
         raise doc.error("delivery", f"must be one of: {', '.join(DELIVERY)}")
     if delivery == "single" and source != "print_queue":
         raise doc.error("delivery", "single-recipient jobs come from the queue: set `source: print_queue`")
+    holdout = data.get("holdout", 0.0)
+    if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 <= holdout <= 0.5:
+        raise doc.error("holdout", "must be a share between 0 and 0.5 (0.1: one in ten eligible recipients is kept out)")
+    if holdout and delivery == "single":
+        raise doc.error("holdout", "a single-recipient job is asked for by a person or a journey; its holdout is the "
+                                   "journey's (config/journeys), not the print campaign's")
     return Campaign(name, Path(path), doc.sha256, str(data.get("description", "")), source, audience, tuple(branches),
-                    dedupe, limits, str(template.get("image_root", "")), samples, delivery)
+                    dedupe, limits, str(template.get("image_root", "")), samples, delivery, float(holdout))
+
+
+COSTS_FILE = "costs.yaml"
 
 
 def load_campaigns(folder: str | Path) -> dict[str, Campaign]:
     out: dict[str, Campaign] = {}
     for path in sorted(Path(folder).glob("*.yaml")):
+        if path.name == COSTS_FILE:  # the campaigns' costs (reporting), not a print campaign
+            continue
         campaign = load_campaign(path)
         if campaign.name in out:
             raise ConfigError(path, "name", f"campaign name '{campaign.name}' is also used by {out[campaign.name].path.name}")

@@ -306,6 +306,13 @@ def build_inventory(mappings: dict[str, SourceMapping]) -> list[Locator]:
         Locator(g.CRM_DEAL_LINKS, "the person's link to CRM deals (the deal stays: it is the company's)", "delete",
                 _by(lambda t: t.c.object_id, lambda p: p.crm_contact_ids,
                     lambda t: t.c.object_type == "contacts")(g.CRM_DEAL_LINKS)),
+        Locator(g.TOUCHPOINTS, "the person's touches (rebuilt by the reporting group)", "delete",
+                _by(lambda t: t.c.golden_id, lambda p: p.golden_ids)(g.TOUCHPOINTS)),
+        Locator(g.REVENUE_LINES, "revenue lines naming the person as the deal's contact (the revenue stays: it is the "
+                                 "company's)", "blank:contact_id",
+                _by(lambda t: t.c.contact_id, lambda p: p.golden_ids)(g.REVENUE_LINES)),
+        Locator(g.PRINT_HOLDOUTS, "the person in a print campaign's holdout", "delete",
+                _by(lambda t: t.c.golden_id, lambda p: p.golden_ids)(g.PRINT_HOLDOUTS)),
         Locator(g.PRINT_RECIPIENTS, "the person's place in print lists (pseudonymous recipient IDs)", "delete",
                 _by(lambda t: t.c.golden_id, lambda p: p.golden_ids)(g.PRINT_RECIPIENTS)),
         Locator(g.RETIRED_CONTACTS, "statistics row of a retired golden ID (no personal data)", "delete",
@@ -341,7 +348,8 @@ NOT_PERSONAL = {"golden.accounts", "golden.account_lineage", "golden.id_events",
                 "ops.crm_pull_state",
                 "ops.suppression_list", "ops.audit_log", "ops.privacy_requests", "marts.crm_companies_payload", "ops.print_lists",
                 "raw.erp_orders", "ops.activation_state", "ops.activation_lists", "ops.print_template_approvals",
-                "staging.crm_deals", "staging.crm_deal_stages"}
+                "staging.crm_deals", "staging.crm_deal_stages", "marts.funnel", "marts.lead_response",
+                "marts.deal_stage_times", "marts.attribution", "marts.campaign_economics", "marts.print_response"}
 
 
 def locate(wh: Warehouse, locators: list[Locator], person: Person, hasher: IdentityHasher) -> dict[str, pd.DataFrame]:

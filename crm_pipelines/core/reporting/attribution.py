@@ -91,7 +91,12 @@ def attribute(touches: pd.DataFrame, outcomes: pd.DataFrame, by: tuple[str, ...]
         with np.errstate(invalid="ignore", divide="ignore"):
             frac = np.where(channel_touches[per_group_channel] > 0, within / channel_touches[per_group_channel], 0.0)
         result["markov"] = channel_credit[per_group_channel] * frac
-    return Attribution(result.reset_index(), float(prepared.revenue), float(prepared.unattributed),
+    credits = result.reset_index()
+    for col in ("channel", *by):
+        if col not in credits.columns:  # no touch counted: an empty table that still has the group columns
+            credits.insert(0, col, pd.Series(dtype=object))
+    credits = credits[[*dict.fromkeys(("channel", *by)), *[c for c in credits.columns if c not in ("channel", *by)]]]
+    return Attribution(credits, float(prepared.revenue), float(prepared.unattributed),
                        prepared.n_journeys, prepared.n_converted, prepared.n_touches,
                        {str(prepared.channels[k]): float(v) for k, v in effects.items()}, float(p_conv))
 

@@ -26,7 +26,7 @@ from ..platform.schema import CRM_DEAL_LINKS, CRM_DEAL_STAGES, CRM_DEALS, CRM_PU
 from ..platform.warehouse import Warehouse, chunks
 
 DEAL_PROPERTIES = ("dealname", "amount", "deal_currency_code", "dealstage", "pipeline", "closedate", "createdate",
-                   "hubspot_owner_id", "hs_lastmodifieddate")
+                   "hubspot_owner_id", "hs_lastmodifieddate", "erp_order_number")
 CURRENCIES = {"EUR", "CHF", "USD", "GBP"}
 SOURCE = "crm_deals"
 
@@ -136,7 +136,8 @@ def _deal_row(deal_id: str, p: dict, stages: pd.DataFrame) -> tuple[dict, dict[s
             "is_closed": None if meta is None else bool(meta["is_closed"]),
             "is_won": None if meta is None else bool(meta["is_won"]),
             "amount": amount, "currency": currency, "close_date": close, "created_at": _timestamp(p.get("createdate")),
-            "modified_at": _timestamp(p.get("hs_lastmodifieddate")), "owner_id": p.get("hubspot_owner_id")}, bad
+            "modified_at": _timestamp(p.get("hs_lastmodifieddate")), "owner_id": p.get("hubspot_owner_id"),
+            "erp_order_number": (str(p["erp_order_number"]).strip() or None) if p.get("erp_order_number") else None}, bad
 
 
 def _timestamp(value) -> datetime | None:

@@ -14,7 +14,7 @@
 A touch belongs to a golden contact: person records through the crosswalk, events by e-mail, CRM contact ID or
 the anonymous visitor's other events (as the lead score attributes them); events of nobody known are left out.
 Bounces, unsubscribes, deliveries and consent changes are not touches. ``touch_key`` names each touch's origin,
-so the table can be rebuilt and compared.
+so the table can be rebuilt and compared; ``detail`` is an event's type (page view, pricing page ...).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from ..scoring.leads import identity_maps
 from ..scoring.rules import attribute_events
 from ..sources.roles import ENGAGEMENT_SOURCES
 
-COLUMNS = ["touch_key", "golden_id", "channel", "campaign", "source", "at"]
+COLUMNS = ["touch_key", "golden_id", "channel", "campaign", "source", "detail", "at"]
 PERSON_CHANNELS = {"web_form_leads": "web_form", "trade_fair_leads": "trade_fair",
                    "newsletter_signups": "newsletter", "service_requests": "service"}
 # Where a person source keeps its campaign: (the entity its mapping loads, the field).
@@ -46,7 +46,7 @@ def build_touchpoints(wh: Warehouse) -> pd.DataFrame:
     frames = [f for f in frames if len(f)]
     if not frames:
         return pd.DataFrame(columns=COLUMNS)
-    out = pd.concat(frames, ignore_index=True)[COLUMNS]
+    out = pd.concat(frames, ignore_index=True).reindex(columns=COLUMNS)
     out["at"] = pd.to_datetime(out["at"], utc=True, format="mixed")
     out = out.dropna(subset=["golden_id", "at"]).drop_duplicates("touch_key")
     return out.sort_values(["at", "touch_key"], kind="stable").reset_index(drop=True)
@@ -93,7 +93,8 @@ def _event_touches(wh: Warehouse) -> pd.DataFrame:
     events = events.dropna(subset=["golden_id"])
     return pd.DataFrame({"touch_key": "event:" + events["_source"] + ":" + events["source_record_id"].astype(str),
                          "golden_id": events["golden_id"], "channel": events["event_type"].map(EVENT_CHANNELS),
-                         "campaign": events["campaign"], "source": events["_source"], "at": events["occurred_at"]})
+                         "campaign": events["campaign"], "source": events["_source"], "detail": events["event_type"],
+                         "at": events["occurred_at"]})
 
 
 def _print_touches(wh: Warehouse) -> pd.DataFrame:

@@ -202,6 +202,10 @@ class CrmServer(PortalMixin, WritesMixin, ReadsMixin, ListsMixin, DealsMixin):
             self.db.execute("INSERT OR IGNORE INTO associations SELECT 'contacts', c.id, 'companies', co.id FROM objects c "
                             "JOIN objects co ON co.type = 'companies' AND co.id = CAST(json_extract(c.properties, "
                             "'$.associatedcompanyid') AS INTEGER) WHERE c.type = 'contacts'")
+        deals = Path(landing, "_crm_deals", "deals.jsonl")
+        if deals.exists():  # the sales team's deals (the generator's), with their stage history
+            with open(deals, encoding="utf-8") as fh:
+                out["deals"] = self.seed_deals([json.loads(line) for line in fh if line.strip()])
         return out
 
     # ------------------------------------------------------------------ what people do in the CRM (tests, demo)

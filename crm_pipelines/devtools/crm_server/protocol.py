@@ -81,7 +81,9 @@ def default_properties() -> dict[str, dict[str, dict]]:
              _prop("closedate", "datetime", "date", "dealinformation"),
              _prop("pipeline", "enumeration", "select", "dealinformation", ("default",)),
              _prop("dealstage", "enumeration", "radio", "dealinformation", tuple(s[0] for s in STAGES)),
-             _prop("deal_currency_code", "enumeration", "select", "dealinformation", ("EUR", "CHF", "USD"))]
+             _prop("deal_currency_code", "enumeration", "select", "dealinformation", ("EUR", "CHF", "USD")),
+             # A custom property the company's sales operations created: the ERP order a won deal became.
+             _prop("erp_order_number", group="dealinformation")]
     return {t: {p["name"]: p for p in props} for t, props in
             (("contacts", contacts), ("companies", companies), ("tasks", tasks), ("deals", deals))}
 
