@@ -212,11 +212,14 @@ def build_reporting_defs(config_dir: Path) -> dg.Definitions:
                           "solved exactly. Table `marts.attribution` (model, channel, campaign, revenue).")
     def attribution(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         wh = warehouse.get()
-        j = journeys(_touchpoints(wh), load_deals(wh), _revenue(wh), _contacts(wh), settings)
+        touches = _touchpoints(wh)
+        j = journeys(touches, load_deals(wh), _revenue(wh), _contacts(wh), settings)
         result = run_attribution(j, settings, by=("channel", "campaign"))
         long = result.credits.melt(id_vars=["channel", "campaign"], var_name="model", value_name="revenue")
         replace_table(wh, ATTRIBUTION, long)
-        per_channel = result.credits.groupby("channel")[list(settings.models)].sum()
+        # Every channel with touches is shown, also those no revenue reached yet (a bar of 0 says so).
+        per_channel = result.credits.groupby("channel")[list(settings.models)].sum().reindex(
+            sorted(set(touches["channel"]) | set(result.credits["channel"])), fill_value=0.0)
         meta: dict = {"dagster/row_count": len(long), "currency": settings.currency,
                       "revenue_attributed": round(result.revenue, 2), "revenue_without_touches": round(result.unattributed, 2),
                       "journeys": result.journeys, "converted": result.converted, "touches_counted": result.touches,
@@ -227,7 +230,8 @@ def build_reporting_defs(config_dir: Path) -> dg.Definitions:
         if len(per_channel):
             meta["chart"] = dg.MetadataValue.md(markdown_image(grouped_bar_png(
                 f"Revenue by channel and model ({settings.currency})", list(per_channel.index),
-                {m: per_channel[m].tolist() for m in settings.models}, width=960), "attribution by channel and model"))
+                {m: per_channel[m].tolist() for m in settings.models}, ylabel=settings.currency, width=960,
+                values_on_bars=False), "attribution by channel and model"))
         return dg.MaterializeResult(metadata=meta)
 
     @dg.asset(key=ECONOMICS_KEY, group_name=GROUP, owners=OWNERS, kinds={"pandas", "sql"}, code_version=version,

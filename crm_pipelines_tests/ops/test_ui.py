@@ -16,13 +16,13 @@ import pytest
 import sqlalchemy as sa
 
 from crm_pipelines.devtools.processes import dagster_services, free_port, stop_groups, wait_until
-from crm_pipelines_tests.ops.util import graphql, launch_run, wait_http
+from crm_pipelines_tests.ops.util import Browser, graphql, launch_run, wait_http
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium package is not installed "
                                                          "(`make test` installs it where it can: root and apt-get)")
-GROUPS = ("sources", "golden", "privacy", "crm", "scoring", "print")
+GROUPS = ("sources", "golden", "privacy", "crm", "scoring", "print", "activation", "reporting")
 
 
 def chromium(args: list[str], profile: Path) -> str:
@@ -99,6 +99,18 @@ def test_the_ui_shows_every_group_and_the_blocking_checks_and_runs_what_it_launc
              profile)
         for name in ("asset-graph.png", "golden-contacts.png", "failed-blocking-check.png"):
             assert (shots / name).stat().st_size > 20_000, name
+
+        # The reporting group's charts, as a user opens them: the asset page, then "[Show Markdown]" on the chart.
+        browser = Browser(CHROMIUM, tmp_path / "chromium-cdp", free_port())
+        try:
+            for asset, alt, name in (("reporting/funnel", "funnel", "reporting-funnel.png"),
+                                     ("reporting/attribution", "attribution by channel and model",
+                                      "reporting-attribution.png")):
+                image = browser.markdown_image(f"{base}/assets/{asset}", "chart")
+                assert image["alt"] == alt and image["width"] > 400 and image["height"] > 200, (asset, image)
+                browser.screenshot(shots / name)
+        finally:
+            browser.close()
 
         # Launch a small materialisation the way the UI's "Materialize" button does.
         run_id = launch_run(base, "score_leads", [["lead_score_history"]], {"crm/launched_by": "ui-test"})

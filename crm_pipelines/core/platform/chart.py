@@ -48,8 +48,11 @@ def bar_chart_png(title: str, bars: list[tuple[str, float]], width: int = 640, c
 
 
 def grouped_bar_png(title: str, categories: Sequence[str], groups: dict[str, Sequence[float]], ylabel: str = "",
-                    width: int = 720) -> bytes:
-    """Vertical bars per category, one bar per group side by side (e.g. a funnel against its holdout)."""
+                    width: int = 720, values_on_bars: bool = True) -> bytes:
+    """Vertical bars per category, one bar per group side by side (e.g. a funnel against its holdout). Many groups
+    (eight attribution models) read better without a value on every bar: the axis carries the scale."""
+    from matplotlib.ticker import StrMethodFormatter
+
     fig = _figure(width / 100, 3.6)
     ax = fig.add_subplot()
     n = max(len(groups), 1)
@@ -57,12 +60,17 @@ def grouped_bar_png(title: str, categories: Sequence[str], groups: dict[str, Seq
     for k, (name, values) in enumerate(groups.items()):
         xs = [i - 0.4 + step * (k + 0.5) for i in range(len(categories))]
         rects = ax.bar(xs, [float(v) for v in values], width=step, label=name, color=PALETTE[k % len(PALETTE)])
-        ax.bar_label(rects, labels=[f"{float(v):,.0f}" for v in values], padding=2, fontsize=8)
+        if values_on_bars:
+            ax.bar_label(rects, labels=[f"{float(v):,.0f}" for v in values], padding=2, fontsize=8)
+    ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
     ax.set_xticks(range(len(categories)), list(categories))
     ax.set_title(title, loc="left")
     ax.set_ylabel(ylabel)
     ax.spines[["top", "right"]].set_visible(False)
-    ax.legend(frameon=False)
+    if len(groups) > 3:  # beside the plot: over the bars it would hide some of them
+        ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    else:
+        ax.legend(frameon=False)
     return _png(fig)
 
 
