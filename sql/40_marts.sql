@@ -97,6 +97,7 @@ CREATE TABLE IF NOT EXISTS marts.funnel (
 	days_to_sql FLOAT, 
 	days_to_opportunity FLOAT, 
 	days_to_close FLOAT, 
+	median_response_minutes FLOAT, 
 	PRIMARY KEY (dimension, value)
 );
 

@@ -175,11 +175,11 @@ def build_reporting_defs(config_dir: Path) -> dg.Definitions:
     def funnel(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         wh = warehouse.get()
         facts = funnel_facts(wh, load_deals(wh), _touchpoints(wh), territories)
-        table = funnel_table(facts, wh)
+        resp = response_times(wh, facts)
+        table = funnel_table(facts, wh, resp)
         replace_table(wh, FUNNEL, table)
         stages = stage_times(wh)
         replace_table(wh, DEAL_STAGE_TIMES, stages)
-        resp = response_times(wh, facts)
         resp = resp.assign(handoff_key=resp["alert_key"].map(lambda k: hashlib.sha256(str(k).encode()).hexdigest()[:24]))
         replace_table(wh, LEAD_RESPONSE, resp)
         total = table[table["dimension"] == "all"].iloc[0] if len(table) else None
@@ -200,7 +200,7 @@ def build_reporting_defs(config_dir: Path) -> dg.Definitions:
             for dim in ("source", "territory", "campaign", "segment"):
                 part = table[table["dimension"] == dim].sort_values("lead", ascending=False).head(10)
                 meta[f"by_{dim}"] = dg.MetadataValue.md(frame_markdown(
-                    part[["value", *STAGES, "closed_lost", "win_rate"]]))
+                    part[["value", *STAGES, "closed_lost", "win_rate", "median_response_minutes"]]))
         meta["median_lead_response_minutes"] = float(resp["minutes"].median()) if len(resp) else -1.0
         meta["deal_stage_days"] = dg.MetadataValue.md(frame_markdown(stages))
         return dg.MaterializeResult(metadata=meta)

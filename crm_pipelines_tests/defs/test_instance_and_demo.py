@@ -82,7 +82,11 @@ def test_demo_runner_generates_materialises_and_summarises(tmp_path, capsys):
         jobs = {r.dagster_run.job_name for r in instance.get_run_records()}
         assert jobs == {"ingest_sources", "handle_erasure_requests", "build_golden", "setup_crm_portal", "push_crm", "score_leads",
                         "reactivation", "build_print_lists", "fast_lead_path", "activation_nightly",
-                        "apply_consent_changes", "activation_realtime", "approve_print_template", "print_single_jobs"}
+                        "apply_consent_changes", "activation_realtime", "approve_print_template", "print_single_jobs",
+                        "release_print_list", "report_closed_loop"}
+        for asset in ("reporting/deals", "reporting/revenue", "reporting/touchpoints", "reporting/funnel",
+                      "reporting/attribution", "reporting/campaign_economics"):
+            assert asset in out
         assert "print/herbst-bayern" in out and "print/broschuere" in out
         # The hot leads' brochures went to the outbox one person per file under the approved template.
         brochures = sorted((settings.data_dir / "print" / "outbox").glob("broschuere_*.csv"))

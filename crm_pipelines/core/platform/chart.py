@@ -33,20 +33,6 @@ def _png(fig: "Figure") -> bytes:
     return buf.getvalue()
 
 
-def bar_chart_png(title: str, bars: list[tuple[str, float]], width: int = 640, color: str = PALETTE[0]) -> bytes:
-    """Horizontal bars, first on top, each labelled with its value."""
-    fig = _figure(width / 100, 0.45 * max(len(bars), 1) + 0.9)
-    ax = fig.add_subplot()
-    labels = [label for label, _ in bars][::-1]
-    values = [float(v) for _, v in bars][::-1]
-    rects = ax.barh(labels, values, color=color)
-    ax.bar_label(rects, labels=[f"{v:,.0f}" for v in values], padding=3)
-    ax.set_title(title, loc="left")
-    ax.spines[["top", "right"]].set_visible(False)
-    ax.margins(x=0.15)
-    return _png(fig)
-
-
 def grouped_bar_png(title: str, categories: Sequence[str], groups: dict[str, Sequence[float]], ylabel: str = "",
                     width: int = 720, values_on_bars: bool = True) -> bytes:
     """Vertical bars per category, one bar per group side by side (e.g. a funnel against its holdout). Many groups

@@ -381,7 +381,8 @@ FUNNEL = _t(
     *[sa.Column(c, sa.BigInteger(), nullable=False) for c in ("lead", "mql", "sql", "opportunity", "closed_won",
                                                               "closed_lost")],
     *[sa.Column(c, sa.Float()) for c in ("mql_rate", "sql_rate", "opportunity_rate", "won_rate", "win_rate",
-                                         "days_to_mql", "days_to_sql", "days_to_opportunity", "days_to_close")],
+                                         "days_to_mql", "days_to_sql", "days_to_opportunity", "days_to_close",
+                                         "median_response_minutes")],
 )
 LEAD_RESPONSE = _t(
     "lead_response", "marts", "Lead response time per hand-off (minutes from landing to the first CRM activity), with "

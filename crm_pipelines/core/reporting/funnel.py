@@ -13,7 +13,8 @@ A stage counts everyone who reached it or a later one (a deal sales opened for a
 makes them SQL and MQL too): the funnel narrows by definition. Conversion rates are stage over stage before; the
 win rate is won over closed (won + lost). Time to a stage is the median of days from the stage before, over those
 who reached both with dates in that order. **Lead response time**: minutes from a hand-off's landing (the lead's
-arrival, or the alert's creation) to the first CRM activity on its task, per hand-off.
+arrival, or the alert's creation) to the first CRM activity on its task, per hand-off; its median per dimension
+value counts each hand-off under its contact's values.
 
 Dimensions of every count: ``month`` the lead was first seen, ``source`` of the contact's earliest record,
 ``campaign`` of the contact's first touch that names one, ``segment`` (``marts.segment_members``; a contact in two
@@ -62,7 +63,7 @@ def funnel_facts(wh: Warehouse, deals: Deals, touches: pd.DataFrame, territories
         a = wh.read_select(sa.select(ALERT_LEDGER.c.golden_id, ALERT_LEDGER.c.created_at)
                            .where(ALERT_LEDGER.c.golden_id.is_not(None)))
         first_handoff = pd.to_datetime(a["created_at"], utc=True).groupby(a["golden_id"]).min()
-        facts["sql_at"] = facts["sql_at"].combine(facts["golden_id"].map(first_handoff), _earliest)
+        facts["sql_at"] = pd.concat([facts["sql_at"], facts["golden_id"].map(first_handoff)], axis=1).min(axis=1)
     d = deals.deals.set_index("deal_id")
     per = deals.contacts.merge(d[["created_at", "close_date", "is_won", "is_closed"]], left_on="deal_id",
                                right_index=True)
@@ -86,14 +87,6 @@ def funnel_facts(wh: Warehouse, deals: Deals, touches: pd.DataFrame, territories
     facts["campaign"] = facts["golden_id"].map(first_campaign).fillna("(none)")
     facts["territory"] = _territories(wh, facts, territories)
     return facts[FACT_COLUMNS].reset_index(drop=True)
-
-
-def _earliest(a, b):
-    if pd.isna(a):
-        return b
-    if pd.isna(b):
-        return a
-    return min(a, b)
 
 
 def _first_source(wh: Warehouse) -> pd.Series:
@@ -135,8 +128,10 @@ def reached(facts: pd.DataFrame) -> pd.DataFrame:
     return out[["lead", "mql", "sql", "opportunity", "closed_won", "closed_lost"]]
 
 
-def funnel_table(facts: pd.DataFrame, wh: Warehouse | None = None) -> pd.DataFrame:
-    """Counts, conversion rates and median days per stage, for every value of every dimension."""
+def funnel_table(facts: pd.DataFrame, wh: Warehouse | None = None,
+                 responses: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Counts, conversion rates and median days per stage, for every value of every dimension; with ``responses``
+    (golden_id, minutes: one row per hand-off) also the median lead response time of the value's hand-offs."""
     flags = reached(facts)
     base = pd.concat([facts, flags], axis=1)
     for name, start, end in DAYS:
@@ -154,6 +149,10 @@ def funnel_table(facts: pd.DataFrame, wh: Warehouse | None = None) -> pd.DataFra
             rows = base.assign(value=base[dim])
         agg = rows.groupby("value").agg(**{s: (s, "sum") for s in (*STAGES, "closed_lost")},
                                         **{n: (n, "median") for n, _, _ in DAYS})
+        if responses is not None and len(responses):
+            # A hand-off counts under its contact's values (a contact's several hand-offs each count).
+            per = rows[["golden_id", "value"]].merge(responses[["golden_id", "minutes"]], on="golden_id")
+            agg["median_response_minutes"] = per.groupby("value")["minutes"].median()
         agg.insert(0, "dimension", dim)
         frames.append(agg.reset_index())
     table = pd.concat(frames, ignore_index=True)
@@ -163,10 +162,12 @@ def funnel_table(facts: pd.DataFrame, wh: Warehouse | None = None) -> pd.DataFra
         table[name] = (table[num] / table[den].where(table[den] > 0)).round(4)
     closed = table["closed_won"] + table["closed_lost"]
     table["win_rate"] = (table["closed_won"] / closed.where(closed > 0)).round(4)
-    for name, _, _ in DAYS:
+    if "median_response_minutes" not in table.columns:
+        table["median_response_minutes"] = float("nan")
+    for name in (*[d[0] for d in DAYS], "median_response_minutes"):
         table[name] = table[name].astype(float).round(2)
     return table[["dimension", "value", *STAGES, "closed_lost", *[r[0] for r in RATES], "win_rate",
-                  *[d[0] for d in DAYS]]]
+                  *[d[0] for d in DAYS], "median_response_minutes"]]
 
 
 def _segments(wh: Warehouse, facts: pd.DataFrame) -> pd.DataFrame:

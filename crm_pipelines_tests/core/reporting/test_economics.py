@@ -198,3 +198,17 @@ def test_a_cost_line_with_a_bad_period_names_its_line(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_costs(path, SETTINGS)
     assert err.value.key == "costs[1].period" and err.value.line == 4
+
+
+def test_lead_response_time_is_reported_per_dimension_value():
+    never = pd.to_datetime(pd.Series([pd.NaT] * 3), utc=True)
+    facts = pd.DataFrame({"golden_id": ["a", "b", "c"], "lead_at": [day(0)] * 3, "mql_at": [day(1)] * 3,
+                          "sql_at": [day(1)] * 3, "opportunity_at": never, "won_at": never,
+                          "lost_at": never, "month": ["2026-10"] * 3,
+                          "source": ["trade_fair_leads", "trade_fair_leads", "web_form_leads"],
+                          "campaign": ["(none)"] * 3, "territory": ["Nord", "Süd", "Süd"]})
+    responses = pd.DataFrame({"golden_id": ["a", "a", "b", "c"], "minutes": [10.0, 30.0, 50.0, 200.0]})
+    t = funnel_table(facts, responses=responses).set_index(["dimension", "value"])["median_response_minutes"]
+    assert t[("all", "all")] == 40.0
+    assert t[("source", "trade_fair_leads")] == 30.0 and t[("source", "web_form_leads")] == 200.0
+    assert t[("territory", "Süd")] == 125.0 and t[("territory", "Nord")] == 20.0
