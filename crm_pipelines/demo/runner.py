@@ -68,8 +68,8 @@ def run_demo(cfg: GeneratorConfig, regenerate: bool = False, progress: Callable[
         crm = CrmServer(settings.data_dir / "crm_server.db").start()
         seeded = crm.seed_from_landing(landing)
         settings = replace(settings, crm_url=crm.url)
-        progress(f"local CRM on {crm.url} with {seeded['companies']:,} companies and {seeded['contacts']:,} contacts "
-                 f"from the CRM snapshot")
+        progress(f"local CRM on {crm.url} with {seeded['companies']:,} companies, {seeded['contacts']:,} contacts "
+                 f"from the CRM snapshot and {seeded.get('deals', 0):,} deals")
     brevo = receiver = None
     if settings.marketing_url is None:
         brevo, receiver = _local_marketing_tool(settings, landing)

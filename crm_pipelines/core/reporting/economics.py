@@ -136,6 +136,7 @@ def _ratios(frame: pd.DataFrame) -> None:
     c = frame["cost"].astype(float)
     frame["cac"] = (c / frame["customers"].where(frame["customers"] > 0)).round(2)
     frame["romi"] = ((frame["revenue"] - c) / c.where(c > 0)).round(4)
+    frame["cost"] = c.round(2)
     frame["revenue"] = frame["revenue"].astype(float).round(2)
     frame["customers"] = frame["customers"].astype(float).round(3)
 

@@ -331,3 +331,44 @@ def test_a_superseded_brochure_list_keeps_its_hot_leads_queued(sqlite_url, tmp_p
     release(wh, tuesday["list_id"], settings, "pytest")
     queue = wh.read_select(sa.select(PRINT_QUEUE)).set_index("golden_id")
     assert set(queue["status"]) == {"printed"}
+
+
+def test_a_campaign_holdout_keeps_a_stable_share_out_and_records_it(sqlite_url, tmp_path):
+    from dataclasses import replace
+
+    import sqlalchemy as sa
+
+    from crm_pipelines.core.platform.schema import PRINT_HOLDOUTS, PRINT_RECIPIENTS
+
+    assert CAMPAIGN.holdout == 0.1      # the shipped herbst-bayern measures its Rücklaufquote
+    people = frame(*[person(i, postal_code=f"{10000 + i:05d}") for i in range(1, 2001)])
+    pl = build_list(people, CAMPAIGN, no_screen(), set())
+    held = pl.excluded.get("holdout", 0)
+    assert 150 <= held <= 250 and held == len(pl.holdout_ids)                    # about a tenth
+    assert not set(pl.holdout_ids) & set(pl.golden_ids)
+    assert len(pl.rows) + sum(pl.excluded.values()) == pl.audience == 2000
+    assert build_list(people, CAMPAIGN, no_screen(), set()).holdout_ids == pl.holdout_ids   # the same on every run
+    other = build_list(people, replace(CAMPAIGN, name="andere-kampagne"), no_screen(), set())
+    assert set(other.holdout_ids) != set(pl.holdout_ids)       # not always the same people without post
+    assert "holdout" not in build_list(people, replace(CAMPAIGN, holdout=0.0), no_screen(), set()).excluded
+
+    wh = Warehouse(sqlite_url)
+    doc = record_list(wh, pl, CAMPAIGN, "r1", tmp_path / "lists", "pytest", proof_samples=1)
+    rows = wh.read_select(sa.select(PRINT_HOLDOUTS))
+    assert set(rows["golden_id"]) == set(pl.holdout_ids) and set(rows["list_id"]) == {doc["list_id"]}
+    recipients = wh.read_select(sa.select(PRINT_RECIPIENTS.c.golden_id))
+    assert not set(recipients["golden_id"]) & set(pl.holdout_ids)
+
+
+def test_a_holdout_is_refused_where_it_cannot_be_measured(tmp_path):
+    path = tmp_path / "c.yaml"
+    text = (DEFAULT_CONFIG_DIR / "campaigns" / "broschuere.yaml").read_text(encoding="utf-8")
+    path.write_text(text + "\nholdout: 0.1\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_campaign(path)
+    assert err.value.key == "holdout" and "journey" in str(err.value)
+    path.write_text((DEFAULT_CONFIG_DIR / "campaigns" / "herbst-bayern.yaml").read_text(encoding="utf-8")
+                    .replace("holdout: 0.1", "holdout: 0.8"), encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_campaign(path)
+    assert err.value.key == "holdout"
