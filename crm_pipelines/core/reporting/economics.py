@@ -9,8 +9,8 @@ closed on the order date. Every other contact with touches is a journey that did
 needs them). Touches count from ``lookback_days`` before the close.
 
 **Economics** (reporting currency, the model named ``economics_model``): a campaign's *revenue* is the credit the
-model gives its touches; its *customers* the same model's credit with every won journey worth 1 (a fraction of a
-customer per touch); *cost* the sum of its lines in ``config/campaigns/costs.yaml``; ``CAC = cost / customers``;
+model gives its touches; its *customers* the same model's credit with every won deal worth 1 and repeat orders 0
+(new customers, a fraction of one per touch); *cost* the sum of its lines in ``config/campaigns/costs.yaml``; ``CAC = cost / customers``;
 ``ROMI = (revenue - cost) / cost``. A channel sums its campaigns (and its touches without a campaign). A segment
 (``marts.segment_members``) gets the credit of its members' touches and a campaign's cost in proportion to the
 campaign's touches on its members. No cost line: CAC and ROMI stay empty, never 0.
@@ -89,10 +89,15 @@ def journeys(touches: pd.DataFrame, deals: Deals, lines: pd.DataFrame, contacts:
     return Journeys(all_touches.reset_index(drop=True), outcomes)
 
 
-def run_attribution(j: Journeys, settings: ReportingSettings, by: tuple[str, ...] = ("channel",),
-                    revenue_of_one: bool = False) -> Attribution:
-    outcomes = j.outcomes.assign(revenue=(j.outcomes["revenue"] > 0).astype(float)) if revenue_of_one else j.outcomes
-    return attribute(j.touches, outcomes, by=by, models=settings.models, half_life_days=settings.half_life_days)
+def run_attribution(j: Journeys, settings: ReportingSettings, by: tuple[str, ...] = ("channel",)) -> Attribution:
+    return attribute(j.touches, j.outcomes, by=by, models=settings.models, half_life_days=settings.half_life_days)
+
+
+def _new_customers(outcomes: pd.DataFrame) -> pd.DataFrame:
+    """Every won deal worth 1, repeat orders 0: the model then credits each campaign with its share of the customers
+    won (acquisition), not of the orders existing customers placed."""
+    won_deal = (outcomes["kind"] == "deal") & (outcomes["revenue"] > 0)
+    return outcomes.assign(revenue=won_deal.astype(float))
 
 
 @dataclass
@@ -108,7 +113,7 @@ def economics(j: Journeys, costs: pd.DataFrame, settings: ReportingSettings, seg
     model = settings.economics_model
     money = attribute(j.touches, j.outcomes, by=("channel", "campaign"), models=(model,),
                       half_life_days=settings.half_life_days).credits.rename(columns={model: "revenue"})
-    heads = attribute(j.touches, j.outcomes.assign(revenue=(j.outcomes["revenue"] > 0).astype(float)),
+    heads = attribute(j.touches, _new_customers(j.outcomes),
                       by=("channel", "campaign"), models=(model,), half_life_days=settings.half_life_days) \
         .credits.rename(columns={model: "customers"})
     per = money.merge(heads, on=["channel", "campaign"], how="outer").fillna({"revenue": 0.0, "customers": 0.0})
@@ -151,7 +156,7 @@ def _segment_economics(j: Journeys, segments: pd.DataFrame, cost: pd.DataFrame,
         return pd.DataFrame(columns=cols)
     model = settings.economics_model
     money = attribute(t, j.outcomes, by=("channel", "segment"), models=(model,), half_life_days=settings.half_life_days)
-    heads = attribute(t, j.outcomes.assign(revenue=(j.outcomes["revenue"] > 0).astype(float)), by=("channel", "segment"),
+    heads = attribute(t, _new_customers(j.outcomes), by=("channel", "segment"),
                       models=(model,), half_life_days=settings.half_life_days)
     out = money.credits.groupby("segment")[model].sum().rename("revenue").to_frame()
     out["customers"] = heads.credits.groupby("segment")[model].sum()

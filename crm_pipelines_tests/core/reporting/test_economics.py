@@ -120,6 +120,9 @@ def test_romi_and_cac_come_from_the_cost_file(tmp_path):
     assert camp.loc["Hannover Messe", "customers"] > 0 and camp.loc["herbst-bayern", "romi"] == -1.0
     assert camp["revenue"].sum() == pytest.approx(12_000)
     assert pd.isna(camp.loc["newsletter", "cost"]) and pd.isna(camp.loc["newsletter", "romi"])  # no cost: unknown
+    # The newsletter touched only a repeat order: revenue, but no customer acquired; the won deal is one customer.
+    assert camp.loc["newsletter", "revenue"] == pytest.approx(2_000) and camp.loc["newsletter", "customers"] == 0
+    assert camp["customers"].sum() == pytest.approx(1.0, abs=1e-3)
     assert e.cost_without_touches == ["vergessen"]
     channels = e.channels.set_index("channel")
     assert channels.loc["print", "cost"] == pytest.approx(1_500 * 1.06)
