@@ -42,6 +42,7 @@ class Browser:
     def __init__(self, chromium: str, profile, port: int):
         import json
         import subprocess
+        from contextlib import ExitStack
 
         from websockets.sync.client import connect
 
@@ -62,7 +63,8 @@ class Browser:
             return bool(pages)
 
         wait_until(listening, 60, "Chromium's DevTools endpoint")
-        self.ws = connect(pages[0]["webSocketDebuggerUrl"], max_size=None)
+        self._stack = ExitStack()
+        self.ws = self._stack.enter_context(connect(pages[0]["webSocketDebuggerUrl"], max_size=None))
         self.n = 0
 
     def call(self, method: str, **params) -> dict:
@@ -108,7 +110,7 @@ class Browser:
 
     def close(self) -> None:
         try:
-            self.ws.close()
+            self._stack.close()
         finally:
             self.proc.terminate()
             self.proc.wait(timeout=30)
