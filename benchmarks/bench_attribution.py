@@ -27,6 +27,7 @@ JOURNEYS = int(os.environ.get("BENCH_JOURNEYS", "1000000"))
 DEALS = int(os.environ.get("BENCH_DEALS", "100000"))
 CRM_DEALS = int(os.environ.get("BENCH_CRM_DEALS", "20000"))
 MOVED = int(os.environ.get("BENCH_CRM_MOVED", "1000"))
+LOOP_CONTACTS = int(os.environ.get("BENCH_LOOP_CONTACTS", "1000000"))
 CHANNELS = {"web": 0.42, "email": 0.2, "newsletter": 0.12, "web_form": 0.06, "trade_fair": 0.05, "print": 0.04,
             "service": 0.04, "sales": 0.05, "webinar": 0.02}
 
@@ -77,6 +78,78 @@ def worker() -> None:
         "markov_conversion_probability": by_channel.conversion_probability,
         "markov_print_share": float(by_channel.credits.set_index("channel").loc["print", "markov"] / by_channel.revenue),
     }))
+
+
+def closed_loop() -> None:
+    """The reporting group's own steps at company scale: journeys (deals, repeat orders, the rest), all models by
+    channel and campaign, the campaign economics, on ``LOOP_CONTACTS`` contacts in eight per account, ten touches
+    each, a deal for one account in ten (a quarter won), three repeat orders per account in the half year."""
+    import numpy as np
+    import pandas as pd
+
+    from crm_pipelines.core.reporting.economics import economics, journeys, run_attribution
+    from crm_pipelines.core.reporting.revenue import Deals
+    from crm_pipelines.core.reporting.settings import load_reporting_settings
+    from crm_pipelines.settings import DEFAULT_CONFIG_DIR
+
+    settings = load_reporting_settings(DEFAULT_CONFIG_DIR / "reporting.yaml")
+    rng = np.random.default_rng(23)
+    n = LOOP_CONTACTS
+    accounts = max(1, n // 8)
+    t0 = pd.Timestamp("2026-06-01", tz="UTC").value // 10**9
+    started = time.monotonic()
+    gid = pd.Index([f"GC-{i:08d}" for i in range(n)])
+    account_of = rng.integers(0, accounts, n)
+    acc = pd.Index([f"GA-{i:08d}" for i in range(accounts)])
+    contacts = pd.DataFrame({"golden_id": gid, "account_id": acc[account_of],
+                             "lead_at": pd.to_datetime(t0 - rng.integers(0, 400 * 86400, n), unit="s", utc=True)})
+    m = n * 10
+    who = rng.integers(0, n, m)
+    names = np.array(list(CHANNELS), dtype=object)
+    p = np.array(list(CHANNELS.values()))
+    touches = pd.DataFrame({"touch_key": np.arange(m).astype(str), "golden_id": gid[who],
+                            "channel": names[rng.choice(len(names), m, p=p / p.sum())],
+                            "campaign": np.array([f"k{i:02d}" for i in range(60)], dtype=object)[rng.integers(0, 60, m)],
+                            "at": pd.to_datetime(t0 + rng.integers(0, 180 * 86400, m), unit="s", utc=True)})
+    k = max(1, accounts // 10)
+    deal_accounts = rng.choice(accounts, k, replace=False)
+    created = t0 + rng.integers(0, 150 * 86400, k)
+    won = rng.random(k) < 0.25
+    deal_ids = np.array([f"D{i}" for i in range(k)], dtype=object)
+    deals = pd.DataFrame({"deal_id": deal_ids, "is_closed": True, "is_won": won,
+                          "created_at": pd.to_datetime(created, unit="s", utc=True),
+                          "close_date": pd.to_datetime(created + rng.integers(10, 60, k) * 86400, unit="s", utc=True),
+                          "account_id": acc[deal_accounts], "amount": np.round(rng.lognormal(9.8, 0.9, k), 2)})
+    by_account = pd.DataFrame({"account_id": acc[account_of], "golden_id": gid}).groupby("account_id")["golden_id"].first()
+    links = pd.DataFrame({"deal_id": deal_ids, "golden_id": by_account.reindex(acc[deal_accounts]).to_numpy()}).dropna()
+    orders = accounts * 3
+    lines = pd.concat([
+        pd.DataFrame({"kind": "deal", "deal_id": deal_ids[won], "order_id": None, "account_id": acc[deal_accounts][won],
+                      "booked_at": deals["close_date"][won].to_numpy(), "net": deals["amount"][won].to_numpy()}),
+        pd.DataFrame({"kind": "order", "deal_id": None, "order_id": np.arange(orders).astype(str),
+                      "account_id": acc[rng.integers(0, accounts, orders)],
+                      "booked_at": pd.to_datetime(t0 + rng.integers(0, 180 * 86400, orders), unit="s", utc=True),
+                      "net": np.round(rng.lognormal(7.5, 1.0, orders), 2)})], ignore_index=True)
+    segments = pd.DataFrame({"golden_id": gid[rng.random(n) < 0.3]})
+    segments["segment"] = np.array(["churn_risk", "hot_leads", "inactive", "nurture", "new"], dtype=object)[
+        rng.integers(0, 5, len(segments))]
+    costs = pd.DataFrame({"campaign": [f"k{i:02d}" for i in range(60)], "channel": "web", "period": "2026-09",
+                          "amount": 5000.0, "currency": "EUR", "note": "", "cost": 5000.0})
+    generated = time.monotonic() - started
+    started = time.monotonic()
+    j = journeys(touches, Deals(deals, links), lines, contacts, settings)
+    journey_seconds = time.monotonic() - started
+    started = time.monotonic()
+    result = run_attribution(j, settings, by=("channel", "campaign"))
+    attribution_seconds = time.monotonic() - started
+    started = time.monotonic()
+    e = economics(j, costs, settings, segments)
+    economics_seconds = time.monotonic() - started
+    print(json.dumps({"contacts": n, "touches": m, "deals": k, "won": int(won.sum()), "orders": orders,
+                      "journey_touches": len(j.touches), "outcomes": len(j.outcomes), "generated_seconds": generated,
+                      "journeys_seconds": journey_seconds, "attribution_seconds": attribution_seconds,
+                      "economics_seconds": economics_seconds, "revenue": result.revenue,
+                      "campaigns": len(e.campaigns)}))
 
 
 def deal_pull() -> None:
@@ -166,6 +239,9 @@ def main(argv: list[str]) -> int:
     if "--worker" in argv:
         worker()
         return 0
+    if "--closed-loop" in argv:
+        closed_loop()
+        return 0
     if "--deals-only" in argv:
         deal_pull()
         return 0
@@ -190,6 +266,20 @@ def main(argv: list[str]) -> int:
     figure("attribution_credit_sum_max_error", out["max_sum_error"], "EUR (each model's credits against the revenue)")
     figure("attribution_markov_conversion_probability", out["markov_conversion_probability"])
     deal_pull()
+    log(f"the reporting group's steps over {LOOP_CONTACTS:,} contacts (in its own process)")
+    seconds, mem, proc = run_measured([sys.executable, "-m", "benchmarks.bench_attribution", "--closed-loop"],
+                                      dict(os.environ))
+    if proc.returncode != 0:
+        print(proc.stdout[-3000:], file=sys.stderr)
+        raise RuntimeError("the closed-loop worker failed")
+    loop = json.loads(proc.stdout.strip().splitlines()[-1])
+    figure("closed_loop_contacts", loop["contacts"], f"({loop['touches']:,} touches, {loop['deals']:,} closed deals, "
+                                                     f"{loop['won']:,} won, {loop['orders']:,} repeat orders)")
+    figure("closed_loop_journey_touches", loop["journey_touches"], f"({loop['outcomes']:,} outcomes)")
+    figure("closed_loop_journeys_seconds", loop["journeys_seconds"], "s")
+    figure("closed_loop_attribution_seconds", loop["attribution_seconds"], "s (8 models, channel and campaign)")
+    figure("closed_loop_economics_seconds", loop["economics_seconds"], "s")
+    figure("closed_loop_peak_rss_mb", mem.peak_total / 2**20, "MB")
     return 0
 
 
