@@ -128,20 +128,15 @@ def warehouse_templates(tmp_path_factory):
     return WarehouseTemplates(tmp_path_factory)
 
 
-# The tests that take a minute or more (measured with --durations on 2 cores) go first, longest first: pytest-xdist
-# hands the first tests out one per worker, so they start at once and the short ones fill in around them, instead
-# of a long one starting last and keeping its worker busy after the others are done.
-LONG_RUNNING = ("test_celery.py", "test_ui.py", "test_killed_run.py::test_a_push_killed_mid_way",
-                "test_first_week.py::test_a_first_week_on_postgres", "test_instance_and_demo.py::test_demo_runner",
-                "test_privacy.py::test_a_person_deleted_in_the_crm", "test_privacy_property.py",
-                "test_activation.py::test_activation_night", "test_prod_local.py")
+# The few tests that run real processes for one to two minutes each go first: pytest-xdist hands the
+# first tests out one per worker, so they start at once on different cores and the short ones fill
+# in around them, instead of two of them ending up last on one worker.
+LONG_RUNNING = ("test_killed_run.py", "test_celery.py", "test_ui.py", "test_prod_local.py")
 
 
 def pytest_collection_modifyitems(config, items):
-    def rank(item) -> int:
-        return next((i for i, name in enumerate(LONG_RUNNING) if name in item.nodeid), len(LONG_RUNNING))
-
-    items.sort(key=rank)
+    items.sort(key=lambda item: next((i for i, name in enumerate(LONG_RUNNING) if item.nodeid.split("::")[0]
+                                      .endswith(name)), len(LONG_RUNNING)))
 
 
 @pytest.fixture(scope="session")
