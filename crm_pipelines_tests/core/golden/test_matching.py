@@ -442,3 +442,20 @@ def test_explanation_and_lineage(wh):
     assert {"first_name", "last_name"} <= fields
     assert set(lineage["record_key"]) <= {r["record_key"] for r in ex["records"]}
     assert json.dumps(ex)  # serialisable for the CLI
+
+
+def test_an_austrian_number_read_as_german_and_a_padded_plz_are_still_the_same_contact(wh):
+    add_raw(wh, "crm_contacts", [
+        # Entered without a country: the phone was read as German (+49 662 ...), the PLZ is Salzburg's 5020.
+        crm("A-1", "Miodrag", "Gute", "miodrag.gute80@gmx.at", "Euroline Handels GmbH", "5020", "Salzburg",
+            phone="0662 2890699943", country=None),
+        crm("A-2", "Miodrag", "Gute", None, "Brauerei Gute KG", "96047", "Bamberg", phone="0951 778899"),
+    ])
+    add_raw(wh, "trade_fair_leads", [
+        # The fair's scanner: the number with its country, the PLZ padded to five digits for a German form.
+        lead("AF-1", "Miodrag", "Gute", None, "Euroline Handels GmbH", "05020", "Salzburg", phone="+43 662 2890699943"),
+    ])
+    run_golden(wh)
+    a, b, c = contacts_of(wh, "crm_contacts:A-1", "trade_fair_leads:AF-1", "crm_contacts:A-2")
+    assert a == b, "the same national number and PLZ, once with and once without the country"
+    assert a != c, "a namesake elsewhere stays apart"

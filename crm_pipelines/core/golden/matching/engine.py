@@ -234,6 +234,14 @@ def _pair_codes(cols: Columns, left, right, col, spec, swap):
     return ca, cb, va, vb
 
 
+_DACH_CODES = ("+49", "+43", "+41")
+
+
+def _national_number(phone: str) -> str:
+    """An E.164 number of Germany, Austria or Switzerland without its country code; others as they are."""
+    return phone[3:] if phone.startswith(_DACH_CODES) and len(phone) > 6 else phone
+
+
 def _local_part(email: str) -> str:
     return email.rsplit("@", 1)[0]
 
@@ -252,8 +260,12 @@ def _levels_for(cols: Columns, left, right, comp: ComparisonSpec, spec: EntityMa
     n = len(left)
     levels = np.full(n, NULL, dtype=np.int8)
     if comp.kind == "exact_any":
-        codes_l = [cols.values(c)[left] for c in comp.columns]
-        codes_r = [cols.values(c)[right] for c in comp.columns]
+        # Phones are compared by their national number: "+49 662 ..." (a number written without its country,
+        # read as German) and "+43 662 ..." are one Salzburg line.
+        for c in comp.columns:
+            cols.derived("national", c, _national_number)
+        codes_l = [cols.values(f"national({c})")[left] for c in comp.columns]
+        codes_r = [cols.values(f"national({c})")[right] for c in comp.columns]
         # Compare values, not per-column codes: a phone may sit in "phone" on one side, "mobile" on the other.
         known = np.logical_or.reduce([pd.notna(v) for v in codes_l]) & np.logical_or.reduce([pd.notna(v) for v in codes_r])
         same = np.zeros(n, dtype=bool)
@@ -303,7 +315,10 @@ def _levels_for(cols: Columns, left, right, comp: ComparisonSpec, spec: EntityMa
     elif comp.kind == "postcode":
         prefix = cols.derived("prefix2", comp.column, lambda v: v[:2])
         levels[known & (prefix[left] == prefix[right])] = 1
-        levels[exact] = 2
+        # A leading zero lost (01067 -> 1067 in a spreadsheet) or added (Austria's 5020 padded to 05020 where the
+        # country was taken for Germany) is the same code.
+        digits = cols.derived("plz_digits", comp.column, lambda v: v.lstrip("0") or v)
+        levels[exact | (known & (digits[left] == digits[right]))] = 2
     elif comp.kind == "legal_form":
         from ...cleaning.companies import forms_compatible
 
