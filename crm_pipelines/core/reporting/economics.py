@@ -13,8 +13,8 @@ chain needs them. Touches count from ``lookback_days`` before the close.
 model gives its touches; its *customers* the same model's credit with every won deal worth 1 and repeat orders 0
 (new customers, a fraction of one per touch); *cost* the sum of its lines in ``config/campaigns/costs.yaml``; ``CAC = cost / customers``;
 ``ROMI = (revenue - cost) / cost``. A channel sums its campaigns (and its touches without a campaign). A segment
-(``marts.segment_members``) gets the credit of its members' touches and a campaign's cost in proportion to the
-campaign's touches on its members. No cost line: CAC and ROMI stay empty, never 0.
+(``marts.segment_members``) gets the credit its members' touches earn in their journeys (all touches counted) and a
+campaign's cost in proportion to the campaign's touches on its members. No cost line: CAC and ROMI stay empty, never 0.
 
 **Rücklaufquote.** A recipient of a released print list responded when, within ``print_response.window_days``
 after the drop, they (or their account) ordered, got a deal, filled in a web form, were scanned at a fair, or looked
@@ -175,11 +175,17 @@ def _segment_economics(j: Journeys, segments: pd.DataFrame, cost: pd.DataFrame,
     if t.empty:
         return pd.DataFrame(columns=cols)
     model = settings.economics_model
-    money = attribute(t, j.outcomes, by=("channel", "segment"), models=(model,), half_life_days=settings.half_life_days)
-    heads = attribute(t, _new_customers(j.outcomes), by=("channel", "segment"),
-                      models=(model,), half_life_days=settings.half_life_days)
-    out = money.credits.groupby("segment")[model].sum().rename("revenue").to_frame()
-    out["customers"] = heads.credits.groupby("segment")[model].sum()
+    # Credit is computed over every touch of a journey, then given to the contacts whose touches earned it; a
+    # contact's credit counts in each segment it belongs to. (Attributing only the members' touches would hand a
+    # segment the whole deal its member merely took part in.)
+    by_contact = ("channel", "golden_id")
+    money = attribute(j.touches, j.outcomes, by=by_contact, models=(model,),
+                      half_life_days=settings.half_life_days).credits.groupby("golden_id")[model].sum()
+    heads = attribute(j.touches, _new_customers(j.outcomes), by=by_contact, models=(model,),
+                      half_life_days=settings.half_life_days).credits.groupby("golden_id")[model].sum()
+    members = segments.assign(revenue=segments["golden_id"].map(money).fillna(0.0),
+                              customers=segments["golden_id"].map(heads).fillna(0.0))
+    out = members.groupby("segment")[["revenue", "customers"]].sum()
     # A campaign's cost goes to the segments in proportion to its touches on their members.
     share = t.groupby(["campaign", "segment"]).size().rename("n").reset_index()
     share["share"] = share["n"] / share["campaign"].map(j.touches.groupby("campaign").size())

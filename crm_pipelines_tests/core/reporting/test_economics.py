@@ -105,7 +105,8 @@ def test_romi_and_cac_come_from_the_cost_file(tmp_path):
     costs = load_costs(costs_file, SETTINGS)
     assert costs["cost"].sum() == pytest.approx(21_510 * 1.06)      # CHF into EUR at the configured rate
     j = journeys(*_world(), SETTINGS)
-    e = economics(j, costs, SETTINGS, pd.DataFrame({"golden_id": ["c1", "c2"], "segment": ["hot_leads", "hot_leads"]}))
+    e = economics(j, costs, SETTINGS, pd.DataFrame({"golden_id": ["c1", "c2", "c2"],
+                                                    "segment": ["hot_leads", "hot_leads", "web_visitors"]}))
     camp = e.campaigns.set_index("campaign")
     # W-shaped on D1: fair 30 % first + 30 % lead creation (c1's lead touch), print 30 % deal creation... computed by
     # the engine; ROMI and CAC must follow from its revenue and customers and the file's cost.
@@ -128,6 +129,11 @@ def test_romi_and_cac_come_from_the_cost_file(tmp_path):
     assert channels.loc["print", "cost"] == pytest.approx(1_500 * 1.06)
     seg = e.segments.set_index("segment")
     assert seg.loc["hot_leads", "cost"] == pytest.approx(21_500 * 1.06)   # both campaigns touched only members
+    assert seg.loc["hot_leads", "revenue"] == pytest.approx(10_000) and seg.loc["hot_leads", "customers"] == 1
+    # W-shaped on D1: the fair (first touch and lead creation, 60 %, plus 2/3 of the 10 % between) and c2's web
+    # visit (deal creation, 30 %, plus 1/3 of the 10 %); the print touch after the deal's creation gets nothing.
+    # A segment holding only c2 earns c2's share, not the deal.
+    assert seg.loc["web_visitors", "revenue"] == pytest.approx(10_000 / 3, abs=0.01)   # shown to the cent
 
 
 def test_the_ruecklaufquote_is_measured_against_the_lists_holdout(sqlite_url):
