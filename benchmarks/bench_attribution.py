@@ -235,6 +235,18 @@ def deal_pull() -> None:
             server.wait(timeout=30)
 
 
+def _measured(flag: str):
+    """This module run with ``flag`` in a process of its own: wall seconds, memory, and its last line's JSON."""
+    seconds, mem, proc = run_measured([sys.executable, "-m", "benchmarks.bench_attribution", flag], dict(os.environ))
+    if proc.returncode != 0:
+        print(proc.stdout[-3000:], file=sys.stderr)
+        raise RuntimeError(f"the {flag} worker failed")
+    for line in proc.stdout.splitlines():
+        if line.startswith("#"):
+            print(line, file=sys.stderr)
+    return seconds, mem, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main(argv: list[str]) -> int:
     if "--worker" in argv:
         worker()
@@ -246,15 +258,7 @@ def main(argv: list[str]) -> int:
         deal_pull()
         return 0
     log(f"attribution over {TOUCHPOINTS:,} touchpoints, {DEALS:,} won journeys (in its own process)")
-    seconds, mem, proc = run_measured([sys.executable, "-m", "benchmarks.bench_attribution", "--worker"],
-                                      dict(os.environ))
-    if proc.returncode != 0:
-        print(proc.stdout[-3000:], file=sys.stderr)
-        raise RuntimeError("the attribution worker failed")
-    for line in proc.stdout.splitlines():
-        if line.startswith("#"):
-            print(line, file=sys.stderr)
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    seconds, mem, out = _measured("--worker")
     figure("attribution_touchpoints", out["touchpoints"])
     figure("attribution_won_journeys", out["won"])
     figure("attribution_credited_touches", out["credited_touches"], "(touches of won journeys up to their close)")
@@ -267,12 +271,7 @@ def main(argv: list[str]) -> int:
     figure("attribution_markov_conversion_probability", out["markov_conversion_probability"])
     deal_pull()
     log(f"the reporting group's steps over {LOOP_CONTACTS:,} contacts (in its own process)")
-    seconds, mem, proc = run_measured([sys.executable, "-m", "benchmarks.bench_attribution", "--closed-loop"],
-                                      dict(os.environ))
-    if proc.returncode != 0:
-        print(proc.stdout[-3000:], file=sys.stderr)
-        raise RuntimeError("the closed-loop worker failed")
-    loop = json.loads(proc.stdout.strip().splitlines()[-1])
+    _, mem, loop = _measured("--closed-loop")
     figure("closed_loop_contacts", loop["contacts"], f"({loop['touches']:,} touches, {loop['deals']:,} closed deals, "
                                                      f"{loop['won']:,} won, {loop['orders']:,} repeat orders)")
     figure("closed_loop_journey_touches", loop["journey_touches"], f"({loop['outcomes']:,} outcomes)")

@@ -60,29 +60,27 @@ def _money(v) -> float:
     return round(float(v), 2) if pd.notna(v) else -1.0
 
 
+def _read(wh: Warehouse, query: sa.Select, table: sa.Table, empty_columns: list[str], moment: str) -> pd.DataFrame:
+    """A reporting input, its moment column as UTC timestamps; an empty frame before the table exists."""
+    if not tables_present(wh, [table]):
+        return pd.DataFrame(columns=empty_columns)
+    frame = wh.read_select(query)
+    frame[moment] = pd.to_datetime(frame[moment], utc=True)
+    return frame
+
+
 def _contacts(wh: Warehouse) -> pd.DataFrame:
-    if not tables_present(wh, [GOLDEN_CONTACTS]):
-        return pd.DataFrame(columns=["golden_id", "account_id", "lead_at"])
     g = GOLDEN_CONTACTS
-    c = wh.read_select(sa.select(g.c.golden_id, g.c.account_id, g.c.first_seen_at.label("lead_at")))
-    c["lead_at"] = pd.to_datetime(c["lead_at"], utc=True)
-    return c
+    return _read(wh, sa.select(g.c.golden_id, g.c.account_id, g.c.first_seen_at.label("lead_at")), g,
+                 ["golden_id", "account_id", "lead_at"], "lead_at")
 
 
 def _touchpoints(wh: Warehouse) -> pd.DataFrame:
-    if not tables_present(wh, [TOUCHPOINTS]):
-        return pd.DataFrame(columns=TOUCH_COLUMNS)
-    t = wh.read_select(sa.select(TOUCHPOINTS))
-    t["at"] = pd.to_datetime(t["at"], utc=True)
-    return t
+    return _read(wh, sa.select(TOUCHPOINTS), TOUCHPOINTS, TOUCH_COLUMNS, "at")
 
 
 def _revenue(wh: Warehouse) -> pd.DataFrame:
-    if not tables_present(wh, [REVENUE_LINES]):
-        return pd.DataFrame(columns=REVENUE_COLUMNS)
-    r = wh.read_select(sa.select(REVENUE_LINES))
-    r["booked_at"] = pd.to_datetime(r["booked_at"], utc=True)
-    return r
+    return _read(wh, sa.select(REVENUE_LINES), REVENUE_LINES, REVENUE_COLUMNS, "booked_at")
 
 
 def build_reporting_defs(config_dir: Path) -> dg.Definitions:
