@@ -89,7 +89,7 @@ def build_reporting_defs(config_dir: Path) -> dg.Definitions:
     costs = load_costs(config_dir / "campaigns" / COSTS_FILE, settings)
     territories = load_territories(config_dir / "territories.yaml")
     sync = sync_settings(config_dir)
-    version = f"reporting-1-{hashlib.sha256(Path(settings.source).read_bytes()).hexdigest()[:12]}"
+    version = f"reporting-1-{settings.sha256[:12]}"
 
     @dg.asset(key=DEALS_KEY, group_name=GROUP, owners=OWNERS, kinds={"hubspot", "sql"},
               description="Deals from the CRM, pulled incrementally (the first pull pages through all, then the search "

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..platform.configfile import ConfigError, check_keys, load_yaml, require_mapping
+from ..platform.configfile import ConfigError, check_keys, load_yaml, require_choices, require_mapping
 
 DERIVED = ("golden_id", "interests", "preferred_channel")
 ATTRIBUTE_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,49}$")
@@ -143,12 +143,7 @@ def load_journey(path: str | Path, segments: set[str]) -> Journey:
         p = require_mapping(doc, data.get("print"), "print")
         check_keys(doc, p, "print", ("campaign",), required=("campaign",))
         campaign = str(p["campaign"])
-    exits = data["exit"]
-    if not isinstance(exits, list) or not exits:
-        raise doc.error("exit", f"must be a non-empty list of {', '.join(EXITS)}")
-    for i, e in enumerate(exits):
-        if e not in EXITS:
-            raise doc.error(f"exit[{i}]", f"unknown exit {e!r}; known: {', '.join(EXITS)}")
+    exits = require_choices(doc, data["exit"], "exit", EXITS, "exit")
     reentry = data.get("reentry", "never")
     if reentry == "never":
         reentry_days = None

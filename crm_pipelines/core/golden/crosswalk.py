@@ -10,7 +10,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from ..platform.schema import ACCOUNT_CROSSWALK, CROSSWALK, ID_EVENTS, ID_REGISTRY, PERSON_CROSSWALK, PERSON_RECORDS
-from ..platform.warehouse import Warehouse
+from ..platform.warehouse import Warehouse, tables_present
 from .matching.ids import IdAssignment, id_seq
 from .records import MENTION_PREFIX
 
@@ -79,6 +79,23 @@ def current_map(wh: Warehouse, table: sa.Table, named_in: sa.Table | None = None
 
 # SQL: the current account-crosswalk row ``a`` of the company mention of person record ``p``.
 _MENTION_OF_P = f"a.record_key = '{MENTION_PREFIX}' || p.record_key AND a.valid_to IS NULL"
+
+
+def golden_ids_by(wh: Warehouse, records: sa.Table, crosswalk: sa.Table, columns: tuple[str, ...]) -> list[pd.Series]:
+    """Per identifier column of ``records``: identifier -> current golden ID, over every record of each golden
+    record (the first record with a value wins). Series indexed by the identifiers as text, not dicts: ``map``
+    takes them as they are, and a dict over millions of records costs a gigabyte more."""
+    if not tables_present(wh, [records, crosswalk]):
+        return [pd.Series(dtype=object) for _ in columns]
+    rows = wh.read_select(sa.select(*[records.c[c] for c in columns], crosswalk.c.golden_id)
+                          .join(crosswalk, crosswalk.c.record_key == records.c.record_key)
+                          .where(crosswalk.c.valid_to.is_(None)))
+    out = []
+    for c in columns:
+        known = rows.dropna(subset=[c]).drop_duplicates(c)
+        out.append(pd.Series(known["golden_id"].to_numpy(), index=pd.Index(known[c].astype(str).to_numpy(), dtype=object),
+                             dtype=object))
+    return out
 
 
 def _mention_accounts(wh: Warehouse, persons: pd.DataFrame) -> np.ndarray:

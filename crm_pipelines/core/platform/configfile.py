@@ -124,6 +124,18 @@ def require_mapping(doc: YamlDoc, value: Any, key: str) -> dict:
     return value
 
 
+def require_choices(doc: YamlDoc, value: Any, key: str, allowed: Iterable[str], what: str) -> list:
+    """A non-empty list whose every item is one of ``allowed`` (the error names the item's key)."""
+    allowed = list(allowed)
+    if not isinstance(value, list) or not value:
+        raise doc.error(key, f"must be a non-empty list of {', '.join(allowed)}")
+    for i, item in enumerate(value):
+        if item not in allowed:
+            raise doc.error(f"{key}[{i}]", f"unknown {what} {item!r}{did_you_mean(str(item), allowed)}; known: "
+                                           f"{', '.join(allowed)}")
+    return value
+
+
 def check_keys(doc: YamlDoc, value: dict, key: str, allowed: Iterable[str], required: Iterable[str] = ()) -> None:
     allowed = list(allowed)
     for k in value:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import pandas as pd
 import sqlalchemy as sa
 
+from ..golden.crosswalk import golden_ids_by
 from ..model import ENTITIES
 from ..platform.schema import (ACCOUNT_CROSSWALK, ACCOUNT_RECORDS, CRM_DEAL_LINKS, CRM_DEALS, GOLDEN_CONTACTS,
                                raw_table)
@@ -48,19 +49,13 @@ class Deals:
 
 def account_maps(wh: Warehouse) -> tuple[pd.Series, pd.Series]:
     """Kundennummer -> golden account and CRM company ID -> golden account, over every record of each account."""
-    if not tables_present(wh, [ACCOUNT_RECORDS, ACCOUNT_CROSSWALK]):
-        return pd.Series(dtype=object), pd.Series(dtype=object)
-    ar, xw = ACCOUNT_RECORDS, ACCOUNT_CROSSWALK
-    rows = wh.read_select(sa.select(ar.c.erp_customer_number, ar.c.crm_company_id, xw.c.golden_id)
-                          .join(xw, xw.c.record_key == ar.c.record_key).where(xw.c.valid_to.is_(None)))
-    erp = rows.dropna(subset=["erp_customer_number"]).drop_duplicates("erp_customer_number")
-    crm = rows.dropna(subset=["crm_company_id"]).drop_duplicates("crm_company_id")
-    return (pd.Series(erp["golden_id"].to_numpy(), index=erp["erp_customer_number"].astype(str).to_numpy(), dtype=object),
-            pd.Series(crm["golden_id"].to_numpy(), index=crm["crm_company_id"].astype(str).to_numpy(), dtype=object))
+    by_erp, by_crm = golden_ids_by(wh, ACCOUNT_RECORDS, ACCOUNT_CROSSWALK, ("erp_customer_number", "crm_company_id"))
+    return by_erp, by_crm
 
 
-def load_deals(wh: Warehouse) -> Deals:
-    """The pulled deals, each with its golden account and golden contacts."""
+def load_deals(wh: Warehouse, company_to_account: pd.Series | None = None) -> Deals:
+    """The pulled deals, each with its golden account and golden contacts (``company_to_account``: the CRM company
+    map of :func:`account_maps`, when the caller has it already)."""
     empty = Deals(pd.DataFrame(columns=[c.name for c in CRM_DEALS.columns] + ["account_id", "contact_id"]),
                   pd.DataFrame(columns=["deal_id", "golden_id"]))
     if not tables_present(wh, [CRM_DEALS, CRM_DEAL_LINKS]):
@@ -73,7 +68,8 @@ def load_deals(wh: Warehouse) -> Deals:
         deals[c] = pd.to_datetime(deals[c], utc=True)
     links = wh.read_select(sa.select(CRM_DEAL_LINKS))
     _, crm_to_golden = identity_maps(wh)
-    _, company_to_account = account_maps(wh)
+    if company_to_account is None:
+        _, company_to_account = account_maps(wh)
     people = links[links["object_type"] == "contacts"].copy()
     people["golden_id"] = people["object_id"].astype(str).map(crm_to_golden)
     people = people.dropna(subset=["golden_id"]).sort_values(["deal_id", "object_id"])
@@ -140,12 +136,12 @@ def link_orders(orders: pd.DataFrame, won: pd.DataFrame, settings: ReportingSett
 
 def revenue_lines(wh: Warehouse, settings: ReportingSettings, deals: Deals | None = None) -> pd.DataFrame:
     """One row per revenue line (see the module's description), ``net`` in the reporting currency."""
-    deals = deals if deals is not None else load_deals(wh)
+    erp_to_account, company_to_account = account_maps(wh)
+    deals = deals if deals is not None else load_deals(wh, company_to_account)
     d = deals.deals
     won = d[d["is_won"].fillna(False).astype(bool)].copy()
     orders = load_orders(wh)
     orders = orders[orders["status"].fillna("") != "cancelled"].copy()
-    erp_to_account, _ = account_maps(wh)
     orders["account_id"] = orders["erp_customer_number"].astype(str).map(erp_to_account)
     orders["booked_at"] = pd.to_datetime(orders["order_date"], utc=True)
     orders = link_orders(orders, won, settings)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..platform.configfile import ConfigError, check_keys, load_yaml, require_mapping
+from ..platform.configfile import ConfigError, check_keys, load_yaml, require_choices, require_mapping
 from .attribution import MODELS
 
 PERIOD = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
@@ -28,6 +28,7 @@ class ReportingSettings:
     link_after_days: int
     response_window_days: int
     source: str = ""
+    sha256: str = ""                          # of the file: part of the reporting assets' code version
 
     def to_reporting(self, amounts: pd.Series, currencies: pd.Series) -> pd.Series:
         """Amounts in the reporting currency (a currency without a rate: NaN, never a guess)."""
@@ -48,12 +49,7 @@ def load_reporting_settings(path: str | Path) -> ReportingSettings:
     a = require_mapping(doc, data["attribution"], "attribution")
     check_keys(doc, a, "attribution", ("models", "economics_model", "time_decay_half_life_days", "lookback_days"),
                required=("models", "economics_model"))
-    models = a["models"]
-    if not isinstance(models, list) or not models:
-        raise doc.error("attribution.models", f"must be a list of models: {', '.join(MODELS)}")
-    for i, m in enumerate(models):
-        if m not in MODELS:
-            raise doc.error(f"attribution.models[{i}]", f"unknown model '{m}'; models: {', '.join(MODELS)}")
+    models = require_choices(doc, a["models"], "attribution.models", MODELS, "model")
     if a["economics_model"] not in models:
         raise doc.error("attribution.economics_model", f"must be one of attribution.models ({', '.join(models)})")
     r = require_mapping(doc, data["revenue"], "revenue")
@@ -85,7 +81,7 @@ def load_reporting_settings(path: str | Path) -> ReportingSettings:
         currency=currency, exchange_rates={str(k): float(v) for k, v in rates.items()},
         link_before_days=int(window["before_close"]), link_after_days=int(window["after_close"]),
         response_window_days=int(_number(doc, pr["window_days"], "print_response.window_days", 1, integer=True)),
-        source=str(path))
+        source=str(path), sha256=doc.sha256)
 
 
 COST_COLUMNS = ["campaign", "channel", "period", "amount", "currency", "note"]

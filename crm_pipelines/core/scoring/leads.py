@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from ..golden.crosswalk import golden_ids_by
 from ..golden.incremental import match_new_persons
 from ..golden.matching.settings import EntityMatchSpec
 from ..golden.records import person_records
@@ -34,19 +35,9 @@ CONTACT_COLUMNS = ("golden_id", "first_name", "last_name", "email", "job_title",
 
 
 def identity_maps(wh: Warehouse) -> tuple[pd.Series, pd.Series]:
-    """E-mail -> golden contact and CRM contact ID -> golden contact, over every record of each contact.
-    Series indexed by e-mail and CRM ID (``Series.map`` takes them as they are; a dict over 13 million
-    records is a gigabyte more, and ``map`` turns a dict into such a Series first)."""
-    if not tables_present(wh, [PERSON_RECORDS, PERSON_CROSSWALK]):
-        return pd.Series(dtype=object), pd.Series(dtype=object)
-    pr, xw = PERSON_RECORDS, PERSON_CROSSWALK
-    rows = wh.read_select(sa.select(pr.c.email_norm, pr.c.crm_contact_id, xw.c.golden_id)
-                          .join(xw, xw.c.record_key == pr.c.record_key).where(xw.c.valid_to.is_(None)))
-    emails = rows.dropna(subset=["email_norm"]).drop_duplicates("email_norm")
-    crm = rows.dropna(subset=["crm_contact_id"]).drop_duplicates("crm_contact_id")
-    return (pd.Series(emails["golden_id"].to_numpy(), index=pd.Index(emails["email_norm"].to_numpy(), dtype=object), dtype=object),
-            pd.Series(crm["golden_id"].to_numpy(), index=pd.Index(crm["crm_contact_id"].astype(str).to_numpy(), dtype=object),
-                      dtype=object))
+    """E-mail -> golden contact and CRM contact ID -> golden contact, over every record of each contact."""
+    by_email, by_crm = golden_ids_by(wh, PERSON_RECORDS, PERSON_CROSSWALK, ("email_norm", "crm_contact_id"))
+    return by_email, by_crm
 
 
 def load_events(wh: Warehouse) -> pd.DataFrame:
