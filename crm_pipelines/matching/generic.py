@@ -13,8 +13,9 @@ import pandas as pd
 from ..core.cleaning import map_unique
 from ..core.cleaning.addresses import normalize_postcode, split_street, street_key
 from ..core.cleaning.emails import clean_emails
-from ..core.cleaning.names import clean_person_names
+from ..core.cleaning.names import clean_person_names, phonetic_pair
 from ..core.cleaning.phones import clean_phones
+from ..core.golden.matching.engine import name_mailboxes
 from ..core.golden.matching.resolve import Resolution, resolve
 from ..core.golden.matching.settings import EntityMatchSpec
 from ..core.sources.mapping import SourceMapping, apply_mapping, load_mapping
@@ -70,8 +71,7 @@ def prepare(df: pd.DataFrame, region: str = "DE") -> pd.DataFrame:
     for c in ("first_name", "last_name", "first_key", "last_key", "first_kp", "last_kp"):
         out[c] = names[c]
     out["first_initial"] = out["first_key"].str[:1]
-    pair = [("-".join(sorted((f, l))) if f and l else None) for f, l in zip(out["first_kp"], out["last_kp"])]
-    out["name_kp_pair"] = pd.Series(pair, index=df.index, dtype=object)
+    out["name_kp_pair"] = phonetic_pair(out["first_kp"], out["last_kp"])
     dob = df["date_of_birth"]
     out["date_of_birth"] = pd.to_datetime(dob, errors="coerce").dt.strftime("%Y-%m-%d").astype(object).where(dob.notna(), None)
     nid = df["national_id"].astype(object).where(df["national_id"].notna(), None).str.replace(r"\s", "", regex=True)
@@ -79,6 +79,9 @@ def prepare(df: pd.DataFrame, region: str = "DE") -> pd.DataFrame:
     emails = clean_emails(df["email"])
     out["email_norm"] = emails["email_norm"]
     out["email_local"] = emails["email_local"]
+    # "hans.mueller@gmx.de" and "hans.mueller@web.de" repeat the name: the e-mail comparison gives such mailboxes
+    # no evidence of their own, or every pair of namesakes would merge.
+    out["mailbox_is_name"] = name_mailboxes(out["email_local"], out["first_key"], out["last_key"])
     out["phone_e164"] = clean_phones(df["phone"], region)
     out["phone_any"] = out["phone_e164"]
     street = df["street"].astype(object).where(df["street"].notna(), None)

@@ -139,3 +139,12 @@ def clean_person_names(first: pd.Series, last: pd.Series, salutation: pd.Series 
     out["first_kp"] = map_unique(out["first_key"], koelner_phonetik)
     out["last_kp"] = map_unique(out["last_key"], koelner_phonetik)
     return out
+
+
+def phonetic_pair(first_kp: pd.Series, last_kp: pd.Series) -> pd.Series:
+    """Both names' phonetic codes in sorted order ("Hans Müller" and "Müller Hans" alike); None when either is
+    missing (None, NaN or empty: a blank first name in a CSV arrives as NaN)."""
+    ok = first_kp.notna() & last_kp.notna() & (first_kp.astype(object) != "") & (last_kp.astype(object) != "")
+    a, b = first_kp.where(ok, "").astype(str), last_kp.where(ok, "").astype(str)
+    low, high = a.where(a <= b, b), b.where(a <= b, a)
+    return (low + "-" + high).astype(object).where(ok, None)

@@ -15,7 +15,7 @@ from ..cleaning import map_unique
 from ..cleaning.addresses import clean_addresses, street_key
 from ..cleaning.companies import parse_company_name
 from ..cleaning.emails import clean_emails, domain_of_website
-from ..cleaning.names import clean_person_names, koelner_phonetik
+from ..cleaning.names import clean_person_names, koelner_phonetik, phonetic_pair
 from ..cleaning.phones import clean_phones
 from ..sources.roles import ACCOUNT_SOURCES, PERSON_SOURCES
 from ..sources.transforms import split_full_name
@@ -113,8 +113,7 @@ def person_records(raw: dict[str, pd.DataFrame]) -> pd.DataFrame:
     companies = map_unique(df["company_name"], parse_company_name)
     df["company_key"] = companies.map(lambda c: (c.key or None) if c else None)
     df["legal_form"] = companies.map(lambda c: c.legal_form if c else None)
-    pair = [("-".join(sorted((f, l))) if f and l else None) for f, l in zip(df["first_kp"], df["last_kp"])]
-    df["name_kp_pair"] = pd.Series(pair, index=df.index, dtype=object)
+    df["name_kp_pair"] = phonetic_pair(df["first_kp"], df["last_kp"])
     df["first_initial"] = df["first_key"].str[:1]
     df["company_domain"] = df["email_domain"].where(~df["is_free_mail"].astype(bool))
     df["phone_any"] = df["mobile_e164"].where(df["mobile_e164"].notna(), df["phone_e164"])

@@ -71,3 +71,17 @@ fields:
     assert c["1"] == c["2"] != c["3"]
     assert c["4"] == c["5"] != c["1"]
     assert json.dumps(c.to_dict())
+
+
+def test_dedupe_a_german_file_of_namesakes_swaps_umlauts_gaps_and_moves(tmp_path):
+    from benchmarks.german_people import MAPPING as GERMAN_MAPPING
+    from benchmarks.german_people import write as write_german
+
+    truth = write_german(tmp_path / "kunden.csv", records=6000, seed=5)
+    (tmp_path / "kunden.yaml").write_text(GERMAN_MAPPING, encoding="utf-8")
+    proc = run("dedupe", str(tmp_path / "kunden.csv"), "--mapping", str(tmp_path / "kunden.yaml"),
+               "--out", str(tmp_path / "clusters.csv"))
+    assert proc.returncode == 0, proc.stderr  # a blank first name once crashed the phonetic pairing
+    clusters = pd.read_csv(tmp_path / "clusters.csv", dtype=str)
+    scores = pairwise_scores(clusters.set_index("record_id")["cluster_id"], pd.Series(truth))
+    assert scores.precision >= 0.99 and scores.f1 >= 0.98, scores

@@ -135,6 +135,43 @@ def test_comparison_levels_detect_swapped_names_and_mailboxes():
     assert levels["postal_code"][0] == 1 and levels["company"][0] == 3 and levels["email"][0] == -1
 
 
+def test_an_address_counts_once_a_move_once_and_a_plz_with_its_town_once():
+    from dataclasses import replace
+
+    from crm_pipelines.core.golden.matching.settings import ComparisonSpec
+
+    spec = replace(CFG.generic_persons, comparisons=(
+        ComparisonSpec("address", "address", ("street_key", "house_number", "postal_code", "city_key")),), name_swap=None)
+    df = pd.DataFrame({
+        "street_key": ["hauptstrasse", "hauptstrasse", "ringweg", "hauptstrase", None, "hauptstrasse", "am markt", None],
+        "house_number": ["5", "5", "2", "7", None, "5", "1", None],
+        "postal_code": ["01067", "1067", "80331", "01067", "01067", None, "04109", None],
+        "city_key": ["dresden", "dresden", "muenchen", "dresden", "dresden", None, "dresden", "leipzig"],
+    })
+    pairs = {(0, 1): 4,   # the same house, the PLZ's leading zero lost
+             (0, 2): 0,   # moved: street, number, PLZ and town differ, and that is one disagreement
+             (0, 3): 3,   # the same street (a typo) at the same PLZ, another house number
+             (0, 4): 2,   # the same PLZ, no street on one side
+             (0, 5): 4,   # no place on one side: the street and number alone
+             (0, 6): 1,   # the same town under another PLZ
+             (5, 7): -1}  # nothing to compare
+    left, right = np.array([a for a, _ in pairs]), np.array([b for _, b in pairs])
+    levels = comparison_levels(df, left, right, spec, Columns(df))["address"]
+    assert dict(zip(pairs, levels.tolist())) == pairs
+
+
+def test_a_surname_in_the_first_name_field_weighs_by_its_frequency_as_a_surname():
+    from crm_pipelines.core.golden.matching.engine import term_frequencies
+
+    df = pd.DataFrame({"first_key": ["lindenmeier", "eugenia", "eugenia", "eugenia", "hans"],
+                       "last_key": ["eugenia", "lindenmeier", "lindenmeier", "lindenmeier", "meier"]})
+    tf = term_frequencies(df, CFG.generic_persons)
+    # "lindenmeier" is once a first name but three times in five a surname: the swapped pair's agreement is that
+    # common (looked up as a first name only, it was "never seen" and worth 17 bits too many).
+    assert tf["first_name"][0] == pytest.approx(0.6) and tf["last_name"][0] == pytest.approx(0.6)
+    assert tf["first_name"][4] == pytest.approx(0.2) and tf["last_name"][4] == pytest.approx(0.2)
+
+
 def test_clustering_refuses_chains_that_a_compared_pair_contradicts():
     # A~B and B~C are strong, but A and C were compared and differ: C must not join A and B.
     left, right = np.array([0, 1, 0]), np.array([1, 2, 2])

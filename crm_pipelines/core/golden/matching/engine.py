@@ -275,6 +275,8 @@ def _levels_for(cols: Columns, left, right, comp: ComparisonSpec, spec: EntityMa
         levels[known] = 0
         levels[known & same] = 1
         return levels
+    if comp.kind == "address":
+        return _address_levels(cols, left, right, comp.columns)
     ca, cb, va, vb = _pair_codes(cols, left, right, comp.column, spec, swap)
     known = (ca >= 0) & (cb >= 0)
     if not known.any():
@@ -335,6 +337,41 @@ def _levels_for(cols: Columns, left, right, comp: ComparisonSpec, spec: EntityMa
     return levels
 
 
+def _address_levels(cols: Columns, left, right, columns: tuple[str, ...]) -> np.ndarray:
+    """Levels of one address comparison: 0 different, 1 same town, 2 same postcode, 3 same street there, 4 same
+    house. The place is the PLZ where both have one (digits without leading zeros), else the town (Jaro-Winkler
+    >= 0.9); a street without a place on either side is compared on its own. One comparison: the parts of an
+    address are not independent (a PLZ names its town; a move changes them all at once)."""
+    street, number, postcode, town = columns
+    levels = np.full(len(left), NULL, dtype=np.int8)
+
+    def both(col):
+        codes = cols.codes(col)
+        return (codes[left] >= 0) & (codes[right] >= 0)
+
+    def similar(col, both_known):
+        codes, values = cols.codes(col), cols.values(col)
+        same = both_known & (codes[left] == codes[right])
+        return same | (_similarity(values[left], values[right], "jaro_winkler", both_known & ~same) >= 0.9)
+
+    has_plz, has_town, has_street = both(postcode), both(town), both(street)
+    digits = cols.derived("plz_digits", postcode, lambda v: v.lstrip("0") or v)
+    same_plz = has_plz & (digits[left] == digits[right])
+    same_town = similar(town, has_town)
+    place_known = has_plz | has_town
+    same_place = same_plz | (~has_plz & same_town)
+    same_street = similar(street, has_street)
+    n_codes = cols.codes(number)
+    same_number = both(number) & (n_codes[left] == n_codes[right])
+    at_place = same_place | ~place_known  # a street is compared where the place agrees or is unknown
+    levels[place_known | has_street] = 0
+    levels[same_town] = 1
+    levels[same_place] = 2
+    levels[at_place & same_street] = 3
+    levels[at_place & same_street & same_number] = 4
+    return levels
+
+
 def name_mailboxes(local: pd.Series, first: pd.Series, last: pd.Series) -> np.ndarray:
     """Vectorised :func:`name_mailbox` over whole columns."""
     letters = local.astype(object).where(local.notna(), None).str.replace(r"[^a-z]", "", regex=True)
@@ -368,7 +405,7 @@ class FSModel:
     m: list[np.ndarray]
     u: list[np.ndarray]
     prior: float
-    tf: dict[str, dict[str, float]] = field(default_factory=dict)
+    tf: dict[str, np.ndarray] = field(default_factory=dict)  # per record: its value's frequency
     iterations: int = 0
     u_random: list[np.ndarray] = field(default_factory=list)
 
@@ -399,17 +436,30 @@ def _level_matrix(levels: dict[str, np.ndarray], names: list[str]) -> np.ndarray
 
 def estimate_u(df: pd.DataFrame, spec: EntityMatchSpec, sample: int, seed: int = 0,
                cols: Columns | None = None) -> list[np.ndarray]:
-    """u: how often two random records agree at each level (random pairs are almost never matches)."""
+    """u: how often two records of different entities agree at each level, from random pairs.
+
+    Random pairs are almost never matches in a large data set, but in a small one they can be (five records
+    with two duplicates: one pair in five), so a pair that a training rule marks as a near-certain match is left
+    out. Where all pairs fit in the sample, all are taken instead of a sample."""
     n = len(df)
-    rng = np.random.default_rng(seed)
-    size = min(sample, max(1, n * (n - 1) // 2)) if n >= 2 else 0  # a first run may have nothing to compare
-    a = rng.integers(0, max(n, 1), size=size)
-    b = rng.integers(0, max(n, 1), size=size)
-    keep = a != b
-    levels = comparison_levels(df, a[keep], b[keep], spec, cols)
+    all_pairs = n * (n - 1) // 2
+    if 0 < all_pairs <= sample:
+        a, b = np.triu_indices(n, 1)
+    else:
+        rng = np.random.default_rng(seed)
+        size = sample if n >= 2 else 0  # a first run may have nothing to compare
+        a = rng.integers(0, max(n, 1), size=size)
+        b = rng.integers(0, max(n, 1), size=size)
+        keep = a != b
+        a, b = a[keep], b[keep]
+    levels = comparison_levels(df, a, b, spec, cols)
+    top = {c.name: c.top_level for c in spec.comparisons}
+    match = np.zeros(len(a), dtype=bool)
+    for rule in spec.training_rules:
+        match |= np.logical_and.reduce([levels[name] == top[name] for name in rule])
     out = []
     for comp in spec.comparisons:
-        lv = levels[comp.name]
+        lv = levels[comp.name][~match]
         k = comp.top_level + 1
         counts = np.bincount(lv[lv >= 0], minlength=k).astype(float)[:k]
         # Add-one smoothing: a level never seen among random pairs is rare, not impossible.
@@ -417,18 +467,30 @@ def estimate_u(df: pd.DataFrame, spec: EntityMatchSpec, sample: int, seed: int =
     return out
 
 
-def term_frequencies(df: pd.DataFrame, spec: EntityMatchSpec) -> dict[str, dict[str, float]]:
-    tf = {}
+def term_frequencies(df: pd.DataFrame, spec: EntityMatchSpec) -> dict[str, np.ndarray]:
+    """Per comparison with term frequencies: how common each record's value is (NaN where missing).
+
+    A name compared across the swap columns ("Lindenmeier, Eugenia" against "Eugenia Lindenmeier") is looked up
+    in both: the more common reading counts. Looked up in its own column only, a surname in the first-name field
+    would be "never seen" and its agreement worth seventeen bits it does not have."""
+    tf: dict[str, np.ndarray] = {}
     for comp in spec.comparisons:
-        if comp.term_frequency:
-            s = df[comp.column].dropna()
-            if len(s):
-                tf[comp.name] = (s.value_counts() / len(s)).to_dict()
+        if not comp.term_frequency:
+            continue
+        s = df[comp.column]
+        if not s.notna().any():
+            continue
+        freq = s.map(s.value_counts(normalize=True)).to_numpy(np.float64)
+        if spec.name_swap and comp.column in spec.name_swap:
+            other = df[spec.name_swap[1] if comp.column == spec.name_swap[0] else spec.name_swap[0]]
+            if other.notna().any():
+                freq = np.fmax(freq, s.map(other.value_counts(normalize=True)).to_numpy(np.float64))
+        tf[comp.name] = freq.astype(np.float32)
     return tf
 
 
 def fit(levels: dict[str, np.ndarray], spec: EntityMatchSpec, u_random: list[np.ndarray],
-        tf: dict[str, dict[str, float]], n_records: int) -> FSModel:
+        tf: dict[str, np.ndarray], n_records: int) -> FSModel:
     """m from high-confidence pairs, u from random pairs, the prior from the first training rule.
 
     u is the chance that two random records agree at a level (estimate_u). m, the chance
@@ -506,8 +568,7 @@ def score(df: pd.DataFrame, left: np.ndarray, right: np.ndarray, levels: dict[st
             # how common the value is, relative to the average chance agreement u.
             top = lv == comp.top_level
             if top.any():
-                values = _strings(df, comp.column)[left[top]]
-                freq = np.array([model.tf[comp.name].get(v, _FLOOR) for v in values], dtype=np.float64)
+                freq = np.nan_to_num(model.tf[comp.name][left[top]].astype(np.float64), nan=_FLOOR)
                 u_exact = float((model.u_random or model.u)[c][comp.top_level])
                 total[top] += np.log2(np.maximum(u_exact, _FLOOR) / np.maximum(freq, _FLOOR))
     prob = 1.0 / (1.0 + np.power(2.0, -np.clip(total, -60, 60)))

@@ -7,7 +7,10 @@ from pathlib import Path
 
 from ...platform.configfile import YamlDoc, check_keys, load_yaml, require_mapping
 
-COMPARISON_KINDS = ("exact", "exact_any", "string", "email", "postcode", "legal_form")
+COMPARISON_KINDS = ("exact", "exact_any", "string", "email", "postcode", "address", "legal_form")
+# The columns of an address comparison, in this order: one comparison, so that a move (street, number, PLZ and
+# town all different) counts once as one fact, and a PLZ with its town counts once, not twice.
+ADDRESS_PARTS = ("street", "house number", "postcode", "town")
 SCORERS = ("jaro_winkler", "token_set", "ratio")
 RULES = ("source_priority", "most_recent", "most_frequent")
 
@@ -29,7 +32,7 @@ class ComparisonSpec:
     def top_level(self) -> int:
         """The level code of an exact agreement."""
         return {"exact": 1, "exact_any": 1, "string": len(self.thresholds) + 1, "email": 3, "postcode": 2,
-                "legal_form": 2}[self.kind]
+                "address": 4, "legal_form": 2}[self.kind]
 
     def level_names(self) -> list[str]:
         if self.kind in ("exact", "exact_any"):
@@ -40,6 +43,8 @@ class ComparisonSpec:
             return ["different", "similar mailbox", "same mailbox, other domain", "exact"]
         if self.kind == "postcode":
             return ["different", "same region", "exact"]
+        if self.kind == "address":
+            return ["different", "same town", "same postcode", "same street", "same address"]
         return ["conflicting", "compatible", "same"]
 
 
@@ -143,6 +148,9 @@ def _entity(doc: YamlDoc, name: str) -> EntityMatchSpec:
         cols = raw["columns"]
         if not isinstance(cols, list) or not cols or not all(isinstance(c, str) for c in cols):
             raise doc.error(f"{key}.columns", "must be a list of column names")
+        if raw["kind"] == "address" and len(cols) != len(ADDRESS_PARTS):
+            raise doc.error(f"{key}.columns", f"an address comparison names {len(ADDRESS_PARTS)} columns: "
+                                              f"{', '.join(ADDRESS_PARTS)}")
         scorer = raw.get("scorer", "jaro_winkler")
         if scorer not in SCORERS:
             raise doc.error(f"{key}.scorer", f"unknown scorer '{scorer}'; known: {', '.join(SCORERS)}")
