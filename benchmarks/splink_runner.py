@@ -6,13 +6,15 @@ blocking rules, u by random sampling, prior from deterministic rules), adapted t
 columns this data has; accounts use name token similarity, postcode, domain and the
 identifiers. Splink is installed only for benchmarks (`pip install -e '.[bench]'`).
 
-    python -m benchmarks.splink_runner persons RECORDS.parquet OUT.csv
+    python -m benchmarks.splink_runner persons RECORDS.pkl OUT.csv
+    python -m benchmarks.splink_runner generic PEOPLE.csv OUT.csv   (PEOPLE.mapping.yaml beside it)
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import pandas as pd
 
@@ -120,10 +122,62 @@ def splink_accounts(signatures: pd.DataFrame, threshold: float = 0.95) -> pd.Dat
     return out
 
 
+def splink_generic(records: pd.DataFrame, threshold: float = 0.95) -> pd.DataFrame:
+    """Any person file as the dedupe command prepares it: Splink's published person example (forename and surname
+    with term frequencies, date of birth, postcode, e-mail; EM on name and date-of-birth blocks), with the street,
+    town and phone this data has."""
+    import splink.comparison_library as cl
+    from splink import SettingsCreator, block_on
+
+    df = pd.DataFrame({
+        "unique_id": records["record_key"].astype(str),
+        "first_name": records["first_key"], "surname": records["last_key"], "dob": records["date_of_birth"],
+        "email": records["email_norm"], "phone": records["phone_any"], "street": records["street_key"],
+        "postcode": records["postal_code"], "city": records["city_key"],
+    })
+    df = df.astype(object).where(df.notna(), None)
+    both = df["first_name"].notna() & df["surname"].notna()
+    df["first_name_surname_concat"] = (df["first_name"].astype(str) + " " + df["surname"].astype(str)).where(both, None)
+    settings = SettingsCreator(
+        link_type="dedupe_only",
+        comparisons=[
+            cl.ForenameSurnameComparison("first_name", "surname",
+                                         forename_surname_concat_col_name="first_name_surname_concat"),
+            cl.DateOfBirthComparison("dob", input_is_string=True),
+            cl.EmailComparison("email"),
+            cl.ExactMatch("phone"),
+            cl.JaroWinklerAtThresholds("street", [0.9]),
+            cl.ExactMatch("postcode").configure(term_frequency_adjustments=True),
+            cl.ExactMatch("city").configure(term_frequency_adjustments=True),
+        ],
+        blocking_rules_to_generate_predictions=[
+            block_on("first_name", "surname"), block_on("surname", "dob"), block_on("first_name", "dob"),
+            block_on("postcode", "first_name"), block_on("email"), block_on("phone"),
+        ],
+        retain_intermediate_calculation_columns=False,
+        retain_matching_columns=False,
+    )
+    linker = _linker(df, settings)
+    linker.training.estimate_probability_two_random_records_match(
+        [block_on("first_name", "surname", "dob"), block_on("email")], recall=0.7)
+    linker.training.estimate_u_using_random_sampling(max_pairs=5e6, seed=1)
+    linker.training.estimate_parameters_using_expectation_maximisation(block_on("first_name", "surname"))
+    linker.training.estimate_parameters_using_expectation_maximisation(block_on("dob"))
+    return _clusters(linker, threshold)
+
+
 def main(argv: list[str]) -> int:
     kind, src, dst = argv
-    records = pd.read_pickle(src)
-    out = splink_persons(records) if kind == "persons" else splink_accounts(records)
+    if kind == "generic":  # a person CSV with its mapping beside it, read and prepared as the dedupe command does
+        from crm_pipelines.matching.generic import prepare, read_mapped
+
+        raw, _rejected, _mapping = read_mapped(Path(src), Path(src).with_suffix(".mapping.yaml"))
+        records = prepare(raw)
+        del raw
+        out = splink_generic(records).rename(columns={"unique_id": "record_id"})
+    else:
+        records = pd.read_pickle(src)
+        out = splink_persons(records) if kind == "persons" else splink_accounts(records)
     out.to_csv(dst, index=False)
     return 0
 

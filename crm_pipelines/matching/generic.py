@@ -10,12 +10,12 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from ..core.cleaning import map_unique
+from ..core.cleaning import map_unique, on_distinct
 from ..core.cleaning.addresses import normalize_postcode, split_street, street_key
 from ..core.cleaning.emails import clean_emails
 from ..core.cleaning.names import clean_person_names, phonetic_pair
 from ..core.cleaning.phones import clean_phones
-from ..core.golden.matching.engine import name_mailboxes
+from ..core.golden.matching.engine import compact, name_mailboxes
 from ..core.golden.matching.resolve import Resolution, resolve
 from ..core.golden.matching.settings import EntityMatchSpec
 from ..core.sources.mapping import SourceMapping, apply_mapping, load_mapping
@@ -54,7 +54,7 @@ def read_mapped(input_csv: Path, mapping_file: Path) -> tuple[pd.DataFrame, list
         rejected = rejected[:len(rejected) - len(mapped.bad_positions)] + [
             (chunk.line_no[p] or chunk.record_no[p], ("kept with blank field(s): " if i in kept else "") + r)
             for i, (p, r) in enumerate(zip(mapped.bad_positions, mapped.bad_reasons))]
-    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    df = compact(pd.concat(frames, ignore_index=True)) if frames else pd.DataFrame()
     return df, rejected, mapping
 
 
@@ -68,7 +68,7 @@ def prepare(df: pd.DataFrame, region: str = "DE") -> pd.DataFrame:
         first = first.where(first.notna(), parts.map(lambda p: p[2] if p else None))
         last = last.where(last.notna(), parts.map(lambda p: p[3] if p else None))
     names = clean_person_names(first.where(first.notna(), None), last.where(last.notna(), None))
-    for c in ("first_name", "last_name", "first_key", "last_key", "first_kp", "last_kp"):
+    for c in ("first_key", "last_key", "first_kp", "last_kp"):  # the display forms are not compared
         out[c] = names[c]
     out["first_initial"] = out["first_key"].str[:1]
     out["name_kp_pair"] = phonetic_pair(out["first_kp"], out["last_kp"])
@@ -76,26 +76,28 @@ def prepare(df: pd.DataFrame, region: str = "DE") -> pd.DataFrame:
     out["date_of_birth"] = pd.to_datetime(dob, errors="coerce").dt.strftime("%Y-%m-%d").astype(object).where(dob.notna(), None)
     nid = df["national_id"].astype(object).where(df["national_id"].notna(), None).str.replace(r"\s", "", regex=True)
     out["national_id"] = nid.where(nid != "", None)
-    emails = clean_emails(df["email"])
+    emails = on_distinct(df["email"], clean_emails)
     out["email_norm"] = emails["email_norm"]
     out["email_local"] = emails["email_local"]
     # "hans.mueller@gmx.de" and "hans.mueller@web.de" repeat the name: the e-mail comparison gives such mailboxes
     # no evidence of their own, or every pair of namesakes would merge.
     out["mailbox_is_name"] = name_mailboxes(out["email_local"], out["first_key"], out["last_key"])
-    out["phone_e164"] = clean_phones(df["phone"], region)
+    out["phone_e164"] = on_distinct(df["phone"], lambda s: clean_phones(s, region))
     out["phone_any"] = out["phone_e164"]
     street = df["street"].astype(object).where(df["street"].notna(), None)
     parts = map_unique(street, split_street)
     number = df["house_number"].astype(object).where(df["house_number"].notna(), parts.map(lambda p: p[1] if p else None))
     out["house_number"] = number.astype(object).where(number.notna(), None).str.strip().str.lower()
     out["street_key"] = map_unique(parts.map(lambda p: p[0] if p else None), street_key)
-    country = df["country"].where(df["country"].notna(), region) if "country" in df else region
-    pcs = [normalize_postcode(p, c if isinstance(c, str) else region) if p is not None else None
-           for p, c in zip(df["postal_code"].astype(object).where(df["postal_code"].notna(), None),
-                           country if not isinstance(country, str) else [country] * len(df))]
-    out["postal_code"] = pd.Series(pcs, index=df.index, dtype=object)
+    country = (df["country"].astype(object).where(df["country"].notna(), region) if "country" in df
+               else pd.Series(region, index=df.index, dtype=object))
+    postal = pd.Series(None, index=df.index, dtype=object)
+    for code in pd.unique(country):  # one pass per country over its distinct postcodes
+        mine = (country == code).to_numpy()
+        postal[mine] = map_unique(df["postal_code"][mine], lambda p, c=code: normalize_postcode(p, c))
+    out["postal_code"] = postal
     out["city_key"] = map_unique(df["city"].astype(object).where(df["city"].notna(), None), street_key)
-    return out
+    return compact(out)
 
 
 def dedupe(input_csv: Path, mapping_file: Path, spec: EntityMatchSpec, region: str = "DE",
@@ -107,6 +109,7 @@ def dedupe(input_csv: Path, mapping_file: Path, spec: EntityMatchSpec, region: s
     log(f"read {len(raw) + dropped:,} records from {input_csv.name}: {len(raw):,} usable "
         f"({len(rejected) - dropped:,} with a field blanked), {dropped:,} rejected")
     records = prepare(raw, region)
+    del raw  # the mapped input is done with: matching reuses its memory
     present = {c for c in NEEDED if c in records.columns and records[c].notna().any()}
     usable = spec.without_columns(NEEDED - present)
     if not usable.comparisons:

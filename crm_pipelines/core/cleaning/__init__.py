@@ -17,3 +17,15 @@ def map_unique(series: pd.Series, fn: Callable[[Any], Any]) -> pd.Series:
     uniques = pd.unique(values.dropna())
     lookup = {v: fn(v) for v in uniques}
     return values.map(lookup).astype(object).where(values.notna(), None)
+
+
+def on_distinct(series: pd.Series, fn: Callable[[pd.Series], Any]):
+    """A column-wise cleaning function (Series -> Series or DataFrame) run on the distinct values only and spread
+    back over the records: e-mails and phone numbers of a million records repeat enough to halve the work."""
+    import numpy as np
+
+    codes, uniques = pd.factorize(series)
+    values = pd.Series(list(uniques) + [None], dtype=object)  # the last one stands for every missing value
+    result = fn(values)
+    picked = result.iloc[np.where(codes >= 0, codes, len(uniques))]
+    return picked.set_axis(series.index)

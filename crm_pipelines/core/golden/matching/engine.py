@@ -186,15 +186,35 @@ def _strings(df: pd.DataFrame, col: str) -> np.ndarray:
 SIMILARITY_CHUNK = 1_000_000
 
 
-def _similarity(a: np.ndarray, b: np.ndarray, scorer: str, only: np.ndarray | None = None) -> np.ndarray:
-    """Similarity in 0..1 for the pairs of strings (a[i], b[i]), computed where ``only`` is set (both present)."""
+def _similarity(a: np.ndarray, b: np.ndarray, scorer: str, only: np.ndarray | None = None,
+                codes: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Similarity in 0..1 for the pairs of strings (a[i], b[i]), computed where ``only`` is set (both present).
+
+    ``codes``: the values' integer codes (one code space for both sides). Pairs repeat their values a lot (the
+    candidate pairs of a block of Müllers compare the same first names again and again), so each distinct pair of
+    codes is scored once (the scorers are symmetric) and the result spread over its pairs."""
     fn, scale = _SCORERS[scorer]
     ok = (pd.notna(a) & pd.notna(b)) if only is None else only
     out = np.zeros(len(a), dtype=np.float32)
     todo = np.flatnonzero(ok)
+    inverse = None
+    if codes is not None and len(todo):
+        ca, cb = codes[0][todo].astype(np.int64), codes[1][todo].astype(np.int64)
+        width = int(max(ca.max(), cb.max())) + 1
+        key = np.minimum(ca, cb) * width + np.maximum(ca, cb)
+        # Hashing, not sorting: codes in order of first appearance, and the first appearances in that order.
+        inverse = pd.factorize(key)[0]
+        first = np.flatnonzero(~pd.Series(key).duplicated().to_numpy())
+        todo_all, todo = todo, todo[first]
+    sims = np.zeros(len(todo), dtype=np.float32)
     for start in range(0, len(todo), SIMILARITY_CHUNK):
         part = todo[start:start + SIMILARITY_CHUNK]
-        out[part] = process.cpdist(a[part].tolist(), b[part].tolist(), scorer=fn, workers=-1, dtype=np.float32) / scale
+        sims[start:start + len(part)] = process.cpdist(a[part].tolist(), b[part].tolist(), scorer=fn, workers=-1,
+                                                       dtype=np.float32) / scale
+    if inverse is not None:
+        out[todo_all] = sims[inverse]
+    else:
+        out[todo] = sims
     return out
 
 
@@ -212,10 +232,10 @@ def comparison_levels(df: pd.DataFrame, left: np.ndarray, right: np.ndarray, spe
         # Only pairs that are not already identical need the (costlier) similarity check.
         todo = ~direct_exact
         fl, fr, ll, lr = fc[left] >= 0, fc[right] >= 0, lc[left] >= 0, lc[right] >= 0
-        direct = (_similarity(fv[left], fv[right], "jaro_winkler", todo & fl & fr)
-                  + _similarity(lv[left], lv[right], "jaro_winkler", todo & ll & lr))
-        crossed = (_similarity(fv[left], lv[right], "jaro_winkler", todo & fl & lr)
-                   + _similarity(lv[left], fv[right], "jaro_winkler", todo & ll & fr))
+        direct = (_similarity(fv[left], fv[right], "jaro_winkler", todo & fl & fr, (fc[left], fc[right]))
+                  + _similarity(lv[left], lv[right], "jaro_winkler", todo & ll & lr, (lc[left], lc[right])))
+        crossed = (_similarity(fv[left], lv[right], "jaro_winkler", todo & fl & lr, (fc[left], lc[right]))
+                   + _similarity(lv[left], fv[right], "jaro_winkler", todo & ll & fr, (lc[left], fc[right])))
         swap = (crossed > direct + 0.2) | (crossed_exact & ~direct_exact)
     out: dict[str, np.ndarray] = {}
     for comp in spec.comparisons:
@@ -286,7 +306,7 @@ def _levels_for(cols: Columns, left, right, comp: ComparisonSpec, spec: EntityMa
     if comp.kind == "exact":
         levels[exact] = 1
     elif comp.kind == "string":
-        sim = _similarity(va, vb, comp.scorer, known & ~exact)
+        sim = _similarity(va, vb, comp.scorer, known & ~exact, (ca, cb))
         k = len(comp.thresholds)
         for i, t in enumerate(reversed(comp.thresholds)):  # lowest threshold first, so higher ones overwrite
             levels[known & (sim >= t)] = i + 1
@@ -296,7 +316,8 @@ def _levels_for(cols: Columns, left, right, comp: ComparisonSpec, spec: EntityMa
         la, lb = local[left], local[right]
         same_local = known & (la == lb) & ~exact
         local_values = cols.values(f"local({comp.column})")
-        sim = _similarity(local_values[left], local_values[right], "jaro_winkler", known & ~exact & ~same_local)
+        sim = _similarity(local_values[left], local_values[right], "jaro_winkler", known & ~exact & ~same_local,
+                          (la, lb))
         levels[known & (sim >= 0.88)] = 1
         levels[same_local] = 2
         if spec.name_swap and "mailbox_is_name" in cols.df.columns:
@@ -352,7 +373,8 @@ def _address_levels(cols: Columns, left, right, columns: tuple[str, ...]) -> np.
     def similar(col, both_known):
         codes, values = cols.codes(col), cols.values(col)
         same = both_known & (codes[left] == codes[right])
-        return same | (_similarity(values[left], values[right], "jaro_winkler", both_known & ~same) >= 0.9)
+        return same | (_similarity(values[left], values[right], "jaro_winkler", both_known & ~same,
+                                   (codes[left], codes[right])) >= 0.9)
 
     has_plz, has_town, has_street = both(postcode), both(town), both(street)
     digits = cols.derived("plz_digits", postcode, lambda v: v.lstrip("0") or v)
@@ -477,16 +499,43 @@ def term_frequencies(df: pd.DataFrame, spec: EntityMatchSpec) -> dict[str, np.nd
     for comp in spec.comparisons:
         if not comp.term_frequency:
             continue
-        s = df[comp.column]
-        if not s.notna().any():
+        codes, uniques = pd.factorize(df[comp.column])
+        if not (codes >= 0).any():
             continue
-        freq = s.map(s.value_counts(normalize=True)).to_numpy(np.float64)
+        share = _shares(codes)
         if spec.name_swap and comp.column in spec.name_swap:
-            other = df[spec.name_swap[1] if comp.column == spec.name_swap[0] else spec.name_swap[0]]
-            if other.notna().any():
-                freq = np.fmax(freq, s.map(other.value_counts(normalize=True)).to_numpy(np.float64))
-        tf[comp.name] = freq.astype(np.float32)
+            other_codes, other_uniques = pd.factorize(df[spec.name_swap[1] if comp.column == spec.name_swap[0]
+                                                         else spec.name_swap[0]])
+            if (other_codes >= 0).any():
+                as_other = pd.Index(other_uniques).get_indexer(pd.Index(uniques))  # -1: never in the other column
+                other_share = np.r_[_shares(other_codes), 0.0]
+                share = np.maximum(share, other_share[as_other])
+        tf[comp.name] = np.where(codes >= 0, np.r_[share, np.nan][codes], np.nan).astype(np.float32)
     return tf
+
+
+def _shares(codes: np.ndarray) -> np.ndarray:
+    """Each code's share of the non-missing values."""
+    counts = np.bincount(codes[codes >= 0]).astype(np.float64)
+    return counts / counts.sum()
+
+
+def compact(df: pd.DataFrame, max_distinct_share: float = 0.9) -> pd.DataFrame:
+    """String columns as categoricals, in place: each distinct value stored once and a 32-bit code per record.
+
+    A cleaned column is a new string object per record (60 bytes) although most values repeat (names, towns,
+    streets, dates); at 13 million records and twenty columns that is the difference between 16 GB and 3.
+    Columns of nearly unique values (record keys) stay as they are: there a category would cost more."""
+    for col in df.columns:
+        s = df[col]
+        if s.dtype != object:
+            continue
+        codes, uniques = pd.factorize(s)  # one hashing pass: the codes are the categorical's
+        present = int((codes >= 0).sum())
+        if present and len(uniques) <= max_distinct_share * present and all(isinstance(v, str) for v in uniques[:100]):
+            df[col] = pd.Series(pd.Categorical.from_codes(codes, categories=pd.Index(uniques, dtype=object)),
+                                index=df.index)
+    return df
 
 
 def fit(levels: dict[str, np.ndarray], spec: EntityMatchSpec, u_random: list[np.ndarray],
