@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import sys
 import time
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Callable
 
@@ -15,7 +18,7 @@ from ..core.cleaning.addresses import normalize_postcode, split_street, street_k
 from ..core.cleaning.emails import clean_emails
 from ..core.cleaning.names import clean_person_names, phonetic_pair
 from ..core.cleaning.phones import clean_phones
-from ..core.golden.matching.engine import compact, name_mailboxes
+from ..core.golden.matching.engine import compact, concat_compact, name_mailboxes
 from ..core.golden.matching.resolve import Resolution, resolve
 from ..core.golden.matching.settings import EntityMatchSpec
 from ..core.sources.mapping import SourceMapping, apply_mapping, load_mapping
@@ -26,15 +29,22 @@ NEEDED = {"first_key", "last_key", "date_of_birth", "national_id", "email_norm",
           "house_number", "postal_code", "city_key", "phone_any", "first_initial", "last_kp", "name_kp_pair"}
 
 
-def read_mapped(input_csv: Path, mapping_file: Path) -> tuple[pd.DataFrame, list[tuple[int, str]], SourceMapping]:
+CHUNK_ROWS = 100_000  # records read, mapped and cleaned at a time
+
+
+def read_mapped(input_csv: Path, mapping_file: Path, each: Callable[[pd.DataFrame], pd.DataFrame] | None = None
+                ) -> tuple[pd.DataFrame, list[tuple[int, str]], SourceMapping]:
+    """The mapped records of a CSV and the rejected lines. ``each``: applied to every chunk of mapped records as it
+    is read (the dedupe command cleans a chunk at a time, so the raw text of a million records is never held)."""
+    take = each or (lambda frame: frame)
     mapping = load_mapping(mapping_file, name_must_match=False)
     if mapping.entity.name != "person":
         raise SystemExit(f"{mapping_file}: entity must be 'person' for the dedupe command (is '{mapping.entity.name}')")
     frames, rejected = [], []
-    for chunk in read_file(input_csv, mapping, chunk_rows=100_000):
+    for chunk in read_file(input_csv, mapping, chunk_rows=CHUNK_ROWS):
         frame = chunk.frame
         mapped = apply_mapping(mapping, frame, chunk.problems)
-        frames.append(mapped.good)
+        frames.append(take(mapped.good))
         if not len(mapped.bad_positions):
             continue
         # A typo in a birth date should not drop the person from deduplication: blank the fields
@@ -46,7 +56,7 @@ def read_mapped(input_csv: Path, mapping_file: Path) -> tuple[pd.DataFrame, list
                     retry.at[i, f] = None
         problems = [chunk.problems[p] for p in mapped.bad_positions]
         second = apply_mapping(mapping, retry, problems)
-        frames.append(second.good)
+        frames.append(take(second.good))
         for p, r in zip(mapped.bad_positions, mapped.bad_reasons):
             where = chunk.line_no[p] or chunk.record_no[p]
             rejected.append((where, r))
@@ -54,8 +64,8 @@ def read_mapped(input_csv: Path, mapping_file: Path) -> tuple[pd.DataFrame, list
         rejected = rejected[:len(rejected) - len(mapped.bad_positions)] + [
             (chunk.line_no[p] or chunk.record_no[p], ("kept with blank field(s): " if i in kept else "") + r)
             for i, (p, r) in enumerate(zip(mapped.bad_positions, mapped.bad_reasons))]
-    df = compact(pd.concat(frames, ignore_index=True)) if frames else pd.DataFrame()
-    return df, rejected, mapping
+    frames = [f.result() if isinstance(f, Future) else f for f in frames]
+    return (concat_compact(frames) if frames else pd.DataFrame()), rejected, mapping
 
 
 def prepare(df: pd.DataFrame, region: str = "DE") -> pd.DataFrame:
@@ -100,16 +110,47 @@ def prepare(df: pd.DataFrame, region: str = "DE") -> pd.DataFrame:
     return compact(out)
 
 
+class _Cleaner:
+    """Cleans the chunks of mapped records while the next ones are read: in a second process where there is a
+    second core and more than one chunk (reading and cleaning a million records each take half a minute), at most
+    two chunks in flight so that a fast reader cannot pile up raw text; else in this process."""
+
+    def __init__(self, region: str):
+        self.region = region
+        self.pool: ProcessPoolExecutor | None = None
+        self.pending: list[Future] = []
+        self.chunks = 0
+
+    def __enter__(self) -> "_Cleaner":
+        return self
+
+    def submit(self, frame: pd.DataFrame):
+        self.chunks += 1
+        if self.pool is None and self.chunks > 1 and (os.cpu_count() or 1) > 1:
+            self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        if self.pool is None:
+            return prepare(frame, self.region)
+        self.pending = [f for f in self.pending if not f.done()]
+        if len(self.pending) >= 2:
+            wait(self.pending[:1])
+        future = self.pool.submit(prepare, frame, self.region)
+        self.pending.append(future)
+        return future
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=exc[0] is not None)
+
+
 def dedupe(input_csv: Path, mapping_file: Path, spec: EntityMatchSpec, region: str = "DE",
            log: Callable[[str], None] | None = None) -> tuple[pd.DataFrame, Resolution, list]:
     log = log or (lambda m: print(m, file=sys.stderr))
     started = time.monotonic()
-    raw, rejected, _mapping = read_mapped(input_csv, mapping_file)
+    with _Cleaner(region) as cleaner:
+        records, rejected, _mapping = read_mapped(input_csv, mapping_file, each=cleaner.submit)
     dropped = sum(1 for _, r in rejected if not r.startswith("kept with blank"))
-    log(f"read {len(raw) + dropped:,} records from {input_csv.name}: {len(raw):,} usable "
+    log(f"read {len(records) + dropped:,} records from {input_csv.name}: {len(records):,} usable "
         f"({len(rejected) - dropped:,} with a field blanked), {dropped:,} rejected")
-    records = prepare(raw, region)
-    del raw  # the mapped input is done with: matching reuses its memory
     present = {c for c in NEEDED if c in records.columns and records[c].notna().any()}
     usable = spec.without_columns(NEEDED - present)
     if not usable.comparisons:

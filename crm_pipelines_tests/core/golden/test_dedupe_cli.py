@@ -85,3 +85,26 @@ def test_dedupe_a_german_file_of_namesakes_swaps_umlauts_gaps_and_moves(tmp_path
     clusters = pd.read_csv(tmp_path / "clusters.csv", dtype=str)
     scores = pairwise_scores(clusters.set_index("record_id")["cluster_id"], pd.Series(truth))
     assert scores.precision >= 0.99 and scores.f1 >= 0.98, scores
+
+
+def test_cleaning_chunks_in_a_second_process_gives_the_same_clusters(tmp_path, monkeypatch):
+    from benchmarks.german_people import MAPPING as GERMAN_MAPPING
+    from benchmarks.german_people import write as write_german
+    from crm_pipelines.core.golden.matching.settings import load_matching_config
+    from crm_pipelines.matching import generic
+    from crm_pipelines.settings import DEFAULT_CONFIG_DIR
+
+    write_german(tmp_path / "kunden.csv", records=3000, seed=8)
+    (tmp_path / "kunden.yaml").write_text(GERMAN_MAPPING, encoding="utf-8")
+    spec = load_matching_config(DEFAULT_CONFIG_DIR / "matching.yaml").generic_persons
+    monkeypatch.setattr(generic, "CHUNK_ROWS", 700)  # five chunks: the second and later go to the worker
+    started = []
+    real_pool = generic.ProcessPoolExecutor
+    monkeypatch.setattr(generic, "ProcessPoolExecutor", lambda *a, **k: started.append(1) or real_pool(*a, **k))
+    monkeypatch.setattr(generic.os, "cpu_count", lambda: 2)
+    two, _res, _rej = generic.dedupe(tmp_path / "kunden.csv", tmp_path / "kunden.yaml", spec, log=lambda _m: None)
+    assert started == [1]
+    monkeypatch.setattr(generic.os, "cpu_count", lambda: 1)
+    one, _res, _rej = generic.dedupe(tmp_path / "kunden.csv", tmp_path / "kunden.yaml", spec, log=lambda _m: None)
+    assert started == [1] and len(one) == 3000
+    pd.testing.assert_frame_equal(two, one)

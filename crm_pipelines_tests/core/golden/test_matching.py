@@ -123,6 +123,25 @@ def test_blocking_unions_rules_and_skips_oversized_blocks():
     assert pairs.stats[0]["skipped_blocks"] == 1 and pairs.stats[1]["records_in_skipped_blocks"] == 3
 
 
+def test_a_rule_with_a_block_limit_of_its_own_skips_frequent_names_only(tmp_path):
+    from dataclasses import replace
+
+    df = pd.DataFrame({"names": ["mueller-hans"] * 3 + ["kambs-giesela"] * 2, "plz": ["1", "1", "2", "3", "4"]})
+    spec = replace(CFG.persons, blocking=(("names",), ("plz",)), max_block_size=400, block_limits=((("names",), 2),))
+    pairs = block(df, spec)
+    # Three Hans Müllers exceed the name rule's own limit of 2; the two Kambs do not; the PLZ rule keeps 400.
+    assert sorted(zip(pairs.left.tolist(), pairs.right.tolist())) == [(0, 1), (3, 4)]
+    assert pairs.stats[0]["skipped_blocks"] == 1 and pairs.stats[1]["skipped_blocks"] == 0
+
+    text = (DEFAULT_CONFIG_DIR / "matching.yaml").read_text(encoding="utf-8")
+    bad = tmp_path / "matching.yaml"
+    bad.write_text(text.replace("{columns: [name_kp_pair], max_block_size: 20}", "{columns: [name_kp_pair], max_blocks: 20}"),
+                   encoding="utf-8")
+    with pytest.raises(Exception, match=r"generic_persons\.blocking\[5\].*max_blocks"):
+        load_matching_config(bad)
+    assert dict(CFG.generic_persons.block_limits) == {("name_kp_pair",): 20}
+
+
 def test_comparison_levels_detect_swapped_names_and_mailboxes():
     df = pd.DataFrame({
         "first_key": ["annegret", "kowalczyk", "hans"], "last_key": ["kowalczyk", "annegret", "mueller"],

@@ -100,7 +100,7 @@ def block(df: pd.DataFrame, spec: EntityMatchSpec) -> CandidatePairs:
     for r, rule in enumerate(spec.blocking):
         started = time.monotonic()
         pos, keys = _key_table(df, rule)
-        a, b, big_blocks, big_records = _pairs_within_blocks(pos, keys, spec.max_block_size)
+        a, b, big_blocks, big_records = _pairs_within_blocks(pos, keys, spec.block_limit(rule))
         keep = a != b
         lo, hi = np.minimum(a[keep], b[keep]), np.maximum(a[keep], b[keep])
         code = lo * n + hi
@@ -518,6 +518,21 @@ def _shares(codes: np.ndarray) -> np.ndarray:
     """Each code's share of the non-missing values."""
     counts = np.bincount(codes[codes >= 0]).astype(np.float64)
     return counts / counts.sum()
+
+
+def concat_compact(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Frames made a chunk at a time, one below the other, compacted: categoricals of the chunks are united (their
+    categories merged) rather than turned back into a string object per record."""
+    from pandas.api.types import union_categoricals
+
+    columns = {}
+    for col in frames[0].columns:
+        parts = [f[col] for f in frames]
+        if all(isinstance(p.dtype, pd.CategoricalDtype) for p in parts):
+            columns[col] = pd.Series(union_categoricals([p.array for p in parts]))
+        else:
+            columns[col] = pd.concat(parts, ignore_index=True)
+    return compact(pd.DataFrame(columns))
 
 
 def compact(df: pd.DataFrame, max_distinct_share: float = 0.9) -> pd.DataFrame:

@@ -59,6 +59,11 @@ class EntityMatchSpec:
     review_threshold: float = 0.5
     contradiction_threshold: float = 0.01
     max_block_size: int = 400
+    # A rule's own limit (a rule on the names alone compares only the people whose names are rare).
+    block_limits: tuple[tuple[tuple[str, ...], int], ...] = ()
+
+    def block_limit(self, rule: tuple[str, ...]) -> int:
+        return dict(self.block_limits).get(rule, self.max_block_size)
     max_cluster_size: int = 50
     em_iterations: int = 0
     u_sample_pairs: int = 300_000
@@ -128,11 +133,21 @@ def _entity(doc: YamlDoc, name: str) -> EntityMatchSpec:
     blocking = data["blocking"]
     if not isinstance(blocking, list) or not blocking:
         raise doc.error(f"{name}.blocking", "must be a non-empty list of rules, each a list of columns")
-    rules = []
+    rules, limits = [], {}
     for i, rule in enumerate(blocking):
+        key = f"{name}.blocking[{i}]"
+        if isinstance(rule, dict):  # {columns: [...], max_block_size: n}: a rule with a block limit of its own
+            check_keys(doc, rule, key, ("columns", "max_block_size"), ("columns", "max_block_size"))
+            limit = _int(doc, rule["max_block_size"], f"{key}.max_block_size", 2)
+            rule, key = rule["columns"], f"{key}.columns"
+        else:
+            limit = None
         if not isinstance(rule, list) or not rule or not all(isinstance(c, str) for c in rule):
-            raise doc.error(f"{name}.blocking[{i}]", "a rule is a list of column names, e.g. [last_kp, postal_code]")
+            raise doc.error(key, "a rule is a list of column names, e.g. [last_kp, postal_code], or "
+                                 "{columns: [...], max_block_size: n}")
         rules.append(tuple(rule))
+        if limit is not None:
+            limits[tuple(rule)] = limit
     comps = []
     seen = set()
     for i, raw in enumerate(data["comparisons"] or []):
@@ -198,6 +213,7 @@ def _entity(doc: YamlDoc, name: str) -> EntityMatchSpec:
         name_swap=tuple(swap) if swap else None, match_threshold=match, review_threshold=review,
         contradiction_threshold=contradiction,
         max_block_size=_int(doc, data.get("max_block_size", 400), f"{name}.max_block_size", 2),
+        block_limits=tuple(limits.items()),
         max_cluster_size=_int(doc, data.get("max_cluster_size", 50), f"{name}.max_cluster_size", 2),
         em_iterations=_int(doc, data.get("em_iterations", 0), f"{name}.em_iterations", 0),
         u_sample_pairs=_int(doc, data.get("u_sample_pairs", 300_000), f"{name}.u_sample_pairs", 1000),
