@@ -191,6 +191,22 @@ def test_a_surname_in_the_first_name_field_weighs_by_its_frequency_as_a_surname(
     assert tf["first_name"][4] == pytest.approx(0.2) and tf["last_name"][4] == pytest.approx(0.2)
 
 
+def test_the_same_company_says_less_at_a_large_employer_than_at_a_small_one():
+    from dataclasses import replace
+
+    from crm_pipelines.core.golden.matching.engine import FSModel, score, term_frequencies
+
+    company = next(c for c in CFG.persons.comparisons if c.name == "company")
+    assert company.term_frequency  # two "Thomas Müller" at a group with thousands of staff are often two people
+    spec = replace(CFG.persons, comparisons=(company,), name_swap=None)
+    df = pd.DataFrame({"org_key": ["grossfirma"] * 50 + ["kleinfirma"] * 2})
+    levels = {"company": np.array([company.top_level, company.top_level], dtype=np.int8)}
+    model = FSModel(["company"], [company.top_level + 1], [np.array([0.01, 0.02, 0.07, 0.9])],
+                    [np.array([0.97, 0.02, 0.005, 0.005])], 0.001, term_frequencies(df, spec))
+    weight, _prob = score(df, np.array([0, 50]), np.array([1, 51]), levels, model, spec)
+    assert weight[1] - weight[0] == pytest.approx(np.log2(25), abs=1e-6)
+
+
 def test_clustering_refuses_chains_that_a_compared_pair_contradicts():
     # A~B and B~C are strong, but A and C were compared and differ: C must not join A and B.
     left, right = np.array([0, 1, 0]), np.array([1, 2, 2])
