@@ -143,9 +143,15 @@ class Columns:
             for i, c in enumerate(shared):
                 self._codes[c] = codes[i * n:(i + 1) * n].astype(np.int32)
 
-    def values(self, col: str) -> np.ndarray:
-        if col not in self._values:  # derived columns are stored by derived()
-            self._values[col] = _strings(self.df, col)
+    def values(self, col: str):
+        """The column's values, indexable by positions or a mask (an object array, or for a categorical column a
+        :class:`Gathered`); derived columns are stored by derived()."""
+        if col not in self._values:
+            s = self.df[col]
+            if isinstance(s.dtype, pd.CategoricalDtype):
+                self._values[col] = Gathered(s.cat.codes.to_numpy(), s.cat.categories)
+            else:
+                self._values[col] = _strings(self.df, col)
         return self._values[col]
 
     def codes(self, col: str) -> np.ndarray:
@@ -169,6 +175,24 @@ class Columns:
             self._values[key] = mapped[codes]
             self._codes[key] = pd.factorize(mapped)[0].astype(np.int32)[codes]
         return self._codes[key]
+
+
+class Gathered:
+    """A categorical column's values at the positions asked for: the distinct values once, and no string object
+    per record (as a whole object array a column of 13 million records is another hundred megabytes)."""
+
+    def __init__(self, codes: np.ndarray, categories: pd.Index):
+        self.codes = codes.astype(np.int32)  # -1 where missing
+        self.lookup = np.append(np.asarray(categories, dtype=object), None)  # code -1 reads the trailing None
+
+    def __getitem__(self, positions) -> np.ndarray:
+        return self.lookup[self.codes[positions]]
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def distinct(self) -> np.ndarray:
+        return self.lookup[:-1]
 
 
 def _strings(df: pd.DataFrame, col: str) -> np.ndarray:
@@ -345,7 +369,9 @@ def _levels_for(cols: Columns, left, right, comp: ComparisonSpec, spec: EntityMa
     elif comp.kind == "legal_form":
         from ...cleaning.companies import forms_compatible
 
-        uniques = pd.unique(pd.Series([v for v in cols.values(comp.column) if v is not None], dtype=object))
+        values = cols.values(comp.column)
+        present = values.distinct() if isinstance(values, Gathered) else [v for v in values if v is not None]
+        uniques = pd.unique(pd.Series(present, dtype=object))
         index = {v: i for i, v in enumerate(uniques)}
         verdicts = {"same": 2, "compatible": 1, "conflict": 0, "unknown": NULL}
         table = np.array([[verdicts[forms_compatible(x, y)] for y in uniques] for x in uniques], dtype=np.int8).reshape(

@@ -45,7 +45,7 @@ def _used_by_several(email: pd.Series, first_key: pd.Series, last_key: pd.Series
     """Addresses whose records name at least ``used_by_people`` different people. Vectorised over the
     pairs of distinct names per address (a million records: seconds, not a loop over every address)."""
     people = pd.DataFrame({"email": email.to_numpy(), "first": first_key.to_numpy(),
-                           "last": last_key.fillna("").to_numpy()})
+                           "last": last_key.astype(object).fillna("").to_numpy()})
     people = people[people["email"].notna() & people["first"].notna()].drop_duplicates()
     people = people[people.groupby("email")["first"].transform("size") >= 2]
     if not len(people):
