@@ -25,7 +25,6 @@ from ..platform.warehouse import Warehouse, replace_table
 from ..privacy import consent
 from ..privacy.ledger import load_consent_events
 from .crosswalk import PREFIX, account_of_contacts, current_map, next_seq, register_ids, update_crosswalk
-from .matching.engine import compact
 from .matching.ids import assign_ids, id_seq
 from .matching.resolve import Resolution, resolve
 from .matching.settings import EntityMatchSpec, MatchingConfig
@@ -192,8 +191,8 @@ def resolve_accounts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
     with_register_id = int(accounts["register_id"].notna().sum())
     read_order = _key_digest(keys)
     accounts = keys = None  # freed before the resolution
+    res = resolve(sig, spec, must_link=must, cannot_link=cannot, log=log)
     rep = sig["record_key"].to_numpy()  # a signature's record, for the match edges
-    res = resolve(compact(sig.drop(columns="record_key")), spec, must_link=must, cannot_link=cannot, log=log)
     n_signatures = len(sig)
     del sig
     accounts = apply_register(load_account_records(wh, _ACCOUNT_GOLDEN_COLUMNS), wh)
@@ -267,8 +266,7 @@ def resolve_contacts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
     dec = decisions(wh, "persons")
     must, cannot, unknown = decision_links(dec, pd.Index(matching["record_key"].to_numpy(), dtype=object).get_indexer)
     read_order = _key_digest(matching["record_key"])
-    # Categoricals: each distinct name, street, town once and a 32-bit code per record (docs/golden.md, Memory).
-    matching = compact(matching.drop(columns="record_key"))
+    matching = matching.drop(columns="record_key")
     res = resolve(matching, spec, must_link=must, cannot_link=cannot, log=log)
     del matching
     persons = load_person_records(wh, set(CONTACT_FIELDS) | _BOOKKEEPING)
