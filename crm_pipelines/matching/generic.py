@@ -115,17 +115,19 @@ class _Cleaner:
     second core and more than one chunk (reading and cleaning a million records each take half a minute), at most
     two chunks in flight so that a fast reader cannot pile up raw text; else in this process."""
 
-    def __init__(self, region: str):
-        self.region = region
+    def __init__(self, region: str, log: Callable[[str], None]):
+        self.region, self.log = region, log
         self.pool: ProcessPoolExecutor | None = None
         self.pending: list[Future] = []
-        self.chunks = 0
+        self.chunks = self.records = 0
 
     def __enter__(self) -> "_Cleaner":
         return self
 
     def submit(self, frame: pd.DataFrame):
         self.chunks += 1
+        self.records += len(frame)
+        self.log(f"read and mapped {self.records:,} records")
         if self.pool is None and self.chunks > 1 and (os.cpu_count() or 1) > 1:
             self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
         if self.pool is None:
@@ -146,7 +148,7 @@ def dedupe(input_csv: Path, mapping_file: Path, spec: EntityMatchSpec, region: s
            log: Callable[[str], None] | None = None) -> tuple[pd.DataFrame, Resolution, list]:
     log = log or (lambda m: print(m, file=sys.stderr))
     started = time.monotonic()
-    with _Cleaner(region) as cleaner:
+    with _Cleaner(region, log) as cleaner:
         records, rejected, _mapping = read_mapped(input_csv, mapping_file, each=cleaner.submit)
     dropped = sum(1 for _, r in rejected if not r.startswith("kept with blank"))
     log(f"read {len(records) + dropped:,} records from {input_csv.name}: {len(records):,} usable "

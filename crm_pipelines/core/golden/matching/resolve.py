@@ -90,7 +90,7 @@ def resolve(df: pd.DataFrame, spec: EntityMatchSpec, must_link: list[tuple[int, 
     model = fit(levels, spec, u, tf, n)
     weight, prob = score(df, pairs.left, pairs.right, levels, model, spec)
     timings["model"] = time.monotonic() - t
-    log(f"{spec.entity}: model fitted in {model.iterations} EM iterations, prior {model.prior:.3f} ({timings['model']:.1f}s)")
+    log(f"{spec.entity}: model fitted in {model.iterations} EM iterations, prior {model.prior:.2e} ({timings['model']:.1f}s)")
 
     t = time.monotonic()
     auto = must_link_pairs(df, spec.must_link, shared)
