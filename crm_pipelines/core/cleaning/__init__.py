@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 
 
@@ -22,8 +23,6 @@ def map_unique(series: pd.Series, fn: Callable[[Any], Any]) -> pd.Series:
 def on_distinct(series: pd.Series, fn: Callable[[pd.Series], Any]):
     """A column-wise cleaning function (Series -> Series or DataFrame) run on the distinct values only and spread
     back over the records: e-mails and phone numbers of a million records repeat enough to halve the work."""
-    import numpy as np
-
     codes, uniques = pd.factorize(series)
     values = pd.Series(list(uniques) + [None], dtype=object)  # the last one stands for every missing value
     result = fn(values)

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from ..cleaning.names import phonetic_pair
 from ..platform.schema import ACCOUNT_RECORDS, PERSON_RECORDS, REGISTER_CACHE
 from ..platform.frames import ValuePool
 from ..platform.warehouse import KeyRange, Warehouse
@@ -265,7 +266,7 @@ def _person_keys(df: pd.DataFrame, names: list[str]) -> dict[str, np.ndarray]:
         elif name == "company_domain":
             values = _company_domain(df)
         elif name == "name_kp_pair":
-            values = [("-".join(sorted((f, l))) if f and l else None) for f, l in zip(df["first_kp"], df["last_kp"])]
+            values = phonetic_pair(df["first_kp"], df["last_kp"])
         elif name == "first_initial":
             values = df["first_key"].str[:1]
         elif name == "phone_any":

@@ -501,10 +501,7 @@ def estimate_u(df: pd.DataFrame, spec: EntityMatchSpec, sample: int, seed: int =
         keep = a != b
         a, b = a[keep], b[keep]
     levels = comparison_levels(df, a, b, spec, cols)
-    top = {c.name: c.top_level for c in spec.comparisons}
-    match = np.zeros(len(a), dtype=bool)
-    for rule in spec.training_rules:
-        match |= np.logical_and.reduce([levels[name] == top[name] for name in rule])
+    match = np.logical_or.reduce([mask for _rule, mask in _training_matches(levels, spec)] or [np.zeros(len(a), bool)])
     out = []
     for comp in spec.comparisons:
         lv = levels[comp.name][~match]
@@ -579,6 +576,14 @@ def compact(df: pd.DataFrame, max_distinct_share: float = 0.9) -> pd.DataFrame:
     return df
 
 
+def _training_matches(levels: dict[str, np.ndarray], spec: EntityMatchSpec) -> list[tuple[tuple[str, ...], np.ndarray]]:
+    """Per training rule: the pairs it marks as near-certain matches (every comparison of the rule at its top level)."""
+    top = {c.name: c.top_level for c in spec.comparisons}
+    n = len(next(iter(levels.values()))) if levels else 0
+    return [(rule, np.logical_and.reduce([levels[name] == top[name] for name in rule] or [np.ones(n, bool)]))
+            for rule in spec.training_rules]
+
+
 def fit(levels: dict[str, np.ndarray], spec: EntityMatchSpec, u_random: list[np.ndarray],
         tf: dict[str, np.ndarray], n_records: int) -> FSModel:
     """m from high-confidence pairs, u from random pairs, the prior from the first training rule.
@@ -593,15 +598,8 @@ def fit(levels: dict[str, np.ndarray], spec: EntityMatchSpec, u_random: list[np.
     """
     names = [c.name for c in spec.comparisons]
     n_levels = [c.top_level + 1 for c in spec.comparisons]
-    top = {c.name: c.top_level for c in spec.comparisons}
     m: list[np.ndarray] = []
-    n_pairs = len(next(iter(levels.values()))) if levels else 0
-    rule_masks = []
-    for rule in spec.training_rules:
-        mask = np.ones(n_pairs, dtype=bool)
-        for name in rule:
-            mask &= levels[name] == top[name]
-        rule_masks.append((set(rule), mask))
+    rule_masks = [(set(rule), mask) for rule, mask in _training_matches(levels, spec)]
     for c, comp in enumerate(spec.comparisons):
         k = n_levels[c]
         counts = np.zeros(k)
