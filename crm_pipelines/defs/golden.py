@@ -188,7 +188,7 @@ def _golden_outputs(context, wh, result: GoldenResult, cfg: MatchingConfig, key,
                     extra_checks=()):
     stats = result.stats
     audit_run(wh, context, f"golden.{result.entity}.resolved", {
-        "golden": len(result.golden), "id_events": result.id_events, "crosswalk_changes": stats.get("crosswalk_changes", 0)})
+        "golden": result.n_golden, "id_events": result.id_events, "crosswalk_changes": stats.get("crosswalk_changes", 0)})
     n_records = int(wh.scalar(sa.select(sa.func.count()).select_from(records_table)) or 0)
     missing = int(wh.scalar(sa.select(sa.func.count()).select_from(records_table).where(
         ~sa.exists().where(xw_table.c.record_key == records_table.c.record_key, xw_table.c.valid_to.is_(None)))) or 0)
@@ -198,8 +198,7 @@ def _golden_outputs(context, wh, result: GoldenResult, cfg: MatchingConfig, key,
     previous = stats.get("previous_match_rate")
     jump = abs(rate - previous) if previous is not None else 0.0
     events = result.id_events
-    golden = result.golden
-    multi = golden[golden["record_count"] > 1]["golden_id"].head(3).tolist()
+    multi = result.examples["golden_id"].head(3).tolist()
     explanations = {}
     for gid in multi:
         ex = explain(wh, result.entity, gid)
@@ -208,7 +207,7 @@ def _golden_outputs(context, wh, result: GoldenResult, cfg: MatchingConfig, key,
     weights = result.resolution.model.describe(getattr(cfg, result.entity).comparisons)
     yield dg.MaterializeResult(
         metadata={
-            "dagster/row_count": len(golden), "source_records": n_records, "match_rate": round(rate, 6),
+            "dagster/row_count": result.n_golden, "source_records": n_records, "match_rate": round(rate, 6),
             "previous_match_rate": previous if previous is not None else -1.0,
             "candidate_pairs": stats["candidate_pairs"], "possible_pairs": stats["possible_pairs"],
             "review_pairs": stats["review_pairs"], "merges_vetoed_by_contradiction": stats.get("vetoed", 0),

@@ -177,21 +177,19 @@ def test_unique_email_check_catches_a_shared_address(tmp_path, demo_landing):
         wh = Warehouse.for_url(settings.default_warehouse_url)
         golden = wh.read_frame(sa.select(GOLDEN_CONTACTS.c.golden_id, GOLDEN_CONTACTS.c.email)
                                .where(GOLDEN_CONTACTS.c.email.is_not(None)).limit(2))
-        # What the check reads is the table the asset wrote; corrupt it as a bug in survivorship would.
+        # What the check reads is the table the asset wrote; corrupt it as a broken uniqueness step would.
         from crm_pipelines.core.golden import build as golden_build
 
-        def broken(wh_, table, frame, where=None):
-            if table is GOLDEN_CONTACTS:
-                frame = frame.copy()
-                frame.loc[frame["golden_id"] == golden["golden_id"].iloc[1], "email"] = golden["email"].iloc[0]
-            return original(wh_, table, frame, where)
+        def broken(conn):
+            conn.execute(sa.update(GOLDEN_CONTACTS).where(GOLDEN_CONTACTS.c.golden_id == golden["golden_id"].iloc[1])
+                         .values(email=golden["email"].iloc[0]))
 
-        original = golden_build.replace_table
-        golden_build.replace_table = broken
+        original = golden_build._one_contact_per_email
+        golden_build._one_contact_per_email = broken
         try:
             result = defs.resolve_job_def("build_golden").execute_in_process(
                 instance=instance, raise_on_error=False, asset_selection=[dg.AssetKey(["golden", "contacts"])])
         finally:
-            golden_build.replace_table = original
+            golden_build._one_contact_per_email = original
         assert checks_of(result)[("golden/contacts", "unique_email")] is False
         assert pd.notna(golden["email"].iloc[0])

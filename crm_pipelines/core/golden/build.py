@@ -2,7 +2,8 @@
 persisted with its lineage, match edges and the match-rate reference.
 
 Plain Python over the warehouse (no Dagster): the assets in ``defs/golden.py`` call these functions,
-and tests call them directly. Order of a run: person records, account records (ERP, CRM and the company
+and tests call them directly. The matching holds its columns of every record; what follows it (survivorship,
+lineage, crosswalk, match edges) works a part of whole clusters at a time (:mod:`.parts`). Order of a run: person records, account records (ERP, CRM and the company
 mentions of persons; :mod:`.staging`), register enrichment (:mod:`.enrichment`), accounts resolved,
 contacts resolved and linked to their account (:mod:`.crosswalk`), review queue (:mod:`.review`).
 """
@@ -13,6 +14,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -21,16 +23,18 @@ import sqlalchemy as sa
 from ..platform.schema import (ACCOUNT_CROSSWALK, ACCOUNT_LINEAGE, ACCOUNT_RECORDS, CONTACT_LINEAGE, GOLDEN_ACCOUNTS,
                                GOLDEN_CONTACTS, GOLDEN_TABLES, MATCH_EDGES, MATCH_RUNS, PERSON_CROSSWALK,
                                PERSON_RECORDS, REVIEW_CANDIDATES)
-from ..platform.warehouse import Warehouse, replace_table
+from ..platform.warehouse import KeyRange, Warehouse, replace_table
 from ..privacy import consent
 from ..privacy.ledger import load_consent_events
-from .crosswalk import PREFIX, account_of_contacts, current_map, next_seq, register_ids, update_crosswalk
-from .matching.ids import assign_ids, id_seq
+from .crosswalk import PREFIX, _mention_accounts, account_votes, current_map, next_seq, register_ids
+from .matching.ids import IdAssignment, assign_id_seqs, id_seqs
 from .matching.resolve import Resolution, resolve
 from .matching.settings import EntityMatchSpec, MatchingConfig
 from .records import SIGNATURE_COLUMNS, account_signatures
 from .review import decision_links, decisions
-from .staging import ACCOUNT_FIELDS, CONTACT_FIELDS, Log, apply_register, load_account_records, load_person_records, now
+from .parts import PART_RECORDS, ClusterParts
+from .staging import (ACCOUNT_FIELDS, CONTACT_FIELDS, SLICE_RECORDS, Log, apply_register, load_account_records,
+                      load_person_records, now, register_found)
 from .survivorship import survive
 
 
@@ -38,11 +42,15 @@ from .survivorship import survive
 class GoldenResult:
     entity: str
     resolution: Resolution
-    golden: pd.DataFrame
-    crosswalk: pd.DataFrame  # current record -> golden ID
+    n_golden: int
+    examples: pd.DataFrame  # golden_id, record_count of a few golden records made of several records
     events: list[dict]  # merged and split IDs (the created ones are counted in id_events)
     stats: dict = field(default_factory=dict)
     id_events: dict[str, int] = field(default_factory=dict)  # created / merged / split -> how many
+
+
+# Golden records of several records a result names (for the explanations in the step's metadata).
+_EXAMPLES = 20
 
 
 def _evidence(res: Resolution, spec: EntityMatchSpec, idx: np.ndarray) -> list[str]:
@@ -128,51 +136,170 @@ def _lineage_rows(lineage: pd.DataFrame, ids: pd.Series, fields: list[str]) -> p
 _EDGE_ROWS = 200_000
 
 
-def _persist(wh: Warehouse, entity: str, res: Resolution, spec: EntityMatchSpec, keys: np.ndarray, crosswalk: pd.DataFrame,
-             cluster_ids: list[str], run_id: str, at: datetime, xw_table: sa.Table, started: float,
-             match_rate: float, max_change: float, max_growth: float) -> dict:
-    rep_key = keys.__getitem__
-    # Match edges: the pairs that joined records, with their evidence, for explanations. Written a
-    # slice at a time in one transaction: the evidence of millions of merges as text at once was the
-    # largest thing a 10-million-contact golden step held at its end.
+@dataclass
+class _Step:
+    """What differs between the two golden steps once their records are resolved."""
+
+    entity: str  # persons / accounts
+    records: sa.Table
+    golden: sa.Table
+    lineage: sa.Table
+    crosswalk: sa.Table
+    fields: list[str]  # survived
+    lineage_fields: list[str]  # as the golden table names them
+    read: Callable[[KeyRange], pd.DataFrame]  # a slice of records: golden fields and bookkeeping, in key order
+    finish: Callable[[pd.DataFrame, pd.DataFrame, np.ndarray, int], pd.DataFrame]  # golden, records, local, clusters
+
+
+@dataclass
+class _Written:
+    ids: IdAssignment
+    n_records: int
+    n_golden: int
+    examples: pd.DataFrame
+    crosswalk_changes: int
+
+
+def _write_golden(wh: Warehouse, step: _Step, cfg: MatchingConfig, res: Resolution, labels: np.ndarray,
+                  record_of: np.ndarray | None, read_order: np.ndarray, run_id: str, at: datetime,
+                  log: Log | None, on_slice: Callable[[pd.DataFrame, int], None] | None = None) -> _Written:
+    """The golden records, their lineage, crosswalk and match edges of resolved records, a part of whole
+    clusters at a time (:mod:`.parts`): the records are read a key range at a time, lined up with the
+    matching's read by their keys' digest, and spilled by cluster; their previous golden IDs come with each
+    slice. IDs are then assigned over all records (integers), and each part is survived and written, all
+    parts in one transaction.
+
+    ``labels``: cluster per record (read order); ``record_of``: per position of the resolution (a signature)
+    the record it stands for, None when the resolution's positions are the records'."""
+    spec = getattr(cfg, step.entity)
     merges = res.clusters.merge_edges
-    wh.ensure_tables([MATCH_EDGES])
-    with wh.engine.begin() as conn:
-        wh.delete_where(conn, MATCH_EDGES, entity=entity)
-        for start in range(0, len(merges), _EDGE_ROWS):
-            part = merges[start:start + _EDGE_ROWS]
-            a = np.array([m[0] for m in part])
-            b = np.array([m[1] for m in part])
-            idx = _pair_index(res, a, b)
-            evidence = _evidence(res, spec, np.where(idx >= 0, idx, 0))
-            wh.bulk_insert(conn, MATCH_EDGES, pd.DataFrame({
-                "entity": entity, "golden_id": [cluster_ids[res.labels[x]] for x in a],
-                "record_a": [rep_key(x) for x in a], "record_b": [rep_key(x) for x in b],
-                "probability": [m[2] for m in part], "reason": [m[3] for m in part],
-                "evidence": [e if i >= 0 else "{}" for e, i in zip(evidence, idx)], "run_id": run_id}))
+    edge_a = np.fromiter((m[0] for m in merges), np.int64, len(merges))
+    edge_b = np.fromiter((m[1] for m in merges), np.int64, len(merges))
     review = res.review
-    idx = _pair_index(res, review["a"].to_numpy(), review["b"].to_numpy()) if len(review) else np.empty(0, int)
-    cand = pd.DataFrame({
-        "entity": entity, "record_a": [rep_key(x) for x in review["a"]], "record_b": [rep_key(x) for x in review["b"]],
+    review_a, review_b = review["a"].to_numpy(np.int64), review["b"].to_numpy(np.int64)
+    as_record = (lambda x: x) if record_of is None else record_of.__getitem__
+    # Review pairs may join records of two parts: their keys are picked up while the records stream past.
+    wanted = np.unique(np.concatenate([as_record(review_a), as_record(review_b)]))
+    key_at: dict[int, str] = {}
+    old = np.full(len(labels), -1, dtype=np.int64)
+    offset = 0
+    ranges = wh.key_ranges(wh.qualified(step.records), "record_key", SLICE_RECORDS)
+    with ClusterParts(labels, PART_RECORDS) as parts:
+        for i, key_range in enumerate(ranges, 1):
+            records = step.read(key_range)
+            n = len(records)
+            _check_same_records(read_order[offset:offset + n], records["record_key"], step.records, len(read_order))
+            old[offset:offset + n] = id_seqs(records["record_key"].map(current_map(wh, step.crosswalk, key_range=key_range))
+                                             .to_numpy(dtype=object))
+            hit = wanted[(wanted >= offset) & (wanted < offset + n)]
+            key_at.update(zip(hit.tolist(), records["record_key"].to_numpy()[hit - offset].tolist()))
+            if on_slice is not None:
+                on_slice(records, offset)
+            parts.add(records)
+            offset += n
+            if log and len(ranges) > 1:
+                log(f"golden {step.entity}: {offset:,} of {len(labels):,} records read and spilled ({i}/{len(ranges)} slices)")
+        if offset != len(read_order):
+            _check_same_records(read_order, np.empty(offset), step.records, len(read_order))
+        ids = assign_id_seqs(old, labels, PREFIX[step.entity], next_seq(wh, step.entity))
+        register_ids(wh, step.entity, ids, run_id, at)
+        edge_part = parts.part_of_cluster[labels[as_record(edge_a)]] if len(edge_a) else np.empty(0, np.int64)
+        weights_of_edges = _pair_index(res, edge_a, edge_b)
+        survivorship = cfg.survivorship[step.entity]
+        n_golden, changes, examples = 0, 0, []
+        wh.ensure_tables([step.golden, step.lineage, step.crosswalk, MATCH_EDGES, REVIEW_CANDIDATES])
+        with wh.engine.begin() as conn:
+            conn.execute(sa.delete(step.golden))
+            conn.execute(sa.delete(step.lineage))
+            wh.delete_where(conn, MATCH_EDGES, entity=step.entity)
+            for p, (records, clusters, local) in enumerate(parts.parts()):
+                golden, lineage = survive(records, local, step.fields, survivorship)
+                gid = ids.ids_of(clusters)
+                golden = step.finish(golden.assign(golden_id=gid), records, local, len(clusters))
+                golden["run_id"] = run_id
+                wh.bulk_insert(conn, step.golden, golden)
+                if len(lineage):
+                    lineage["field"] = lineage["field"].map(dict(zip(step.fields, step.lineage_fields)))
+                    wh.bulk_insert(conn, step.lineage, _lineage_rows(lineage, pd.Series(gid), step.lineage_fields))
+                several = golden["record_count"].to_numpy() > 1
+                if len(examples) < _EXAMPLES and several.any():
+                    examples.append(golden.loc[several, ["golden_id", "record_count"]].head(_EXAMPLES))
+                n_golden += len(golden)
+                del golden, lineage
+                changes += _crosswalk_part(wh, conn, step.crosswalk, records, old[records["_pos"].to_numpy()],
+                                           ids.seqs[records["_label"].to_numpy()], gid[local], run_id, at)
+                mine = np.flatnonzero(edge_part == p)
+                positions = records["_pos"].to_numpy()
+                keys = records["record_key"].to_numpy()
+                a, b = as_record(edge_a[mine]), as_record(edge_b[mine])
+                idx = weights_of_edges[mine]
+                for start in range(0, len(mine), _EDGE_ROWS):
+                    part = slice(start, start + _EDGE_ROWS)
+                    evidence = _evidence(res, spec, np.where(idx[part] >= 0, idx[part], 0))
+                    wh.bulk_insert(conn, MATCH_EDGES, pd.DataFrame({
+                        "entity": step.entity, "golden_id": ids.ids_of(labels[a[part]]),
+                        "record_a": keys[np.searchsorted(positions, a[part])],
+                        "record_b": keys[np.searchsorted(positions, b[part])],
+                        "probability": [merges[j][2] for j in mine[part]], "reason": [merges[j][3] for j in mine[part]],
+                        "evidence": [e if i >= 0 else "{}" for e, i in zip(evidence, idx[part])], "run_id": run_id}))
+                if log and parts.n_parts > 1:
+                    log(f"golden {step.entity}: part {p + 1}/{parts.n_parts} written ({n_golden:,} golden records)")
+            if step.golden is GOLDEN_CONTACTS:
+                _one_contact_per_email(conn)
+            changes += _close_gone(wh, conn, step.crosswalk, step.records, at)
+    idx = _pair_index(res, review_a, review_b) if len(review) else np.empty(0, int)
+    replace_table(wh, REVIEW_CANDIDATES, pd.DataFrame({
+        "entity": step.entity, "record_a": [key_at[x] for x in as_record(review_a).tolist()],
+        "record_b": [key_at[x] for x in as_record(review_b).tolist()],
         "probability": review["probability"].to_numpy(), "reason": review["reason"].to_numpy(),
-        "evidence": _evidence(res, spec, np.where(idx >= 0, idx, 0)) if len(review) else [], "run_id": run_id})
-    replace_table(wh, REVIEW_CANDIDATES, cand, where={"entity": entity})
-    changes = update_crosswalk(wh, xw_table, crosswalk, run_id, at)
+        "evidence": _evidence(res, spec, np.where(idx >= 0, idx, 0)) if len(review) else [], "run_id": run_id}),
+        where={"entity": step.entity})
+    examples_frame = pd.concat(examples, ignore_index=True).head(_EXAMPLES) if examples else \
+        pd.DataFrame(columns=["golden_id", "record_count"])
+    return _Written(ids, offset, n_golden, examples_frame, changes)
+
+
+def _crosswalk_part(wh: Warehouse, conn, table: sa.Table, records: pd.DataFrame, old: np.ndarray, new: np.ndarray,
+                    golden_ids: np.ndarray, run_id: str, at: datetime) -> int:
+    """SCD2 for a part's records: rows whose golden ID changed are closed, changed and new records get a row."""
+    changed = (old >= 0) & (old != new)
+    fresh = old < 0
+    close = records["record_key"].to_numpy()[changed].tolist()
+    for i in range(0, len(close), 500):
+        conn.execute(sa.update(table).where(table.c.valid_to.is_(None), table.c.record_key.in_(close[i:i + 500]))
+                     .values(valid_to=at))
+    rows = changed | fresh
+    wh.bulk_insert(conn, table, pd.DataFrame({
+        "record_key": records["record_key"].to_numpy()[rows], "source": records["source"].to_numpy()[rows],
+        "source_record_id": records["source_record_id"].to_numpy()[rows], "golden_id": golden_ids[rows],
+        "valid_from": pd.Timestamp(at), "valid_to": pd.NaT, "run_id": run_id}))
+    return len(close) + int(fresh.sum())
+
+
+def _close_gone(wh: Warehouse, conn, table: sa.Table, records: sa.Table, at: datetime) -> int:
+    """Closes the current crosswalk rows of records that are no longer there."""
+    return conn.execute(sa.update(table).where(
+        table.c.valid_to.is_(None), ~sa.exists().where(records.c.record_key == table.c.record_key))
+        .values(valid_to=at)).rowcount or 0
+
+
+def _record_match_run(wh: Warehouse, entity: str, res: Resolution, n_records: int, n_clusters: int, match_rate: float,
+                      run_id: str, at: datetime, started: float, max_change: float, max_growth: float) -> dict:
     reference = _reference_run(wh, entity)
     # The first nights (or a new source) grow the record base by half or more at a time, and the share of
     # merged records rises with it: that is growth, not a broken mapping. Past max_growth the new rate
     # becomes the reference; the jump check compares runs over a comparable base.
-    grew = reference is not None and res.n_records > reference[1] * (1 + max_growth)
+    grew = reference is not None and n_records > reference[1] * (1 + max_growth)
     previous = None if reference is None or grew else reference[0]
-    accepted = res.n_records > 0 and (previous is None or abs(match_rate - previous) <= max_change)
+    accepted = n_records > 0 and (previous is None or abs(match_rate - previous) <= max_change)
     seconds = time.monotonic() - started
     with wh.engine.begin() as conn:
         wh.bulk_insert(conn, MATCH_RUNS, pd.DataFrame([{
-            "run_id": run_id, "entity": entity, "run_at": pd.Timestamp(at), "records": res.n_records,
-            "clusters": res.n_clusters, "match_rate": match_rate, "candidate_pairs": res.stats["candidate_pairs"],
-            "possible_pairs": res.stats["possible_pairs"], "review_pairs": len(review), "seconds": seconds,
+            "run_id": run_id, "entity": entity, "run_at": pd.Timestamp(at), "records": n_records,
+            "clusters": n_clusters, "match_rate": match_rate, "candidate_pairs": res.stats["candidate_pairs"],
+            "possible_pairs": res.stats["possible_pairs"], "review_pairs": len(res.review), "seconds": seconds,
             "accepted": accepted}]))
-    return {"crosswalk_changes": changes, "previous_match_rate": previous, "seconds": round(seconds, 2),
+    return {"previous_match_rate": previous, "seconds": round(seconds, 2),
             "reference_records": reference[1] if reference else 0, "record_base_grew": grew}
 
 
@@ -180,9 +307,10 @@ def resolve_accounts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
     started = time.monotonic()
     at = now()
     spec = cfg.accounts
-    # The records are read twice: the signature columns for the matching, then, once those are freed,
-    # the golden fields. Held together they were the step's peak (see resolve_contacts).
-    accounts = apply_register(load_account_records(wh, _ACCOUNT_MATCHING_COLUMNS), wh)
+    # The matching reads the signature columns of every record; the golden fields are read afterwards, a
+    # slice at a time (_write_golden). Held together they were the step's peak (see resolve_contacts).
+    register = register_found(wh)
+    accounts = apply_register(load_account_records(wh, _ACCOUNT_MATCHING_COLUMNS), wh, register)
     sig, codes = account_signatures(accounts)
     keys = pd.Index(accounts["record_key"].to_numpy(), dtype=object)
     dec = decisions(wh, "accounts")
@@ -192,35 +320,33 @@ def resolve_accounts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
     read_order = _key_digest(keys)
     accounts = keys = None  # freed before the resolution
     res = resolve(sig, spec, must_link=must, cannot_link=cannot, log=log)
-    rep = sig["record_key"].to_numpy()  # a signature's record, for the match edges
     n_signatures = len(sig)
     del sig
-    accounts = apply_register(load_account_records(wh, _ACCOUNT_GOLDEN_COLUMNS), wh)
-    _check_same_records(read_order, accounts["record_key"], ACCOUNT_RECORDS)
-    accounts = accounts.drop(columns=[c for c in ("company_key", "city_key", "register_id") if c in accounts.columns])
+    # A signature stands for the first record that has it (account_signatures).
+    first_record = np.full(n_signatures, len(codes), dtype=np.int64)
+    np.minimum.at(first_record, codes, np.arange(len(codes), dtype=np.int64))
     labels = res.labels[codes] if len(codes) else np.empty(0, np.int64)
-    ids = assign_ids(accounts["record_key"].to_numpy(), labels, current_map(wh, ACCOUNT_CROSSWALK), PREFIX["accounts"],
-                     next_seq(wh, "accounts"))
-    golden, lineage = survive(accounts, labels, ACCOUNT_FIELDS, cfg.survivorship["accounts"])
-    gid = pd.Series(ids.cluster_ids)
-    golden = golden.assign(golden_id=gid.to_numpy())
-    sizes = np.bincount(labels, minlength=len(gid)) if len(labels) else np.zeros(0, int)
-    golden["record_count"] = sizes
-    golden["sources"] = _sources_per_cluster(accounts["source"].to_numpy(), labels, len(gid))
-    golden = golden.rename(columns={"company_base": "base_name"})
-    golden["run_id"] = run_id
-    register_ids(wh, "accounts", ids, run_id, at)
-    replace_table(wh, GOLDEN_ACCOUNTS, golden)
-    replace_table(wh, ACCOUNT_LINEAGE, _lineage_rows(lineage, gid, ACCOUNT_FIELDS))  # multi-record clusters only
-    crosswalk = pd.DataFrame({"record_key": accounts["record_key"], "source": accounts["source"],
-                              "source_record_id": accounts["source_record_id"], "golden_id": gid.to_numpy()[labels]})
-    rate = 1 - len(golden) / len(accounts) if len(accounts) else 0.0
-    extra = _persist(wh, "accounts", res, spec, rep, crosswalk, ids.cluster_ids, run_id, at, ACCOUNT_CROSSWALK, started, rate,
-                     cfg.max_match_rate_change, cfg.max_record_growth)
-    stats = {**res.stats, **extra, "records": len(accounts), "signatures": n_signatures, "golden": len(golden),
-             "decisions_applied": len(must) + len(cannot), "decisions_unknown_records": unknown,
-             "register_ids": with_register_id, "match_rate": rate}
-    return GoldenResult("accounts", res, golden, crosswalk, ids.events, stats, ids.event_counts())
+
+    def read(key_range: KeyRange) -> pd.DataFrame:
+        records = apply_register(load_account_records(wh, _ACCOUNT_GOLDEN_COLUMNS, key_range), wh, register)
+        return records.drop(columns=[c for c in ("company_key", "city_key", "register_id") if c in records.columns])
+
+    def finish(golden: pd.DataFrame, records: pd.DataFrame, local: np.ndarray, n: int) -> pd.DataFrame:
+        golden["record_count"] = np.bincount(local, minlength=n)
+        golden["sources"] = _sources_per_cluster(records["source"].to_numpy(), local, n)
+        return golden.rename(columns={"company_base": "base_name"})
+
+    step = _Step("accounts", ACCOUNT_RECORDS, GOLDEN_ACCOUNTS, ACCOUNT_LINEAGE, ACCOUNT_CROSSWALK, ACCOUNT_FIELDS,
+                 ACCOUNT_FIELDS, read, finish)
+    written = _write_golden(wh, step, cfg, res, labels, first_record, read_order, run_id, at, log)
+    rate = 1 - written.n_golden / written.n_records if written.n_records else 0.0
+    extra = _record_match_run(wh, "accounts", res, written.n_records, written.n_golden, rate, run_id, at, started,
+                              cfg.max_match_rate_change, cfg.max_record_growth)
+    stats = {**res.stats, **extra, "crosswalk_changes": written.crosswalk_changes, "records": written.n_records,
+             "signatures": n_signatures, "golden": written.n_golden, "decisions_applied": len(must) + len(cannot),
+             "decisions_unknown_records": unknown, "register_ids": with_register_id, "match_rate": rate}
+    return GoldenResult("accounts", res, written.n_golden, written.examples, written.ids.events, stats,
+                        written.ids.event_counts())
 
 
 # What the golden steps need of a record besides the golden fields, once the matching is done.
@@ -241,10 +367,11 @@ def _key_digest(keys) -> np.ndarray:
     return pd.util.hash_array(np.asarray(keys, dtype=object))
 
 
-def _check_same_records(digest: np.ndarray, keys: pd.Series, table: sa.Table) -> None:
+def _check_same_records(digest: np.ndarray, keys, table: sa.Table, total: int) -> None:
+    """``keys`` (a slice of the second read) against the first read's ``digest`` of the same positions."""
     if len(digest) != len(keys) or not np.array_equal(digest, _key_digest(keys)):
         raise RuntimeError(f"{table.schema}.{table.name} changed while the golden step was reading it "
-                           f"({len(digest):,} records at the first read, {len(keys):,} at the second): "
+                           f"({total:,} records at the first read, others at the second): "
                            "another run rebuilt the records; materialise the golden step again")
 
 
@@ -259,9 +386,9 @@ def resolve_contacts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
     started = time.monotonic()
     at = now()
     spec = cfg.persons
-    # The records are read twice: the matching columns (keys, phonetic codes, e-mails, phones), and,
-    # once the matching is done and they are freed, the golden fields. Read together, the 13 million
-    # records of 10 million contacts held both sets at once, and that was the step's peak.
+    # The matching reads its columns (keys, phonetic codes, e-mails, phones) of every record; the golden fields
+    # are read afterwards, a slice at a time (_write_golden). Read together, the 13 million records of 10 million
+    # contacts held both sets at once, and that was the step's peak.
     matching = load_person_records(wh, _spec_columns(spec) | {"record_key", "mailbox_is_name"})
     dec = decisions(wh, "persons")
     must, cannot, unknown = decision_links(dec, pd.Index(matching["record_key"].to_numpy(), dtype=object).get_indexer)
@@ -269,43 +396,50 @@ def resolve_contacts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
     matching = matching.drop(columns="record_key")
     res = resolve(matching, spec, must_link=must, cannot_link=cannot, log=log)
     del matching
-    persons = load_person_records(wh, set(CONTACT_FIELDS) | _BOOKKEEPING)
-    _check_same_records(read_order, persons["record_key"], PERSON_RECORDS)
-    keys = pd.Index(persons["record_key"].to_numpy(), dtype=object)
     labels = res.labels
-    ids = assign_ids(persons["record_key"].to_numpy(), labels, current_map(wh, PERSON_CROSSWALK), PREFIX["persons"],
-                     next_seq(wh, "persons"))
-    golden, lineage = survive(persons, labels, CONTACT_FIELDS, cfg.survivorship["persons"])
-    # The fields live on in the golden records: the records' own arrays (and the values no golden
-    # record took) are freed for what follows, which needs the bookkeeping only.
-    persons = persons[[c for c in persons.columns if c in _BOOKKEEPING]].copy()
-    gid = pd.Series(ids.cluster_ids)
-    golden = golden.rename(columns={"email_norm": "email"}).assign(golden_id=gid.to_numpy())
-    golden["email"] = _one_contact_per_email(golden["email"], ids.cluster_ids)
-    lineage["field"] = lineage["field"].replace({"email_norm": "email"})
-    sizes = np.bincount(labels, minlength=len(gid)) if len(labels) else np.zeros(0, int)
-    golden["record_count"] = sizes
-    grouped = pd.DataFrame({"l": labels, "ts": persons["record_ts"].to_numpy()}).groupby("l")
-    golden["sources"] = _sources_per_cluster(persons["source"].to_numpy(), labels, len(gid))
-    golden["first_seen_at"] = grouped["ts"].min().reindex(range(len(gid))).to_numpy()
-    golden["last_seen_at"] = grouped["ts"].max().reindex(range(len(gid))).to_numpy()
-    golden["account_id"] = account_of_contacts(wh, persons, labels, len(gid))
-    verdicts = consent.current(load_consent_events(wh), pd.Series(labels, index=keys), len(gid))
-    for column in verdicts.columns:  # column by column: a concat copied every golden column once more
-        golden[column] = verdicts[column].to_numpy()
-    golden["run_id"] = run_id
-    register_ids(wh, "persons", ids, run_id, at)
-    replace_table(wh, GOLDEN_CONTACTS, golden)
-    replace_table(wh, CONTACT_LINEAGE, _lineage_rows(lineage, gid, [*CONTACT_FIELDS[:4], "email", *CONTACT_FIELDS[5:]]))
-    crosswalk = pd.DataFrame({"record_key": persons["record_key"], "source": persons["source"],
-                              "source_record_id": persons["source_record_id"], "golden_id": gid.to_numpy()[labels]})
-    extra = _persist(wh, "persons", res, spec, persons["record_key"].to_numpy(), crosswalk, ids.cluster_ids, run_id, at,
-                     PERSON_CROSSWALK, started, res.match_rate, cfg.max_match_rate_change,
-                     cfg.max_record_growth)
-    stats = {**res.stats, **extra, "golden": len(golden), "match_rate": res.match_rate,
-             "decisions_applied": len(must) + len(cannot),
-             "decisions_unknown_records": unknown, "linked_to_account": int(golden["account_id"].notna().sum())}
-    return GoldenResult("persons", res, golden, crosswalk, ids.events, stats, ids.event_counts())
+    consent_events = load_consent_events(wh)
+    event_keys = consent_events["person_record_key"].to_numpy(dtype=object)
+    event_label = np.full(len(consent_events), -1, dtype=np.int64)  # the cluster of each consent event's record
+
+    def read(key_range: KeyRange) -> pd.DataFrame:
+        persons = load_person_records(wh, set(CONTACT_FIELDS) | _BOOKKEEPING, key_range)
+        persons["_account"] = _mention_accounts(wh, persons, key_range)
+        return persons
+
+    def on_slice(persons: pd.DataFrame, offset: int) -> None:
+        at_record = pd.Index(persons["record_key"].to_numpy(), dtype=object).get_indexer(event_keys)
+        hit = at_record >= 0
+        event_label[hit] = labels[offset + at_record[hit]]
+
+    def finish(golden: pd.DataFrame, persons: pd.DataFrame, local: np.ndarray, n: int) -> pd.DataFrame:
+        golden = golden.rename(columns={"email_norm": "email"})
+        golden["record_count"] = np.bincount(local, minlength=n)
+        golden["sources"] = _sources_per_cluster(persons["source"].to_numpy(), local, n)
+        seen = pd.DataFrame({"l": local, "ts": persons["record_ts"].to_numpy()}).groupby("l")["ts"]
+        golden["first_seen_at"] = seen.min().reindex(range(n)).to_numpy()
+        golden["last_seen_at"] = seen.max().reindex(range(n)).to_numpy()
+        golden["account_id"] = account_votes(persons["_account"].to_numpy(dtype=object), local,
+                                             persons["record_ts"].to_numpy(), n)
+        clusters = persons["_label"].to_numpy()[np.unique(local, return_index=True)[1]]  # global label per local
+        mine = np.isin(event_label, clusters)
+        verdicts = consent.current(consent_events[mine].reset_index(drop=True),
+                                   np.searchsorted(clusters, event_label[mine]), n)
+        for column in verdicts.columns:  # column by column: a concat copied every golden column once more
+            golden[column] = verdicts[column].to_numpy()
+        return golden
+
+    step = _Step("persons", PERSON_RECORDS, GOLDEN_CONTACTS, CONTACT_LINEAGE, PERSON_CROSSWALK, CONTACT_FIELDS,
+                 [*CONTACT_FIELDS[:4], "email", *CONTACT_FIELDS[5:]], read, finish)
+    written = _write_golden(wh, step, cfg, res, labels, None, read_order, run_id, at, log, on_slice)
+    extra = _record_match_run(wh, "persons", res, written.n_records, written.n_golden, res.match_rate, run_id, at,
+                              started, cfg.max_match_rate_change, cfg.max_record_growth)
+    linked = int(wh.scalar(sa.select(sa.func.count()).select_from(GOLDEN_CONTACTS)
+                           .where(GOLDEN_CONTACTS.c.account_id.is_not(None))) or 0)
+    stats = {**res.stats, **extra, "crosswalk_changes": written.crosswalk_changes, "golden": written.n_golden,
+             "match_rate": res.match_rate, "decisions_applied": len(must) + len(cannot),
+             "decisions_unknown_records": unknown, "linked_to_account": linked}
+    return GoldenResult("persons", res, written.n_golden, written.examples, written.ids.events, stats,
+                        written.ids.event_counts())
 
 
 def _sources_per_cluster(source: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
@@ -324,14 +458,21 @@ def _sources_per_cluster(source: np.ndarray, labels: np.ndarray, n: int) -> np.n
     return text[which]
 
 
-def _one_contact_per_email(emails: pd.Series, cluster_ids: list[str]) -> pd.Series:
-    """A shared mailbox a steward split between people stays with the oldest golden contact only."""
-    frame = pd.DataFrame({"email": emails.to_numpy(), "seq": [id_seq(i) for i in cluster_ids]}, index=emails.index)
-    dup = frame["email"].notna() & frame.duplicated("email", keep=False)
-    if not dup.any():
-        return emails
-    keeper = frame[dup].sort_values("seq").drop_duplicates("email").index
-    return emails.where(~dup | emails.index.isin(keeper), None)
+def _one_contact_per_email(conn) -> None:
+    """A shared mailbox a steward split between people stays with the oldest golden contact only (over the
+    written golden contacts: the parts are written one at a time)."""
+    table = GOLDEN_CONTACTS
+    shared = sa.select(table.c.email).where(table.c.email.is_not(None)).group_by(table.c.email) \
+        .having(sa.func.count() > 1)
+    rows = pd.DataFrame(conn.execute(sa.select(table.c.email, table.c.golden_id).where(table.c.email.in_(shared)))
+                        .fetchall(), columns=["email", "golden_id"])
+    if rows.empty:
+        return
+    rows["seq"] = id_seqs(rows["golden_id"].to_numpy(dtype=object))
+    keepers = set(rows.sort_values("seq").drop_duplicates("email")["golden_id"])
+    losers = [g for g in rows["golden_id"] if g not in keepers]
+    for i in range(0, len(losers), 500):
+        conn.execute(sa.update(table).where(table.c.golden_id.in_(losers[i:i + 500])).values(email=None))
 
 
 def ensure_golden_tables(wh: Warehouse) -> None:

@@ -10,51 +10,38 @@ import pandas as pd
 import sqlalchemy as sa
 
 from ..platform.schema import ACCOUNT_CROSSWALK, CROSSWALK, ID_EVENTS, ID_REGISTRY, PERSON_CROSSWALK, PERSON_RECORDS
-from ..platform.warehouse import Warehouse, tables_present
-from .matching.ids import IdAssignment, id_seq
+from ..platform.warehouse import KeyRange, Warehouse, tables_present
+from .matching.ids import IdAssignment, format_ids, id_seq
 from .records import MENTION_PREFIX
 
 # Golden IDs: GC-... for contacts (persons), GA-... for accounts.
 PREFIX = {"persons": "GC", "accounts": "GA"}
 
 
-def update_crosswalk(wh: Warehouse, table: sa.Table, current: pd.DataFrame, run_id: str, at: datetime) -> int:
-    """SCD2: close rows whose golden ID changed or whose record is gone; insert the new rows."""
-    # Lined up by record key rather than merged: an outer merge of a million keys was the peak of the step.
-    prev = current_map(wh, table)
-    old = current["record_key"].map(prev).to_numpy()
-    known = pd.notna(old)
-    changed = known & (old != current["golden_id"].to_numpy())
-    new = ~known
-    gone = ~prev.index.isin(current["record_key"])
-    close = [*current["record_key"].to_numpy()[changed], *prev.index[gone]]
-    rows = current[changed | new].assign(valid_from=pd.Timestamp(at), valid_to=pd.NaT, run_id=run_id)
-    with wh.engine.begin() as conn:
-        for i in range(0, len(close), 500):
-            conn.execute(sa.update(table).where(table.c.valid_to.is_(None), table.c.record_key.in_(close[i:i + 500]))
-                         .values(valid_to=at))
-        wh.bulk_insert(conn, table, rows[["record_key", "source", "source_record_id", "golden_id", "valid_from", "run_id"]])
-    return len(close) + int(new.sum())
-
-
 def register_ids(wh: Warehouse, entity: str, ids: IdAssignment, run_id: str, at: datetime) -> None:
+    """The created IDs into the registry (a slice at a time: a first night creates one per golden record), the
+    merged ones marked, every event logged."""
     wh.ensure_tables([ID_REGISTRY, ID_EVENTS])
-    events, created = ids.events, ids.created
+    events, created = ids.events, ids.created_seqs
     with wh.engine.begin() as conn:
-        if created:
+        for start in range(0, len(created), _REGISTER_ROWS):
+            new = format_ids(ids.prefix, created[start:start + _REGISTER_ROWS])
             wh.bulk_insert(conn, ID_REGISTRY, pd.DataFrame({
-                "golden_id": created, "entity": entity, "status": "active", "merged_into": None,
+                "golden_id": new, "entity": entity, "status": "active", "merged_into": None,
                 "created_at": pd.Timestamp(at), "updated_at": pd.Timestamp(at), "created_run": run_id}))
+            wh.bulk_insert(conn, ID_EVENTS, pd.DataFrame({"at": pd.Timestamp(at), "run_id": run_id, "entity": entity,
+                                                          "event": "created", "golden_id": new, "into": None}))
         for e in events:
             if e["event"] == "merged":
                 conn.execute(sa.update(ID_REGISTRY).where(ID_REGISTRY.c.golden_id == e["golden_id"])
                              .values(status="merged", merged_into=e["into"], updated_at=at))
-        if events or created:
+        if events:
             wh.bulk_insert(conn, ID_EVENTS, pd.DataFrame({
-                "at": pd.Timestamp(at), "run_id": run_id, "entity": entity,
-                "event": ["created"] * len(created) + [e["event"] for e in events],
-                "golden_id": [*created, *(e["golden_id"] for e in events)],
-                "into": [None] * len(created) + [e["into"] for e in events]}))
+                "at": pd.Timestamp(at), "run_id": run_id, "entity": entity, "event": [e["event"] for e in events],
+                "golden_id": [e["golden_id"] for e in events], "into": [e["into"] for e in events]}))
+
+
+_REGISTER_ROWS = 500_000
 
 
 def next_seq(wh: Warehouse, entity: str) -> int:
@@ -63,13 +50,21 @@ def next_seq(wh: Warehouse, entity: str) -> int:
     return max((id_seq(i) for i in ids["golden_id"]), default=0) + 1
 
 
-def current_map(wh: Warehouse, table: sa.Table, named_in: sa.Table | None = None) -> pd.Series:
+def current_map(wh: Warehouse, table: sa.Table, named_in: sa.Table | None = None, key_range: KeyRange | None = None,
+                key_prefix: str = "") -> pd.Series:
     """The current golden ID of each record, indexed by record key (a Series: about half the memory of a
     dict over a million records, and ``Series.map`` takes it as it is). ``named_in``: only the records
-    a pair of that table (``record_a``, ``record_b``) names, selected in the database."""
+    a pair of that table (``record_a``, ``record_b``) names, selected in the database. ``key_range``: only
+    the records whose key, ``key_prefix`` taken off, is in that range."""
     wh.ensure_tables([table])
     named = "" if named_in is None else wh.qualified(named_in)
     only = f" AND record_key IN (SELECT record_a FROM {named} UNION SELECT record_b FROM {named})" if named else ""
+    if key_range is not None:
+        condition = KeyRange(key_range.column, *(None if v is None else key_prefix + v
+                                                 for v in (key_range.low, key_range.high))).where_literal(wh.quote)
+        if key_prefix:
+            condition = f"substr(record_key, 1, {len(key_prefix)}) = '{key_prefix}' AND {condition}"
+        only += f" AND {condition}"
     df = wh.read_raw_sql(f"SELECT record_key, golden_id FROM {wh.qualified(table)} WHERE valid_to IS NULL{only}",
                          types={"record_key": table.c.record_key.type, "golden_id": table.c.golden_id.type})
     current = pd.Series(df["golden_id"].to_numpy(), index=pd.Index(df["record_key"].to_numpy(), dtype=object),
@@ -98,24 +93,32 @@ def golden_ids_by(wh: Warehouse, records: sa.Table, crosswalk: sa.Table, columns
     return out
 
 
-def _mention_accounts(wh: Warehouse, persons: pd.DataFrame) -> np.ndarray:
+def _mention_accounts(wh: Warehouse, persons: pd.DataFrame, key_range: KeyRange | None = None) -> np.ndarray:
     """Per person record (``persons`` in record-key order): the current golden account of its company
     mention, None where it has none. Joined in the database: a map of every account record key plus a
-    "mention:" key per person record came to gigabytes at 10 million contacts. A crosswalk holding
-    two current rows for one record (never written so, but not enforced) falls back to the map."""
+    "mention:" key per person record came to gigabytes at 10 million contacts. ``key_range``: ``persons``
+    are the records of that range of record keys. A crosswalk holding two current rows for one record
+    (never written so, but not enforced) falls back to the map."""
     wh.ensure_tables([ACCOUNT_CROSSWALK, PERSON_RECORDS])
+    condition = key_range.where_literal(lambda c: f"p.{wh.quote(c)}") if key_range is not None else "1 = 1"
     found = wh.read_raw_sql(
         f"SELECT a.golden_id FROM {wh.qualified(PERSON_RECORDS)} p LEFT JOIN {wh.qualified(ACCOUNT_CROSSWALK)} a "
-        f"ON {_MENTION_OF_P} ORDER BY p.record_key", types={"golden_id": ACCOUNT_CROSSWALK.c.golden_id.type})["golden_id"]
+        f"ON {_MENTION_OF_P} WHERE {condition} ORDER BY p.record_key",
+        types={"golden_id": ACCOUNT_CROSSWALK.c.golden_id.type})["golden_id"]
     if len(found) != len(persons):
-        found = (MENTION_PREFIX + persons["record_key"]).map(current_map(wh, ACCOUNT_CROSSWALK))
+        found = (MENTION_PREFIX + persons["record_key"]).map(current_map(wh, ACCOUNT_CROSSWALK, key_range=key_range,
+                                                                         key_prefix=MENTION_PREFIX))
     return found.to_numpy(dtype=object, na_value=None)
 
 
 def account_of_contacts(wh: Warehouse, persons: pd.DataFrame, labels: np.ndarray, n: int) -> np.ndarray:
     """A contact belongs to the golden account its records' company mentions were matched to (the most frequent)."""
-    mention = _mention_accounts(wh, persons)
-    frame = pd.DataFrame({"l": labels, "a": mention, "ts": persons["record_ts"].to_numpy()}).dropna(subset=["a"])
+    return account_votes(_mention_accounts(wh, persons), labels, persons["record_ts"].to_numpy(), n)
+
+
+def account_votes(mention: np.ndarray, labels: np.ndarray, ts: np.ndarray, n: int) -> np.ndarray:
+    """Per cluster the golden account most of its records' company mentions went to (ties: the latest record)."""
+    frame = pd.DataFrame({"l": labels, "a": mention, "ts": ts}).dropna(subset=["a"])
     if frame.empty:
         return np.array([None] * n, dtype=object)
     frame["votes"] = frame.groupby(["l", "a"])["a"].transform("size")

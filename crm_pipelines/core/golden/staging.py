@@ -182,14 +182,11 @@ def build_account_records(wh: Warehouse, slice_records: int = SLICE_RECORDS) -> 
     return written
 
 
-def _read_all(wh: Warehouse, table: sa.Table, columns: set[str] | None = None) -> pd.DataFrame:
-    """The table's rows in record-key order; ``columns``: only these (in the table's order)."""
-    return _read_columns(wh, table, [c for c in table.columns.keys() if columns is None or c in columns])
-
-
-def _read_columns(wh: Warehouse, table: sa.Table, columns: list[str]) -> pd.DataFrame:
-    """These columns of the table in record-key order, None for missing (COPY on PostgreSQL)."""
-    return wh.read_raw_sql(f"SELECT {', '.join(wh.quote(c) for c in columns)} FROM {wh.qualified(table)} "
+def _read_columns(wh: Warehouse, table: sa.Table, columns: list[str], key_range: KeyRange | None = None) -> pd.DataFrame:
+    """These columns of the table in record-key order, None for missing (COPY on PostgreSQL); ``key_range``:
+    only the records of that range of record keys."""
+    where = f" WHERE {key_range.where_literal(wh.quote)}" if key_range is not None else ""
+    return wh.read_raw_sql(f"SELECT {', '.join(wh.quote(c) for c in columns)} FROM {wh.qualified(table)}{where} "
                            "ORDER BY record_key", types={c: table.c[c].type for c in columns})
 
 
@@ -224,15 +221,16 @@ _DERIVED_PERSON_COLUMNS = {
 }
 
 
-def load_person_records(wh: Warehouse, columns: set[str] | None = None) -> pd.DataFrame:
+def load_person_records(wh: Warehouse, columns: set[str] | None = None, key_range: KeyRange | None = None) -> pd.DataFrame:
     """The person records with the derived blocking keys; ``columns``: only these (a column nobody
-    asked for is never read: the raw e-mail of 10 million records is a gigabyte)."""
+    asked for is never read: the raw e-mail of 10 million records is a gigabyte); ``key_range``: only the
+    records of that range of record keys."""
     wh.ensure_tables([PERSON_RECORDS])
     stored = list(PERSON_RECORDS.columns.keys())
     wanted = set(stored) | set(_DERIVED_PERSON_COLUMNS) if columns is None else set(columns)
     inputs = {c for d, needs in _DERIVED_PERSON_COLUMNS.items() if d in wanted for c in needs}
     read = [c for c in stored if c in wanted | inputs]
-    df = _read_columns(wh, PERSON_RECORDS, read)
+    df = _read_columns(wh, PERSON_RECORDS, read, key_range)
     if "is_free_mail" in df.columns:
         df["is_free_mail"] = df["is_free_mail"].fillna(False).astype(bool)  # SQLite returns 0/1
     derived = [d for d in _DERIVED_PERSON_COLUMNS if d in wanted]
@@ -280,11 +278,13 @@ def _person_keys(df: pd.DataFrame, names: list[str]) -> dict[str, np.ndarray]:
     return out
 
 
-def load_account_records(wh: Warehouse, columns: set[str] | None = None) -> pd.DataFrame:
+def load_account_records(wh: Warehouse, columns: set[str] | None = None, key_range: KeyRange | None = None) -> pd.DataFrame:
     """The account records in record-key order; ``columns``: only these (every column of 13 million
-    records at 10 million contacts would not fit beside the matching)."""
+    records at 10 million contacts would not fit beside the matching); ``key_range``: only the records of
+    that range of record keys."""
     wh.ensure_tables([ACCOUNT_RECORDS])
-    df = _read_all(wh, ACCOUNT_RECORDS, columns)
+    df = _read_columns(wh, ACCOUNT_RECORDS, [c for c in ACCOUNT_RECORDS.columns.keys() if columns is None or c in columns],
+                       key_range)
     if "record_ts" in df.columns:
         df["record_ts"] = pd.to_datetime(df["record_ts"], utc=True)
     if "is_mention" in df.columns:
@@ -296,14 +296,20 @@ def load_account_records(wh: Warehouse, columns: set[str] | None = None) -> pd.D
 ENRICHMENT_COLUMNS = {"record_key", "company_name", "company_key", "city", "city_key", "register_number"}
 
 
-def apply_register(accounts: pd.DataFrame, wh: Warehouse) -> pd.DataFrame:
-    """Register court and number from the enrichment cache, by (name key, city key)."""
+def register_found(wh: Warehouse) -> pd.DataFrame:
+    """What the register enrichment found: court and number by (name key, city key)."""
     wh.ensure_tables([REGISTER_CACHE])
     cache = wh.read_frame(sa.select(REGISTER_CACHE.c.company_key, REGISTER_CACHE.c.city_key, REGISTER_CACHE.c.register_court,
                                     REGISTER_CACHE.c.register_number).where(REGISTER_CACHE.c.status == "found"))
+    return cache.drop_duplicates(["company_key", "city_key"])
+
+
+def apply_register(accounts: pd.DataFrame, wh: Warehouse, cache: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Register court and number from the enrichment cache, by (name key, city key); ``cache``: what
+    :func:`register_found` returned (read from ``wh`` when not given)."""
+    cache = register_found(wh) if cache is None else cache
     if cache.empty:
         return accounts
-    cache = cache.drop_duplicates(["company_key", "city_key"])
     joined = accounts[["company_key", "city_key"]].merge(cache, on=["company_key", "city_key"], how="left")
     out = accounts.copy(deep=False)  # new columns only: a deep copy of every column was a second frame
     court = out["register_court"].where(out["register_court"].notna(), joined["register_court"].to_numpy())

@@ -341,6 +341,14 @@ class KeyRange:
             params["high"] = self.high
         return (" AND ".join(parts) or "1 = 1"), params
 
+    def where_literal(self, quote) -> str:
+        """:meth:`where` with the bounds written into the SQL as quoted text (for a read through COPY, which
+        takes no bind parameters)."""
+        condition, params = self.where(quote)
+        for name, value in params.items():
+            condition = condition.replace(f":{name}", "'" + str(value).replace("'", "''") + "'")
+        return condition
+
 
 class LockBusy(Exception):
     """Another process holds the lock."""

@@ -141,9 +141,10 @@ def verdict(events: pd.DataFrame) -> tuple[str | None, str | None]:
     return state, basis
 
 
-def current(events: pd.DataFrame, record_cluster: "dict[str, int] | pd.Series", n_clusters: int) -> pd.DataFrame:
+def current(events: pd.DataFrame, record_cluster: "dict[str, int] | pd.Series | np.ndarray", n_clusters: int) -> pd.DataFrame:
     """Per cluster (golden contact) the verdict of each channel: columns ``<channel>_consent``,
-    ``<channel>_consent_basis``.
+    ``<channel>_consent_basis``. ``record_cluster``: the cluster of each record key, or the cluster of
+    each event as an array (-1: none of these clusters).
 
     :func:`verdict` over every (cluster, channel) at once: its walk ends on one event, the group's
     last one, unless an objection is the last event that counted; that is the case when the group
@@ -167,10 +168,13 @@ def current(events: pd.DataFrame, record_cluster: "dict[str, int] | pd.Series", 
     return pd.DataFrame(columns, index=range(n_clusters), dtype=object)
 
 
-def _last_counting_events(events: pd.DataFrame, record_cluster: "dict[str, int] | pd.Series") -> pd.DataFrame:
+def _last_counting_events(events: pd.DataFrame, record_cluster: "dict[str, int] | pd.Series | np.ndarray") -> pd.DataFrame:
     """Per (cluster, channel) the event its verdict rests on (see :func:`current`): columns cluster,
     channel, status, legal_basis, occurred_at, no_doi; no rows when no event counts."""
-    cluster = events["person_record_key"].map(record_cluster)
+    if isinstance(record_cluster, np.ndarray):
+        cluster = pd.Series(np.where(record_cluster >= 0, record_cluster, np.nan))
+    else:
+        cluster = events["person_record_key"].map(record_cluster)
     # Only these three statuses move the verdict; any other event is passed over, as verdict() does.
     keep = cluster.notna().to_numpy() & events["status"].isin(_STATUS_ORDER).to_numpy()
     ev = pd.DataFrame({"cluster": cluster.to_numpy()[keep].astype(np.int64),

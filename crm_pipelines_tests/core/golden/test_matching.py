@@ -503,7 +503,7 @@ def test_steward_decisions_on_accounts_reach_the_signatures_of_their_records(wh)
 
 def test_explanation_and_lineage(wh):
     _, contacts = run_golden(wh)
-    multi = contacts.golden[contacts.golden["record_count"] >= 2].iloc[0]
+    multi = contacts.examples.iloc[0]
     ex = explain(wh, "persons", multi["golden_id"])
     assert len(ex["records"]) == multi["record_count"] and ex["merges"]
     assert all("@" not in (r["email_norm"] or "") or "***" in r["email_norm"] for r in ex["records"])
