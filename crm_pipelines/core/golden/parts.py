@@ -37,7 +37,8 @@ class ClusterParts:
         n_clusters = int(labels.max() + 1) if len(labels) else 0
         sizes = np.bincount(labels, minlength=n_clusters)
         first_record = np.cumsum(sizes) - sizes  # of each cluster, counting in label order
-        self.part_of_cluster = (first_record // part_records).astype(np.int64)
+        raw = first_record // part_records  # rising; a cluster larger than a part leaves numbers out
+        self.part_of_cluster = np.cumsum(np.r_[0, raw[1:] != raw[:-1]]).astype(np.int64) if n_clusters else raw
         self.n_parts = int(self.part_of_cluster[-1] + 1) if n_clusters else 0
         self._dir = tempfile.mkdtemp(prefix="crm-golden-parts-")
         self._written = 0

@@ -191,20 +191,48 @@ def test_survivorship_ties_go_to_the_smaller_record_key_in_any_row_order():
     assert shuffled.values.tolist() == in_key_order.values.tolist() == [["A", "+1", "a@x.de"], ["X", "+10", "x@x.de"]]
 
 
-def test_match_edges_written_in_slices_are_the_edges_written_at_once(records_wh, monkeypatch):
+def test_golden_steps_in_many_small_parts_write_what_one_part_writes(records_wh, monkeypatch):
+    """Slices of 13 records, parts of 7 and match edges 7 at a time: every table the golden steps write is
+    what one slice and one part wrote (the IDs stay, so nothing in the crosswalk changes)."""
     wh = records_wh
-    edges = lambda: wh.read_frame("SELECT entity, golden_id, record_a, record_b, probability, reason, evidence "  # noqa: E731
-                                  "FROM golden.match_edges").sort_values(["entity", "record_a", "record_b"]).reset_index(drop=True)
+
+    def tables() -> dict[str, pd.DataFrame]:
+        out = {}
+        for name, order in (("contacts", "golden_id"), ("accounts", "golden_id"),
+                            ("contact_lineage", "golden_id, record_key"), ("account_lineage", "golden_id, record_key"),
+                            ("match_edges", "entity, record_a, record_b"), ("staging.review_candidates", "entity, record_a, record_b"),
+                            ("person_crosswalk", "record_key"), ("account_crosswalk", "record_key")):
+            frame = wh.read_frame(f"SELECT * FROM {name if '.' in name else 'golden.' + name} ORDER BY {order}")
+            if "crosswalk" in name:
+                frame = frame[frame["valid_to"].isna()][["record_key", "source", "source_record_id", "golden_id"]]
+            out[name] = frame.drop(columns=[c for c in ("run_id",) if c in frame.columns]).reset_index(drop=True)
+        return out
+
     resolve_accounts(wh, CFG, "r1")
     resolve_contacts(wh, CFG, "r1")
-    at_once = edges()
-    assert len(at_once) > 20
+    at_once = tables()
+    assert len(at_once["match_edges"]) > 20 and len(at_once["staging.review_candidates"]) > 0
+    assert (at_once["contacts"]["record_count"] > 1).sum() > 20
 
+    monkeypatch.setattr(G, "SLICE_RECORDS", 13)
+    monkeypatch.setattr(G, "PART_RECORDS", 7)
     monkeypatch.setattr(G, "_EDGE_ROWS", 7)
-    resolve_accounts(wh, CFG, "r2")
-    resolve_contacts(wh, CFG, "r2")
+    spilled = []
+    real_parts = G.ClusterParts
 
-    pd.testing.assert_frame_equal(edges(), at_once)
+    def counted(*args, **kwargs):
+        spilled.append(real_parts(*args, **kwargs))
+        return spilled[-1]
+
+    monkeypatch.setattr(G, "ClusterParts", counted)
+    accounts = resolve_accounts(wh, CFG, "r2")
+    contacts = resolve_contacts(wh, CFG, "r2")
+
+    assert [p.n_parts for p in spilled] and min(p.n_parts for p in spilled) > 20
+    assert accounts.stats["crosswalk_changes"] == contacts.stats["crosswalk_changes"] == 0
+    in_parts = tables()
+    for name, frame in at_once.items():
+        pd.testing.assert_frame_equal(in_parts[name], frame, obj=name)
 
 
 def test_similarities_computed_in_chunks_are_those_computed_at_once(monkeypatch):
