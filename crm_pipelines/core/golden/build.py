@@ -28,6 +28,7 @@ from ..privacy import consent
 from ..privacy.ledger import load_consent_events
 from .crosswalk import PREFIX, _mention_accounts, account_votes, current_map, next_seq, register_ids
 from .matching.ids import IdAssignment, assign_id_seqs, id_seqs
+from .matching.engine import arrow_categoricals, arrow_near_unique, concat_compact
 from .matching.resolve import Resolution, resolve
 from .matching.settings import EntityMatchSpec, MatchingConfig
 from .records import SIGNATURE_COLUMNS, account_signatures
@@ -361,6 +362,42 @@ _ACCOUNT_MATCHING_COLUMNS = set(SIGNATURE_COLUMNS) | {"record_key", "source", "r
 _ACCOUNT_GOLDEN_COLUMNS = set(ACCOUNT_FIELDS) | _BOOKKEEPING | {"company_key", "city_key"}
 
 
+def _load_matching(wh: Warehouse, table: sa.Table, load: Callable, columns: set[str], dec: pd.DataFrame,
+                   log: Log | None) -> tuple[pd.DataFrame, np.ndarray, Callable[[list], np.ndarray]]:
+    """The matching columns of every record in key order, read a slice at a time: text columns whose values are
+    nearly all distinct (e-mails, phones, IDs) as Arrow strings (:func:`arrow_near_unique`, decided on the first
+    slice), the others as categoricals of Arrow strings (:func:`arrow_categoricals`), so that no Python string
+    outlives the read (a few surviving ones per block of the read's memory kept all of it: 550 MB at a million
+    contacts), the record keys never held whole (their digest, and the positions of the records steward decisions
+    name, are taken slice by slice). Returns the columns, the keys' digest and a key -> position lookup for the
+    decisions."""
+    named = set(dec.get("record_a", [])) | set(dec.get("record_b", []))
+    frames, digests, found = [], [], {}
+    arrow: list[str] | None = None
+    offset = 0
+    ranges = wh.key_ranges(wh.qualified(table), "record_key", SLICE_RECORDS)
+    for i, key_range in enumerate(ranges, 1):
+        part = load(wh, columns | {"record_key"}, key_range)
+        keys = part["record_key"].to_numpy(dtype=object)
+        digests.append(_key_digest(keys))
+        if named:
+            at = pd.Index(keys).get_indexer(list(named))
+            found.update((k, offset + int(p)) for k, p in zip(named, at) if p >= 0)
+        part = part.drop(columns="record_key")
+        if arrow is None:
+            arrow = arrow_near_unique(part)
+        for col in arrow:
+            part[col] = pd.Series(part[col].to_numpy(dtype=object), index=part.index, dtype="string[pyarrow]")
+        frames.append(arrow_categoricals(part))
+        offset += len(part)
+        if log and len(ranges) > 1:
+            log(f"{table.name}: matching columns of {offset:,} records read ({i}/{len(ranges)} slices)")
+    matching = concat_compact(frames) if len(frames) != 1 else frames[0]
+    del frames
+    digest = np.concatenate(digests) if digests else np.empty(0, np.uint64)
+    return matching, digest, lambda k: np.array([found.get(x, -1) for x in k], dtype=np.int64)
+
+
 def _key_digest(keys) -> np.ndarray:
     """A 64-bit hash per record key: enough to tell that a second read returned the same records in
     the same order, at an eighth of the keys' memory."""
@@ -386,14 +423,13 @@ def resolve_contacts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
     started = time.monotonic()
     at = now()
     spec = cfg.persons
-    # The matching reads its columns (keys, phonetic codes, e-mails, phones) of every record; the golden fields
-    # are read afterwards, a slice at a time (_write_golden). Read together, the 13 million records of 10 million
-    # contacts held both sets at once, and that was the step's peak.
-    matching = load_person_records(wh, _spec_columns(spec) | {"record_key", "mailbox_is_name"})
+    # The matching reads its columns (keys, phonetic codes, e-mails, phones) of every record, a slice at a time
+    # (near-unique ones as Arrow strings); the golden fields are read afterwards, a slice at a time
+    # (_write_golden). Read together, the 13 million records of 10 million contacts held both sets at once.
     dec = decisions(wh, "persons")
-    must, cannot, unknown = decision_links(dec, pd.Index(matching["record_key"].to_numpy(), dtype=object).get_indexer)
-    read_order = _key_digest(matching["record_key"])
-    matching = matching.drop(columns="record_key")
+    matching, read_order, position = _load_matching(wh, PERSON_RECORDS, load_person_records,
+                                                    _spec_columns(spec) | {"mailbox_is_name"}, dec, log)
+    must, cannot, unknown = decision_links(dec, position)
     res = resolve(matching, spec, must_link=must, cannot_link=cannot, log=log)
     del matching
     labels = res.labels

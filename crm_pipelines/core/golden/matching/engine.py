@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pandas as pd
 from rapidfuzz import distance, fuzz, process
 
@@ -136,7 +138,15 @@ class Columns:
         self.df = df
         self._values: dict[str, np.ndarray] = {}
         self._codes: dict[str, np.ndarray] = {}
-        if shared:
+        self._shared: dict[str, list[np.ndarray]] = {}
+        if shared and all(isinstance(df[c].dtype, pd.CategoricalDtype) for c in shared):
+            # One code space from the categories: stacking categoricals of different categories would make a
+            # string per record of every column.
+            space = pd.Index(pd.unique(np.concatenate([np.asarray(df[c].cat.categories, dtype=object) for c in shared])))
+            for c in shared:
+                recode = np.append(space.get_indexer(df[c].cat.categories), -1).astype(np.int32)
+                self._codes[c] = recode[df[c].cat.codes.to_numpy()]
+        elif shared:
             stacked = pd.concat([df[c] for c in shared], ignore_index=True)
             codes, _ = pd.factorize(stacked)
             n = len(df)
@@ -144,12 +154,15 @@ class Columns:
                 self._codes[c] = codes[i * n:(i + 1) * n].astype(np.int32)
 
     def values(self, col: str):
-        """The column's values, indexable by positions or a mask (an object array, or for a categorical column a
-        :class:`Gathered`); derived columns are stored by derived()."""
+        """The column's values, indexable by positions or a mask (an object array; for a categorical column a
+        :class:`Gathered`, for an Arrow string column an :class:`ArrowGathered`); derived columns are stored by
+        derived()."""
         if col not in self._values:
             s = self.df[col]
             if isinstance(s.dtype, pd.CategoricalDtype):
                 self._values[col] = Gathered(s.cat.codes.to_numpy(), s.cat.categories)
+            elif is_arrow_string(s):
+                self._values[col] = ArrowGathered(s)
             else:
                 self._values[col] = _strings(self.df, col)
         return self._values[col]
@@ -166,8 +179,8 @@ class Columns:
         if key not in self._codes:
             loaded = LOADED_DERIVATIONS.get(key)
             if loaded is not None and loaded in self.df.columns:
-                self._values[key] = _strings(self.df, loaded)
-                self._codes[key] = pd.factorize(self._values[key])[0].astype(np.int32)
+                self._values[key] = self.values(loaded)
+                self._codes[key] = pd.factorize(self.df[loaded])[0].astype(np.int32)
                 return self._codes[key]
             codes, uniques = pd.factorize(self.df[col])
             mapped = np.empty(len(uniques) + 1, dtype=object)  # the last one, None, is where code -1 points
@@ -175,6 +188,23 @@ class Columns:
             self._values[key] = mapped[codes]
             self._codes[key] = pd.factorize(mapped)[0].astype(np.int32)[codes]
         return self._codes[key]
+
+
+    def shared_derived(self, name: str, columns: tuple[str, ...], fn) -> list[np.ndarray]:
+        """Per column, 32-bit codes of ``fn`` of its values in one code space for all ``columns`` (-1 for missing):
+        ``fn`` runs once per distinct value of a column, and no value is kept per record."""
+        key = f"{name}({'|'.join(columns)})"
+        if key not in self._shared:
+            factorized = [pd.factorize(self.df[c]) for c in columns]
+            mapped = [np.array([fn(v) for v in uniques.tolist()], dtype=object) for _, uniques in factorized]
+            space = pd.factorize(np.concatenate(mapped))[0].astype(np.int32) if mapped else np.empty(0, np.int32)
+            out, start = [], 0
+            for (codes, _), m in zip(factorized, mapped):
+                local = np.append(space[start:start + len(m)], np.int32(-1))  # code -1 reads the trailing -1
+                out.append(local[codes])
+                start += len(m)
+            self._shared[key] = out
+        return self._shared[key]
 
 
 class Gathered:
@@ -193,6 +223,88 @@ class Gathered:
 
     def distinct(self) -> np.ndarray:
         return self.lookup[:-1]
+
+
+def is_arrow_string(s: pd.Series) -> bool:
+    return isinstance(s.dtype, pd.StringDtype) and s.dtype.storage == "pyarrow"
+
+
+class ArrowGathered:
+    """An Arrow string column's values at the positions asked for, as an object array (None for missing): the
+    column stays in Arrow's buffers (an e-mail is its bytes there, 75 bytes more as a Python string), and only
+    the values of the pairs compared become Python strings."""
+
+    def __init__(self, values: pd.Series):
+        self.array = values.array._pa_array.combine_chunks()
+
+    def __getitem__(self, positions) -> np.ndarray:
+        positions = np.asarray(positions)
+        if positions.dtype == bool:
+            positions = np.flatnonzero(positions)
+        return np.asarray(self.array.take(pa.array(positions, type=pa.int64())).to_numpy(zero_copy_only=False),
+                          dtype=object)
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def distinct(self) -> np.ndarray:
+        return np.asarray(pc.unique(self.array.drop_null()).to_numpy(zero_copy_only=False), dtype=object)
+
+
+class PairValues:
+    """One side of the candidate pairs' values, gathered only at the pairs asked for: a string comparison scores
+    each distinct pair of values once, and an array of every pair's values (tens of millions at 10 million
+    contacts; new strings for an Arrow column) was the largest thing of the comparisons. ``other`` and
+    ``use_other``: pairs whose names are swapped read the other column."""
+
+    def __init__(self, values, positions: np.ndarray, other=None, use_other: np.ndarray | None = None):
+        self.values, self.positions, self.other, self.use_other = values, positions, other, use_other
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, idx) -> np.ndarray:
+        idx = np.asarray(idx)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        at = self.positions[idx]
+        out = np.asarray(self.values[at], dtype=object)
+        if self.other is not None and self.use_other is not None:
+            swapped = self.use_other[idx]
+            if swapped.any():
+                out = out.copy()
+                out[swapped] = np.asarray(self.other[at[swapped]], dtype=object)
+        return out
+
+    def dense(self) -> np.ndarray:
+        return self[np.arange(len(self))]
+
+
+def arrow_near_unique(df: pd.DataFrame, share: float = 0.5) -> list[str]:
+    """The text columns whose values are nearly all distinct (e-mails, phones, IDs): held as Arrow strings they
+    take a third of their memory as Python strings, and a categorical would spare nothing."""
+    out = []
+    for col in df.columns:
+        s = df[col]
+        if s.dtype == object or is_arrow_string(s):
+            present = int(s.notna().sum())
+            if present and s.nunique() > share * present and all(isinstance(v, str) for v in s.dropna().head(100)):
+                out.append(col)
+    return out
+
+
+def arrow_categoricals(df: pd.DataFrame) -> pd.DataFrame:
+    """Text columns of Python strings as categoricals whose categories are Arrow strings, in place."""
+    for col in df.columns:
+        s = df[col]
+        if s.dtype != object:
+            continue
+        codes, uniques = pd.factorize(s)
+        if pd.api.types.infer_dtype(uniques, skipna=True) not in ("string", "empty"):
+            continue
+        categories = pd.Index(pd.array(np.asarray(uniques, dtype=object), dtype="string[pyarrow]"))
+        df[col] = pd.Series(pd.Categorical.from_codes(codes, categories=categories), index=df.index)
+    return df
 
 
 def _strings(df: pd.DataFrame, col: str) -> np.ndarray:
@@ -218,6 +330,8 @@ def _similarity(a: np.ndarray, b: np.ndarray, scorer: str, only: np.ndarray | No
     candidate pairs of a block of Müllers compare the same first names again and again), so each distinct pair of
     codes is scored once (the scorers are symmetric) and the result spread over its pairs."""
     fn, scale = _SCORERS[scorer]
+    if only is None:
+        a, b = (v.dense() if isinstance(v, PairValues) else v for v in (a, b))
     ok = (pd.notna(a) & pd.notna(b)) if only is None else only
     out = np.zeros(len(a), dtype=np.float32)
     todo = np.flatnonzero(ok)
@@ -256,10 +370,11 @@ def comparison_levels(df: pd.DataFrame, left: np.ndarray, right: np.ndarray, spe
         # Only pairs that are not already identical need the (costlier) similarity check.
         todo = ~direct_exact
         fl, fr, ll, lr = fc[left] >= 0, fc[right] >= 0, lc[left] >= 0, lc[right] >= 0
-        direct = (_similarity(fv[left], fv[right], "jaro_winkler", todo & fl & fr, (fc[left], fc[right]))
-                  + _similarity(lv[left], lv[right], "jaro_winkler", todo & ll & lr, (lc[left], lc[right])))
-        crossed = (_similarity(fv[left], lv[right], "jaro_winkler", todo & fl & lr, (fc[left], lc[right]))
-                   + _similarity(lv[left], fv[right], "jaro_winkler", todo & ll & fr, (lc[left], fc[right])))
+        fvl, fvr, lvl, lvr = PairValues(fv, left), PairValues(fv, right), PairValues(lv, left), PairValues(lv, right)
+        direct = (_similarity(fvl, fvr, "jaro_winkler", todo & fl & fr, (fc[left], fc[right]))
+                  + _similarity(lvl, lvr, "jaro_winkler", todo & ll & lr, (lc[left], lc[right])))
+        crossed = (_similarity(fvl, lvr, "jaro_winkler", todo & fl & lr, (fc[left], lc[right]))
+                   + _similarity(lvl, fvr, "jaro_winkler", todo & ll & fr, (lc[left], fc[right])))
         swap = (crossed > direct + 0.2) | (crossed_exact & ~direct_exact)
     out: dict[str, np.ndarray] = {}
     for comp in spec.comparisons:
@@ -268,13 +383,14 @@ def comparison_levels(df: pd.DataFrame, left: np.ndarray, right: np.ndarray, spe
 
 
 def _pair_codes(cols: Columns, left, right, col, spec, swap):
+    """Both sides' codes of a column per pair, and their values as :class:`PairValues` (gathered when asked)."""
     ca, cb = cols.codes(col)[left], cols.codes(col)[right]
-    va, vb = cols.values(col)[left], cols.values(col)[right]
+    va, vb = PairValues(cols.values(col), left), PairValues(cols.values(col), right)
     if swap is not None and spec.name_swap and col in spec.name_swap and swap.any():
         other = spec.name_swap[1] if col == spec.name_swap[0] else spec.name_swap[0]
-        cb, vb = cb.copy(), vb.copy()
+        cb = cb.copy()
         cb[swap] = cols.codes(other)[right][swap]
-        vb[swap] = cols.values(other)[right][swap]
+        vb = PairValues(cols.values(col), right, cols.values(other), swap)
     return ca, cb, va, vb
 
 
@@ -306,16 +422,15 @@ def _levels_for(cols: Columns, left, right, comp: ComparisonSpec, spec: EntityMa
     if comp.kind == "exact_any":
         # Phones are compared by their national number: "+49 662 ..." (a number written without its country,
         # read as German) and "+43 662 ..." are one Salzburg line.
-        for c in comp.columns:
-            cols.derived("national", c, _national_number)
-        codes_l = [cols.values(f"national({c})")[left] for c in comp.columns]
-        codes_r = [cols.values(f"national({c})")[right] for c in comp.columns]
-        # Compare values, not per-column codes: a phone may sit in "phone" on one side, "mobile" on the other.
-        known = np.logical_or.reduce([pd.notna(v) for v in codes_l]) & np.logical_or.reduce([pd.notna(v) for v in codes_r])
+        # One code space for all the columns: a phone may sit in "phone" on one side, "mobile" on the other.
+        national = cols.shared_derived("national", comp.columns, _national_number)
+        codes_l = [c[left] for c in national]
+        codes_r = [c[right] for c in national]
+        known = np.logical_or.reduce([c >= 0 for c in codes_l]) & np.logical_or.reduce([c >= 0 for c in codes_r])
         same = np.zeros(n, dtype=bool)
         for x in codes_l:
             for y in codes_r:
-                same |= pd.notna(x) & (x == y)
+                same |= (x >= 0) & (x == y)
         levels[known] = 0
         levels[known & same] = 1
         return levels
@@ -340,8 +455,8 @@ def _levels_for(cols: Columns, left, right, comp: ComparisonSpec, spec: EntityMa
         la, lb = local[left], local[right]
         same_local = known & (la == lb) & ~exact
         local_values = cols.values(f"local({comp.column})")
-        sim = _similarity(local_values[left], local_values[right], "jaro_winkler", known & ~exact & ~same_local,
-                          (la, lb))
+        sim = _similarity(PairValues(local_values, left), PairValues(local_values, right), "jaro_winkler",
+                          known & ~exact & ~same_local, (la, lb))
         levels[known & (sim >= 0.88)] = 1
         levels[same_local] = 2
         if spec.name_swap and "mailbox_is_name" in cols.df.columns:
@@ -376,8 +491,8 @@ def _levels_for(cols: Columns, left, right, comp: ComparisonSpec, spec: EntityMa
         verdicts = {"same": 2, "compatible": 1, "conflict": 0, "unknown": NULL}
         table = np.array([[verdicts[forms_compatible(x, y)] for y in uniques] for x in uniques], dtype=np.int8).reshape(
             len(uniques), len(uniques))
-        ia = np.array([index.get(v, -1) if v is not None else -1 for v in va])
-        ib = np.array([index.get(v, -1) if v is not None else -1 for v in vb])
+        ia = np.array([index.get(v, -1) if v is not None else -1 for v in va.dense()])
+        ib = np.array([index.get(v, -1) if v is not None else -1 for v in vb.dense()])
         ok = (ia >= 0) & (ib >= 0)
         levels[:] = NULL
         levels[ok] = table[ia[ok], ib[ok]]
@@ -399,8 +514,8 @@ def _address_levels(cols: Columns, left, right, columns: tuple[str, ...]) -> np.
     def similar(col, both_known):
         codes, values = cols.codes(col), cols.values(col)
         same = both_known & (codes[left] == codes[right])
-        return same | (_similarity(values[left], values[right], "jaro_winkler", both_known & ~same,
-                                   (codes[left], codes[right])) >= 0.9)
+        return same | (_similarity(PairValues(values, left), PairValues(values, right), "jaro_winkler",
+                                   both_known & ~same, (codes[left], codes[right])) >= 0.9)
 
     has_plz, has_town, has_street = both(postcode), both(town), both(street)
     digits = cols.derived("plz_digits", postcode, lambda v: v.lstrip("0") or v)

@@ -27,18 +27,33 @@ DIFFERENT = 0.8  # Jaro-Winkler below this: clearly another name (the engine's l
 def shared_mailboxes(email_norm: pd.Series, first_key: pd.Series | None, last_key: pd.Series | None,
                      names: tuple[str, ...] = (), used_by_people: int = 0) -> np.ndarray:
     """Per record: is its address a role or shared mailbox?"""
-    email = email_norm.astype(object).where(email_norm.notna(), None)
+    email = _arrow_text(email_norm)
     shared = np.zeros(len(email), dtype=bool)
     if names:
-        local = email.str.rsplit("@", n=1).str[0]
-        head = local.str.split(r"[._\-+0-9]", n=1, regex=True).str[0]
+        local = _local(email)
+        head = local.str.replace(r"[._\-+0-9].*$", "", regex=True)  # up to the first separator
         role = head.isin(names) | local.isin(names)
         shared |= role.fillna(False).to_numpy(dtype=bool)
     if used_by_people >= 2 and first_key is not None and last_key is not None:
-        found = _used_by_several(email, first_key, last_key, used_by_people)
+        # Only addresses on two records or more can be used by two people: the others stay in Arrow.
+        several = (email.notna() & email.duplicated(keep=False)).to_numpy(dtype=bool)
+        found = _used_by_several(email[several].astype(object), first_key[several], last_key[several], used_by_people)
         if found:
-            shared |= email.isin(found).to_numpy(dtype=bool)
+            shared |= email.isin(found).fillna(False).to_numpy(dtype=bool)
     return shared
+
+
+def _arrow_text(values: pd.Series) -> pd.Series:
+    """Text as Arrow strings (missing as <NA>): the string work over every record's e-mail then makes no Python
+    string per record (13 million e-mails, their local parts and domains were gigabytes as Python objects)."""
+    if isinstance(values.dtype, pd.StringDtype) and values.dtype.storage == "pyarrow" and values.dtype.na_value is pd.NA:
+        return values.reset_index(drop=True)
+    return pd.Series(values.to_numpy(dtype=object), dtype="string[pyarrow]")
+
+
+def _local(email: pd.Series) -> pd.Series:
+    """The part before the last ``@`` (all of it without one)."""
+    return email.str.replace(r"@[^@]*$", "", regex=True)
 
 
 def _used_by_several(email: pd.Series, first_key: pd.Series, last_key: pd.Series, used_by_people: int) -> set[str]:
@@ -88,14 +103,14 @@ def numbered_apart(email_norm: pd.Series, left: np.ndarray, right: np.ndarray) -
     """Per candidate pair: two mailboxes at one domain whose names differ only in a trailing number
     (``ellen.mueller@`` and ``ellen.mueller2@``). A company numbers the mailboxes of namesakes; one
     person has one mailbox there. The pair is two people, whatever their names and company say."""
-    email = email_norm.astype(object).where(email_norm.notna(), None)
-    parts = email.str.rsplit("@", n=1)
-    local, domain = parts.str[0], parts.str[1]
+    email = _arrow_text(email_norm)
+    local = _local(email)
+    domain = email.str.replace(r"^.*@", "", regex=True).where(email.str.contains("@", regex=False).fillna(False))
     stem = local.str.replace(r"[0-9]+$", "", regex=True)
     numbered = local.str.contains(r"[0-9]$", regex=True).fillna(False).to_numpy(dtype=bool)
-    key = (stem.where(stem.str.len() > 0) + "@" + domain).to_numpy(dtype=object)
+    key = stem.where((stem.str.len() > 0).fillna(False)) + "@" + domain
     codes, _ = pd.factorize(key, use_na_sentinel=True)
-    local_codes, _ = pd.factorize(local.to_numpy(dtype=object), use_na_sentinel=True)
+    local_codes, _ = pd.factorize(local, use_na_sentinel=True)
     ca, cb = codes[left], codes[right]
     return ((ca >= 0) & (ca == cb) & (local_codes[left] != local_codes[right])
             & (numbered[left] | numbered[right]))
