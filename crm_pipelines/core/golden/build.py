@@ -201,7 +201,9 @@ def _write_golden(wh: Warehouse, step: _Step, cfg: MatchingConfig, res: Resoluti
             if log and len(ranges) > 1:
                 log(f"golden {step.entity}: {offset:,} of {len(labels):,} records read and spilled ({i}/{len(ranges)} slices)")
         if offset != len(read_order):
-            _check_same_records(read_order, np.empty(offset), step.records, len(read_order))
+            raise RuntimeError(f"{step.records.schema}.{step.records.name} changed while the golden step was reading it "
+                               f"({len(read_order):,} records at the first read, {offset:,} at the second): "
+                               "another run rebuilt the records; materialise the golden step again")
         ids = assign_id_seqs(old, labels, PREFIX[step.entity], next_seq(wh, step.entity))
         register_ids(wh, step.entity, ids, run_id, at)
         edge_part = parts.part_of_cluster[labels[as_record(edge_a)]] if len(edge_a) else np.empty(0, np.int64)
@@ -308,18 +310,13 @@ def resolve_accounts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
     started = time.monotonic()
     at = now()
     spec = cfg.accounts
-    # The matching reads the signature columns of every record; the golden fields are read afterwards, a
-    # slice at a time (_write_golden). Held together they were the step's peak (see resolve_contacts).
+    # The matching reads the signature columns of every record, a slice at a time, into distinct signatures in
+    # Arrow columns; the golden fields are read afterwards, a slice at a time (_write_golden).
     register = register_found(wh)
-    accounts = apply_register(load_account_records(wh, _ACCOUNT_MATCHING_COLUMNS), wh, register)
-    sig, codes = account_signatures(accounts)
-    keys = pd.Index(accounts["record_key"].to_numpy(), dtype=object)
     dec = decisions(wh, "accounts")
+    sig, codes, read_order, record_at, with_register_id = _load_account_signatures(wh, register, dec, log)
     # Decisions name records; the resolution runs over signatures: a record's position is its signature's.
-    must, cannot, unknown = decision_links(dec, lambda k: np.where((i := keys.get_indexer(k)) >= 0, codes[i], -1))
-    with_register_id = int(accounts["register_id"].notna().sum())
-    read_order = _key_digest(keys)
-    accounts = keys = None  # freed before the resolution
+    must, cannot, unknown = decision_links(dec, lambda k: np.where((i := record_at(k)) >= 0, codes[i], -1))
     res = resolve(sig, spec, must_link=must, cannot_link=cannot, log=log)
     n_signatures = len(sig)
     del sig
@@ -396,6 +393,57 @@ def _load_matching(wh: Warehouse, table: sa.Table, load: Callable, columns: set[
     del frames
     digest = np.concatenate(digests) if digests else np.empty(0, np.uint64)
     return matching, digest, lambda k: np.array([found.get(x, -1) for x in k], dtype=np.int64)
+
+
+def _load_account_signatures(wh: Warehouse, register: pd.DataFrame, dec: pd.DataFrame, log: Log | None):
+    """The account records' signatures (:func:`account_signatures`) read a slice at a time: each slice's distinct
+    signatures in Arrow columns (as :func:`_load_matching`), then the slices' signatures made distinct over all of
+    them by integer codes of their columns (in order of first appearance, as over the whole table at once).
+    Returns the signatures, each record's signature, the record keys' digest, a key -> record position lookup
+    for the decisions and the number of records with a register ID."""
+    named = set(dec.get("record_a", [])) | set(dec.get("record_b", []))
+    frames, slice_codes, digests, found = [], [], [], {}
+    arrow: list[str] | None = None
+    offset = with_register_id = 0
+    ranges = wh.key_ranges(wh.qualified(ACCOUNT_RECORDS), "record_key", SLICE_RECORDS)
+    for i, key_range in enumerate(ranges, 1):
+        accounts = apply_register(load_account_records(wh, _ACCOUNT_MATCHING_COLUMNS, key_range), wh, register)
+        keys = accounts["record_key"].to_numpy(dtype=object)
+        digests.append(_key_digest(keys))
+        if named:
+            at = pd.Index(keys).get_indexer(list(named))
+            found.update((k, offset + int(p)) for k, p in zip(named, at) if p >= 0)
+        with_register_id += int(accounts["register_id"].notna().sum())
+        sig, codes = account_signatures(accounts)
+        del accounts
+        sig = sig[SIGNATURE_COLUMNS + ["source"]]
+        if arrow is None:
+            arrow = arrow_near_unique(sig)
+        for col in arrow:
+            sig[col] = pd.Series(sig[col].to_numpy(dtype=object), index=sig.index, dtype="string[pyarrow]")
+        frames.append(arrow_categoricals(sig))
+        slice_codes.append(codes)
+        offset += len(codes)
+        if log and len(ranges) > 1:
+            log(f"account records: signatures of {offset:,} records read ({i}/{len(ranges)} slices)")
+    if not frames:
+        return (pd.DataFrame(columns=SIGNATURE_COLUMNS + ["source", "records"]), np.empty(0, np.int64),
+                np.empty(0, np.uint64), lambda k: np.full(len(k), -1, dtype=np.int64), 0)
+    every = concat_compact(frames) if len(frames) > 1 else frames[0]
+    del frames
+    # The same signature in two slices: one code over all of them (missing is a value of its own, as in
+    # account_signatures).
+    combined = np.zeros(len(every), dtype=np.int64)
+    for col in SIGNATURE_COLUMNS:
+        col_codes, uniques = pd.factorize(every[col])
+        combined = pd.factorize(combined * (len(uniques) + 1) + (col_codes + 1))[0].astype(np.int64)
+    first_rows = np.flatnonzero(~pd.Series(combined).duplicated().to_numpy())
+    starts = np.cumsum([0] + [int(c.max()) + 1 if len(c) else 0 for c in slice_codes[:-1]])
+    codes = np.concatenate([combined[start + c] for start, c in zip(starts, slice_codes)])
+    sig = every.iloc[first_rows].reset_index(drop=True)
+    sig["records"] = np.bincount(codes, minlength=len(sig))
+    return (sig, codes, np.concatenate(digests),
+            lambda k: np.array([found.get(x, -1) for x in k], dtype=np.int64), with_register_id)
 
 
 def _key_digest(keys) -> np.ndarray:

@@ -154,6 +154,51 @@ def test_comparison_levels_detect_swapped_names_and_mailboxes():
     assert levels["postal_code"][0] == 1 and levels["company"][0] == 3 and levels["email"][0] == -1
 
 
+def _in_arrow(df: pd.DataFrame) -> pd.DataFrame:
+    """The frame as the golden steps hold it: near-unique text as Arrow strings, the rest categoricals of them."""
+    from crm_pipelines.core.golden.matching.engine import arrow_categoricals, arrow_near_unique
+
+    out = df.copy()
+    for col in arrow_near_unique(out):
+        out[col] = pd.Series(out[col].to_numpy(dtype=object), dtype="string[pyarrow]")
+    return arrow_categoricals(out)
+
+
+@pytest.mark.parametrize("entity", ["persons", "accounts"])
+def test_columns_in_arrow_compare_as_python_strings_do(entity):
+    """Every comparison kind (names swapped, e-mail with role and numbered mailboxes, phones across columns,
+    legal forms, addresses, exact IDs) gives the same levels on Arrow columns as on Python strings."""
+    rng = np.random.default_rng(11)
+    n = 300
+    pick = lambda values: [values[i] for i in rng.integers(0, len(values), n)]  # noqa: E731
+    df = pd.DataFrame({
+        "first_key": pick(["anna", "anne", "hans", "mueller", None]), "last_key": pick(["mueller", "muller", "anna", None]),
+        "email_norm": pick(["a.m@x.de", "a.m2@x.de", "info@x.de", "anna.mueller@y.de", "anna.mueller@y-group.com", None]),
+        "phone_e164": pick(["+4930123", "+4330123", None]), "mobile_e164": pick(["+4930123", "+49171", None]),
+        "org_key": pick(["beta", "beta bau", None]), "postal_code": pick(["01067", "1067", "80331", None]),
+        "crm_contact_id": [f"C{i}" if i % 3 else None for i in range(n)], "mailbox_is_name": pick([True, False]),
+        "company_key": pick(["beta", "beta bau", "gamma"]), "legal_form": pick(["GmbH", "GmbH & Co. KG", "AG", None]),
+        "city_key": pick(["dresden", "dresdn", None]), "street_full_key": pick(["hauptstr 1", "hauptstrasse 1", None]),
+        "register_id": pick(["HRB 1|Dresden", None]), "vat_id": [f"DE{i}" if i % 2 else None for i in range(n)],
+        "erp_customer_number": pick(["K1", None]), "domain": pick(["x.de", None]), "crm_company_id": pick(["CO1", None]),
+    }, dtype=object).astype({"mailbox_is_name": bool})  # Python strings, as the warehouse reads give them
+    spec = getattr(CFG, entity)
+    left, right = np.triu_indices(n, 1)
+    swap = ("first_key", "last_key") if entity == "persons" else ()
+    plain = comparison_levels(df, left, right, spec, Columns(df, swap))
+    arrow_df = _in_arrow(df)
+    assert any(isinstance(arrow_df[c].dtype, pd.StringDtype) for c in arrow_df.columns)
+    assert any(isinstance(arrow_df[c].dtype, pd.CategoricalDtype) for c in arrow_df.columns)
+    arrow = comparison_levels(arrow_df, left, right, spec, Columns(arrow_df, swap))
+    # Every text column as Arrow strings (a small first slice finds every column near-unique).
+    all_arrow_df = df.astype({c: "string[pyarrow]" for c in df.columns if c != "mailbox_is_name"})
+    all_arrow = comparison_levels(all_arrow_df, left, right, spec, Columns(all_arrow_df, swap))
+    for name, levels in plain.items():
+        assert np.array_equal(arrow[name], levels), name
+        assert np.array_equal(all_arrow[name], levels), name
+        assert len(np.unique(levels)) > 1, name  # a comparison that says something
+
+
 def test_an_address_counts_once_a_move_once_and_a_plz_with_its_town_once():
     from dataclasses import replace
 

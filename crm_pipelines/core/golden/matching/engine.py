@@ -239,6 +239,8 @@ class ArrowGathered:
 
     def __getitem__(self, positions) -> np.ndarray:
         positions = np.asarray(positions)
+        if positions.ndim == 0:
+            return self.array[int(positions)].as_py()
         if positions.dtype == bool:
             positions = np.flatnonzero(positions)
         return np.asarray(self.array.take(pa.array(positions, type=pa.int64())).to_numpy(zero_copy_only=False),
@@ -485,7 +487,7 @@ def _levels_for(cols: Columns, left, right, comp: ComparisonSpec, spec: EntityMa
         from ...cleaning.companies import forms_compatible
 
         values = cols.values(comp.column)
-        present = values.distinct() if isinstance(values, Gathered) else [v for v in values if v is not None]
+        present = values.distinct() if isinstance(values, (Gathered, ArrowGathered)) else [v for v in values if v is not None]
         uniques = pd.unique(pd.Series(present, dtype=object))
         index = {v: i for i, v in enumerate(uniques)}
         verdicts = {"same": 2, "compatible": 1, "conflict": 0, "unknown": NULL}
