@@ -481,7 +481,7 @@ def resolve_contacts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
     res = resolve(matching, spec, must_link=must, cannot_link=cannot, log=log)
     del matching
     labels = res.labels
-    consent_events = load_consent_events(wh)
+    consent_events = load_consent_events(wh, for_verdicts=True)
     event_keys = consent_events["person_record_key"].to_numpy(dtype=object)
     event_label = np.full(len(consent_events), -1, dtype=np.int64)  # the cluster of each consent event's record
 

@@ -8,8 +8,8 @@ after the other, so the step holds one part's records, however many there are.
 
 Clusters go to parts in label order, about ``part_records`` records to a part. A part is a file of pickled
 frames (one per slice that had records for it): pickle keeps every column's type as it was read, which a
-columnar file would have to be told per column. The files live in a temporary folder (``TMPDIR``) that is
-removed when the step ends, failed or not.
+columnar file would have to be told per column. The files live in a temporary folder (``TMPDIR``) that only
+the step's user can read (the records are personal data) and that is removed when the step ends, failed or not.
 """
 
 from __future__ import annotations

@@ -201,6 +201,7 @@ def _last_counting_events(events: pd.DataFrame, record_cluster: "dict[str, int] 
 
 
 _STATUS_ORDER = {"granted": 0, "withdrawn": 1, "objected": 2}
+VERDICT_STATUSES = tuple(_STATUS_ORDER)  # the statuses that move a verdict
 
 
 def allows(channel: str, consent: str | None, basis: str | None, is_customer: bool) -> bool:

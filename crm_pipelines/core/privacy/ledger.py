@@ -15,10 +15,21 @@ from ..sources.roles import CONSENT_SOURCES, ENGAGEMENT_SOURCES, OPT_IN_SOURCES
 from . import consent
 
 
-def load_consent_events(wh: Warehouse) -> pd.DataFrame:
+# What a verdict (consent.current) reads of an event.
+VERDICT_COLUMNS = ("person_record_key", "channel", "status", "legal_basis", "occurred_at", "double_opt_in_at")
+
+
+def load_consent_events(wh: Warehouse, for_verdicts: bool = False) -> pd.DataFrame:
+    """The consent ledger. ``for_verdicts``: only what the verdicts read, of the events linked to a person record
+    and of a status that moves a verdict (the golden contacts' step: event keys and e-mail hashes of millions of
+    events are most of the ledger)."""
     if not tables_present(wh, [CONSENT_EVENTS]):
-        return pd.DataFrame(columns=consent.EVENT_COLUMNS)
-    df = wh.read_select(sa.select(CONSENT_EVENTS))
+        return pd.DataFrame(columns=list(VERDICT_COLUMNS) if for_verdicts else consent.EVENT_COLUMNS)
+    if for_verdicts:
+        df = wh.read_select(sa.select(*[CONSENT_EVENTS.c[c] for c in VERDICT_COLUMNS]).where(
+            CONSENT_EVENTS.c.person_record_key.is_not(None), CONSENT_EVENTS.c.status.in_(consent.VERDICT_STATUSES)))
+    else:
+        df = wh.read_select(sa.select(CONSENT_EVENTS))
     df["occurred_at"] = pd.to_datetime(df["occurred_at"], utc=True)
     df["double_opt_in_at"] = pd.to_datetime(df["double_opt_in_at"], utc=True)
     return df

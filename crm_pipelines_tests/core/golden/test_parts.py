@@ -22,6 +22,7 @@ def test_parts_hold_whole_clusters_in_read_order_and_leave_nothing_behind():
         for start in range(0, len(records), 333):  # slices that do not line up with the parts
             parts.add(records.iloc[start:start + 333])
         folder = parts._dir
+        assert os.stat(folder).st_mode & 0o077 == 0  # personal data: the step's user only
         assert parts.n_parts >= len(labels) // 150 - 1
         for part, clusters, local in parts.parts():
             assert part["_pos"].is_monotonic_increasing  # read order within the part

@@ -189,7 +189,6 @@ class Columns:
             self._codes[key] = pd.factorize(mapped)[0].astype(np.int32)[codes]
         return self._codes[key]
 
-
     def shared_derived(self, name: str, columns: tuple[str, ...], fn) -> list[np.ndarray]:
         """Per column, 32-bit codes of ``fn`` of its values in one code space for all ``columns`` (-1 for missing):
         ``fn`` runs once per distinct value of a column, and no value is kept per record."""
@@ -235,7 +234,7 @@ class ArrowGathered:
     the values of the pairs compared become Python strings."""
 
     def __init__(self, values: pd.Series):
-        self.array = values.array._pa_array.combine_chunks()
+        self.array = values.array.__arrow_array__()  # the column's own chunks: no copy
 
     def __getitem__(self, positions) -> np.ndarray:
         positions = np.asarray(positions)
