@@ -331,23 +331,23 @@ class KeyRange:
 
     def where(self, quote) -> tuple[str, dict]:
         """The SQL condition (true for every row when both ends are open) and its bind parameters."""
-        col = quote(self.column)
-        parts, params = [], {}
-        if self.low is not None:
-            parts.append(f"{col} >= :low")
-            params["low"] = self.low
-        if self.high is not None:
-            parts.append(f"({col} < :high OR {col} IS NULL)" if self.low is None else f"{col} < :high")
-            params["high"] = self.high
-        return (" AND ".join(parts) or "1 = 1"), params
+        params = {k: v for k, v in (("low", self.low), ("high", self.high)) if v is not None}
+        return self._condition(quote, ":low", ":high"), params
 
     def where_literal(self, quote) -> str:
         """:meth:`where` with the bounds written into the SQL as quoted text (for a read through COPY, which
         takes no bind parameters)."""
-        condition, params = self.where(quote)
-        for name, value in params.items():
-            condition = condition.replace(f":{name}", "'" + str(value).replace("'", "''") + "'")
-        return condition
+        literal = lambda v: "'" + str(v).replace("'", "''") + "'"  # noqa: E731
+        return self._condition(quote, literal(self.low), literal(self.high))
+
+    def _condition(self, quote, low: str, high: str) -> str:
+        col = quote(self.column)
+        parts = []
+        if self.low is not None:
+            parts.append(f"{col} >= {low}")
+        if self.high is not None:
+            parts.append(f"({col} < {high} OR {col} IS NULL)" if self.low is None else f"{col} < {high}")
+        return " AND ".join(parts) or "1 = 1"
 
 
 class LockBusy(Exception):

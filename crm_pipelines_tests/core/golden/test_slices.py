@@ -16,7 +16,9 @@ from crm_pipelines.core.platform.warehouse import Warehouse
 from crm_pipelines.core.sources.ingest import ingest_partition, landed_partitions
 
 # Case, umlauts, digits and blanks: the orders of a C and a linguistic collation differ on them.
-IDS = ["a", "B", "ä", "Z-1", "z-1", "10", "9", None, "a", "Ö", "o", "ß", " space", "Ärger", "zz", None, "9"]
+# Bounds written into the SQL (where_literal): a quote, and keys that hold the bind parameters' names.
+IDS = ["a", "B", "ä", "Z-1", "z-1", "10", "9", None, "a", "Ö", "o", "ß", " space", "Ärger", "zz", None, "9",
+       "crm:o'brien", "crm:high", "x:low:high", "crm:highland"]
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 5, 12, 100])
@@ -37,6 +39,8 @@ def test_key_ranges_put_every_row_in_exactly_one_slice(warehouse_url, size):
     for key_range in ranges:
         condition, params = key_range.where(wh.quote)
         rows = wh.read_frame(f"SELECT row_no, id FROM {wh.qualified(probe)} WHERE {condition}", params)
+        literal = wh.read_frame(f"SELECT row_no FROM {wh.qualified(probe)} WHERE {key_range.where_literal(wh.quote)}")
+        assert sorted(literal["row_no"]) == sorted(rows["row_no"])
         seen.extend(rows["row_no"])
         if size < distinct:  # each slice holds whole values: a duplicated ID never straddles two
             assert rows["id"].dropna().nunique() <= size
