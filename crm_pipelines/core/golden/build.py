@@ -14,7 +14,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -26,9 +26,9 @@ from ..platform.schema import (ACCOUNT_CROSSWALK, ACCOUNT_LINEAGE, ACCOUNT_RECOR
 from ..platform.warehouse import KeyRange, Warehouse, replace_table
 from ..privacy import consent
 from ..privacy.ledger import load_consent_events
-from .crosswalk import PREFIX, _mention_accounts, account_votes, current_map, next_seq, register_ids
+from .crosswalk import PREFIX, account_votes, current_map, mention_accounts, next_seq, register_ids
 from .matching.ids import IdAssignment, assign_id_seqs, id_seqs
-from .matching.engine import arrow_categoricals, arrow_near_unique, concat_compact
+from .matching.engine import arrow_near_unique, concat_compact, in_arrow
 from .matching.resolve import Resolution, resolve
 from .matching.settings import EntityMatchSpec, MatchingConfig
 from .records import SIGNATURE_COLUMNS, account_signatures
@@ -149,7 +149,8 @@ class _Step:
     fields: list[str]  # survived
     lineage_fields: list[str]  # as the golden table names them
     read: Callable[[KeyRange], pd.DataFrame]  # a slice of records: golden fields and bookkeeping, in key order
-    finish: Callable[[pd.DataFrame, pd.DataFrame, np.ndarray, int], pd.DataFrame]  # golden, records, local, clusters
+    # golden records of a part, its records, each record's cluster in the part, the part's clusters (labels)
+    finish: Callable[[pd.DataFrame, pd.DataFrame, np.ndarray, np.ndarray], pd.DataFrame]
 
 
 @dataclass
@@ -161,21 +162,50 @@ class _Written:
     crosswalk_changes: int
 
 
+class _MergeEdges:
+    """The pairs that joined records (the clustering's merge edges) as arrays, grouped by the part their cluster
+    is in: each part writes its own, with their evidence, for explanations."""
+
+    def __init__(self, res: Resolution, as_record: Callable, labels: np.ndarray, part_of_cluster: np.ndarray):
+        merges = res.clusters.merge_edges
+        a = np.fromiter((m[0] for m in merges), np.int64, len(merges))
+        b = np.fromiter((m[1] for m in merges), np.int64, len(merges))
+        self.pair = _pair_index(res, a, b)  # where the evidence is, -1 where the pair was not compared
+        self.a, self.b = as_record(a), as_record(b)  # as records
+        self.probability = np.fromiter((m[2] for m in merges), np.float64, len(merges))
+        self.reason = np.array([m[3] for m in merges], dtype=object)
+        part = part_of_cluster[labels[self.a]] if len(merges) else np.empty(0, np.int64)
+        self._order = np.argsort(part, kind="stable")
+        self._bounds = np.searchsorted(part[self._order], np.arange(int(part.max()) + 2 if len(part) else 1))
+
+    def frames(self, p: int, records: pd.DataFrame, golden_ids: Callable, res: Resolution, spec: EntityMatchSpec,
+               entity: str, run_id: str) -> Iterator[pd.DataFrame]:
+        """Part ``p``'s edges, ``_EDGE_ROWS`` at a time, keyed by the part's records."""
+        mine = self._order[self._bounds[p]:self._bounds[p + 1]] if p + 1 < len(self._bounds) else self._order[:0]
+        positions, keys = records["_pos"].to_numpy(), records["record_key"].to_numpy()
+        for start in range(0, len(mine), _EDGE_ROWS):
+            rows = mine[start:start + _EDGE_ROWS]
+            idx = self.pair[rows]
+            evidence = _evidence(res, spec, np.where(idx >= 0, idx, 0))
+            yield pd.DataFrame({
+                "entity": entity, "golden_id": golden_ids(self.a[rows]),
+                "record_a": keys[np.searchsorted(positions, self.a[rows])],
+                "record_b": keys[np.searchsorted(positions, self.b[rows])],
+                "probability": self.probability[rows], "reason": self.reason[rows],
+                "evidence": [e if i >= 0 else "{}" for e, i in zip(evidence, idx)], "run_id": run_id})
+
+
 def _write_golden(wh: Warehouse, step: _Step, cfg: MatchingConfig, res: Resolution, labels: np.ndarray,
-                  record_of: np.ndarray | None, read_order: np.ndarray, run_id: str, at: datetime,
+                  record_of: np.ndarray | None, first: _FirstRead, run_id: str, at: datetime,
                   log: Log | None, on_slice: Callable[[pd.DataFrame, int], None] | None = None) -> _Written:
     """The golden records, their lineage, crosswalk and match edges of resolved records, a part of whole
-    clusters at a time (:mod:`.parts`): the records are read a key range at a time, lined up with the
-    matching's read by their keys' digest, and spilled by cluster; their previous golden IDs come with each
-    slice. IDs are then assigned over all records (integers), and each part is survived and written, all
-    parts in one transaction.
+    clusters at a time (:mod:`.parts`): the records are read by the first read's key ranges, checked against it
+    by their keys' digest, and spilled by cluster; their previous golden IDs come with each slice. IDs are then
+    assigned over all records (integers), and each part is survived and written, all parts in one transaction.
 
     ``labels``: cluster per record (read order); ``record_of``: per position of the resolution (a signature)
     the record it stands for, None when the resolution's positions are the records'."""
     spec = getattr(cfg, step.entity)
-    merges = res.clusters.merge_edges
-    edge_a = np.fromiter((m[0] for m in merges), np.int64, len(merges))
-    edge_b = np.fromiter((m[1] for m in merges), np.int64, len(merges))
     review = res.review
     review_a, review_b = review["a"].to_numpy(np.int64), review["b"].to_numpy(np.int64)
     as_record = (lambda x: x) if record_of is None else record_of.__getitem__
@@ -184,12 +214,11 @@ def _write_golden(wh: Warehouse, step: _Step, cfg: MatchingConfig, res: Resoluti
     key_at: dict[int, str] = {}
     old = np.full(len(labels), -1, dtype=np.int64)
     offset = 0
-    ranges = wh.key_ranges(wh.qualified(step.records), "record_key", SLICE_RECORDS)
     with ClusterParts(labels, PART_RECORDS) as parts:
-        for i, key_range in enumerate(ranges, 1):
+        for i, key_range in enumerate(first.ranges, 1):
             records = step.read(key_range)
             n = len(records)
-            _check_same_records(read_order[offset:offset + n], records["record_key"], step.records, len(read_order))
+            first.check(records["record_key"], offset)
             old[offset:offset + n] = id_seqs(records["record_key"].map(current_map(wh, step.crosswalk, key_range=key_range))
                                              .to_numpy(dtype=object))
             hit = wanted[(wanted >= offset) & (wanted < offset + n)]
@@ -198,16 +227,14 @@ def _write_golden(wh: Warehouse, step: _Step, cfg: MatchingConfig, res: Resoluti
                 on_slice(records, offset)
             parts.add(records)
             offset += n
-            if log and len(ranges) > 1:
-                log(f"golden {step.entity}: {offset:,} of {len(labels):,} records read and spilled ({i}/{len(ranges)} slices)")
-        if offset != len(read_order):
-            raise RuntimeError(f"{step.records.schema}.{step.records.name} changed while the golden step was reading it "
-                               f"({len(read_order):,} records at the first read, {offset:,} at the second): "
-                               "another run rebuilt the records; materialise the golden step again")
+            if log and len(first.ranges) > 1:
+                log(f"golden {step.entity}: {offset:,} of {len(labels):,} records read and spilled "
+                    f"({i}/{len(first.ranges)} slices)")
+        if offset != first.records:
+            first.changed(offset)
         ids = assign_id_seqs(old, labels, PREFIX[step.entity], next_seq(wh, step.entity))
         register_ids(wh, step.entity, ids, run_id, at)
-        edge_part = parts.part_of_cluster[labels[as_record(edge_a)]] if len(edge_a) else np.empty(0, np.int64)
-        weights_of_edges = _pair_index(res, edge_a, edge_b)
+        edges = _MergeEdges(res, as_record, labels, parts.part_of_cluster)
         survivorship = cfg.survivorship[step.entity]
         n_golden, changes, examples = 0, 0, []
         wh.ensure_tables([step.golden, step.lineage, step.crosswalk, MATCH_EDGES, REVIEW_CANDIDATES])
@@ -218,7 +245,7 @@ def _write_golden(wh: Warehouse, step: _Step, cfg: MatchingConfig, res: Resoluti
             for p, (records, clusters, local) in enumerate(parts.parts()):
                 golden, lineage = survive(records, local, step.fields, survivorship)
                 gid = ids.ids_of(clusters)
-                golden = step.finish(golden.assign(golden_id=gid), records, local, len(clusters))
+                golden = step.finish(golden.assign(golden_id=gid), records, local, clusters)
                 golden["run_id"] = run_id
                 wh.bulk_insert(conn, step.golden, golden)
                 if len(lineage):
@@ -231,20 +258,8 @@ def _write_golden(wh: Warehouse, step: _Step, cfg: MatchingConfig, res: Resoluti
                 del golden, lineage
                 changes += _crosswalk_part(wh, conn, step.crosswalk, records, old[records["_pos"].to_numpy()],
                                            ids.seqs[records["_label"].to_numpy()], gid[local], run_id, at)
-                mine = np.flatnonzero(edge_part == p)
-                positions = records["_pos"].to_numpy()
-                keys = records["record_key"].to_numpy()
-                a, b = as_record(edge_a[mine]), as_record(edge_b[mine])
-                idx = weights_of_edges[mine]
-                for start in range(0, len(mine), _EDGE_ROWS):
-                    part = slice(start, start + _EDGE_ROWS)
-                    evidence = _evidence(res, spec, np.where(idx[part] >= 0, idx[part], 0))
-                    wh.bulk_insert(conn, MATCH_EDGES, pd.DataFrame({
-                        "entity": step.entity, "golden_id": ids.ids_of(labels[a[part]]),
-                        "record_a": keys[np.searchsorted(positions, a[part])],
-                        "record_b": keys[np.searchsorted(positions, b[part])],
-                        "probability": [merges[j][2] for j in mine[part]], "reason": [merges[j][3] for j in mine[part]],
-                        "evidence": [e if i >= 0 else "{}" for e, i in zip(evidence, idx[part])], "run_id": run_id}))
+                for frame in edges.frames(p, records, lambda a: ids.ids_of(labels[a]), res, spec, step.entity, run_id):
+                    wh.bulk_insert(conn, MATCH_EDGES, frame)
                 if log and parts.n_parts > 1:
                     log(f"golden {step.entity}: part {p + 1}/{parts.n_parts} written ({n_golden:,} golden records)")
             if step.golden is GOLDEN_CONTACTS:
@@ -314,9 +329,9 @@ def resolve_accounts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
     # Arrow columns; the golden fields are read afterwards, a slice at a time (_write_golden).
     register = register_found(wh)
     dec = decisions(wh, "accounts")
-    sig, codes, read_order, record_at, with_register_id = _load_account_signatures(wh, register, dec, log)
+    sig, codes, first, with_register_id = _load_account_signatures(wh, register, dec, log)
     # Decisions name records; the resolution runs over signatures: a record's position is its signature's.
-    must, cannot, unknown = decision_links(dec, lambda k: np.where((i := record_at(k)) >= 0, codes[i], -1))
+    must, cannot, unknown = decision_links(dec, lambda k: np.where((i := first.position(k)) >= 0, codes[i], -1))
     res = resolve(sig, spec, must_link=must, cannot_link=cannot, log=log)
     n_signatures = len(sig)
     del sig
@@ -329,14 +344,15 @@ def resolve_accounts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
         records = apply_register(load_account_records(wh, _ACCOUNT_GOLDEN_COLUMNS, key_range), wh, register)
         return records.drop(columns=[c for c in ("company_key", "city_key", "register_id") if c in records.columns])
 
-    def finish(golden: pd.DataFrame, records: pd.DataFrame, local: np.ndarray, n: int) -> pd.DataFrame:
+    def finish(golden: pd.DataFrame, records: pd.DataFrame, local: np.ndarray, clusters: np.ndarray) -> pd.DataFrame:
+        n = len(clusters)
         golden["record_count"] = np.bincount(local, minlength=n)
         golden["sources"] = _sources_per_cluster(records["source"].to_numpy(), local, n)
         return golden.rename(columns={"company_base": "base_name"})
 
     step = _Step("accounts", ACCOUNT_RECORDS, GOLDEN_ACCOUNTS, ACCOUNT_LINEAGE, ACCOUNT_CROSSWALK, ACCOUNT_FIELDS,
                  ACCOUNT_FIELDS, read, finish)
-    written = _write_golden(wh, step, cfg, res, labels, first_record, read_order, run_id, at, log)
+    written = _write_golden(wh, step, cfg, res, labels, first_record, first, run_id, at, log)
     rate = 1 - written.n_golden / written.n_records if written.n_records else 0.0
     extra = _record_match_run(wh, "accounts", res, written.n_records, written.n_golden, rate, run_id, at, started,
                               cfg.max_match_rate_change, cfg.max_record_growth)
@@ -359,76 +375,88 @@ _ACCOUNT_MATCHING_COLUMNS = set(SIGNATURE_COLUMNS) | {"record_key", "source", "r
 _ACCOUNT_GOLDEN_COLUMNS = set(ACCOUNT_FIELDS) | _BOOKKEEPING | {"company_key", "city_key"}
 
 
+class _FirstRead:
+    """The matching's read of a records table, a key range at a time (:meth:`Warehouse.key_ranges`): the ranges
+    (the golden fields are read by the same ones), a digest of the record keys and the positions of the records
+    steward decisions name, taken slice by slice so that the keys are never held whole."""
+
+    def __init__(self, wh: Warehouse, table: sa.Table, dec: pd.DataFrame, log: Log | None, what: str):
+        self.table, self.log, self.what = table, log, what
+        self.ranges = wh.key_ranges(wh.qualified(table), "record_key", SLICE_RECORDS)
+        self._named = list(set(dec.get("record_a", [])) | set(dec.get("record_b", [])))
+        self._digests: list[np.ndarray] = []
+        self._found: dict[str, int] = {}
+        self.records = 0
+        self.near_unique: list[str] | None = None  # decided on the first slice, the same for all
+
+    def take(self, keys: np.ndarray, i: int) -> None:
+        """The record keys of slice ``i`` (counted from 1), in read order."""
+        self._digests.append(_key_digest(keys))
+        if self._named:
+            at = pd.Index(keys).get_indexer(self._named)
+            self._found.update((k, self.records + int(p)) for k, p in zip(self._named, at) if p >= 0)
+        self.records += len(keys)
+        if self.log and len(self.ranges) > 1:
+            self.log(f"{self.table.name}: {self.what} of {self.records:,} records read ({i}/{len(self.ranges)} slices)")
+
+    def in_arrow(self, frame: pd.DataFrame) -> pd.DataFrame:
+        if self.near_unique is None:
+            self.near_unique = arrow_near_unique(frame)
+        return in_arrow(frame, self.near_unique)
+
+    def position(self, keys: list) -> np.ndarray:
+        """The read position of each record key (-1 for a record that is not there)."""
+        return np.array([self._found.get(k, -1) for k in keys], dtype=np.int64)
+
+    def check(self, keys, start: int) -> None:
+        """``keys`` of the second read, from position ``start``, against the first read."""
+        if len(self._digests) != 1:  # the slices' digests as one array, once
+            self._digests = [np.concatenate(self._digests) if self._digests else np.empty(0, np.uint64)]
+        digest = self._digests[0][start:start + len(keys)]
+        if len(digest) != len(keys) or not np.array_equal(digest, _key_digest(keys)):
+            self.changed(start + len(keys))
+
+    def changed(self, second: int) -> None:
+        raise RuntimeError(f"{self.table.schema}.{self.table.name} changed while the golden step was reading it "
+                           f"({self.records:,} records at the first read, {second:,} or more at the second): "
+                           "another run rebuilt the records; materialise the golden step again")
+
+
 def _load_matching(wh: Warehouse, table: sa.Table, load: Callable, columns: set[str], dec: pd.DataFrame,
-                   log: Log | None) -> tuple[pd.DataFrame, np.ndarray, Callable[[list], np.ndarray]]:
-    """The matching columns of every record in key order, read a slice at a time: text columns whose values are
-    nearly all distinct (e-mails, phones, IDs) as Arrow strings (:func:`arrow_near_unique`, decided on the first
-    slice), the others as categoricals of Arrow strings (:func:`arrow_categoricals`), so that no Python string
-    outlives the read (a few surviving ones per block of the read's memory kept all of it: 550 MB at a million
-    contacts), the record keys never held whole (their digest, and the positions of the records steward decisions
-    name, are taken slice by slice). Returns the columns, the keys' digest and a key -> position lookup for the
-    decisions."""
-    named = set(dec.get("record_a", [])) | set(dec.get("record_b", []))
-    frames, digests, found = [], [], {}
-    arrow: list[str] | None = None
-    offset = 0
-    ranges = wh.key_ranges(wh.qualified(table), "record_key", SLICE_RECORDS)
-    for i, key_range in enumerate(ranges, 1):
+                   log: Log | None) -> tuple[pd.DataFrame, _FirstRead]:
+    """The matching columns of every record in key order, read a slice at a time and held in Arrow
+    (:meth:`_FirstRead.in_arrow`): near-unique text as Arrow strings, the rest categoricals of Arrow strings, so
+    that no Python string outlives the read (a few surviving ones per block of the read's memory kept all of it)."""
+    first = _FirstRead(wh, table, dec, log, "matching columns")
+    frames = []
+    for i, key_range in enumerate(first.ranges, 1):
         part = load(wh, columns | {"record_key"}, key_range)
-        keys = part["record_key"].to_numpy(dtype=object)
-        digests.append(_key_digest(keys))
-        if named:
-            at = pd.Index(keys).get_indexer(list(named))
-            found.update((k, offset + int(p)) for k, p in zip(named, at) if p >= 0)
-        part = part.drop(columns="record_key")
-        if arrow is None:
-            arrow = arrow_near_unique(part)
-        for col in arrow:
-            part[col] = pd.Series(part[col].to_numpy(dtype=object), index=part.index, dtype="string[pyarrow]")
-        frames.append(arrow_categoricals(part))
-        offset += len(part)
-        if log and len(ranges) > 1:
-            log(f"{table.name}: matching columns of {offset:,} records read ({i}/{len(ranges)} slices)")
+        first.take(part["record_key"].to_numpy(dtype=object), i)
+        frames.append(first.in_arrow(part.drop(columns="record_key")))
     matching = concat_compact(frames) if len(frames) != 1 else frames[0]
-    del frames
-    digest = np.concatenate(digests) if digests else np.empty(0, np.uint64)
-    return matching, digest, lambda k: np.array([found.get(x, -1) for x in k], dtype=np.int64)
+    return matching, first
 
 
-def _load_account_signatures(wh: Warehouse, register: pd.DataFrame, dec: pd.DataFrame, log: Log | None):
+def _load_account_signatures(wh: Warehouse, register: pd.DataFrame, dec: pd.DataFrame,
+                             log: Log | None) -> tuple[pd.DataFrame, np.ndarray, _FirstRead, int]:
     """The account records' signatures (:func:`account_signatures`) read a slice at a time: each slice's distinct
-    signatures in Arrow columns (as :func:`_load_matching`), then the slices' signatures made distinct over all of
-    them by integer codes of their columns (in order of first appearance, as over the whole table at once).
-    Returns the signatures, each record's signature, the record keys' digest, a key -> record position lookup
-    for the decisions and the number of records with a register ID."""
-    named = set(dec.get("record_a", [])) | set(dec.get("record_b", []))
-    frames, slice_codes, digests, found = [], [], [], {}
-    arrow: list[str] | None = None
-    offset = with_register_id = 0
-    ranges = wh.key_ranges(wh.qualified(ACCOUNT_RECORDS), "record_key", SLICE_RECORDS)
-    for i, key_range in enumerate(ranges, 1):
+    signatures in Arrow (as :func:`_load_matching`), then the slices' signatures made distinct over all of them by
+    integer codes of their columns (in order of first appearance, as over the whole table at once). Returns the
+    signatures, each record's signature, the first read and the number of records with a register ID."""
+    first = _FirstRead(wh, ACCOUNT_RECORDS, dec, log, "signatures")
+    frames, slice_codes = [], []
+    with_register_id = 0
+    for i, key_range in enumerate(first.ranges, 1):
         accounts = apply_register(load_account_records(wh, _ACCOUNT_MATCHING_COLUMNS, key_range), wh, register)
-        keys = accounts["record_key"].to_numpy(dtype=object)
-        digests.append(_key_digest(keys))
-        if named:
-            at = pd.Index(keys).get_indexer(list(named))
-            found.update((k, offset + int(p)) for k, p in zip(named, at) if p >= 0)
+        first.take(accounts["record_key"].to_numpy(dtype=object), i)
         with_register_id += int(accounts["register_id"].notna().sum())
         sig, codes = account_signatures(accounts)
         del accounts
-        sig = sig[SIGNATURE_COLUMNS + ["source"]]
-        if arrow is None:
-            arrow = arrow_near_unique(sig)
-        for col in arrow:
-            sig[col] = pd.Series(sig[col].to_numpy(dtype=object), index=sig.index, dtype="string[pyarrow]")
-        frames.append(arrow_categoricals(sig))
+        frames.append(first.in_arrow(sig[SIGNATURE_COLUMNS + ["source"]]))
         slice_codes.append(codes)
-        offset += len(codes)
-        if log and len(ranges) > 1:
-            log(f"account records: signatures of {offset:,} records read ({i}/{len(ranges)} slices)")
     if not frames:
-        return (pd.DataFrame(columns=SIGNATURE_COLUMNS + ["source", "records"]), np.empty(0, np.int64),
-                np.empty(0, np.uint64), lambda k: np.full(len(k), -1, dtype=np.int64), 0)
+        return pd.DataFrame(columns=SIGNATURE_COLUMNS + ["source", "records"]), np.empty(0, np.int64), first, 0
+    starts = np.cumsum([0] + [len(f) for f in frames[:-1]])
     every = concat_compact(frames) if len(frames) > 1 else frames[0]
     del frames
     # The same signature in two slices: one code over all of them (missing is a value of its own, as in
@@ -438,26 +466,16 @@ def _load_account_signatures(wh: Warehouse, register: pd.DataFrame, dec: pd.Data
         col_codes, uniques = pd.factorize(every[col])
         combined = pd.factorize(combined * (len(uniques) + 1) + (col_codes + 1))[0].astype(np.int64)
     first_rows = np.flatnonzero(~pd.Series(combined).duplicated().to_numpy())
-    starts = np.cumsum([0] + [int(c.max()) + 1 if len(c) else 0 for c in slice_codes[:-1]])
     codes = np.concatenate([combined[start + c] for start, c in zip(starts, slice_codes)])
     sig = every.iloc[first_rows].reset_index(drop=True)
     sig["records"] = np.bincount(codes, minlength=len(sig))
-    return (sig, codes, np.concatenate(digests),
-            lambda k: np.array([found.get(x, -1) for x in k], dtype=np.int64), with_register_id)
+    return sig, codes, first, with_register_id
 
 
 def _key_digest(keys) -> np.ndarray:
     """A 64-bit hash per record key: enough to tell that a second read returned the same records in
     the same order, at an eighth of the keys' memory."""
     return pd.util.hash_array(np.asarray(keys, dtype=object))
-
-
-def _check_same_records(digest: np.ndarray, keys, table: sa.Table, total: int) -> None:
-    """``keys`` (a slice of the second read) against the first read's ``digest`` of the same positions."""
-    if len(digest) != len(keys) or not np.array_equal(digest, _key_digest(keys)):
-        raise RuntimeError(f"{table.schema}.{table.name} changed while the golden step was reading it "
-                           f"({total:,} records at the first read, others at the second): "
-                           "another run rebuilt the records; materialise the golden step again")
 
 
 def _spec_columns(spec: EntityMatchSpec) -> set[str]:
@@ -475,9 +493,9 @@ def resolve_contacts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
     # (near-unique ones as Arrow strings); the golden fields are read afterwards, a slice at a time
     # (_write_golden). Read together, the 13 million records of 10 million contacts held both sets at once.
     dec = decisions(wh, "persons")
-    matching, read_order, position = _load_matching(wh, PERSON_RECORDS, load_person_records,
-                                                    _spec_columns(spec) | {"mailbox_is_name"}, dec, log)
-    must, cannot, unknown = decision_links(dec, position)
+    matching, first = _load_matching(wh, PERSON_RECORDS, load_person_records,
+                                     _spec_columns(spec) | {"mailbox_is_name"}, dec, log)
+    must, cannot, unknown = decision_links(dec, first.position)
     res = resolve(matching, spec, must_link=must, cannot_link=cannot, log=log)
     del matching
     labels = res.labels
@@ -487,7 +505,7 @@ def resolve_contacts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
 
     def read(key_range: KeyRange) -> pd.DataFrame:
         persons = load_person_records(wh, set(CONTACT_FIELDS) | _BOOKKEEPING, key_range)
-        persons["_account"] = _mention_accounts(wh, persons, key_range)
+        persons["_account"] = mention_accounts(wh, persons, key_range)
         return persons
 
     def on_slice(persons: pd.DataFrame, offset: int) -> None:
@@ -495,7 +513,8 @@ def resolve_contacts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
         hit = at_record >= 0
         event_label[hit] = labels[offset + at_record[hit]]
 
-    def finish(golden: pd.DataFrame, persons: pd.DataFrame, local: np.ndarray, n: int) -> pd.DataFrame:
+    def finish(golden: pd.DataFrame, persons: pd.DataFrame, local: np.ndarray, clusters: np.ndarray) -> pd.DataFrame:
+        n = len(clusters)
         golden = golden.rename(columns={"email_norm": "email"})
         golden["record_count"] = np.bincount(local, minlength=n)
         golden["sources"] = _sources_per_cluster(persons["source"].to_numpy(), local, n)
@@ -504,7 +523,6 @@ def resolve_contacts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
         golden["last_seen_at"] = seen.max().reindex(range(n)).to_numpy()
         golden["account_id"] = account_votes(persons["_account"].to_numpy(dtype=object), local,
                                              persons["record_ts"].to_numpy(), n)
-        clusters = persons["_label"].to_numpy()[np.unique(local, return_index=True)[1]]  # global label per local
         mine = np.isin(event_label, clusters)
         verdicts = consent.current(consent_events[mine].reset_index(drop=True),
                                    np.searchsorted(clusters, event_label[mine]), n)
@@ -514,7 +532,7 @@ def resolve_contacts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
 
     step = _Step("persons", PERSON_RECORDS, GOLDEN_CONTACTS, CONTACT_LINEAGE, PERSON_CROSSWALK, CONTACT_FIELDS,
                  [*CONTACT_FIELDS[:4], "email", *CONTACT_FIELDS[5:]], read, finish)
-    written = _write_golden(wh, step, cfg, res, labels, None, read_order, run_id, at, log, on_slice)
+    written = _write_golden(wh, step, cfg, res, labels, None, first, run_id, at, log, on_slice)
     extra = _record_match_run(wh, "persons", res, written.n_records, written.n_golden, res.match_rate, run_id, at,
                               started, cfg.max_match_rate_change, cfg.max_record_growth)
     linked = int(wh.scalar(sa.select(sa.func.count()).select_from(GOLDEN_CONTACTS)

@@ -93,7 +93,7 @@ def golden_ids_by(wh: Warehouse, records: sa.Table, crosswalk: sa.Table, columns
     return out
 
 
-def _mention_accounts(wh: Warehouse, persons: pd.DataFrame, key_range: KeyRange | None = None) -> np.ndarray:
+def mention_accounts(wh: Warehouse, persons: pd.DataFrame, key_range: KeyRange | None = None) -> np.ndarray:
     """Per person record (``persons`` in record-key order): the current golden account of its company
     mention, None where it has none. Joined in the database: a map of every account record key plus a
     "mention:" key per person record came to gigabytes at 10 million contacts. ``key_range``: ``persons``
@@ -109,11 +109,6 @@ def _mention_accounts(wh: Warehouse, persons: pd.DataFrame, key_range: KeyRange 
         found = (MENTION_PREFIX + persons["record_key"]).map(current_map(wh, ACCOUNT_CROSSWALK, key_range=key_range,
                                                                          key_prefix=MENTION_PREFIX))
     return found.to_numpy(dtype=object, na_value=None)
-
-
-def account_of_contacts(wh: Warehouse, persons: pd.DataFrame, labels: np.ndarray, n: int) -> np.ndarray:
-    """A contact belongs to the golden account its records' company mentions were matched to (the most frequent)."""
-    return account_votes(_mention_accounts(wh, persons), labels, persons["record_ts"].to_numpy(), n)
 
 
 def account_votes(mention: np.ndarray, labels: np.ndarray, ts: np.ndarray, n: int) -> np.ndarray:

@@ -10,6 +10,18 @@ import sqlalchemy as sa
 SQLITE_TS_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
 
+def is_arrow_string(s: pd.Series) -> bool:
+    """Is the column text in Arrow buffers (pandas' ``string[pyarrow]`` or its default ``str``)?"""
+    return isinstance(s.dtype, pd.StringDtype) and s.dtype.storage == "pyarrow"
+
+
+def arrow_strings(values: pd.Series) -> pd.Series:
+    """Text as Arrow strings, missing as <NA> (same index): no Python string per value."""
+    if is_arrow_string(values) and values.dtype.na_value is pd.NA:
+        return values
+    return pd.Series(values.to_numpy(dtype=object), index=values.index, dtype="string[pyarrow]")
+
+
 def compact_frame(result, chunk_rows: int) -> pd.DataFrame:
     """A result's rows as object columns with None for missing, fetched in chunks (a server-side
     cursor on PostgreSQL) with repeated values sharing one Python object (:func:`_shared_values`),

@@ -156,12 +156,10 @@ def test_comparison_levels_detect_swapped_names_and_mailboxes():
 
 def _in_arrow(df: pd.DataFrame) -> pd.DataFrame:
     """The frame as the golden steps hold it: near-unique text as Arrow strings, the rest categoricals of them."""
-    from crm_pipelines.core.golden.matching.engine import arrow_categoricals, arrow_near_unique
+    from crm_pipelines.core.golden.matching.engine import arrow_near_unique, in_arrow
 
     out = df.copy()
-    for col in arrow_near_unique(out):
-        out[col] = pd.Series(out[col].to_numpy(dtype=object), dtype="string[pyarrow]")
-    return arrow_categoricals(out)
+    return in_arrow(out, arrow_near_unique(out))
 
 
 @pytest.mark.parametrize("entity", ["persons", "accounts"])

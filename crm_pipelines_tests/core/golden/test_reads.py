@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from crm_pipelines.core.golden import build as G
 from crm_pipelines.core.golden.build import _lineage_rows, ensure_golden_tables, resolve_accounts, resolve_contacts
-from crm_pipelines.core.golden.crosswalk import _mention_accounts, build_crosswalk, current_map
+from crm_pipelines.core.golden.crosswalk import mention_accounts, build_crosswalk, current_map
 from crm_pipelines.core.golden.matching.settings import load_matching_config
 from crm_pipelines.core.golden.staging import (build_account_records, build_person_records, load_account_records,
                                                load_person_records)
@@ -74,13 +74,13 @@ def test_records_changed_between_the_two_reads_stop_the_step(records_wh, monkeyp
         step(wh, CFG, "r1")
 
 
-def test_mention_accounts_joined_in_the_database_are_the_crosswalks(records_wh):
+def testmention_accounts_joined_in_the_database_are_the_crosswalks(records_wh):
     wh = records_wh
     resolve_accounts(wh, CFG, "r1")
     persons = load_person_records(wh, {"record_key", "record_ts"})
     by_map = ("mention:" + persons["record_key"]).map(current_map(wh, ACCOUNT_CROSSWALK)).to_numpy()
 
-    joined = _mention_accounts(wh, persons)
+    joined = mention_accounts(wh, persons)
 
     assert len(joined) == len(persons)
     assert pd.notna(joined).sum() > len(persons) // 3  # most demo people name their company
@@ -92,7 +92,7 @@ def test_mention_accounts_joined_in_the_database_are_the_crosswalks(records_wh):
     extra = wh.read_frame(sa.select(ACCOUNT_CROSSWALK).where(ACCOUNT_CROSSWALK.c.record_key == f"mention:{mentioned}"))
     with wh.engine.begin() as conn:
         wh.bulk_insert(conn, ACCOUNT_CROSSWALK, extra.assign(golden_id="GA-EXTRA", valid_from=pd.Timestamp.now(tz="UTC")))
-    fallback = _mention_accounts(wh, persons)
+    fallback = mention_accounts(wh, persons)
     assert len(fallback) == len(persons)
     position = int(persons.index[persons["record_key"] == mentioned][0])
     assert fallback[position] in ("GA-EXTRA", joined[position])

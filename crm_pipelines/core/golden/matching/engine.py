@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import pandas as pd
 from rapidfuzz import distance, fuzz, process
 
+from ...platform.frames import arrow_strings, is_arrow_string
 from .settings import ComparisonSpec, EntityMatchSpec
 
 NULL = -1
@@ -224,10 +225,6 @@ class Gathered:
         return self.lookup[:-1]
 
 
-def is_arrow_string(s: pd.Series) -> bool:
-    return isinstance(s.dtype, pd.StringDtype) and s.dtype.storage == "pyarrow"
-
-
 class ArrowGathered:
     """An Arrow string column's values at the positions asked for, as an object array (None for missing): the
     column stays in Arrow's buffers (an e-mail is its bytes there, 75 bytes more as a Python string), and only
@@ -294,8 +291,11 @@ def arrow_near_unique(df: pd.DataFrame, share: float = 0.5) -> list[str]:
     return out
 
 
-def arrow_categoricals(df: pd.DataFrame) -> pd.DataFrame:
-    """Text columns of Python strings as categoricals whose categories are Arrow strings, in place."""
+def in_arrow(df: pd.DataFrame, near_unique: list[str]) -> pd.DataFrame:
+    """A frame's text without Python strings, in place: the ``near_unique`` columns (:func:`arrow_near_unique`) as
+    Arrow strings, the other text columns as categoricals whose categories are Arrow strings."""
+    for col in near_unique:
+        df[col] = arrow_strings(df[col])
     for col in df.columns:
         s = df[col]
         if s.dtype != object:

@@ -21,13 +21,15 @@ import numpy as np
 import pandas as pd
 from rapidfuzz.distance import JaroWinkler
 
+from ...platform.frames import arrow_strings
+
 DIFFERENT = 0.8  # Jaro-Winkler below this: clearly another name (the engine's lowest name level)
 
 
 def shared_mailboxes(email_norm: pd.Series, first_key: pd.Series | None, last_key: pd.Series | None,
                      names: tuple[str, ...] = (), used_by_people: int = 0) -> np.ndarray:
     """Per record: is its address a role or shared mailbox?"""
-    email = _arrow_text(email_norm)
+    email = arrow_strings(email_norm)  # string work without a Python string per e-mail
     shared = np.zeros(len(email), dtype=bool)
     if names:
         local = _local(email)
@@ -41,14 +43,6 @@ def shared_mailboxes(email_norm: pd.Series, first_key: pd.Series | None, last_ke
         if found:
             shared |= email.isin(found).fillna(False).to_numpy(dtype=bool)
     return shared
-
-
-def _arrow_text(values: pd.Series) -> pd.Series:
-    """Text as Arrow strings (missing as <NA>): the string work over every record's e-mail then makes no Python
-    string per record (13 million e-mails, their local parts and domains were gigabytes as Python objects)."""
-    if isinstance(values.dtype, pd.StringDtype) and values.dtype.storage == "pyarrow" and values.dtype.na_value is pd.NA:
-        return values.reset_index(drop=True)
-    return pd.Series(values.to_numpy(dtype=object), dtype="string[pyarrow]")
 
 
 def _local(email: pd.Series) -> pd.Series:
@@ -103,7 +97,7 @@ def numbered_apart(email_norm: pd.Series, left: np.ndarray, right: np.ndarray) -
     """Per candidate pair: two mailboxes at one domain whose names differ only in a trailing number
     (``ellen.mueller@`` and ``ellen.mueller2@``). A company numbers the mailboxes of namesakes; one
     person has one mailbox there. The pair is two people, whatever their names and company say."""
-    email = _arrow_text(email_norm)
+    email = arrow_strings(email_norm)  # string work without a Python string per e-mail
     local = _local(email)
     domain = email.str.replace(r"^.*@", "", regex=True).where(email.str.contains("@", regex=False).fillna(False))
     stem = local.str.replace(r"[0-9]+$", "", regex=True)
