@@ -168,12 +168,10 @@ class _MergeEdges:
 
     def __init__(self, res: Resolution, as_record: Callable, labels: np.ndarray, part_of_cluster: np.ndarray):
         merges = res.clusters.merge_edges
-        a = np.fromiter((m[0] for m in merges), np.int64, len(merges))
-        b = np.fromiter((m[1] for m in merges), np.int64, len(merges))
-        self.pair = _pair_index(res, a, b)  # where the evidence is, -1 where the pair was not compared
-        self.a, self.b = as_record(a), as_record(b)  # as records
-        self.probability = np.fromiter((m[2] for m in merges), np.float64, len(merges))
-        self.reason = np.array([m[3] for m in merges], dtype=object)
+        self.pair = _pair_index(res, merges.a, merges.b)  # where the evidence is, -1 where the pair was not compared
+        self.a, self.b = as_record(merges.a), as_record(merges.b)  # as records
+        self.probability = merges.probability
+        self.reason = merges.reason
         part = part_of_cluster[labels[self.a]] if len(merges) else np.empty(0, np.int64)
         self._order = np.argsort(part, kind="stable")
         self._bounds = np.searchsorted(part[self._order], np.arange(int(part.max()) + 2 if len(part) else 1))
@@ -332,7 +330,7 @@ def resolve_accounts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
     sig, codes, first, with_register_id = _load_account_signatures(wh, register, dec, log)
     # Decisions name records; the resolution runs over signatures: a record's position is its signature's.
     must, cannot, unknown = decision_links(dec, lambda k: np.where((i := first.position(k)) >= 0, codes[i], -1))
-    res = resolve(sig, spec, must_link=must, cannot_link=cannot, log=log)
+    res = resolve(sig, spec, must_link=must, cannot_link=cannot, log=log, drop_blocking_columns=True)
     n_signatures = len(sig)
     del sig
     # A signature stands for the first record that has it (account_signatures).
@@ -496,7 +494,7 @@ def resolve_contacts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
     matching, first = _load_matching(wh, PERSON_RECORDS, load_person_records,
                                      _spec_columns(spec) | {"mailbox_is_name"}, dec, log)
     must, cannot, unknown = decision_links(dec, first.position)
-    res = resolve(matching, spec, must_link=must, cannot_link=cannot, log=log)
+    res = resolve(matching, spec, must_link=must, cannot_link=cannot, log=log, drop_blocking_columns=True)
     del matching
     labels = res.labels
     consent_events = load_consent_events(wh, for_verdicts=True)

@@ -275,6 +275,73 @@ def test_cluster_size_limit():
     assert max(np.bincount(res.labels)) == 3 and res.stats["size_limited"] == 1
 
 
+
+def test_merge_edges_keep_order_reason_and_probability_and_rings_hold_every_member():
+    # Two chains that meet: the rings of members (used by the veto check) must hold all five records.
+    left, right = np.array([0, 2, 1, 3]), np.array([1, 3, 2, 4])
+    prob = np.array([0.99, 0.98, 0.97, 0.96])
+    contradiction = np.array([False, False, False, False])
+    res = cluster(6, left, right, prob, 0.95, contradiction, 50, must_link=[(4, 5, "steward: same")])
+    assert list(res.merge_edges) == [(4, 5, 1.0, "steward: same"), (0, 1, 0.99, "match"), (2, 3, 0.98, "match"),
+                                     (1, 2, 0.97, "match"), (3, 4, 0.96, "match")]
+    assert res.merge_edges.reason.tolist() == ["steward: same"] + ["match"] * 4
+    assert len(set(res.labels.tolist())) == 1
+    # A record contradicting the far end of a merged cluster is found through the ring.
+    left, right = np.array([0, 1, 2, 0]), np.array([1, 2, 3, 3])
+    res = cluster(4, left, right, np.array([0.99, 0.98, 0.97, 0.0]), 0.95, np.array([False, False, False, True]), 50)
+    assert res.labels[3] != res.labels[0] == res.labels[1] == res.labels[2] and res.stats["vetoed"] == 1
+
+
+def test_must_links_join_each_record_to_the_first_with_its_address_in_record_order():
+    from crm_pipelines.core.golden.matching.resolve import must_link_pairs
+
+    df = pd.DataFrame({"email_norm": pd.array(["b@x.de", "a@x.de", None, "b@x.de", "a@x.de", "info@x.de",
+                                               "info@x.de", "b@x.de"], dtype="string[pyarrow]")})
+    shared = np.array([False, False, False, False, False, True, True, False])
+    assert list(must_link_pairs(df, ("email_norm",), shared)) == [
+        (0, 3, "same email_norm"), (1, 4, "same email_norm"), (0, 7, "same email_norm")]
+
+
+def test_mailbox_checks_a_block_at_a_time_find_what_they_find_at_once(monkeypatch):
+    from crm_pipelines.core.golden.matching import mailboxes
+
+    email = pd.Series(["info@acme.de", "ellen.mueller@acme.de", "ellen.mueller2@acme.de", "k.mueller@web.de",
+                       "k.mueller@web.de", None, "ellen.mueller3@acme.de", "vertrieb-2@beta.de", "x@y.de", "x@y.de"],
+                      dtype=object)
+    first = pd.Series(["anna", "ellen", "ellen", "karl", "kordula", None, "ellen", "bob", "max", "max"])
+    last = pd.Series(["a", "mueller", "mueller", "mueller", "mueller", None, "mueller", "b", "y", "y"])
+    left, right = np.array([1, 1, 2, 3, 8, 0, 2]), np.array([2, 6, 6, 4, 9, 1, 5])
+    whole = (mailboxes.shared_mailboxes(email, first, last, ("info", "vertrieb"), 2),
+             mailboxes.numbered_apart(email, left, right))
+    assert whole[0].tolist() == [True, False, False, True, True, False, False, True, False, False]
+    assert whole[1].tolist() == [True, True, True, False, False, False, False]
+    monkeypatch.setattr(mailboxes, "CHUNK", 3)
+    assert mailboxes.shared_mailboxes(email, first, last, ("info", "vertrieb"), 2).tolist() == whole[0].tolist()
+    assert mailboxes.numbered_apart(email, left, right).tolist() == whole[1].tolist()
+
+
+def test_the_golden_steps_drop_the_blocking_columns_after_blocking_and_resolve_the_same(tmp_path):
+    from crm_pipelines.core.golden.matching.resolve import blocking_only_columns, resolve
+
+    cfg = load_matching_config(DEFAULT_CONFIG_DIR / "matching.yaml")
+    assert blocking_only_columns(cfg.persons) == {"name_kp_pair", "leitregion", "company_first_token", "last_kp",
+                                                  "first_initial", "street", "company_domain", "first_kp"}
+    df = pd.DataFrame({"email_norm": ["a@x.de", "a@x.de", "b@y.de", None], "first_key": ["anna", "anna", "bert", "bert"],
+                       "last_key": ["roth", "roth", "berg", "berg"], "first_kp": ["06", "06", "17", "17"],
+                       "last_kp": ["72", "72", "17", "17"], "leitregion": ["10", "10", "20", "20"],
+                       "name_kp_pair": ["06|72", "06|72", "17|17", "17|17"]})
+    from crm_pipelines.core.golden.build import _spec_columns
+
+    for col in _spec_columns(cfg.persons) - set(df.columns):
+        df[col] = pd.Series([None] * 4, dtype=object)
+    df["mailbox_is_name"] = False
+    kept = resolve(df.copy(), cfg.persons)
+    consumed = df.copy()
+    dropped = resolve(consumed, cfg.persons, drop_blocking_columns=True)
+    assert set(consumed.columns) == set(df.columns) - blocking_only_columns(cfg.persons) | {"email_shared"}
+    assert {"email_norm", "first_key", "last_key", "email_local", "mailbox_is_name"} <= set(consumed.columns)
+    assert kept.labels.tolist() == dropped.labels.tolist() and len(kept.pairs) == len(dropped.pairs) > 0
+
 # ----------------------------------------------------------------------------- stable IDs
 
 def test_ids_survive_merge_older_wins_and_split_larger_part_keeps():

@@ -26,22 +26,37 @@ from ...platform.frames import arrow_strings
 DIFFERENT = 0.8  # Jaro-Winkler below this: clearly another name (the engine's lowest name level)
 
 
+# Records whose addresses are worked on at a time: every string step makes a column of its own, and over
+# all records of 10 million contacts at once those columns were gigabytes.
+CHUNK = 1_000_000
+
+
+def _chunks(n: int):
+    return (slice(start, min(start + CHUNK, n)) for start in range(0, n, CHUNK))
+
+
 def shared_mailboxes(email_norm: pd.Series, first_key: pd.Series | None, last_key: pd.Series | None,
                      names: tuple[str, ...] = (), used_by_people: int = 0) -> np.ndarray:
     """Per record: is its address a role or shared mailbox?"""
     email = arrow_strings(email_norm)  # string work without a Python string per e-mail
     shared = np.zeros(len(email), dtype=bool)
     if names:
-        local = _local(email)
-        head = local.str.replace(r"[._\-+0-9].*$", "", regex=True)  # up to the first separator
-        role = head.isin(names) | local.isin(names)
-        shared |= role.fillna(False).to_numpy(dtype=bool)
+        for part in _chunks(len(email)):
+            local = _local(email.iloc[part])
+            head = local.str.replace(r"[._\-+0-9].*$", "", regex=True)  # up to the first separator
+            role = head.isin(names) | local.isin(names)
+            shared[part] |= role.fillna(False).to_numpy(dtype=bool)
     if used_by_people >= 2 and first_key is not None and last_key is not None:
         # Only addresses on two records or more can be used by two people: the others stay in Arrow.
-        several = (email.notna() & email.duplicated(keep=False)).to_numpy(dtype=bool)
-        found = _used_by_several(email[several].astype(object), first_key[several], last_key[several], used_by_people)
+        codes = pd.factorize(email)[0]
+        counts = np.bincount(codes[codes >= 0])
+        several = np.flatnonzero((codes >= 0) & (counts[np.maximum(codes, 0)] >= 2))
+        del codes, counts
+        found = _used_by_several(email.iloc[several].astype(object), first_key.iloc[several],
+                                 last_key.iloc[several], used_by_people)
         if found:
-            shared |= email.isin(found).fillna(False).to_numpy(dtype=bool)
+            for part in _chunks(len(email)):
+                shared[part] |= email.iloc[part].isin(found).fillna(False).to_numpy(dtype=bool)
     return shared
 
 
@@ -96,15 +111,34 @@ def _same_person(f1: str, l1: str, f2: str, l2: str) -> bool:
 def numbered_apart(email_norm: pd.Series, left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """Per candidate pair: two mailboxes at one domain whose names differ only in a trailing number
     (``ellen.mueller@`` and ``ellen.mueller2@``). A company numbers the mailboxes of namesakes; one
-    person has one mailbox there. The pair is two people, whatever their names and company say."""
-    email = arrow_strings(email_norm)  # string work without a Python string per e-mail
-    local = _local(email)
-    domain = email.str.replace(r"^.*@", "", regex=True).where(email.str.contains("@", regex=False).fillna(False))
-    stem = local.str.replace(r"[0-9]+$", "", regex=True)
-    numbered = local.str.contains(r"[0-9]$", regex=True).fillna(False).to_numpy(dtype=bool)
-    key = stem.where((stem.str.len() > 0).fillna(False)) + "@" + domain
-    codes, _ = pd.factorize(key, use_na_sentinel=True)
-    local_codes, _ = pd.factorize(local, use_na_sentinel=True)
+    person has one mailbox there. The pair is two people, whatever their names and company say.
+
+    Only the records of pairs whose e-mails differ are looked at, a block of them at a time: the mailbox
+    name without its number and the domain become one 64-bit hash per record (two different ones hashing
+    alike in one candidate pair: about one chance in 10^19)."""
+    email = arrow_strings(email_norm)
+    codes = pd.factorize(email)[0]
     ca, cb = codes[left], codes[right]
-    return ((ca >= 0) & (ca == cb) & (local_codes[left] != local_codes[right])
-            & (numbered[left] | numbered[right]))
+    maybe = np.flatnonzero((ca >= 0) & (cb >= 0) & (ca != cb))
+    del ca, cb, codes
+    out = np.zeros(len(left), dtype=bool)
+    if not len(maybe):
+        return out
+    records = np.unique(np.concatenate([left[maybe], right[maybe]]))
+    stem_hash = np.zeros(len(records), dtype=np.uint64)
+    has_stem = np.zeros(len(records), dtype=bool)
+    numbered = np.zeros(len(records), dtype=bool)
+    for part in _chunks(len(records)):
+        mail = email.iloc[records[part]]
+        local = _local(mail)
+        domain = mail.str.replace(r"^.*@", "", regex=True).where(mail.str.contains("@", regex=False).fillna(False))
+        stem = local.str.replace(r"[0-9]+$", "", regex=True)
+        numbered[part] = local.str.contains(r"[0-9]$", regex=True).fillna(False).to_numpy(dtype=bool)
+        key = (stem.where((stem.str.len() > 0).fillna(False)) + "@" + domain).astype(object)
+        has_stem[part] = key.notna().to_numpy(dtype=bool)
+        stem_hash[part] = pd.util.hash_array(key.fillna("").to_numpy(dtype=object))
+    at_l, at_r = np.searchsorted(records, left[maybe]), np.searchsorted(records, right[maybe])
+    # Different e-mails with one stem: the local parts differ (the domain is in the stem key).
+    out[maybe] = (has_stem[at_l] & has_stem[at_r] & (stem_hash[at_l] == stem_hash[at_r])
+                  & (numbered[at_l] | numbered[at_r]))
+    return out

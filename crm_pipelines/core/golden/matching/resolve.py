@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from itertools import repeat
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
 
 from .cluster import ClusterResult, cluster
-from .engine import CandidatePairs, Columns, FSModel, block, comparison_levels, estimate_u, fit, score, term_frequencies
+from .engine import LOADED_DERIVATIONS, CandidatePairs, Columns, FSModel, block, comparison_levels, estimate_u, fit, score, term_frequencies
 from .mailboxes import numbered_apart, shared_mailboxes
 from .settings import EntityMatchSpec
 
@@ -45,30 +46,56 @@ class Resolution:
 
 
 def must_link_pairs(df: pd.DataFrame, columns: tuple[str, ...],
-                    shared: np.ndarray | None = None) -> list[tuple[int, int, str]]:
-    """Records with the same value of a must-link column; a shared mailbox links nobody."""
-    out = []
+                    shared: np.ndarray | None = None) -> Iterator[tuple[int, int, str]]:
+    """Records with the same value of a must-link column, each linked to the first record with it, in record
+    order; a shared mailbox links nobody. Found with integer codes and yielded a block at a time: at 10 million
+    contacts there are millions of links, and as tuples of Python objects they took a gigabyte."""
     for col in columns:
-        s = df[col]
+        codes = pd.factorize(df[col])[0]  # -1 for missing
         if shared is not None and col == "email_norm" and shared.any():
-            s = s.where(~shared)
-        ok = np.flatnonzero(s.notna().to_numpy())
+            codes = np.where(shared, -1, codes)
+        ok = np.flatnonzero(codes >= 0)
         if not len(ok):
             continue
-        codes, _ = pd.factorize(s.iloc[ok])
-        first = pd.Series(ok).groupby(codes).transform("first").to_numpy()
-        link = first != ok
-        out.extend((int(a), int(b), f"same {col}") for a, b in zip(first[link], ok[link]))
-    return out
+        order = ok[np.argsort(codes[ok], kind="stable")]  # by value, then by position
+        value = codes[order]
+        starts = np.r_[True, value[1:] != value[:-1]]
+        first = order[np.flatnonzero(starts)][np.cumsum(starts) - 1]
+        linked = np.flatnonzero(~starts)
+        by_record = linked[np.argsort(order[linked], kind="stable")]
+        a, b = first[by_record], order[by_record]
+        del codes, ok, order, value, starts, first, linked, by_record
+        why = f"same {col}"
+        for start in range(0, len(a), _LINK_BLOCK):
+            yield from zip(a[start:start + _LINK_BLOCK].tolist(), b[start:start + _LINK_BLOCK].tolist(), repeat(why))
+
+
+_LINK_BLOCK = 65_536
+
+
+def blocking_only_columns(spec: EntityMatchSpec) -> set[str]:
+    """The columns the blocking rules read and nothing after them does."""
+    blocking = {alt for rule in spec.blocking for col in rule for alt in col.split("|")}
+    later = {c for comp in spec.comparisons for c in comp.columns} | set(spec.must_link) | set(spec.name_swap or ())
+    if spec.shared_mailboxes or spec.shared_mailbox_names:
+        later |= {"email_norm", "first_key", "last_key"}
+    later |= set(LOADED_DERIVATIONS.values()) | {"mailbox_is_name"}
+    return blocking - later
 
 
 def resolve(df: pd.DataFrame, spec: EntityMatchSpec, must_link: list[tuple[int, int, str]] | None = None,
-            cannot_link: list[tuple[int, int]] | None = None, log: Log | None = None, seed: int = 0) -> Resolution:
+            cannot_link: list[tuple[int, int]] | None = None, log: Log | None = None, seed: int = 0,
+            drop_blocking_columns: bool = False) -> Resolution:
+    """``drop_blocking_columns``: the columns only the blocking reads are taken out of ``df`` once the candidate
+    pairs are found (the golden steps hand their frame over: what follows needs its memory)."""
     log = log or (lambda _m: None)
     timings: dict[str, float] = {}
     t = time.monotonic()
     n = len(df)
     pairs = block(df, spec)
+    if drop_blocking_columns:
+        for col in sorted(blocking_only_columns(spec) & set(df.columns)):
+            del df[col]
     timings["blocking"] = time.monotonic() - t
     log(f"{spec.entity}: {n:,} records, {len(pairs):,} candidate pairs ({timings['blocking']:.1f}s)")
 
