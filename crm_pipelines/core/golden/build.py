@@ -80,6 +80,16 @@ def _pair_index(res: Resolution, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(found, pos, -1)
 
 
+def _evidence_only(res: Resolution) -> Resolution:
+    """The resolution with only the candidate pairs the golden step writes the evidence of (merge edges, review
+    pairs): the levels and scores of every pair (tens of millions at 10 million contacts) would stay in memory
+    through the write."""
+    merges, review = res.clusters.merge_edges, res.review
+    idx = _pair_index(res, np.concatenate([merges.a, review["a"].to_numpy(np.int64)]),
+                      np.concatenate([merges.b, review["b"].to_numpy(np.int64)]))
+    return res.only_pairs(np.unique(idx[idx >= 0]))
+
+
 def _reference_run(wh: Warehouse, entity: str) -> tuple[float, int] | None:
     """Match rate and record count of the last accepted run with records: a jump stays flagged until fixed or
     accepted. A run over nothing (an empty first night) has a rate of 0 that says nothing: never the reference."""
@@ -330,7 +340,7 @@ def resolve_accounts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
     sig, codes, first, with_register_id = _load_account_signatures(wh, register, dec, log)
     # Decisions name records; the resolution runs over signatures: a record's position is its signature's.
     must, cannot, unknown = decision_links(dec, lambda k: np.where((i := first.position(k)) >= 0, codes[i], -1))
-    res = resolve(sig, spec, must_link=must, cannot_link=cannot, log=log, drop_blocking_columns=True)
+    res = _evidence_only(resolve(sig, spec, must_link=must, cannot_link=cannot, log=log, drop_blocking_columns=True))
     n_signatures = len(sig)
     del sig
     # A signature stands for the first record that has it (account_signatures).
@@ -494,7 +504,8 @@ def resolve_contacts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
     matching, first = _load_matching(wh, PERSON_RECORDS, load_person_records,
                                      _spec_columns(spec) | {"mailbox_is_name"}, dec, log)
     must, cannot, unknown = decision_links(dec, first.position)
-    res = resolve(matching, spec, must_link=must, cannot_link=cannot, log=log, drop_blocking_columns=True)
+    res = _evidence_only(resolve(matching, spec, must_link=must, cannot_link=cannot, log=log,
+                                 drop_blocking_columns=True))
     del matching
     labels = res.labels
     consent_events = load_consent_events(wh, for_verdicts=True)

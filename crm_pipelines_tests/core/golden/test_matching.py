@@ -341,6 +341,14 @@ def test_the_golden_steps_drop_the_blocking_columns_after_blocking_and_resolve_t
     assert set(consumed.columns) == set(df.columns) - blocking_only_columns(cfg.persons) | {"email_shared"}
     assert {"email_norm", "first_key", "last_key", "email_local", "mailbox_is_name"} <= set(consumed.columns)
     assert kept.labels.tolist() == dropped.labels.tolist() and len(kept.pairs) == len(dropped.pairs) > 0
+    # What the write keeps of the pairs: those of merges and review pairs, with the same evidence.
+    from crm_pipelines.core.golden.build import _evidence, _evidence_only, _pair_index
+
+    slim = _evidence_only(kept)
+    a, b = kept.clusters.merge_edges.a, kept.clusters.merge_edges.b
+    assert len(a) and len(slim.pairs) < len(kept.pairs)
+    assert _evidence(slim, cfg.persons, _pair_index(slim, a, b)) == _evidence(kept, cfg.persons, _pair_index(kept, a, b))
+    assert (_pair_index(slim, a, b) >= 0).tolist() == (_pair_index(kept, a, b) >= 0).tolist()
 
 # ----------------------------------------------------------------------------- stable IDs
 

@@ -44,6 +44,13 @@ class Resolution:
         """Share of records merged away: 1 - clusters / records."""
         return 1.0 - self.n_clusters / self.n_records if self.n_records else 0.0
 
+    def only_pairs(self, keep: np.ndarray) -> "Resolution":
+        """The resolution with the candidate pairs at ``keep`` (sorted positions) only, their levels and scores:
+        what explains a merge or a review pair, without the arrays of every pair."""
+        pairs = CandidatePairs(self.pairs.left[keep], self.pairs.right[keep], self.pairs.rule[keep], self.pairs.stats)
+        return Resolution(self.labels, pairs, {k: v[keep] for k, v in self.levels.items()}, self.weight[keep],
+                          self.prob[keep], self.model, self.clusters, self.review, self.stats)
+
 
 def must_link_pairs(df: pd.DataFrame, columns: tuple[str, ...],
                     shared: np.ndarray | None = None) -> Iterator[tuple[int, int, str]]:
