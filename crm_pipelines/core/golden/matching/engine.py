@@ -51,6 +51,17 @@ def _key_table(df: pd.DataFrame, rule: tuple[str, ...]) -> tuple[np.ndarray, np.
     'a|b' column in one code space, so a phone in "phone" meets the same phone in "mobile"), and the
     codes of a rule's columns are combined and factorized again column by column."""
     n = len(df)
+    if all("|" not in col for col in rule):
+        # One value per column: the key is built over every record and the records missing a column are left out
+        # at the end (no frame merges, whose joins held several arrays per record).
+        key = np.zeros(n, dtype=np.int64)
+        present = np.ones(n, dtype=bool)
+        for col in rule:
+            codes, uniques = pd.factorize(df[col])  # -1 for missing
+            present &= codes >= 0
+            key = pd.factorize(key * (len(uniques) + 1) + (codes + 1))[0].astype(np.int64)
+        pos = np.flatnonzero(present)
+        return pos.astype(np.int64), key[pos]
     base: pd.DataFrame | None = None
     for col in rule:
         alts = col.split("|")
