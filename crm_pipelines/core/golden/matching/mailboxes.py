@@ -26,8 +26,8 @@ from ...platform.frames import arrow_strings
 DIFFERENT = 0.8  # Jaro-Winkler below this: clearly another name (the engine's lowest name level)
 
 
-# Records whose addresses are worked on at a time: every string step makes a column of its own, and over
-# all records of 10 million contacts at once those columns were gigabytes.
+# Records whose addresses are worked on at a time: every string step makes a column of its own (tens of
+# bytes a record), and over all records at once their sum grows with the records.
 CHUNK = 1_000_000
 
 

@@ -56,7 +56,7 @@ def must_link_pairs(df: pd.DataFrame, columns: tuple[str, ...],
                     shared: np.ndarray | None = None) -> Iterator[tuple[int, int, str]]:
     """Records with the same value of a must-link column, each linked to the first record with it, in record
     order; a shared mailbox links nobody. Found with integer codes and yielded a block at a time: at 10 million
-    contacts there are millions of links, and as tuples of Python objects they took a gigabyte."""
+    contacts there are millions of links, and a tuple of Python objects is about a hundred bytes."""
     for col in columns:
         codes = pd.factorize(df[col])[0]  # -1 for missing
         if shared is not None and col == "email_norm" and shared.any():
