@@ -123,6 +123,51 @@ def test_blocking_unions_rules_and_skips_oversized_blocks():
     assert pairs.stats[0]["skipped_blocks"] == 1 and pairs.stats[1]["records_in_skipped_blocks"] == 3
 
 
+
+@pytest.mark.parametrize("pair_chunk", [1, 7, 4_000_000])
+def test_blocking_a_chunk_at_a_time_gives_every_pair_once_with_the_first_rule_that_made_it(monkeypatch, pair_chunk):
+    from dataclasses import replace
+    from itertools import combinations
+
+    from crm_pipelines.core.golden.matching import engine
+
+    monkeypatch.setattr(engine, "PAIR_CHUNK", pair_chunk)
+    rng = np.random.default_rng(3)
+    n = 300
+
+    def column(k, missing):
+        values = rng.integers(0, k, n).astype(str).astype(object)
+        values[rng.random(n) < missing] = None
+        return values
+
+    df = pd.DataFrame({"x": column(40, 0.1), "y": column(5, 0.2), "p1": column(60, 0.3), "p2": column(60, 0.5),
+                       "z": column(25, 0.0)})
+    rules = (("x",), ("p1|p2",), ("x", "y"), ("y", "z"), ("z",))
+    spec = replace(CFG.persons, blocking=rules, max_block_size=12)
+    pairs = block(df, spec)
+
+    def values(i, col):
+        return {v for alt in col.split("|") if isinstance(v := df.at[i, alt], str)}
+
+    expected: dict[tuple[int, int], int] = {}
+    for r, rule in enumerate(rules):
+        blocks: dict[tuple, set[int]] = {}
+        for i in range(n):
+            keys = [()]
+            for col in rule:
+                keys = [k + (v,) for k in keys for v in sorted(values(i, col))]
+            for k in keys:
+                blocks.setdefault(k, set()).add(i)
+        for members in blocks.values():
+            if len(members) <= 12:
+                for a, b in combinations(sorted(members), 2):
+                    expected.setdefault((a, b), r)
+    got = list(zip(pairs.left.tolist(), pairs.right.tolist()))
+    assert got == sorted(expected) and len(got) > 100
+    assert pairs.rule.tolist() == [expected[p] for p in got]
+    # (x, y) pairs only records that (x) paired already, unless x's block was too large: here it adds none.
+    assert set(pairs.rule.tolist()) == {0, 1, 3, 4}
+
 def test_a_rule_with_a_block_limit_of_its_own_skips_frequent_names_only(tmp_path):
     from dataclasses import replace
 

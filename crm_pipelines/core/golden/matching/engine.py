@@ -13,6 +13,8 @@ import re
 import time
 from dataclasses import dataclass, field
 
+from typing import Iterator
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -84,10 +86,18 @@ def _key_table(df: pd.DataFrame, rule: tuple[str, ...]) -> tuple[np.ndarray, np.
 
 _TRIU_CACHE: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
+# Pairs made at a time within the blocks of one rule: a rule's pairs are never all held as positions.
+PAIR_CHUNK = 4_000_000
 
-def _pairs_within_blocks(pos: np.ndarray, keys: np.ndarray, max_block: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+
+def _pairs_within_blocks(pos: np.ndarray, keys: np.ndarray, max_block: int,
+                         n: int) -> tuple[Iterator[tuple[np.ndarray, np.ndarray]], np.ndarray, int, int]:
+    """The pairs of records sharing a key, in chunks of about :data:`PAIR_CHUNK` (an iterator of (a, b)), each
+    record's block code (-1 for a record without a key or in a block too large to pair: those make no pairs),
+    and the number of skipped blocks and of their records (``n``: the number of records)."""
+    block_of = np.full(n, -1, dtype=np.int32)
     if len(pos) < 2:
-        return np.empty(0, np.int64), np.empty(0, np.int64), 0, 0
+        return iter(()), block_of, 0, 0
     codes, _ = pd.factorize(keys)
     order = np.argsort(codes, kind="stable")
     codes_s, pos_s = codes[order], pos[order]
@@ -95,39 +105,78 @@ def _pairs_within_blocks(pos: np.ndarray, keys: np.ndarray, max_block: int) -> t
     starts = np.r_[0, cut]
     sizes = np.diff(np.r_[starts, len(codes_s)])
     too_big = sizes > max_block
-    lefts, rights = [], []
-    for size in np.unique(sizes[(sizes >= 2) & ~too_big]):
-        group_starts = starts[sizes == size]
-        if size not in _TRIU_CACHE:
-            _TRIU_CACHE[size] = np.triu_indices(size, 1)
-        a, b = _TRIU_CACHE[size]
-        lefts.append(pos_s[(group_starts[:, None] + a[None, :]).ravel()])
-        rights.append(pos_s[(group_starts[:, None] + b[None, :]).ravel()])
-    if not lefts:
-        return np.empty(0, np.int64), np.empty(0, np.int64), int(too_big.sum()), int(sizes[too_big].sum())
-    return np.concatenate(lefts), np.concatenate(rights), int(too_big.sum()), int(sizes[too_big].sum())
+    paired = (sizes >= 2) & ~too_big
+    in_paired = np.repeat(paired, sizes)
+    block_of[pos_s[in_paired]] = codes_s[in_paired]
+
+    def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for size in np.unique(sizes[paired]):
+            group_starts = starts[paired & (sizes == size)]
+            if size not in _TRIU_CACHE:
+                _TRIU_CACHE[size] = np.triu_indices(size, 1)
+            a, b = _TRIU_CACHE[size]
+            per_chunk = max(PAIR_CHUNK // len(a), 1)
+            for i in range(0, len(group_starts), per_chunk):
+                g = group_starts[i:i + per_chunk]
+                yield pos_s[(g[:, None] + a[None, :]).ravel()], pos_s[(g[:, None] + b[None, :]).ravel()]
+
+    return chunks(), block_of, int(too_big.sum()), int(sizes[too_big].sum())
 
 
 def block(df: pd.DataFrame, spec: EntityMatchSpec) -> CandidatePairs:
+    """The union of the rules' pairs, each with the first rule that made it, sorted by (left, right).
+
+    A pair an earlier rule made is left out as the rule makes it (an earlier single-column rule: the two records
+    share its block; a rule of alternatives such as phone|mobile: its pairs are kept, sorted, to look up), so the
+    union is never made of every rule's pairs at once and sorted for duplicates."""
     n = len(df)
-    codes_all, rules_all, stats = [], [], []
+    n_rules = len(spec.blocking)
+    kept, stats = [], []
+    earlier_blocks: list[np.ndarray] = []  # per earlier single-column rule: each record's block (-1: none)
+    earlier_pairs: list[np.ndarray] = []   # per earlier rule of alternatives: its pair codes, sorted
     for r, rule in enumerate(spec.blocking):
         started = time.monotonic()
         pos, keys = _key_table(df, rule)
-        a, b, big_blocks, big_records = _pairs_within_blocks(pos, keys, spec.block_limit(rule))
-        keep = a != b
-        lo, hi = np.minimum(a[keep], b[keep]), np.maximum(a[keep], b[keep])
-        code = lo * n + hi
-        codes_all.append(code)
-        rules_all.append(np.full(len(code), r, dtype=np.int16))
-        stats.append({"rule": "+".join(rule), "pairs": int(len(code)), "skipped_blocks": big_blocks,
+        chunks, block_of, big_blocks, big_records = _pairs_within_blocks(pos, keys, spec.block_limit(rule), n)
+        del keys
+        alternatives = any("|" in col for col in rule)
+        made, rule_codes = 0, []
+        for a, b in chunks:
+            keep = a != b
+            lo, hi = np.minimum(a[keep], b[keep]), np.maximum(a[keep], b[keep])
+            made += len(lo)
+            new = np.ones(len(lo), dtype=bool)
+            for blocks in earlier_blocks:
+                at = blocks[lo]
+                new &= ~((at >= 0) & (at == blocks[hi]))
+            code = lo[new] * n + hi[new]
+            for codes in earlier_pairs:
+                found = np.searchsorted(codes, code)
+                new_code = ~((found < len(codes)) & (codes[np.minimum(found, max(len(codes) - 1, 0))] == code)) \
+                    if len(codes) else np.ones(len(code), dtype=bool)
+                code = code[new_code]
+            rule_codes.append(code)
+        code = np.concatenate(rule_codes) if rule_codes else np.empty(0, np.int64)
+        del rule_codes
+        if alternatives:  # a pair may share two of a record's values
+            code = np.unique(code)
+            earlier_pairs.append(code)
+        else:
+            earlier_blocks.append(block_of)
+        kept.append(code * n_rules + r)
+        stats.append({"rule": "+".join(rule), "pairs": made, "skipped_blocks": big_blocks,
                       "records_in_skipped_blocks": big_records, "seconds": round(time.monotonic() - started, 3)})
-    if not codes_all:
+    del earlier_blocks, earlier_pairs
+    if not kept:
         return CandidatePairs(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int16), stats)
-    code = np.concatenate(codes_all)
-    rule = np.concatenate(rules_all)
-    uniq, first = np.unique(code, return_index=True)
-    return CandidatePairs(uniq // n, uniq % n, rule[first], stats)
+    code = np.concatenate(kept)
+    del kept
+    code.sort()
+    rule = (code % n_rules).astype(np.int16)
+    code //= n_rules
+    left = code // n
+    code %= n
+    return CandidatePairs(left, code, rule, stats)
 
 
 # ============================================================================ comparisons
