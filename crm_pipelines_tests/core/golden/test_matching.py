@@ -391,9 +391,73 @@ def test_the_golden_steps_drop_the_blocking_columns_after_blocking_and_resolve_t
 
     slim = _evidence_only(kept)
     a, b = kept.clusters.merge_edges.a, kept.clusters.merge_edges.b
-    assert len(a) and len(slim.pairs) < len(kept.pairs)
+    assert len(a) and len(slim.pairs) <= len(kept.pairs) <= kept.stats["candidate_pairs"]
     assert _evidence(slim, cfg.persons, _pair_index(slim, a, b)) == _evidence(kept, cfg.persons, _pair_index(kept, a, b))
     assert (_pair_index(slim, a, b) >= 0).tolist() == (_pair_index(kept, a, b) >= 0).tolist()
+
+
+def test_keeping_only_the_pairs_clustering_needs_clusters_as_keeping_every_pair(monkeypatch):
+    from crm_pipelines.core.golden.build import _spec_columns
+    from crm_pipelines.core.golden.matching import resolve as R
+
+    rng = np.random.default_rng(5)
+    n = 600
+    firsts, lasts = ["anna", "bert", "carla", "dieter", "emma"], ["mueller", "schmidt", "meier", "roth"]
+    person = rng.integers(0, 250, n)  # about 2.4 records a person, some namesakes across people
+    first = np.array(firsts)[person % 5].astype(object)
+    last = np.array(lasts)[(person // 5) % 4].astype(object)
+    typo = rng.random(n) < 0.2
+    first[typo] = [f[:-1] + "x" for f in first[typo]]
+    email = np.array([f"p{p}@firma{p % 7}.de" for p in person], dtype=object)
+    email[rng.random(n) < 0.3] = None
+    email[rng.random(n) < 0.05] = "info@firma1.de"
+    df = pd.DataFrame({c: pd.Series([None] * n, dtype=object) for c in _spec_columns(CFG.persons)})
+    df["first_key"], df["last_key"], df["email_norm"] = first, last, email
+    df["email_local"] = [e.split("@")[0] if e else None for e in email]
+    df["first_kp"], df["last_kp"] = [f[:2] for f in first], [x[:2] for x in last]
+    df["name_kp_pair"] = [f"{f[:2]}|{x[:2]}" for f, x in zip(first, last)]
+    df["leitregion"] = (person % 3).astype(str)
+    # Two people share a phone (a switchboard): different names on one number contradict.
+    df["phone_e164"] = np.where(rng.random(n) < 0.7, [f"+4930{p // 2:06d}" for p in person], None)
+    df["mailbox_is_name"] = False
+    # A steward joined Zoe Wagner and Max Koch; Max Koch's second record matches him, and it contradicts her:
+    # the veto that keeps it out is a kept pair.
+    extra = pd.DataFrame([{"first_key": "zoe", "last_key": "wagner", "email_norm": "zoe.wagner@alpha.de",
+                           "phone_e164": "+4989123456"},
+                          {"first_key": "maximilian", "last_key": "koch", "email_norm": "max.koch@beta.de",
+                           "phone_e164": "+4989123456"},
+                          {"first_key": "maximilian", "last_key": "koch", "email_norm": "m.koch@gamma.de",
+                           "phone_e164": "+4989123456"}])
+    df = pd.concat([df, extra], ignore_index=True)
+    df["mailbox_is_name"] = df["mailbox_is_name"].fillna(False).astype(bool)
+    steward = [(n, n + 1, "steward: same")]
+    from dataclasses import replace
+
+    spec = replace(CFG.persons, contradiction_threshold=0.3)  # more contradictions, more vetoes to get right
+    default = R.resolve(df.copy(), spec, must_link=steward)
+    monkeypatch.setattr(R, "_pairs_to_keep", lambda n, pairs, *a, **k: np.arange(len(pairs)))
+    every = R.resolve(df.copy(), spec, must_link=steward)
+    assert default.labels.tolist() == every.labels.tolist()
+    assert list(default.clusters.merge_edges) == list(every.clusters.merge_edges)
+    assert default.review[["a", "b"]].values.tolist() == every.review[["a", "b"]].values.tolist()
+    assert default.stats["vetoed"] == every.stats["vetoed"]
+    assert len(default.pairs) < len(every.pairs) == default.stats["candidate_pairs"]
+
+
+def test_the_contradictions_kept_are_those_within_what_may_merge():
+    from crm_pipelines.core.golden.matching.engine import CandidatePairs
+    from crm_pipelines.core.golden.matching.resolve import _pairs_to_keep
+
+    #            0      1      2      3      4      5      6
+    left = np.array([0, 0, 0, 1, 3, 5, 7])
+    right = np.array([1, 2, 3, 2, 4, 6, 8])
+    reviewable = np.array([1, 0, 0, 1, 0, 0, 0], bool)     # 0~1, 1~2 may merge
+    contradiction = np.array([0, 1, 1, 0, 1, 1, 1], bool)  # 0/2 within, 0/3 across, 3/4 and 7/8 outside
+    links = [(np.array([5]), np.array([6]), "same email_norm")]  # 5 and 6 linked: their pair (a contradiction too)
+    keep = _pairs_to_keep(9, CandidatePairs(left, right, np.zeros(7, np.int16)), reviewable, contradiction, links,
+                          [(3, 4, "steward: same")])
+    # 0/2 is within the component of 0~1~2; 3/4 within the steward's; 5/6 is a link; 0/3 and 7/8 change nothing.
+    assert keep.tolist() == [0, 1, 3, 4, 5]
 
 # ----------------------------------------------------------------------------- stable IDs
 

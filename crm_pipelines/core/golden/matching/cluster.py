@@ -167,8 +167,9 @@ def cluster(n: int, left: np.ndarray, right: np.ndarray, prob: np.ndarray, match
 
     candidates = np.flatnonzero(prob >= match_threshold)
     order = candidates[np.argsort(-prob[candidates], kind="stable")]
+    del candidates
     vetoed = too_big = 0
-    for a, b, p in zip(left[order].tolist(), right[order].tolist(), prob[order].tolist()):
+    for a, b, p in _in_blocks(left, right, prob, order):
         ra, rb = uf.find(a), uf.find(b)
         if ra == rb:
             continue
@@ -189,3 +190,12 @@ def cluster(n: int, left: np.ndarray, right: np.ndarray, prob: np.ndarray, match
     return ClusterResult(labels=labels, merge_edges=merges.done(), refused=refused,
                          stats={"forced_merges": forced, "match_merges": len(merges) - forced, "vetoed": vetoed,
                                 "size_limited": too_big, "clusters": int(labels.max() + 1) if n else 0})
+
+
+def _in_blocks(left: np.ndarray, right: np.ndarray, prob: np.ndarray, order: np.ndarray,
+               size: int = 1_000_000) -> Iterator[tuple[int, int, float]]:
+    """(a, b, probability) of the pairs in ``order``, made Python values a block at a time: tens of millions of
+    candidate pairs as three lists of Python numbers would be several gigabytes."""
+    for start in range(0, len(order), size):
+        at = order[start:start + size]
+        yield from zip(left[at].tolist(), right[at].tolist(), prob[at].tolist())

@@ -792,7 +792,7 @@ def fit(levels: dict[str, np.ndarray], spec: EntityMatchSpec, u_random: list[np.
     # (Bounded away from 0: an empty first run has no pairs, and log(0) has no meaning.)
     prior = max(min(max(found / spec.training_recall, n_records / 2) / possible, 0.5), 1e-12)
     iterations = 0
-    mat = _level_matrix(levels, names)
+    mat = _level_matrix(levels, names) if spec.em_iterations > 0 else np.zeros((0, 0), np.int8)
     if len(mat):
         patterns, counts = _unique_rows(mat)
         counts = counts.astype(float)

@@ -108,19 +108,22 @@ def _same_person(f1: str, l1: str, f2: str, l2: str) -> bool:
     return close(f1, f2) or (close(f1, l2) and close(l1, f2))
 
 
-def numbered_apart(email_norm: pd.Series, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+def numbered_apart(email_norm: pd.Series, left: np.ndarray, right: np.ndarray,
+                   codes: np.ndarray | None = None) -> np.ndarray:
     """Per candidate pair: two mailboxes at one domain whose names differ only in a trailing number
     (``ellen.mueller@`` and ``ellen.mueller2@``). A company numbers the mailboxes of namesakes; one
     person has one mailbox there. The pair is two people, whatever their names and company say.
 
     Only the records of pairs whose e-mails differ are looked at, a block of them at a time: the mailbox
     name without its number and the domain become one 64-bit hash per record (two different ones hashing
-    alike in one candidate pair: about one chance in 10^19)."""
+    alike in one candidate pair: about one chance in 10^19). ``codes``: the e-mails' integer codes, when the
+    caller has them (a chunk of pairs at a time)."""
     email = arrow_strings(email_norm)
-    codes = pd.factorize(email)[0]
+    if codes is None:
+        codes = pd.factorize(email)[0]
     ca, cb = codes[left], codes[right]
     maybe = np.flatnonzero((ca >= 0) & (cb >= 0) & (ca != cb))
-    del ca, cb, codes
+    del ca, cb
     out = np.zeros(len(left), dtype=bool)
     if not len(maybe):
         return out

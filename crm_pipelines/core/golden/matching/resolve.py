@@ -10,6 +10,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from .cluster import ClusterResult, cluster
 from .engine import LOADED_DERIVATIONS, CandidatePairs, Columns, FSModel, block, comparison_levels, estimate_u, fit, score, term_frequencies
@@ -52,11 +54,11 @@ class Resolution:
                           self.prob[keep], self.model, self.clusters, self.review, self.stats)
 
 
-def must_link_pairs(df: pd.DataFrame, columns: tuple[str, ...],
-                    shared: np.ndarray | None = None) -> Iterator[tuple[int, int, str]]:
-    """Records with the same value of a must-link column, each linked to the first record with it, in record
-    order; a shared mailbox links nobody. Found with integer codes and yielded a block at a time: at 10 million
-    contacts there are millions of links, and a tuple of Python objects is about a hundred bytes."""
+def must_link_arrays(df: pd.DataFrame, columns: tuple[str, ...],
+                     shared: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray, str]]:
+    """Per must-link column: records with the same value, each linked to the first record with it, in record
+    order (positions a < b); a shared mailbox links nobody. Found with integer codes."""
+    out = []
     for col in columns:
         codes = pd.factorize(df[col])[0]  # -1 for missing
         if shared is not None and col == "email_norm" and shared.any():
@@ -70,9 +72,19 @@ def must_link_pairs(df: pd.DataFrame, columns: tuple[str, ...],
         first = order[np.flatnonzero(starts)][np.cumsum(starts) - 1]
         linked = np.flatnonzero(~starts)
         by_record = linked[np.argsort(order[linked], kind="stable")]
-        a, b = first[by_record], order[by_record]
-        del codes, ok, order, value, starts, first, linked, by_record
-        why = f"same {col}"
+        out.append((first[by_record], order[by_record], f"same {col}"))
+    return out
+
+
+def must_link_pairs(df: pd.DataFrame, columns: tuple[str, ...],
+                    shared: np.ndarray | None = None) -> Iterator[tuple[int, int, str]]:
+    """:func:`must_link_arrays` as (a, b, why), yielded a block at a time: at 10 million contacts there are
+    millions of links, and a tuple of Python objects is about a hundred bytes."""
+    return _link_tuples(must_link_arrays(df, columns, shared))
+
+
+def _link_tuples(links: list[tuple[np.ndarray, np.ndarray, str]]) -> Iterator[tuple[int, int, str]]:
+    for a, b, why in links:
         for start in range(0, len(a), _LINK_BLOCK):
             yield from zip(a[start:start + _LINK_BLOCK].tolist(), b[start:start + _LINK_BLOCK].tolist(), repeat(why))
 
@@ -114,7 +126,7 @@ def resolve(df: pd.DataFrame, spec: EntityMatchSpec, must_link: list[tuple[int, 
         df["email_shared"] = shared  # the e-mail comparison weighs an exact match on it as a similar mailbox
         log(f"{spec.entity}: {int(shared.sum()):,} records with a role or shared mailbox")
     cols = Columns(df, spec.name_swap or ())
-    levels = comparison_levels(df, pairs.left, pairs.right, spec, cols)
+    levels = _levels_in_chunks(df, pairs, spec, cols)
     timings["comparing"] = time.monotonic() - t
 
     t = time.monotonic()
@@ -122,44 +134,140 @@ def resolve(df: pd.DataFrame, spec: EntityMatchSpec, must_link: list[tuple[int, 
     del cols  # the per-column arrays are done with: what follows reuses their memory
     tf = term_frequencies(df, spec)
     model = fit(levels, spec, u, tf, n)
-    weight, prob = score(df, pairs.left, pairs.right, levels, model, spec)
     timings["model"] = time.monotonic() - t
     log(f"{spec.entity}: model fitted in {model.iterations} EM iterations, prior {model.prior:.2e} ({timings['model']:.1f}s)")
 
     t = time.monotonic()
-    auto = must_link_pairs(df, spec.must_link, shared)
-    # Evidence alone, as if the prior were even: below the contradiction band the records differ.
-    evidence = weight - math.log2(model.prior / (1 - model.prior))
-    contradiction = evidence < math.log2(spec.contradiction_threshold / (1 - spec.contradiction_threshold))
-    if shared is not None:
+    email_codes = pd.factorize(df["email_norm"])[0] if shared is not None else None
+    # Every pair scored a chunk at a time; of every pair only two flags stay: whether it reaches the review band
+    # and whether it contradicts. What the clustering and the evidence need is then taken out.
+    reviewable = np.zeros(len(pairs), dtype=bool)
+    contradiction = np.zeros(len(pairs), dtype=bool)
+    for part in _chunks(len(pairs)):
+        _, prob, against = _scored(df, pairs.left[part], pairs.right[part], {k: v[part] for k, v in levels.items()},
+                                   model, spec, email_codes)
+        reviewable[part] = prob >= spec.review_threshold
+        contradiction[part] = against
+    links = must_link_arrays(df, spec.must_link, shared)
+    keep = _pairs_to_keep(n, pairs, reviewable, contradiction, links, list(must_link or []))
+    del reviewable, contradiction
+    left, right = pairs.left[keep], pairs.right[keep]
+    levels = {k: v[keep] for k, v in levels.items()}
+    weight, prob, contradiction = _scored(df, left, right, levels, model, spec, email_codes)
+    if email_codes is not None:
         # Namesakes whose company numbered their mailboxes (mueller@ / mueller2@ at one domain) are two
         # people: the pair is a contradiction that keeps their clusters apart.
-        apart = numbered_apart(df["email_norm"], pairs.left, pairs.right)
-        contradiction |= apart
-        prob = np.where(apart, 0.0, prob)
-        log(f"{spec.entity}: {int(apart.sum()):,} candidate pairs with numbered mailboxes at one domain kept apart")
-    result = cluster(n, pairs.left, pairs.right, prob, spec.match_threshold, contradiction,
+        log(f"{spec.entity}: {int(np.count_nonzero(_numbered(df, left, right, email_codes))):,} of the kept "
+            "candidate pairs with numbered mailboxes at one domain kept apart")
+    kept = CandidatePairs(left, right, pairs.rule[keep], pairs.stats)
+    n_pairs = len(pairs)
+    del pairs
+    result = cluster(n, left, right, prob, spec.match_threshold, contradiction,
                      spec.max_cluster_size, must_link=list(must_link or []), cannot_link=list(cannot_link or []),
-                     auto_link=auto)
+                     auto_link=_link_tuples(links))
     timings["clustering"] = time.monotonic() - t
 
     labels = result.labels
     band = (prob >= spec.review_threshold) & (prob < spec.match_threshold)
-    apart = labels[pairs.left] != labels[pairs.right]
+    apart = labels[left] != labels[right]
     idx = np.flatnonzero(band & apart)
-    review = pd.DataFrame({"a": pairs.left[idx], "b": pairs.right[idx], "probability": prob[idx],
-                           "reason": "review band"})
+    review = pd.DataFrame({"a": left[idx], "b": right[idx], "probability": prob[idx], "reason": "review band"})
     if result.refused:
         refused = pd.DataFrame(result.refused, columns=["a", "b", "probability", "reason"])
         refused = refused[labels[refused["a"].to_numpy()] != labels[refused["b"].to_numpy()]]
         review = pd.concat([review, refused], ignore_index=True)
     review = review.drop_duplicates(["a", "b"]).reset_index(drop=True)
     stats = {
-        "records": n, "clusters": int(labels.max() + 1) if n else 0, "candidate_pairs": int(len(pairs)),
-        "possible_pairs": n * (n - 1) // 2, "review_pairs": int(len(review)), "blocking": pairs.stats,
+        "records": n, "clusters": int(labels.max() + 1) if n else 0, "candidate_pairs": n_pairs,
+        "kept_pairs": int(len(kept)), "possible_pairs": n * (n - 1) // 2, "review_pairs": int(len(review)),
+        "blocking": kept.stats,
         "seconds": {k: round(v, 2) for k, v in timings.items()}, **result.stats,
     }
-    return Resolution(labels, pairs, levels, weight, prob, model, result, review, stats)
+    return Resolution(labels, kept, levels, weight, prob, model, result, review, stats)
+
+
+# Candidate pairs compared and scored at a time.
+PAIR_CHUNK = 4_000_000
+
+
+def _chunks(n: int) -> Iterator[slice]:
+    return (slice(start, min(start + PAIR_CHUNK, n)) for start in range(0, n, PAIR_CHUNK))
+
+
+def _levels_in_chunks(df: pd.DataFrame, pairs: CandidatePairs, spec: EntityMatchSpec,
+                      cols: Columns) -> dict[str, np.ndarray]:
+    """:func:`comparison_levels` of every pair, a chunk of pairs at a time (its gathered codes and values are per
+    pair of the chunk), into one small-integer array per comparison."""
+    out: dict[str, np.ndarray] = {}
+    for part in _chunks(len(pairs)):
+        for name, lv in comparison_levels(df, pairs.left[part], pairs.right[part], spec, cols).items():
+            if name not in out:
+                out[name] = np.empty(len(pairs), dtype=lv.dtype)
+            out[name][part] = lv
+    if not out:
+        out = comparison_levels(df, pairs.left, pairs.right, spec, cols)
+    return out
+
+
+def _numbered(df: pd.DataFrame, left: np.ndarray, right: np.ndarray, email_codes: np.ndarray) -> np.ndarray:
+    return numbered_apart(df["email_norm"], left, right, email_codes)
+
+
+def _scored(df: pd.DataFrame, left: np.ndarray, right: np.ndarray, levels: dict[str, np.ndarray], model: FSModel,
+            spec: EntityMatchSpec, email_codes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weight, probability and contradiction of pairs: the evidence alone (as if the prior were even) below the
+    contradiction band, or numbered mailboxes at one domain (then the probability is 0)."""
+    weight, prob = score(df, left, right, levels, model, spec)
+    evidence = weight - math.log2(model.prior / (1 - model.prior))
+    contradiction = evidence < math.log2(spec.contradiction_threshold / (1 - spec.contradiction_threshold))
+    if email_codes is not None:
+        apart = _numbered(df, left, right, email_codes)
+        contradiction |= apart
+        prob = np.where(apart, 0.0, prob)
+    return weight, prob, contradiction
+
+
+def _pairs_to_keep(n: int, pairs: CandidatePairs, reviewable: np.ndarray, contradiction: np.ndarray,
+                   links: list[tuple[np.ndarray, np.ndarray, str]], must_link: list[tuple[int, int, str]]) -> np.ndarray:
+    """Positions of the pairs the clustering and the evidence need: those reaching the review band, the links'
+    pairs, and the contradictions within a connected component of the pairs that may merge (review band and
+    above, links). A contradiction is looked at only when the clusters of both its records are merged, and
+    merges never join two such components: the other contradictions change nothing."""
+    hit = np.flatnonzero(reviewable)
+    a = np.concatenate([pairs.left[hit], *(x for x, _y, _w in links),
+                        np.array([int(x) for x, _y, _w in must_link], dtype=np.int64)])
+    b = np.concatenate([pairs.right[hit], *(y for _x, y, _w in links),
+                        np.array([int(y) for _x, y, _w in must_link], dtype=np.int64)])
+    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
+    _count, component = connected_components(graph, directed=False)
+    del graph, a, b
+    keep = reviewable.copy()
+    for part in _chunks(len(pairs)):
+        keep[part] |= contradiction[part] & (component[pairs.left[part]] == component[pairs.right[part]])
+    for x, y, _why in links:  # their evidence is written with the merge edges
+        at = _positions(pairs, n, x, y)
+        keep[at[at >= 0]] = True
+    return np.flatnonzero(keep)
+
+
+def _positions(pairs: CandidatePairs, n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Position of each pair (a, b), a < b, among the candidate pairs (sorted), -1 where it is not one; searched a
+    chunk of pairs at a time (the codes of every pair at once would be another 8 bytes a pair)."""
+    out = np.full(len(a), -1, dtype=np.int64)
+    if not len(a) or not len(pairs):
+        return out
+    want = a.astype(np.int64) * n + b
+    order = np.argsort(want, kind="stable")
+    wanted = want[order]
+    for part in _chunks(len(pairs)):
+        codes = pairs.left[part] * n + pairs.right[part]
+        lo, hi = np.searchsorted(wanted, codes[0]), np.searchsorted(wanted, codes[-1], side="right")
+        if lo == hi:
+            continue
+        at = np.searchsorted(codes, wanted[lo:hi])
+        found = codes[np.minimum(at, len(codes) - 1)] == wanted[lo:hi]
+        out[order[lo:hi][found]] = part.start + at[found]
+    return out
 
 
 def explain_pair(res: Resolution, spec: EntityMatchSpec, a: int, b: int) -> list[dict]:
