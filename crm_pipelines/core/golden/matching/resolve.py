@@ -234,10 +234,12 @@ def _pairs_to_keep(n: int, pairs: CandidatePairs, reviewable: np.ndarray, contra
     above, links). A contradiction is looked at only when the clusters of both its records are merged, and
     merges never join two such components: the other contradictions change nothing."""
     hit = np.flatnonzero(reviewable)
-    a = np.concatenate([pairs.left[hit], *(x for x, _y, _w in links),
-                        np.array([int(x) for x, _y, _w in must_link], dtype=np.int64)])
-    b = np.concatenate([pairs.right[hit], *(y for _x, y, _w in links),
-                        np.array([int(y) for _x, y, _w in must_link], dtype=np.int64)])
+    # 32-bit positions (as the graph stores them): tens of millions of edges at 10 million records.
+    a = np.concatenate([pairs.left[hit].astype(np.int32), *(x.astype(np.int32) for x, _y, _w in links),
+                        np.array([int(x) for x, _y, _w in must_link], dtype=np.int32)])
+    b = np.concatenate([pairs.right[hit].astype(np.int32), *(y.astype(np.int32) for _x, y, _w in links),
+                        np.array([int(y) for _x, y, _w in must_link], dtype=np.int32)])
+    del hit
     graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
     _count, component = connected_components(graph, directed=False)
     del graph, a, b
