@@ -32,9 +32,9 @@ CONTACTS = int(os.environ.get("BENCH_GOLDEN_MEMORY_CONTACTS", "1000000"))
 # (the matching columns) is a phase of its own.
 PHASES = {
     "contacts": ("load_person_records", "resolve", "_write_golden", "assign_id_seqs", "register_ids", "survive",
-                 "_lineage_rows", "_crosswalk_part", "replace_table"),
+                 "_lineage_rows", "_crosswalk_part", "_write_review_candidates"),
     "accounts": ("load_account_records", "account_signatures", "resolve", "_write_golden", "assign_id_seqs",
-                 "register_ids", "survive", "_lineage_rows", "_crosswalk_part", "replace_table"),
+                 "register_ids", "survive", "_lineage_rows", "_crosswalk_part", "_write_review_candidates"),
 }
 LOADERS = ("load_person_records", "load_account_records")
 
@@ -62,8 +62,6 @@ class PhaseMemory:
 
         def wrapped(*args, **kwargs):
             label = name.lstrip("_")
-            if name == "replace_table":
-                label = f"replace_table_{args[1].name.split('.')[-1]}"
             if name in LOADERS:
                 label += "_slices" if any(r["phase"] == label + "_matching" for r in self.rows) else "_matching"
             token, self._next = self._next, self._next + 1

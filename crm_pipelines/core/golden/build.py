@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from ..platform.schema import (ACCOUNT_CROSSWALK, ACCOUNT_LINEAGE, ACCOUNT_RECORDS, CONTACT_LINEAGE, GOLDEN_ACCOUNTS,
                                GOLDEN_CONTACTS, GOLDEN_TABLES, MATCH_EDGES, MATCH_RUNS, PERSON_CROSSWALK,
                                PERSON_RECORDS, REVIEW_CANDIDATES)
-from ..platform.warehouse import KeyRange, Warehouse, replace_table
+from ..platform.warehouse import KeyRange, Warehouse
 from ..privacy import consent
 from ..privacy.ledger import load_consent_events
 from .crosswalk import PREFIX, account_votes, current_map, mention_accounts, next_seq, register_ids
@@ -219,7 +219,7 @@ def _write_golden(wh: Warehouse, step: _Step, cfg: MatchingConfig, res: Resoluti
     as_record = (lambda x: x) if record_of is None else record_of.__getitem__
     # Review pairs may join records of two parts: their keys are picked up while the records stream past.
     wanted = np.unique(np.concatenate([as_record(review_a), as_record(review_b)]))
-    key_at: dict[int, str] = {}
+    wanted_keys = np.empty(len(wanted), dtype=object)  # the record key of each wanted position
     old = np.full(len(labels), -1, dtype=np.int64)
     offset = 0
     with ClusterParts(labels, PART_RECORDS) as parts:
@@ -229,8 +229,8 @@ def _write_golden(wh: Warehouse, step: _Step, cfg: MatchingConfig, res: Resoluti
             first.check(records["record_key"], offset)
             old[offset:offset + n] = id_seqs(records["record_key"].map(current_map(wh, step.crosswalk, key_range=key_range))
                                              .to_numpy(dtype=object))
-            hit = wanted[(wanted >= offset) & (wanted < offset + n)]
-            key_at.update(zip(hit.tolist(), records["record_key"].to_numpy()[hit - offset].tolist()))
+            lo, hi = np.searchsorted(wanted, offset), np.searchsorted(wanted, offset + n)
+            wanted_keys[lo:hi] = records["record_key"].to_numpy()[wanted[lo:hi] - offset]
             if on_slice is not None:
                 on_slice(records, offset)
             parts.add(records)
@@ -273,16 +273,29 @@ def _write_golden(wh: Warehouse, step: _Step, cfg: MatchingConfig, res: Resoluti
             if step.golden is GOLDEN_CONTACTS:
                 _one_contact_per_email(conn)
             changes += _close_gone(wh, conn, step.crosswalk, step.records, at)
-    idx = _pair_index(res, review_a, review_b) if len(review) else np.empty(0, int)
-    replace_table(wh, REVIEW_CANDIDATES, pd.DataFrame({
-        "entity": step.entity, "record_a": [key_at[x] for x in as_record(review_a).tolist()],
-        "record_b": [key_at[x] for x in as_record(review_b).tolist()],
-        "probability": review["probability"].to_numpy(), "reason": review["reason"].to_numpy(),
-        "evidence": _evidence(res, spec, np.where(idx >= 0, idx, 0)) if len(review) else [], "run_id": run_id}),
-        where={"entity": step.entity})
+    _write_review_candidates(wh, step.entity, res, spec, review, as_record, wanted, wanted_keys, run_id)
     examples_frame = pd.concat(examples, ignore_index=True).head(_EXAMPLES) if examples else \
         pd.DataFrame(columns=["golden_id", "record_count"])
     return _Written(ids, offset, n_golden, examples_frame, changes)
+
+
+def _write_review_candidates(wh: Warehouse, entity: str, res: Resolution, spec: EntityMatchSpec,
+                             review: pd.DataFrame, as_record: Callable, wanted: np.ndarray, wanted_keys: np.ndarray,
+                             run_id: str) -> None:
+    """The entity's review candidates replaced, ``_EDGE_ROWS`` at a time with their evidence (at 10 million
+    contacts there were six million account pairs in the review band: as one frame with their evidence, gigabytes)."""
+    wh.ensure_tables([REVIEW_CANDIDATES])
+    with wh.engine.begin() as conn:
+        wh.delete_where(conn, REVIEW_CANDIDATES, entity=entity)
+        for start in range(0, len(review), _EDGE_ROWS):
+            part = review.iloc[start:start + _EDGE_ROWS]
+            a, b = part["a"].to_numpy(np.int64), part["b"].to_numpy(np.int64)
+            idx = _pair_index(res, a, b)
+            wh.bulk_insert(conn, REVIEW_CANDIDATES, pd.DataFrame({
+                "entity": entity, "record_a": wanted_keys[np.searchsorted(wanted, as_record(a))],
+                "record_b": wanted_keys[np.searchsorted(wanted, as_record(b))],
+                "probability": part["probability"].to_numpy(), "reason": part["reason"].to_numpy(),
+                "evidence": _evidence(res, spec, np.where(idx >= 0, idx, 0)), "run_id": run_id}))
 
 
 def _crosswalk_part(wh: Warehouse, conn, table: sa.Table, records: pd.DataFrame, old: np.ndarray, new: np.ndarray,

@@ -217,6 +217,12 @@ def test_golden_steps_in_many_small_parts_write_what_one_part_writes(records_wh,
     monkeypatch.setattr(G, "SLICE_RECORDS", 13)
     monkeypatch.setattr(G, "PART_RECORDS", 7)
     monkeypatch.setattr(G, "_EDGE_ROWS", 7)
+    from crm_pipelines.core.golden.matching import engine, mailboxes
+    from crm_pipelines.core.golden.matching import resolve as R
+
+    monkeypatch.setattr(engine, "PAIR_CHUNK", 7)  # blocking
+    monkeypatch.setattr(R, "PAIR_CHUNK", 11)  # comparing, scoring, keeping
+    monkeypatch.setattr(mailboxes, "CHUNK", 5)
     spilled = []
     real_parts = G.ClusterParts
 
