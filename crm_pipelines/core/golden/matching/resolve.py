@@ -143,22 +143,21 @@ def resolve(df: pd.DataFrame, spec: EntityMatchSpec, must_link: list[tuple[int, 
     # and whether it contradicts. What the clustering and the evidence need is then taken out.
     reviewable = np.zeros(len(pairs), dtype=bool)
     contradiction = np.zeros(len(pairs), dtype=bool)
+    n_apart = 0
     for part in _chunks(len(pairs)):
-        _, prob, against = _scored(df, pairs.left[part], pairs.right[part], {k: v[part] for k, v in levels.items()},
-                                   model, spec, email_codes)
+        _, prob, against, apart = _scored(df, pairs.left[part], pairs.right[part],
+                                          {k: v[part] for k, v in levels.items()}, model, spec, email_codes)
         reviewable[part] = prob >= spec.review_threshold
         contradiction[part] = against
+        n_apart += int(np.count_nonzero(apart))
     links = must_link_arrays(df, spec.must_link, shared)
     keep = _pairs_to_keep(n, pairs, reviewable, contradiction, links, list(must_link or []))
     del reviewable, contradiction
     left, right = pairs.left[keep], pairs.right[keep]
     levels = {k: v[keep] for k, v in levels.items()}
-    weight, prob, contradiction = _scored(df, left, right, levels, model, spec, email_codes)
+    weight, prob, contradiction, _ = _scored(df, left, right, levels, model, spec, email_codes)
     if email_codes is not None:
-        # Namesakes whose company numbered their mailboxes (mueller@ / mueller2@ at one domain) are two
-        # people: the pair is a contradiction that keeps their clusters apart.
-        log(f"{spec.entity}: {int(np.count_nonzero(_numbered(df, left, right, email_codes))):,} of the kept "
-            "candidate pairs with numbered mailboxes at one domain kept apart")
+        log(f"{spec.entity}: {n_apart:,} candidate pairs with numbered mailboxes at one domain kept apart")
     kept = CandidatePairs(left, right, pairs.rule[keep], pairs.stats)
     n_pairs = len(pairs)
     del pairs
@@ -209,22 +208,22 @@ def _levels_in_chunks(df: pd.DataFrame, pairs: CandidatePairs, spec: EntityMatch
     return out
 
 
-def _numbered(df: pd.DataFrame, left: np.ndarray, right: np.ndarray, email_codes: np.ndarray) -> np.ndarray:
-    return numbered_apart(df["email_norm"], left, right, email_codes)
-
-
 def _scored(df: pd.DataFrame, left: np.ndarray, right: np.ndarray, levels: dict[str, np.ndarray], model: FSModel,
-            spec: EntityMatchSpec, email_codes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Weight, probability and contradiction of pairs: the evidence alone (as if the prior were even) below the
-    contradiction band, or numbered mailboxes at one domain (then the probability is 0)."""
+            spec: EntityMatchSpec,
+            email_codes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Weight, probability, contradiction and numbered mailboxes of pairs. A pair contradicts when its evidence
+    alone (as if the prior were even) is below the contradiction band, or when its records' mailboxes at one
+    domain differ only in a trailing number (``email_codes`` given): namesakes whose company numbered their
+    mailboxes (mueller@ / mueller2@) are two people, and their probability is 0."""
     weight, prob = score(df, left, right, levels, model, spec)
     evidence = weight - math.log2(model.prior / (1 - model.prior))
     contradiction = evidence < math.log2(spec.contradiction_threshold / (1 - spec.contradiction_threshold))
+    apart = np.zeros(len(left), dtype=bool)
     if email_codes is not None:
-        apart = _numbered(df, left, right, email_codes)
+        apart = numbered_apart(df["email_norm"], left, right, email_codes)
         contradiction |= apart
         prob = np.where(apart, 0.0, prob)
-    return weight, prob, contradiction
+    return weight, prob, contradiction, apart
 
 
 def _pairs_to_keep(n: int, pairs: CandidatePairs, reviewable: np.ndarray, contradiction: np.ndarray,
