@@ -29,7 +29,7 @@ from ..privacy.ledger import load_consent_events
 from .crosswalk import PREFIX, account_votes, current_map, mention_accounts, next_seq, register_ids
 from .matching.ids import IdAssignment, assign_id_seqs, id_seqs
 from .matching.engine import arrow_near_unique, concat_compact, in_arrow
-from .matching.resolve import Resolution, resolve
+from .matching.resolve import Resolution, pair_positions, resolve
 from .matching.settings import EntityMatchSpec, MatchingConfig
 from .records import SIGNATURE_COLUMNS, account_signatures
 from .review import decision_links, decisions
@@ -70,14 +70,8 @@ def _evidence(res: Resolution, spec: EntityMatchSpec, idx: np.ndarray) -> list[s
 
 
 def _pair_index(res: Resolution, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Position of each (a, b) in the candidate pairs, -1 where the pair was not compared."""
-    n = res.n_records
-    codes = res.pairs.left * n + res.pairs.right
-    want = np.minimum(a, b) * n + np.maximum(a, b)
-    pos = np.searchsorted(codes, want)
-    pos = np.clip(pos, 0, max(len(codes) - 1, 0))
-    found = (len(codes) > 0) & (codes[pos] == want) if len(codes) else np.zeros(len(want), bool)
-    return np.where(found, pos, -1)
+    """Position of each (a, b) in the resolution's candidate pairs, -1 where the pair was not compared."""
+    return pair_positions(res.pairs, res.n_records, a, b)
 
 
 def _evidence_only(res: Resolution) -> Resolution:

@@ -246,18 +246,19 @@ def _pairs_to_keep(n: int, pairs: CandidatePairs, reviewable: np.ndarray, contra
     for part in _chunks(len(pairs)):
         keep[part] |= contradiction[part] & (component[pairs.left[part]] == component[pairs.right[part]])
     for x, y, _why in links:  # their evidence is written with the merge edges
-        at = _positions(pairs, n, x, y)
+        at = pair_positions(pairs, n, x, y)
         keep[at[at >= 0]] = True
     return np.flatnonzero(keep)
 
 
-def _positions(pairs: CandidatePairs, n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Position of each pair (a, b), a < b, among the candidate pairs (sorted), -1 where it is not one; searched a
-    chunk of pairs at a time (the codes of every pair at once would be another 8 bytes a pair)."""
+def pair_positions(pairs: CandidatePairs, n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Position of each pair (a, b), in either order, among the candidate pairs (sorted), -1 where it is not one;
+    searched a chunk of pairs at a time (the codes of every pair at once would be another 8 bytes a pair)."""
     out = np.full(len(a), -1, dtype=np.int64)
     if not len(a) or not len(pairs):
         return out
-    want = a.astype(np.int64) * n + b
+    a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+    want = np.minimum(a, b) * n + np.maximum(a, b)
     order = np.argsort(want, kind="stable")
     wanted = want[order]
     for part in _chunks(len(pairs)):
