@@ -347,7 +347,7 @@ def resolve_accounts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
     sig, codes, first, with_register_id = _load_account_signatures(wh, register, dec, log)
     # Decisions name records; the resolution runs over signatures: a record's position is its signature's.
     must, cannot, unknown = decision_links(dec, lambda k: np.where((i := first.position(k)) >= 0, codes[i], -1))
-    res = _evidence_only(resolve(sig, spec, must_link=must, cannot_link=cannot, log=log, drop_blocking_columns=True))
+    res = _evidence_only(resolve(sig, spec, must_link=must, cannot_link=cannot, log=log, release_columns=True))
     n_signatures = len(sig)
     del sig
     # A signature stands for the first record that has it (account_signatures).
@@ -512,7 +512,7 @@ def resolve_contacts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
                                      _spec_columns(spec) | {"mailbox_is_name"}, dec, log)
     must, cannot, unknown = decision_links(dec, first.position)
     res = _evidence_only(resolve(matching, spec, must_link=must, cannot_link=cannot, log=log,
-                                 drop_blocking_columns=True))
+                                 release_columns=True))
     del matching
     labels = res.labels
     consent_events = load_consent_events(wh, for_verdicts=True)

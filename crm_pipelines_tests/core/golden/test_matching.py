@@ -365,8 +365,9 @@ def test_mailbox_checks_a_block_at_a_time_find_what_they_find_at_once(monkeypatc
     assert mailboxes.numbered_apart(email, left, right).tolist() == whole[1].tolist()
 
 
-def test_the_golden_steps_drop_the_blocking_columns_after_blocking_and_resolve_the_same(tmp_path):
-    from crm_pipelines.core.golden.matching.resolve import blocking_only_columns, resolve
+def test_the_golden_steps_release_the_columns_nothing_more_reads_and_resolve_the_same(tmp_path, monkeypatch):
+    from crm_pipelines.core.golden.matching import resolve as R
+    from crm_pipelines.core.golden.matching.resolve import blocking_only_columns, columns_after_fit, resolve
 
     cfg = load_matching_config(DEFAULT_CONFIG_DIR / "matching.yaml")
     assert blocking_only_columns(cfg.persons) == {"name_kp_pair", "leitregion", "company_first_token", "last_kp",
@@ -382,9 +383,16 @@ def test_the_golden_steps_drop_the_blocking_columns_after_blocking_and_resolve_t
     df["mailbox_is_name"] = False
     kept = resolve(df.copy(), cfg.persons)
     consumed = df.copy()
-    dropped = resolve(consumed, cfg.persons, drop_blocking_columns=True)
-    assert set(consumed.columns) == set(df.columns) - blocking_only_columns(cfg.persons) | {"email_shared"}
-    assert {"email_norm", "first_key", "last_key", "email_local", "mailbox_is_name"} <= set(consumed.columns)
+    # What the comparisons see: every column but the blocking-only ones (the shared-mailbox flag added).
+    seen = []
+    real = R._levels_in_chunks
+    monkeypatch.setattr(R, "_levels_in_chunks", lambda frame, *a: seen.append(set(frame.columns)) or real(frame, *a))
+    dropped = resolve(consumed, cfg.persons, release_columns=True)
+    assert seen == [set(df.columns) - blocking_only_columns(cfg.persons) | {"email_shared"}]
+    assert {"email_norm", "first_key", "last_key", "email_local", "mailbox_is_name"} <= seen[0]
+    # Once the model is fitted only the e-mail is read (must-link, numbered mailboxes).
+    assert set(consumed.columns) == columns_after_fit(cfg.persons) == {"email_norm"} and len(consumed) == 4
+    assert columns_after_fit(cfg.accounts) == set()
     assert kept.labels.tolist() == dropped.labels.tolist() and len(kept.pairs) == len(dropped.pairs) > 0
     # What the write keeps of the pairs: those of merges and review pairs, with the same evidence.
     from crm_pipelines.core.golden.build import _evidence, _evidence_only, _pair_index

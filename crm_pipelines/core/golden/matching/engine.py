@@ -174,9 +174,14 @@ def block(df: pd.DataFrame, spec: EntityMatchSpec) -> CandidatePairs:
     code.sort()
     rule = (code % n_rules).astype(np.int16)
     code //= n_rules
-    left = code // n
-    code %= n
-    return CandidatePairs(left, code, rule, stats)
+    # Positions as 32-bit integers where they fit: 8 bytes a pair less for as long as the pairs are held
+    # (87 million pairs at 13 million person records).
+    dtype = np.int32 if n < 2**31 else np.int64
+    left, right = np.empty(len(code), dtype=dtype), np.empty(len(code), dtype=dtype)
+    for start in range(0, len(code), PAIR_CHUNK):
+        part = code[start:start + PAIR_CHUNK]
+        left[start:start + PAIR_CHUNK], right[start:start + PAIR_CHUNK] = np.divmod(part, n)
+    return CandidatePairs(left, right, rule, stats)
 
 
 # ============================================================================ comparisons

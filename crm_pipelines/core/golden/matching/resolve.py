@@ -102,17 +102,24 @@ def blocking_only_columns(spec: EntityMatchSpec) -> set[str]:
     return blocking - later
 
 
+def columns_after_fit(spec: EntityMatchSpec) -> set[str]:
+    """The columns read once the model is fitted: the must-link columns and, with shared mailboxes, the e-mail
+    (numbered mailboxes, same-e-mail links)."""
+    return set(spec.must_link) | ({"email_norm"} if spec.shared_mailboxes or spec.shared_mailbox_names else set())
+
+
 def resolve(df: pd.DataFrame, spec: EntityMatchSpec, must_link: list[tuple[int, int, str]] | None = None,
             cannot_link: list[tuple[int, int]] | None = None, log: Log | None = None, seed: int = 0,
-            drop_blocking_columns: bool = False) -> Resolution:
-    """``drop_blocking_columns``: the columns only the blocking reads are taken out of ``df`` once the candidate
-    pairs are found (the golden steps hand their frame over: what follows needs its memory)."""
+            release_columns: bool = False) -> Resolution:
+    """``release_columns``: ``df`` is handed over and its columns are taken out as soon as nothing more reads
+    them, those only the blocking reads once the candidate pairs are found and all but
+    :func:`columns_after_fit` once the model is fitted (the golden steps: what follows needs their memory)."""
     log = log or (lambda _m: None)
     timings: dict[str, float] = {}
     t = time.monotonic()
     n = len(df)
     pairs = block(df, spec)
-    if drop_blocking_columns:
+    if release_columns:
         for col in sorted(blocking_only_columns(spec) & set(df.columns)):
             del df[col]
     timings["blocking"] = time.monotonic() - t
@@ -134,6 +141,9 @@ def resolve(df: pd.DataFrame, spec: EntityMatchSpec, must_link: list[tuple[int, 
     del cols  # the per-column arrays are done with: what follows reuses their memory
     tf = term_frequencies(df, spec)
     model = fit(levels, spec, u, tf, n)
+    if release_columns:
+        for col in sorted(set(df.columns) - columns_after_fit(spec)):
+            del df[col]
     timings["model"] = time.monotonic() - t
     log(f"{spec.entity}: model fitted in {model.iterations} EM iterations, prior {model.prior:.2e} ({timings['model']:.1f}s)")
 
@@ -262,28 +272,11 @@ def pair_positions(pairs: CandidatePairs, n: int, a: np.ndarray, b: np.ndarray) 
     order = np.argsort(want, kind="stable")
     wanted = want[order]
     for part in _chunks(len(pairs)):
-        codes = pairs.left[part] * n + pairs.right[part]
+        codes = pairs.left[part].astype(np.int64) * n + pairs.right[part]
         lo, hi = np.searchsorted(wanted, codes[0]), np.searchsorted(wanted, codes[-1], side="right")
         if lo == hi:
             continue
         at = np.searchsorted(codes, wanted[lo:hi])
         found = codes[np.minimum(at, len(codes) - 1)] == wanted[lo:hi]
         out[order[lo:hi][found]] = part.start + at[found]
-    return out
-
-
-def explain_pair(res: Resolution, spec: EntityMatchSpec, a: int, b: int) -> list[dict]:
-    """Per comparison: the level two records reached and the weight it contributed."""
-    code = min(a, b) * res.n_records + max(a, b)
-    codes = res.pairs.left * res.n_records + res.pairs.right
-    hit = np.flatnonzero(codes == code)
-    if not len(hit):
-        return []
-    i = int(hit[0])
-    weights = res.model.weights()
-    out = []
-    for c, comp in enumerate(spec.comparisons):
-        lv = int(res.levels[comp.name][i])
-        out.append({"comparison": comp.name, "level": comp.level_names()[lv] if lv >= 0 else "no data",
-                    "weight": round(float(weights[c][lv]), 2) if lv >= 0 else 0.0})
     return out
