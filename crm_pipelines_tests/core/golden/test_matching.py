@@ -168,6 +168,41 @@ def test_blocking_a_chunk_at_a_time_gives_every_pair_once_with_the_first_rule_th
     # (x, y) pairs only records that (x) paired already, unless x's block was too large: here it adds none.
     assert set(pairs.rule.tolist()) == {0, 1, 3, 4}
 
+@pytest.mark.parametrize("entity", ["persons", "accounts"])
+def test_levels_packed_one_code_a_pair_fit_the_same_model_as_the_levels_of_every_pair(entity):
+    import dataclasses
+
+    from crm_pipelines.core.golden.matching.engine import LevelCodes, estimate_u, fit
+
+    spec = dataclasses.replace(getattr(CFG, entity), em_iterations=25)
+    packing = LevelCodes(spec)
+    assert packing.dtype == (np.uint16 if entity == "persons" else np.int32)
+    rng = np.random.default_rng(3)
+    n = 50_000
+    # Matches agree at the top of most comparisons, the rest mostly disagree; "no information" (-1) everywhere.
+    match = rng.random(n) < 0.2
+    levels = {}
+    for comp in spec.comparisons:
+        lv = np.where(match, np.where(rng.random(n) < 0.8, comp.top_level, rng.integers(0, comp.top_level + 1, n)),
+                      np.where(rng.random(n) < 0.9, 0, rng.integers(0, comp.top_level + 1, n)))
+        levels[comp.name] = np.where(rng.random(n) < 0.15, -1, lv).astype(np.int8)
+    codes = packing.pack(levels)
+    assert codes.dtype == packing.dtype
+    assert all(np.array_equal(v, levels[k]) for k, v in packing.unpack(codes).items())
+    patterns, counts = packing.histogram(codes)
+    assert counts.sum() == n and len(counts) == len(np.unique(codes))
+    rows = np.stack([patterns[c.name] for c in spec.comparisons], axis=1).tolist()
+    assert rows == sorted(rows)  # the order of rows of levels, as the EM over every pair sees its patterns
+    df = pd.DataFrame({c: ["x"] * 10 for comp in spec.comparisons for c in comp.columns})
+    u = estimate_u(df, spec, 100)
+    every, packed = fit(levels, spec, u, {}, 10_000), fit(patterns, spec, u, {}, 10_000, counts=counts)
+    assert every.iterations == packed.iterations > 1 and every.prior == packed.prior
+    assert all(np.array_equal(a, b) for a, b in zip(every.m, packed.m))
+    zero = dataclasses.replace(spec, em_iterations=0)
+    assert all(np.array_equal(a, b) for a, b in zip(fit(levels, zero, u, {}, 10_000).m,
+                                                     fit(patterns, zero, u, {}, 10_000, counts=counts).m))
+
+
 def test_a_rule_with_a_block_limit_of_its_own_skips_frequent_names_only(tmp_path):
     from dataclasses import replace
 
@@ -385,8 +420,8 @@ def test_the_golden_steps_release_the_columns_nothing_more_reads_and_resolve_the
     consumed = df.copy()
     # What the comparisons see: every column but the blocking-only ones (the shared-mailbox flag added).
     seen = []
-    real = R._levels_in_chunks
-    monkeypatch.setattr(R, "_levels_in_chunks", lambda frame, *a: seen.append(set(frame.columns)) or real(frame, *a))
+    real = R._level_codes_in_chunks
+    monkeypatch.setattr(R, "_level_codes_in_chunks", lambda frame, *a: seen.append(set(frame.columns)) or real(frame, *a))
     dropped = resolve(consumed, cfg.persons, release_columns=True)
     assert seen == [set(df.columns) - blocking_only_columns(cfg.persons) | {"email_shared"}]
     assert {"email_norm", "first_key", "last_key", "email_local", "mailbox_is_name"} <= seen[0]

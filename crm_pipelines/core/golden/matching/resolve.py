@@ -14,7 +14,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from .cluster import ClusterResult, cluster
-from .engine import LOADED_DERIVATIONS, CandidatePairs, Columns, FSModel, block, comparison_levels, estimate_u, fit, score, term_frequencies
+from .engine import (LOADED_DERIVATIONS, CandidatePairs, Columns, FSModel, LevelCodes, block, comparison_levels,
+                     estimate_u, fit, score, term_frequencies)
 from .mailboxes import numbered_apart, shared_mailboxes
 from .settings import EntityMatchSpec
 
@@ -133,14 +134,16 @@ def resolve(df: pd.DataFrame, spec: EntityMatchSpec, must_link: list[tuple[int, 
         df["email_shared"] = shared  # the e-mail comparison weighs an exact match on it as a similar mailbox
         log(f"{spec.entity}: {int(shared.sum()):,} records with a role or shared mailbox")
     cols = Columns(df, spec.name_swap or ())
-    levels = _levels_in_chunks(df, pairs, spec, cols)
+    packing = LevelCodes(spec)
+    level_codes = _level_codes_in_chunks(df, pairs, spec, cols, packing)
     timings["comparing"] = time.monotonic() - t
 
     t = time.monotonic()
     u = estimate_u(df, spec, spec.u_sample_pairs, seed=seed, cols=cols)
     del cols  # the per-column arrays are done with: what follows reuses their memory
     tf = term_frequencies(df, spec)
-    model = fit(levels, spec, u, tf, n)
+    patterns, counts = packing.histogram(level_codes)
+    model = fit(patterns, spec, u, tf, n, counts=counts)
     if release_columns:
         for col in sorted(set(df.columns) - columns_after_fit(spec)):
             del df[col]
@@ -156,7 +159,7 @@ def resolve(df: pd.DataFrame, spec: EntityMatchSpec, must_link: list[tuple[int, 
     n_apart = 0
     for part in _chunks(len(pairs)):
         _, prob, against, apart = _scored(df, pairs.left[part], pairs.right[part],
-                                          {k: v[part] for k, v in levels.items()}, model, spec, email_codes)
+                                          packing.unpack(level_codes[part]), model, spec, email_codes)
         reviewable[part] = prob >= spec.review_threshold
         contradiction[part] = against
         n_apart += int(np.count_nonzero(apart))
@@ -164,7 +167,8 @@ def resolve(df: pd.DataFrame, spec: EntityMatchSpec, must_link: list[tuple[int, 
     keep = _pairs_to_keep(n, pairs, reviewable, contradiction, links, list(must_link or []))
     del reviewable, contradiction
     left, right = pairs.left[keep], pairs.right[keep]
-    levels = {k: v[keep] for k, v in levels.items()}
+    levels = packing.unpack(level_codes[keep])
+    del level_codes
     weight, prob, contradiction, _ = _scored(df, left, right, levels, model, spec, email_codes)
     if email_codes is not None:
         log(f"{spec.entity}: {n_apart:,} candidate pairs with numbered mailboxes at one domain kept apart")
@@ -203,18 +207,13 @@ def _chunks(n: int) -> Iterator[slice]:
     return (slice(start, min(start + PAIR_CHUNK, n)) for start in range(0, n, PAIR_CHUNK))
 
 
-def _levels_in_chunks(df: pd.DataFrame, pairs: CandidatePairs, spec: EntityMatchSpec,
-                      cols: Columns) -> dict[str, np.ndarray]:
+def _level_codes_in_chunks(df: pd.DataFrame, pairs: CandidatePairs, spec: EntityMatchSpec, cols: Columns,
+                           packing: LevelCodes) -> np.ndarray:
     """:func:`comparison_levels` of every pair, a chunk of pairs at a time (its gathered codes and values are per
-    pair of the chunk), into one small-integer array per comparison."""
-    out: dict[str, np.ndarray] = {}
+    pair of the chunk), packed into one code per pair (:class:`LevelCodes`)."""
+    out = np.zeros(len(pairs), dtype=packing.dtype)
     for part in _chunks(len(pairs)):
-        for name, lv in comparison_levels(df, pairs.left[part], pairs.right[part], spec, cols).items():
-            if name not in out:
-                out[name] = np.empty(len(pairs), dtype=lv.dtype)
-            out[name][part] = lv
-    if not out:
-        out = comparison_levels(df, pairs.left, pairs.right, spec, cols)
+        out[part] = packing.pack(comparison_levels(df, pairs.left[part], pairs.right[part], spec, cols))
     return out
 
 
