@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from ..platform.frames import drop_category_engines, return_free_memory
 from ..platform.schema import (ACCOUNT_CROSSWALK, ACCOUNT_LINEAGE, ACCOUNT_RECORDS, CONTACT_LINEAGE, GOLDEN_ACCOUNTS,
                                GOLDEN_CONTACTS, GOLDEN_TABLES, MATCH_EDGES, MATCH_RUNS, PERSON_CROSSWALK,
                                PERSON_RECORDS, REVIEW_CANDIDATES)
@@ -449,6 +450,9 @@ def _load_matching(wh: Warehouse, table: sa.Table, load: Callable, columns: set[
         first.take(part["record_key"].to_numpy(dtype=object), i)
         frames.append(first.in_arrow(part.drop(columns="record_key")))
     matching = concat_compact(frames) if len(frames) != 1 else frames[0]
+    del frames
+    drop_category_engines(matching)
+    return_free_memory()
     return matching, first
 
 
@@ -483,7 +487,10 @@ def _load_account_signatures(wh: Warehouse, register: pd.DataFrame, dec: pd.Data
     first_rows = np.flatnonzero(~pd.Series(combined).duplicated().to_numpy())
     codes = np.concatenate([combined[start + c] for start, c in zip(starts, slice_codes)])
     sig = every.iloc[first_rows].reset_index(drop=True)
+    del every
     sig["records"] = np.bincount(codes, minlength=len(sig))
+    drop_category_engines(sig)
+    return_free_memory()
     return sig, codes, first, with_register_id
 
 

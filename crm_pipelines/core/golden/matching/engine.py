@@ -234,13 +234,20 @@ class Columns:
         return self._values[col]
 
     def codes(self, col: str) -> np.ndarray:
+        """Equal values, equal codes (-1 for missing); a categorical's are its own category codes (shared with
+        its :class:`Gathered` values, not another array)."""
         if col not in self._codes:
-            self._codes[col] = pd.factorize(self.df[col])[0].astype(np.int32)
+            if isinstance(self.df[col].dtype, pd.CategoricalDtype):
+                self._codes[col] = self.values(col).codes
+            else:
+                self._codes[col] = pd.factorize(self.df[col])[0].astype(np.int32)
         return self._codes[col]
 
-    def derived(self, name: str, col: str, fn) -> np.ndarray:
+    def derived(self, name: str, col: str, fn, arrow=None) -> np.ndarray:
         """Codes of ``fn`` of a column's values (its values under ``values(f"{name}({col})")``). ``fn`` runs
-        once per distinct value, and records with the same value share the result."""
+        once per distinct value, and records with the same value share the result; ``arrow``: the same function
+        over an Arrow string array (missing where ``fn`` gives None), used for an Arrow string column, whose
+        distinct values (an e-mail per record, nearly) would otherwise all become Python strings."""
         key = f"{name}({col})"
         if key not in self._codes:
             loaded = LOADED_DERIVATIONS.get(key)
@@ -248,17 +255,35 @@ class Columns:
                 self._values[key] = self.values(loaded)
                 self._codes[key] = pd.factorize(self.df[loaded])[0].astype(np.int32)
                 return self._codes[key]
-            codes, uniques = pd.factorize(self.df[col])
-            mapped = np.empty(len(uniques) + 1, dtype=object)  # the last one, None, is where code -1 points
-            mapped[:-1] = [fn(v) for v in uniques.tolist()]
-            self._values[key] = mapped[codes]
-            self._codes[key] = pd.factorize(mapped)[0].astype(np.int32)[codes]
+            if arrow is not None and is_arrow_string(self.df[col]):
+                result = pd.Series(pd.arrays.ArrowStringArray(arrow(self.df[col].array.__arrow_array__())))
+                codes, results = pd.factorize(result)
+            else:
+                codes, uniques = pd.factorize(self.df[col])
+                mapped = np.empty(len(uniques) + 1, dtype=object)  # the last one, None, is where code -1 points
+                mapped[:-1] = [fn(v) for v in uniques.tolist()]
+                del uniques
+                result_codes, results = pd.factorize(mapped)
+                del mapped
+                codes = np.append(result_codes, -1)[codes]
+            # The distinct results once, and a code per record (not a string object per record).
+            self._codes[key] = codes.astype(np.int32, copy=False)
+            self._values[key] = Gathered(self._codes[key], pd.Index(results))
         return self._codes[key]
 
-    def shared_derived(self, name: str, columns: tuple[str, ...], fn) -> list[np.ndarray]:
+    def shared_derived(self, name: str, columns: tuple[str, ...], fn, arrow=None) -> list[np.ndarray]:
         """Per column, 32-bit codes of ``fn`` of its values in one code space for all ``columns`` (-1 for missing):
-        ``fn`` runs once per distinct value of a column, and no value is kept per record."""
+        ``fn`` runs once per distinct value of a column, and no value is kept per record; ``arrow`` as in
+        :meth:`derived`, when every column is Arrow strings."""
         key = f"{name}({'|'.join(columns)})"
+        if key not in self._shared and arrow is not None and all(is_arrow_string(self.df[c]) for c in columns):
+            arrays = [arrow(self.df[c].array.__arrow_array__()) for c in columns]
+            chunks = [chunk for a in arrays for chunk in (a.chunks if isinstance(a, pa.ChunkedArray) else [a])]
+            every = pa.chunked_array([c.cast(pa.large_string()) for c in chunks], pa.large_string())
+            codes = pd.factorize(pd.Series(pd.arrays.ArrowStringArray(every)))[0].astype(np.int32)
+            del every, chunks, arrays
+            n = len(self.df)
+            self._shared[key] = [codes[i * n:(i + 1) * n] for i in range(len(columns))]
         if key not in self._shared:
             factorized = [pd.factorize(self.df[c]) for c in columns]
             mapped = [np.array([fn(v) for v in uniques.tolist()], dtype=object) for _, uniques in factorized]
@@ -277,7 +302,7 @@ class Gathered:
     per record (as a whole object array a column of 13 million records is another hundred megabytes)."""
 
     def __init__(self, codes: np.ndarray, categories: pd.Index):
-        self.codes = codes.astype(np.int32)  # -1 where missing
+        self.codes = codes.astype(np.int32, copy=False)  # -1 where missing
         self.lookup = np.append(np.asarray(categories, dtype=object), None)  # code -1 reads the trailing None
 
     def __getitem__(self, positions) -> np.ndarray:
@@ -468,6 +493,11 @@ def _national_number(phone: str) -> str:
     return phone[3:] if phone.startswith(_DACH_CODES) and len(phone) > 6 else phone
 
 
+def _national_number_arrow(phones: pa.ChunkedArray) -> pa.ChunkedArray:
+    dach = pc.and_(pc.match_substring_regex(phones, r"^\+4[139]"), pc.greater(pc.utf8_length(phones), 6))
+    return pc.if_else(dach, pc.utf8_slice_codeunits(phones, 3), phones)
+
+
 def _local_part(email: str) -> str:
     return email.rsplit("@", 1)[0]
 
@@ -482,6 +512,13 @@ def _mail_org(email: str) -> str | None:
     return _ORG_SUFFIX.sub("", label) or None
 
 
+def _mail_org_arrow(emails: pa.ChunkedArray) -> pa.ChunkedArray:
+    """:func:`_mail_org` in Arrow (RE2 patterns of the same meaning)."""
+    label = pc.replace_substring_regex(pc.replace_substring_regex(emails, r"^.*@", ""), r"\.[^.]*$", "")
+    label = pc.replace_substring_regex(label, r"[-_.]?(group|gruppe|holding)$", "")
+    return pc.if_else(pc.equal(label, ""), pa.scalar(None, label.type), label)
+
+
 def _levels_for(cols: Columns, left, right, comp: ComparisonSpec, spec: EntityMatchSpec, swap) -> np.ndarray:
     n = len(left)
     levels = np.full(n, NULL, dtype=np.int8)
@@ -489,7 +526,7 @@ def _levels_for(cols: Columns, left, right, comp: ComparisonSpec, spec: EntityMa
         # Phones are compared by their national number: "+49 662 ..." (a number written without its country,
         # read as German) and "+43 662 ..." are one Salzburg line.
         # One code space for all the columns: a phone may sit in "phone" on one side, "mobile" on the other.
-        national = cols.shared_derived("national", comp.columns, _national_number)
+        national = cols.shared_derived("national", comp.columns, _national_number, arrow=_national_number_arrow)
         codes_l = [c[left] for c in national]
         codes_r = [c[right] for c in national]
         known = np.logical_or.reduce([c >= 0 for c in codes_l]) & np.logical_or.reduce([c >= 0 for c in codes_r])
@@ -532,7 +569,7 @@ def _levels_for(cols: Columns, left, right, comp: ComparisonSpec, spec: EntityMa
             # The same mailbox name at the same organisation's other domain (x.de / x-group.com / x.at)
             # is the person's, though: that evidence is kept (a merely similar one is not).
             named = cols.df["mailbox_is_name"].to_numpy(dtype=bool)
-            org = cols.derived("mail_org", comp.column, _mail_org)
+            org = cols.derived("mail_org", comp.column, _mail_org, arrow=_mail_org_arrow)
             same_org = (org[left] >= 0) & (org[left] == org[right])
             levels[(levels >= 1) & (named[left] | named[right]) & ~(same_org & (levels == 2))] = NULL
         levels[exact] = 3
