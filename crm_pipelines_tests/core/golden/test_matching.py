@@ -422,6 +422,23 @@ def test_mailbox_checks_a_block_at_a_time_find_what_they_find_at_once(monkeypatc
     assert mailboxes.numbered_apart(email, left, right).tolist() == whole[1].tolist()
 
 
+@pytest.mark.parametrize("names_as", ["object", "category"])
+def test_an_address_is_shared_when_used_by_as_many_different_people_as_configured(names_as):
+    from crm_pipelines.core.golden.matching.mailboxes import shared_mailboxes
+
+    # team@: Karl, Kordula and (swapped) Müller Jana: three people; k.m@: Karl and Karl-Heinz (one person, and
+    # Kordula: two); post@: Jana Müller and Jana Schmidt (a new surname: one person); solo@: one record.
+    email = pd.Series(["team@a.de", "team@a.de", "team@a.de", "k.m@a.de", "k.m@a.de", "k.m@a.de", "post@b.de",
+                       "post@b.de", "solo@c.de", "team@a.de"], dtype="str")
+    first = pd.Series(["karl", "kordula", "mueller", "karl", "karlheinz", "kordula", "jana", "jana", "otto", None],
+                      dtype=names_as)
+    last = pd.Series(["mueller", "mueller", "jana", "mueller", "mueller", None, "mueller", "schmidt", "x", "y"],
+                     dtype=names_as)
+    # (Shared is a property of the address: its record without a first name too.)
+    assert shared_mailboxes(email, first, last, (), 3).tolist() == [True] * 3 + [False] * 6 + [True]
+    assert shared_mailboxes(email, first, last, (), 2).tolist() == [True] * 6 + [False] * 3 + [True]
+
+
 def test_the_golden_steps_release_the_columns_nothing_more_reads_and_resolve_the_same(tmp_path, monkeypatch):
     from crm_pipelines.core.golden.matching import resolve as R
     from crm_pipelines.core.golden.matching.resolve import blocking_only_columns, columns_after_fit, resolve

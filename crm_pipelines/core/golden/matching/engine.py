@@ -13,7 +13,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -123,8 +123,10 @@ def _pairs_within_blocks(pos: np.ndarray, keys: np.ndarray, max_block: int,
     return chunks(), block_of, int(too_big.sum()), int(sizes[too_big].sum())
 
 
-def block(df: pd.DataFrame, spec: EntityMatchSpec) -> CandidatePairs:
+def block(df: pd.DataFrame, spec: EntityMatchSpec, rules_done: Callable[[], None] | None = None) -> CandidatePairs:
     """The union of the rules' pairs, each with the first rule that made it, sorted by (left, right).
+    ``rules_done`` is called once every rule has made its pairs, before they are put together (the caller may let
+    go of what only the blocking read).
 
     A pair an earlier rule made is left out as the rule makes it (an earlier single-column rule: the two records
     share its block; a rule of alternatives such as phone|mobile: its pairs are kept, sorted, to look up), so the
@@ -167,16 +169,28 @@ def block(df: pd.DataFrame, spec: EntityMatchSpec) -> CandidatePairs:
         stats.append({"rule": "+".join(rule), "pairs": made, "skipped_blocks": big_blocks,
                       "records_in_skipped_blocks": big_records, "seconds": round(time.monotonic() - started, 3)})
     del earlier_blocks, earlier_pairs
+    if rules_done is not None:
+        rules_done()
+    dtype = np.int32 if n < 2**31 else np.int64
     if not kept:
-        return CandidatePairs(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int16), stats)
-    code = np.concatenate(kept)
-    del kept
+        return CandidatePairs(np.empty(0, dtype), np.empty(0, dtype), np.empty(0, np.int16), stats)
+    # One array of every rule's codes, each rule's let go of once copied (concatenated at once, both would be
+    # held: 16 bytes a pair at the blocking's end).
+    code = np.empty(sum(len(k) for k in kept), dtype=np.int64)
+    at = 0
+    while kept:
+        part = kept.pop(0)
+        code[at:at + len(part)] = part
+        at += len(part)
+        del part
     code.sort()
-    rule = (code % n_rules).astype(np.int16)
-    code //= n_rules
+    rule = np.empty(len(code), dtype=np.int16)
+    for start in range(0, len(code), PAIR_CHUNK):
+        part = code[start:start + PAIR_CHUNK]
+        rule[start:start + PAIR_CHUNK] = part % n_rules
+        part //= n_rules
     # Positions as 32-bit integers where they fit: 8 bytes a pair less for as long as the pairs are held
     # (87 million pairs at 13 million person records).
-    dtype = np.int32 if n < 2**31 else np.int64
     left, right = np.empty(len(code), dtype=dtype), np.empty(len(code), dtype=dtype)
     for start in range(0, len(code), PAIR_CHUNK):
         part = code[start:start + PAIR_CHUNK]

@@ -48,15 +48,15 @@ def shared_mailboxes(email_norm: pd.Series, first_key: pd.Series | None, last_ke
             shared[part] |= role.fillna(False).to_numpy(dtype=bool)
     if used_by_people >= 2 and first_key is not None and last_key is not None:
         # Only addresses on two records or more can be used by two people: the others stay in Arrow.
-        codes = pd.factorize(email)[0]
+        codes = pd.factorize(email)[0].astype(np.int32)
         counts = np.bincount(codes[codes >= 0])
         several = np.flatnonzero((codes >= 0) & (counts[np.maximum(codes, 0)] >= 2))
-        del codes, counts
-        found = _used_by_several(email.iloc[several].astype(object), first_key.iloc[several],
-                                 last_key.iloc[several], used_by_people)
-        if found:
-            for part in _chunks(len(email)):
-                shared[part] |= email.iloc[part].isin(found).fillna(False).to_numpy(dtype=bool)
+        del counts
+        found = _used_by_several(codes[several], first_key.iloc[several], last_key.iloc[several], used_by_people)
+        if len(found):
+            is_found = np.zeros(int(codes.max()) + 1, dtype=bool)
+            is_found[found] = True
+            shared |= (codes >= 0) & is_found[np.maximum(codes, 0)]
     return shared
 
 
@@ -65,26 +65,37 @@ def _local(email: pd.Series) -> pd.Series:
     return email.str.replace(r"@[^@]*$", "", regex=True)
 
 
-def _used_by_several(email: pd.Series, first_key: pd.Series, last_key: pd.Series, used_by_people: int) -> set[str]:
-    """Addresses whose records name at least ``used_by_people`` different people. Vectorised over the
-    pairs of distinct names per address (a million records: seconds, not a loop over every address)."""
-    people = pd.DataFrame({"email": email.to_numpy(), "first": first_key.to_numpy(),
-                           "last": last_key.astype(object).fillna("").to_numpy()})
-    people = people[people["email"].notna() & people["first"].notna()].drop_duplicates()
+def _used_by_several(email: np.ndarray, first_key: pd.Series, last_key: pd.Series, used_by_people: int) -> np.ndarray:
+    """The e-mail codes (``email``: an integer per record) whose records name at least ``used_by_people``
+    different people. Vectorised over the pairs of distinct names per address (a million records: seconds, not
+    a loop over every address), on integer codes of the names: strings only for the pairs of names compared."""
+    first_codes, first_names = pd.factorize(first_key)
+    last_codes, last_names = pd.factorize(last_key)
+    first_name = np.asarray(first_names, dtype=object)
+    last_name = np.append(np.asarray(last_names, dtype=object), "")  # code -1 (no last name) reads ""
+    people = pd.DataFrame({"email": email, "first": first_codes, "last": last_codes})
+    people = people[people["first"] >= 0].drop_duplicates()
     people = people[people.groupby("email")["first"].transform("size") >= 2]
     if not len(people):
-        return set()
+        return np.empty(0, dtype=np.int64)
     people = people.reset_index(drop=True)
     people["i"] = np.arange(len(people))
     pairs = people.merge(people, on="email", suffixes=("_a", "_b"))
     pairs = pairs[pairs["i_a"] < pairs["i_b"]]
-    fa, fb, la, lb = (pairs[c].astype(str).tolist() for c in ("first_a", "first_b", "last_a", "last_b"))
+    fa, fb = (first_name[pairs[c].to_numpy()].tolist() for c in ("first_a", "first_b"))
+    la, lb = (last_name[pairs[c].to_numpy()].tolist() for c in ("last_a", "last_b"))
     different = np.array([not _same_person(a, x, b, y) for a, x, b, y in zip(fa, la, fb, lb)], dtype=bool)
-    candidates = set(pairs["email"][different])
+    candidates = np.unique(pairs["email"].to_numpy()[different])
     if used_by_people == 2:
         return candidates
-    groups = people[people["email"].isin(candidates)].groupby("email")
-    return {e for e, g in groups if _distinct_people(g[["first", "last"]].itertuples(index=False)) >= used_by_people}
+    people = people[people["email"].isin(candidates)]
+    named = zip(people["email"].tolist(), first_name[people["first"].to_numpy()].tolist(),
+                last_name[people["last"].to_numpy()].tolist())
+    by_email: dict[int, list[tuple[str, str]]] = {}
+    for e, f, l in named:
+        by_email.setdefault(e, []).append((f, l))
+    return np.array(sorted(e for e, names in by_email.items() if _distinct_people(names) >= used_by_people),
+                    dtype=np.int64)
 
 
 def _distinct_people(names) -> int:

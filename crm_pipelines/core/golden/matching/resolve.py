@@ -119,10 +119,11 @@ def resolve(df: pd.DataFrame, spec: EntityMatchSpec, must_link: list[tuple[int, 
     timings: dict[str, float] = {}
     t = time.monotonic()
     n = len(df)
-    pairs = block(df, spec)
-    if release_columns:
+    def blocking_done() -> None:
         for col in sorted(blocking_only_columns(spec) & set(df.columns)):
             del df[col]
+
+    pairs = block(df, spec, blocking_done if release_columns else None)
     timings["blocking"] = time.monotonic() - t
     log(f"{spec.entity}: {n:,} records, {len(pairs):,} candidate pairs ({timings['blocking']:.1f}s)")
 
