@@ -173,14 +173,17 @@ def drop_category_engines(df: pd.DataFrame) -> None:
 
 
 def return_free_memory() -> None:
-    """Hand the memory the C allocator holds free back to the system (glibc's malloc_trim; elsewhere nothing):
-    after a large read its free pages lie between live ones, where the large arrays of what follows (mapped
-    apart from them) never reuse them."""
+    """Hand the memory the allocators hold free back to the system: Arrow's pool, and the C heap (glibc's
+    malloc_trim; elsewhere nothing). After a large read or a phase of large temporary arrays, the free pages lie
+    between live ones, where the large arrays of what follows (mapped apart from them) never reuse them."""
     import ctypes
     import ctypes.util
     import gc
 
+    import pyarrow as pa
+
     gc.collect()
+    pa.default_memory_pool().release_unused()
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         trim = libc.malloc_trim

@@ -13,6 +13,7 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from ...platform.frames import return_free_memory
 from .cluster import ClusterResult, cluster
 from .engine import (LOADED_DERIVATIONS, CandidatePairs, Columns, FSModel, LevelCodes, block, comparison_levels,
                      estimate_u, fit, score, term_frequencies)
@@ -122,8 +123,11 @@ def resolve(df: pd.DataFrame, spec: EntityMatchSpec, must_link: list[tuple[int, 
     def blocking_done() -> None:
         for col in sorted(blocking_only_columns(spec) & set(df.columns)):
             del df[col]
+        return_free_memory()
 
     pairs = block(df, spec, blocking_done if release_columns else None)
+    if release_columns:
+        return_free_memory()
     timings["blocking"] = time.monotonic() - t
     log(f"{spec.entity}: {n:,} records, {len(pairs):,} candidate pairs ({timings['blocking']:.1f}s)")
 
@@ -134,6 +138,8 @@ def resolve(df: pd.DataFrame, spec: EntityMatchSpec, must_link: list[tuple[int, 
                                   spec.shared_mailbox_names)
         df["email_shared"] = shared  # the e-mail comparison weighs an exact match on it as a similar mailbox
         log(f"{spec.entity}: {int(shared.sum()):,} records with a role or shared mailbox")
+        if release_columns:
+            return_free_memory()
     cols = Columns(df, spec.name_swap or ())
     packing = LevelCodes(spec)
     level_codes = _level_codes_in_chunks(df, pairs, spec, cols, packing)
@@ -142,6 +148,8 @@ def resolve(df: pd.DataFrame, spec: EntityMatchSpec, must_link: list[tuple[int, 
     t = time.monotonic()
     u = estimate_u(df, spec, spec.u_sample_pairs, seed=seed, cols=cols)
     del cols  # the per-column arrays are done with: what follows reuses their memory
+    if release_columns:
+        return_free_memory()
     tf = term_frequencies(df, spec)
     patterns, counts = packing.histogram(level_codes)
     model = fit(patterns, spec, u, tf, n, counts=counts)
@@ -167,6 +175,8 @@ def resolve(df: pd.DataFrame, spec: EntityMatchSpec, must_link: list[tuple[int, 
     links = must_link_arrays(df, spec.must_link, shared)
     keep = _pairs_to_keep(n, pairs, reviewable, contradiction, links, list(must_link or []))
     del reviewable, contradiction
+    if release_columns:
+        return_free_memory()
     left, right = pairs.left[keep], pairs.right[keep]
     levels = packing.unpack(level_codes[keep])
     del level_codes
