@@ -190,3 +190,31 @@ def return_free_memory() -> None:
     except (OSError, AttributeError):
         return
     trim(0)
+
+
+def value_codes(values: pd.Series) -> np.ndarray:
+    """Equal values, equal 32-bit codes; -1 where missing. For Arrow strings by sorting (a code is its value's rank
+    among the distinct values): hashing 13 million nearly distinct e-mails into codes (pandas' factorize, Arrow's
+    dictionary encoding) held twice the memory of sorting them. Other columns by ``pd.factorize`` (codes in order
+    of first appearance). Only equality of codes means anything."""
+    if not is_arrow_string(values):
+        return pd.factorize(values)[0].astype(np.int32)
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    array = values.array.__arrow_array__()
+    n = len(array)
+    codes = np.full(n, -1, dtype=np.int32)
+    present = n - array.null_count
+    if not present:
+        return codes
+    order = pc.array_sort_indices(array).to_numpy()[:present]  # missing values sort last
+    ordered = array.take(pa.array(order))
+    if isinstance(ordered, pa.ChunkedArray):
+        ordered = ordered.combine_chunks()
+    new = np.ones(present, dtype=bool)
+    if present > 1:
+        new[1:] = pc.not_equal(ordered.slice(1), ordered.slice(0, present - 1)).to_numpy(zero_copy_only=False)
+    del ordered
+    codes[order] = np.cumsum(new, dtype=np.int32) - 1
+    return codes

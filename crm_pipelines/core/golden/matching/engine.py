@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pandas as pd
 from rapidfuzz import distance, fuzz, process
 
-from ...platform.frames import arrow_strings, is_arrow_string
+from ...platform.frames import arrow_strings, is_arrow_string, value_codes
 from .settings import ComparisonSpec, EntityMatchSpec
 
 NULL = -1
@@ -59,16 +59,17 @@ def _key_table(df: pd.DataFrame, rule: tuple[str, ...]) -> tuple[np.ndarray, np.
         key = np.zeros(n, dtype=np.int64)
         present = np.ones(n, dtype=bool)
         for col in rule:
-            codes, uniques = pd.factorize(df[col])  # -1 for missing
+            codes = value_codes(df[col])  # -1 for missing
             present &= codes >= 0
-            key = pd.factorize(key * (len(uniques) + 1) + (codes + 1))[0].astype(np.int64)
+            key = pd.factorize(key * (int(codes.max()) + 2) + (codes + 1))[0].astype(np.int64)
         pos = np.flatnonzero(present)
         return pos.astype(np.int64), key[pos]
     base: pd.DataFrame | None = None
     for col in rule:
         alts = col.split("|")
         stacked = pd.concat([df[alt] for alt in alts], ignore_index=True) if len(alts) > 1 else df[alts[0]]
-        codes, uniques = pd.factorize(stacked)  # -1 for missing
+        codes = value_codes(stacked)  # -1 for missing
+        distinct = int(codes.max()) + 1
         ok = codes >= 0
         frame = pd.DataFrame({"pos": np.tile(np.arange(n, dtype=np.int64), len(alts))[ok], "v": codes[ok].astype(np.int64)})
         if len(alts) > 1:  # a record with the same value in both alternatives counts once
@@ -78,7 +79,7 @@ def _key_table(df: pd.DataFrame, rule: tuple[str, ...]) -> tuple[np.ndarray, np.
         else:
             # The rows where every column has a value; several alternatives explode rows.
             base = base.merge(frame, on="pos")
-            base["key"] = pd.factorize(base["key"].to_numpy() * max(len(uniques), 1) + base["v"].to_numpy())[0]
+            base["key"] = pd.factorize(base["key"].to_numpy() * max(distinct, 1) + base["v"].to_numpy())[0]
             base = base.drop(columns="v")
     assert base is not None
     return base["pos"].to_numpy(np.int64), base["key"].to_numpy(np.int64)
@@ -254,7 +255,7 @@ class Columns:
             if isinstance(self.df[col].dtype, pd.CategoricalDtype):
                 self._codes[col] = self.values(col).codes
             else:
-                self._codes[col] = pd.factorize(self.df[col])[0].astype(np.int32)
+                self._codes[col] = value_codes(self.df[col])
         return self._codes[col]
 
     def derived(self, name: str, col: str, fn, arrow=None) -> np.ndarray:
@@ -267,11 +268,13 @@ class Columns:
             loaded = LOADED_DERIVATIONS.get(key)
             if loaded is not None and loaded in self.df.columns:
                 self._values[key] = self.values(loaded)
-                self._codes[key] = pd.factorize(self.df[loaded])[0].astype(np.int32)
+                self._codes[key] = self.codes(loaded)
                 return self._codes[key]
             if arrow is not None and is_arrow_string(self.df[col]):
                 result = pd.Series(pd.arrays.ArrowStringArray(arrow(self.df[col].array.__arrow_array__())))
-                codes, results = pd.factorize(result)
+                codes = value_codes(result)
+                distinct, first = np.unique(codes, return_index=True)
+                results = result.array.take(first[distinct >= 0])  # each code's value, in code order
             else:
                 codes, uniques = pd.factorize(self.df[col])
                 mapped = np.empty(len(uniques) + 1, dtype=object)  # the last one, None, is where code -1 points
@@ -294,7 +297,7 @@ class Columns:
             arrays = [arrow(self.df[c].array.__arrow_array__()) for c in columns]
             chunks = [chunk for a in arrays for chunk in (a.chunks if isinstance(a, pa.ChunkedArray) else [a])]
             every = pa.chunked_array([c.cast(pa.large_string()) for c in chunks], pa.large_string())
-            codes = pd.factorize(pd.Series(pd.arrays.ArrowStringArray(every)))[0].astype(np.int32)
+            codes = value_codes(pd.Series(pd.arrays.ArrowStringArray(every)))
             del every, chunks, arrays
             n = len(self.df)
             self._shared[key] = [codes[i * n:(i + 1) * n] for i in range(len(columns))]

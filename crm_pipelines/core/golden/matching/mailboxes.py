@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from rapidfuzz.distance import JaroWinkler
 
-from ...platform.frames import arrow_strings
+from ...platform.frames import arrow_strings, value_codes
 
 DIFFERENT = 0.8  # Jaro-Winkler below this: clearly another name (the engine's lowest name level)
 
@@ -48,7 +48,7 @@ def shared_mailboxes(email_norm: pd.Series, first_key: pd.Series | None, last_ke
             shared[part] |= role.fillna(False).to_numpy(dtype=bool)
     if used_by_people >= 2 and first_key is not None and last_key is not None:
         # Only addresses on two records or more can be used by two people: the others stay in Arrow.
-        codes = pd.factorize(email)[0].astype(np.int32)
+        codes = value_codes(email)
         counts = np.bincount(codes[codes >= 0])
         several = np.flatnonzero((codes >= 0) & (counts[np.maximum(codes, 0)] >= 2))
         del counts
@@ -131,7 +131,7 @@ def numbered_apart(email_norm: pd.Series, left: np.ndarray, right: np.ndarray,
     caller has them (a chunk of pairs at a time)."""
     email = arrow_strings(email_norm)
     if codes is None:
-        codes = pd.factorize(email)[0]
+        codes = value_codes(email)
     ca, cb = codes[left], codes[right]
     maybe = np.flatnonzero((ca >= 0) & (cb >= 0) & (ca != cb))
     del ca, cb

@@ -13,7 +13,7 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from ...platform.frames import return_free_memory
+from ...platform.frames import return_free_memory, value_codes
 from .cluster import ClusterResult, cluster
 from .engine import (LOADED_DERIVATIONS, CandidatePairs, Columns, FSModel, LevelCodes, block, comparison_levels,
                      estimate_u, fit, score, term_frequencies)
@@ -62,7 +62,7 @@ def must_link_arrays(df: pd.DataFrame, columns: tuple[str, ...],
     order (positions a < b); a shared mailbox links nobody. Found with integer codes."""
     out = []
     for col in columns:
-        codes = pd.factorize(df[col])[0]  # -1 for missing
+        codes = value_codes(df[col])  # -1 for missing
         if shared is not None and col == "email_norm" and shared.any():
             codes = np.where(shared, -1, codes)
         ok = np.flatnonzero(codes >= 0)
@@ -160,7 +160,7 @@ def resolve(df: pd.DataFrame, spec: EntityMatchSpec, must_link: list[tuple[int, 
     log(f"{spec.entity}: model fitted in {model.iterations} EM iterations, prior {model.prior:.2e} ({timings['model']:.1f}s)")
 
     t = time.monotonic()
-    email_codes = pd.factorize(df["email_norm"])[0] if shared is not None else None
+    email_codes = value_codes(df["email_norm"]) if shared is not None else None
     # Every pair scored a chunk at a time; of every pair only two flags stay: whether it reaches the review band
     # and whether it contradicts. What the clustering and the evidence need is then taken out.
     reviewable = np.zeros(len(pairs), dtype=bool)
