@@ -123,6 +123,15 @@ def test_blocking_unions_rules_and_skips_oversized_blocks():
     assert pairs.stats[0]["skipped_blocks"] == 1 and pairs.stats[1]["records_in_skipped_blocks"] == 3
 
 
+@pytest.mark.parametrize("dtype", ["str", "object"])
+def test_blocking_no_records_or_no_values_makes_no_pairs(dtype):
+    from dataclasses import replace
+
+    spec = replace(CFG.persons, blocking=(("a",), ("a", "b"), ("a|b",)))
+    for df in (pd.DataFrame({"a": [], "b": []}, dtype=dtype), pd.DataFrame({"a": [None] * 3, "b": [None] * 3}, dtype=dtype)):
+        pairs = block(df, spec)
+        assert len(pairs) == 0 and pairs.left.dtype == np.int32 and [s["pairs"] for s in pairs.stats] == [0, 0, 0]
+
 
 @pytest.mark.parametrize("pair_chunk", [1, 7, 4_000_000])
 def test_blocking_a_chunk_at_a_time_gives_every_pair_once_with_the_first_rule_that_made_it(monkeypatch, pair_chunk):

@@ -61,7 +61,8 @@ def _key_table(df: pd.DataFrame, rule: tuple[str, ...]) -> tuple[np.ndarray, np.
         for col in rule:
             codes = value_codes(df[col])  # -1 for missing
             present &= codes >= 0
-            key = pd.factorize(key * (int(codes.max()) + 2) + (codes + 1))[0].astype(np.int64)
+            distinct = int(codes.max()) + 1 if len(codes) else 0
+            key = pd.factorize(key * (distinct + 1) + (codes + 1))[0].astype(np.int64)
         pos = np.flatnonzero(present)
         return pos.astype(np.int64), key[pos]
     base: pd.DataFrame | None = None
@@ -69,7 +70,7 @@ def _key_table(df: pd.DataFrame, rule: tuple[str, ...]) -> tuple[np.ndarray, np.
         alts = col.split("|")
         stacked = pd.concat([df[alt] for alt in alts], ignore_index=True) if len(alts) > 1 else df[alts[0]]
         codes = value_codes(stacked)  # -1 for missing
-        distinct = int(codes.max()) + 1
+        distinct = int(codes.max()) + 1 if len(codes) else 0
         ok = codes >= 0
         frame = pd.DataFrame({"pos": np.tile(np.arange(n, dtype=np.int64), len(alts))[ok], "v": codes[ok].astype(np.int64)})
         if len(alts) > 1:  # a record with the same value in both alternatives counts once
