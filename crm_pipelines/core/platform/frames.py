@@ -156,7 +156,6 @@ def frame_for_copy(frame: pd.DataFrame, table: sa.Table) -> pd.DataFrame:
     return pd.DataFrame(out, index=frame.index)
 
 
-
 def drop_category_engines(df: pd.DataFrame) -> None:
     """Forget the lookup tables pandas built for the categories of ``df``'s categoricals (rebuilt when asked for).
 

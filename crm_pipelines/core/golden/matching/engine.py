@@ -186,17 +186,13 @@ def block(df: pd.DataFrame, spec: EntityMatchSpec, rules_done: Callable[[], None
         at += len(part)
         del part
     code.sort()
-    rule = np.empty(len(code), dtype=np.int16)
-    for start in range(0, len(code), PAIR_CHUNK):
-        part = code[start:start + PAIR_CHUNK]
-        rule[start:start + PAIR_CHUNK] = part % n_rules
-        part //= n_rules
     # Positions as 32-bit integers where they fit: 8 bytes a pair less for as long as the pairs are held
     # (87 million pairs at 13 million person records).
+    rule = np.empty(len(code), dtype=np.int16)
     left, right = np.empty(len(code), dtype=dtype), np.empty(len(code), dtype=dtype)
     for start in range(0, len(code), PAIR_CHUNK):
-        part = code[start:start + PAIR_CHUNK]
-        left[start:start + PAIR_CHUNK], right[start:start + PAIR_CHUNK] = np.divmod(part, n)
+        pair, rule[start:start + PAIR_CHUNK] = np.divmod(code[start:start + PAIR_CHUNK], n_rules)
+        left[start:start + PAIR_CHUNK], right[start:start + PAIR_CHUNK] = np.divmod(pair, n)
     return CandidatePairs(left, right, rule, stats)
 
 
@@ -732,7 +728,7 @@ class LevelCodes:
 
     def histogram(self, codes: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """The distinct patterns (as levels, in the order of their codes) and how many pairs have each."""
-        counts = np.bincount(codes, minlength=self.size) if len(codes) else np.zeros(self.size, np.int64)
+        counts = np.bincount(codes, minlength=self.size)
         patterns = np.flatnonzero(counts)
         return self.unpack(patterns), counts[patterns]
 

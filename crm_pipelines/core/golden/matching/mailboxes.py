@@ -36,8 +36,10 @@ def _chunks(n: int):
 
 
 def shared_mailboxes(email_norm: pd.Series, first_key: pd.Series | None, last_key: pd.Series | None,
-                     names: tuple[str, ...] = (), used_by_people: int = 0) -> np.ndarray:
-    """Per record: is its address a role or shared mailbox?"""
+                     names: tuple[str, ...] = (), used_by_people: int = 0,
+                     codes: np.ndarray | None = None) -> np.ndarray:
+    """Per record: is its address a role or shared mailbox? ``codes``: the e-mails' integer codes, when the
+    caller has them."""
     email = arrow_strings(email_norm)  # string work without a Python string per e-mail
     shared = np.zeros(len(email), dtype=bool)
     if names:
@@ -48,7 +50,8 @@ def shared_mailboxes(email_norm: pd.Series, first_key: pd.Series | None, last_ke
             shared[part] |= role.fillna(False).to_numpy(dtype=bool)
     if used_by_people >= 2 and first_key is not None and last_key is not None:
         # Only addresses on two records or more can be used by two people: the others stay in Arrow.
-        codes = value_codes(email)
+        if codes is None:
+            codes = value_codes(email)
         counts = np.bincount(codes[codes >= 0])
         several = np.flatnonzero((codes >= 0) & (counts[np.maximum(codes, 0)] >= 2))
         del counts

@@ -56,13 +56,16 @@ class Resolution:
                           self.prob[keep], self.model, self.clusters, self.review, self.stats)
 
 
-def must_link_arrays(df: pd.DataFrame, columns: tuple[str, ...],
-                     shared: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray, str]]:
+def must_link_arrays(df: pd.DataFrame, columns: tuple[str, ...], shared: np.ndarray | None = None,
+                     known_codes: dict[str, np.ndarray] | None = None) -> list[tuple[np.ndarray, np.ndarray, str]]:
     """Per must-link column: records with the same value, each linked to the first record with it, in record
-    order (positions a < b); a shared mailbox links nobody. Found with integer codes."""
+    order (positions a < b); a shared mailbox links nobody. Found with integer codes (``known_codes``: those of
+    columns the caller has already coded)."""
     out = []
     for col in columns:
-        codes = value_codes(df[col])  # -1 for missing
+        codes = (known_codes or {}).get(col)
+        if codes is None:
+            codes = value_codes(df[col])  # -1 for missing
         if shared is not None and col == "email_norm" and shared.any():
             codes = np.where(shared, -1, codes)
         ok = np.flatnonzero(codes >= 0)
@@ -120,27 +123,28 @@ def resolve(df: pd.DataFrame, spec: EntityMatchSpec, must_link: list[tuple[int, 
     timings: dict[str, float] = {}
     t = time.monotonic()
     n = len(df)
+    release = return_free_memory if release_columns else (lambda: None)
+
     def blocking_done() -> None:
         for col in sorted(blocking_only_columns(spec) & set(df.columns)):
             del df[col]
-        return_free_memory()
+        release()
 
     pairs = block(df, spec, blocking_done if release_columns else None)
-    if release_columns:
-        return_free_memory()
+    release()
     timings["blocking"] = time.monotonic() - t
     log(f"{spec.entity}: {n:,} records, {len(pairs):,} candidate pairs ({timings['blocking']:.1f}s)")
 
     t = time.monotonic()
-    shared = None
+    cols = Columns(df, spec.name_swap or ())
+    shared = email_codes = None  # with shared mailboxes: the e-mails' codes, coded once for every use below
     if (spec.shared_mailboxes or spec.shared_mailbox_names) and "email_norm" in df.columns:
+        email_codes = cols.codes("email_norm")
         shared = shared_mailboxes(df["email_norm"], df.get("first_key"), df.get("last_key"), spec.shared_mailboxes,
-                                  spec.shared_mailbox_names)
+                                  spec.shared_mailbox_names, codes=email_codes)
         df["email_shared"] = shared  # the e-mail comparison weighs an exact match on it as a similar mailbox
         log(f"{spec.entity}: {int(shared.sum()):,} records with a role or shared mailbox")
-        if release_columns:
-            return_free_memory()
-    cols = Columns(df, spec.name_swap or ())
+        release()
     packing = LevelCodes(spec)
     level_codes = _level_codes_in_chunks(df, pairs, spec, cols, packing)
     timings["comparing"] = time.monotonic() - t
@@ -148,8 +152,7 @@ def resolve(df: pd.DataFrame, spec: EntityMatchSpec, must_link: list[tuple[int, 
     t = time.monotonic()
     u = estimate_u(df, spec, spec.u_sample_pairs, seed=seed, cols=cols)
     del cols  # the per-column arrays are done with: what follows reuses their memory
-    if release_columns:
-        return_free_memory()
+    release()
     tf = term_frequencies(df, spec)
     patterns, counts = packing.histogram(level_codes)
     model = fit(patterns, spec, u, tf, n, counts=counts)
@@ -160,7 +163,6 @@ def resolve(df: pd.DataFrame, spec: EntityMatchSpec, must_link: list[tuple[int, 
     log(f"{spec.entity}: model fitted in {model.iterations} EM iterations, prior {model.prior:.2e} ({timings['model']:.1f}s)")
 
     t = time.monotonic()
-    email_codes = value_codes(df["email_norm"]) if shared is not None else None
     # Every pair scored a chunk at a time; of every pair only two flags stay: whether it reaches the review band
     # and whether it contradicts. What the clustering and the evidence need is then taken out.
     reviewable = np.zeros(len(pairs), dtype=bool)
@@ -172,11 +174,11 @@ def resolve(df: pd.DataFrame, spec: EntityMatchSpec, must_link: list[tuple[int, 
         reviewable[part] = prob >= spec.review_threshold
         contradiction[part] = against
         n_apart += int(np.count_nonzero(apart))
-    links = must_link_arrays(df, spec.must_link, shared)
+    links = must_link_arrays(df, spec.must_link, shared,
+                             {"email_norm": email_codes} if email_codes is not None else None)
     keep = _pairs_to_keep(n, pairs, reviewable, contradiction, links, list(must_link or []))
     del reviewable, contradiction
-    if release_columns:
-        return_free_memory()
+    release()
     left, right = pairs.left[keep], pairs.right[keep]
     levels = packing.unpack(level_codes[keep])
     del level_codes
