@@ -133,14 +133,16 @@ def test_blocking_no_records_or_no_values_makes_no_pairs(dtype):
         assert len(pairs) == 0 and pairs.left.dtype == np.int32 and [s["pairs"] for s in pairs.stats] == [0, 0, 0]
 
 
-@pytest.mark.parametrize("pair_chunk", [1, 7, 4_000_000])
-def test_blocking_a_chunk_at_a_time_gives_every_pair_once_with_the_first_rule_that_made_it(monkeypatch, pair_chunk):
+@pytest.mark.parametrize("pair_chunk,key_span", [(1, 2**62), (7, 30), (4_000_000, 2**62)])
+def test_blocking_a_chunk_at_a_time_gives_every_pair_once_with_the_first_rule_that_made_it(monkeypatch, pair_chunk,
+                                                                                           key_span):
     from dataclasses import replace
     from itertools import combinations
 
     from crm_pipelines.core.golden.matching import engine
 
     monkeypatch.setattr(engine, "PAIR_CHUNK", pair_chunk)
+    monkeypatch.setattr(engine, "KEY_SPAN", key_span)  # 30: every combined key is made dense first
     rng = np.random.default_rng(3)
     n = 300
 
@@ -176,6 +178,20 @@ def test_blocking_a_chunk_at_a_time_gives_every_pair_once_with_the_first_rule_th
     assert pairs.rule.tolist() == [expected[p] for p in got]
     # (x, y) pairs only records that (x) paired already, unless x's block was too large: here it adds none.
     assert set(pairs.rule.tolist()) == {0, 1, 3, 4}
+    # A column no later rule reads is handed back after its last rule; taken out of the frame at once, the same
+    # pairs result (a rule reading a column taken out would fail).
+    handed: list[set[str]] = []
+
+    def take_out(columns):
+        handed.append(columns)
+        for col in columns:
+            del consumed[col]
+
+    consumed = df.copy()
+    again = block(consumed, spec, take_out)
+    assert handed == [{"p1", "p2"}, {"x"}, {"y"}, {"z"}] and consumed.columns.empty
+    assert np.array_equal(again.left, pairs.left) and np.array_equal(again.right, pairs.right)
+    assert np.array_equal(again.rule, pairs.rule)
 
 @pytest.mark.parametrize("entity", ["persons", "accounts"])
 def test_levels_packed_one_code_a_pair_fit_the_same_model_as_the_levels_of_every_pair(entity):
@@ -277,12 +293,17 @@ def test_columns_in_arrow_compare_as_python_strings_do(entity):
     assert any(isinstance(arrow_df[c].dtype, pd.StringDtype) for c in arrow_df.columns)
     assert any(isinstance(arrow_df[c].dtype, pd.CategoricalDtype) for c in arrow_df.columns)
     arrow = comparison_levels(arrow_df, left, right, spec, Columns(arrow_df, swap))
+    # Text pandas already holds as ``str`` (as derived columns come): the same near-unique and categorical columns.
+    str_df = _in_arrow(df.astype({c: "str" for c in df.columns if c != "mailbox_is_name"}))
+    assert {c: str(t) for c, t in str_df.dtypes.items()} == {c: str(t) for c, t in arrow_df.dtypes.items()}
+    str_levels = comparison_levels(str_df, left, right, spec, Columns(str_df, swap))
     # Every text column as Arrow strings (a small first slice finds every column near-unique).
     all_arrow_df = df.astype({c: "string[pyarrow]" for c in df.columns if c != "mailbox_is_name"})
     all_arrow = comparison_levels(all_arrow_df, left, right, spec, Columns(all_arrow_df, swap))
     for name, levels in plain.items():
         assert np.array_equal(arrow[name], levels), name
         assert np.array_equal(all_arrow[name], levels), name
+        assert np.array_equal(str_levels[name], levels), name
         assert len(np.unique(levels)) > 1, name  # a comparison that says something
 
 

@@ -46,25 +46,41 @@ class CandidatePairs:
         return len(self.left)
 
 
-def _key_table(df: pd.DataFrame, rule: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """(record positions, key codes) for a blocking rule; 'a|b' columns contribute either value.
+# A rule's columns' codes are combined into one integer key; before the key could pass this it is made dense.
+KEY_SPAN = 2**62
 
-    Keys are integer codes, never strings: a column's values are factorized (the alternatives of an
-    'a|b' column in one code space, so a phone in "phone" meets the same phone in "mobile"), and the
-    codes of a rule's columns are combined and factorized again column by column."""
+
+def _key_table(df: pd.DataFrame, rule: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(record positions, keys) for a blocking rule; 'a|b' columns contribute either value. Equal keys, one block.
+
+    Keys are integers, never strings: a column's values are coded (the alternatives of an 'a|b' column in one code
+    space, so a phone in "phone" meets the same phone in "mobile") and the codes of a rule's columns combined
+    arithmetically; only where the product of the columns' code ranges would pass :data:`KEY_SPAN` is the key made
+    dense first (no hash table of every record's key per column: at 13 million records each held about 0.5 GB)."""
     n = len(df)
+    positions = np.int32 if n < 2**31 else np.int64
     if all("|" not in col for col in rule):
         # One value per column: the key is built over every record and the records missing a column are left out
         # at the end (no frame merges, whose joins held several arrays per record).
-        key = np.zeros(n, dtype=np.int64)
+        key: np.ndarray | None = None
         present = np.ones(n, dtype=bool)
+        span = 1  # keys lie in [0, span) for the records with every column so far
         for col in rule:
             codes = value_codes(df[col])  # -1 for missing
             present &= codes >= 0
             distinct = int(codes.max()) + 1 if len(codes) else 0
-            key = pd.factorize(key * (distinct + 1) + (codes + 1))[0].astype(np.int64)
-        pos = np.flatnonzero(present)
-        return pos.astype(np.int64), key[pos]
+            if key is None:
+                key, span = codes.astype(np.int64), max(distinct, 1)
+                continue
+            if span * max(distinct, 1) >= KEY_SPAN:
+                key = np.where(present, key, -1)
+                key = np.unique(key, return_inverse=True)[1].astype(np.int64)
+                span = int(key.max()) + 1
+            key *= max(distinct, 1)
+            key += codes
+            span *= max(distinct, 1)
+        pos = np.flatnonzero(present).astype(positions)
+        return pos, (key[pos] if key is not None else np.empty(0, np.int64))
     base: pd.DataFrame | None = None
     for col in rule:
         alts = col.split("|")
@@ -83,7 +99,7 @@ def _key_table(df: pd.DataFrame, rule: tuple[str, ...]) -> tuple[np.ndarray, np.
             base["key"] = pd.factorize(base["key"].to_numpy() * max(distinct, 1) + base["v"].to_numpy())[0]
             base = base.drop(columns="v")
     assert base is not None
-    return base["pos"].to_numpy(np.int64), base["key"].to_numpy(np.int64)
+    return base["pos"].to_numpy(positions), base["key"].to_numpy(np.int64)
 
 
 _TRIU_CACHE: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -92,28 +108,42 @@ _TRIU_CACHE: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 PAIR_CHUNK = 4_000_000
 
 
-def _pairs_within_blocks(pos: np.ndarray, keys: np.ndarray, max_block: int,
-                         n: int) -> tuple[Iterator[tuple[np.ndarray, np.ndarray]], np.ndarray, int, int]:
-    """The pairs of records sharing a key, in chunks of about :data:`PAIR_CHUNK` (an iterator of (a, b)), each
-    record's block code (-1 for a record without a key or in a block too large to pair: those make no pairs),
-    and the number of skipped blocks and of their records (``n``: the number of records)."""
+def _pairs_within_blocks(df: pd.DataFrame, rule: tuple[str, ...],
+                         max_block: int) -> tuple[Iterator[tuple[np.ndarray, np.ndarray]], np.ndarray, int, int]:
+    """The pairs of records sharing a rule's key (:func:`_key_table`), in chunks of about :data:`PAIR_CHUNK` (an
+    iterator of (a, b)), each record's block (-1 for a record without a key or in a block too large to pair:
+    those make no pairs), and the number of skipped blocks and of their records. The keys are let go of as soon
+    as they are sorted."""
+    n = len(df)
+    pos, keys = _key_table(df, rule)
     block_of = np.full(n, -1, dtype=np.int32)
     if len(pos) < 2:
         return iter(()), block_of, 0, 0
-    codes, _ = pd.factorize(keys)
-    order = np.argsort(codes, kind="stable")
-    codes_s, pos_s = codes[order], pos[order]
-    cut = np.flatnonzero(np.diff(codes_s)) + 1
-    starts = np.r_[0, cut]
-    sizes = np.diff(np.r_[starts, len(codes_s)])
+    order = np.argsort(keys)
+    keys = keys[order]
+    pos_s = pos[order]
+    del pos, order
+    first = np.empty(len(keys), dtype=bool)
+    first[0] = True
+    np.not_equal(keys[1:], keys[:-1], out=first[1:])
+    del keys
+    starts = np.flatnonzero(first)
+    del first
+    sizes = np.diff(starts, append=len(pos_s))
     too_big = sizes > max_block
+    big_blocks, big_records = int(too_big.sum()), int(sizes[too_big].sum())
     paired = (sizes >= 2) & ~too_big
-    in_paired = np.repeat(paired, sizes)
-    block_of[pos_s[in_paired]] = codes_s[in_paired]
+    del too_big
+    starts, sizes = starts[paired], sizes[paired]
+    del paired
+    # Only the blocks that make pairs are numbered: a record's block is all the later rules ask about.
+    members = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes - starts, sizes)  # into pos_s
+    block_of[pos_s[members]] = np.repeat(np.arange(len(starts), dtype=np.int32), sizes)
+    del members
 
     def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for size in np.unique(sizes[paired]):
-            group_starts = starts[paired & (sizes == size)]
+        for size in np.unique(sizes):
+            group_starts = starts[sizes == size]
             if size not in _TRIU_CACHE:
                 _TRIU_CACHE[size] = np.triu_indices(size, 1)
             a, b = _TRIU_CACHE[size]
@@ -122,61 +152,75 @@ def _pairs_within_blocks(pos: np.ndarray, keys: np.ndarray, max_block: int,
                 g = group_starts[i:i + per_chunk]
                 yield pos_s[(g[:, None] + a[None, :]).ravel()], pos_s[(g[:, None] + b[None, :]).ravel()]
 
-    return chunks(), block_of, int(too_big.sum()), int(sizes[too_big].sum())
+    return chunks(), block_of, big_blocks, big_records
 
 
-def block(df: pd.DataFrame, spec: EntityMatchSpec, rules_done: Callable[[], None] | None = None) -> CandidatePairs:
+def _rule_columns(rule: tuple[str, ...]) -> set[str]:
+    return {alt for col in rule for alt in col.split("|")}
+
+
+def _new_pairs(a: np.ndarray, b: np.ndarray, n: int, earlier_blocks: list[np.ndarray],
+               earlier_pairs: list[np.ndarray]) -> np.ndarray:
+    """The codes (left * n + right) of the pairs (a, b) of different records no earlier rule made."""
+    keep = a != b
+    lo, hi = np.minimum(a[keep], b[keep]), np.maximum(a[keep], b[keep])
+    new = np.ones(len(lo), dtype=bool)
+    for blocks in earlier_blocks:
+        at = blocks[lo]
+        new &= ~((at >= 0) & (at == blocks[hi]))
+    code = lo[new].astype(np.int64) * n + hi[new]
+    for codes in earlier_pairs:
+        if len(codes):
+            found = np.minimum(np.searchsorted(codes, code), len(codes) - 1)
+            code = code[codes[found] != code]
+    return code
+
+
+def block(df: pd.DataFrame, spec: EntityMatchSpec,
+          columns_done: Callable[[set[str]], None] | None = None) -> CandidatePairs:
     """The union of the rules' pairs, each with the first rule that made it, sorted by (left, right).
-    ``rules_done`` is called once every rule has made its pairs, before they are put together (the caller may let
-    go of what only the blocking read).
+    ``columns_done`` is called after a rule with the columns no later rule reads (the caller may let go of those
+    only the blocking reads: the last rules run beside a smaller frame).
 
     A pair an earlier rule made is left out as the rule makes it (an earlier single-column rule: the two records
     share its block; a rule of alternatives such as phone|mobile: its pairs are kept, sorted, to look up), so the
     union is never made of every rule's pairs at once and sorted for duplicates."""
     n = len(df)
     n_rules = len(spec.blocking)
-    kept, stats = [], []
+    kept, stats = [], []  # kept: pair codes (left * n + right) * n_rules + rule, a chunk at a time
     earlier_blocks: list[np.ndarray] = []  # per earlier single-column rule: each record's block (-1: none)
     earlier_pairs: list[np.ndarray] = []   # per earlier rule of alternatives: its pair codes, sorted
     for r, rule in enumerate(spec.blocking):
         started = time.monotonic()
-        pos, keys = _key_table(df, rule)
-        chunks, block_of, big_blocks, big_records = _pairs_within_blocks(pos, keys, spec.block_limit(rule), n)
-        del keys
+        chunks, block_of, big_blocks, big_records = _pairs_within_blocks(df, rule, spec.block_limit(rule))
         alternatives = any("|" in col for col in rule)
         made, rule_codes = 0, []
         for a, b in chunks:
-            keep = a != b
-            lo, hi = np.minimum(a[keep], b[keep]), np.maximum(a[keep], b[keep])
-            made += len(lo)
-            new = np.ones(len(lo), dtype=bool)
-            for blocks in earlier_blocks:
-                at = blocks[lo]
-                new &= ~((at >= 0) & (at == blocks[hi]))
-            code = lo[new] * n + hi[new]
-            for codes in earlier_pairs:
-                found = np.searchsorted(codes, code)
-                new_code = ~((found < len(codes)) & (codes[np.minimum(found, max(len(codes) - 1, 0))] == code)) \
-                    if len(codes) else np.ones(len(code), dtype=bool)
-                code = code[new_code]
-            rule_codes.append(code)
-        code = np.concatenate(rule_codes) if rule_codes else np.empty(0, np.int64)
-        del rule_codes
+            made += int((a != b).sum())
+            code = _new_pairs(a, b, n, earlier_blocks, earlier_pairs)
+            if alternatives:
+                rule_codes.append(code)
+            else:  # a rule of one value per column makes every pair once: no rule-sized array of its pairs
+                code *= n_rules
+                code += r
+                kept.append(code)
         if alternatives:  # a pair may share two of a record's values
-            code = np.unique(code)
+            code = np.unique(np.concatenate(rule_codes)) if rule_codes else np.empty(0, np.int64)
             earlier_pairs.append(code)
+            kept.append(code * n_rules + r)
         else:
             earlier_blocks.append(block_of)
-        kept.append(code * n_rules + r)
+        del rule_codes, chunks, block_of
         stats.append({"rule": "+".join(rule), "pairs": made, "skipped_blocks": big_blocks,
                       "records_in_skipped_blocks": big_records, "seconds": round(time.monotonic() - started, 3)})
+        done = _rule_columns(rule) - set().union(*(_rule_columns(later) for later in spec.blocking[r + 1:]))
+        if columns_done is not None and done:
+            columns_done(done)
     del earlier_blocks, earlier_pairs
-    if rules_done is not None:
-        rules_done()
     dtype = np.int32 if n < 2**31 else np.int64
     if not kept:
         return CandidatePairs(np.empty(0, dtype), np.empty(0, dtype), np.empty(0, np.int16), stats)
-    # One array of every rule's codes, each rule's let go of once copied (concatenated at once, both would be
+    # One array of every rule's codes, each part let go of once copied (concatenated at once, both would be
     # held: 16 bytes a pair at the blocking's end).
     code = np.empty(sum(len(k) for k in kept), dtype=np.int64)
     at = 0
@@ -397,12 +441,13 @@ def arrow_near_unique(df: pd.DataFrame, share: float = 0.5) -> list[str]:
 
 def in_arrow(df: pd.DataFrame, near_unique: list[str]) -> pd.DataFrame:
     """A frame's text without Python strings, in place: the ``near_unique`` columns (:func:`arrow_near_unique`) as
-    Arrow strings, the other text columns as categoricals whose categories are Arrow strings."""
+    Arrow strings, the other text columns as categoricals whose categories are Arrow strings (also those already
+    in Arrow: pandas makes text it is handed a ``str`` column, 8 bytes of offset a record even for an initial)."""
     for col in near_unique:
         df[col] = arrow_strings(df[col])
     for col in df.columns:
         s = df[col]
-        if s.dtype != object:
+        if s.dtype != object and (col in near_unique or not is_arrow_string(s)):
             continue
         codes, uniques = pd.factorize(s)
         if pd.api.types.infer_dtype(uniques, skipna=True) not in ("string", "empty"):

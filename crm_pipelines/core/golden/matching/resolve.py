@@ -125,8 +125,8 @@ def resolve(df: pd.DataFrame, spec: EntityMatchSpec, must_link: list[tuple[int, 
     n = len(df)
     release = return_free_memory if release_columns else (lambda: None)
 
-    def blocking_done() -> None:
-        for col in sorted(blocking_only_columns(spec) & set(df.columns)):
+    def blocking_done(columns: set[str]) -> None:
+        for col in sorted(columns & blocking_only_columns(spec) & set(df.columns)):
             del df[col]
         release()
 
