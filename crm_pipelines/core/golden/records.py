@@ -168,7 +168,7 @@ def account_records(raw: dict[str, pd.DataFrame], persons: pd.DataFrame,
     addr = clean_addresses(df["street"], df["house_number"], df["postal_code"], df["city"], df["country"])
     for c in ("street", "house_number", "postal_code", "city", "country", "leitregion", "city_key"):
         df[c] = addr[c]
-    full = [(f"{s} {h}" if h else s) if s else None for s, h in zip(df["street"], df["house_number"])]
+    full = [(f"{s} {h}" if is_text(h) else s) if is_text(s) else None for s, h in zip(df["street"], df["house_number"])]
     df["street_full_key"] = map_unique(pd.Series(full, index=df.index, dtype=object), street_key)
     df["phone_e164"] = clean_phones(df["phone"])
     emails = clean_emails(df["email"])
@@ -183,8 +183,19 @@ def account_records(raw: dict[str, pd.DataFrame], persons: pd.DataFrame,
         df["register_court"] = _col(df, "register_court").where(df["register_court"].notna(), joined["register_court"].to_numpy())
         df["register_number"] = _col(df, "register_number").where(df["register_number"].notna(),
                                                                    joined["register_number"].to_numpy())
-    df["register_id"] = [(f"{c}|{n}" if c and n else None) for c, n in zip(df["register_court"], df["register_number"])]
+    df["register_id"] = register_ids(df["register_court"], df["register_number"])
     return df[ACCOUNT_COLUMNS].reset_index(drop=True)
+
+
+def is_text(value) -> bool:
+    """Is a value text, not missing? pandas 3 holds a missing value of a text column as NaN, which is truthy: a
+    test ``if value`` made "nan nan" the street of every address-less record, and so one street for all of them."""
+    return isinstance(value, str) and value != ""
+
+
+def register_ids(court, number) -> list:
+    """``court|number`` where both are known, else None."""
+    return [f"{c}|{n}" if is_text(c) and is_text(n) else None for c, n in zip(court, number)]
 
 
 # An account record made from a person record's company mention is keyed by this and the person's key.

@@ -17,7 +17,7 @@ from ..platform.frames import ValuePool
 from ..platform.warehouse import KeyRange, Warehouse
 from ..privacy_screen.suppression import Screen
 from ..sources.roles import ACCOUNT_SOURCES, PERSON_SOURCES
-from .records import account_records, person_records
+from .records import account_records, person_records, register_ids
 
 Log = Callable[[str], None]
 
@@ -315,6 +315,6 @@ def apply_register(accounts: pd.DataFrame, wh: Warehouse, cache: pd.DataFrame | 
     court = out["register_court"].where(out["register_court"].notna(), joined["register_court"].to_numpy())
     number = out["register_number"].where(out["register_number"].notna(), joined["register_number"].to_numpy())
     out["register_court"], out["register_number"] = court, number
-    out["register_id"] = [(f"{c}|{n}" if c and n else None) for c, n in zip(court, number)]
+    out["register_id"] = register_ids(court, number)
     return out
 
