@@ -23,6 +23,8 @@ and their customer relationship say).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import pandas as pd
 
@@ -72,30 +74,38 @@ def engagement_events(df: pd.DataFrame) -> pd.DataFrame:
                          "_partition": df["_partition"], "_record_no": df["_record_no"]})
 
 
-def build_events(raw: dict[str, pd.DataFrame], persons: pd.DataFrame, hasher: IdentityHasher) -> pd.DataFrame:
+PersonKeys = Callable[[set[str], set[str]], tuple[dict[str, str], dict[str, str]]]
+
+
+def build_events(raw: dict[str, pd.DataFrame], person_keys: PersonKeys, hasher: IdentityHasher) -> pd.DataFrame:
     """The ledger rows from ``raw.newsletter_signups``, ``raw.consent_changes``, the opt-ins of the lead
     sources and the engagement (already in consent-event shape: :func:`opt_in_events`,
-    :func:`engagement_events`; an ``_person_record_key`` column names the record an opt-in came with)."""
-    frames = []
-    by_crm = {}
-    by_email = {}
-    if not persons.empty:
-        crm = persons[(persons["source"] == "crm_contacts") & persons["crm_contact_id"].notna()]
-        by_crm = dict(zip(crm["crm_contact_id"].astype(str), crm["record_key"]))
-        # Several records may share an address; any of them leads to the same golden contact.
-        em = persons[persons["email_norm"].notna()].drop_duplicates("email_norm")
-        by_email = dict(zip(em["email_norm"], em["record_key"]))
+    :func:`engagement_events`; an ``_person_record_key`` column names the record an opt-in came with).
+
+    ``person_keys`` is asked once, for the CRM contact IDs and e-mails of the events that name no record, which
+    person record each belongs to (by CRM contact ID, else by e-mail): the person records are never all held."""
+    prepared = []
+    want_crm: set[str] = set()
+    want_email: set[str] = set()
     for source, df in raw.items():
         df = _latest_delivery(df)
         if df.empty:
             continue
         email_norm = df["email"].map(lambda e: normalize_email(e) if isinstance(e, str) else None)
+        crm_ids = None
+        if source != "newsletter_signups" and "_person_record_key" not in df.columns:
+            crm_ids = df["crm_contact_id"].astype(object).where(df["crm_contact_id"].notna(), None)
+            want_crm.update(str(c) for c in crm_ids if c is not None)
+            want_email.update(e for e in email_norm if isinstance(e, str))
+        prepared.append((source, df, email_norm, crm_ids))
+    by_crm, by_email = person_keys(want_crm, want_email) if want_crm or want_email else ({}, {})
+    frames = []
+    for source, df, email_norm, crm_ids in prepared:
         if source == "newsletter_signups":
             key = "newsletter_signups:" + df["source_record_id"].astype(str)
-        elif "_person_record_key" in df.columns:
+        elif crm_ids is None:
             key = df["_person_record_key"].astype(object)
         else:
-            crm_ids = df["crm_contact_id"].astype(object).where(df["crm_contact_id"].notna(), None)
             key = pd.Series([by_crm.get(str(c)) if c is not None else None for c in crm_ids], index=df.index, dtype=object)
             key = key.where(key.notna(), email_norm.map(by_email))
         frames.append(pd.DataFrame({
@@ -112,6 +122,7 @@ def build_events(raw: dict[str, pd.DataFrame], persons: pd.DataFrame, hasher: Id
             if "double_opt_in_at" in df.columns else pd.NaT,
             "opt_in_source": df["opt_in_source"].to_numpy() if "opt_in_source" in df.columns else None,
         }))
+    del prepared
     if not frames:
         return pd.DataFrame(columns=EVENT_COLUMNS)
     events = pd.concat(frames, ignore_index=True)

@@ -247,6 +247,31 @@ def golden_wh(tmp_path, warehouse_templates, demo_landing, mappings):
     Warehouse.dispose_all()
 
 
+def test_the_consent_ledger_looks_up_person_records_a_slice_at_a_time(golden_wh, monkeypatch):
+    from crm_pipelines.core.platform.schema import PERSON_RECORDS
+    from crm_pipelines.core.privacy import ledger
+
+    wh, _ = golden_wh
+    whole = ledger.build_consent_events(wh, HASHER)
+    monkeypatch.setattr(ledger, "PERSON_SLICE", 7)
+    sliced = ledger.build_consent_events(wh, HASHER)
+    pd.testing.assert_frame_equal(whole, sliced)
+    changes = whole[whole["source"] == "consent_changes"]
+    assert changes["person_record_key"].notna().sum() > len(changes) / 2  # (some name nobody the CRM knows)
+    # The lookup itself: only what is asked for; a CRM contact ID names the CRM's record, an e-mail the first
+    # record with it in record-key order, whichever slice holds it.
+    pr = wh.read_select(sa.select(PERSON_RECORDS.c.record_key, PERSON_RECORDS.c.source, PERSON_RECORDS.c.crm_contact_id,
+                                  PERSON_RECORDS.c.email_norm))
+    shared = pr[pr["email_norm"].notna()].groupby("email_norm")["record_key"].agg(["count", "min"])
+    email = shared[shared["count"] >= 2].index[0]
+    crm = pr[(pr["source"] == "crm_contacts") & pr["crm_contact_id"].notna()].iloc[0]
+    for size in (1, 3, 10**6):
+        by_crm, by_email = ledger.person_keys(wh, {str(crm["crm_contact_id"]), "no such id"},
+                                              {email, "nobody@example.org"}, slice_records=size)
+        assert by_crm == {str(crm["crm_contact_id"]): crm["record_key"]}
+        assert by_email == {email: shared.loc[email, "min"]}
+
+
 def _a_person_with_many_records(wh) -> tuple[str, str]:
     g = GOLDEN_CONTACTS
     row = wh.execute_first(sa.select(g.c.golden_id, g.c.email).where(g.c.email.is_not(None), g.c.record_count >= 3)
