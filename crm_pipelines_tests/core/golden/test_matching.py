@@ -870,3 +870,64 @@ def test_an_austrian_number_read_as_german_and_a_padded_plz_are_still_the_same_c
     a, b, c = contacts_of(wh, "crm_contacts:A-1", "trade_fair_leads:AF-1", "crm_contacts:A-2")
     assert a == b, "the same national number and PLZ, once with and once without the country"
     assert a != c, "a namesake elsewhere stays apart"
+
+
+def _company_records(rng: np.random.Generator, n: int) -> list[dict]:
+    """Every company as its ERP customer, its CRM company and a contact's mention of it (name, town, website)."""
+    rows = []
+    for i in range(n):
+        plz = f"{10000 + int(rng.integers(0, 80)) * 1000:05d}"
+        base = {"company_key": f"firma {i}", "legal_form": "GmbH", "postal_code": plz, "city_key": f"stadt{plz}"}
+        street, domain = f"weg{i}", f"firma{i}.de"
+        rows.append({**base, "street_full_key": street, "phone_e164": f"+49{i:08d}", "vat_id": f"DE{i:09d}",
+                     "erp_customer_number": f"K{i}"})
+        rows.append({**base, "street_full_key": street, "domain": domain, "crm_company_id": f"C{i}",
+                     "erp_customer_number": f"K{i}" if i % 3 else None})
+        rows.append({**base, "domain": domain})
+    return rows
+
+
+@pytest.mark.parametrize("conflicts", [True, False])
+def test_two_companies_of_one_name_in_one_town_stay_apart_when_website_and_street_differ(conflicts):
+    """A conflicts group ([domain, street]) makes a pair that differs in both a contradiction: a mention naming only
+    the name and town no longer chains the two namesakes together (without it, it does)."""
+    from dataclasses import replace
+
+    from crm_pipelines.core.golden.matching.resolve import resolve
+
+    rng = np.random.default_rng(7)
+    rows = _company_records(rng, 400)
+    twin = {"company_key": "binner", "legal_form": "GmbH", "postal_code": "93047", "city_key": "regensburg"}
+    first = len(rows)
+    rows += [{**twin, "street_full_key": "sagerplatz87", "phone_e164": "+4994146121810", "erp_customer_number": "K9001"},
+             {**twin, "street_full_key": "sagerplatz87", "domain": "binner53.de", "crm_company_id": "C9001"},
+             {**twin, "street_full_key": "kitzmannplatz55", "domain": "binner62.de", "crm_company_id": "C9002"},
+             {**twin, "domain": "binner62.de"},  # a contact's mention of the second
+             {**twin}]                             # a mention with the name and the town only
+    df = pd.DataFrame(rows)
+    for col in ("register_id", "vat_id", "erp_customer_number", "crm_company_id", "domain", "phone_e164", "street_full_key"):
+        df[col] = df[col].astype(object).where(df[col].notna(), None) if col in df.columns else None
+    df["company_first_token"] = df["company_key"].str.split(" ").str[0]
+    df["company_kp"] = df["company_key"]
+    df["leitregion"] = df["postal_code"].str[:2]
+    spec = CFG.accounts if conflicts else replace(CFG.accounts, conflicts=())
+    assert CFG.accounts.conflicts == (("domain", "street"),)
+    labels = resolve(df, spec).labels
+    # The ordinary companies: each one cluster of its three records.
+    companies = labels[:first].reshape(-1, 3)
+    assert (companies == companies[:, :1]).all() and len(np.unique(companies[:, 0])) == 400
+    first_twin, second_twin = labels[first:first + 2], labels[first + 2:first + 4]
+    assert first_twin[0] == first_twin[1] and second_twin[0] == second_twin[1]
+    assert (first_twin[0] != second_twin[0]) == conflicts
+
+
+def test_a_conflicts_group_names_comparisons(tmp_path):
+    text = (DEFAULT_CONFIG_DIR / "matching.yaml").read_text(encoding="utf-8")
+    assert "    - [domain, street]\n" in text
+    bad = tmp_path / "matching.yaml"
+    bad.write_text(text.replace("    - [domain, street]\n", "    - [domain, strasse]\n"), encoding="utf-8")
+    with pytest.raises(Exception, match=r"matching\.yaml.*accounts\.conflicts\[0\].*unknown comparison 'strasse'"):
+        load_matching_config(bad)
+    # The dedupe command drops a group whose comparisons its data set lacks, as it drops their training rules.
+    assert CFG.accounts.without_columns({"street_full_key"}).conflicts == ()
+    assert CFG.accounts.without_columns({"vat_id"}).conflicts == (("domain", "street"),)

@@ -234,12 +234,19 @@ def _scored(df: pd.DataFrame, left: np.ndarray, right: np.ndarray, levels: dict[
             spec: EntityMatchSpec,
             email_codes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Weight, probability, contradiction and numbered mailboxes of pairs. A pair contradicts when its evidence
-    alone (as if the prior were even) is below the contradiction band, or when its records' mailboxes at one
-    domain differ only in a trailing number (``email_codes`` given): namesakes whose company numbered their
-    mailboxes (mueller@ / mueller2@) are two people, and their probability is 0."""
+    alone (as if the prior were even) is below the contradiction band, when its records differ in every comparison
+    of one of the ``conflicts`` groups (both known), or when its records' mailboxes at one domain differ only in a
+    trailing number (``email_codes`` given): namesakes whose company numbered their mailboxes (mueller@ /
+    mueller2@) are two people, and their probability is 0.
+
+    The conflicts: name, postcode and town agreeing add up to near-certainty, so two companies of one name in one
+    town (another website, another street) scored as one and a mention naming only the name and town chained
+    them together; each disagreement alone is common among a company's own records (group domains, moves)."""
     weight, prob = score(df, left, right, levels, model, spec)
     evidence = weight - math.log2(model.prior / (1 - model.prior))
     contradiction = evidence < math.log2(spec.contradiction_threshold / (1 - spec.contradiction_threshold))
+    for group in spec.conflicts:
+        contradiction |= np.logical_and.reduce([levels[name] == 0 for name in group])
     apart = np.zeros(len(left), dtype=bool)
     if email_codes is not None:
         apart = numbered_apart(df["email_norm"], left, right, email_codes)

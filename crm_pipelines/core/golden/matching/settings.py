@@ -72,6 +72,9 @@ class EntityMatchSpec:
     # Role and shared mailboxes (info@, einkauf@ ...): the same address is evidence, never a must-link.
     shared_mailboxes: tuple[str, ...] = ()       # mailbox names (the part before @, up to . - _ + or a digit)
     shared_mailbox_names: int = 0                # an address used by this many clearly different people is shared
+    # Groups of comparisons: a pair whose records both have, and differ in, every comparison of a group contradicts
+    # (two companies of one name in one town: each its own website and street).
+    conflicts: tuple[tuple[str, ...], ...] = ()
 
     def without_columns(self, missing: set[str]) -> "EntityMatchSpec":
         """The same settings for a data set that lacks some columns (the generic dedupe command)."""
@@ -84,7 +87,9 @@ class EntityMatchSpec:
         must = tuple(c for c in self.must_link if c not in missing)
         names = {c.name for c in comps}
         training = tuple(r for r in self.training_rules if set(r) <= names)
-        return replace(self, blocking=blocking, comparisons=comps, name_swap=swap, must_link=must, training_rules=training)
+        conflicts = tuple(g for g in self.conflicts if set(g) <= names)
+        return replace(self, blocking=blocking, comparisons=comps, name_swap=swap, must_link=must, training_rules=training,
+                       conflicts=conflicts)
 
 
 @dataclass(frozen=True)
@@ -128,7 +133,7 @@ def _entity(doc: YamlDoc, name: str) -> EntityMatchSpec:
     data = require_mapping(doc, doc.data.get(name), name)
     check_keys(doc, data, name, ("blocking", "max_block_size", "must_link", "name_swap", "comparisons", "bands",
                                  "max_cluster_size", "em_iterations", "u_sample_pairs", "training_rules", "training_recall",
-                                 "shared_mailboxes"),
+                                 "shared_mailboxes", "conflicts"),
                ("blocking", "comparisons", "bands", "training_rules"))
     blocking = data["blocking"]
     if not isinstance(blocking, list) or not blocking:
@@ -196,6 +201,15 @@ def _entity(doc: YamlDoc, name: str) -> EntityMatchSpec:
         for cname in rule:
             if cname not in seen:
                 raise doc.error(f"{name}.training_rules[{i}]", f"unknown comparison '{cname}'")
+    conflicts = data.get("conflicts") or []
+    if not isinstance(conflicts, list):
+        raise doc.error(f"{name}.conflicts", "must be a list of groups, each a list of comparison names, e.g. [[domain, street]]")
+    for i, group in enumerate(conflicts):
+        if not isinstance(group, list) or not group:
+            raise doc.error(f"{name}.conflicts[{i}]", "a group is a list of comparison names, e.g. [domain, street]")
+        for cname in group:
+            if cname not in seen:
+                raise doc.error(f"{name}.conflicts[{i}]", f"unknown comparison '{cname}'")
     swap = data.get("name_swap")
     if swap is not None and (not isinstance(swap, list) or len(swap) != 2):
         raise doc.error(f"{name}.name_swap", "must name two columns: [first, last]")
@@ -217,7 +231,7 @@ def _entity(doc: YamlDoc, name: str) -> EntityMatchSpec:
         max_cluster_size=_int(doc, data.get("max_cluster_size", 50), f"{name}.max_cluster_size", 2),
         em_iterations=_int(doc, data.get("em_iterations", 0), f"{name}.em_iterations", 0),
         u_sample_pairs=_int(doc, data.get("u_sample_pairs", 300_000), f"{name}.u_sample_pairs", 1000),
-        training_rules=tuple(tuple(r) for r in training),
+        training_rules=tuple(tuple(r) for r in training), conflicts=tuple(tuple(g) for g in conflicts),
         training_recall=_float(doc, data.get("training_recall", 0.8), f"{name}.training_recall", 0.01, 1.0),
         shared_mailboxes=tuple(sorted({r.strip().lower() for r in roles})),
         shared_mailbox_names=_int(doc, shared.get("used_by_people", 0), f"{name}.shared_mailboxes.used_by_people", 0)
