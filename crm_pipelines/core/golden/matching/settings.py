@@ -129,6 +129,16 @@ def _int(doc: YamlDoc, value, key: str, lo: int = 1) -> int:
     return value
 
 
+def _comparison_lists(doc: YamlDoc, lists: list, key: str, comparisons: set[str], what: str) -> None:
+    """Each of ``lists`` a non-empty list of names of ``comparisons`` (training rules, conflicts groups)."""
+    for i, names in enumerate(lists):
+        if not isinstance(names, list) or not names:
+            raise doc.error(f"{key}[{i}]", f"{what} is a list of comparison names")
+        for cname in names:
+            if cname not in comparisons:
+                raise doc.error(f"{key}[{i}]", f"unknown comparison '{cname}'")
+
+
 def _entity(doc: YamlDoc, name: str) -> EntityMatchSpec:
     data = require_mapping(doc, doc.data.get(name), name)
     check_keys(doc, data, name, ("blocking", "max_block_size", "must_link", "name_swap", "comparisons", "bands",
@@ -195,21 +205,11 @@ def _entity(doc: YamlDoc, name: str) -> EntityMatchSpec:
     training = data["training_rules"]
     if not isinstance(training, list) or not training:
         raise doc.error(f"{name}.training_rules", "needs at least one rule: a list of comparison names, e.g. [email]")
-    for i, rule in enumerate(training):
-        if not isinstance(rule, list) or not rule:
-            raise doc.error(f"{name}.training_rules[{i}]", "a rule is a list of comparison names")
-        for cname in rule:
-            if cname not in seen:
-                raise doc.error(f"{name}.training_rules[{i}]", f"unknown comparison '{cname}'")
+    _comparison_lists(doc, training, f"{name}.training_rules", seen, "a rule")
     conflicts = data.get("conflicts") or []
     if not isinstance(conflicts, list):
         raise doc.error(f"{name}.conflicts", "must be a list of groups, each a list of comparison names, e.g. [[domain, street]]")
-    for i, group in enumerate(conflicts):
-        if not isinstance(group, list) or not group:
-            raise doc.error(f"{name}.conflicts[{i}]", "a group is a list of comparison names, e.g. [domain, street]")
-        for cname in group:
-            if cname not in seen:
-                raise doc.error(f"{name}.conflicts[{i}]", f"unknown comparison '{cname}'")
+    _comparison_lists(doc, conflicts, f"{name}.conflicts", seen, "a group")
     swap = data.get("name_swap")
     if swap is not None and (not isinstance(swap, list) or len(swap) != 2):
         raise doc.error(f"{name}.name_swap", "must name two columns: [first, last]")
