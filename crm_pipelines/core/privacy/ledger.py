@@ -77,7 +77,8 @@ def person_keys(wh: Warehouse, crm_ids: set[str], emails: set[str],
                                types={c: pr.c[c].type for c in columns})
         crm = part[(part["source"] == "crm_contacts") & part["crm_contact_id"].notna()]
         crm_id = crm["crm_contact_id"].astype(str)
-        by_crm.update(zip(crm_id[crm_id.isin(crm_ids)], crm["record_key"][crm_id.isin(crm_ids)]))
+        asked = crm_id.isin(crm_ids)
+        by_crm.update(zip(crm_id[asked], crm["record_key"][asked]))
         found = part[part["email_norm"].isin(emails)].drop_duplicates("email_norm")
         for email, key in zip(found["email_norm"], found["record_key"]):
             by_email.setdefault(email, key)

@@ -890,7 +890,8 @@ def _company_records(rng: np.random.Generator, n: int) -> list[dict]:
 @pytest.mark.parametrize("conflicts", [True, False])
 def test_two_companies_of_one_name_in_one_town_stay_apart_when_website_and_street_differ(conflicts):
     """A conflicts group ([domain, street]) makes a pair that differs in both a contradiction: a mention naming only
-    the name and town no longer chains the two namesakes together (without it, it does)."""
+    the name and town no longer chains the two namesakes together (without it, it does); an identifier both
+    records share (an exact comparison agreeing) outweighs it."""
     from dataclasses import replace
 
     from crm_pipelines.core.golden.matching.resolve import resolve
@@ -903,7 +904,12 @@ def test_two_companies_of_one_name_in_one_town_stay_apart_when_website_and_stree
              {**twin, "street_full_key": "sagerplatz87", "domain": "binner53.de", "crm_company_id": "C9001"},
              {**twin, "street_full_key": "kitzmannplatz55", "domain": "binner62.de", "crm_company_id": "C9002"},
              {**twin, "domain": "binner62.de"},  # a contact's mention of the second
-             {**twin}]                             # a mention with the name and the town only
+             {**twin},                             # a mention with the name and the town only
+             # One CRM company that moved in town and took its group's domain: its ID outweighs site and website.
+             {"company_key": "klapp", "legal_form": "GmbH", "postal_code": "13353", "city_key": "berlin",
+              "street_full_key": "gasse148", "domain": "klapp9.de", "crm_company_id": "C9003"},
+             {"company_key": "klapp", "legal_form": "GmbH", "postal_code": "13353", "city_key": "berlin",
+              "street_full_key": "platz148", "domain": "klapp9-group.com", "crm_company_id": "C9003"}]
     df = pd.DataFrame(rows)
     for col in ("register_id", "vat_id", "erp_customer_number", "crm_company_id", "domain", "phone_e164", "street_full_key"):
         df[col] = df[col].astype(object).where(df[col].notna(), None) if col in df.columns else None
@@ -919,6 +925,7 @@ def test_two_companies_of_one_name_in_one_town_stay_apart_when_website_and_stree
     first_twin, second_twin = labels[first:first + 2], labels[first + 2:first + 4]
     assert first_twin[0] == first_twin[1] and second_twin[0] == second_twin[1]
     assert (first_twin[0] != second_twin[0]) == conflicts
+    assert labels[-2] == labels[-1]
 
 
 def test_a_conflicts_group_names_comparisons(tmp_path):

@@ -160,10 +160,12 @@ def _rule_columns(rule: tuple[str, ...]) -> set[str]:
 
 
 def _new_pairs(a: np.ndarray, b: np.ndarray, n: int, earlier_blocks: list[np.ndarray],
-               earlier_pairs: list[np.ndarray]) -> np.ndarray:
-    """The codes (left * n + right) of the pairs (a, b) of different records no earlier rule made."""
+               earlier_pairs: list[np.ndarray]) -> tuple[np.ndarray, int]:
+    """The codes (left * n + right) of the pairs (a, b) of different records no earlier rule made, and the number
+    of pairs of different records."""
     keep = a != b
     lo, hi = np.minimum(a[keep], b[keep]), np.maximum(a[keep], b[keep])
+    made = len(lo)
     new = np.ones(len(lo), dtype=bool)
     for blocks in earlier_blocks:
         at = blocks[lo]
@@ -173,7 +175,7 @@ def _new_pairs(a: np.ndarray, b: np.ndarray, n: int, earlier_blocks: list[np.nda
         if len(codes):
             found = np.minimum(np.searchsorted(codes, code), len(codes) - 1)
             code = code[codes[found] != code]
-    return code
+    return code, made
 
 
 def block(df: pd.DataFrame, spec: EntityMatchSpec,
@@ -196,8 +198,8 @@ def block(df: pd.DataFrame, spec: EntityMatchSpec,
         alternatives = any("|" in col for col in rule)
         made, rule_codes = 0, []
         for a, b in chunks:
-            made += int((a != b).sum())
-            code = _new_pairs(a, b, n, earlier_blocks, earlier_pairs)
+            code, different = _new_pairs(a, b, n, earlier_blocks, earlier_pairs)
+            made += different
             if alternatives:
                 rule_codes.append(code)
             else:  # a rule of one value per column makes every pair once: no rule-sized array of its pairs

@@ -235,7 +235,7 @@ def _scored(df: pd.DataFrame, left: np.ndarray, right: np.ndarray, levels: dict[
             email_codes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Weight, probability, contradiction and numbered mailboxes of pairs. A pair contradicts when its evidence
     alone (as if the prior were even) is below the contradiction band, when its records differ in every comparison
-    of one of the ``conflicts`` groups (both known), or when its records' mailboxes at one domain differ only in a
+    of one of the ``conflicts`` groups (both known) and share no identifier, or when its records' mailboxes at one domain differ only in a
     trailing number (``email_codes`` given): namesakes whose company numbered their mailboxes (mueller@ /
     mueller2@) are two people, and their probability is 0.
 
@@ -245,8 +245,13 @@ def _scored(df: pd.DataFrame, left: np.ndarray, right: np.ndarray, levels: dict[
     weight, prob = score(df, left, right, levels, model, spec)
     evidence = weight - math.log2(model.prior / (1 - model.prior))
     contradiction = evidence < math.log2(spec.contradiction_threshold / (1 - spec.contradiction_threshold))
-    for group in spec.conflicts:
-        contradiction |= np.logical_and.reduce([levels[name] == 0 for name in group])
+    if spec.conflicts:
+        # An identifier both records carry and share (an exact comparison agreeing) outweighs the conflict: a company
+        # that moved and changed to its group's domain is still the one CRM company.
+        identified = np.logical_or.reduce([levels[c.name] == c.top_level for c in spec.comparisons if c.kind == "exact"]
+                                          + [np.zeros(len(left), dtype=bool)])
+        for group in spec.conflicts:
+            contradiction |= np.logical_and.reduce([levels[name] == 0 for name in group]) & ~identified
     apart = np.zeros(len(left), dtype=bool)
     if email_codes is not None:
         apart = numbered_apart(df["email_norm"], left, right, email_codes)

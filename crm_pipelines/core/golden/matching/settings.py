@@ -72,8 +72,9 @@ class EntityMatchSpec:
     # Role and shared mailboxes (info@, einkauf@ ...): the same address is evidence, never a must-link.
     shared_mailboxes: tuple[str, ...] = ()       # mailbox names (the part before @, up to . - _ + or a digit)
     shared_mailbox_names: int = 0                # an address used by this many clearly different people is shared
-    # Groups of comparisons: a pair whose records both have, and differ in, every comparison of a group contradicts
-    # (two companies of one name in one town: each its own website and street).
+    # Groups of comparisons: a pair whose records both have, and differ in, every comparison of a group, and share no
+    # identifier (exact comparison), contradicts (two companies of one name in one town: each its own website and
+    # street).
     conflicts: tuple[tuple[str, ...], ...] = ()
 
     def without_columns(self, missing: set[str]) -> "EntityMatchSpec":
