@@ -182,14 +182,6 @@ def build_account_records(wh: Warehouse, slice_records: int = SLICE_RECORDS) -> 
     return written
 
 
-def _read_columns(wh: Warehouse, table: sa.Table, columns: list[str], key_range: KeyRange | None = None) -> pd.DataFrame:
-    """These columns of the table in record-key order, None for missing (COPY on PostgreSQL); ``key_range``:
-    only the records of that range of record keys."""
-    where = f" WHERE {key_range.where_literal(wh.quote)}" if key_range is not None else ""
-    return wh.read_raw_sql(f"SELECT {', '.join(wh.quote(c) for c in columns)} FROM {wh.qualified(table)}{where} "
-                           "ORDER BY record_key", types={c: table.c[c].type for c in columns})
-
-
 MENTION_COLUMNS = ("record_key", "source", "source_record_id", "record_ts", "company_name", "street", "house_number",
                    "postal_code", "city", "country", "email_domain", "is_free_mail", "erp_customer_number", "crm_company_id")
 
@@ -230,7 +222,7 @@ def load_person_records(wh: Warehouse, columns: set[str] | None = None, key_rang
     wanted = set(stored) | set(_DERIVED_PERSON_COLUMNS) if columns is None else set(columns)
     inputs = {c for d, needs in _DERIVED_PERSON_COLUMNS.items() if d in wanted for c in needs}
     read = [c for c in stored if c in wanted | inputs]
-    df = _read_columns(wh, PERSON_RECORDS, read, key_range)
+    df = wh.read_columns(PERSON_RECORDS, read, key_range)
     if "is_free_mail" in df.columns:
         df["is_free_mail"] = df["is_free_mail"].fillna(False).astype(bool)  # SQLite returns 0/1
     derived = [d for d in _DERIVED_PERSON_COLUMNS if d in wanted]
@@ -283,7 +275,7 @@ def load_account_records(wh: Warehouse, columns: set[str] | None = None, key_ran
     records at 10 million contacts would not fit beside the matching); ``key_range``: only the records of
     that range of record keys."""
     wh.ensure_tables([ACCOUNT_RECORDS])
-    df = _read_columns(wh, ACCOUNT_RECORDS, [c for c in ACCOUNT_RECORDS.columns.keys() if columns is None or c in columns],
+    df = wh.read_columns(ACCOUNT_RECORDS, [c for c in ACCOUNT_RECORDS.columns.keys() if columns is None or c in columns],
                        key_range)
     if "record_ts" in df.columns:
         df["record_ts"] = pd.to_datetime(df["record_ts"], utc=True)

@@ -256,6 +256,13 @@ class Warehouse:
             return compact_frame(conn.execution_options(stream_results=True, max_row_buffer=chunk_rows)
                                   .exec_driver_sql(sql), chunk_rows)
 
+    def read_columns(self, table: sa.Table, columns: Sequence[str], key_range: "KeyRange | None" = None) -> pd.DataFrame:
+        """These columns of a table with a ``record_key`` in record-key order, None for missing (COPY on
+        PostgreSQL); ``key_range``: only the rows of that range of record keys."""
+        where = f" WHERE {key_range.where_literal(self.quote)}" if key_range is not None else ""
+        return self.read_raw_sql(f"SELECT {', '.join(self.quote(c) for c in columns)} FROM {self.qualified(table)}{where} "
+                                 "ORDER BY record_key", types={c: table.c[c].type for c in columns})
+
     def _read_copy(self, sql: str, types: Mapping[str, sa.types.TypeEngine], chunk_rows: int) -> pd.DataFrame:
         parsers = {name: copy_parser(t) for name, t in types.items()}
         pools: list[dict | None] = [{} for _ in parsers]

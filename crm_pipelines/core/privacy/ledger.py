@@ -72,9 +72,7 @@ def person_keys(wh: Warehouse, crm_ids: set[str], emails: set[str],
         return by_crm, by_email
     columns = ("record_key", "source", "crm_contact_id", "email_norm")
     for key_range in wh.key_ranges(wh.qualified(pr), "record_key", slice_records or PERSON_SLICE):
-        part = wh.read_raw_sql(f"SELECT {', '.join(wh.quote(c) for c in columns)} FROM {wh.qualified(pr)} "
-                               f"WHERE {key_range.where_literal(wh.quote)} ORDER BY record_key",
-                               types={c: pr.c[c].type for c in columns})
+        part = wh.read_columns(pr, columns, key_range)
         crm = part[(part["source"] == "crm_contacts") & part["crm_contact_id"].notna()]
         crm_id = crm["crm_contact_id"].astype(str)
         asked = crm_id.isin(crm_ids)
