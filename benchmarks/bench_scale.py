@@ -173,8 +173,9 @@ def main() -> int:
                 g["seconds"] += info["seconds"]
                 g["peak_mb"] = max(g["peak_mb"], info["peak_mb"])
                 g["steps"] += 1
-            # Where the time goes: the heaviest step kinds (summed over their parallel steps).
-            for name, g in sorted(groups.items(), key=lambda kv: -kv[1]["seconds"])[:8]:
+            # Where the time goes, heaviest first: every step kind (summed over its parallel steps), so that each
+            # golden step and check shows its own peak, not only the longest steps'.
+            for name, g in sorted(groups.items(), key=lambda kv: -kv[1]["seconds"]):
                 suffix = f" ({g['steps']} steps)" if g["steps"] > 1 else ""
                 figure(f"{label}_step_{name}_seconds", g["seconds"], f"s{suffix}")
                 figure(f"{label}_step_{name}_peak_mb", g["peak_mb"], "MB")
