@@ -276,7 +276,7 @@ def load_account_records(wh: Warehouse, columns: set[str] | None = None, key_ran
     that range of record keys."""
     wh.ensure_tables([ACCOUNT_RECORDS])
     df = wh.read_columns(ACCOUNT_RECORDS, [c for c in ACCOUNT_RECORDS.columns.keys() if columns is None or c in columns],
-                       key_range)
+                         key_range)
     if "record_ts" in df.columns:
         df["record_ts"] = pd.to_datetime(df["record_ts"], utc=True)
     if "is_mention" in df.columns:
