@@ -40,9 +40,10 @@ RUNS = [r for r in os.environ.get("BENCH_SCALE_RUNS", "ingest_sources,build_gold
 # A folder a BENCH_SCALE_KEEP run left behind: its PostgreSQL (instance and warehouse) is started again and
 # BENCH_SCALE_RUNS go on from there (one size and mode). Only the runs of this invocation are measured.
 RESUME = os.environ.get("BENCH_SCALE_RESUME")
-# build_golden in two runs: the record builders, then everything after them (the same assets and checks).
-GOLDEN_AFTER_RECORDS = ("staging/register_enrichment,staging/consent_events,golden/accounts,golden/contacts,"
-                        "golden/crosswalk,golden/review_queue")
+# build_golden in two runs (BENCH_SCALE_RUNS=staging_records,golden_after_records, for continued runs): the record
+# builders, then everything after them (the same assets and checks).
+GOLDEN_AFTER_RECORDS = ("staging/register_enrichment,staging/consent_events,golden/accounts,golden/contact_matches,"
+                        "golden/contacts,golden/crosswalk,golden/review_queue")
 # A continued run (RESUME) may materialise only a part of it again, e.g. golden/contacts and what follows it
 # after a failure there (docs/benchmarks.md says when a figure comes from such a run).
 GOLDEN_AFTER_RECORDS = os.environ.get("BENCH_SCALE_GOLDEN_SELECT", GOLDEN_AFTER_RECORDS)
@@ -124,8 +125,8 @@ def _nightly(env: dict, tmp: Path, manifest: dict, mem: TreeMemory, contacts: in
     runs = [("ingest_sources", [str(BIN / "dagster"), "job", "execute", *module, "-j", "ingest_sources",
                                 "--tags", json.dumps(tags), "-c", str(config)]),
             ("build_golden", [str(BIN / "dagster"), "job", "execute", *module, "-j", "build_golden", "-c", str(config)]),
-            # Only the record builders of build_golden (person and account records), for a size whose
-            # golden steps do not fit in memory yet.
+            # Only the record builders of build_golden (person and account records): a run to continue from
+            # (BENCH_SCALE_RESUME) with golden_after_records.
             ("staging_records", [str(BIN / "dagster"), "asset", "materialize", *module,
                                  "--select", "staging/person_records,staging/account_records", "-c", str(config)]),
             # The rest of build_golden, after staging_records.

@@ -77,8 +77,14 @@ def test_golden_group_after_the_sources(tmp_path, demo_landing):
             mats = materialised(result)
             assert set(mats) == {"staging/person_records", "staging/account_records", "staging/register_enrichment",
                                  "staging/consent_events",
-                                 "golden/accounts", "golden/contacts", "golden/crosswalk", "golden/review_queue"}
+                                 "golden/accounts", "golden/contact_matches", "golden/contacts", "golden/crosswalk",
+                                 "golden/review_queue"}
             assert all(checks_of(result).values()), checks_of(result)
+            # The matching is a step of its own (beside the accounts); golden/contacts writes what it resolved.
+            matched = mats["golden/contact_matches"]
+            assert matched["dagster/row_count"] == mats["staging/person_records"]["dagster/row_count"]
+            assert matched["clusters"] == mats["golden/contacts"]["dagster/row_count"]
+            assert matched["match_rate"] == mats["golden/contacts"]["match_rate"] > 0
             assert mats["staging/register_enrichment"]["found"] > 0
             contacts = mats["golden/contacts"]
             assert contacts["dagster/row_count"] < mats["staging/person_records"]["dagster/row_count"]

@@ -397,7 +397,9 @@ class _FirstRead:
     steward decisions name, taken slice by slice so that the keys are never held whole."""
 
     def __init__(self, wh: Warehouse, table: sa.Table, dec: pd.DataFrame, log: Log | None, what: str):
-        self.table, self.log, self.what = table, log, what
+        # The table's name, not the table: the first read is handed from the matching step to the write step
+        # (ContactMatches), so it holds nothing that does not pickle.
+        self.table_name, self.where, self.log, self.what = table.name, f"{table.schema}.{table.name}", log, what
         self.ranges = wh.key_ranges(wh.qualified(table), "record_key", SLICE_RECORDS)
         self._named = list(set(dec.get("record_a", [])) | set(dec.get("record_b", [])))
         self._digests: list[np.ndarray] = []
@@ -413,7 +415,7 @@ class _FirstRead:
             self._found.update((k, self.records + int(p)) for k, p in zip(self._named, at) if p >= 0)
         self.records += len(keys)
         if self.log and len(self.ranges) > 1:
-            self.log(f"{self.table.name}: {self.what} of {self.records:,} records read ({i}/{len(self.ranges)} slices)")
+            self.log(f"{self.table_name}: {self.what} of {self.records:,} records read ({i}/{len(self.ranges)} slices)")
 
     def in_arrow(self, frame: pd.DataFrame) -> pd.DataFrame:
         if self.near_unique is None:
@@ -433,9 +435,19 @@ class _FirstRead:
             self.changed(start + len(keys))
 
     def changed(self, second: int) -> None:
-        raise RuntimeError(f"{self.table.schema}.{self.table.name} changed while the golden step was reading it "
+        raise RuntimeError(f"{self.where} changed while the golden step was reading it "
                            f"({self.records:,} records at the first read, {second:,} or more at the second): "
-                           "another run rebuilt the records; materialise the golden step again")
+                           "another run rebuilt the records; materialise the golden step again (for contacts: "
+                           "golden/contact_matches and golden/contacts together)")
+
+    def done(self) -> None:
+        """The matching has read and resolved: what is left is the ranges and the keys' digest (what the write
+        checks against), without the log and the positions of named records."""
+        self.log = None
+        self._found = {}
+        self._named = []
+        if len(self._digests) != 1:
+            self._digests = [np.concatenate(self._digests) if self._digests else np.empty(0, np.uint64)]
 
 
 def _load_matching(wh: Warehouse, table: sa.Table, load: Callable, columns: set[str], dec: pd.DataFrame,
@@ -507,13 +519,26 @@ def _spec_columns(spec: EntityMatchSpec) -> set[str]:
     return cols | set(spec.must_link) | set(spec.name_swap or ())
 
 
-def resolve_contacts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log | None = None) -> GoldenResult:
+@dataclass
+class ContactMatches:
+    """The person records resolved (:func:`match_contacts`), what :func:`write_contacts` writes. Apart because the
+    matching needs only the person records: in the nightly job it runs beside the account records and golden
+    accounts, the write after them (it links each contact to its golden account). Pickles, so that Dagster's IO
+    manager hands it from one step to the next."""
+
+    resolution: Resolution
+    first: _FirstRead  # the matching's read: the write reads by the same key ranges and checks the same keys
+    settings: str  # sha256 of the matching settings it was resolved with
+    decisions_applied: int
+    decisions_unknown_records: int
+    seconds: float
+
+
+def match_contacts(wh: Warehouse, cfg: MatchingConfig, log: Log | None = None) -> ContactMatches:
+    """Person records resolved into people: their matching columns read a slice at a time (near-unique ones as
+    Arrow strings), blocked, compared, scored and clustered, steward decisions honoured. Writes nothing."""
     started = time.monotonic()
-    at = now()
     spec = cfg.persons
-    # The matching reads its columns (keys, phonetic codes, e-mails, phones) of every record, a slice at a time
-    # (near-unique ones as Arrow strings); the golden fields are read afterwards, a slice at a time
-    # (_write_golden). Read together, the 13 million records of 10 million contacts held both sets at once.
     dec = decisions(wh, "persons")
     matching, first = _load_matching(wh, PERSON_RECORDS, load_person_records,
                                      _spec_columns(spec) | {"mailbox_is_name"}, dec, log)
@@ -521,6 +546,28 @@ def resolve_contacts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
     res = _evidence_only(resolve(matching, spec, must_link=must, cannot_link=cannot, log=log,
                                  release_columns=True))
     del matching
+    first.done()
+    return ContactMatches(res, first, cfg.sha256, len(must) + len(cannot), unknown, time.monotonic() - started)
+
+
+def resolve_contacts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log | None = None) -> GoldenResult:
+    """:func:`match_contacts`, then :func:`write_contacts` (one process; the Dagster assets run them as two steps)."""
+    return write_contacts(wh, cfg, match_contacts(wh, cfg, log), run_id, log)
+
+
+def write_contacts(wh: Warehouse, cfg: MatchingConfig, matches: ContactMatches, run_id: str,
+                   log: Log | None = None) -> GoldenResult:
+    """The golden contacts of resolved person records, each linked to its golden account and given its consent
+    per channel (read now: the accounts and the consent ledger may be newer than the matching), written with
+    lineage, crosswalk, match edges and review candidates (:func:`_write_golden`)."""
+    if matches.settings != cfg.sha256:
+        raise RuntimeError("the person records were resolved with other matching settings than matching.yaml's "
+                           f"(sha256 {matches.settings[:12]} against {cfg.sha256[:12]}): materialise "
+                           "golden/contact_matches and golden/contacts together")
+    # The run's seconds (match_runs) are the matching's and the write's, not the wait between them.
+    started = time.monotonic() - matches.seconds
+    at = now()
+    res, first = matches.resolution, matches.first
     labels = res.labels
     consent_events = load_consent_events(wh, for_verdicts=True)
     event_keys = consent_events["person_record_key"].to_numpy(dtype=object)
@@ -561,8 +608,8 @@ def resolve_contacts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
     linked = int(wh.scalar(sa.select(sa.func.count()).select_from(GOLDEN_CONTACTS)
                            .where(GOLDEN_CONTACTS.c.account_id.is_not(None))) or 0)
     stats = {**res.stats, **extra, "crosswalk_changes": written.crosswalk_changes, "golden": written.n_golden,
-             "match_rate": res.match_rate, "decisions_applied": len(must) + len(cannot),
-             "decisions_unknown_records": unknown, "linked_to_account": linked}
+             "match_rate": res.match_rate, "decisions_applied": matches.decisions_applied,
+             "decisions_unknown_records": matches.decisions_unknown_records, "linked_to_account": linked}
     return GoldenResult("persons", res, written.n_golden, written.examples, written.ids.events, stats,
                         written.ids.event_counts())
 

@@ -4,13 +4,17 @@ database, bulk inserts in chunks inside one transaction. On SQLite and PostgreSQ
 
 from __future__ import annotations
 
+import dataclasses
+import pickle
+
 import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
 
 from crm_pipelines.core.golden import build as G
-from crm_pipelines.core.golden.build import _lineage_rows, ensure_golden_tables, resolve_accounts, resolve_contacts
+from crm_pipelines.core.golden.build import (_lineage_rows, ensure_golden_tables, match_contacts, resolve_accounts,
+                                             resolve_contacts, write_contacts)
 from crm_pipelines.core.golden.crosswalk import mention_accounts, build_crosswalk, current_map
 from crm_pipelines.core.golden.matching.settings import load_matching_config
 from crm_pipelines.core.golden.staging import (build_account_records, build_person_records, load_account_records,
@@ -72,6 +76,37 @@ def test_records_changed_between_the_two_reads_stop_the_step(records_wh, monkeyp
     step = resolve_contacts if entity == "contacts" else resolve_accounts
     with pytest.raises(RuntimeError, match=rf"staging\.{table.name} changed while the golden step was reading it"):
         step(wh, CFG, "r1")
+
+
+def test_contacts_matched_in_one_step_and_written_in_the_next(records_wh):
+    """golden/contact_matches hands its resolution to golden/contacts through the IO manager (a pickle): written
+    from it, the golden contacts are those of one process; records rebuilt or settings changed in between stop the
+    write instead of giving people each other's fields."""
+    wh = records_wh
+    resolve_accounts(wh, CFG, "r0")
+    contacts = sa.select(G.GOLDEN_CONTACTS.c.golden_id, G.GOLDEN_CONTACTS.c.email, G.GOLDEN_CONTACTS.c.record_count,
+                         G.GOLDEN_CONTACTS.c.account_id).order_by(G.GOLDEN_CONTACTS.c.golden_id)
+    xw = sa.select(PERSON_CROSSWALK.c.record_key, PERSON_CROSSWALK.c.golden_id).where(
+        PERSON_CROSSWALK.c.valid_to.is_(None)).order_by(PERSON_CROSSWALK.c.record_key)
+    at_once = resolve_contacts(wh, CFG, "r1")
+    one_process = wh.read_frame(contacts), wh.read_frame(xw)
+
+    matches = pickle.loads(pickle.dumps(match_contacts(wh, CFG)))
+    assert matches.first.log is None and matches.seconds > 0
+    apart = write_contacts(wh, CFG, matches, "r2")
+    assert apart.n_golden == at_once.n_golden and apart.stats["crosswalk_changes"] == 0
+    pd.testing.assert_frame_equal(wh.read_frame(contacts), one_process[0])
+    pd.testing.assert_frame_equal(wh.read_frame(xw), one_process[1])
+
+    other = dataclasses.replace(CFG, sha256="0" * 64)
+    with pytest.raises(RuntimeError, match="other matching settings.*golden/contact_matches and golden/contacts"):
+        write_contacts(wh, other, pickle.loads(pickle.dumps(match_contacts(wh, CFG))), "r3")
+
+    stale = pickle.loads(pickle.dumps(match_contacts(wh, CFG)))
+    _delete_first_record(wh, PERSON_RECORDS)  # a rebuild of the records between the two steps
+    with pytest.raises(RuntimeError, match=r"person_records changed.*golden/contact_matches and golden/contacts"):
+        write_contacts(wh, CFG, stale, "r4")
+    pd.testing.assert_frame_equal(wh.read_frame(contacts), one_process[0])  # nothing written
 
 
 def testmention_accounts_joined_in_the_database_are_the_crosswalks(records_wh):
