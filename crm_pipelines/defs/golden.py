@@ -139,7 +139,7 @@ def build_golden_defs(config_dir, slice_records: int = SLICE_RECORDS) -> dg.Defi
     ]
 
     @dg.asset(key=CONTACTS_KEY, group_name=GROUP, owners=OWNERS, kinds={"pandas", "sql"}, code_version=version,
-              ins={"matches": dg.AssetIn(key=MATCHES_KEY)}, deps=[ACCOUNTS_KEY, CONSENT_KEY],
+              ins={"matches": dg.AssetIn(key=MATCHES_KEY)}, deps=[PERSON_KEY, ACCOUNTS_KEY, CONSENT_KEY],  # reads the golden fields
               check_specs=contact_checks,
               # Sales and marketing start their day with them: rebuilt overnight, by 07:00 Berlin time.
               freshness_policy=dg.FreshnessPolicy.cron(deadline_cron="0 7 * * *", lower_bound_delta=timedelta(hours=8),

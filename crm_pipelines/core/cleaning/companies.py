@@ -27,11 +27,24 @@ def _p(*parts: str) -> str:
 
 
 _GMBH = r"(?:G\.?\s*m\.?\s*b\.?\s*H\.?|GesmbH)"
+# "(haftungsbeschränkt)", also abbreviated "(haftungsbeschr.)".
+_HAFTUNGSBESCHR = r"\(haftungsbeschr(?:(?:ä|ae|a)nkt)?\.?\)"
+# Name fields of a fixed width (the ERP's NAME1: 40 characters) cut a long form short: "Soeding Gesellschaft mit
+# beschränkter Haf". Read as the form only at the very end of the name and from its second word on.
+_CUT = r"[^\s]*"
+
+
+def _cut_short(*words: str) -> str:
+    """A long form whose words after the second may be missing or cut off, at the end of the name."""
+    tail = ""
+    for word in reversed(words[2:]):
+        tail = rf"(?:\s+{word[:1]}{_CUT}{tail})?"
+    return rf"{words[0]}\s+{words[1]}{tail}$"
 
 
 LEGAL_FORMS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     # combinations: a partnership whose general partner is a corporation
-    ("UG (haftungsbeschränkt) & Co. KG", "KG", (_p(r"UG", r"\(haftungsbeschr(?:ä|ae|a)nkt\)", r"&", r"Co" + _DOT + r"KG"),)),
+    ("UG (haftungsbeschränkt) & Co. KG", "KG", (_p(r"UG", _HAFTUNGSBESCHR, r"&", r"Co" + _DOT + r"KG"),)),
     ("GmbH & Co. KGaA", "KGaA", (_p(_GMBH, r"&", r"Co" + _DOT + r"KGaA"),)),
     ("SE & Co. KGaA", "KGaA", (_p(r"SE", r"&", r"Co" + _DOT + r"KGaA"),)),
     ("AG & Co. KGaA", "KGaA", (_p(r"AG", r"&", r"Co" + _DOT + r"KGaA"),)),
@@ -41,6 +54,13 @@ LEGAL_FORMS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("AG & Co. OHG", "OHG", (_p(r"AG", r"&", r"Co" + _DOT + r"OHG"),)),
     ("SE & Co. KG", "KG", (_p(r"SE", r"&", r"Co" + _DOT + r"KG"),)),
     ("GmbH & Co.", "KG", (_p(_GMBH, r"&", r"Co\.?"),)),
+    # long forms cut short by a fixed-width field (before the long forms: "Kommanditgesellschaft auf Akt"
+    # is not a KG)
+    ("gGmbH", "GmbH", (_cut_short(r"gemeinn(?:ü|ue|u)tzige", r"Gesellschaft", r"mit", r"beschränkter", r"Haftung"),)),
+    ("GmbH", "GmbH", (_cut_short(r"Gesellschaft", r"mit", r"beschränkter", r"Haftung"),)),
+    ("KGaA", "KGaA", (_cut_short(r"Kommanditgesellschaft", r"auf", r"Aktien"),)),
+    ("GbR", "GbR", (_cut_short(r"Gesellschaft", r"b(?:ü|ue|u)rgerlichen", r"Rechts"),)),
+    ("UG (haftungsbeschränkt)", "GmbH", (_p(r"UG", r"\(haftungsbeschr" + _CUT + "$"),)),
     # long forms
     ("gGmbH", "GmbH", (r"gemeinn(?:ü|ue|u)tzige\s+(?:GmbH|Gesellschaft\s+mit\s+beschr(?:ä|ae|a)nkter\s+Haftung)",)),
     ("GmbH", "GmbH", (r"Gesellschaft\s+mit\s+beschr(?:ä|ae|a)nkter\s+Haftung",)),
@@ -55,7 +75,7 @@ LEGAL_FORMS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("PartG mbB", "PartG", (r"PartG\s*mbB", r"Partnerschaftsgesellschaft\s+mbB")),
     ("PartG", "PartG", (r"PartG", r"Partnerschaftsgesellschaft")),
     # short forms
-    ("UG (haftungsbeschränkt)", "GmbH", (_p(r"UG", r"\(haftungsbeschr(?:ä|ae|a)nkt\.?\)"), r"UG")),
+    ("UG (haftungsbeschränkt)", "GmbH", (_p(r"UG", _HAFTUNGSBESCHR), r"UG")),
     ("gGmbH", "GmbH", (r"gGmbH",)),
     ("GmbH", "GmbH", (r"G" + _DOT + r"m" + _DOT + r"b" + _DOT + r"H\.?", r"GesmbH", r"Ges\.?\s*m\.?\s*b\.?\s*H\.?", r"GmbH")),
     ("mbH", "GmbH", (r"mbH",)),

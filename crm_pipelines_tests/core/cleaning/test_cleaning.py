@@ -63,6 +63,19 @@ LEGAL_FORMS = [
     ("Muster AG & Co. KG", "Muster", "AG & Co. KG"),
     ("Novatec UG (haftungsbeschränkt) & Co. KG", "Novatec", "UG (haftungsbeschränkt) & Co. KG"),
     ("Müller GmbH Werk Süd", "Müller Werk Süd", "GmbH"),
+    ("Novatec UG (haftungsbeschr.)", "Novatec", "UG (haftungsbeschränkt)"),
+    ("Novatec UG (haftungsbeschr.) & Co. KG", "Novatec", "UG (haftungsbeschränkt) & Co. KG"),
+    # a long form cut short by a fixed-width field (the ERP's NAME1 holds 40 characters)
+    ("Soeding Gesellschaft mit beschränkter Haf", "Soeding", "GmbH"),
+    ("Protherm Gesellschaft mit beschraenkter H", "Protherm", "GmbH"),
+    ("Euroflex Antriebe Gesellschaft mit beschr", "Euroflex Antriebe", "GmbH"),
+    ("Lebenshilfe Musterstadt gemeinnützige Gesellschaft mit", "Lebenshilfe Musterstadt", "gGmbH"),
+    ("Novadrive Kommanditgesellschaft auf Akt", "Novadrive", "KGaA"),
+    ("Meier Gesellschaft bürgerlichen Rec", "Meier", "GbR"),
+    ("Novatec UG (haftungsbeschrä", "Novatec", "UG (haftungsbeschränkt)"),
+    # ... but only at the very end: a name that goes on is a name
+    ("Gesellschaft mit Zukunft Consulting GmbH", "Gesellschaft mit Zukunft Consulting", "GmbH"),
+    ("Deutsche Gesellschaft für Logistik", "Deutsche Gesellschaft für Logistik", None),
     # Austria and Switzerland
     ("Bauer Ges.m.b.H.", "Bauer", "GmbH"),
     ("Bauer GesmbH", "Bauer", "GmbH"),
