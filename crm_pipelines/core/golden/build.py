@@ -428,9 +428,7 @@ class _FirstRead:
 
     def check(self, keys, start: int) -> None:
         """``keys`` of the second read, from position ``start``, against the first read."""
-        if len(self._digests) != 1:  # the slices' digests as one array, once
-            self._digests = [np.concatenate(self._digests) if self._digests else np.empty(0, np.uint64)]
-        digest = self._digests[0][start:start + len(keys)]
+        digest = self._joined_digests()[start:start + len(keys)]
         if len(digest) != len(keys) or not np.array_equal(digest, _key_digest(keys)):
             self.changed(start + len(keys))
 
@@ -446,8 +444,13 @@ class _FirstRead:
         self.log = None
         self._found = {}
         self._named = []
+        self._joined_digests()
+
+    def _joined_digests(self) -> np.ndarray:
+        """The slices' digests as one array (joined once)."""
         if len(self._digests) != 1:
             self._digests = [np.concatenate(self._digests) if self._digests else np.empty(0, np.uint64)]
+        return self._digests[0]
 
 
 def _load_matching(wh: Warehouse, table: sa.Table, load: Callable, columns: set[str], dec: pd.DataFrame,

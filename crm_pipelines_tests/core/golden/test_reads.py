@@ -107,9 +107,9 @@ def test_contacts_matched_in_one_step_and_written_in_the_next(records_wh):
 
     other = dataclasses.replace(CFG, sha256="0" * 64)
     with pytest.raises(RuntimeError, match="other matching settings.*golden/contact_matches and golden/contacts"):
-        write_contacts(wh, other, pickle.loads(pickle.dumps(match_contacts(wh, CFG))), "r3")
+        write_contacts(wh, other, pickle.loads(handed_on), "r3")
 
-    stale = pickle.loads(pickle.dumps(match_contacts(wh, CFG)))
+    stale = pickle.loads(handed_on)  # the records it was resolved from, before the rebuild below
     _delete_first_record(wh, PERSON_RECORDS)  # a rebuild of the records between the two steps
     with pytest.raises(RuntimeError, match=r"person_records changed.*golden/contact_matches and golden/contacts"):
         write_contacts(wh, CFG, stale, "r4")
