@@ -10,7 +10,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from ..core.golden.build import ContactMatches, GoldenResult, match_contacts, resolve_accounts, write_contacts
-from ..core.golden.crosswalk import build_crosswalk
+from ..core.golden.crosswalk import build_crosswalk, link_contacts_to_accounts
 from ..core.golden.enrichment import enrich
 from ..core.golden.explain import explain
 from ..core.golden.matching.settings import MatchingConfig, load_matching_config
@@ -107,15 +107,18 @@ def build_golden_defs(config_dir, slice_records: int = SLICE_RECORDS) -> dg.Defi
     def golden_accounts(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
         wh = warehouse.get()
         result = resolve_accounts(wh, cfg, context.run.run_id, log=context.log.info)
-        yield from _golden_outputs(context, wh, result, cfg, ACCOUNTS_KEY, ACCOUNT_RECORDS, ACCOUNT_CROSSWALK)
+        metadata, checks = _golden_report(context, wh, result, cfg, ACCOUNTS_KEY, ACCOUNT_RECORDS, ACCOUNT_CROSSWALK)
+        yield dg.MaterializeResult(metadata=metadata)
+        yield from checks
 
     @dg.asset(key=MATCHES_KEY, group_name=GROUP, owners=OWNERS, kinds={"python", "numpy"}, code_version=version,
               deps=[PERSON_KEY],
               description="Person records resolved into people: blocking, comparisons, Fellegi-Sunter weights "
                           "estimated from the data, clustering without chaining, steward decisions honoured. The "
                           "matching of `golden/contacts`, a step of its own because it needs only the person records: "
-                          "it runs beside the account records and golden accounts. No table: handed to "
-                          "`golden/contacts` through Dagster's IO manager (`$DAGSTER_HOME/storage`), which writes it.")
+                          "it and the write of `golden/contacts` run beside the account records and golden accounts. "
+                          "No table: handed to `golden/contacts` through Dagster's IO manager (`$DAGSTER_HOME/storage`), "
+                          "which writes it.")
     def contact_matches(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.Output[ContactMatches]:
         matches = match_contacts(warehouse.get(), cfg, log=context.log.info)
         res = matches.resolution
@@ -138,29 +141,7 @@ def build_golden_defs(config_dir, slice_records: int = SLICE_RECORDS) -> dg.Defi
                                       f"and a base grown by more than {cfg.max_record_growth:.0%} resets it)."),
     ]
 
-    @dg.asset(key=CONTACTS_KEY, group_name=GROUP, owners=OWNERS, kinds={"pandas", "sql"}, code_version=version,
-              ins={"matches": dg.AssetIn(key=MATCHES_KEY)}, deps=[PERSON_KEY, ACCOUNTS_KEY, CONSENT_KEY],  # reads the golden fields
-              check_specs=contact_checks,
-              # Sales and marketing start their day with them: rebuilt overnight, by 07:00 Berlin time.
-              freshness_policy=dg.FreshnessPolicy.cron(deadline_cron="0 7 * * *", lower_bound_delta=timedelta(hours=8),
-                                                       timezone="Europe/Berlin"),
-              description="Golden contacts: the people of `golden/contact_matches` (same normalised e-mail is the "
-                          "same person unless it is a shared mailbox; Müller/Mueller, typos and swapped names tolerated; "
-                          "namesakes kept apart), one golden record each by survivorship rules, IDs stable across runs, "
-                          "each linked to its golden account and given its consent per channel. Tables "
-                          "`golden.contacts`, `golden.person_crosswalk` (with history), `golden.contact_lineage`, "
-                          "`golden.match_edges`.")
-    def golden_contacts(context: dg.AssetExecutionContext, warehouse: WarehouseResource, matches: ContactMatches):
-        wh = warehouse.get()
-        result = write_contacts(wh, cfg, matches, context.run.run_id, log=context.log.info)
-        dupes = wh.read_frame(sa.select(GOLDEN_CONTACTS.c.email, sa.func.count().label("n"))
-                              .where(GOLDEN_CONTACTS.c.email.is_not(None)).group_by(GOLDEN_CONTACTS.c.email)
-                              .having(sa.func.count() > 1))
-        yield from _golden_outputs(context, wh, result, cfg, CONTACTS_KEY, PERSON_RECORDS, PERSON_CROSSWALK,
-                                   extra_checks=[dg.AssetCheckResult(
-                                       check_name="unique_email", passed=dupes.empty,
-                                       metadata={"shared_emails": len(dupes),
-                                                 "examples_masked": [mask_value(e, "email") for e in dupes["email"][:5]]})])
+    golden_contacts = _golden_contacts_asset(cfg, version, contact_checks)
 
     @dg.asset(key=CROSSWALK_KEY, group_name=GROUP, owners=OWNERS, kinds={"sql"}, code_version=CODE_VERSION,
               deps=[CONTACTS_KEY, ACCOUNTS_KEY],
@@ -205,8 +186,9 @@ def build_golden_defs(config_dir, slice_records: int = SLICE_RECORDS) -> dg.Defi
                                   golden_contacts, crosswalk, review_queue], jobs=[build_golden])
 
 
-def _golden_outputs(context, wh, result: GoldenResult, cfg: MatchingConfig, key, records_table, xw_table,
-                    extra_checks=()):
+def _golden_report(context, wh, result: GoldenResult, cfg: MatchingConfig, key: dg.AssetKey, records_table,
+                   xw_table) -> tuple[dict, list[dg.AssetCheckResult]]:
+    """A golden step's metadata and the results of its checks every_record_one_golden_id and match_rate_stable."""
     stats = result.stats
     audit_run(wh, context, f"golden.{result.entity}.resolved", {
         "golden": result.n_golden, "id_events": result.id_events, "crosswalk_changes": stats.get("crosswalk_changes", 0)})
@@ -215,7 +197,7 @@ def _golden_outputs(context, wh, result: GoldenResult, cfg: MatchingConfig, key,
         ~sa.exists().where(xw_table.c.record_key == records_table.c.record_key, xw_table.c.valid_to.is_(None)))) or 0)
     doubled = wh.read_frame(sa.select(xw_table.c.record_key).where(xw_table.c.valid_to.is_(None))
                             .group_by(xw_table.c.record_key).having(sa.func.count() > 1))
-    rate = float(stats["match_rate"]) if "match_rate" in stats else result.resolution.match_rate
+    rate = float(stats["match_rate"])
     previous = stats.get("previous_match_rate")
     jump = abs(rate - previous) if previous is not None else 0.0
     events = result.id_events
@@ -225,9 +207,8 @@ def _golden_outputs(context, wh, result: GoldenResult, cfg: MatchingConfig, key,
         ex = explain(wh, result.entity, gid)
         explanations[gid] = [{"a": m["record_a"], "b": m["record_b"], "p": m["probability"], "reason": m["reason"],
                               "evidence": {k: v[0] for k, v in m["evidence"].items()}} for m in ex["merges"][:5]]
-    weights = result.resolution.model.describe(getattr(cfg, result.entity).comparisons)
-    yield dg.MaterializeResult(
-        metadata={
+    weights = result.weights
+    metadata = {
             "dagster/row_count": result.n_golden, "source_records": n_records, "match_rate": round(rate, 6),
             "previous_match_rate": previous if previous is not None else -1.0,
             "candidate_pairs": stats["candidate_pairs"], "possible_pairs": stats["possible_pairs"],
@@ -240,19 +221,82 @@ def _golden_outputs(context, wh, result: GoldenResult, cfg: MatchingConfig, key,
             "model_weights": dg.MetadataValue.md(markdown_table(["comparison", "level", "m", "u", "weight"], [
                 (w["comparison"], w["level"], w["m"], w["u"], w["weight"]) for w in weights])),
             "explanations_masked": dg.MetadataValue.json(explanations),
-        })
-    yield dg.AssetCheckResult(check_name="every_record_one_golden_id", passed=missing == 0 and doubled.empty,
-                              metadata={"records": n_records, "without_id": missing, "with_several_ids": len(doubled)})
+    }
+    checks = [dg.AssetCheckResult(asset_key=key, check_name="every_record_one_golden_id",
+                                  passed=missing == 0 and doubled.empty,
+                                  metadata={"records": n_records, "without_id": missing, "with_several_ids": len(doubled)})]
     reference = ("record base grew by more than {:.0%} since the reference run: this rate is the new reference"
                  .format(cfg.max_record_growth) if stats.get("record_base_grew") else
                  "first run with records: this rate is the reference" if previous is None and n_records else
                  "no records yet: no reference" if not n_records else "compared with the last accepted run")
-    yield dg.AssetCheckResult(check_name="match_rate_stable", passed=jump <= cfg.max_match_rate_change,
-                              metadata={"match_rate": round(rate, 6), "previous": previous if previous is not None else -1.0,
-                                        "change": round(jump, 6), "allowed": cfg.max_match_rate_change,
-                                        "reference_records": int(stats.get("reference_records") or 0),
-                                        "reference": reference})
-    yield from extra_checks
+    checks.append(dg.AssetCheckResult(
+        asset_key=key, check_name="match_rate_stable", passed=jump <= cfg.max_match_rate_change,
+        metadata={"match_rate": round(rate, 6), "previous": previous if previous is not None else -1.0,
+                  "change": round(jump, 6), "allowed": cfg.max_match_rate_change,
+                  "reference_records": int(stats.get("reference_records") or 0), "reference": reference}))
+    return metadata, checks
+
+
+# ---------------------------------------------------------------------------- golden contacts, written then linked
+
+def _golden_contacts_asset(cfg: MatchingConfig, version: str, checks: list[dg.AssetCheckSpec]) -> dg.AssetsDefinition:
+    """``golden/contacts`` as a graph of two steps: the write of the matched people needs only golden/contact_matches
+    and the consent ledger, so it runs beside the account records and golden/accounts; the link to the golden
+    accounts follows both, and reports the asset and its checks."""
+
+    @dg.op(name="write_golden_contacts", ins={"matches": dg.In(), "person_records": dg.In(dg.Nothing),
+                                              "consent_events": dg.In(dg.Nothing)},
+           description="Writes the golden contacts of golden/contact_matches (survivorship, stable IDs, consent per "
+                       "channel, lineage, crosswalk, match edges), each with the account it was linked to before.")
+    def write_golden_contacts(context: dg.OpExecutionContext, matches: ContactMatches,
+                              warehouse: WarehouseResource) -> GoldenResult:
+        result = write_contacts(warehouse.get(), cfg, matches, context.run.run_id, log=context.log.info)
+        return result.without_resolution()  # handed on through the IO manager: the report, not the arrays
+
+    outs = {"result": dg.Out(dg.Nothing), **{spec.get_python_identifier(): dg.Out(dg.Nothing) for spec in checks}}
+
+    @dg.op(name="link_contacts_to_accounts", ins={"written": dg.In(), "golden_accounts": dg.In(dg.Nothing)}, out=outs,
+           description="Links each golden contact to the golden account most of its records' company mentions went "
+                       "to (only changed links are updated), then reports golden/contacts and runs its checks.")
+    def link_accounts(context: dg.OpExecutionContext, written: GoldenResult, warehouse: WarehouseResource):
+        wh = warehouse.get()
+        links = link_contacts_to_accounts(wh)
+        written.stats.update(links)
+        context.log.info(f"{links['linked_to_account']:,} of {links['contacts']:,} golden contacts linked to a golden "
+                         f"account ({links['account_links_changed']:,} links changed)")
+        metadata, results = _golden_report(context, wh, written, cfg, CONTACTS_KEY, PERSON_RECORDS, PERSON_CROSSWALK)
+        metadata.update(linked_to_account=links["linked_to_account"], account_links_changed=links["account_links_changed"])
+        dupes = wh.read_frame(sa.select(GOLDEN_CONTACTS.c.email, sa.func.count().label("n"))
+                              .where(GOLDEN_CONTACTS.c.email.is_not(None)).group_by(GOLDEN_CONTACTS.c.email)
+                              .having(sa.func.count() > 1))
+        results.append(dg.AssetCheckResult(
+            asset_key=CONTACTS_KEY, check_name="unique_email", passed=dupes.empty,
+            metadata={"shared_emails": len(dupes), "examples_masked": [mask_value(e, "email") for e in dupes["email"][:5]]}))
+        yield dg.Output(None, "result", metadata=metadata)
+        yield from results
+
+    def compose(matches, person_records, consent_events, golden_accounts):
+        written = write_golden_contacts(matches, person_records=person_records, consent_events=consent_events)
+        outputs = link_accounts(written, golden_accounts=golden_accounts)
+        return {"result": outputs.result, **{spec.get_python_identifier(): getattr(outputs, spec.get_python_identifier())
+                                             for spec in checks}}
+
+    nothing = lambda key: dg.AssetIn(key=key, dagster_type=dg.Nothing)  # noqa: E731
+    contacts = dg.graph_asset(
+        compose, key=CONTACTS_KEY, group_name=GROUP, owners=OWNERS, kinds={"pandas", "sql"}, code_version=version,
+        ins={"matches": dg.AssetIn(key=MATCHES_KEY), "person_records": nothing(PERSON_KEY),  # reads the golden fields
+             "consent_events": nothing(CONSENT_KEY), "golden_accounts": nothing(ACCOUNTS_KEY)},
+        check_specs=checks,
+        description="Golden contacts: the people of `golden/contact_matches` (same normalised e-mail is the same person "
+                    "unless it is a shared mailbox; Müller/Mueller, typos and swapped names tolerated; namesakes kept "
+                    "apart), one golden record each by survivorship rules, IDs stable across runs, each given its "
+                    "consent per channel and linked to its golden account. Two steps: the write runs beside the golden "
+                    "accounts, the account link after both. Tables `golden.contacts`, `golden.person_crosswalk` (with "
+                    "history), `golden.contact_lineage`, `golden.match_edges`.")
+    # Sales and marketing start their day with them: rebuilt overnight, by 07:00 Berlin time.
+    fresh_by_seven = dg.FreshnessPolicy.cron(deadline_cron="0 7 * * *", lower_bound_delta=timedelta(hours=8),
+                                             timezone="Europe/Berlin")
+    return contacts.map_asset_specs(lambda spec: dg.apply_freshness_policy(spec, fresh_by_seven))
 
 
 # ---------------------------------------------------------------------------- person records, one step per source

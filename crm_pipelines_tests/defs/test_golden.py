@@ -90,6 +90,8 @@ def test_golden_group_after_the_sources(tmp_path, demo_landing):
             assert contacts["dagster/row_count"] < mats["staging/person_records"]["dagster/row_count"]
             assert contacts["candidate_pairs"] < contacts["possible_pairs"] / 100
             assert "first_name" in contacts["model_weights"] and contacts["explanations_masked"]
+            assert 0 < contacts["linked_to_account"] <= contacts["dagster/row_count"]
+            assert contacts["account_links_changed"] == contacts["linked_to_account"]  # a first night
             # No e-mail address in clear anywhere in the run's metadata or logs.
             blob = "\n".join(str(v) for m in mats.values() for v in m.values())
             blob += "\n".join(r.user_message or "" for r in instance.all_logs(result.run_id))
@@ -99,7 +101,25 @@ def test_golden_group_after_the_sources(tmp_path, demo_landing):
             again = run_golden(defs, instance)
             mats2 = materialised(again)
             assert mats2["golden/contacts"]["crosswalk_changes"] == 0
+            assert mats2["golden/contacts"]["account_links_changed"] == 0
             assert mats2["golden/contacts"]["match_rate"] == contacts["match_rate"]
+
+
+def test_golden_contacts_are_written_beside_the_golden_accounts(tmp_path, demo_landing):
+    """golden/contacts is two steps: its write waits for the matching and the consent ledger, not for the golden
+    accounts (so that at 10 million contacts the two long chains run side by side); only the account link waits."""
+    from dagster._core.execution.api import create_execution_plan  # the steps the executors schedule
+
+    defs = build_defs(settings_for(tmp_path, demo_landing[0]))
+    plan = create_execution_plan(defs.resolve_job_def("build_golden"))
+    upstream = plan.get_all_step_deps()
+    assert upstream["golden__contacts.write_golden_contacts"] == {
+        "golden__contact_matches", "staging__person_records.person_records_report", "staging__consent_events"}
+    assert {"golden__contacts.write_golden_contacts", "golden__accounts",
+            "golden__accounts_gx_golden_accounts"} <= upstream["golden__contacts.link_contacts_to_accounts"]
+    # What reads golden/contacts waits for the link (the asset's materialisation).
+    for reader in ("golden__crosswalk", "golden__review_queue", "golden__contacts_gx_golden_contacts"):
+        assert "golden__contacts.link_contacts_to_accounts" in upstream[reader]
 
 
 def test_record_steps_work_in_slices_of_crm_slice_records(tmp_path, demo_landing):

@@ -5,7 +5,7 @@ Plain Python over the warehouse (no Dagster): the assets in ``defs/golden.py`` c
 and tests call them directly. The matching holds its columns of every record; what follows it (survivorship,
 lineage, crosswalk, match edges) works a part of whole clusters at a time (:mod:`.parts`). Order of a run: person records, account records (ERP, CRM and the company
 mentions of persons; :mod:`.staging`), register enrichment (:mod:`.enrichment`), accounts resolved,
-contacts resolved and linked to their account (:mod:`.crosswalk`), review queue (:mod:`.review`).
+contacts resolved, then linked to their account (:mod:`.crosswalk`), review queue (:mod:`.review`).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from ..platform.schema import (ACCOUNT_CROSSWALK, ACCOUNT_LINEAGE, ACCOUNT_RECOR
 from ..platform.warehouse import KeyRange, Warehouse
 from ..privacy import consent
 from ..privacy.ledger import load_consent_events
-from .crosswalk import PREFIX, account_votes, current_map, mention_accounts, next_seq, register_ids
-from .matching.ids import IdAssignment, assign_id_seqs, id_seqs
+from .crosswalk import PREFIX, account_links, current_map, link_contacts_to_accounts, next_seq, register_ids
+from .matching.ids import IdAssignment, assign_id_seqs, format_ids, id_seqs
 from .matching.engine import arrow_near_unique, concat_compact, in_arrow
 from .matching.resolve import Resolution, pair_positions, resolve
 from .matching.settings import EntityMatchSpec, MatchingConfig
@@ -43,12 +43,19 @@ from .survivorship import survive
 @dataclass
 class GoldenResult:
     entity: str
-    resolution: Resolution
+    resolution: Resolution | None  # None once handed on (:meth:`without_resolution`)
     n_golden: int
     examples: pd.DataFrame  # golden_id, record_count of a few golden records made of several records
     events: list[dict]  # merged and split IDs (the created ones are counted in id_events)
     stats: dict = field(default_factory=dict)
     id_events: dict[str, int] = field(default_factory=dict)  # created / merged / split -> how many
+    weights: list[dict] = field(default_factory=list)  # the fitted model per comparison level (FSModel.describe)
+
+    def without_resolution(self) -> "GoldenResult":
+        """What the step reports, without the resolution's arrays: handed from golden/contacts' write to its
+        account link through Dagster's IO manager."""
+        return GoldenResult(self.entity, None, self.n_golden, self.examples, self.events, self.stats, self.id_events,
+                            self.weights)
 
 
 # Golden records of several records a result names (for the explanations in the step's metadata).
@@ -376,7 +383,7 @@ def resolve_accounts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log |
              "signatures": n_signatures, "golden": written.n_golden, "decisions_applied": len(must) + len(cannot),
              "decisions_unknown_records": unknown, "register_ids": with_register_id, "match_rate": rate}
     return GoldenResult("accounts", res, written.n_golden, written.examples, written.ids.events, stats,
-                        written.ids.event_counts())
+                        written.ids.event_counts(), res.model.describe(spec.comparisons))
 
 
 # What the golden steps need of a record besides the golden fields, once the matching is done.
@@ -525,9 +532,9 @@ def _spec_columns(spec: EntityMatchSpec) -> set[str]:
 @dataclass
 class ContactMatches:
     """The person records resolved (:func:`match_contacts`), what :func:`write_contacts` writes. Apart because the
-    matching needs only the person records: in the nightly job it runs beside the account records and golden
-    accounts, the write after them (it links each contact to its golden account). Pickles, so that Dagster's IO
-    manager hands it from one step to the next."""
+    matching needs only the person records: in the nightly job it and the write run beside the account records and
+    golden accounts; the link to the golden accounts (:func:`~.crosswalk.link_contacts_to_accounts`) follows both.
+    Pickles, so that Dagster's IO manager hands it from one step to the next."""
 
     resolution: Resolution
     first: _FirstRead  # the matching's read: the write reads by the same key ranges and checks the same keys
@@ -554,15 +561,20 @@ def match_contacts(wh: Warehouse, cfg: MatchingConfig, log: Log | None = None) -
 
 
 def resolve_contacts(wh: Warehouse, cfg: MatchingConfig, run_id: str, log: Log | None = None) -> GoldenResult:
-    """:func:`match_contacts`, then :func:`write_contacts` (one process; the Dagster assets run them as two steps)."""
-    return write_contacts(wh, cfg, match_contacts(wh, cfg, log), run_id, log)
+    """:func:`match_contacts`, :func:`write_contacts`, then the link to the golden accounts (one process; the Dagster
+    assets run them as three steps). The link's counts are added to the result's stats."""
+    result = write_contacts(wh, cfg, match_contacts(wh, cfg, log), run_id, log)
+    result.stats.update(link_contacts_to_accounts(wh))
+    return result
 
 
 def write_contacts(wh: Warehouse, cfg: MatchingConfig, matches: ContactMatches, run_id: str,
                    log: Log | None = None) -> GoldenResult:
-    """The golden contacts of resolved person records, each linked to its golden account and given its consent
-    per channel (read now: the accounts and the consent ledger may be newer than the matching), written with
-    lineage, crosswalk, match edges and review candidates (:func:`_write_golden`)."""
+    """The golden contacts of resolved person records, each given its consent per channel (read now: the consent
+    ledger may be newer than the matching), written with lineage, crosswalk, match edges and review candidates
+    (:func:`_write_golden`). Each keeps the golden account its golden ID was linked to (None for a new one) until
+    :func:`~.crosswalk.link_contacts_to_accounts` links it anew: the golden accounts may still be being built, and
+    readers between the two steps see last night's links, not none."""
     if matches.settings != cfg.sha256:
         raise RuntimeError("the person records were resolved with other matching settings than matching.yaml's "
                            f"(sha256 {matches.settings[:12]} against {cfg.sha256[:12]}): materialise "
@@ -576,10 +588,10 @@ def write_contacts(wh: Warehouse, cfg: MatchingConfig, matches: ContactMatches, 
     event_keys = consent_events["person_record_key"].to_numpy(dtype=object)
     event_label = np.full(len(consent_events), -1, dtype=np.int64)  # the cluster of each consent event's record
 
+    linked_contacts, linked_accounts = account_links(wh)
+
     def read(key_range: KeyRange) -> pd.DataFrame:
-        persons = load_person_records(wh, set(CONTACT_FIELDS) | _BOOKKEEPING, key_range)
-        persons["_account"] = mention_accounts(wh, persons, key_range)
-        return persons
+        return load_person_records(wh, set(CONTACT_FIELDS) | _BOOKKEEPING, key_range)
 
     def on_slice(persons: pd.DataFrame, offset: int) -> None:
         at_record = pd.Index(persons["record_key"].to_numpy(), dtype=object).get_indexer(event_keys)
@@ -594,8 +606,7 @@ def write_contacts(wh: Warehouse, cfg: MatchingConfig, matches: ContactMatches, 
         seen = pd.DataFrame({"l": local, "ts": persons["record_ts"].to_numpy()}).groupby("l")["ts"]
         golden["first_seen_at"] = seen.min().reindex(range(n)).to_numpy()
         golden["last_seen_at"] = seen.max().reindex(range(n)).to_numpy()
-        golden["account_id"] = account_votes(persons["_account"].to_numpy(dtype=object), local,
-                                             persons["record_ts"].to_numpy(), n)
+        golden["account_id"] = _linked_account(golden["golden_id"], linked_contacts, linked_accounts)
         mine = np.isin(event_label, clusters)
         verdicts = consent.current(consent_events[mine].reset_index(drop=True),
                                    np.searchsorted(clusters, event_label[mine]), n)
@@ -608,13 +619,21 @@ def write_contacts(wh: Warehouse, cfg: MatchingConfig, matches: ContactMatches, 
     written = _write_golden(wh, step, cfg, res, labels, None, first, run_id, at, log, on_slice)
     extra = _record_match_run(wh, "persons", res, written.n_records, written.n_golden, res.match_rate, run_id, at,
                               started, cfg.max_match_rate_change, cfg.max_record_growth)
-    linked = int(wh.scalar(sa.select(sa.func.count()).select_from(GOLDEN_CONTACTS)
-                           .where(GOLDEN_CONTACTS.c.account_id.is_not(None))) or 0)
     stats = {**res.stats, **extra, "crosswalk_changes": written.crosswalk_changes, "golden": written.n_golden,
              "match_rate": res.match_rate, "decisions_applied": matches.decisions_applied,
-             "decisions_unknown_records": matches.decisions_unknown_records, "linked_to_account": linked}
+             "decisions_unknown_records": matches.decisions_unknown_records}
     return GoldenResult("persons", res, written.n_golden, written.examples, written.ids.events, stats,
-                        written.ids.event_counts())
+                        written.ids.event_counts(), res.model.describe(cfg.persons.comparisons))
+
+
+def _linked_account(golden_ids: pd.Series, contacts: np.ndarray, accounts: np.ndarray) -> np.ndarray:
+    """The golden account each golden ID is linked to (:func:`~.crosswalk.account_links`), None where none."""
+    seqs = id_seqs(golden_ids.to_numpy(dtype=object))
+    at = np.minimum(np.searchsorted(contacts, seqs), max(len(contacts) - 1, 0))
+    hit = (seqs >= 0) & (contacts[at] == seqs) if len(contacts) else np.zeros(len(seqs), dtype=bool)
+    out = np.full(len(seqs), None, dtype=object)
+    out[hit] = format_ids(PREFIX["accounts"], accounts[at[hit]])
+    return out
 
 
 def _sources_per_cluster(source: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:

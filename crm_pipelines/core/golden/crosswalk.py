@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from ..platform.schema import ACCOUNT_CROSSWALK, CROSSWALK, ID_EVENTS, ID_REGISTRY, PERSON_CROSSWALK, PERSON_RECORDS
+from ..platform.schema import (ACCOUNT_CROSSWALK, CROSSWALK, GOLDEN_CONTACTS, ID_EVENTS, ID_REGISTRY, PERSON_CROSSWALK,
+                               PERSON_RECORDS)
 from ..platform.warehouse import KeyRange, Warehouse, tables_present
 from .matching.ids import IdAssignment, format_ids, id_seq
 from .records import MENTION_PREFIX
@@ -93,32 +94,59 @@ def golden_ids_by(wh: Warehouse, records: sa.Table, crosswalk: sa.Table, columns
     return out
 
 
-def mention_accounts(wh: Warehouse, persons: pd.DataFrame, key_range: KeyRange | None = None) -> np.ndarray:
-    """Per person record (``persons`` in record-key order): the current golden account of its company
-    mention, None where it has none. Joined in the database: a map of every account record key plus a
-    "mention:" key per person record came to gigabytes at 10 million contacts. ``key_range``: ``persons``
-    are the records of that range of record keys. A crosswalk holding two current rows for one record
-    (never written so, but not enforced) falls back to the map."""
-    wh.ensure_tables([ACCOUNT_CROSSWALK, PERSON_RECORDS])
-    condition = key_range.where_literal(lambda c: f"p.{wh.quote(c)}") if key_range is not None else "1 = 1"
-    found = wh.read_raw_sql(
-        f"SELECT a.golden_id FROM {wh.qualified(PERSON_RECORDS)} p LEFT JOIN {wh.qualified(ACCOUNT_CROSSWALK)} a "
-        f"ON {_MENTION_OF_P} WHERE {condition} ORDER BY p.record_key",
-        types={"golden_id": ACCOUNT_CROSSWALK.c.golden_id.type})["golden_id"]
-    if len(found) != len(persons):
-        found = (MENTION_PREFIX + persons["record_key"]).map(current_map(wh, ACCOUNT_CROSSWALK, key_range=key_range,
-                                                                         key_prefix=MENTION_PREFIX))
-    return found.to_numpy(dtype=object, na_value=None)
+# The golden account of each golden contact: of its person records' company mentions, the account most of them went
+# to; among equals the one the latest record mentions, then the smaller ID (a deterministic order in SQL).
+_VOTES = """
+SELECT contact, account FROM (
+  SELECT contact, account, row_number() OVER (PARTITION BY contact ORDER BY n DESC, ts DESC, account) AS r FROM (
+    SELECT p.golden_id AS contact, a.golden_id AS account, count(*) AS n, max(r.record_ts) AS ts
+    FROM {persons} p JOIN {records} r ON r.record_key = p.record_key
+    JOIN {accounts} a ON {mention}
+    WHERE p.valid_to IS NULL GROUP BY p.golden_id, a.golden_id) v) w
+WHERE r = 1"""
 
 
-def account_votes(mention: np.ndarray, labels: np.ndarray, ts: np.ndarray, n: int) -> np.ndarray:
-    """Per cluster the golden account most of its records' company mentions went to (ties: the latest record)."""
-    frame = pd.DataFrame({"l": labels, "a": mention, "ts": ts}).dropna(subset=["a"])
-    if frame.empty:
-        return np.array([None] * n, dtype=object)
-    frame["votes"] = frame.groupby(["l", "a"])["a"].transform("size")
-    best = frame.sort_values(["l", "votes", "ts"], ascending=[True, False, False]).drop_duplicates("l").set_index("l")["a"]
-    return best.reindex(range(n)).astype(object).where(best.reindex(range(n)).notna(), None).to_numpy()
+def link_contacts_to_accounts(wh: Warehouse) -> dict[str, int]:
+    """Links each golden contact to its golden account (``golden.contacts.account_id``): the account most of its
+    person records' company mentions went to (:data:`_VOTES`), None for a contact whose records name no company that
+    resolved. In the database, in one transaction, and only contacts whose account changed are updated: the golden
+    contacts are written before the golden accounts may be done (they carry the account they had), so the link is
+    the step after both. Returns the counts the asset reports."""
+    wh.ensure_tables([GOLDEN_CONTACTS, PERSON_CROSSWALK, ACCOUNT_CROSSWALK, PERSON_RECORDS])
+    contacts = wh.qualified(GOLDEN_CONTACTS)
+    votes = _VOTES.format(persons=wh.qualified(PERSON_CROSSWALK), records=wh.qualified(PERSON_RECORDS),
+                          accounts=wh.qualified(ACCOUNT_CROSSWALK), mention=_MENTION_OF_P)
+    temp = "contact_account_votes"
+    with wh.engine.begin() as conn:
+        # A keyed temporary table: both updates join it (SQLite looks the contact up by the key).
+        conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {temp} (contact TEXT PRIMARY KEY, account TEXT NOT NULL)"
+                             + (" ON COMMIT DROP" if wh.is_postgres else ""))
+        conn.exec_driver_sql(f"INSERT INTO {temp} (contact, account) {votes}")
+        if wh.is_postgres:
+            conn.exec_driver_sql(f"ANALYZE {temp}")
+        changed = conn.exec_driver_sql(
+            f"UPDATE {contacts} AS c SET account_id = v.account FROM {temp} AS v "
+            "WHERE c.golden_id = v.contact AND (c.account_id IS NULL OR c.account_id <> v.account)").rowcount or 0
+        changed += conn.exec_driver_sql(
+            f"UPDATE {contacts} AS c SET account_id = NULL WHERE c.account_id IS NOT NULL "
+            f"AND NOT EXISTS (SELECT 1 FROM {temp} AS v WHERE v.contact = c.golden_id)").rowcount or 0
+        if not wh.is_postgres:
+            conn.exec_driver_sql(f"DROP TABLE temp.{temp}")
+        total, linked = conn.exec_driver_sql(f"SELECT count(*), count(account_id) FROM {contacts}").one()
+    return {"contacts": int(total or 0), "linked_to_account": int(linked or 0), "account_links_changed": int(changed)}
+
+
+def account_links(wh: Warehouse) -> tuple[np.ndarray, np.ndarray]:
+    """The golden contacts' current links to golden accounts as sequence numbers: contacts (sorted) and their
+    accounts, two integer arrays (strings of ten million links would take a gigabyte)."""
+    wh.ensure_tables([GOLDEN_CONTACTS])
+    rows = wh.read_raw_sql(
+        f"SELECT CAST(substr(golden_id, {len(PREFIX['persons']) + 2}) AS BIGINT) AS contact, "
+        f"CAST(substr(account_id, {len(PREFIX['accounts']) + 2}) AS BIGINT) AS account FROM {wh.qualified(GOLDEN_CONTACTS)} "
+        "WHERE account_id IS NOT NULL", types={"contact": sa.BigInteger(), "account": sa.BigInteger()})
+    contact, account = rows["contact"].to_numpy(np.int64), rows["account"].to_numpy(np.int64)
+    order = np.argsort(contact, kind="stable")
+    return contact[order], account[order]
 
 
 def build_crosswalk(wh: Warehouse) -> dict[str, int]:

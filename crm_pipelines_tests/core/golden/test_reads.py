@@ -1,5 +1,5 @@
 """How the golden steps read and write at scale: the records read twice (matching columns, then golden
-fields) and refused when they changed in between, the mention accounts and the crosswalk joined in the
+fields) and refused when they changed in between, the contacts' account links and the crosswalk made in the
 database, bulk inserts in chunks inside one transaction. On SQLite and PostgreSQL."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from crm_pipelines.core.golden import build as G
 from crm_pipelines.core.golden.build import (_lineage_rows, ensure_golden_tables, match_contacts, resolve_accounts,
                                              resolve_contacts, write_contacts)
-from crm_pipelines.core.golden.crosswalk import mention_accounts, build_crosswalk, current_map
+from crm_pipelines.core.golden.crosswalk import build_crosswalk, link_contacts_to_accounts
 from crm_pipelines.core.golden.matching.settings import load_matching_config
 from crm_pipelines.core.golden.staging import (build_account_records, build_person_records, load_account_records,
                                                load_person_records)
@@ -116,30 +116,73 @@ def test_contacts_matched_in_one_step_and_written_in_the_next(records_wh):
     pd.testing.assert_frame_equal(wh.read_frame(contacts), one_process[0])  # nothing written
 
 
-def testmention_accounts_joined_in_the_database_are_the_crosswalks(records_wh):
+def _expected_links(wh: Warehouse) -> pd.Series:
+    """Golden contact -> golden account computed in pandas from the tables: the account most of its records'
+    company mentions went to; ties to the one the latest record mentions, then the smaller ID."""
+    persons = wh.read_frame(sa.select(PERSON_CROSSWALK.c.record_key, PERSON_CROSSWALK.c.golden_id)
+                            .where(PERSON_CROSSWALK.c.valid_to.is_(None)))
+    mentions = wh.read_frame(sa.select(ACCOUNT_CROSSWALK.c.record_key, ACCOUNT_CROSSWALK.c.golden_id.label("account"))
+                             .where(ACCOUNT_CROSSWALK.c.valid_to.is_(None)))
+    ts = wh.read_frame(sa.select(PERSON_RECORDS.c.record_key, PERSON_RECORDS.c.record_ts))
+    votes = (persons.merge(ts, on="record_key")
+             .assign(mention="mention:" + persons["record_key"])
+             .merge(mentions, left_on="mention", right_on="record_key", suffixes=("", "_m"))
+             .groupby(["golden_id", "account"]).agg(n=("account", "size"), ts=("record_ts", "max")).reset_index())
+    best = votes.sort_values(["golden_id", "n", "ts", "account"], ascending=[True, False, False, True])
+    return best.drop_duplicates("golden_id").set_index("golden_id")["account"].sort_index()
+
+
+def _links(wh: Warehouse) -> pd.Series:
+    rows = wh.read_frame(sa.select(G.GOLDEN_CONTACTS.c.golden_id, G.GOLDEN_CONTACTS.c.account_id))
+    return rows.set_index("golden_id")["account_id"].sort_index()
+
+
+def test_contacts_are_linked_to_their_accounts_after_both_are_written(records_wh):
+    """golden/contacts' write needs no golden accounts (it runs beside them): each contact keeps the account its
+    golden ID had, and the link step after both links it anew, in the database, updating only what changed."""
     wh = records_wh
-    resolve_accounts(wh, CFG, "r1")
-    persons = load_person_records(wh, {"record_key", "record_ts"})
-    by_map = ("mention:" + persons["record_key"]).map(current_map(wh, ACCOUNT_CROSSWALK)).to_numpy()
+    resolve_accounts(wh, CFG, "r0")
+    written = write_contacts(wh, CFG, match_contacts(wh, CFG), "r1")
+    assert written.n_golden > 100 and _links(wh).isna().all()  # a first night: nothing to keep yet
 
-    joined = mention_accounts(wh, persons)
+    links = link_contacts_to_accounts(wh)
 
-    assert len(joined) == len(persons)
-    assert pd.notna(joined).sum() > len(persons) // 3  # most demo people name their company
-    assert list(joined) == [None if pd.isna(v) else v for v in by_map]
+    expected = _expected_links(wh)
+    stored = _links(wh)
+    assert len(expected) > written.n_golden // 3  # most demo people name their company
+    assert stored.dropna().to_dict() == expected.to_dict()
+    assert links == {"contacts": written.n_golden, "linked_to_account": len(expected),
+                     "account_links_changed": len(expected)}
 
-    # Two current rows for one mention (never written so, not enforced): the join would add a row and
-    # shift every later person by one; the step falls back to the map, which keeps the last.
-    mentioned = persons["record_key"][pd.notna(joined)].iloc[0]
-    extra = wh.read_frame(sa.select(ACCOUNT_CROSSWALK).where(ACCOUNT_CROSSWALK.c.record_key == f"mention:{mentioned}"))
+    # The next write keeps the links (readers before the link step see last night's, not none); the link then
+    # has nothing to change.
+    write_contacts(wh, CFG, match_contacts(wh, CFG), "r2")
+    assert _links(wh).equals(stored)
+    assert link_contacts_to_accounts(wh)["account_links_changed"] == 0
+
+    # Two accounts with a vote each: the one the latest record mentions. A contact whose mentions resolve no
+    # more loses its link.
+    xw = wh.read_frame(sa.select(PERSON_CROSSWALK.c.record_key, PERSON_CROSSWALK.c.golden_id)
+                       .where(PERSON_CROSSWALK.c.valid_to.is_(None)))
+    ts = wh.read_frame(sa.select(PERSON_RECORDS.c.record_key, PERSON_RECORDS.c.record_ts))
+    xw = xw.merge(ts, on="record_key").sort_values("record_ts")
+    xw = xw[("mention:" + xw["record_key"]).isin(set(wh.read_frame(sa.select(ACCOUNT_CROSSWALK.c.record_key))["record_key"]))]
+    pairs = xw[xw["golden_id"].duplicated(keep=False) & xw["record_ts"].notna()].groupby("golden_id")
+    tie = next(g for _, g in pairs if len(g) == 2 and g["record_ts"].iloc[0] < g["record_ts"].iloc[1])
+    earlier, later = tie["record_key"].tolist()
+    gone = expected.index.difference([tie["golden_id"].iloc[0]])[0]
+    gone_records = xw.loc[xw["golden_id"] == gone, "record_key"].tolist()
     with wh.engine.begin() as conn:
-        wh.bulk_insert(conn, ACCOUNT_CROSSWALK, extra.assign(golden_id="GA-EXTRA", valid_from=pd.Timestamp.now(tz="UTC")))
-    fallback = mention_accounts(wh, persons)
-    assert len(fallback) == len(persons)
-    position = int(persons.index[persons["record_key"] == mentioned][0])
-    assert fallback[position] in ("GA-EXTRA", joined[position])
-    others = [i for i in range(len(persons)) if i != position]
-    assert [fallback[i] for i in others] == [joined[i] for i in others]
+        for key, account in ((earlier, "GA-99999998"), (later, "GA-99999999")):
+            conn.execute(sa.update(ACCOUNT_CROSSWALK).where(ACCOUNT_CROSSWALK.c.record_key == f"mention:{key}",
+                                                            ACCOUNT_CROSSWALK.c.valid_to.is_(None)).values(golden_id=account))
+        conn.execute(sa.update(ACCOUNT_CROSSWALK).where(ACCOUNT_CROSSWALK.c.record_key.in_([f"mention:{k}" for k in gone_records]))
+                     .values(valid_to=pd.Timestamp.now(tz="UTC")))
+    changed = link_contacts_to_accounts(wh)["account_links_changed"]
+    after = _links(wh)
+    assert after[tie["golden_id"].iloc[0]] == "GA-99999999" and pd.isna(after[gone])
+    assert after.dropna().to_dict() == _expected_links(wh).to_dict()
+    assert changed == 2
 
 
 def test_crosswalk_built_in_the_database_holds_every_record_once(records_wh):
