@@ -12,6 +12,7 @@ from __future__ import annotations
 import dagster as dg
 
 from .core.crm.settings import load_sync_settings
+from .core.platform.operations import load_operations
 from .core.sources.mapping import load_mappings
 from .defs.activation import build_activation_defs
 from .defs.automation import build_automation_defs
@@ -34,7 +35,8 @@ def build_defs(settings: Settings | None = None) -> dg.Definitions:
     config = settings.config_dir
     mappings = load_mappings(config)
     groups = dg.Definitions.merge(
-        build_sources_defs(mappings, daily_partitions(settings)),                  # landing files -> raw
+        build_sources_defs(mappings, daily_partitions(settings),                   # landing files -> raw
+                           load_operations(config / "operations.yaml", sources=mappings).ingest_first),
         build_golden_defs(config, settings.slice_records),                         # raw -> golden contacts, accounts
         build_privacy_defs(config, mappings, settings.data_dir,                    # consent, erasure, access, retention
                            load_sync_settings(config / "sync.yaml")),

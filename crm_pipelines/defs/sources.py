@@ -35,7 +35,9 @@ def raw_asset_key(source: str) -> dg.AssetKey:
     return dg.AssetKey(["raw", source])
 
 
-def build_source_asset(mapping: SourceMapping, partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+def build_source_asset(mapping: SourceMapping, partitions_def: dg.PartitionsDefinition,
+                       priority: int = 0) -> dg.AssetsDefinition:
+    """``priority``: the executor starts ready steps of a higher one first (``dagster/priority``)."""
     key = raw_asset_key(mapping.source)
     checks = [
         dg.AssetCheckSpec("rows_balance", asset=key, blocking=True,
@@ -74,6 +76,7 @@ def build_source_asset(mapping: SourceMapping, partitions_def: dg.PartitionsDefi
             "dagster/table_name": f"raw.{mapping.source}",
         },
         check_specs=checks,
+        op_tags={"dagster/priority": str(priority)} if priority else None,
     )
     def _raw_source(context: dg.AssetExecutionContext, warehouse: WarehouseResource, landing: LandingZoneResource,
                     privacy: PrivacyResource):
@@ -227,11 +230,13 @@ def _mapping_check(mapping: SourceMapping) -> dg.AssetChecksDefinition:
     return _check
 
 
-def build_sources_defs(mappings: dict[str, SourceMapping], partitions_def: dg.PartitionsDefinition) -> dg.Definitions:
+def build_sources_defs(mappings: dict[str, SourceMapping], partitions_def: dg.PartitionsDefinition,
+                       ingest_first: tuple[str, ...] = ()) -> dg.Definitions:
     """One raw asset per mapping; the load jobs of the sync-frequency matrix; the mapping-version checks, a
     job that runs only them, and a sensor that runs that job whenever the code location comes up with a
     mapping whose version changed: after an edit and a reload, the warning is on the asset, in the catalog
-    and on the lineage graph without anyone loading anything."""
+    and on the lineage graph without anyone loading anything. ``ingest_first`` (config/operations.yaml): the
+    sources whose loads start first, in that order."""
     checks = [_mapping_check(m) for m in mappings.values()]
     jobs = [
         dg.define_asset_job("ingest_sources", selection=dg.AssetSelection.groups(GROUP),
@@ -264,7 +269,9 @@ def build_sources_defs(mappings: dict[str, SourceMapping], partitions_def: dg.Pa
         return dg.RunRequest(run_key=f"mapping-versions:{digest}",
                              tags={"crm/mappings_changed": str(len(changed))})
 
-    return dg.Definitions(assets=[build_source_asset(m, partitions_def) for m in mappings.values()],
+    priority = {source: len(ingest_first) - i for i, source in enumerate(ingest_first)}
+    return dg.Definitions(assets=[build_source_asset(m, partitions_def, priority.get(m.source, 0))
+                                  for m in mappings.values()],
                           asset_checks=checks, jobs=[*jobs, check_job], sensors=[mapping_versions])
 
 

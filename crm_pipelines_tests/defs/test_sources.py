@@ -63,6 +63,22 @@ def test_definitions_describe_every_source_for_the_ui():
             assert {"rows_balance", "quarantine_rate", "landing_files_present"} <= checks
 
 
+def test_the_longest_loads_start_first():
+    """ingest_first (config/operations.yaml): those sources' steps carry a higher dagster/priority, in that order,
+    so that with two executor slots the longest loads start first; the others have none."""
+    from crm_pipelines.core.platform.operations import load_operations
+    from crm_pipelines.settings import DEFAULT_CONFIG_DIR
+
+    first = load_operations(DEFAULT_CONFIG_DIR / "operations.yaml").ingest_first
+    assert first[0] == "behaviour_events"
+    job = build_defs().resolve_job_def("ingest_sources")
+    priority = {node.name.removeprefix("raw__"): int(node.definition.tags.get("dagster/priority", 0))
+                for node in job.graph.nodes}
+    assert set(first) < set(priority)
+    assert [priority[s] for s in first] == sorted((priority[s] for s in first), reverse=True)
+    assert min(priority[s] for s in first) > 0 and {priority[s] for s in set(priority) - set(first)} == {0}
+
+
 def test_dagster_definitions_validate_passes(tmp_path):
     env = dict(os.environ, DAGSTER_HOME=str(tmp_path), CRM_DATA_DIR=str(tmp_path / "data"), CRM_LANDING_DIR=str(tmp_path / "landing"))
     (tmp_path / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
