@@ -474,7 +474,7 @@ def _load_matching(wh: Warehouse, table: sa.Table, load: Callable, columns: set[
     matching = concat_compact(frames) if len(frames) != 1 else frames[0]
     del frames
     drop_category_engines(matching)
-    return_free_memory()
+    return_free_memory(len(matching))
     return matching, first
 
 
@@ -512,7 +512,7 @@ def _load_account_signatures(wh: Warehouse, register: pd.DataFrame, dec: pd.Data
     del every
     sig["records"] = np.bincount(codes, minlength=len(sig))
     drop_category_engines(sig)
-    return_free_memory()
+    return_free_memory(len(codes))
     return sig, codes, first, with_register_id
 
 

@@ -171,10 +171,18 @@ def drop_category_engines(df: pd.DataFrame) -> None:
                 cache.clear()
 
 
-def return_free_memory() -> None:
+# Below this many rows a read or phase leaves little to hand back, and a full garbage collection of a large
+# interpreter (Dagster, pandas, Arrow loaded) costs a second or more: half of a small golden run's time.
+FREE_MEMORY_FROM_ROWS = 100_000
+
+
+def return_free_memory(rows: int) -> None:
     """Hand the memory the allocators hold free back to the system: Arrow's pool, and the C heap (glibc's
     malloc_trim; elsewhere nothing). After a large read or a phase of large temporary arrays, the free pages lie
-    between live ones, where the large arrays of what follows (mapped apart from them) never reuse them."""
+    between live ones, where the large arrays of what follows (mapped apart from them) never reuse them.
+    ``rows``: how many rows the phase worked on; nothing is done below :data:`FREE_MEMORY_FROM_ROWS`."""
+    if rows < FREE_MEMORY_FROM_ROWS:
+        return
     import ctypes
     import ctypes.util
     import gc

@@ -123,7 +123,7 @@ def resolve(df: pd.DataFrame, spec: EntityMatchSpec, must_link: list[tuple[int, 
     timings: dict[str, float] = {}
     t = time.monotonic()
     n = len(df)
-    release = return_free_memory if release_columns else (lambda: None)
+    release = (lambda: return_free_memory(n)) if release_columns else (lambda: None)
 
     def blocking_done(columns: set[str]) -> None:
         for col in sorted(columns & blocking_only_columns(spec) & set(df.columns)):
