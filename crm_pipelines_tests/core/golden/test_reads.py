@@ -153,6 +153,9 @@ def test_contacts_are_linked_to_their_accounts_after_both_are_written(records_wh
     assert stored.dropna().to_dict() == expected.to_dict()
     assert links == {"contacts": written.n_golden, "linked_to_account": len(expected),
                      "account_links_changed": len(expected)}
+    # Every link changed: PostgreSQL updated them without the secondary indexes and built those again.
+    indexes = {i["name"] for i in sa.inspect(wh.engine).get_indexes("contacts", schema=G.GOLDEN_CONTACTS.schema)}
+    assert indexes == {index.name for index in G.GOLDEN_CONTACTS.indexes}
 
     # The next write keeps the links (readers before the link step see last night's, not none); the link then
     # has nothing to change.
