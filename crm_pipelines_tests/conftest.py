@@ -128,15 +128,18 @@ def warehouse_templates(tmp_path_factory):
     return WarehouseTemplates(tmp_path_factory)
 
 
-# The few tests that run real processes for one to two minutes each go first: pytest-xdist hands the
-# first tests out one per worker, so they start at once on different cores and the short ones fill
-# in around them, instead of two of them ending up last on one worker.
-LONG_RUNNING = ("test_killed_run.py", "test_celery.py", "test_ui.py", "test_prod_local.py")
+# The longest tests go first, longest first (test IDs or files; measured with --durations): pytest-xdist hands
+# the first tests out one per worker, so they start at once on different workers and the short ones fill in
+# around them, instead of a five-minute test starting when the rest is nearly done.
+LONG_RUNNING = ("test_first_week.py::test_a_first_week_on_postgres", "test_killed_run.py", "test_ui.py",
+                "test_celery.py", "test_privacy_property.py", "test_activation.py::test_activation_night",
+                "test_matching.py::test_ids_are_stable", "test_instance_and_demo.py::test_demo_runner",
+                "test_prod_local.py", "test_golden.py::test_match_rate_jump", "test_dedupe_cli.py::test_dedupe_a_german_file")
 
 
 def pytest_collection_modifyitems(config, items):
-    items.sort(key=lambda item: next((i for i, name in enumerate(LONG_RUNNING) if item.nodeid.split("::")[0]
-                                      .endswith(name)), len(LONG_RUNNING)))
+    items.sort(key=lambda item: next((i for i, name in enumerate(LONG_RUNNING) if name in item.nodeid),
+                                     len(LONG_RUNNING)))
 
 
 @pytest.fixture(scope="session")
