@@ -109,36 +109,44 @@ WHERE r = 1"""
 def link_contacts_to_accounts(wh: Warehouse) -> dict[str, int]:
     """Links each golden contact to its golden account (``golden.contacts.account_id``): the account most of its
     person records' company mentions went to (:data:`_VOTES`), None for a contact whose records name no company that
-    resolved. In the database, in one transaction, and only contacts whose account changed are updated: the golden
-    contacts are written before the golden accounts may be done (they carry the account they had), so the link is
-    the step after both. Returns the counts the asset reports."""
+    resolved. In the database, the votes counted in one transaction and the links updated in the next, only those
+    of contacts whose account changed: the golden contacts are written before the golden accounts may be done (they
+    carry the account they had), so the link is the step after both. Returns the counts the asset reports."""
     wh.ensure_tables([GOLDEN_CONTACTS, PERSON_CROSSWALK, ACCOUNT_CROSSWALK, PERSON_RECORDS])
     contacts = wh.qualified(GOLDEN_CONTACTS)
     votes = _VOTES.format(persons=wh.qualified(PERSON_CROSSWALK), records=wh.qualified(PERSON_RECORDS),
                           accounts=wh.qualified(ACCOUNT_CROSSWALK), mention=_MENTION_OF_P)
-    temp = "contact_account_votes"
-    with wh.engine.begin() as conn:
-        # A keyed temporary table: both updates join it (SQLite looks the contact up by the key).
-        conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {temp} (contact TEXT PRIMARY KEY, account TEXT NOT NULL)"
-                             + (" ON COMMIT DROP" if wh.is_postgres else ""))
-        conn.exec_driver_sql(f"INSERT INTO {temp} (contact, account) {votes}")
-        rebuilt = []
-        if wh.is_postgres:
-            conn.exec_driver_sql(f"ANALYZE {temp}")
-            rebuilt = _indexes_to_rebuild(conn, contacts, temp)
-        for index in rebuilt:
-            index.drop(conn, checkfirst=True)
-        changed = conn.exec_driver_sql(
-            f"UPDATE {contacts} AS c SET account_id = v.account FROM {temp} AS v "
-            "WHERE c.golden_id = v.contact AND (c.account_id IS NULL OR c.account_id <> v.account)").rowcount or 0
-        changed += conn.exec_driver_sql(
-            f"UPDATE {contacts} AS c SET account_id = NULL WHERE c.account_id IS NOT NULL "
-            f"AND NOT EXISTS (SELECT 1 FROM {temp} AS v WHERE v.contact = c.golden_id)").rowcount or 0
-        for index in rebuilt:
-            index.create(conn, checkfirst=True)
-        if not wh.is_postgres:
-            conn.exec_driver_sql(f"DROP TABLE temp.{temp}")
-        total, linked = conn.exec_driver_sql(f"SELECT count(*), count(account_id) FROM {contacts}").one()
+    temp = ("pg_temp." if wh.is_postgres else "temp.") + "contact_account_votes"
+    with wh.engine.connect() as conn:
+        with conn.begin():
+            # A keyed temporary table: both updates join it (SQLite looks the contact up by the key). Left over by
+            # a failed link on this pooled connection, it is dropped first.
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {temp}")
+            conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {temp.split('.')[1]} (contact TEXT PRIMARY KEY, "
+                                 "account TEXT NOT NULL)")
+            conn.exec_driver_sql(f"INSERT INTO {temp} (contact, account) {votes}")
+            rebuilt = []
+            if wh.is_postgres:
+                conn.exec_driver_sql(f"ANALYZE {temp}")
+                rebuilt = _indexes_to_rebuild(conn, contacts, temp)
+        # The updates in a transaction of their own, whose first lock on the table is the one dropping an index
+        # takes: taken after reading the table in the same transaction, it would deadlock with a reader that
+        # then wants to write (an erasure).
+        with conn.begin():
+            if rebuilt:
+                conn.exec_driver_sql(f"LOCK TABLE {contacts} IN ACCESS EXCLUSIVE MODE")
+            for index in rebuilt:
+                index.drop(conn, checkfirst=True)
+            changed = conn.exec_driver_sql(
+                f"UPDATE {contacts} AS c SET account_id = v.account FROM {temp} AS v "
+                "WHERE c.golden_id = v.contact AND (c.account_id IS NULL OR c.account_id <> v.account)").rowcount or 0
+            changed += conn.exec_driver_sql(
+                f"UPDATE {contacts} AS c SET account_id = NULL WHERE c.account_id IS NOT NULL "
+                f"AND NOT EXISTS (SELECT 1 FROM {temp} AS v WHERE v.contact = c.golden_id)").rowcount or 0
+            for index in rebuilt:
+                index.create(conn, checkfirst=True)
+            conn.exec_driver_sql(f"DROP TABLE {temp}")
+            total, linked = conn.exec_driver_sql(f"SELECT count(*), count(account_id) FROM {contacts}").one()
     return {"contacts": int(total or 0), "linked_to_account": int(linked or 0), "account_links_changed": int(changed)}
 
 
