@@ -116,14 +116,14 @@ def link_contacts_to_accounts(wh: Warehouse) -> dict[str, int]:
     contacts = wh.qualified(GOLDEN_CONTACTS)
     votes = _VOTES.format(persons=wh.qualified(PERSON_CROSSWALK), records=wh.qualified(PERSON_RECORDS),
                           accounts=wh.qualified(ACCOUNT_CROSSWALK), mention=_MENTION_OF_P)
-    temp = ("pg_temp." if wh.is_postgres else "temp.") + "contact_account_votes"
+    name = "contact_account_votes"
+    temp = f"{'pg_temp' if wh.is_postgres else 'temp'}.{name}"  # the session's own schema of temporary tables
     with wh.engine.connect() as conn:
         with conn.begin():
             # A keyed temporary table: both updates join it (SQLite looks the contact up by the key). Left over by
             # a failed link on this pooled connection, it is dropped first.
             conn.exec_driver_sql(f"DROP TABLE IF EXISTS {temp}")
-            conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {temp.split('.')[1]} (contact TEXT PRIMARY KEY, "
-                                 "account TEXT NOT NULL)")
+            conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {name} (contact TEXT PRIMARY KEY, account TEXT NOT NULL)")
             conn.exec_driver_sql(f"INSERT INTO {temp} (contact, account) {votes}")
             rebuilt = []
             if wh.is_postgres:
