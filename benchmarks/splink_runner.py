@@ -8,6 +8,7 @@ identifiers. Splink is installed only for benchmarks (`pip install -e '.[bench]'
 
     python -m benchmarks.splink_runner persons RECORDS.pkl OUT.csv
     python -m benchmarks.splink_runner generic PEOPLE.csv OUT.csv   (PEOPLE.mapping.yaml beside it)
+    python -m benchmarks.splink_runner febrl FEBRL.csv OUT.csv      (a FEBRL file as published)
 """
 
 from __future__ import annotations
@@ -166,9 +167,50 @@ def splink_generic(records: pd.DataFrame, threshold: float = 0.95) -> pd.DataFra
     return _clusters(linker, threshold)
 
 
+def splink_febrl(path: Path, threshold: float = 0.95) -> pd.DataFrame:
+    """A FEBRL file as published, with the settings of Splink's own FEBRL3 example (docs/demos/examples/duckdb/
+    febrl3: name comparisons, date of birth, soc_sec_id within two edits, street number and postcode with term
+    frequencies; blocks on each of soc_sec_id, given name, surname, date of birth and postcode; the prior from
+    three deterministic rules at recall 0.9, u from a million random pairs, EM on date of birth and on postcode),
+    clustered at ``threshold`` as the other comparisons here are."""
+    import splink.comparison_library as cl
+    from splink import SettingsCreator, block_on
+
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    df = df.astype(object).where(df != "", None).rename(columns={"rec_id": "unique_id"})
+    settings = SettingsCreator(
+        link_type="dedupe_only",
+        blocking_rules_to_generate_predictions=[
+            block_on("soc_sec_id"), block_on("given_name"), block_on("surname"), block_on("date_of_birth"),
+            block_on("postcode"),
+        ],
+        comparisons=[
+            cl.NameComparison("given_name"),
+            cl.NameComparison("surname"),
+            cl.DateOfBirthComparison("date_of_birth", input_is_string=True, datetime_format="%Y%m%d"),
+            cl.DamerauLevenshteinAtThresholds("soc_sec_id", [2]),
+            cl.ExactMatch("street_number").configure(term_frequency_adjustments=True),
+            cl.ExactMatch("postcode").configure(term_frequency_adjustments=True),
+        ],
+        retain_intermediate_calculation_columns=False,
+        retain_matching_columns=False,
+    )
+    linker = _linker(df, settings)
+    linker.training.estimate_probability_two_random_records_match([
+        block_on("soc_sec_id"), block_on("given_name", "surname", "date_of_birth"),
+        "l.given_name = r.surname and l.surname = r.given_name and l.date_of_birth = r.date_of_birth",
+    ], recall=0.9)
+    linker.training.estimate_u_using_random_sampling(max_pairs=1e6, seed=2)
+    linker.training.estimate_parameters_using_expectation_maximisation(block_on("date_of_birth"))
+    linker.training.estimate_parameters_using_expectation_maximisation(block_on("postcode"))
+    return _clusters(linker, threshold)
+
+
 def main(argv: list[str]) -> int:
     kind, src, dst = argv
-    if kind == "generic":  # a person CSV with its mapping beside it, read and prepared as the dedupe command does
+    if kind == "febrl":
+        out = splink_febrl(Path(src)).rename(columns={"unique_id": "record_id"})
+    elif kind == "generic":  # a person CSV with its mapping beside it, read and prepared as the dedupe command does
         from crm_pipelines.matching.generic import prepare, read_mapped
 
         raw, _rejected, _mapping = read_mapped(Path(src), Path(src).with_suffix(".mapping.yaml"))
