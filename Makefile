@@ -55,8 +55,10 @@ system-deps:
 		else echo "missing$$missing and no root/apt-get: the tests that need them will skip"; fi; \
 	fi
 
+# Four workers on two cores: the longest tests mostly wait on the processes they start. Tests are handed out
+# one at a time, so the long ones (sorted first, crm_pipelines_tests/conftest.py) start on different workers.
 test: install system-deps
-	$(PY) -m pytest -n 4  # four workers on two cores: the longest tests mostly wait on the processes they start
+	$(PY) -m pytest -n 4 --maxschedchunk 1
 
 bench: install
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'

@@ -128,9 +128,12 @@ def warehouse_templates(tmp_path_factory):
     return WarehouseTemplates(tmp_path_factory)
 
 
-# The longest tests go first, longest first (test IDs or files; measured with --durations): pytest-xdist hands
-# the first tests out one per worker, so they start at once on different workers and the short ones fill in
-# around them, instead of a five-minute test starting when the rest is nearly done.
+# The longest tests go first, longest first (test IDs or files; measured with --durations), so that they start early
+# on different workers and the short ones fill in around them, instead of a five-minute test starting when the rest is
+# nearly done. That needs `--maxschedchunk 1` (make test): by default pytest-xdist hands each worker a quarter of its
+# share at the start, in order, so the first worker got every long test (a 763 s run; 465 and 461 s with it). Each
+# worker still starts with two tests (the first and second, the third and fourth, ...); an order that started the
+# four longest at once on the four workers was slower (517 s): they start processes of their own and crowd the cores.
 LONG_RUNNING = ("test_first_week.py::test_a_first_week_on_postgres", "test_killed_run.py", "test_ui.py",
                 "test_celery.py", "test_privacy_property.py", "test_activation.py::test_activation_night",
                 "test_matching.py::test_ids_are_stable", "test_instance_and_demo.py::test_demo_runner",
@@ -144,12 +147,22 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def demo_landing(tmp_path_factory):
-    """A small generated landing zone (600 contacts, 4 days), shared read-only by tests."""
+    """A small generated landing zone (600 contacts, 4 days), shared read-only by the tests of a worker: one that
+    writes into it (a webhook's landing file, an erasure's rewrite) changes what the others read, so a change fails
+    the run here, naming the files (a test that writes works on a copy)."""
     from crm_pipelines.demo.generator import GeneratorConfig, generate
 
     out = tmp_path_factory.mktemp("landing")
     manifest = generate(GeneratorConfig(contacts=600, seed=11, out=out, days=4))
-    return out, manifest
+    before = _files_of(out)
+    yield out, manifest
+    after = _files_of(out)
+    changed = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
+    assert not changed, f"a test changed the shared demo landing zone: {changed[:10]}"
+
+
+def _files_of(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
 
 
 @pytest.fixture

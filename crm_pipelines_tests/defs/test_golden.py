@@ -52,10 +52,13 @@ def restore_golden(tmp_path, demo_landing) -> str:
 
 @contextmanager
 def golden_world(tmp_path, demo_landing):
-    """Settings, definitions and a test instance with every demo day ingested and the golden layer built."""
+    """Settings, definitions and a test instance with every demo day ingested and the golden layer built, on a copy
+    of the landing zone: the tests write into it (webhooks land files, erasures rewrite them), and the demo landing
+    zone is shared by every test of the worker."""
     root, _ = demo_landing
     home = restore_golden(tmp_path, demo_landing)
-    settings = settings_for(tmp_path, root)
+    shutil.copytree(root, tmp_path / "landing")
+    settings = settings_for(tmp_path, tmp_path / "landing")
     defs = build_defs(settings)
     with dg.instance_for_test(temp_dir=home) as instance:
         yield settings, defs, instance
