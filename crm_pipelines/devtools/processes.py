@@ -39,7 +39,18 @@ def start_group(cmd: list[str], env: dict, cwd: Path = ROOT, output=subprocess.D
 
 
 def stop_groups(procs: list[subprocess.Popen], timeout: float = 60) -> None:
-    """SIGTERM to every group still running, then wait; a group that does not end in time is killed."""
+    """SIGTERM to every group still running, then wait; a group that does not end in time is killed. Then
+    every process they had started that is still alive, also one in a session of its own (a Dagster code
+    server or run worker can be): it would live on after the group with the ports, URLs and tokens of a test
+    or a service that is gone, and write to whatever listens there next."""
+    import psutil
+
+    family: list[psutil.Process] = []
+    for p in procs:
+        try:
+            family += psutil.Process(p.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            pass
     for p in procs:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGTERM)
@@ -49,6 +60,18 @@ def stop_groups(procs: list[subprocess.Popen], timeout: float = 60) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
+    left = [c for c in family if c.is_running()]
+    for c in left:
+        try:
+            c.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(left, timeout=10)
+    for c in alive:
+        try:
+            c.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def dagster_services(env: dict, port: int, output=subprocess.DEVNULL) -> list[subprocess.Popen]:
