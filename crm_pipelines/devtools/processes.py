@@ -39,10 +39,11 @@ def start_group(cmd: list[str], env: dict, cwd: Path = ROOT, output=subprocess.D
 
 
 def stop_groups(procs: list[subprocess.Popen], timeout: float = 60) -> None:
-    """SIGTERM to every group still running, then wait; a group that does not end in time is killed. Then
-    every process they had started that is still alive, also one in a session of its own (a Dagster code
-    server or run worker can be): it would live on after the group with the ports, URLs and tokens of a test
-    or a service that is gone, and write to whatever listens there next."""
+    """SIGTERM to every group still running, then wait for its leader; a group that does not end in time is
+    killed, and so is what is left of a group once its leader has ended (a process the leader started while
+    shutting down). Then every process they had started that is still alive, also one in a session of its own:
+    it would live on after the group with the ports, URLs and tokens of a test or a service that is gone, and
+    write to whatever listens there next."""
     import psutil
 
     family: list[psutil.Process] = []
@@ -60,6 +61,10 @@ def stop_groups(procs: list[subprocess.Popen], timeout: float = 60) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
+        try:  # what a leader started while it was shutting down is still in its group
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     left = [c for c in family if c.is_running()]
     for c in left:
         try:
