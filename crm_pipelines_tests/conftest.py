@@ -162,7 +162,8 @@ def demo_landing(tmp_path_factory):
 
 
 def _files_of(root: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+    return {str(p.relative_to(root)): (st.st_size, st.st_mtime_ns)
+            for p in root.rglob("*") if p.is_file() for st in [p.stat()]}
 
 
 @pytest.fixture

@@ -59,12 +59,12 @@ def stop_groups(procs: list[subprocess.Popen], timeout: float = 60) -> None:
         try:
             p.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-        try:  # what a leader started while it was shutting down is still in its group
+            pass
+        try:  # the leader if it did not end in time, and what it started while shutting down: still in its group
             os.killpg(p.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        p.wait()
     left = [c for c in family if c.is_running()]
     for c in left:
         try:
